@@ -1,0 +1,306 @@
+//! Inbound authentication: find the credentials where the integration's methods put
+//! them, verify them, and name the [`Principal`], or say precisely why not.
+//!
+//! Dispatch order: the `Authorization` header first (`Basic` goes to `api_key` when its
+//! user part is a known key id and the integration accepts keys, else to `basic`; `Bearer`
+//! goes to `oauth`), then the `apiKey` query parameter (`url_key`). Credentials of a kind
+//! the integration does not accept are not looked at: they count as no credentials.
+
+pub mod api_key;
+pub mod basic;
+pub mod lockout;
+pub mod url_key;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use base64::Engine;
+use http::request::Parts;
+
+use crate::config::{AuthMethod, Config};
+use crate::metrics::Metrics;
+
+/// Who is calling, as established by one authentication method.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user: Arc<str>,
+    pub roles: Arc<[String]>,
+    pub method: AuthMethod,
+    /// The OAuth client the token was issued to, if any.
+    pub client_id: Option<Arc<str>>,
+}
+
+/// The precise reason a credential was refused: logged and counted, never sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    UnknownUser,
+    BadPassword,
+    NoPassword,
+    PasswordExpired,
+    UserDisabled,
+    UnknownKey,
+    BadSecret,
+    KeyWrongIntegration,
+    BadUrlKey,
+    AmbiguousCredentials,
+    MalformedCredentials,
+    OAuthNotConfigured,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::UnknownUser => "unknown_user",
+            Reason::BadPassword => "bad_password",
+            Reason::NoPassword => "no_password",
+            Reason::PasswordExpired => "password_expired",
+            Reason::UserDisabled => "user_disabled",
+            Reason::UnknownKey => "unknown_key",
+            Reason::BadSecret => "bad_secret",
+            Reason::KeyWrongIntegration => "key_wrong_integration",
+            Reason::BadUrlKey => "bad_url_key",
+            Reason::AmbiguousCredentials => "ambiguous_credentials",
+            Reason::MalformedCredentials => "malformed_credentials",
+            Reason::OAuthNotConfigured => "oauth_not_configured",
+        }
+    }
+}
+
+/// Why no principal came out of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Nothing where the integration's methods look.
+    Missing,
+    /// Credentials were there and were refused.
+    Rejected { method: AuthMethod, reason: Reason },
+    /// Too many recent failures for this subject from this address.
+    LockedOut {
+        method: AuthMethod,
+        retry_after: std::time::Duration,
+    },
+    /// A service needed to decide is down; fail closed.
+    Unavailable { method: AuthMethod, reason: &'static str },
+}
+
+/// A user as authentication needs it.
+#[derive(Debug)]
+pub struct UserEntry {
+    pub name: Arc<str>,
+    pub roles: Arc<[String]>,
+    pub password_hash: Option<String>,
+    pub expires_at: Option<SystemTime>,
+    pub disabled: bool,
+}
+
+impl UserEntry {
+    pub fn principal(&self, method: AuthMethod) -> Principal {
+        Principal {
+            user: self.name.clone(),
+            roles: self.roles.clone(),
+            method,
+            client_id: None,
+        }
+    }
+
+    /// `disabled` and `password_expires_at`, checked on every use, cached or not.
+    pub fn standing(&self, check_expiry: bool) -> Result<(), Reason> {
+        if self.disabled {
+            return Err(Reason::UserDisabled);
+        }
+        if check_expiry && self.expires_at.is_some_and(|at| SystemTime::now() >= at) {
+            return Err(Reason::PasswordExpired);
+        }
+        Ok(())
+    }
+}
+
+/// Where a route is: the key of `api_key` bindings.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteRef<'a> {
+    pub plan: &'a str,
+    pub integration: &'a str,
+}
+
+/// The authenticators of one config generation.
+pub struct Auth {
+    users: Arc<HashMap<String, Arc<UserEntry>>>,
+    basic: basic::Basic,
+    api_keys: api_key::ApiKeys,
+    url_keys: url_key::UrlKeys,
+    pub lockout: lockout::Lockout,
+}
+
+impl Auth {
+    pub fn new(config: &Config, metrics: &Metrics) -> Self {
+        let users: HashMap<String, Arc<UserEntry>> = config
+            .users
+            .iter()
+            .map(|u| {
+                let e = UserEntry {
+                    name: Arc::from(u.name.as_str()),
+                    roles: Arc::from(u.roles.clone()),
+                    password_hash: u.password_hash.clone(),
+                    expires_at: u.password_expires_at,
+                    disabled: u.disabled,
+                };
+                (u.name.clone(), Arc::new(e))
+            })
+            .collect();
+        let users = Arc::new(users);
+        Auth {
+            basic: basic::Basic::new(users.clone(), &config.cache, metrics),
+            api_keys: api_key::ApiKeys::new(&config.api_keys, users.clone()),
+            url_keys: url_key::UrlKeys::new(&config.users, users.clone()),
+            lockout: lockout::Lockout::new(&config.lockout, config.cache.max_entries),
+            users,
+        }
+    }
+
+    pub fn user(&self, name: &str) -> Option<&Arc<UserEntry>> {
+        self.users.get(name)
+    }
+
+    /// Authenticates `parts` for a route accepting `methods`, under the lockout.
+    pub async fn authenticate(
+        &self,
+        methods: &[AuthMethod],
+        route: RouteRef<'_>,
+        parts: &Parts,
+        client: IpAddr,
+    ) -> Result<Principal, Failure> {
+        let accepts = |m| methods.contains(&m);
+        if let Some(value) = parts.headers.get(http::header::AUTHORIZATION) {
+            let value = value.as_bytes();
+            if let Some(encoded) = strip_scheme(value, b"basic") {
+                if accepts(AuthMethod::Basic) || accepts(AuthMethod::ApiKey) {
+                    let Some((user, secret)) = decode_basic(encoded) else {
+                        let method = if accepts(AuthMethod::Basic) {
+                            AuthMethod::Basic
+                        } else {
+                            AuthMethod::ApiKey
+                        };
+                        return Err(Failure::Rejected {
+                            method,
+                            reason: Reason::MalformedCredentials,
+                        });
+                    };
+                    let as_key =
+                        accepts(AuthMethod::ApiKey) && (!accepts(AuthMethod::Basic) || self.api_keys.knows(&user));
+                    return if as_key {
+                        self.guarded(AuthMethod::ApiKey, &user, client, || async {
+                            self.api_keys.verify(&user, secret.as_bytes(), route)
+                        })
+                        .await
+                    } else {
+                        self.guarded(AuthMethod::Basic, &user, client, || self.basic.verify(&user, &secret))
+                            .await
+                    };
+                }
+            } else if strip_scheme(value, b"bearer").is_some() && accepts(AuthMethod::OAuth) {
+                return Err(Failure::Rejected {
+                    method: AuthMethod::OAuth,
+                    reason: Reason::OAuthNotConfigured,
+                });
+            }
+        }
+        if accepts(AuthMethod::UrlKey) {
+            match url_key::find(parts.uri.query()) {
+                url_key::Found::None => {}
+                url_key::Found::Ambiguous => {
+                    return Err(Failure::Rejected {
+                        method: AuthMethod::UrlKey,
+                        reason: Reason::AmbiguousCredentials,
+                    })
+                }
+                url_key::Found::One(key) => {
+                    // A wrong key names nobody: it is throttled per client address.
+                    return self
+                        .guarded(AuthMethod::UrlKey, url_key::SUBJECT, client, || async {
+                            self.url_keys.verify(&key)
+                        })
+                        .await;
+                }
+            }
+        }
+        Err(Failure::Missing)
+    }
+
+    /// Runs `verify` unless `subject` is locked out from `client`; records the outcome.
+    async fn guarded<F, Fut>(
+        &self,
+        method: AuthMethod,
+        subject: &str,
+        client: IpAddr,
+        verify: F,
+    ) -> Result<Principal, Failure>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Principal, Reason>>,
+    {
+        if let Err(retry_after) = self.lockout.check(subject, client) {
+            return Err(Failure::LockedOut { method, retry_after });
+        }
+        match verify().await {
+            Ok(p) => {
+                self.lockout.succeed(subject, client);
+                Ok(p)
+            }
+            Err(reason) => {
+                self.lockout.fail(subject, client);
+                Err(Failure::Rejected { method, reason })
+            }
+        }
+    }
+
+    /// Empties every cache of verified credentials.
+    pub fn clear_caches(&self) {
+        self.basic.clear();
+    }
+}
+
+/// The credentials after `Scheme ` in an `Authorization` value (scheme case-insensitive).
+fn strip_scheme<'a>(value: &'a [u8], scheme: &[u8]) -> Option<&'a [u8]> {
+    let n = scheme.len();
+    if value.len() > n && value[..n].eq_ignore_ascii_case(scheme) && value[n] == b' ' {
+        Some(value[n + 1..].trim_ascii())
+    } else {
+        None
+    }
+}
+
+/// `base64(user:secret)` into its two parts, split at the first `:`.
+fn decode_basic(encoded: &[u8]) -> Option<(String, String)> {
+    let raw = base64::engine::general_purpose::STANDARD.decode(encoded).ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (user, secret) = text.split_once(':')?;
+    if user.is_empty() {
+        return None;
+    }
+    Some((user.to_string(), secret.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_decode() {
+        let enc = base64::engine::general_purpose::STANDARD.encode("alice:pa:ss");
+        assert_eq!(
+            decode_basic(enc.as_bytes()),
+            Some(("alice".to_string(), "pa:ss".to_string()))
+        );
+        assert_eq!(decode_basic(b"!!!"), None);
+        let no_colon = base64::engine::general_purpose::STANDARD.encode("alice");
+        assert_eq!(decode_basic(no_colon.as_bytes()), None);
+    }
+
+    #[test]
+    fn scheme_is_case_insensitive() {
+        assert_eq!(strip_scheme(b"BASIC abc", b"basic"), Some(&b"abc"[..]));
+        assert_eq!(strip_scheme(b"Basicabc", b"basic"), None);
+        assert_eq!(strip_scheme(b"Bearer t", b"basic"), None);
+    }
+}

@@ -1,0 +1,413 @@
+//! The configuration: one TOML file, parsed by `raw` (serde), checked by `validate`
+//! into a [`Config`] whose every value is usable as is.
+//!
+//! [`load`] collects every problem it can find, each with its file, line and column, so
+//! that `portcullis check` reports them all at once; warnings never fail a load.
+
+mod raw;
+pub mod secret;
+mod validate;
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+pub use secret::{Secret, SecretHash};
+
+/// A checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from.
+    pub file: PathBuf,
+    pub listen: Listen,
+    pub limits: Limits,
+    /// Admin listener (`/healthz`, `/readyz`, `/metrics`...); off when `[admin]` is absent.
+    pub admin: Option<SocketAddr>,
+    /// Egress listener; off when `[egress]` is absent.
+    pub egress: Option<SocketAddr>,
+    pub cache: Cache,
+    pub lockout: Lockout,
+    pub runtime: Runtime,
+    pub assertion: Assertion,
+    pub users: Vec<User>,
+    pub plans: Vec<Plan>,
+    pub api_keys: Vec<ApiKey>,
+    pub oauth: Option<OAuth>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub address: SocketAddr,
+    /// Certificate chain and key files (PEM); plain HTTP when absent.
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Limits applied to every inbound connection and request.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// A client must send its whole request head (and finish the TLS handshake) within this.
+    pub header_read_timeout: Duration,
+    /// Time from the request head to the upstream's response head.
+    pub request_timeout: Duration,
+    /// A connection with no traffic for this long is closed.
+    pub idle_timeout: Duration,
+    /// How long a shutdown waits for requests in flight.
+    pub shutdown_timeout: Duration,
+    pub max_header_bytes: usize,
+    /// 0 means unlimited.
+    pub max_body_bytes: u64,
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(90),
+            shutdown_timeout: Duration::from_secs(30),
+            max_header_bytes: 65536,
+            max_body_bytes: 10 * 1024 * 1024,
+            max_connections: 10000,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Cache {
+    pub ttl: Duration,
+    pub negative_ttl: Duration,
+    pub max_entries: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Lockout {
+    pub max_failures: u32,
+    pub window: Duration,
+    pub duration: Duration,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Runtime {
+    pub worker_threads: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Assertion {
+    /// HMAC key for `X-Portcullis-Assertion`; a random one per process when absent.
+    pub key: Option<Secret>,
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: String,
+    pub roles: Vec<String>,
+    /// argon2id PHC string.
+    pub password_hash: Option<String>,
+    pub password_expires_at: Option<SystemTime>,
+    pub url_key_hash: Option<SecretHash>,
+    pub disabled: bool,
+}
+
+/// Who may pass: everyone authenticated, or the listed roles and users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rule {
+    All,
+    Only { roles: Vec<String>, users: Vec<String> },
+}
+
+impl Rule {
+    pub fn allows(&self, user: &str, roles: &[String]) -> bool {
+        match self {
+            Rule::All => true,
+            Rule::Only { roles: allowed, users } => {
+                users.iter().any(|u| u == user) || roles.iter().any(|r| allowed.contains(r))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub name: String,
+    pub upstream: Upstream,
+    pub access: Rule,
+    pub integrations: Vec<Integration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    /// `builtin:echo`: answers with a JSON description of the request it received.
+    Echo,
+    /// `http://` or `https://` base; its path (without a trailing `/`) prefixes the request path.
+    Http {
+        scheme: http::uri::Scheme,
+        authority: http::uri::Authority,
+        base_path: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Integration {
+    pub name: String,
+    pub path: PathPattern,
+    pub methods: Vec<http::Method>,
+    pub auth: Vec<AuthMethod>,
+    pub senders: Rule,
+}
+
+/// An integration's path: exact, or `/base/*` (the base itself and everything below it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathPattern {
+    Exact(String),
+    Prefix(String),
+}
+
+impl PathPattern {
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathPattern::Exact(p) => p == path,
+            PathPattern::Prefix(base) => crate::route::matches_prefix(base, path),
+        }
+    }
+
+    /// Whether some path is matched by both patterns.
+    pub fn overlaps(&self, other: &PathPattern) -> bool {
+        match (self, other) {
+            (PathPattern::Exact(a), PathPattern::Exact(b)) => a == b,
+            (PathPattern::Exact(a), p @ PathPattern::Prefix(_))
+            | (p @ PathPattern::Prefix(_), PathPattern::Exact(a)) => p.matches(a),
+            (PathPattern::Prefix(a), PathPattern::Prefix(b)) => {
+                PathPattern::Prefix(a.clone()).matches(b) || PathPattern::Prefix(b.clone()).matches(a)
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for PathPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PathPattern::Exact(p) => f.write_str(p),
+            PathPattern::Prefix(b) => write!(f, "{b}/*"),
+        }
+    }
+}
+
+/// An inbound authentication method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthMethod {
+    None,
+    UrlKey,
+    Basic,
+    ApiKey,
+    OAuth,
+}
+
+impl AuthMethod {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "none" => AuthMethod::None,
+            "url_key" => AuthMethod::UrlKey,
+            "basic" => AuthMethod::Basic,
+            "api_key" => AuthMethod::ApiKey,
+            "oauth" => AuthMethod::OAuth,
+            _ => return None,
+        })
+    }
+
+    /// The contract's name, used in logs, metrics and `X-Portcullis-Auth-Method`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::None => "none",
+            AuthMethod::UrlKey => "url_key",
+            AuthMethod::Basic => "basic",
+            AuthMethod::ApiKey => "api_key",
+            AuthMethod::OAuth => "oauth",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    pub key: String,
+    pub secret_hash: SecretHash,
+    pub user: String,
+    pub plan: String,
+    pub integration: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OAuthMode {
+    Builtin,
+    Jwt,
+    Introspection,
+}
+
+#[derive(Debug, Clone)]
+pub struct OAuth {
+    pub mode: OAuthMode,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub jwks_url: Option<url::Url>,
+    pub jwks_file: Option<PathBuf>,
+    pub introspection_url: Option<url::Url>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<Secret>,
+    pub username_claim: String,
+    pub roles_claim: Option<String>,
+    pub allowed_client_ids: Vec<String>,
+    pub leeway: Duration,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    pub algorithms: Vec<String>,
+    pub signing_key: Option<Secret>,
+    pub clients: Vec<OAuthClient>,
+}
+
+#[derive(Debug, Clone)]
+pub struct OAuthClient {
+    pub client_id: String,
+    pub client_secret_hash: SecretHash,
+}
+
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub name: String,
+    pub base_url: url::Url,
+    pub trust_self_signed: bool,
+    pub pin_sha256: Option<[u8; 32]>,
+    pub callers: Option<Rule>,
+    pub auth: EndpointAuth,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum EndpointAuth {
+    None,
+    Basic {
+        username: String,
+        password: Secret,
+        preemptive: bool,
+    },
+    OAuth2 {
+        grant: OAuthGrant,
+        token_url: url::Url,
+        client_id: String,
+        client_secret: Option<Secret>,
+        username: Option<String>,
+        password: Option<Secret>,
+        scopes: Vec<String>,
+    },
+    Principal,
+    Signature {
+        key_id: String,
+        algorithm: SignatureAlgorithm,
+        key: Secret,
+        components: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OAuthGrant {
+    Password,
+    ClientCredentials,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureAlgorithm {
+    HmacSha256,
+    Ed25519,
+}
+
+// === Diagnostics ===
+
+/// One problem found in the file, at `FILE:LINE:COL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl std::fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
+    }
+}
+
+/// Every error found in a config file (never empty).
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct Errors(pub Vec<Diagnostic>);
+
+impl std::fmt::Display for Errors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A config that loaded, with the warnings found on the way.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Reads, parses and checks the file at `path`.
+pub fn load(path: &Path) -> Result<Loaded, Errors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Errors(vec![Diagnostic {
+            file: path.to_owned(),
+            line: 1,
+            column: 1,
+            message: format!("cannot read config file: {e}"),
+        }])
+    })?;
+    parse(path, &text)
+}
+
+/// Parses and checks `text` as if read from `path`.
+pub fn parse(path: &Path, text: &str) -> Result<Loaded, Errors> {
+    validate::run(path, text)
+}
+
+/// Turns a byte offset into a 1-based line and column (in characters).
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..floor_char_boundary(text, offset)];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+fn floor_char_boundary(text: &str, mut i: usize) -> usize {
+    while i > 0 && !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+pub(crate) type Span = Range<usize>;

@@ -1,0 +1,249 @@
+//! The serde mirror of the TOML file: every key of the contract, nothing checked yet.
+//!
+//! Values whose meaning is checked later (durations, URLs, names, paths) are kept as
+//! `Spanned` strings so that `validate` can point at their line and column. Unknown keys
+//! are not rejected here: `config::load` collects all of them through `serde_ignored`.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub type Str = Spanned<String>;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Raw {
+    pub listen: Option<Spanned<Listen>>,
+    pub limits: Option<Limits>,
+    pub admin: Option<Spanned<Address>>,
+    pub egress: Option<Spanned<Address>>,
+    pub cache: Option<Cache>,
+    pub lockout: Option<Lockout>,
+    pub shared: Option<Shared>,
+    pub runtime: Option<Runtime>,
+    pub assertion: Option<Assertion>,
+    #[serde(default)]
+    pub users: Vec<Spanned<User>>,
+    #[serde(default)]
+    pub plans: Vec<Spanned<Plan>>,
+    #[serde(default)]
+    pub api_keys: Vec<Spanned<ApiKey>>,
+    pub oauth: Option<Spanned<OAuth>>,
+    #[serde(default)]
+    pub endpoints: Vec<Spanned<Endpoint>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Listen {
+    pub address: Str,
+    pub tls: Option<Spanned<Tls>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Tls {
+    pub cert: Str,
+    pub key: Str,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Address {
+    pub address: Str,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Limits {
+    pub header_read_timeout: Option<Str>,
+    pub request_timeout: Option<Str>,
+    pub idle_timeout: Option<Str>,
+    pub shutdown_timeout: Option<Str>,
+    pub max_header_bytes: Option<Spanned<i64>>,
+    pub max_body_bytes: Option<Spanned<i64>>,
+    pub max_connections: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Cache {
+    pub ttl: Option<Str>,
+    pub negative_ttl: Option<Str>,
+    pub max_entries: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Lockout {
+    pub max_failures: Option<Spanned<i64>>,
+    pub window: Option<Str>,
+    pub duration: Option<Str>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Shared {
+    pub backend: Option<Str>,
+    // Known keys of the contract; only the memory backend exists, so they are not used.
+    #[allow(dead_code)]
+    pub url: Option<Str>,
+    #[allow(dead_code)]
+    pub key_prefix: Option<Str>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Runtime {
+    pub worker_threads: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Assertion {
+    pub key: Option<Spanned<Secret>>,
+    pub ttl: Option<Str>,
+}
+
+/// A secret: a literal string, `{ env = "NAME" }` or `{ file = "path" }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Secret {
+    Literal(String),
+    Env(EnvRef),
+    File(FileRef),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvRef {
+    pub env: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRef {
+    pub file: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct User {
+    pub name: Str,
+    #[serde(default)]
+    pub roles: Vec<Str>,
+    pub password_hash: Option<Str>,
+    pub password_expires_at: Option<Str>,
+    pub url_key_hash: Option<Str>,
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+/// Who may use a plan (`access`), an integration (`senders`) or an endpoint (`callers`).
+#[derive(Debug, Default, Deserialize)]
+pub struct Rule {
+    pub all: Option<bool>,
+    #[serde(default)]
+    pub roles: Vec<Str>,
+    #[serde(default)]
+    pub users: Vec<Str>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Plan {
+    pub name: Str,
+    pub upstream: Str,
+    pub access: Option<Spanned<Rule>>,
+    #[serde(default)]
+    pub integrations: Vec<Spanned<Integration>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    // Plain strings: `Spanned` cannot pass through an untagged enum's buffering.
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Integration {
+    pub name: Str,
+    pub path: Str,
+    pub methods: Spanned<Vec<Str>>,
+    pub auth: Spanned<OneOrMany>,
+    pub senders: Option<Spanned<Rule>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ApiKey {
+    pub key: Str,
+    pub secret_hash: Str,
+    pub user: Str,
+    pub integration: Str,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct OAuth {
+    pub mode: Str,
+    pub issuer: Option<Str>,
+    pub audience: Option<Str>,
+    pub jwks_url: Option<Str>,
+    pub jwks_file: Option<Str>,
+    pub introspection_url: Option<Str>,
+    pub client_id: Option<Str>,
+    pub client_secret: Option<Spanned<Secret>>,
+    pub username_claim: Option<Str>,
+    pub roles_claim: Option<Str>,
+    #[serde(default)]
+    pub allowed_client_ids: Vec<Str>,
+    pub leeway: Option<Str>,
+    pub access_token_ttl: Option<Str>,
+    pub refresh_token_ttl: Option<Str>,
+    pub algorithm: Option<Str>,
+    #[serde(default)]
+    pub algorithms: Vec<Str>,
+    pub signing_key: Option<Spanned<Secret>>,
+    #[serde(default)]
+    pub clients: Vec<Spanned<OAuthClient>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct OAuthClient {
+    pub client_id: Str,
+    pub client_secret_hash: Str,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Endpoint {
+    pub name: Str,
+    pub base_url: Str,
+    #[serde(default)]
+    pub trust_self_signed: bool,
+    pub pin_sha256: Option<Str>,
+    pub callers: Option<Spanned<Rule>>,
+    pub auth: Option<Spanned<EndpointAuth>>,
+    pub timeout: Option<Str>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum EndpointAuth {
+    None,
+    Basic {
+        username: Str,
+        password: Spanned<Secret>,
+        #[serde(default = "yes")]
+        preemptive: bool,
+    },
+    Oauth2 {
+        grant: Str,
+        token_url: Str,
+        client_id: Str,
+        client_secret: Option<Spanned<Secret>>,
+        username: Option<Str>,
+        password: Option<Spanned<Secret>>,
+        #[serde(default)]
+        scopes: Vec<Str>,
+    },
+    Principal,
+    Signature {
+        key_id: Str,
+        algorithm: Str,
+        key: Spanned<Secret>,
+        #[serde(default)]
+        components: Vec<Str>,
+    },
+}
+
+fn yes() -> bool {
+    true
+}

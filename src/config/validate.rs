@@ -1,0 +1,1115 @@
+//! From `raw` to [`Config`]: every value checked, every error collected with its position.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::raw::{self, Str};
+use super::*;
+
+pub(super) fn run(file: &Path, text: &str) -> Result<Loaded, Errors> {
+    let mut v = Validator {
+        file: file.to_owned(),
+        text,
+        errors: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let doc = match toml_edit::ImDocument::parse(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            v.error(e.span(), format!("invalid TOML: {}", e.message().trim()));
+            return Err(Errors(v.errors));
+        }
+    };
+    let mut unknown: Vec<Vec<Segment>> = Vec::new();
+    let parsed: Result<raw::Raw, _> =
+        serde_ignored::deserialize(toml::Deserializer::new(text), |path| unknown.push(segments(&path)));
+    for segs in &unknown {
+        let span = locate(doc.as_item(), segs);
+        v.error(span, format!("unknown key `{}`", dotted(segs)));
+    }
+    let raw = match parsed {
+        Ok(raw) => raw,
+        Err(e) => {
+            v.error(e.span(), e.message().trim().to_string());
+            return Err(Errors(v.errors));
+        }
+    };
+    let config = v.config(raw);
+    if v.errors.is_empty() {
+        Ok(Loaded {
+            config,
+            warnings: v.warnings,
+        })
+    } else {
+        Err(Errors(v.errors))
+    }
+}
+
+// === serde_ignored paths to positions ===
+
+#[derive(Debug)]
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+fn segments(path: &serde_ignored::Path<'_>) -> Vec<Segment> {
+    use serde_ignored::Path as P;
+    let mut out = match path {
+        P::Root => return Vec::new(),
+        P::Seq { parent, .. }
+        | P::Map { parent, .. }
+        | P::Some { parent }
+        | P::NewtypeStruct { parent }
+        | P::NewtypeVariant { parent } => segments(parent),
+    };
+    match path {
+        P::Seq { index, .. } => out.push(Segment::Index(*index)),
+        // `toml::Spanned` deserializes through a private map; its keys are not the user's.
+        P::Map { key, .. } if !key.starts_with("$__serde_spanned_private") => out.push(Segment::Key(key.clone())),
+        _ => {}
+    }
+    out
+}
+
+fn dotted(segs: &[Segment]) -> String {
+    let mut s = String::new();
+    for seg in segs {
+        match seg {
+            Segment::Key(k) => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(k);
+            }
+            Segment::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+fn locate(root: &toml_edit::Item, segs: &[Segment]) -> Option<Span> {
+    let mut item = root;
+    let mut span = None;
+    for seg in segs {
+        match seg {
+            Segment::Key(k) => {
+                let (key, next) = match item {
+                    toml_edit::Item::Table(t) => t.get_key_value(k)?,
+                    toml_edit::Item::Value(toml_edit::Value::InlineTable(t)) => t.get_key_value(k)?,
+                    _ => return span,
+                };
+                span = key.span().or(span);
+                item = next;
+            }
+            Segment::Index(i) => match item {
+                toml_edit::Item::ArrayOfTables(a) => {
+                    let t = a.get(*i)?;
+                    span = t.span().or(span);
+                    // Array-of-tables entries are tables; continue through a temporary view.
+                    return locate_in_table(t, segs_after(segs, seg)).or(span);
+                }
+                toml_edit::Item::Value(toml_edit::Value::Array(a)) => {
+                    let v = a.get(*i)?;
+                    span = v.span().or(span);
+                    if let toml_edit::Value::InlineTable(t) = v {
+                        return locate_in_inline(t, segs_after(segs, seg)).or(span);
+                    }
+                    return span;
+                }
+                _ => return span,
+            },
+        }
+    }
+    span
+}
+
+fn segs_after<'a>(segs: &'a [Segment], seg: &Segment) -> &'a [Segment] {
+    let pos = segs
+        .iter()
+        .position(|s| std::ptr::eq(s, seg))
+        .map_or(segs.len(), |p| p + 1);
+    &segs[pos..]
+}
+
+fn locate_in_table(t: &toml_edit::Table, segs: &[Segment]) -> Option<Span> {
+    let Some((Segment::Key(k), rest)) = segs.split_first() else {
+        return None;
+    };
+    let (key, item) = t.get_key_value(k)?;
+    if rest.is_empty() {
+        return key.span();
+    }
+    locate(item, rest).or(key.span())
+}
+
+fn locate_in_inline(t: &toml_edit::InlineTable, segs: &[Segment]) -> Option<Span> {
+    let Some((Segment::Key(k), rest)) = segs.split_first() else {
+        return None;
+    };
+    let (key, item) = t.get_key_value(k)?;
+    if rest.is_empty() {
+        return key.span();
+    }
+    locate(item, rest).or(key.span())
+}
+
+// === Validator ===
+
+struct Validator<'a> {
+    file: PathBuf,
+    text: &'a str,
+    errors: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
+}
+
+fn sp<T>(s: &Spanned<T>) -> Option<Span> {
+    Some(s.span())
+}
+
+impl Validator<'_> {
+    fn diag(&self, span: Option<Span>, message: String) -> Diagnostic {
+        let (line, column) = span.map_or((1, 1), |s| line_col(self.text, s.start));
+        Diagnostic {
+            file: self.file.clone(),
+            line,
+            column,
+            message,
+        }
+    }
+
+    fn error(&mut self, span: Option<Span>, message: impl Into<String>) {
+        let d = self.diag(span, message.into());
+        self.errors.push(d);
+    }
+
+    fn warn(&mut self, span: Option<Span>, message: impl Into<String>) {
+        let d = self.diag(span, format!("warning: {}", message.into()));
+        self.warnings.push(d);
+    }
+
+    fn line_of(&self, span: &Span) -> usize {
+        line_col(self.text, span.start).0
+    }
+
+    fn config(&mut self, raw: raw::Raw) -> Config {
+        let listen = match &raw.listen {
+            Some(l) => self.listen(l),
+            None => {
+                self.error(None, "missing [listen] section with `address`");
+                Listen {
+                    address: SocketAddr::from(([127, 0, 0, 1], 0)),
+                    tls: None,
+                }
+            }
+        };
+        let limits = self.limits(raw.limits.as_ref());
+        let admin = raw.admin.as_ref().and_then(|a| self.address(&a.get_ref().address));
+        let egress = raw.egress.as_ref().and_then(|a| self.address(&a.get_ref().address));
+        let cache = self.cache(raw.cache.as_ref());
+        let lockout = self.lockout(raw.lockout.as_ref());
+        self.shared(raw.shared.as_ref());
+        let runtime = Runtime {
+            worker_threads: raw
+                .runtime
+                .as_ref()
+                .and_then(|r| r.worker_threads.as_ref())
+                .and_then(|n| self.count(n, 1, 1024, "runtime.worker_threads"))
+                .map(|n| n as usize),
+        };
+        let assertion = self.assertion(raw.assertion.as_ref());
+        let users = self.users(&raw.users);
+        let plans = self.plans(&raw.plans, &users);
+        self.overlaps(&raw.plans, &plans);
+        let api_keys = self.api_keys(&raw.api_keys, &users, &plans);
+        let oauth = raw.oauth.as_ref().map(|o| self.oauth(o));
+        let endpoints = self.endpoints(&raw.endpoints);
+        Config {
+            file: self.file.clone(),
+            listen,
+            limits,
+            admin,
+            egress,
+            cache,
+            lockout,
+            runtime,
+            assertion,
+            users,
+            plans,
+            api_keys,
+            oauth,
+            endpoints,
+        }
+    }
+
+    // --- scalars ---
+
+    fn address(&mut self, s: &Str) -> Option<SocketAddr> {
+        match s.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.error(
+                    sp(s),
+                    format!(
+                        "invalid address `{}`: expected IP:PORT such as 127.0.0.1:8080",
+                        s.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, s: Option<&Str>, default: Duration, key: &str) -> Duration {
+        let Some(s) = s else { return default };
+        match humantime::parse_duration(s.get_ref()) {
+            Ok(d) => d,
+            Err(e) => {
+                self.error(
+                    sp(s),
+                    format!(
+                        "invalid duration `{}` for {key}: {e} (use e.g. \"250ms\", \"10s\", \"5m\")",
+                        s.get_ref()
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn count(&mut self, n: &Spanned<i64>, min: i64, max: i64, key: &str) -> Option<u64> {
+        let v = *n.get_ref();
+        if v < min || v > max {
+            self.error(sp(n), format!("{key} must be between {min} and {max}, not {v}"));
+            None
+        } else {
+            Some(v as u64)
+        }
+    }
+
+    fn url(&mut self, s: &Str, what: &str) -> Option<url::Url> {
+        match url::Url::parse(s.get_ref()) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
+            Ok(_) => {
+                self.error(
+                    sp(s),
+                    format!(
+                        "invalid URL `{}` for {what}: expected http:// or https:// with a host",
+                        s.get_ref()
+                    ),
+                );
+                None
+            }
+            Err(e) => {
+                self.error(sp(s), format!("invalid URL `{}` for {what}: {e}", s.get_ref()));
+                None
+            }
+        }
+    }
+
+    fn secret(&mut self, s: &Spanned<raw::Secret>, what: &str) -> Option<Secret> {
+        match s.get_ref() {
+            raw::Secret::Literal(v) => {
+                self.warn(
+                    sp(s),
+                    format!("{what} is a literal secret in the config file; prefer {{ env = \"NAME\" }} or {{ file = \"path\" }}"),
+                );
+                Some(Secret::new(v.as_bytes()))
+            }
+            raw::Secret::Env(r) => match std::env::var(&r.env) {
+                Ok(v) if !v.is_empty() => Some(Secret::new(v.into_bytes())),
+                Ok(_) => {
+                    self.error(sp(s), format!("environment variable `{}` for {what} is empty", r.env));
+                    None
+                }
+                Err(_) => {
+                    self.error(sp(s), format!("environment variable `{}` for {what} is not set", r.env));
+                    None
+                }
+            },
+            raw::Secret::File(r) => match std::fs::read_to_string(&r.file) {
+                Ok(v) => {
+                    let v = v.trim_end_matches(['\r', '\n']);
+                    if v.is_empty() {
+                        self.error(sp(s), format!("secret file `{}` for {what} is empty", r.file));
+                        None
+                    } else {
+                        Some(Secret::new(v.as_bytes()))
+                    }
+                }
+                Err(e) => {
+                    self.error(sp(s), format!("cannot read secret file `{}` for {what}: {e}", r.file));
+                    None
+                }
+            },
+        }
+    }
+
+    fn name(&mut self, s: &Str, what: &str) -> String {
+        let n = s.get_ref();
+        if n.is_empty()
+            || !n
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            self.error(
+                sp(s),
+                format!("invalid {what} name `{n}`: use letters, digits, `-`, `_` and `.`"),
+            );
+        }
+        n.clone()
+    }
+
+    /// User names and roles travel in headers (roles comma-separated) and in Basic
+    /// credentials (split at the first `:`), so they are visible ASCII without `:` or `,`.
+    fn principal_word(&mut self, s: &Str, what: &str) -> String {
+        let n = s.get_ref();
+        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_graphic() && b != b':' && b != b',') {
+            self.error(
+                sp(s),
+                format!("invalid {what} `{n}`: use visible ASCII without `:` or `,`"),
+            );
+        }
+        n.clone()
+    }
+
+    fn duplicate(&mut self, seen: &mut HashMap<String, Span>, name: &str, span: Span, what: &str) {
+        if let Some(first) = seen.get(name) {
+            let line = self.line_of(first);
+            self.error(
+                Some(span),
+                format!("duplicate {what} `{name}` (first defined on line {line})"),
+            );
+        } else {
+            seen.insert(name.to_string(), span);
+        }
+    }
+
+    // --- sections ---
+
+    fn listen(&mut self, l: &Spanned<raw::Listen>) -> Listen {
+        let r = l.get_ref();
+        let address = self
+            .address(&r.address)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let tls = r.tls.as_ref().and_then(|t| {
+            let t = t.get_ref();
+            let files = TlsFiles {
+                cert: PathBuf::from(t.cert.get_ref()),
+                key: PathBuf::from(t.key.get_ref()),
+            };
+            match crate::server::tls::load_certified_key(&files) {
+                Ok(_) => Some(files),
+                Err(crate::server::tls::LoadError::Cert(m)) => {
+                    self.error(sp(&t.cert), m);
+                    None
+                }
+                Err(crate::server::tls::LoadError::Key(m)) => {
+                    self.error(sp(&t.key), m);
+                    None
+                }
+            }
+        });
+        Listen { address, tls }
+    }
+
+    fn limits(&mut self, l: Option<&raw::Limits>) -> Limits {
+        let d = Limits::default();
+        let Some(l) = l else { return d };
+        Limits {
+            header_read_timeout: self.duration(
+                l.header_read_timeout.as_ref(),
+                d.header_read_timeout,
+                "limits.header_read_timeout",
+            ),
+            request_timeout: self.duration(l.request_timeout.as_ref(), d.request_timeout, "limits.request_timeout"),
+            idle_timeout: self.duration(l.idle_timeout.as_ref(), d.idle_timeout, "limits.idle_timeout"),
+            shutdown_timeout: self.duration(
+                l.shutdown_timeout.as_ref(),
+                d.shutdown_timeout,
+                "limits.shutdown_timeout",
+            ),
+            max_header_bytes: l
+                .max_header_bytes
+                .as_ref()
+                .and_then(|n| self.count(n, 1024, 16 * 1024 * 1024, "limits.max_header_bytes"))
+                .map_or(d.max_header_bytes, |n| n as usize),
+            max_body_bytes: l
+                .max_body_bytes
+                .as_ref()
+                .and_then(|n| self.count(n, 0, i64::MAX, "limits.max_body_bytes"))
+                .unwrap_or(d.max_body_bytes),
+            max_connections: l
+                .max_connections
+                .as_ref()
+                .and_then(|n| self.count(n, 1, 10_000_000, "limits.max_connections"))
+                .map_or(d.max_connections, |n| n as usize),
+        }
+    }
+
+    fn cache(&mut self, c: Option<&raw::Cache>) -> Cache {
+        let default = raw::Cache::default();
+        let c = c.unwrap_or(&default);
+        Cache {
+            ttl: self.duration(c.ttl.as_ref(), Duration::from_secs(60), "cache.ttl"),
+            negative_ttl: self.duration(c.negative_ttl.as_ref(), Duration::from_secs(5), "cache.negative_ttl"),
+            max_entries: c
+                .max_entries
+                .as_ref()
+                .and_then(|n| self.count(n, 1, i64::MAX, "cache.max_entries"))
+                .unwrap_or(100_000),
+        }
+    }
+
+    fn lockout(&mut self, l: Option<&raw::Lockout>) -> Lockout {
+        let default = raw::Lockout::default();
+        let l = l.unwrap_or(&default);
+        Lockout {
+            max_failures: l
+                .max_failures
+                .as_ref()
+                .and_then(|n| self.count(n, 1, 1_000_000, "lockout.max_failures"))
+                .map_or(10, |n| n as u32),
+            window: self.duration(l.window.as_ref(), Duration::from_secs(300), "lockout.window"),
+            duration: self.duration(l.duration.as_ref(), Duration::from_secs(900), "lockout.duration"),
+        }
+    }
+
+    fn shared(&mut self, s: Option<&raw::Shared>) {
+        let Some(s) = s else { return };
+        if let Some(b) = &s.backend {
+            match b.get_ref().as_str() {
+                "memory" => {}
+                "redis" => self.error(
+                    sp(b),
+                    "shared.backend = \"redis\" is not supported by this version; use \"memory\"",
+                ),
+                other => self.error(sp(b), format!("unknown shared.backend `{other}`: expected \"memory\"")),
+            }
+        }
+    }
+
+    fn assertion(&mut self, a: Option<&raw::Assertion>) -> Assertion {
+        let default = raw::Assertion::default();
+        let a = a.unwrap_or(&default);
+        let key = a.key.as_ref().and_then(|k| self.secret(k, "assertion.key"));
+        if let (Some(k), Some(raw_key)) = (&key, &a.key) {
+            if k.expose().len() < 32 {
+                self.warn(sp(raw_key), "assertion.key is shorter than 32 bytes");
+            }
+        }
+        Assertion {
+            key,
+            ttl: self.duration(a.ttl.as_ref(), Duration::from_secs(300), "assertion.ttl"),
+        }
+    }
+
+    fn users(&mut self, raw_users: &[Spanned<raw::User>]) -> Vec<User> {
+        let mut seen = HashMap::new();
+        let mut users = Vec::new();
+        for u in raw_users {
+            let r = u.get_ref();
+            let name = self.principal_word(&r.name, "user name");
+            self.duplicate(&mut seen, &name, r.name.span(), "user name");
+            let roles = r.roles.iter().map(|x| self.principal_word(x, "role")).collect();
+            let password_hash = r
+                .password_hash
+                .as_ref()
+                .and_then(|h| match argon2::PasswordHash::new(h.get_ref()) {
+                    Ok(p) if p.algorithm.as_str() == "argon2id" => Some(h.get_ref().clone()),
+                    Ok(p) => {
+                        self.error(
+                            sp(h),
+                            format!("password_hash of user `{name}` uses {}, expected argon2id", p.algorithm),
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        self.error(
+                            sp(h),
+                            format!("password_hash of user `{name}` is not an argon2id PHC string: {e}"),
+                        );
+                        None
+                    }
+                });
+            let password_expires_at = r
+                .password_expires_at
+                .as_ref()
+                .and_then(|t| match humantime::parse_rfc3339_weak(t.get_ref()) {
+                    Ok(at) => Some(at),
+                    Err(e) => {
+                        self.error(
+                            sp(t),
+                            format!(
+                                "invalid password_expires_at `{}`: {e} (expected e.g. \"2027-06-30T00:00:00Z\")",
+                                t.get_ref()
+                            ),
+                        );
+                        None
+                    }
+                });
+            let url_key_hash = r
+                .url_key_hash
+                .as_ref()
+                .and_then(|h| match SecretHash::parse(h.get_ref()) {
+                    Ok(x) => Some(x),
+                    Err(e) => {
+                        self.error(sp(h), format!("url_key_hash of user `{name}`: {e}"));
+                        None
+                    }
+                });
+            users.push(User {
+                name,
+                roles,
+                password_hash,
+                password_expires_at,
+                url_key_hash,
+                disabled: r.disabled,
+            });
+        }
+        users
+    }
+
+    fn rule(&mut self, r: Option<&Spanned<raw::Rule>>, users: &[User], what: &str) -> Rule {
+        let Some(r) = r else { return Rule::All };
+        let inner = r.get_ref();
+        if inner.all == Some(true) {
+            if !inner.roles.is_empty() || !inner.users.is_empty() {
+                self.error(
+                    sp(r),
+                    format!("{what}: `all = true` cannot be combined with roles or users"),
+                );
+            }
+            return Rule::All;
+        }
+        let roles: Vec<String> = inner.roles.iter().map(|x| self.principal_word(x, "role")).collect();
+        let names: Vec<String> = inner
+            .users
+            .iter()
+            .map(|x| self.principal_word(x, "user name"))
+            .collect();
+        if roles.is_empty() && names.is_empty() {
+            self.warn(sp(r), format!("{what} lists no roles and no users: nobody is allowed"));
+        }
+        for (n, s) in names.iter().zip(&inner.users) {
+            if !users.iter().any(|u| &u.name == n) {
+                self.warn(sp(s), format!("{what} names `{n}`, which is not a [[users]] entry"));
+            }
+        }
+        Rule::Only { roles, users: names }
+    }
+
+    fn plans(&mut self, raw_plans: &[Spanned<raw::Plan>], users: &[User]) -> Vec<Plan> {
+        let mut seen = HashMap::new();
+        let mut plans = Vec::new();
+        for p in raw_plans {
+            let r = p.get_ref();
+            let name = self.name(&r.name, "plan");
+            self.duplicate(&mut seen, &name, r.name.span(), "plan name");
+            let upstream = self.upstream(&r.upstream);
+            let access = self.rule(r.access.as_ref(), users, &format!("access of plan `{name}`"));
+            let mut seen_int = HashMap::new();
+            let mut integrations = Vec::new();
+            for i in &r.integrations {
+                let ri = i.get_ref();
+                let iname = self.name(&ri.name, "integration");
+                self.duplicate(
+                    &mut seen_int,
+                    &iname,
+                    ri.name.span(),
+                    &format!("integration name in plan `{name}`"),
+                );
+                let full = format!("{name}/{iname}");
+                let path = self.path_pattern(&ri.path);
+                let methods = self.methods(&ri.methods);
+                let auth = self.auth_methods(&ri.auth, &full);
+                let senders = self.rule(ri.senders.as_ref(), users, &format!("senders of integration `{full}`"));
+                integrations.push(Integration {
+                    name: iname,
+                    path,
+                    methods,
+                    auth,
+                    senders,
+                });
+            }
+            if r.integrations.is_empty() {
+                self.warn(sp(p), format!("plan `{name}` has no integrations"));
+            }
+            plans.push(Plan {
+                name,
+                upstream,
+                access,
+                integrations,
+            });
+        }
+        plans
+    }
+
+    fn upstream(&mut self, s: &Str) -> Upstream {
+        let text = s.get_ref();
+        if text == "builtin:echo" {
+            return Upstream::Echo;
+        }
+        let bad = |m: &str| format!("invalid upstream `{text}`: {m}");
+        match text.parse::<http::Uri>() {
+            Ok(uri) => {
+                let scheme = uri.scheme().cloned();
+                let ok_scheme = matches!(scheme.as_ref().map(|s| s.as_str()), Some("http") | Some("https"));
+                match (scheme, uri.authority().cloned()) {
+                    (Some(scheme), Some(authority)) if ok_scheme && uri.query().is_none() => Upstream::Http {
+                        scheme,
+                        authority,
+                        base_path: uri.path().trim_end_matches('/').to_string(),
+                    },
+                    _ => {
+                        self.error(
+                            sp(s),
+                            bad("expected http://HOST[:PORT][/base], https://... or builtin:echo"),
+                        );
+                        Upstream::Echo
+                    }
+                }
+            }
+            Err(e) => {
+                self.error(sp(s), bad(&e.to_string()));
+                Upstream::Echo
+            }
+        }
+    }
+
+    fn path_pattern(&mut self, s: &Str) -> PathPattern {
+        let p = s.get_ref();
+        let (base, prefix) = match p.strip_suffix("/*") {
+            Some(base) => (base, true),
+            None => (p.as_str(), false),
+        };
+        let problem = if !p.starts_with('/') {
+            Some("must start with `/`".to_string())
+        } else if base.contains('*') {
+            Some("`*` is only allowed as a final `/*`".to_string())
+        } else if base.contains(['?', '#']) {
+            Some("must not contain `?` or `#`".to_string())
+        } else if !prefix && p.len() > 1 && p.ends_with('/') {
+            None
+        } else {
+            crate::route::check_path(if base.is_empty() { "/" } else { base })
+                .err()
+                .map(|e| e.to_string())
+        };
+        if let Some(m) = problem {
+            self.error(sp(s), format!("invalid integration path `{p}`: {m}"));
+        }
+        if prefix {
+            PathPattern::Prefix(base.to_string())
+        } else {
+            PathPattern::Exact(p.clone())
+        }
+    }
+
+    fn methods(&mut self, s: &Spanned<Vec<Str>>) -> Vec<http::Method> {
+        if s.get_ref().is_empty() {
+            self.error(sp(s), "methods must list at least one HTTP method");
+        }
+        let mut out = Vec::new();
+        for m in s.get_ref() {
+            let text = m.get_ref();
+            match http::Method::from_bytes(text.as_bytes()) {
+                Ok(method) if text.bytes().all(|b| b.is_ascii_uppercase()) => out.push(method),
+                _ => self.error(
+                    sp(m),
+                    format!("invalid HTTP method `{text}`: expected e.g. \"GET\" or \"POST\""),
+                ),
+            }
+        }
+        out
+    }
+
+    fn auth_methods(&mut self, s: &Spanned<raw::OneOrMany>, full: &str) -> Vec<AuthMethod> {
+        let list: Vec<&String> = match s.get_ref() {
+            raw::OneOrMany::One(x) => vec![x],
+            raw::OneOrMany::Many(v) => v.iter().collect(),
+        };
+        if list.is_empty() {
+            self.error(
+                sp(s),
+                format!("integration `{full}` lists no auth method; write auth = \"none\" for a public route"),
+            );
+        }
+        let mut out = Vec::new();
+        for m in list {
+            match AuthMethod::parse(m) {
+                Some(a) if !out.contains(&a) => out.push(a),
+                Some(_) => self.error(sp(s), format!("auth method `{m}` is listed twice")),
+                None => self.error(
+                    sp(s),
+                    format!("unknown auth method `{m}`: expected url_key, basic, api_key, oauth or none"),
+                ),
+            }
+        }
+        if out.contains(&AuthMethod::None) && out.len() > 1 {
+            self.error(
+                sp(s),
+                format!("integration `{full}`: \"none\" cannot be combined with other methods"),
+            );
+        } else if out == [AuthMethod::None] {
+            self.warn(
+                sp(s),
+                format!("integration `{full}` has auth = \"none\": requests reach the upstream without a principal"),
+            );
+        }
+        if out.contains(&AuthMethod::UrlKey) {
+            self.warn(
+                sp(s),
+                format!("integration `{full}` accepts url_key: keys in URLs end up in histories and logs; prefer api_key or oauth"),
+            );
+        }
+        out
+    }
+
+    fn overlaps(&mut self, raw_plans: &[Spanned<raw::Plan>], plans: &[Plan]) {
+        let mut all = Vec::new();
+        for (p, rp) in plans.iter().zip(raw_plans) {
+            for (i, ri) in p.integrations.iter().zip(&rp.get_ref().integrations) {
+                all.push((format!("{}/{}", p.name, i.name), i, ri.get_ref().path.span()));
+            }
+        }
+        for (j, (name_j, b, span_j)) in all.iter().enumerate() {
+            for (name_i, a, span_i) in &all[..j] {
+                let shared: Vec<&str> = b
+                    .methods
+                    .iter()
+                    .filter(|m| a.methods.contains(m))
+                    .map(|m| m.as_str())
+                    .collect();
+                if !shared.is_empty() && a.path.overlaps(&b.path) {
+                    let line = self.line_of(span_i);
+                    self.error(
+                        Some(span_j.clone()),
+                        format!(
+                            "integration `{name_j}` ({}) overlaps `{name_i}` ({}, line {line}) for {}",
+                            b.path,
+                            a.path,
+                            shared.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    fn api_keys(&mut self, raw_keys: &[Spanned<raw::ApiKey>], users: &[User], plans: &[Plan]) -> Vec<ApiKey> {
+        let mut seen = HashMap::new();
+        let mut out = Vec::new();
+        for k in raw_keys {
+            let r = k.get_ref();
+            let key = r.key.get_ref().clone();
+            if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+                self.error(sp(&r.key), "invalid api key id: use visible ASCII without `:`");
+            }
+            self.duplicate(&mut seen, &key, r.key.span(), "api key");
+            let secret_hash = match SecretHash::parse(r.secret_hash.get_ref()) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    self.error(sp(&r.secret_hash), format!("secret_hash of api key `{key}`: {e}"));
+                    None
+                }
+            };
+            let user = r.user.get_ref().clone();
+            if !users.iter().any(|u| u.name == user) {
+                self.error(sp(&r.user), format!("api key `{key}` names unknown user `{user}`"));
+            }
+            let target = r.integration.get_ref();
+            let found = target.split_once('/').and_then(|(p, i)| {
+                let plan = plans.iter().find(|x| x.name == p)?;
+                let integ = plan.integrations.iter().find(|x| x.name == i)?;
+                Some((plan, integ))
+            });
+            let (plan, integration) = match found {
+                Some((plan, integ)) => {
+                    if !integ.auth.contains(&AuthMethod::ApiKey) {
+                        self.warn(
+                            sp(&r.integration),
+                            format!("api key `{key}` is bound to `{target}`, which does not accept api_key"),
+                        );
+                    }
+                    (plan.name.clone(), integ.name.clone())
+                }
+                None => {
+                    self.error(
+                        sp(&r.integration),
+                        format!("api key `{key}` names unknown integration `{target}` (expected PLAN/INTEGRATION)"),
+                    );
+                    (String::new(), String::new())
+                }
+            };
+            if let Some(secret_hash) = secret_hash {
+                out.push(ApiKey {
+                    key,
+                    secret_hash,
+                    user,
+                    plan,
+                    integration,
+                });
+            }
+        }
+        out
+    }
+
+    fn oauth(&mut self, o: &Spanned<raw::OAuth>) -> OAuth {
+        let r = o.get_ref();
+        let mode = match r.mode.get_ref().as_str() {
+            "builtin" => OAuthMode::Builtin,
+            "jwt" => OAuthMode::Jwt,
+            "introspection" => OAuthMode::Introspection,
+            other => {
+                self.error(
+                    sp(&r.mode),
+                    format!("unknown oauth.mode `{other}`: expected builtin, jwt or introspection"),
+                );
+                OAuthMode::Builtin
+            }
+        };
+        let jwks_url = r.jwks_url.as_ref().and_then(|u| self.url(u, "oauth.jwks_url"));
+        let jwks_file = r.jwks_file.as_ref().map(|f| PathBuf::from(f.get_ref()));
+        let introspection_url = r
+            .introspection_url
+            .as_ref()
+            .and_then(|u| self.url(u, "oauth.introspection_url"));
+        match mode {
+            OAuthMode::Jwt if r.jwks_url.is_none() && r.jwks_file.is_none() => {
+                self.error(sp(o), "oauth.mode = \"jwt\" needs jwks_url or jwks_file")
+            }
+            OAuthMode::Introspection if r.introspection_url.is_none() => {
+                self.error(sp(o), "oauth.mode = \"introspection\" needs introspection_url")
+            }
+            _ => {}
+        }
+        if let (Some(f), Some(span)) = (&jwks_file, &r.jwks_file) {
+            if let Err(e) = std::fs::read(f) {
+                self.error(sp(span), format!("cannot read oauth.jwks_file `{}`: {e}", f.display()));
+            }
+        }
+        let client_secret = r
+            .client_secret
+            .as_ref()
+            .and_then(|s| self.secret(s, "oauth.client_secret"));
+        let signing_key = r.signing_key.as_ref().and_then(|s| self.secret(s, "oauth.signing_key"));
+        let mut algorithms: Vec<String> = r.algorithms.iter().map(|a| a.get_ref().clone()).collect();
+        if let Some(a) = &r.algorithm {
+            algorithms.push(a.get_ref().clone());
+        }
+        for a in r.algorithms.iter().chain(r.algorithm.iter()) {
+            let ok = matches!(
+                a.get_ref().as_str(),
+                "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" | "ES256" | "ES384" | "EdDSA"
+            );
+            if !ok {
+                self.error(
+                    sp(a),
+                    format!(
+                        "unsupported oauth algorithm `{}`: expected an asymmetric one such as RS256, ES256 or EdDSA",
+                        a.get_ref()
+                    ),
+                );
+            }
+        }
+        let mut seen = HashMap::new();
+        let mut clients = Vec::new();
+        for c in &r.clients {
+            let rc = c.get_ref();
+            let id = self.principal_word(&rc.client_id, "client_id");
+            self.duplicate(&mut seen, &id, rc.client_id.span(), "oauth client");
+            match SecretHash::parse(rc.client_secret_hash.get_ref()) {
+                Ok(h) => clients.push(OAuthClient {
+                    client_id: id,
+                    client_secret_hash: h,
+                }),
+                Err(e) => self.error(
+                    sp(&rc.client_secret_hash),
+                    format!("client_secret_hash of client `{id}`: {e}"),
+                ),
+            }
+        }
+        OAuth {
+            mode,
+            issuer: r.issuer.as_ref().map(|s| s.get_ref().clone()),
+            audience: r.audience.as_ref().map(|s| s.get_ref().clone()),
+            jwks_url,
+            jwks_file,
+            introspection_url,
+            client_id: r.client_id.as_ref().map(|s| s.get_ref().clone()),
+            client_secret,
+            username_claim: r
+                .username_claim
+                .as_ref()
+                .map_or_else(|| "sub".to_string(), |s| s.get_ref().clone()),
+            roles_claim: r.roles_claim.as_ref().map(|s| s.get_ref().clone()),
+            allowed_client_ids: r.allowed_client_ids.iter().map(|s| s.get_ref().clone()).collect(),
+            leeway: self.duration(r.leeway.as_ref(), Duration::from_secs(30), "oauth.leeway"),
+            access_token_ttl: self.duration(
+                r.access_token_ttl.as_ref(),
+                Duration::from_secs(900),
+                "oauth.access_token_ttl",
+            ),
+            refresh_token_ttl: self.duration(
+                r.refresh_token_ttl.as_ref(),
+                Duration::from_secs(30 * 86400),
+                "oauth.refresh_token_ttl",
+            ),
+            algorithms,
+            signing_key,
+            clients,
+        }
+    }
+
+    fn endpoints(&mut self, raw_eps: &[Spanned<raw::Endpoint>]) -> Vec<Endpoint> {
+        let mut seen = HashMap::new();
+        let mut out = Vec::new();
+        for e in raw_eps {
+            let r = e.get_ref();
+            let name = self.name(&r.name, "endpoint");
+            self.duplicate(&mut seen, &name, r.name.span(), "endpoint name");
+            let base_url = self.url(&r.base_url, &format!("endpoint `{name}` base_url"));
+            let pin_sha256 = r.pin_sha256.as_ref().and_then(|p| {
+                let hex_text: String = p.get_ref().chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
+                let mut out = [0u8; 32];
+                match hex::decode_to_slice(&hex_text, &mut out) {
+                    Ok(()) => Some(out),
+                    Err(_) => {
+                        self.error(sp(p), format!("pin_sha256 of endpoint `{name}` must be 64 hex digits (SHA-256 of the DER certificate)"));
+                        None
+                    }
+                }
+            });
+            let callers = r
+                .callers
+                .as_ref()
+                .map(|c| self.rule(Some(c), &[], &format!("callers of endpoint `{name}`")));
+            let auth = match &r.auth {
+                None => EndpointAuth::None,
+                Some(a) => self.endpoint_auth(a, &name),
+            };
+            let timeout = self.duration(r.timeout.as_ref(), Duration::from_secs(30), "endpoint timeout");
+            if let Some(base_url) = base_url {
+                out.push(Endpoint {
+                    name,
+                    base_url,
+                    trust_self_signed: r.trust_self_signed,
+                    pin_sha256,
+                    callers,
+                    auth,
+                    timeout,
+                });
+            }
+        }
+        out
+    }
+
+    fn endpoint_auth(&mut self, a: &Spanned<raw::EndpointAuth>, name: &str) -> EndpointAuth {
+        let what = |k: &str| format!("endpoint `{name}` auth.{k}");
+        match a.get_ref() {
+            raw::EndpointAuth::None => EndpointAuth::None,
+            raw::EndpointAuth::Principal => EndpointAuth::Principal,
+            raw::EndpointAuth::Basic {
+                username,
+                password,
+                preemptive,
+            } => EndpointAuth::Basic {
+                username: username.get_ref().clone(),
+                password: self
+                    .secret(password, &what("password"))
+                    .unwrap_or_else(|| Secret::new("")),
+                preemptive: *preemptive,
+            },
+            raw::EndpointAuth::Oauth2 {
+                grant,
+                token_url,
+                client_id,
+                client_secret,
+                username,
+                password,
+                scopes,
+            } => {
+                let g = match grant.get_ref().as_str() {
+                    "password" => OAuthGrant::Password,
+                    "client_credentials" => OAuthGrant::ClientCredentials,
+                    other => {
+                        self.error(
+                            sp(grant),
+                            format!("unknown grant `{other}`: expected password or client_credentials"),
+                        );
+                        OAuthGrant::ClientCredentials
+                    }
+                };
+                if g == OAuthGrant::Password && (username.is_none() || password.is_none()) {
+                    self.error(
+                        sp(a),
+                        format!("endpoint `{name}`: grant = \"password\" needs username and password"),
+                    );
+                }
+                let token_url = self.url(token_url, &what("token_url"));
+                EndpointAuth::OAuth2 {
+                    grant: g,
+                    token_url: token_url
+                        .unwrap_or_else(|| url::Url::parse("http://invalid.").expect("static URL parses")),
+                    client_id: client_id.get_ref().clone(),
+                    client_secret: client_secret
+                        .as_ref()
+                        .and_then(|s| self.secret(s, &what("client_secret"))),
+                    username: username.as_ref().map(|u| u.get_ref().clone()),
+                    password: password.as_ref().and_then(|s| self.secret(s, &what("password"))),
+                    scopes: scopes.iter().map(|s| s.get_ref().clone()).collect(),
+                }
+            }
+            raw::EndpointAuth::Signature {
+                key_id,
+                algorithm,
+                key,
+                components,
+            } => {
+                let alg = match algorithm.get_ref().as_str() {
+                    "hmac-sha256" => SignatureAlgorithm::HmacSha256,
+                    "ed25519" => SignatureAlgorithm::Ed25519,
+                    other => {
+                        self.error(
+                            sp(algorithm),
+                            format!("unknown signature algorithm `{other}`: expected hmac-sha256 or ed25519"),
+                        );
+                        SignatureAlgorithm::HmacSha256
+                    }
+                };
+                let components: Vec<String> = if components.is_empty() {
+                    vec!["@method".into(), "@target-uri".into()]
+                } else {
+                    components.iter().map(|c| c.get_ref().clone()).collect()
+                };
+                for c in components.iter().zip(0..) {
+                    let ok = matches!(
+                        c.0.as_str(),
+                        "@method" | "@target-uri" | "@authority" | "@scheme" | "@request-target" | "@path" | "@query"
+                    ) || (!c.0.starts_with('@')
+                        && !c.0.is_empty()
+                        && c.0
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+                    if !ok {
+                        self.error(
+                            sp(a),
+                            format!("endpoint `{name}`: unsupported signature component `{}`", c.0),
+                        );
+                    }
+                }
+                EndpointAuth::Signature {
+                    key_id: key_id.get_ref().clone(),
+                    algorithm: alg,
+                    key: self.secret(key, &what("key")).unwrap_or_else(|| Secret::new("")),
+                    components,
+                }
+            }
+        }
+    }
+}

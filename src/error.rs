@@ -1,0 +1,222 @@
+//! The HTTP boundary's error: every refusal Portcullis answers itself, and the one
+//! function that turns it into the contract's JSON response.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Response, StatusCode};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
+
+use crate::headers::X_REQUEST_ID;
+use crate::metrics::Outcome;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of every response Portcullis sends.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+pub const MSG_MISSING: &str = "Required to provide Auth information";
+pub const MSG_REJECTED: &str = "User is not authenticated";
+pub const MSG_FORBIDDEN: &str =
+    "UNAUTHORIZED_ACCESS_ERROR: User does not have the permission to access this service/functionality.";
+
+/// A request Portcullis answers itself instead of forwarding.
+#[derive(Debug, Clone)]
+pub enum Refusal {
+    /// 400: malformed or ambiguous request; the message says what was wrong.
+    BadRequest(Cow<'static, str>),
+    /// 404: no integration for the path.
+    NotFound,
+    /// 405: the path exists for these methods only.
+    MethodNotAllowed(Vec<Method>),
+    /// 413: body over `max_body_bytes`.
+    PayloadTooLarge,
+    /// 431: headers over `max_header_bytes`.
+    HeadersTooLarge,
+    /// 401: no credentials where the integration's methods look for them.
+    Missing { challenges: Vec<HeaderValue> },
+    /// 401: credentials refused; `reason` is for the log only.
+    Rejected {
+        reason: &'static str,
+        challenges: Vec<HeaderValue>,
+    },
+    /// 403: authenticated, not allowed; `reason` is for the log only.
+    Forbidden {
+        reason: &'static str,
+        challenge: Option<HeaderValue>,
+    },
+    /// 429: locked out after repeated failures.
+    LockedOut { retry_after: Duration },
+    /// 502: the upstream (or a token server) could not be reached or answered badly.
+    BadGateway(&'static str),
+    /// 503: a service needed for the decision (an OAuth server) is unavailable.
+    Unavailable(&'static str),
+    /// 504: the upstream did not answer within `request_timeout`.
+    GatewayTimeout,
+}
+
+impl Refusal {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Refusal::NotFound => StatusCode::NOT_FOUND,
+            Refusal::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Refusal::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Refusal::Missing { .. } | Refusal::Rejected { .. } => StatusCode::UNAUTHORIZED,
+            Refusal::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Refusal::LockedOut { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// What the client is told.
+    pub fn message(&self) -> Cow<'static, str> {
+        Cow::Borrowed(match self {
+            Refusal::BadRequest(m) => return m.clone(),
+            Refusal::NotFound => "No integration matches this path",
+            Refusal::MethodNotAllowed(_) => "Method not allowed for this integration",
+            Refusal::PayloadTooLarge => "Request body exceeds the size limit",
+            Refusal::HeadersTooLarge => "Request headers exceed the size limit",
+            Refusal::Missing { .. } => MSG_MISSING,
+            Refusal::Rejected { .. } => MSG_REJECTED,
+            Refusal::Forbidden { .. } => MSG_FORBIDDEN,
+            Refusal::LockedOut { .. } => "Too many failed attempts; try again later",
+            Refusal::BadGateway(_) => "Upstream service unreachable",
+            Refusal::Unavailable(_) => "Authorization service unavailable",
+            Refusal::GatewayTimeout => "Upstream service timed out",
+        })
+    }
+
+    /// The `outcome` label of `portcullis_requests_total`.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Refusal::BadRequest(_)
+            | Refusal::NotFound
+            | Refusal::MethodNotAllowed(_)
+            | Refusal::PayloadTooLarge
+            | Refusal::HeadersTooLarge => Outcome::BadRequest,
+            Refusal::Missing { .. } | Refusal::Rejected { .. } => Outcome::Unauthenticated,
+            Refusal::Forbidden { .. } => Outcome::Forbidden,
+            Refusal::LockedOut { .. } => Outcome::LockedOut,
+            Refusal::BadGateway(_) | Refusal::Unavailable(_) | Refusal::GatewayTimeout => Outcome::UpstreamError,
+        }
+    }
+
+    /// The precise reason for the log line; never sent to the client.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::BadRequest(_) => "bad_request",
+            Refusal::NotFound => "no_route",
+            Refusal::MethodNotAllowed(_) => "method_not_allowed",
+            Refusal::PayloadTooLarge => "body_too_large",
+            Refusal::HeadersTooLarge => "headers_too_large",
+            Refusal::Missing { .. } => "no_credentials",
+            Refusal::Rejected { reason, .. } | Refusal::Forbidden { reason, .. } => reason,
+            Refusal::LockedOut { .. } => "locked_out",
+            Refusal::BadGateway(r) | Refusal::Unavailable(r) => r,
+            Refusal::GatewayTimeout => "upstream_timeout",
+        }
+    }
+
+    /// The JSON response, with `X-Request-Id` and the status's own headers.
+    pub fn into_response(self, request_id: &HeaderValue) -> Response<Body> {
+        let status = self.status();
+        let mut resp = json_error(status, &self.message(), request_id);
+        let h = resp.headers_mut();
+        match self {
+            Refusal::MethodNotAllowed(methods) => {
+                let allow = methods.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ");
+                if let Ok(v) = HeaderValue::from_str(&allow) {
+                    h.insert(header::ALLOW, v);
+                }
+            }
+            Refusal::Missing { challenges } | Refusal::Rejected { challenges, .. } => {
+                for c in challenges {
+                    h.append(header::WWW_AUTHENTICATE, c);
+                }
+            }
+            Refusal::Forbidden { challenge: Some(c), .. } => {
+                h.insert(header::WWW_AUTHENTICATE, c);
+            }
+            Refusal::LockedOut { retry_after } => {
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            }
+            Refusal::PayloadTooLarge | Refusal::HeadersTooLarge => {
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Refusal::BadRequest(_)
+            | Refusal::NotFound
+            | Refusal::Forbidden { challenge: None, .. }
+            | Refusal::BadGateway(_)
+            | Refusal::Unavailable(_)
+            | Refusal::GatewayTimeout => {}
+        }
+        resp
+    }
+}
+
+/// `{"code":401,"reason":"Unauthorized","message":"...","request_id":"..."}`
+pub fn json_error(status: StatusCode, message: &str, request_id: &HeaderValue) -> Response<Body> {
+    #[derive(serde::Serialize)]
+    struct ErrorBody<'a> {
+        code: u16,
+        reason: &'a str,
+        message: &'a str,
+        request_id: &'a str,
+    }
+    let body = ErrorBody {
+        code: status.as_u16(),
+        reason: status.canonical_reason().unwrap_or(""),
+        message,
+        request_id: request_id.to_str().unwrap_or(""),
+    };
+    let json = serde_json::to_vec(&body).unwrap_or_default();
+    let mut resp = Response::new(full(json));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(X_REQUEST_ID, request_id.clone());
+    resp
+}
+
+/// A complete body from bytes.
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn body_and_headers_follow_the_contract() {
+        let id = HeaderValue::from_static("req-1");
+        let resp = Refusal::Missing {
+            challenges: vec![HeaderValue::from_static("Basic realm=\"portcullis\"")],
+        }
+        .into_response(&id);
+        assert_eq!(resp.status(), 401);
+        assert_eq!(resp.headers()["x-request-id"], "req-1");
+        assert_eq!(resp.headers()["www-authenticate"], "Basic realm=\"portcullis\"");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"code":401,"reason":"Unauthorized","message":MSG_MISSING,"request_id":"req-1"})
+        );
+    }
+
+    #[test]
+    fn locked_out_rounds_retry_after_up() {
+        let resp = Refusal::LockedOut {
+            retry_after: Duration::from_millis(1500),
+        }
+        .into_response(&HeaderValue::from_static("x"));
+        assert_eq!(resp.headers()["retry-after"], "2");
+    }
+}

@@ -1,0 +1,558 @@
+//! The inbound pipeline: every request runs these phases, top to bottom, once.
+//!
+//! ```text
+//!  check head    431 headers over max_header_bytes; 400 ambiguous path
+//!  route         404 no integration for the path; 405 not for this method
+//!  body limit    413 declared Content-Length over max_body_bytes
+//!  hygiene       strip client-sent X-Portcullis-*
+//!  authenticate  429 locked out; 401 missing or refused credentials   -> Principal
+//!  authorize     403 plan access AND integration senders              -> Permit
+//!  rewrite       drop hop-by-hop and consumed credentials (Authorization, apiKey);
+//!                set X-Forwarded-*, X-Request-Id, principal headers and assertion
+//!  forward       stream to the upstream; 413 if a streamed body passes the limit;
+//!                502 unreachable, 504 no answer within request_timeout
+//!  finish        one access-log line and the metrics, for every request
+//! ```
+//!
+//! [`handle_inner`] is a line of `?` checks; [`handle`] turns a [`Refusal`] into the
+//! contract's JSON response once, and always sets `X-Request-Id`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Request, Response, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio_rustls::TlsAcceptor;
+
+use crate::assertion::Signer;
+use crate::auth::{self, Auth, Failure, Principal, RouteRef};
+use crate::authz;
+use crate::config::{AuthMethod, Config, Rule, Upstream};
+pub use crate::error::Refusal;
+use crate::error::{Body, BoxError};
+use crate::headers;
+use crate::metrics::{Metrics, Outcome, RouteMetrics};
+use crate::route::{self, Match, Router, Target};
+use crate::server::listener::ConnInfo;
+use crate::upstream::{self, BodyError};
+
+/// Process-wide state: the current config generation and what outlives reloads.
+pub struct State {
+    current: ArcSwap<Gateway>,
+    pub metrics: Metrics,
+    pub client: upstream::Client,
+    /// Assertion key used when the config sets none.
+    random_assertion_key: [u8; 32],
+    ready: AtomicBool,
+}
+
+/// Why a config could not become a running gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+impl State {
+    pub fn new(config: Config) -> Result<Arc<Self>, BuildError> {
+        let metrics = Metrics::new();
+        let random_assertion_key = rand::random();
+        let gw = Gateway::build(config, &metrics, &random_assertion_key)?;
+        metrics.config_last_reload_success.set(unix_now() as i64);
+        Ok(Arc::new(State {
+            current: ArcSwap::from_pointee(gw),
+            metrics,
+            client: upstream::client(),
+            random_assertion_key,
+            ready: AtomicBool::new(false),
+        }))
+    }
+
+    /// The config generation serving new requests.
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.current.load_full()
+    }
+
+    /// Builds a new generation from `config` and swaps it in; requests in flight keep
+    /// the generation they started with.
+    pub fn replace(&self, config: Config) -> Result<(), BuildError> {
+        let gw = Gateway::build(config, &self.metrics, &self.random_assertion_key)?;
+        self.current.store(Arc::new(gw));
+        Ok(())
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// One config generation, ready to serve.
+pub struct Gateway {
+    pub config: Config,
+    router: Router,
+    routes: Vec<Route>,
+    pub tls: Option<TlsAcceptor>,
+    pub auth: Auth,
+    signer: Signer,
+}
+
+/// Everything the pipeline needs about one integration, resolved once.
+pub struct Route {
+    pub plan: String,
+    pub integration: String,
+    plan_value: HeaderValue,
+    integration_value: HeaderValue,
+    upstream: Upstream,
+    access: Rule,
+    senders: Rule,
+    auth: Vec<AuthMethod>,
+    challenges: Vec<HeaderValue>,
+    metrics: RouteMetrics,
+}
+
+impl Gateway {
+    pub fn build(config: Config, metrics: &Metrics, random_key: &[u8; 32]) -> Result<Self, BuildError> {
+        let tls = match &config.listen.tls {
+            Some(files) => {
+                let key = crate::server::tls::load_certified_key(files).map_err(|e| BuildError::Tls(e.to_string()))?;
+                let cfg = crate::server::tls::server_config(key).map_err(|e| BuildError::Tls(e.to_string()))?;
+                Some(TlsAcceptor::from(cfg))
+            }
+            None => None,
+        };
+        let mut routes = Vec::new();
+        let mut table = Vec::new();
+        for (pi, plan) in config.plans.iter().enumerate() {
+            for integ in &plan.integrations {
+                // Targets index the flat route list.
+                let index = routes.len();
+                table.push((
+                    integ.path.clone(),
+                    integ.methods.clone(),
+                    Target {
+                        plan: pi,
+                        integration: index,
+                    },
+                ));
+                routes.push(Route {
+                    plan: plan.name.clone(),
+                    integration: integ.name.clone(),
+                    // Names are checked to be plain ASCII tokens.
+                    plan_value: HeaderValue::from_str(&plan.name).unwrap_or_else(|_| HeaderValue::from_static("")),
+                    integration_value: HeaderValue::from_str(&integ.name)
+                        .unwrap_or_else(|_| HeaderValue::from_static("")),
+                    upstream: plan.upstream.clone(),
+                    access: plan.access.clone(),
+                    senders: integ.senders.clone(),
+                    auth: integ.auth.clone(),
+                    challenges: challenges(&integ.auth),
+                    metrics: RouteMetrics::new(metrics, &plan.name, &integ.name),
+                });
+            }
+        }
+        let key: &[u8] = config.assertion.key.as_ref().map_or(&random_key[..], |k| k.expose());
+        Ok(Gateway {
+            router: Router::new(table),
+            routes,
+            tls,
+            auth: Auth::new(&config, metrics),
+            signer: Signer::new(key, config.assertion.ttl),
+            config,
+        })
+    }
+
+    pub fn signer(&self) -> &Signer {
+        &self.signer
+    }
+}
+
+/// `WWW-Authenticate` challenges for a route's methods.
+fn challenges(methods: &[AuthMethod]) -> Vec<HeaderValue> {
+    let mut out = Vec::new();
+    if methods.contains(&AuthMethod::Basic) || methods.contains(&AuthMethod::ApiKey) {
+        out.push(HeaderValue::from_static(
+            "Basic realm=\"portcullis\", charset=\"UTF-8\"",
+        ));
+    }
+    if methods.contains(&AuthMethod::OAuth) {
+        out.push(HeaderValue::from_static("Bearer realm=\"portcullis\""));
+    }
+    if methods.contains(&AuthMethod::UrlKey) {
+        out.push(HeaderValue::from_static(
+            "ApiKey realm=\"portcullis\", param=\"apiKey\"",
+        ));
+    }
+    out
+}
+
+// === the request ===
+
+/// What the finish phase reports about one request.
+struct Ctx {
+    request_id: HeaderValue,
+    started: Instant,
+    route: Option<usize>,
+    method: Option<AuthMethod>,
+    principal: Option<Arc<str>>,
+    upstream_elapsed: Option<Duration>,
+}
+
+/// Serves one inbound request; never fails.
+pub async fn handle(state: Arc<State>, req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Body> {
+    let gw = state.gateway();
+    let request_id = match req.headers().get(headers::X_REQUEST_ID) {
+        Some(v) if headers::valid_request_id(v) => v.clone(),
+        _ => headers::new_request_id(),
+    };
+    let mut ctx = Ctx {
+        request_id,
+        started: Instant::now(),
+        route: None,
+        method: None,
+        principal: None,
+        upstream_elapsed: None,
+    };
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let (mut resp, refusal) = match handle_inner(&state, &gw, &conn, &mut ctx, req).await {
+        Ok(resp) => (resp, None),
+        Err(r) => {
+            let reason = r.reason();
+            let outcome = r.outcome();
+            (r.into_response(&ctx.request_id), Some((outcome, reason)))
+        }
+    };
+    resp.headers_mut().insert(headers::X_REQUEST_ID, ctx.request_id.clone());
+    finish(
+        &state,
+        &gw,
+        &ctx,
+        &conn,
+        &method,
+        &path,
+        resp.status().as_u16(),
+        refusal,
+    );
+    resp
+}
+
+async fn handle_inner(
+    state: &State,
+    gw: &Gateway,
+    conn: &ConnInfo,
+    ctx: &mut Ctx,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Refusal> {
+    let (mut parts, body) = req.into_parts();
+    let decided = decide(gw, conn, ctx, &mut parts).await;
+    let (route, principal) = match decided {
+        Ok(x) => x,
+        Err(r) => {
+            upstream::drain(body);
+            return Err(r);
+        }
+    };
+    let route = &gw.routes[route];
+    let (body, overflow) =
+        match upstream::limit_body(body, gw.config.limits.max_body_bytes, content_length(&parts)).await {
+            Ok(x) => x,
+            Err(BodyError::TooLarge) => return Err(Refusal::PayloadTooLarge),
+            Err(BodyError::Client(_)) => return Err(Refusal::BadRequest("request body could not be read".into())),
+        };
+    rewrite(gw, route, conn, ctx, &mut parts, principal.as_ref())?;
+    let req = Request::from_parts(parts, body);
+    let started = Instant::now();
+    let sent = tokio::time::timeout(gw.config.limits.request_timeout, send(state, &route.upstream, req)).await;
+    let elapsed = started.elapsed();
+    ctx.upstream_elapsed = Some(elapsed);
+    route.metrics.upstream.observe(elapsed.as_secs_f64());
+    let mut resp = match sent {
+        Err(_) => return Err(Refusal::GatewayTimeout),
+        Ok(Err(_)) if overflow.happened() => return Err(Refusal::PayloadTooLarge),
+        Ok(Err(e)) => {
+            tracing::debug!(request_id = ?ctx.request_id, error = %e, "upstream request failed");
+            return Err(Refusal::BadGateway(e.reason));
+        }
+        Ok(Ok(resp)) => resp,
+    };
+    headers::remove_hop_by_hop(resp.headers_mut());
+    Ok(resp)
+}
+
+/// Every check before forwarding: the route index and the principal (none for `auth = "none"`).
+async fn decide(
+    gw: &Gateway,
+    conn: &ConnInfo,
+    ctx: &mut Ctx,
+    parts: &mut Parts,
+) -> Result<(usize, Option<Principal>), Refusal> {
+    if headers::size(&parts.headers) > gw.config.limits.max_header_bytes {
+        return Err(Refusal::HeadersTooLarge);
+    }
+    let path = parts.uri.path();
+    route::check_path(path).map_err(|e| Refusal::BadRequest(e.to_string().into()))?;
+    let index = match gw.router.route(path, &parts.method) {
+        Match::Found(t) => t.integration,
+        Match::MethodNotAllowed(allowed) => return Err(Refusal::MethodNotAllowed(allowed.to_vec())),
+        Match::NotFound => return Err(Refusal::NotFound),
+    };
+    ctx.route = Some(index);
+    let route = &gw.routes[index];
+    let limit = gw.config.limits.max_body_bytes;
+    if limit > 0 && content_length(parts).is_some_and(|n| n > limit) {
+        return Err(Refusal::PayloadTooLarge);
+    }
+    headers::strip_portcullis(&mut parts.headers);
+    if route.auth == [AuthMethod::None] {
+        ctx.method = Some(AuthMethod::None);
+        return Ok((index, None));
+    }
+    let route_ref = RouteRef {
+        plan: &route.plan,
+        integration: &route.integration,
+    };
+    let principal = match gw
+        .auth
+        .authenticate(&route.auth, route_ref, parts, conn.remote.ip())
+        .await
+    {
+        Ok(p) => p,
+        Err(f) => return Err(refuse(gw, route, ctx, f)),
+    };
+    ctx.method = Some(principal.method);
+    ctx.principal = Some(principal.user.clone());
+    if let Err(reason) = authz::authorize(&route.access, &route.senders, &principal) {
+        return Err(Refusal::Forbidden {
+            reason,
+            challenge: None,
+        });
+    }
+    Ok((index, Some(principal)))
+}
+
+/// Maps an authentication failure to its refusal, counting its precise reason.
+fn refuse(gw: &Gateway, route: &Route, ctx: &mut Ctx, f: Failure) -> Refusal {
+    let _ = gw;
+    let first = route.auth.first().copied().unwrap_or(AuthMethod::None);
+    match f {
+        Failure::Missing => {
+            ctx.method = Some(first);
+            Refusal::Missing {
+                challenges: route.challenges.clone(),
+            }
+        }
+        Failure::Rejected { method, reason } => {
+            ctx.method = Some(method);
+            Refusal::Rejected {
+                reason: reason.as_str(),
+                challenges: route.challenges.clone(),
+            }
+        }
+        Failure::LockedOut { method, retry_after } => {
+            ctx.method = Some(method);
+            Refusal::LockedOut { retry_after }
+        }
+        Failure::Unavailable { method, reason } => {
+            ctx.method = Some(method);
+            Refusal::Unavailable(reason)
+        }
+    }
+}
+
+fn content_length(parts: &Parts) -> Option<u64> {
+    parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Edits the request head in place for the upstream.
+fn rewrite(
+    gw: &Gateway,
+    route: &Route,
+    conn: &ConnInfo,
+    ctx: &Ctx,
+    parts: &mut Parts,
+    principal: Option<&Principal>,
+) -> Result<(), Refusal> {
+    let h = &mut parts.headers;
+    headers::remove_hop_by_hop(h);
+    let host = h.remove(header::HOST).or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    headers::set_forwarded(h, conn.remote.ip(), conn.tls, host.as_ref());
+    h.insert(headers::X_REQUEST_ID, ctx.request_id.clone());
+    h.insert(headers::X_PORTCULLIS_PLAN, route.plan_value.clone());
+    h.insert(headers::X_PORTCULLIS_INTEGRATION, route.integration_value.clone());
+    match principal {
+        None => {
+            h.insert(headers::X_PORTCULLIS_AUTH_METHOD, HeaderValue::from_static("none"));
+        }
+        Some(p) => {
+            if matches!(p.method, AuthMethod::Basic | AuthMethod::ApiKey) {
+                h.remove(header::AUTHORIZATION);
+            }
+            let bad = |_| Refusal::BadRequest("principal cannot be expressed in a header".into());
+            h.insert(headers::X_PORTCULLIS_USER, HeaderValue::from_str(&p.user).map_err(bad)?);
+            h.insert(
+                headers::X_PORTCULLIS_ROLES,
+                HeaderValue::from_str(&p.roles.join(",")).map_err(bad)?,
+            );
+            h.insert(
+                headers::X_PORTCULLIS_AUTH_METHOD,
+                HeaderValue::from_static(p.method.as_str()),
+            );
+            if let Some(c) = &p.client_id {
+                h.insert(headers::X_PORTCULLIS_CLIENT_ID, HeaderValue::from_str(c).map_err(bad)?);
+            }
+            let token = gw
+                .signer()
+                .sign(
+                    p,
+                    &route.plan,
+                    &route.integration,
+                    ctx.request_id.to_str().unwrap_or(""),
+                )
+                .map_err(|_| Refusal::BadGateway("assertion_signing_failed"))?;
+            h.insert(
+                headers::X_PORTCULLIS_ASSERTION,
+                HeaderValue::from_str(&token).map_err(bad)?,
+            );
+        }
+    }
+    // The URL key is a credential: it never leaves Portcullis, whatever the route.
+    let query = match parts.uri.query() {
+        Some(q) if auth::url_key::may_contain(q) => auth::url_key::strip(q),
+        Some(q) => Some(q.to_string()),
+        None => None,
+    };
+    parts.uri = upstream_uri(&route.upstream, parts.uri.path(), query.as_deref())?;
+    parts.version = Version::HTTP_11;
+    Ok(())
+}
+
+fn upstream_uri(upstream: &Upstream, path: &str, query: Option<&str>) -> Result<Uri, Refusal> {
+    let mut pq = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1) + 16);
+    let builder = Uri::builder();
+    let builder = match upstream {
+        Upstream::Echo => builder,
+        Upstream::Http {
+            scheme,
+            authority,
+            base_path,
+        } => {
+            pq.push_str(base_path);
+            builder.scheme(scheme.clone()).authority(authority.clone())
+        }
+    };
+    pq.push_str(path);
+    if let Some(q) = query {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    builder
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| Refusal::BadRequest("request target cannot be forwarded".into()))
+}
+
+/// Why the upstream gave no response.
+#[derive(Debug)]
+pub struct SendError {
+    pub reason: &'static str,
+    source: BoxError,
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.reason, self.source)
+    }
+}
+
+async fn send(state: &State, upstream: &Upstream, req: Request<Body>) -> Result<Response<Body>, SendError> {
+    match upstream {
+        Upstream::Echo => upstream::echo(req).await.map_err(|source| SendError {
+            reason: "upstream_error",
+            source,
+        }),
+        Upstream::Http { .. } => match state.client.request(req).await {
+            Ok(resp) => Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync())),
+            Err(e) => Err(SendError {
+                reason: if e.is_connect() {
+                    "upstream_unreachable"
+                } else {
+                    "upstream_error"
+                },
+                source: Box::new(e),
+            }),
+        },
+    }
+}
+
+/// The finish phase: one access-log line and the metrics.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    state: &State,
+    gw: &Gateway,
+    ctx: &Ctx,
+    conn: &ConnInfo,
+    method: &http::Method,
+    path: &str,
+    status: u16,
+    refusal: Option<(Outcome, &'static str)>,
+) {
+    let elapsed = ctx.started.elapsed();
+    let route = ctx.route.map(|i| &gw.routes[i]);
+    let (plan, integration) = route.map_or(("", ""), |r| (r.plan.as_str(), r.integration.as_str()));
+    let auth_method = ctx.method.map_or("", |m| m.as_str());
+    let outcome = refusal.map_or(Outcome::Allowed, |(o, _)| o);
+    let m = &state.metrics;
+    m.requests
+        .with_label_values(&[plan, integration, auth_method, outcome.as_str()])
+        .inc();
+    if let Some(r) = route {
+        r.metrics.duration.observe(elapsed.as_secs_f64());
+    }
+    let reason = refusal.map(|(_, r)| r);
+    if let Some((o, r)) = refusal {
+        if matches!(o, Outcome::Unauthenticated | Outcome::LockedOut | Outcome::Forbidden) {
+            m.auth_failures.with_label_values(&[auth_method, r]).inc();
+        }
+    }
+    tracing::info!(
+        target: "portcullis::access",
+        request_id = ctx.request_id.to_str().unwrap_or(""),
+        client = %conn.remote.ip(),
+        method = method.as_str(),
+        path,
+        plan,
+        integration,
+        auth_method,
+        principal = ctx.principal.as_deref().unwrap_or(""),
+        status,
+        reason = reason.unwrap_or(""),
+        latency_ms = elapsed.as_secs_f64() * 1000.0,
+        upstream_ms = ctx.upstream_elapsed.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+        "request"
+    );
+}

@@ -1,0 +1,155 @@
+//! Header names and the edits made to every forwarded message, in place.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_PORTCULLIS_USER: HeaderName = HeaderName::from_static("x-portcullis-user");
+pub const X_PORTCULLIS_ROLES: HeaderName = HeaderName::from_static("x-portcullis-roles");
+pub const X_PORTCULLIS_AUTH_METHOD: HeaderName = HeaderName::from_static("x-portcullis-auth-method");
+pub const X_PORTCULLIS_PLAN: HeaderName = HeaderName::from_static("x-portcullis-plan");
+pub const X_PORTCULLIS_INTEGRATION: HeaderName = HeaderName::from_static("x-portcullis-integration");
+pub const X_PORTCULLIS_CLIENT_ID: HeaderName = HeaderName::from_static("x-portcullis-client-id");
+pub const X_PORTCULLIS_ASSERTION: HeaderName = HeaderName::from_static("x-portcullis-assertion");
+
+const PORTCULLIS_PREFIX: &str = "x-portcullis-";
+
+/// Hop-by-hop headers (RFC 9110 section 7.6.1, plus the legacy `Keep-Alive` and
+/// `Proxy-Connection`): they describe one connection and are never forwarded.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes the hop-by-hop headers and every header named in `Connection`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Names listed in Connection are hop-by-hop too (RFC 9110 section 7.6.1).
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+    }
+    for n in &HOP_BY_HOP {
+        headers.remove(n);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// Removes every client-sent `X-Portcullis-*` header: only Portcullis sets those.
+pub fn strip_portcullis(headers: &mut HeaderMap) {
+    // Fast path: most requests carry none, and scanning keys allocates nothing.
+    if !headers.keys().any(|k| k.as_str().starts_with(PORTCULLIS_PREFIX)) {
+        return;
+    }
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with(PORTCULLIS_PREFIX))
+        .cloned()
+        .collect();
+    for n in spoofed {
+        headers.remove(n);
+    }
+}
+
+/// Appends the client address to `X-Forwarded-For` and sets `-Proto` and `-Host`.
+pub fn set_forwarded(headers: &mut HeaderMap, client_ip: std::net::IpAddr, tls: bool, host: Option<&HeaderValue>) {
+    let ip = client_ip.to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if tls { "https" } else { "http" }),
+    );
+    match host {
+        Some(h) => {
+            headers.insert(X_FORWARDED_HOST, h.clone());
+        }
+        None => {
+            headers.remove(X_FORWARDED_HOST);
+        }
+    }
+}
+
+/// Total size of a header block as counted against `max_header_bytes`: names, values and
+/// the `: ` and CRLF around each.
+pub fn size(headers: &HeaderMap) -> usize {
+    headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum()
+}
+
+/// Accepts a client's `X-Request-Id` only if it is short and plain, so it is safe to log.
+pub fn valid_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+}
+
+/// A fresh request id: 128 random bits as 32 hex digits.
+pub fn new_request_id() -> HeaderValue {
+    let id: u128 = rand::random();
+    let mut buf = [0u8; 32];
+    // 16 bytes always encode into exactly 32 hex digits.
+    let _ = hex::encode_to_slice(id.to_be_bytes(), &mut buf);
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret-Hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn portcullis_headers_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert("x-portcullis-user", HeaderValue::from_static("admin"));
+        h.insert("X-Portcullis-Roles", HeaderValue::from_static("root"));
+        h.insert("x-portcullisx", HeaderValue::from_static("kept"));
+        strip_portcullis(&mut h);
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn request_ids() {
+        assert!(valid_request_id(&HeaderValue::from_static("abc-123")));
+        assert!(!valid_request_id(&HeaderValue::from_static("a b")));
+        assert!(!valid_request_id(&HeaderValue::from_str(&"a".repeat(129)).unwrap()));
+        let id = new_request_id();
+        assert_eq!(id.len(), 32);
+        assert_ne!(id, new_request_id());
+    }
+}

@@ -1,0 +1,199 @@
+//! Prometheus metrics, named exactly as in the contract, in one registry served by the
+//! admin listener at `/metrics`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// `outcome` label values of `portcullis_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Allowed,
+    Unauthenticated,
+    Forbidden,
+    LockedOut,
+    BadRequest,
+    UpstreamError,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Unauthenticated => "unauthenticated",
+            Outcome::Forbidden => "forbidden",
+            Outcome::LockedOut => "locked_out",
+            Outcome::BadRequest => "bad_request",
+            Outcome::UpstreamError => "upstream_error",
+        }
+    }
+}
+
+/// Every metric of the process. Cheap to share: the vectors are internally `Arc`ed.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub auth_failures: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub cache_requests: IntCounterVec,
+    pub cache_entries: IntGaugeVec,
+    pub egress_requests: IntCounterVec,
+    pub egress_token_fetches: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub config_last_reload_success: IntGauge,
+    pub connections_active: IntGaugeVec,
+    pub connections_rejected: IntCounterVec,
+    pub tls_handshake_failures: IntCounter,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+            // Names are static and distinct, so registration cannot fail.
+            r.register(Box::new(c.clone())).expect("metric registers once");
+            c
+        }
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let hist = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &registry,
+                HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels)
+                    .expect("valid metric"),
+            )
+        };
+        let m = Metrics {
+            requests: counter(
+                "portcullis_requests_total",
+                "Inbound requests by plan, integration, auth method and outcome.",
+                &["plan", "integration", "auth_method", "outcome"],
+            ),
+            auth_failures: counter(
+                "portcullis_auth_failures_total",
+                "Refused credentials by auth method and precise reason.",
+                &["auth_method", "reason"],
+            ),
+            request_duration: hist(
+                "portcullis_request_duration_seconds",
+                "Time from request head to response head, by plan and integration.",
+                &["plan", "integration"],
+            ),
+            upstream_duration: hist(
+                "portcullis_upstream_duration_seconds",
+                "Time the upstream took to answer with its response head, by plan.",
+                &["plan"],
+            ),
+            cache_requests: counter(
+                "portcullis_cache_requests_total",
+                "Credential and token cache lookups by cache and result (hit/miss).",
+                &["cache", "result"],
+            ),
+            cache_entries: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new("portcullis_cache_entries", "Entries in each cache."),
+                    &["cache"],
+                )
+                .expect("valid metric"),
+            ),
+            egress_requests: counter(
+                "portcullis_egress_requests_total",
+                "Egress calls by endpoint and response status.",
+                &["endpoint", "status"],
+            ),
+            egress_token_fetches: counter(
+                "portcullis_egress_token_fetches_total",
+                "OAuth2 token fetches for egress endpoints by outcome.",
+                &["endpoint", "outcome"],
+            ),
+            config_reloads: counter(
+                "portcullis_config_reloads_total",
+                "Config reloads by outcome (success/failure).",
+                &["outcome"],
+            ),
+            config_last_reload_success: reg(
+                &registry,
+                IntGauge::new(
+                    "portcullis_config_last_reload_success_timestamp_seconds",
+                    "Unix time of the last successful config load.",
+                )
+                .expect("valid metric"),
+            ),
+            connections_active: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new("portcullis_connections_active", "Open connections by listener."),
+                    &["listener"],
+                )
+                .expect("valid metric"),
+            ),
+            connections_rejected: counter(
+                "portcullis_connections_rejected_total",
+                "Connections closed at accept because max_connections was reached.",
+                &["listener"],
+            ),
+            tls_handshake_failures: reg(
+                &registry,
+                IntCounter::new(
+                    "portcullis_tls_handshake_failures_total",
+                    "Failed or timed-out TLS handshakes.",
+                )
+                .expect("valid metric"),
+            ),
+            registry,
+        };
+        for outcome in ["success", "failure"] {
+            m.config_reloads.with_label_values(&[outcome]);
+        }
+        for listener in ["inbound", "admin", "egress"] {
+            m.connections_active.with_label_values(&[listener]);
+        }
+        m
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for the text format.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Pre-resolved histogram handles for one route, so the hot path hashes no labels for them.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    pub duration: Histogram,
+    pub upstream: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn new(m: &Metrics, plan: &str, integration: &str) -> Self {
+        RouteMetrics {
+            duration: m.request_duration.with_label_values(&[plan, integration]),
+            upstream: m.upstream_duration.with_label_values(&[plan]),
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! Accepting connections and serving HTTP on them, with every limit of `[limits]`.
+//!
+//! One loop per listener: accept, enforce `max_connections` (a connection over the cap is
+//! closed at once and counted), finish the TLS handshake within `header_read_timeout`,
+//! then let hyper serve HTTP/1.1 or HTTP/2 (by ALPN or preface) until the client leaves,
+//! the connection idles past `idle_timeout`, or shutdown asks it to finish.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
+
+use super::shutdown::Shutdown;
+use crate::config::Limits;
+use crate::error::Body;
+use crate::metrics::Metrics;
+
+/// What a handler knows about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: bool,
+}
+
+/// Per-connection settings, read from the current config at accept time.
+#[derive(Clone)]
+pub struct ConnSettings {
+    pub limits: Limits,
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// Serves `listener` until `shutdown` fires; connections run on `tracker`.
+pub async fn serve<S, H, F>(
+    listener: TcpListener,
+    name: &'static str,
+    settings: S,
+    handler: H,
+    metrics: Metrics,
+    tracker: TaskTracker,
+    mut shutdown: Shutdown,
+) where
+    S: Fn() -> ConnSettings + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, Arc<ConnInfo>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let active = Arc::new(AtomicUsize::new(0));
+    let gauge = metrics.connections_active.with_label_values(&[name]);
+    let rejected = metrics.connections_rejected.with_label_values(&[name]);
+    loop {
+        let (stream, remote) = tokio::select! {
+            _ = shutdown.fired() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(listener = name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let settings = settings();
+        if active.fetch_add(1, Ordering::AcqRel) >= settings.limits.max_connections {
+            active.fetch_sub(1, Ordering::AcqRel);
+            rejected.inc();
+            tracing::warn!(listener = name, %remote, "max_connections reached; connection closed");
+            drop(stream);
+            continue;
+        }
+        let guard = ConnGuard {
+            active: active.clone(),
+            gauge: gauge.clone(),
+        };
+        gauge.inc();
+        let local = stream.local_addr().unwrap_or(remote);
+        let handler = handler.clone();
+        let shutdown = shutdown.clone();
+        let tls_failures = metrics.tls_handshake_failures.clone();
+        tracker.spawn(async move {
+            let _guard = guard;
+            let _ = stream.set_nodelay(true);
+            match settings.tls {
+                Some(acceptor) => {
+                    let info = Arc::new(ConnInfo {
+                        remote,
+                        local,
+                        tls: true,
+                    });
+                    match tokio::time::timeout(settings.limits.header_read_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => serve_connection(tls, info, &settings.limits, handler, shutdown).await,
+                        Ok(Err(e)) => {
+                            tls_failures.inc();
+                            tracing::debug!(listener = name, %remote, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            tls_failures.inc();
+                            tracing::debug!(listener = name, %remote, "TLS handshake timed out");
+                        }
+                    }
+                }
+                None => {
+                    let info = Arc::new(ConnInfo {
+                        remote,
+                        local,
+                        tls: false,
+                    });
+                    serve_connection(stream, info, &settings.limits, handler, shutdown).await
+                }
+            }
+        });
+    }
+    tracing::info!(listener = name, "stopped accepting");
+}
+
+struct ConnGuard {
+    active: Arc<AtomicUsize>,
+    gauge: prometheus::IntGauge,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.active.fetch_sub(1, Ordering::AcqRel);
+        self.gauge.dec();
+    }
+}
+
+/// hyper's HTTP/1 read buffer: room for `max_header_bytes` plus the request line, so that
+/// our own check answers 431 with the JSON body; past that hyper answers 431 itself.
+fn read_buf_size(limits: &Limits) -> usize {
+    (limits.max_header_bytes + 16 * 1024).max(8192)
+}
+
+async fn serve_connection<I, H, F>(io: I, info: Arc<ConnInfo>, limits: &Limits, handler: H, mut shutdown: Shutdown)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>, Arc<ConnInfo>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(Tracked {
+        inner: io,
+        activity: activity.clone(),
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(read_buf_size(limits))
+        .max_headers(1000)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(read_buf_size(limits) as u32)
+        .max_concurrent_streams(256);
+    let svc_activity = activity.clone();
+    let svc = service_fn(move |req| {
+        let handler = handler.clone();
+        let info = info.clone();
+        let activity = svc_activity.clone();
+        async move {
+            activity.in_flight.fetch_add(1, Ordering::AcqRel);
+            let resp = handler(req, info).await;
+            activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+            activity.touch();
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let conn = builder.serve_connection(io, svc);
+    tokio::pin!(conn);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            _ = shutdown.fired(), if !draining => {
+                conn.as_mut().graceful_shutdown();
+                draining = true;
+            }
+            _ = activity.idle(limits.idle_timeout), if !draining => {
+                conn.as_mut().graceful_shutdown();
+                draining = true;
+            }
+        }
+    }
+}
+
+/// When the connection last moved a byte, and how many requests it has in flight.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing has moved for `timeout` and no request is in flight.
+    async fn idle(&self, timeout: Duration) {
+        loop {
+            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = last + timeout;
+            if Instant::now() >= deadline {
+                if self.in_flight.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                tokio::time::sleep(timeout.min(Duration::from_secs(1))).await;
+                continue;
+            }
+            tokio::time::sleep_until(deadline.into()).await;
+        }
+    }
+}
+
+/// An IO that records activity on every byte read or written.
+struct Tracked<I> {
+    inner: I,
+    activity: Arc<Activity>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Binds a TCP listener with a large backlog.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+#[allow(dead_code)]
+fn _assert_send(s: TcpStream) -> impl Send {
+    s
+}

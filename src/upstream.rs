@@ -1,0 +1,272 @@
+//! Upstream side: the pooled HTTP client, the builtin echo upstream, and request bodies
+//! held to `max_body_bytes` while they stream.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{Request, Response, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::error::{full, Body, BoxError};
+
+/// The pooled client used for every upstream, plain or TLS (web PKI roots).
+pub type Client = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Body>;
+
+pub fn client() -> Client {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(5)));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(crate::server::tls::provider())
+        // The ring provider supports the default protocol versions.
+        .expect("ring supports TLS 1.2 and 1.3")
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(1024)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(https)
+}
+
+// === impl echo ===
+
+/// `builtin:echo`: answers with a JSON description of the request as it would have
+/// reached an upstream. The body is counted as it streams, never held.
+pub async fn echo(req: Request<Body>) -> Result<Response<Body>, BoxError> {
+    let (parts, mut body) = req.into_parts();
+    let mut body_length: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        if let Some(data) = frame?.data_ref() {
+            body_length += data.len() as u64;
+        }
+    }
+    let mut headers = serde_json::Map::new();
+    for name in parts.headers.keys() {
+        let values: Vec<&str> = parts
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap_or("<binary>"))
+            .collect();
+        headers.insert(name.as_str().to_string(), serde_json::Value::String(values.join(", ")));
+    }
+    let doc = serde_json::json!({
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "query": parts.uri.query(),
+        "headers": headers,
+        "body_length": body_length,
+    });
+    let mut resp = Response::new(full(doc.to_string()));
+    *resp.status_mut() = StatusCode::OK;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}
+
+// === impl body limits ===
+
+/// Set when a streamed body went over its limit, so the caller answers 413, not 502.
+#[derive(Debug, Clone, Default)]
+pub struct Overflow(Arc<AtomicBool>);
+
+impl Overflow {
+    pub fn happened(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds max_body_bytes")]
+pub struct TooLarge;
+
+/// Why a request body could not be prepared for forwarding.
+#[derive(Debug)]
+pub enum BodyError {
+    TooLarge,
+    Client(hyper::Error),
+}
+
+/// Largest unknown-length body held back before forwarding, to learn its size first.
+pub const SPOOL_BYTES: u64 = 1024 * 1024;
+
+/// Prepares `body` for forwarding under `limit` (0 = none).
+///
+/// A declared `Content-Length` over the limit is refused before a byte is read. A body of
+/// unknown length is read until it ends or passes `min(limit, SPOOL_BYTES)`: one that ends
+/// over the limit within that window is refused without anything reaching the upstream.
+/// A longer one streams on, counted, and is cut with an error the moment it passes the
+/// limit, so the upstream never receives a complete over-limit request.
+pub async fn limit_body(body: Incoming, limit: u64, declared: Option<u64>) -> Result<(Body, Overflow), BodyError> {
+    let overflow = Overflow::default();
+    if limit == 0 {
+        return Ok((body.map_err(BoxError::from).boxed_unsync(), overflow));
+    }
+    if let Some(n) = declared {
+        // hyper (HTTP/1) and h2 (HTTP/2) both hold the body to its declared length.
+        return if n > limit {
+            Err(BodyError::TooLarge)
+        } else {
+            Ok((body.map_err(BoxError::from).boxed_unsync(), overflow))
+        };
+    }
+    if body.is_end_stream() {
+        return Ok((body.map_err(BoxError::from).boxed_unsync(), overflow));
+    }
+    let window = limit.min(SPOOL_BYTES);
+    let mut body = body;
+    let mut held = BytesMut::new();
+    let mut trailers = None;
+    let mut ended = false;
+    while (held.len() as u64) <= window {
+        match body.frame().await {
+            None => {
+                ended = true;
+                break;
+            }
+            Some(Err(e)) => return Err(BodyError::Client(e)),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => held.extend_from_slice(&data),
+                Err(frame) => {
+                    trailers = frame.into_trailers().ok();
+                    ended = true;
+                    break;
+                }
+            },
+        }
+    }
+    if held.len() as u64 > limit {
+        return Err(BodyError::TooLarge);
+    }
+    if ended {
+        let held = held.freeze();
+        let body: Body = match trailers {
+            None => full(held),
+            Some(t) => Prefixed {
+                prefix: Some(held),
+                trailers: Some(t),
+                rest: None,
+                remaining: 0,
+                overflow: overflow.clone(),
+            }
+            .boxed_unsync(),
+        };
+        return Ok((body, overflow));
+    }
+    let remaining = limit - held.len() as u64;
+    let body = Prefixed {
+        prefix: Some(held.freeze()),
+        trailers: None,
+        rest: Some(body),
+        remaining,
+        overflow: overflow.clone(),
+    };
+    Ok((body.boxed_unsync(), overflow))
+}
+
+/// Held bytes first, then the rest of the client's body, cut past the limit.
+struct Prefixed {
+    prefix: Option<Bytes>,
+    trailers: Option<http::HeaderMap>,
+    rest: Option<Incoming>,
+    remaining: u64,
+    overflow: Overflow,
+}
+
+impl HttpBody for Prefixed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(p) = self.prefix.take() {
+            if !p.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(p))));
+            }
+        }
+        if let Some(t) = self.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(t))));
+        }
+        let Some(rest) = self.rest.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(rest).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    if n > self.remaining {
+                        self.overflow.0.store(true, Ordering::Release);
+                        self.rest = None;
+                        return Poll::Ready(Some(Err(Box::new(TooLarge))));
+                    }
+                    self.remaining -= n;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => {
+                self.rest = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.trailers.is_none() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let mut hint = self
+            .rest
+            .as_ref()
+            .map(|r| r.size_hint())
+            .unwrap_or_else(|| SizeHint::with_exact(0));
+        let p = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        let lower = hint.lower() + p;
+        if let Some(u) = hint.upper() {
+            hint.set_upper(u + p);
+        }
+        hint.set_lower(lower);
+        hint
+    }
+}
+
+/// Reads and discards what is left of a refused request's body, within bounds, so the
+/// client reads our answer instead of a reset connection (the "lingering close" of
+/// nginx); past the bounds the connection is simply closed.
+pub fn drain(body: Incoming) {
+    if body.is_end_stream() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut body = body;
+        let mut left: u64 = 16 * 1024 * 1024;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while left > 0 {
+            match tokio::time::timeout_at(deadline, body.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+                    left = left.saturating_sub(n);
+                }
+                _ => break,
+            }
+        }
+    });
+}
