@@ -215,32 +215,34 @@ pub struct Endpoint {
 }
 
 #[derive(Debug, Deserialize)]
+// Plain types: `Spanned` cannot pass through an internally tagged enum's buffering;
+// errors point at the `auth` table instead.
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum EndpointAuth {
     None,
     Basic {
-        username: Str,
-        password: Spanned<Secret>,
+        username: String,
+        password: Secret,
         #[serde(default = "yes")]
         preemptive: bool,
     },
     Oauth2 {
-        grant: Str,
-        token_url: Str,
-        client_id: Str,
-        client_secret: Option<Spanned<Secret>>,
-        username: Option<Str>,
-        password: Option<Spanned<Secret>>,
+        grant: String,
+        token_url: String,
+        client_id: String,
+        client_secret: Option<Secret>,
+        username: Option<String>,
+        password: Option<Secret>,
         #[serde(default)]
-        scopes: Vec<Str>,
+        scopes: Vec<String>,
     },
     Principal,
     Signature {
-        key_id: Str,
-        algorithm: Str,
-        key: Spanned<Secret>,
+        key_id: String,
+        algorithm: String,
+        key: Secret,
         #[serde(default)]
-        components: Vec<Str>,
+        components: Vec<String>,
     },
 }
 

@@ -312,7 +312,12 @@ impl Validator<'_> {
     }
 
     fn secret(&mut self, s: &Spanned<raw::Secret>, what: &str) -> Option<Secret> {
-        match s.get_ref() {
+        self.secret_at(s.get_ref(), s.span(), what)
+    }
+
+    fn secret_at(&mut self, s: &raw::Secret, span: Span, what: &str) -> Option<Secret> {
+        let sp = |_: &raw::Secret| Some(span.clone());
+        match s {
             raw::Secret::Literal(v) => {
                 self.warn(
                     sp(s),
@@ -1011,6 +1016,7 @@ impl Validator<'_> {
 
     fn endpoint_auth(&mut self, a: &Spanned<raw::EndpointAuth>, name: &str) -> EndpointAuth {
         let what = |k: &str| format!("endpoint `{name}` auth.{k}");
+        let span = a.span();
         match a.get_ref() {
             raw::EndpointAuth::None => EndpointAuth::None,
             raw::EndpointAuth::Principal => EndpointAuth::Principal,
@@ -1019,9 +1025,9 @@ impl Validator<'_> {
                 password,
                 preemptive,
             } => EndpointAuth::Basic {
-                username: username.get_ref().clone(),
+                username: username.clone(),
                 password: self
-                    .secret(password, &what("password"))
+                    .secret_at(password, span, &what("password"))
                     .unwrap_or_else(|| Secret::new("")),
                 preemptive: *preemptive,
             },
@@ -1034,12 +1040,12 @@ impl Validator<'_> {
                 password,
                 scopes,
             } => {
-                let g = match grant.get_ref().as_str() {
+                let g = match grant.as_str() {
                     "password" => OAuthGrant::Password,
                     "client_credentials" => OAuthGrant::ClientCredentials,
                     other => {
                         self.error(
-                            sp(grant),
+                            Some(span.clone()),
                             format!("unknown grant `{other}`: expected password or client_credentials"),
                         );
                         OAuthGrant::ClientCredentials
@@ -1047,22 +1053,26 @@ impl Validator<'_> {
                 };
                 if g == OAuthGrant::Password && (username.is_none() || password.is_none()) {
                     self.error(
-                        sp(a),
+                        Some(span.clone()),
                         format!("endpoint `{name}`: grant = \"password\" needs username and password"),
                     );
                 }
-                let token_url = self.url(token_url, &what("token_url"));
+                let token_url = self.url(&Spanned::new(span.clone(), token_url.clone()), &what("token_url"));
+                let client_secret = client_secret
+                    .as_ref()
+                    .and_then(|s| self.secret_at(s, span.clone(), &what("client_secret")));
+                let password = password
+                    .as_ref()
+                    .and_then(|s| self.secret_at(s, span.clone(), &what("password")));
                 EndpointAuth::OAuth2 {
                     grant: g,
                     token_url: token_url
                         .unwrap_or_else(|| url::Url::parse("http://invalid.").expect("static URL parses")),
-                    client_id: client_id.get_ref().clone(),
-                    client_secret: client_secret
-                        .as_ref()
-                        .and_then(|s| self.secret(s, &what("client_secret"))),
-                    username: username.as_ref().map(|u| u.get_ref().clone()),
-                    password: password.as_ref().and_then(|s| self.secret(s, &what("password"))),
-                    scopes: scopes.iter().map(|s| s.get_ref().clone()).collect(),
+                    client_id: client_id.clone(),
+                    client_secret,
+                    username: username.clone(),
+                    password,
+                    scopes: scopes.clone(),
                 }
             }
             raw::EndpointAuth::Signature {
@@ -1071,12 +1081,12 @@ impl Validator<'_> {
                 key,
                 components,
             } => {
-                let alg = match algorithm.get_ref().as_str() {
+                let alg = match algorithm.as_str() {
                     "hmac-sha256" => SignatureAlgorithm::HmacSha256,
                     "ed25519" => SignatureAlgorithm::Ed25519,
                     other => {
                         self.error(
-                            sp(algorithm),
+                            Some(span.clone()),
                             format!("unknown signature algorithm `{other}`: expected hmac-sha256 or ed25519"),
                         );
                         SignatureAlgorithm::HmacSha256
@@ -1085,28 +1095,29 @@ impl Validator<'_> {
                 let components: Vec<String> = if components.is_empty() {
                     vec!["@method".into(), "@target-uri".into()]
                 } else {
-                    components.iter().map(|c| c.get_ref().clone()).collect()
+                    components.clone()
                 };
-                for c in components.iter().zip(0..) {
+                for c in &components {
                     let ok = matches!(
-                        c.0.as_str(),
+                        c.as_str(),
                         "@method" | "@target-uri" | "@authority" | "@scheme" | "@request-target" | "@path" | "@query"
-                    ) || (!c.0.starts_with('@')
-                        && !c.0.is_empty()
-                        && c.0
-                            .bytes()
+                    ) || (!c.starts_with('@')
+                        && !c.is_empty()
+                        && c.bytes()
                             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
                     if !ok {
                         self.error(
-                            sp(a),
-                            format!("endpoint `{name}`: unsupported signature component `{}`", c.0),
+                            Some(span.clone()),
+                            format!("endpoint `{name}`: unsupported signature component `{c}`"),
                         );
                     }
                 }
                 EndpointAuth::Signature {
-                    key_id: key_id.get_ref().clone(),
+                    key_id: key_id.clone(),
                     algorithm: alg,
-                    key: self.secret(key, &what("key")).unwrap_or_else(|| Secret::new("")),
+                    key: self
+                        .secret_at(key, span.clone(), &what("key"))
+                        .unwrap_or_else(|| Secret::new("")),
                     components,
                 }
             }

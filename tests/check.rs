@@ -1,0 +1,256 @@
+//! `portcullis check`: every error as FILE:LINE:COL: message, exit 1; warnings exit 0.
+
+mod support;
+
+use std::process::Command;
+
+use support::*;
+
+struct Checked {
+    code: i32,
+    stdout: String,
+    stderr: String,
+    file: String,
+}
+
+fn check(toml: &str) -> Checked {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), toml);
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .env_remove("PORTCULLIS_TEST_UNSET")
+        .output()
+        .unwrap();
+    Checked {
+        code: out.status.code().unwrap(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        file: path.display().to_string(),
+    }
+}
+
+impl Checked {
+    /// Asserts an error line at LINE:COL containing `text`.
+    fn has(&self, line: usize, col: usize, text: &str) {
+        let prefix = format!("{}:{line}:{col}: ", self.file);
+        assert!(
+            self.stderr.lines().any(|l| l.starts_with(&prefix) && l.contains(text)),
+            "expected `{prefix}...{text}` in:\n{}",
+            self.stderr
+        );
+    }
+}
+
+const BASE: &str = r#"[listen]
+address = "127.0.0.1:0"
+
+[[users]]
+name = "u1"
+roles = ["r"]
+
+[[plans]]
+name = "p"
+upstream = "builtin:echo"
+access = { all = true }
+
+[[plans.integrations]]
+name = "i"
+path = "/i"
+methods = ["POST"]
+auth = "api_key"
+"#;
+
+#[test]
+fn a_good_config_passes_and_warnings_do_not_fail() {
+    let c = check(&format!(
+        "{BASE}\n[[plans.integrations]]\nname = \"pub\"\npath = \"/pub\"\nmethods = [\"GET\"]\nauth = \"none\"\n\n[assertion]\nkey = \"0123456789abcdef0123456789abcdef\"\n"
+    ));
+    assert_eq!(c.code, 0, "{}", c.stderr);
+    assert!(c.stdout.contains(": ok"));
+    assert!(
+        c.stderr.contains("warning: integration `p/pub` has auth = \"none\""),
+        "{}",
+        c.stderr
+    );
+    assert!(c.stderr.contains("literal secret"), "{}", c.stderr);
+}
+
+#[test]
+fn the_shipped_demo_config_passes() {
+    let out = Command::new(bin())
+        .args(["check", "--config", "config/portcullis.toml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn every_unknown_key_is_reported_with_its_position() {
+    let c = check(
+        r#"[listen]
+address = "127.0.0.1:0"
+adress = "x"
+
+[limits]
+max_body = 5
+
+[[plans]]
+name = "p"
+upstream = "builtin:echo"
+colour = "red"
+
+[[plans.integrations]]
+name = "i"
+path = "/i"
+methods = ["GET"]
+auth = "none"
+senders = { roles = ["a"], rolez = ["b"] }
+"#,
+    );
+    assert_eq!(c.code, 1);
+    c.has(3, 1, "unknown key `listen.adress`");
+    c.has(6, 1, "unknown key `limits.max_body`");
+    c.has(11, 1, "unknown key `plans[0].colour`");
+    c.has(18, 28, "unknown key `plans[0].integrations[0].senders.rolez`");
+}
+
+#[test]
+fn duplicates_overlaps_and_bad_references_are_all_reported() {
+    let c = check(&format!(
+        r#"{BASE}
+[[plans.integrations]]
+name = "i"
+path = "/i"
+methods = ["GET", "POST"]
+auth = "basic"
+
+[[plans.integrations]]
+name = "all"
+path = "/*"
+methods = ["DELETE", "POST"]
+auth = "basic"
+
+[[users]]
+name = "u1"
+
+[[api_keys]]
+key = "k1"
+secret_hash = "sha256:{h}"
+user = "ghost"
+integration = "p/nope"
+
+[[api_keys]]
+key = "k1"
+secret_hash = "md5:abc"
+user = "u1"
+integration = "p/i"
+"#,
+        h = "a".repeat(64)
+    ));
+    assert_eq!(c.code, 1, "{}", c.stderr);
+    c.has(
+        20,
+        8,
+        "duplicate integration name in plan `p` `i` (first defined on line 14)",
+    );
+    c.has(21, 8, "integration `p/i` (/i) overlaps `p/i` (/i, line 15) for POST");
+    c.has(27, 8, "integration `p/all` (/*) overlaps `p/i` (/i, line 15) for POST");
+    c.has(32, 8, "duplicate user name `u1` (first defined on line 5)");
+    c.has(37, 8, "api key `k1` names unknown user `ghost`");
+    c.has(38, 15, "api key `k1` names unknown integration `p/nope`");
+    c.has(41, 7, "duplicate api key `k1` (first defined on line 35)");
+    c.has(42, 15, "secret_hash of api key `k1`");
+}
+
+#[test]
+fn bad_values_files_and_env_secrets_are_reported() {
+    let c = check(
+        r#"[listen]
+address = "127.0.0.1:99999"
+tls = { cert = "/nonexistent/server.crt", key = "/nonexistent/server.key" }
+
+[limits]
+request_timeout = "ten seconds"
+
+[assertion]
+key = { env = "PORTCULLIS_TEST_UNSET" }
+
+[[plans]]
+name = "p"
+upstream = "htp//nowhere"
+
+[[plans.integrations]]
+name = "i"
+path = "i"
+methods = ["get"]
+auth = "password"
+
+[[endpoints]]
+name = "e"
+base_url = "not a url"
+"#,
+    );
+    assert_eq!(c.code, 1, "{}", c.stderr);
+    c.has(2, 11, "invalid address `127.0.0.1:99999`");
+    c.has(3, 16, "cannot read certificate `/nonexistent/server.crt`");
+    c.has(6, 19, "invalid duration `ten seconds`");
+    c.has(
+        9,
+        7,
+        "environment variable `PORTCULLIS_TEST_UNSET` for assertion.key is not set",
+    );
+    c.has(13, 12, "invalid upstream `htp//nowhere`");
+    c.has(17, 8, "invalid integration path `i`");
+    c.has(18, 12, "invalid HTTP method `get`");
+    c.has(19, 8, "unknown auth method `password`");
+    c.has(23, 12, "invalid URL `not a url`");
+}
+
+#[test]
+fn an_unreadable_key_and_a_mismatched_key_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = self_signed(dir.path(), "a");
+    let b = self_signed(dir.path(), "b");
+    std::fs::write(dir.path().join("garbage.key"), "not a key").unwrap();
+    let toml = |key: &std::path::Path| {
+        format!(
+            "[listen]\naddress = \"127.0.0.1:0\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n",
+            a.cert_path.display(),
+            key.display()
+        )
+    };
+    let c = check(&toml(&dir.path().join("garbage.key")));
+    assert_eq!(c.code, 1);
+    assert!(
+        c.stderr.contains(":3:") && c.stderr.contains("cannot read private key"),
+        "{}",
+        c.stderr
+    );
+    let c = check(&toml(&b.key_path));
+    assert_eq!(c.code, 1);
+    assert!(c.stderr.contains("does not fit certificate"), "{}", c.stderr);
+    let c = check(&toml(&a.key_path));
+    assert_eq!(c.code, 0, "{}", c.stderr);
+}
+
+#[test]
+fn syntax_and_type_errors_have_positions() {
+    let c = check("[listen]\naddress = \"127.0.0.1:0\n");
+    assert_eq!(c.code, 1);
+    assert!(c.stderr.starts_with(&format!("{}:2:", c.file)), "{}", c.stderr);
+    let c = check("[listen]\naddress = 8080\n");
+    assert_eq!(c.code, 1);
+    c.has(2, 11, "invalid type");
+}
+
+#[test]
+fn a_missing_file_is_an_error() {
+    let out = Command::new(bin())
+        .args(["check", "--config", "/nonexistent/p.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("/nonexistent/p.toml:1:1: cannot read config file"));
+}

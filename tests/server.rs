@@ -1,0 +1,144 @@
+//! The process: admin endpoints, graceful shutdown on SIGTERM, and the demo config.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn cfg(upstream: &str) -> String {
+    config(&format!(
+        r#"
+[limits]
+shutdown_timeout = "10s"
+
+[[plans]]
+name = "p"
+upstream = "{upstream}"
+access = {{ all = true }}
+
+[[plans.integrations]]
+name = "open"
+path = "/open/*"
+methods = ["GET"]
+auth = "none"
+
+[[plans.integrations]]
+name = "locked"
+path = "/locked"
+methods = ["GET"]
+auth = "basic"
+"#
+    ))
+}
+
+#[tokio::test]
+async fn admin_endpoints_answer() {
+    let gw = Gateway::start(&cfg("builtin:echo")).await;
+    let c = client();
+    let r = c.get(gw.admin_url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c.get(gw.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    c.get(gw.url("/open/x")).send().await.unwrap();
+    let m = gw.metrics().await;
+    for name in [
+        "portcullis_requests_total",
+        "portcullis_request_duration_seconds_bucket",
+        "portcullis_upstream_duration_seconds_bucket",
+        "portcullis_connections_active",
+        "portcullis_tls_handshake_failures_total",
+        "portcullis_config_reloads_total",
+        "portcullis_config_last_reload_success_timestamp_seconds",
+    ] {
+        assert!(m.contains(name), "{name} missing from /metrics");
+    }
+    error_body(c.get(gw.admin_url("/nope")).send().await.unwrap(), 404).await;
+    error_body(c.post(gw.admin_url("/metrics")).send().await.unwrap(), 405).await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn nothing_reaches_an_upstream_without_authentication() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&cfg(&up.url())).await;
+    let r = client().get(gw.url("/locked")).send().await.unwrap();
+    assert_401(r, MISSING).await;
+    assert!(up.seen().is_empty());
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &cfg(&up.url()));
+    let mut gw = Process::start(&path, &[]);
+    let url = format!("http://{}/open/slow/1000", gw.addr);
+    let inflight = tokio::spawn(async move { client().get(url).send().await.map(|r| r.status().as_u16()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    gw.signal("TERM");
+    // New connections are refused once the listener is closed.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        tokio::net::TcpStream::connect(gw.addr).await.is_err(),
+        "still accepting after SIGTERM"
+    );
+    assert_eq!(inflight.await.unwrap().unwrap(), 200, "the request in flight finished");
+    let status = tokio::task::spawn_blocking(move || gw.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn the_demo_config_serves_the_echo_upstream_over_tls() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = tempfile::tempdir().unwrap();
+    // The shipped config, on ephemeral ports.
+    let text = std::fs::read_to_string(format!("{root}/config/portcullis.toml"))
+        .unwrap()
+        .replace("127.0.0.1:8443", "127.0.0.1:0")
+        .replace("127.0.0.1:9901", "127.0.0.1:0")
+        .replace("config/tls/", &format!("{root}/config/tls/"));
+    let path = write_config(dir.path(), &text);
+    let gw = Process::start(&path, &[]);
+    let pem = std::fs::read(format!("{root}/config/tls/server.crt")).unwrap();
+    let c = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .build()
+        .unwrap();
+    let base = format!("https://localhost:{}", gw.addr.port());
+    let r = c.get(format!("{base}/incidents/status")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .get(format!("{base}/incidents/jira/issue-1"))
+        .basic_auth("jira-integration", Some("jira-demo-password"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["headers"]["x-portcullis-user"], "jira-integration");
+    let r = c
+        .post(format!("{base}/incidents/servicenow"))
+        .basic_auth("pk_demo_servicenow", Some("demo-secret-9b1f4e7a2c6d8035"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .post(format!(
+            "{base}/incidents/webhook?apiKey=demo-url-key-alice-7f3a9c2e51b84d06"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c.post(format!("{base}/incidents/servicenow")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+}

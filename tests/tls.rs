@@ -1,0 +1,221 @@
+//! TLS termination (rustls, rcgen certificates made here), HTTP/2 by ALPN, and the
+//! connection limits: slow headers, handshake timeout, max_connections.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn tls_config(cert: &Cert, limits: &str) -> String {
+    config(&format!(
+        r#"
+[limits]
+{limits}
+
+[[plans]]
+name = "p"
+upstream = "builtin:echo"
+access = {{ all = true }}
+
+[[plans.integrations]]
+name = "open"
+path = "/open/*"
+methods = ["GET", "POST"]
+auth = "none"
+"#
+    ))
+    .replace(
+        "address = \"127.0.0.1:0\"\n\n[admin]",
+        &format!(
+            "address = \"127.0.0.1:0\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n\n[admin]",
+            cert.cert_path.display(),
+            cert.key_path.display()
+        ),
+    )
+}
+
+#[tokio::test]
+async fn http2_and_http1_over_tls_reach_the_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = self_signed(dir.path(), "server");
+    let gw = Gateway::start_in(dir, &tls_config(&cert, "")).await;
+    let url = format!("https://localhost:{}/open/h2?x=1", gw.addr.port());
+    let resp = tls_client(&cert).post(&url).body("abc").send().await.unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2, "ALPN picks h2");
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("x-request-id").is_some());
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["path"], "/open/h2");
+    assert_eq!(v["body_length"], 3);
+    assert_eq!(v["headers"]["x-forwarded-proto"], "https");
+
+    let h1 = reqwest::Client::builder()
+        .http1_only()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let resp = h1.get(&url).send().await.unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_11);
+    assert_eq!(resp.status(), 200);
+
+    // Errors over HTTP/2 are the same JSON.
+    let resp = tls_client(&cert)
+        .get(format!("https://localhost:{}/missing", gw.addr.port()))
+        .send()
+        .await
+        .unwrap();
+    error_body(resp, 404).await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_trust_the_certificate_fails_and_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = self_signed(dir.path(), "server");
+    let other = self_signed(dir.path(), "other");
+    let gw = Gateway::start_in(dir, &tls_config(&cert, "")).await;
+    let url = format!("https://localhost:{}/open/x", gw.addr.port());
+    assert!(tls_client(&other).get(&url).send().await.is_err());
+    // Plain HTTP on the TLS port is not served either.
+    let out = raw(gw.addr, b"GET /open/x HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(!out.contains("200 OK"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(gw.metric("portcullis_tls_handshake_failures_total").await >= 2.0);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_stalled_tls_handshake_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = self_signed(dir.path(), "server");
+    let gw = Gateway::start_in(dir, &tls_config(&cert, "header_read_timeout = \"300ms\"")).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("server closes");
+    assert!(matches!(n, Ok(0) | Err(_)));
+    assert!(started.elapsed() < Duration::from_secs(4));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_trickling_its_headers_is_cut_off() {
+    let gw = Gateway::start(&tls_config_plain("header_read_timeout = \"500ms\"")).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /open/x HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    for i in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if s.write_all(format!("X-Trickle-{i}: y\r\n").as_bytes()).await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 512];
+        if let Ok(r) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await {
+            match r {
+                Ok(0) | Err(_) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => {
+                    // hyper may answer 408 before closing.
+                    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"));
+                    closed = true;
+                    break;
+                }
+            }
+        }
+    }
+    assert!(closed, "connection still open after 4 s of trickling");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "cut after {:?}",
+        started.elapsed()
+    );
+    gw.stop().await;
+}
+
+fn tls_config_plain(limits: &str) -> String {
+    config(&format!(
+        r#"
+[limits]
+{limits}
+
+[[plans]]
+name = "p"
+upstream = "builtin:echo"
+access = {{ all = true }}
+
+[[plans.integrations]]
+name = "open"
+path = "/open/*"
+methods = ["GET", "POST"]
+auth = "none"
+"#
+    ))
+}
+
+#[tokio::test]
+async fn max_connections_is_a_hard_cap() {
+    let gw = Gateway::start(&tls_config_plain("max_connections = 2")).await;
+    let req = b"GET /open/x HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut a = TcpStream::connect(gw.addr).await.unwrap();
+    let mut b = TcpStream::connect(gw.addr).await.unwrap();
+    for s in [&mut a, &mut b] {
+        s.write_all(req).await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    }
+    // The third is closed at once, before it is served.
+    let mut c = TcpStream::connect(gw.addr).await.unwrap();
+    let _ = c.write_all(req).await;
+    let mut buf = [0u8; 64];
+    let r = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+        .await
+        .expect("closed, not hanging");
+    assert!(matches!(r, Ok(0) | Err(_)), "third connection was served");
+    assert_eq!(
+        gw.metric(r#"portcullis_connections_rejected_total{listener="inbound"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        gw.metric(r#"portcullis_connections_active{listener="inbound"}"#).await,
+        2.0
+    );
+    // Once one leaves, a new connection is served.
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let out = raw(gw.addr, b"GET /open/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    drop(b);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed() {
+    let gw = Gateway::start(&tls_config_plain(
+        "idle_timeout = \"300ms\"\nheader_read_timeout = \"10s\"",
+    ))
+    .await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /open/x HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let started = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("idle connection closed");
+    assert!(matches!(r, Ok(0) | Err(_)));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    gw.stop().await;
+}
