@@ -59,7 +59,8 @@ integration = "p/i"
     let cfg = portcullis::config::parse(Path::new("bench.toml"), &toml)
         .unwrap()
         .config;
-    Auth::new(&cfg, &Metrics::new())
+    let shared = std::sync::Arc::new(portcullis::auth::oauth::Shared::default());
+    Auth::new(&cfg, &Metrics::new(), &shared, &portcullis::upstream::client()).unwrap()
 }
 
 fn bench(c: &mut Criterion) {

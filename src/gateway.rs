@@ -30,6 +30,7 @@ use hyper::body::Incoming;
 use tokio_rustls::TlsAcceptor;
 
 use crate::assertion::Signer;
+use crate::auth::oauth::builtin;
 use crate::auth::{self, Auth, Failure, Principal, RouteRef};
 use crate::authz;
 use crate::config::{AuthMethod, Config, Rule, Upstream};
@@ -48,6 +49,8 @@ pub struct State {
     pub client: upstream::Client,
     /// Assertion key used when the config sets none.
     random_assertion_key: [u8; 32],
+    /// OAuth state that outlives a config generation (builtin key, refresh tokens).
+    oauth: Arc<auth::oauth::Shared>,
     ready: AtomicBool,
 }
 
@@ -56,19 +59,24 @@ pub struct State {
 pub enum BuildError {
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("oauth: {0}")]
+    OAuth(String),
 }
 
 impl State {
     pub fn new(config: Config) -> Result<Arc<Self>, BuildError> {
         let metrics = Metrics::new();
         let random_assertion_key = rand::random();
-        let gw = Gateway::build(config, &metrics, &random_assertion_key)?;
+        let oauth = Arc::new(auth::oauth::Shared::default());
+        let client = upstream::client();
+        let gw = Gateway::build(config, &metrics, &random_assertion_key, &oauth, &client)?;
         metrics.config_last_reload_success.set(unix_now() as i64);
         Ok(Arc::new(State {
             current: ArcSwap::from_pointee(gw),
             metrics,
-            client: upstream::client(),
+            client,
             random_assertion_key,
+            oauth,
             ready: AtomicBool::new(false),
         }))
     }
@@ -81,7 +89,13 @@ impl State {
     /// Builds a new generation from `config` and swaps it in; requests in flight keep
     /// the generation they started with.
     pub fn replace(&self, config: Config) -> Result<(), BuildError> {
-        let gw = Gateway::build(config, &self.metrics, &self.random_assertion_key)?;
+        let gw = Gateway::build(
+            config,
+            &self.metrics,
+            &self.random_assertion_key,
+            &self.oauth,
+            &self.client,
+        )?;
         self.current.store(Arc::new(gw));
         Ok(())
     }
@@ -127,7 +141,13 @@ pub struct Route {
 }
 
 impl Gateway {
-    pub fn build(config: Config, metrics: &Metrics, random_key: &[u8; 32]) -> Result<Self, BuildError> {
+    pub fn build(
+        config: Config,
+        metrics: &Metrics,
+        random_key: &[u8; 32],
+        oauth: &Arc<auth::oauth::Shared>,
+        client: &upstream::Client,
+    ) -> Result<Self, BuildError> {
         let tls = match &config.listen.tls {
             Some(files) => {
                 let key = crate::server::tls::load_certified_key(files).map_err(|e| BuildError::Tls(e.to_string()))?;
@@ -171,7 +191,7 @@ impl Gateway {
             router: Router::new(table),
             routes,
             tls,
-            auth: Auth::new(&config, metrics),
+            auth: Auth::new(&config, metrics, oauth, client).map_err(BuildError::OAuth)?,
             signer: Signer::new(key, config.assertion.ttl),
             config,
         })
@@ -260,6 +280,12 @@ async fn handle_inner(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Refusal> {
     let (mut parts, body) = req.into_parts();
+    if let Some(issuer) = gw.auth.oauth.as_ref().and_then(|o| o.issuer()) {
+        let path = parts.uri.path();
+        if path == builtin::TOKEN_PATH || path == builtin::JWKS_PATH {
+            return oauth_endpoint(gw, issuer, conn, &parts, body).await;
+        }
+    }
     let decided = decide(gw, conn, ctx, &mut parts).await;
     let (route, principal) = match decided {
         Ok(x) => x,
@@ -293,6 +319,55 @@ async fn handle_inner(
     };
     headers::remove_hop_by_hop(resp.headers_mut());
     Ok(resp)
+}
+
+/// The builtin issuer's endpoints: `POST /oauth/token` and `GET /oauth/jwks.json`.
+async fn oauth_endpoint(
+    gw: &Gateway,
+    issuer: &builtin::Issuer,
+    conn: &ConnInfo,
+    parts: &Parts,
+    body: Incoming,
+) -> Result<Response<Body>, Refusal> {
+    let path = parts.uri.path();
+    if path == builtin::JWKS_PATH {
+        upstream::drain(body);
+        return match parts.method {
+            http::Method::GET | http::Method::HEAD => Ok(issuer.jwks()),
+            _ => Err(Refusal::MethodNotAllowed(vec![http::Method::GET, http::Method::HEAD])),
+        };
+    }
+    if parts.method != http::Method::POST {
+        upstream::drain(body);
+        return Err(Refusal::MethodNotAllowed(vec![http::Method::POST]));
+    }
+    let form_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
+    if !form_type {
+        upstream::drain(body);
+        return Ok(builtin::oauth_error(
+            http::StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the token request must be application/x-www-form-urlencoded",
+            None,
+        ));
+    }
+    const MAX_FORM: usize = 64 * 1024;
+    let form = match tokio::time::timeout(
+        gw.config.limits.request_timeout,
+        http_body_util::Limited::new(body, MAX_FORM).collect(),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => return Err(Refusal::PayloadTooLarge),
+        Err(_) => return Err(Refusal::BadRequest("token request body timed out".into())),
+    };
+    let authorization = parts.headers.get(header::AUTHORIZATION);
+    Ok(issuer.token(&gw.auth, authorization, &form, conn.remote.ip()).await)
 }
 
 /// Every check before forwarding: the route index and the principal (none for `auth = "none"`).
@@ -338,10 +413,10 @@ async fn decide(
     ctx.method = Some(principal.method);
     ctx.principal = Some(principal.user.clone());
     if let Err(reason) = authz::authorize(&route.access, &route.senders, &principal) {
-        return Err(Refusal::Forbidden {
-            reason,
-            challenge: None,
-        });
+        // RFC 6750 section 3.1: a valid token without the rights is insufficient_scope.
+        let challenge = (principal.method == AuthMethod::OAuth)
+            .then(|| HeaderValue::from_static("Bearer realm=\"portcullis\", error=\"insufficient_scope\""));
+        return Err(Refusal::Forbidden { reason, challenge });
     }
     Ok((index, Some(principal)))
 }
@@ -359,9 +434,18 @@ fn refuse(gw: &Gateway, route: &Route, ctx: &mut Ctx, f: Failure) -> Refusal {
         }
         Failure::Rejected { method, reason } => {
             ctx.method = Some(method);
+            let mut challenges = route.challenges.clone();
+            if method == AuthMethod::OAuth {
+                // RFC 6750 section 3.1: say the token itself was the problem.
+                for c in challenges.iter_mut() {
+                    if c.as_bytes().starts_with(b"Bearer") {
+                        *c = HeaderValue::from_static("Bearer realm=\"portcullis\", error=\"invalid_token\"");
+                    }
+                }
+            }
             Refusal::Rejected {
                 reason: reason.as_str(),
-                challenges: route.challenges.clone(),
+                challenges,
             }
         }
         Failure::LockedOut { method, retry_after } => {

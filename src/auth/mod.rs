@@ -9,6 +9,7 @@
 pub mod api_key;
 pub mod basic;
 pub mod lockout;
+pub mod oauth;
 pub mod url_key;
 
 use std::collections::HashMap;
@@ -47,6 +48,18 @@ pub enum Reason {
     AmbiguousCredentials,
     MalformedCredentials,
     OAuthNotConfigured,
+    TokenExpired,
+    TokenNotYetValid,
+    TokenInactive,
+    BadSignature,
+    UnknownKid,
+    WrongIssuer,
+    WrongAudience,
+    AlgNotAllowed,
+    MalformedToken,
+    MissingClaim,
+    UntrustedKeyHeader,
+    ClientNotAllowed,
 }
 
 impl Reason {
@@ -64,6 +77,18 @@ impl Reason {
             Reason::AmbiguousCredentials => "ambiguous_credentials",
             Reason::MalformedCredentials => "malformed_credentials",
             Reason::OAuthNotConfigured => "oauth_not_configured",
+            Reason::TokenExpired => "token_expired",
+            Reason::TokenNotYetValid => "token_not_yet_valid",
+            Reason::TokenInactive => "token_inactive",
+            Reason::BadSignature => "bad_signature",
+            Reason::UnknownKid => "unknown_kid",
+            Reason::WrongIssuer => "wrong_issuer",
+            Reason::WrongAudience => "wrong_audience",
+            Reason::AlgNotAllowed => "alg_not_allowed",
+            Reason::MalformedToken => "malformed_token",
+            Reason::MissingClaim => "missing_claim",
+            Reason::UntrustedKeyHeader => "untrusted_key_header",
+            Reason::ClientNotAllowed => "client_not_allowed",
         }
     }
 }
@@ -126,14 +151,20 @@ pub struct RouteRef<'a> {
 /// The authenticators of one config generation.
 pub struct Auth {
     users: Arc<HashMap<String, Arc<UserEntry>>>,
-    basic: basic::Basic,
+    pub(crate) basic: basic::Basic,
+    pub oauth: Option<oauth::OAuth>,
     api_keys: api_key::ApiKeys,
     url_keys: url_key::UrlKeys,
     pub lockout: lockout::Lockout,
 }
 
 impl Auth {
-    pub fn new(config: &Config, metrics: &Metrics) -> Self {
+    pub fn new(
+        config: &Config,
+        metrics: &Metrics,
+        shared: &Arc<oauth::Shared>,
+        client: &crate::upstream::Client,
+    ) -> Result<Self, String> {
         let users: HashMap<String, Arc<UserEntry>> = config
             .users
             .iter()
@@ -149,13 +180,18 @@ impl Auth {
             })
             .collect();
         let users = Arc::new(users);
-        Auth {
+        let oauth = match &config.oauth {
+            Some(o) => Some(oauth::OAuth::new(o, &config.cache, shared, client, metrics)?),
+            None => None,
+        };
+        Ok(Auth {
+            oauth,
             basic: basic::Basic::new(users.clone(), &config.cache, metrics),
             api_keys: api_key::ApiKeys::new(&config.api_keys, users.clone()),
             url_keys: url_key::UrlKeys::new(&config.users, users.clone()),
             lockout: lockout::Lockout::new(&config.lockout, config.cache.max_entries),
             users,
-        }
+        })
     }
 
     pub fn user(&self, name: &str) -> Option<&Arc<UserEntry>> {
@@ -198,11 +234,10 @@ impl Auth {
                             .await
                     };
                 }
-            } else if strip_scheme(value, b"bearer").is_some() && accepts(AuthMethod::OAuth) {
-                return Err(Failure::Rejected {
-                    method: AuthMethod::OAuth,
-                    reason: Reason::OAuthNotConfigured,
-                });
+            } else if let Some(token) = strip_scheme(value, b"bearer") {
+                if accepts(AuthMethod::OAuth) {
+                    return self.bearer(token).await;
+                }
             }
         }
         if accepts(AuthMethod::UrlKey) {
@@ -254,9 +289,33 @@ impl Auth {
         }
     }
 
+    async fn bearer(&self, token: &[u8]) -> Result<Principal, Failure> {
+        let method = AuthMethod::OAuth;
+        let Some(oauth) = &self.oauth else {
+            return Err(Failure::Rejected {
+                method,
+                reason: Reason::OAuthNotConfigured,
+            });
+        };
+        let Ok(token) = std::str::from_utf8(token) else {
+            return Err(Failure::Rejected {
+                method,
+                reason: Reason::MalformedToken,
+            });
+        };
+        match oauth.verify(token, &self.users).await {
+            Ok(p) => Ok(p),
+            Err(oauth::Verdict::Rejected(reason)) => Err(Failure::Rejected { method, reason }),
+            Err(oauth::Verdict::Unavailable(reason)) => Err(Failure::Unavailable { method, reason }),
+        }
+    }
+
     /// Empties every cache of verified credentials.
     pub fn clear_caches(&self) {
         self.basic.clear();
+        if let Some(o) = &self.oauth {
+            o.clear_caches();
+        }
     }
 }
 

@@ -227,6 +227,9 @@ impl Validator<'_> {
         self.overlaps(&raw.plans, &plans);
         let api_keys = self.api_keys(&raw.api_keys, &users, &plans);
         let oauth = raw.oauth.as_ref().map(|o| self.oauth(o));
+        if oauth.as_ref().is_some_and(|o| o.mode == OAuthMode::Builtin) {
+            self.reserved_paths(&raw.plans, &plans);
+        }
         let endpoints = self.endpoints(&raw.endpoints);
         Config {
             file: self.file.clone(),
@@ -806,6 +809,26 @@ impl Validator<'_> {
         }
     }
 
+    /// The builtin issuer answers `/oauth/token` and `/oauth/jwks.json` itself.
+    fn reserved_paths(&mut self, raw_plans: &[Spanned<raw::Plan>], plans: &[Plan]) {
+        use crate::auth::oauth::builtin::{JWKS_PATH, TOKEN_PATH};
+        for (p, rp) in plans.iter().zip(raw_plans) {
+            for (i, ri) in p.integrations.iter().zip(&rp.get_ref().integrations) {
+                for reserved in [TOKEN_PATH, JWKS_PATH] {
+                    if i.path.matches(reserved) {
+                        self.error(
+                            Some(ri.get_ref().path.span()),
+                            format!(
+                                "integration `{}/{}` covers {reserved}, which the builtin OAuth issuer serves",
+                                p.name, i.name
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     fn api_keys(&mut self, raw_keys: &[Spanned<raw::ApiKey>], users: &[User], plans: &[Plan]) -> Vec<ApiKey> {
         let mut seen = HashMap::new();
         let mut out = Vec::new();
@@ -884,6 +907,12 @@ impl Validator<'_> {
             .introspection_url
             .as_ref()
             .and_then(|u| self.url(u, "oauth.introspection_url"));
+        if mode == OAuthMode::Jwt && r.issuer.is_none() {
+            self.error(
+                sp(o),
+                "oauth.mode = \"jwt\" needs issuer: tokens of any other issuer must be refused",
+            );
+        }
         match mode {
             OAuthMode::Jwt if r.jwks_url.is_none() && r.jwks_file.is_none() => {
                 self.error(sp(o), "oauth.mode = \"jwt\" needs jwks_url or jwks_file")
@@ -903,6 +932,21 @@ impl Validator<'_> {
             .as_ref()
             .and_then(|s| self.secret(s, "oauth.client_secret"));
         let signing_key = r.signing_key.as_ref().and_then(|s| self.secret(s, "oauth.signing_key"));
+        if let (Some(k), Some(span)) = (&signing_key, &r.signing_key) {
+            if let Err(e) = crate::auth::oauth::builtin::SigningKey::from_pem(k.expose()) {
+                self.error(sp(span), e);
+            }
+        }
+        if let (Some(f), Some(span)) = (&jwks_file, &r.jwks_file) {
+            if let Ok(bytes) = std::fs::read(f) {
+                if let Err(e) = serde_json::from_slice::<jsonwebtoken::jwk::JwkSet>(&bytes) {
+                    self.error(
+                        sp(span),
+                        format!("oauth.jwks_file `{}` is not a JWKS: {e}", f.display()),
+                    );
+                }
+            }
+        }
         let mut algorithms: Vec<String> = r.algorithms.iter().map(|a| a.get_ref().clone()).collect();
         if let Some(a) = &r.algorithm {
             algorithms.push(a.get_ref().clone());

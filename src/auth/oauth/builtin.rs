@@ -1,0 +1,500 @@
+//! The builtin issuer: `POST /oauth/token` (RFC 6749: `password`, `client_credentials`,
+//! `refresh_token`) and `GET /oauth/jwks.json`.
+//!
+//! Access tokens are EdDSA (Ed25519) JWTs signed with `oauth.signing_key` (PKCS#8 PEM) or
+//! a key made at start and kept for the life of the process (its `kid` is logged).
+//! Refresh tokens are opaque 256-bit strings, stored only as SHA-256; each use rotates
+//! them, and presenting a used one again revokes its whole family.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use ring::signature::KeyPair;
+use serde::{Deserialize, Serialize};
+
+use super::{Shared, TokenFacts, Verdict};
+use crate::auth::{Auth, Reason};
+use crate::config::{self, SecretHash};
+use crate::error::{full, Body};
+
+/// An Ed25519 key pair with its public JWK.
+pub struct SigningKey {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    pub kid: String,
+    jwk: serde_json::Value,
+}
+
+impl SigningKey {
+    pub fn generate() -> Result<Self, String> {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 =
+            ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| "cannot generate an Ed25519 key")?;
+        Self::from_pkcs8(pkcs8.as_ref())
+    }
+
+    pub fn from_pem(pem: &[u8]) -> Result<Self, String> {
+        use rustls_pki_types::pem::PemObject;
+        let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(pem)
+            .map_err(|e| format!("oauth.signing_key is not a PKCS#8 PEM private key: {e}"))?;
+        Self::from_pkcs8(der.secret_pkcs8_der())
+    }
+
+    fn from_pkcs8(der: &[u8]) -> Result<Self, String> {
+        let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
+            .map_err(|_| "oauth.signing_key is not an Ed25519 key".to_string())?;
+        let public = pair.public_key().as_ref();
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(public);
+        let kid = hex::encode(&SecretHash::of(public).bytes()[..8]);
+        Ok(SigningKey {
+            encoding: EncodingKey::from_ed_der(der),
+            decoding: DecodingKey::from_ed_components(&x).map_err(|e| e.to_string())?,
+            jwk: serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"}),
+            kid,
+        })
+    }
+}
+
+// === refresh tokens ===
+
+#[derive(Clone)]
+enum Refresh {
+    Active {
+        family: u64,
+        sub: Arc<str>,
+        client_id: Arc<str>,
+        scope: Option<Arc<str>>,
+        expires_at: u64,
+    },
+    Used {
+        family: u64,
+    },
+}
+
+/// What a refresh token grants again: its family, subject and scope.
+struct Grant {
+    family: u64,
+    sub: Arc<str>,
+    scope: Option<Arc<str>>,
+}
+
+/// Refresh tokens by SHA-256, with rotation and reuse detection; bounded.
+pub struct RefreshStore {
+    tokens: moka::sync::Cache<[u8; 32], Refresh>,
+    revoked: moka::sync::Cache<u64, ()>,
+}
+
+impl Default for RefreshStore {
+    fn default() -> Self {
+        RefreshStore {
+            tokens: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(Duration::from_secs(90 * 86400))
+                .build(),
+            revoked: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(90 * 86400))
+                .build(),
+        }
+    }
+}
+
+impl RefreshStore {
+    fn issue(&self, family: u64, sub: Arc<str>, client_id: Arc<str>, scope: Option<Arc<str>>, ttl: Duration) -> String {
+        let token = random_token();
+        let expires_at = now() + ttl.as_secs();
+        let entry = Refresh::Active {
+            family,
+            sub,
+            client_id,
+            scope,
+            expires_at,
+        };
+        self.tokens.insert(*SecretHash::of(token.as_bytes()).bytes(), entry);
+        token
+    }
+
+    /// Takes an active token for `client_id`, marking it used; a reused one revokes its family.
+    fn take(&self, token: &str, client_id: &str) -> Result<Grant, &'static str> {
+        let id = *SecretHash::of(token.as_bytes()).bytes();
+        match self.tokens.get(&id) {
+            None => Err("unknown or expired refresh token"),
+            Some(Refresh::Used { family }) => {
+                self.revoked.insert(family, ());
+                Err("refresh token already used; its family is revoked")
+            }
+            Some(Refresh::Active {
+                family,
+                sub,
+                client_id: owner,
+                scope,
+                expires_at,
+            }) => {
+                if self.revoked.contains_key(&family) {
+                    return Err("refresh token revoked");
+                }
+                if now() >= expires_at {
+                    return Err("refresh token expired");
+                }
+                if &*owner != client_id {
+                    return Err("refresh token was issued to another client");
+                }
+                self.tokens.insert(id, Refresh::Used { family });
+                Ok(Grant { family, sub, scope })
+            }
+        }
+    }
+}
+
+fn random_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+// === the issuer ===
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    iss: String,
+    sub: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    aud: Option<String>,
+    iat: u64,
+    nbf: u64,
+    exp: u64,
+    jti: String,
+    client_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
+}
+
+pub struct Issuer {
+    key: Arc<SigningKey>,
+    issuer: String,
+    audience: Option<String>,
+    access_ttl: Duration,
+    refresh_ttl: Duration,
+    leeway: Duration,
+    clients: HashMap<String, SecretHash>,
+    shared: Arc<Shared>,
+    jwks: Bytes,
+}
+
+pub const TOKEN_PATH: &str = "/oauth/token";
+pub const JWKS_PATH: &str = "/oauth/jwks.json";
+pub const DEFAULT_ISSUER: &str = "portcullis";
+
+impl Issuer {
+    pub fn new(cfg: &config::OAuth, shared: &Arc<Shared>) -> Result<Self, String> {
+        let key = match &cfg.signing_key {
+            Some(pem) => Arc::new(SigningKey::from_pem(pem.expose())?),
+            None => match shared.generated_key.get() {
+                Some(k) => k.clone(),
+                None => {
+                    let k = Arc::new(SigningKey::generate()?);
+                    tracing::info!(kid = %k.kid, "oauth: no signing_key configured; generated an Ed25519 key for this process");
+                    shared.generated_key.get_or_init(|| k).clone()
+                }
+            },
+        };
+        let jwks = Bytes::from(serde_json::json!({ "keys": [key.jwk] }).to_string());
+        Ok(Issuer {
+            issuer: cfg.issuer.clone().unwrap_or_else(|| DEFAULT_ISSUER.to_string()),
+            audience: cfg.audience.clone(),
+            access_ttl: cfg.access_token_ttl,
+            refresh_ttl: cfg.refresh_token_ttl,
+            leeway: cfg.leeway,
+            clients: cfg
+                .clients
+                .iter()
+                .map(|c| (c.client_id.clone(), c.client_secret_hash.clone()))
+                .collect(),
+            shared: shared.clone(),
+            jwks,
+            key,
+        })
+    }
+
+    pub fn verify(&self, token: &str) -> Result<TokenFacts, Verdict> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| Verdict::Rejected(super::reason_of(&e)))?;
+        if header.jku.is_some() || header.x5u.is_some() || header.jwk.is_some() {
+            return Err(Reason::UntrustedKeyHeader.into());
+        }
+        if header.alg != Algorithm::EdDSA {
+            return Err(Reason::AlgNotAllowed.into());
+        }
+        if header.kid.as_deref() != Some(self.key.kid.as_str()) {
+            return Err(Reason::UnknownKid.into());
+        }
+        let mut v = Validation::new(Algorithm::EdDSA);
+        v.leeway = self.leeway.as_secs();
+        v.validate_nbf = true;
+        v.set_issuer(&[&self.issuer]);
+        v.set_required_spec_claims(&["exp", "iss", "sub"]);
+        match &self.audience {
+            Some(a) => v.set_audience(&[a]),
+            None => v.validate_aud = false,
+        }
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.key.decoding, &v)
+            .map_err(|e| Verdict::Rejected(super::reason_of(&e)))?
+            .claims;
+        Ok(TokenFacts {
+            user: claims.sub,
+            roles: Vec::new(),
+            client_id: Some(claims.client_id),
+        })
+    }
+
+    fn mint(&self, sub: &str, client_id: &str, scope: Option<&str>) -> Result<String, String> {
+        let iat = now();
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            sub: sub.to_string(),
+            aud: self.audience.clone(),
+            iat,
+            nbf: iat,
+            exp: iat + self.access_ttl.as_secs().max(1),
+            jti: random_token(),
+            client_id: client_id.to_string(),
+            scope: scope.map(str::to_string),
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.key.kid.clone());
+        header.typ = Some("at+jwt".into());
+        jsonwebtoken::encode(&header, &claims, &self.key.encoding).map_err(|e| e.to_string())
+    }
+
+    pub fn jwks(&self) -> Response<Body> {
+        let mut resp = Response::new(full(self.jwks.clone()));
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=300"));
+        resp
+    }
+
+    /// `POST /oauth/token`: authenticates the client, then the grant.
+    pub async fn token(
+        &self,
+        auth: &Auth,
+        authorization: Option<&HeaderValue>,
+        form: &[u8],
+        ip: IpAddr,
+    ) -> Response<Body> {
+        let params: HashMap<String, String> = url::form_urlencoded::parse(form).into_owned().collect();
+        let basic = authorization.and_then(|v| client_basic(v.as_bytes()));
+        let (client_id, secret) = match (&basic, params.get("client_id"), params.get("client_secret")) {
+            (Some((id, secret)), _, _) => (id.clone(), secret.clone()),
+            (None, Some(id), Some(secret)) => (id.clone(), secret.clone()),
+            _ => {
+                return oauth_error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    "client authentication required",
+                    None,
+                )
+            }
+        };
+        let client_subject = format!("client:{client_id}");
+        if let Err(retry) = auth.lockout.check(&client_subject, ip) {
+            return oauth_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "invalid_client",
+                "too many failed attempts",
+                Some(retry),
+            );
+        }
+        let known = match self.clients.get(&client_id) {
+            Some(h) => h.matches(secret.as_bytes()),
+            None => {
+                let _ = SecretHash::of(b"").matches(secret.as_bytes());
+                false
+            }
+        };
+        if !known {
+            auth.lockout.fail(&client_subject, ip);
+            tracing::info!(client_id = %client_id, reason = "bad_client_credentials", "oauth token request refused");
+            return oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "client authentication failed",
+                None,
+            );
+        }
+        let scope = params.get("scope").map(|s| Arc::<str>::from(s.as_str()));
+        let client: Arc<str> = Arc::from(client_id.as_str());
+        match params.get("grant_type").map(String::as_str) {
+            Some("password") => {
+                let (Some(user), Some(password)) = (params.get("username"), params.get("password")) else {
+                    return oauth_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        "username and password are required",
+                        None,
+                    );
+                };
+                if let Err(retry) = auth.lockout.check(user, ip) {
+                    return oauth_error(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "invalid_grant",
+                        "too many failed attempts",
+                        Some(retry),
+                    );
+                }
+                match auth.basic.verify(user, password).await {
+                    Ok(p) => {
+                        auth.lockout.succeed(user, ip);
+                        let family: u64 = rand::random();
+                        self.respond(&p.user, &client, scope, Some(family))
+                    }
+                    Err(reason) => {
+                        auth.lockout.fail(user, ip);
+                        tracing::info!(client_id = %client_id, reason = reason.as_str(), "oauth password grant refused");
+                        oauth_error(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_grant",
+                            "invalid resource owner credentials",
+                            None,
+                        )
+                    }
+                }
+            }
+            Some("client_credentials") => self.respond(&client, &client, scope, None),
+            Some("refresh_token") => {
+                let Some(rt) = params.get("refresh_token") else {
+                    return oauth_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        "refresh_token is required",
+                        None,
+                    );
+                };
+                match self.shared.refresh.take(rt, &client_id) {
+                    Ok(Grant {
+                        family,
+                        sub,
+                        scope: old_scope,
+                    }) => {
+                        if let Some(entry) = auth.user(&sub) {
+                            if let Err(reason) = entry.standing(false) {
+                                tracing::info!(client_id = %client_id, reason = reason.as_str(), "oauth refresh refused");
+                                return oauth_error(
+                                    StatusCode::BAD_REQUEST,
+                                    "invalid_grant",
+                                    "the user may not sign in",
+                                    None,
+                                );
+                            }
+                        }
+                        self.respond(&sub, &client, old_scope, Some(family))
+                    }
+                    Err(why) => {
+                        tracing::info!(client_id = %client_id, reason = "bad_refresh_token", detail = why, "oauth refresh refused");
+                        oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", why, None)
+                    }
+                }
+            }
+            Some(other) => {
+                let msg = format!("grant_type `{other}` is not supported");
+                oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", &msg, None)
+            }
+            None => oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "grant_type is required",
+                None,
+            ),
+        }
+    }
+
+    fn respond(&self, sub: &str, client: &Arc<str>, scope: Option<Arc<str>>, family: Option<u64>) -> Response<Body> {
+        let access = match self.mint(sub, client, scope.as_deref()) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "oauth: cannot sign an access token");
+                return oauth_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "cannot issue a token",
+                    None,
+                );
+            }
+        };
+        let mut doc = serde_json::json!({
+            "access_token": access,
+            "token_type": "Bearer",
+            "expires_in": self.access_ttl.as_secs(),
+        });
+        if let Some(s) = &scope {
+            doc["scope"] = serde_json::Value::String(s.to_string());
+        }
+        if let Some(family) = family {
+            let rt = self
+                .shared
+                .refresh
+                .issue(family, Arc::from(sub), client.clone(), scope, self.refresh_ttl);
+            doc["refresh_token"] = serde_json::Value::String(rt);
+        }
+        json(StatusCode::OK, doc.to_string())
+    }
+}
+
+/// Client credentials from `Authorization: Basic`, each part form-urlencoded (RFC 6749 2.3.1).
+fn client_basic(value: &[u8]) -> Option<(String, String)> {
+    let rest = value
+        .strip_prefix(b"Basic ")
+        .or_else(|| value.strip_prefix(b"basic "))?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim_ascii())
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (id, secret) = text.split_once(':')?;
+    let dec = |s: &str| {
+        url::form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+    };
+    Some((dec(id)?, dec(secret)?))
+}
+
+fn json(status: StatusCode, body: String) -> Response<Body> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+/// An RFC 6749 section 5.2 error.
+pub fn oauth_error(status: StatusCode, error: &str, description: &str, retry: Option<Duration>) -> Response<Body> {
+    let mut resp = json(
+        status,
+        serde_json::json!({"error": error, "error_description": description}).to_string(),
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"portcullis\""),
+        );
+    }
+    if let Some(r) = retry {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(r.as_secs().max(1)));
+    }
+    resp
+}

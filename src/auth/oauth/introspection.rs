@@ -1,0 +1,247 @@
+//! `introspection` mode: RFC 7662 through the oauth2 crate, over Portcullis's own pooled
+//! client. Results are cached by the token's SHA-256: active ones until
+//! `min(exp, [cache] ttl)`, inactive ones for `[cache] negative_ttl`. Concurrent requests
+//! with one token share a single call (moka's `try_get_with`). A server that is down,
+//! slow (5 s) or erroring is never cached and gives 503: nothing passes on doubt.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http_body_util::BodyExt;
+use oauth2::basic::{BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenResponse, BasicTokenType};
+use oauth2::{
+    AccessToken, ClientId, ClientSecret, EndpointNotSet, EndpointSet, IntrospectionUrl, StandardRevocableToken,
+    StandardTokenIntrospectionResponse, TokenIntrospectionResponse,
+};
+use prometheus::IntCounter;
+use serde::{Deserialize, Serialize};
+
+use super::{TokenFacts, Verdict};
+use crate::auth::Reason;
+use crate::config;
+use crate::config::SecretHash;
+
+/// Every response member beyond RFC 7662's, for `roles_claim` and custom username claims.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Extra {
+    #[serde(flatten)]
+    fields: HashMap<String, serde_json::Value>,
+}
+impl oauth2::ExtraTokenFields for Extra {}
+
+type Response = StandardTokenIntrospectionResponse<Extra, BasicTokenType>;
+type Client = oauth2::Client<
+    BasicErrorResponse,
+    BasicTokenResponse,
+    Response,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+>;
+
+#[derive(Clone)]
+enum Cached {
+    Active { facts: TokenFacts, ttl: Duration },
+    Inactive { reason: Reason, ttl: Duration },
+}
+
+struct PerEntry;
+
+impl moka::Expiry<[u8; 32], Cached> for PerEntry {
+    fn expire_after_create(&self, _k: &[u8; 32], v: &Cached, _now: std::time::Instant) -> Option<Duration> {
+        Some(match v {
+            Cached::Active { ttl, .. } | Cached::Inactive { ttl, .. } => *ttl,
+        })
+    }
+}
+
+pub struct Introspector {
+    client: Client,
+    http: Http,
+    cache: moka::future::Cache<[u8; 32], Cached>,
+    ttl: Duration,
+    negative_ttl: Duration,
+    issuer: Option<String>,
+    audience: Option<String>,
+    username_claim: String,
+    roles_claim: Option<String>,
+    allowed_client_ids: Vec<String>,
+    hits: IntCounter,
+    misses: IntCounter,
+}
+
+/// Why the authorization server gave no usable answer.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CallError(String);
+
+impl Introspector {
+    pub fn new(
+        cfg: &config::OAuth,
+        cache: &config::Cache,
+        http: crate::upstream::Client,
+        metrics: &crate::metrics::Metrics,
+    ) -> Result<Self, String> {
+        let url = cfg
+            .introspection_url
+            .as_ref()
+            .ok_or("oauth.mode = \"introspection\" needs introspection_url")?;
+        let mut client = oauth2::Client::new(ClientId::new(cfg.client_id.clone().unwrap_or_default()))
+            .set_introspection_url(IntrospectionUrl::from_url(url.clone()));
+        if let Some(s) = &cfg.client_secret {
+            client = client.set_client_secret(ClientSecret::new(s.expose_str().to_string()));
+        }
+        Ok(Introspector {
+            client,
+            http: Http(http),
+            cache: moka::future::Cache::builder()
+                .max_capacity(cache.max_entries)
+                .expire_after(PerEntry)
+                .build(),
+            ttl: cache.ttl,
+            negative_ttl: cache.negative_ttl,
+            issuer: cfg.issuer.clone(),
+            audience: cfg.audience.clone(),
+            username_claim: cfg.username_claim.clone(),
+            roles_claim: cfg.roles_claim.clone(),
+            allowed_client_ids: cfg.allowed_client_ids.clone(),
+            hits: metrics.cache_requests.with_label_values(&["introspection", "hit"]),
+            misses: metrics.cache_requests.with_label_values(&["introspection", "miss"]),
+        })
+    }
+
+    pub fn clear(&self) {
+        self.cache.invalidate_all();
+    }
+
+    pub async fn verify(&self, token: &str) -> Result<TokenFacts, Verdict> {
+        let key = *SecretHash::of(token.as_bytes()).bytes();
+        let mut called = false;
+        let result = self
+            .cache
+            .try_get_with(key, async {
+                called = true;
+                self.introspect(token).await
+            })
+            .await;
+        if called {
+            self.misses.inc();
+        } else {
+            self.hits.inc();
+        }
+        match result {
+            Ok(Cached::Active { facts, .. }) => Ok(facts),
+            Ok(Cached::Inactive { reason, .. }) => Err(Verdict::Rejected(reason)),
+            Err(e) => {
+                tracing::warn!(error = %e, "oauth: introspection failed; refusing with 503");
+                Err(Verdict::Unavailable("introspection_unavailable"))
+            }
+        }
+    }
+
+    async fn introspect(&self, token: &str) -> Result<Cached, CallError> {
+        let token = AccessToken::new(token.to_string());
+        let sent = self
+            .client
+            .introspect(&token)
+            .set_token_type_hint("access_token")
+            .request_async(&self.http);
+        let resp = tokio::time::timeout(Duration::from_secs(5), sent)
+            .await
+            .map_err(|_| CallError("introspection timed out".into()))?
+            .map_err(|e| match e {
+                oauth2::RequestTokenError::ServerResponse(r) => CallError(format!("server error: {r}")),
+                oauth2::RequestTokenError::Request(e) => e,
+                oauth2::RequestTokenError::Parse(e, _) => CallError(format!("unparsable response: {e}")),
+                oauth2::RequestTokenError::Other(m) => CallError(m),
+            })?;
+        Ok(self.judge(&resp))
+    }
+
+    fn judge(&self, r: &Response) -> Cached {
+        let inactive = |reason| Cached::Inactive {
+            reason,
+            ttl: self.negative_ttl,
+        };
+        if !r.active() {
+            return inactive(Reason::TokenInactive);
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs() as i64;
+        let exp = r.exp().map(|t| t.timestamp());
+        if exp.is_some_and(|e| e <= now) {
+            return inactive(Reason::TokenExpired);
+        }
+        if let Some(iss) = &self.issuer {
+            if r.iss().is_some_and(|i| i != iss) {
+                return inactive(Reason::WrongIssuer);
+            }
+        }
+        if let Some(aud) = &self.audience {
+            if !r.aud().is_some_and(|a| a.contains(aud)) {
+                return inactive(Reason::WrongAudience);
+            }
+        }
+        let extra = &r.extra_fields().fields;
+        let user = match self.username_claim.as_str() {
+            "sub" => r.sub().map(str::to_string),
+            "username" => r.username().map(str::to_string),
+            other => extra.get(other).and_then(|v| v.as_str()).map(str::to_string),
+        }
+        .or_else(|| r.username().map(str::to_string));
+        let Some(user) = user else {
+            return inactive(Reason::MissingClaim);
+        };
+        let client_id = r.client_id().map(|c| c.as_str().to_string());
+        if !self.allowed_client_ids.is_empty()
+            && !client_id.as_ref().is_some_and(|c| self.allowed_client_ids.contains(c))
+        {
+            return inactive(Reason::ClientNotAllowed);
+        }
+        let until_exp = exp.map_or(self.ttl, |e| Duration::from_secs((e - now).max(0) as u64));
+        Cached::Active {
+            facts: TokenFacts {
+                user,
+                roles: super::roles_from(self.roles_claim.as_ref().and_then(|c| extra.get(c))),
+                client_id,
+            },
+            ttl: self.ttl.min(until_exp),
+        }
+    }
+}
+
+/// oauth2's HTTP client, over Portcullis's pooled client.
+struct Http(crate::upstream::Client);
+
+impl<'c> oauth2::AsyncHttpClient<'c> for Http {
+    type Error = CallError;
+    type Future = Pin<Box<dyn Future<Output = Result<oauth2::HttpResponse, CallError>> + Send + 'c>>;
+
+    fn call(&'c self, req: oauth2::HttpRequest) -> Self::Future {
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            let req = http::Request::from_parts(parts, crate::error::full(body));
+            let resp = self
+                .0
+                .request(req)
+                .await
+                .map_err(|e| CallError(format!("introspection request: {e}")))?;
+            let (parts, body) = resp.into_parts();
+            let body = http_body_util::Limited::new(body, 1024 * 1024)
+                .collect()
+                .await
+                .map_err(|e| CallError(format!("introspection body: {e}")))?
+                .to_bytes()
+                .to_vec();
+            Ok(http::Response::from_parts(parts, body))
+        })
+    }
+}

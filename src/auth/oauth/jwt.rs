@@ -1,0 +1,263 @@
+//! `jwt` mode: an external issuer's tokens, checked against its JWKS.
+//!
+//! Keys come from `jwks_file` (read at config load) or `jwks_url` (fetched on first use,
+//! refreshed after `[cache] ttl`, and refetched on an unknown `kid` at most once per
+//! `[cache] negative_ttl`). Only asymmetric keys are kept: a JWKS `oct` key is ignored, so
+//! an HMAC token can never be checked against public key material. Key material in the
+//! token itself (`jku`, `x5u`, `jwk`) is never fetched nor trusted: such tokens are refused.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use tokio::sync::{Mutex, RwLock};
+
+use super::{TokenFacts, Verdict};
+use crate::auth::Reason;
+use crate::config;
+
+struct Key {
+    decoding: DecodingKey,
+    /// The algorithms this key may verify: its own `alg`, or those of its type.
+    algs: Vec<Algorithm>,
+}
+
+#[derive(Default)]
+struct Keys {
+    by_kid: HashMap<String, Arc<Key>>,
+    fetched: Option<Instant>,
+    last_attempt: Option<Instant>,
+}
+
+enum Source {
+    File,
+    Url(url::Url),
+}
+
+pub struct Jwt {
+    source: Source,
+    keys: RwLock<Keys>,
+    fetching: Mutex<()>,
+    client: crate::upstream::Client,
+    issuer: Option<String>,
+    audience: Option<String>,
+    username_claim: String,
+    roles_claim: Option<String>,
+    allowed_client_ids: Vec<String>,
+    algorithms: Vec<Algorithm>,
+    leeway: Duration,
+    refresh_after: Duration,
+    refetch_interval: Duration,
+}
+
+fn parse_alg(name: &str) -> Option<Algorithm> {
+    Some(match name {
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "PS384" => Algorithm::PS384,
+        "PS512" => Algorithm::PS512,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        "EdDSA" => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+/// Parses a JWKS document into usable asymmetric keys.
+fn parse_jwks(bytes: &[u8]) -> Result<HashMap<String, Arc<Key>>, String> {
+    let set: JwkSet = serde_json::from_slice(bytes).map_err(|e| format!("invalid JWKS: {e}"))?;
+    let mut out = HashMap::new();
+    for jwk in &set.keys {
+        let family: Vec<Algorithm> = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => vec![
+                Algorithm::RS256,
+                Algorithm::RS384,
+                Algorithm::RS512,
+                Algorithm::PS256,
+                Algorithm::PS384,
+                Algorithm::PS512,
+            ],
+            AlgorithmParameters::EllipticCurve(_) => vec![Algorithm::ES256, Algorithm::ES384],
+            AlgorithmParameters::OctetKeyPair(_) => vec![Algorithm::EdDSA],
+            // Symmetric keys never verify anything here.
+            AlgorithmParameters::OctetKey(_) => continue,
+        };
+        let algs = match jwk
+            .common
+            .key_algorithm
+            .as_ref()
+            .and_then(|a| parse_alg(&format!("{a:?}")))
+        {
+            Some(a) if family.contains(&a) => vec![a],
+            Some(_) => continue,
+            None if jwk.common.key_algorithm.is_some() => continue,
+            None => family,
+        };
+        let Ok(decoding) = DecodingKey::from_jwk(jwk) else {
+            continue;
+        };
+        let kid = jwk.common.key_id.clone().unwrap_or_default();
+        out.insert(kid, Arc::new(Key { decoding, algs }));
+    }
+    Ok(out)
+}
+
+impl Jwt {
+    pub fn new(cfg: &config::OAuth, cache: &config::Cache, client: crate::upstream::Client) -> Result<Self, String> {
+        let mut keys = Keys::default();
+        let source = match (&cfg.jwks_url, &cfg.jwks_file) {
+            (_, Some(file)) => {
+                let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+                keys.by_kid = parse_jwks(&bytes)?;
+                keys.fetched = Some(Instant::now());
+                Source::File
+            }
+            (Some(url), None) => Source::Url(url.clone()),
+            (None, None) => return Err("oauth.mode = \"jwt\" needs jwks_url or jwks_file".into()),
+        };
+        let algorithms = if cfg.algorithms.is_empty() {
+            vec![Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA]
+        } else {
+            cfg.algorithms.iter().filter_map(|a| parse_alg(a)).collect()
+        };
+        Ok(Jwt {
+            source,
+            keys: RwLock::new(keys),
+            fetching: Mutex::new(()),
+            client,
+            issuer: cfg.issuer.clone(),
+            audience: cfg.audience.clone(),
+            username_claim: cfg.username_claim.clone(),
+            roles_claim: cfg.roles_claim.clone(),
+            allowed_client_ids: cfg.allowed_client_ids.clone(),
+            algorithms,
+            leeway: cfg.leeway,
+            refresh_after: cache.ttl,
+            refetch_interval: cache.negative_ttl,
+        })
+    }
+
+    async fn fetch(&self, url: &url::Url) -> Result<HashMap<String, Arc<Key>>, String> {
+        let req = http::Request::get(url.as_str())
+            .header(http::header::ACCEPT, "application/json")
+            .body(crate::error::full(bytes::Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let resp = tokio::time::timeout(Duration::from_secs(5), self.client.request(req))
+            .await
+            .map_err(|_| "JWKS fetch timed out".to_string())?
+            .map_err(|e| format!("JWKS fetch failed: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("JWKS fetch answered {}", resp.status()));
+        }
+        let body = http_body_util::Limited::new(resp.into_body(), 1024 * 1024)
+            .collect()
+            .await
+            .map_err(|e| format!("JWKS body: {e}"))?
+            .to_bytes();
+        parse_jwks(&body)
+    }
+
+    /// Refetches the JWKS if allowed now (`force`: an unknown kid; else: stale keys).
+    async fn refresh(&self, force: bool) -> Result<(), &'static str> {
+        let Source::Url(url) = &self.source else { return Ok(()) };
+        let _one = self.fetching.lock().await;
+        {
+            let k = self.keys.read().await;
+            let stale = k.fetched.is_none_or(|t| t.elapsed() >= self.refresh_after);
+            let may_retry = k.last_attempt.is_none_or(|t| t.elapsed() >= self.refetch_interval);
+            if !(may_retry && (stale || force)) {
+                return Ok(());
+            }
+        }
+        let result = self.fetch(url).await;
+        let mut k = self.keys.write().await;
+        k.last_attempt = Some(Instant::now());
+        match result {
+            Ok(keys) => {
+                k.by_kid = keys;
+                k.fetched = Some(Instant::now());
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(url = %url, error = %e, "oauth: JWKS fetch failed");
+                if k.by_kid.is_empty() {
+                    Err("jwks_unavailable")
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    async fn key(&self, kid: &str) -> Result<Option<Arc<Key>>, &'static str> {
+        self.refresh(false).await?;
+        let found = {
+            let k = self.keys.read().await;
+            k.by_kid.get(kid).cloned().or_else(|| {
+                // A token without kid may use the only key there is.
+                (kid.is_empty() && k.by_kid.len() == 1)
+                    .then(|| k.by_kid.values().next().cloned())
+                    .flatten()
+            })
+        };
+        if found.is_some() {
+            return Ok(found);
+        }
+        self.refresh(true).await?;
+        Ok(self.keys.read().await.by_kid.get(kid).cloned())
+    }
+
+    pub async fn verify(&self, token: &str) -> Result<TokenFacts, Verdict> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| Verdict::Rejected(super::reason_of(&e)))?;
+        if header.jku.is_some() || header.x5u.is_some() || header.jwk.is_some() {
+            return Err(Reason::UntrustedKeyHeader.into());
+        }
+        if !self.algorithms.contains(&header.alg) {
+            return Err(Reason::AlgNotAllowed.into());
+        }
+        let kid = header.kid.clone().unwrap_or_default();
+        let key = self
+            .key(&kid)
+            .await
+            .map_err(Verdict::Unavailable)?
+            .ok_or(Verdict::Rejected(Reason::UnknownKid))?;
+        if !key.algs.contains(&header.alg) {
+            return Err(Reason::AlgNotAllowed.into());
+        }
+        let mut v = Validation::new(header.alg);
+        v.leeway = self.leeway.as_secs();
+        v.validate_nbf = true;
+        v.set_required_spec_claims(&["exp"]);
+        if let Some(iss) = &self.issuer {
+            v.set_issuer(&[iss]);
+        }
+        match &self.audience {
+            Some(a) => v.set_audience(&[a]),
+            None => v.validate_aud = false,
+        }
+        let claims = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &key.decoding, &v)
+            .map_err(|e| Verdict::Rejected(super::reason_of(&e)))?
+            .claims;
+        let user = claims
+            .get(&self.username_claim)
+            .and_then(|v| v.as_str())
+            .ok_or(Verdict::Rejected(Reason::MissingClaim))?
+            .to_string();
+        let client_id = super::client_id_of(&claims);
+        if !self.allowed_client_ids.is_empty()
+            && !client_id.as_ref().is_some_and(|c| self.allowed_client_ids.contains(c))
+        {
+            return Err(Reason::ClientNotAllowed.into());
+        }
+        Ok(TokenFacts {
+            user,
+            roles: super::roles_from(self.roles_claim.as_ref().and_then(|c| claims.get(c))),
+            client_id,
+        })
+    }
+}

@@ -1,0 +1,163 @@
+//! `oauth`: `Authorization: Bearer TOKEN`, in one of three modes.
+//!
+//! - `builtin`: Portcullis issues the tokens itself (`POST /oauth/token`) and checks
+//!   their EdDSA signature with its own key.
+//! - `jwt`: an external issuer's JWTs, checked against its JWKS (`jwks_url`, cached and
+//!   refetched on an unknown `kid` at most once per `[cache] negative_ttl`, or
+//!   `jwks_file`), with `iss`, `aud`, `exp`, `nbf` and an algorithm allow-list.
+//! - `introspection`: RFC 7662 through the oauth2 crate, results cached; a server that is
+//!   down, slow or erroring fails closed (503).
+//!
+//! Whatever the mode, the principal's roles are those the token carries in `roles_claim`
+//! and those of the `[[users]]` entry of the same name; a disabled user is refused.
+
+pub mod builtin;
+pub mod introspection;
+pub mod jwt;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::{Principal, Reason, UserEntry};
+use crate::config::{self, AuthMethod, OAuthMode};
+use crate::metrics::Metrics;
+
+/// Why a token gave no principal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Rejected(Reason),
+    /// The authorization server could not answer: fail closed with 503.
+    Unavailable(&'static str),
+}
+
+impl From<Reason> for Verdict {
+    fn from(r: Reason) -> Self {
+        Verdict::Rejected(r)
+    }
+}
+
+/// What outlives a config generation: the builtin signing key and refresh tokens.
+#[derive(Default)]
+pub struct Shared {
+    generated_key: std::sync::OnceLock<Arc<builtin::SigningKey>>,
+    pub refresh: builtin::RefreshStore,
+}
+
+pub enum OAuth {
+    Builtin(Box<builtin::Issuer>),
+    Jwt(Box<jwt::Jwt>),
+    Introspection(Box<introspection::Introspector>),
+}
+
+impl OAuth {
+    pub fn new(
+        cfg: &config::OAuth,
+        cache: &config::Cache,
+        shared: &Arc<Shared>,
+        client: &crate::upstream::Client,
+        metrics: &Metrics,
+    ) -> Result<Self, String> {
+        Ok(match cfg.mode {
+            OAuthMode::Builtin => OAuth::Builtin(Box::new(builtin::Issuer::new(cfg, shared)?)),
+            OAuthMode::Jwt => OAuth::Jwt(Box::new(jwt::Jwt::new(cfg, cache, client.clone())?)),
+            OAuthMode::Introspection => OAuth::Introspection(Box::new(introspection::Introspector::new(
+                cfg,
+                cache,
+                client.clone(),
+                metrics,
+            )?)),
+        })
+    }
+
+    pub async fn verify(&self, token: &str, users: &HashMap<String, Arc<UserEntry>>) -> Result<Principal, Verdict> {
+        let claims = match self {
+            OAuth::Builtin(i) => i.verify(token)?,
+            OAuth::Jwt(j) => j.verify(token).await?,
+            OAuth::Introspection(i) => i.verify(token).await?,
+        };
+        claims.into_principal(users)
+    }
+
+    pub fn issuer(&self) -> Option<&builtin::Issuer> {
+        match self {
+            OAuth::Builtin(i) => Some(i),
+            OAuth::Jwt(_) | OAuth::Introspection(_) => None,
+        }
+    }
+
+    pub fn clear_caches(&self) {
+        if let OAuth::Introspection(i) = self {
+            i.clear();
+        }
+    }
+}
+
+/// The facts a verified token gives, before they meet `[[users]]`.
+#[derive(Debug, Clone)]
+pub struct TokenFacts {
+    pub user: String,
+    pub roles: Vec<String>,
+    pub client_id: Option<String>,
+}
+
+impl TokenFacts {
+    fn into_principal(self, users: &HashMap<String, Arc<UserEntry>>) -> Result<Principal, Verdict> {
+        let mut roles = self.roles;
+        if let Some(entry) = users.get(&self.user) {
+            entry.standing(false)?;
+            for r in entry.roles.iter() {
+                if !roles.contains(r) {
+                    roles.push(r.clone());
+                }
+            }
+        }
+        // Names and roles become header values: refuse what cannot be one.
+        let plain = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic() && b != b',');
+        if !plain(&self.user) || !roles.iter().all(|r| plain(r)) {
+            return Err(Verdict::Rejected(Reason::MalformedToken));
+        }
+        Ok(Principal {
+            user: Arc::from(self.user),
+            roles: Arc::from(roles),
+            method: AuthMethod::OAuth,
+            client_id: self.client_id.map(Arc::from),
+        })
+    }
+}
+
+/// Roles from a claim: an array of strings, or one string of space- or comma-separated roles.
+pub fn roles_from(value: Option<&serde_json::Value>) -> Vec<String> {
+    match value {
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+        Some(serde_json::Value::String(s)) => s
+            .split([' ', ','])
+            .filter(|r| !r.is_empty())
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Maps a jsonwebtoken error to the precise reason.
+pub fn reason_of(e: &jsonwebtoken::errors::Error) -> Reason {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::ExpiredSignature => Reason::TokenExpired,
+        K::ImmatureSignature => Reason::TokenNotYetValid,
+        K::InvalidSignature | K::Crypto(_) => Reason::BadSignature,
+        K::InvalidIssuer => Reason::WrongIssuer,
+        K::InvalidAudience => Reason::WrongAudience,
+        K::InvalidAlgorithm | K::InvalidAlgorithmName | K::MissingAlgorithm | K::InvalidKeyFormat => {
+            Reason::AlgNotAllowed
+        }
+        K::MissingRequiredClaim(_) => Reason::MissingClaim,
+        _ => Reason::MalformedToken,
+    }
+}
+
+/// The client id a token names, in the claims issuers use for it.
+pub fn client_id_of(claims: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+    ["client_id", "azp", "cid"]
+        .iter()
+        .find_map(|k| claims.get(*k).and_then(|v| v.as_str()).map(str::to_string))
+}

@@ -1,0 +1,957 @@
+//! OAuth: the builtin issuer (fetched with the oauth2 crate as a client), an external
+//! JWT issuer (a JWKS server on 127.0.0.1) with every attack refused, and RFC 7662
+//! introspection (cache, single flight, fail closed).
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use oauth2::basic::BasicClient;
+use oauth2::{
+    ClientId, ClientSecret, RefreshToken, ResourceOwnerPassword, ResourceOwnerUsername, TokenResponse, TokenUrl,
+};
+use support::*;
+
+// === a tiny HTTP server for JWKS and introspection ===
+
+type Handler = Arc<dyn Fn(String, Vec<u8>) -> (u16, String) + Send + Sync>;
+
+struct TestServer {
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestServer {
+    /// Serves `handler(path, body)`; every connection closes after one request, so
+    /// stopping the server really makes it unreachable.
+    async fn start(handler: Handler, delay: Duration) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = hits.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = listener.accept().await else { return };
+                let handler = handler.clone();
+                let hits = h.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let handler = handler.clone();
+                        let hits = hits.clone();
+                        async move {
+                            hits.fetch_add(1, Ordering::SeqCst);
+                            let path = req.uri().path().to_string();
+                            let body = req.into_body().collect().await.unwrap().to_bytes().to_vec();
+                            tokio::time::sleep(delay).await;
+                            let (status, text) = handler(path, body);
+                            let mut resp = hyper::Response::new(Full::new(Bytes::from(text)));
+                            *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            resp.headers_mut()
+                                .insert("content-type", "application/json".parse().unwrap());
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(false)
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        TestServer { addr, hits, task }
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+const ROUTES: &str = r#"
+[[users]]
+name = "alice"
+roles = ["rest"]
+password_hash = "ALICE_HASH"
+
+[[users]]
+name = "svc-client"
+roles = ["rest"]
+
+[[users]]
+name = "frozen"
+roles = ["rest"]
+disabled = true
+
+[[plans]]
+name = "api"
+upstream = "UPSTREAM"
+access = { roles = ["rest"] }
+
+[[plans.integrations]]
+name = "events"
+path = "/events"
+methods = ["GET", "POST"]
+auth = "oauth"
+
+[[plans.integrations]]
+name = "admin"
+path = "/admin"
+methods = ["GET"]
+auth = "oauth"
+senders = { roles = ["admin"] }
+"#;
+
+fn routes(up: &Upstream) -> String {
+    ROUTES
+        .replace("ALICE_HASH", &argon2_hash("alice-pw"))
+        .replace("UPSTREAM", &up.url())
+}
+
+// === builtin ===
+
+fn builtin_config(up: &Upstream) -> String {
+    config(&format!(
+        r#"
+[lockout]
+max_failures = 3
+window = "1m"
+duration = "2s"
+
+[oauth]
+mode = "builtin"
+access_token_ttl = "2m"
+
+[[oauth.clients]]
+client_id = "jira"
+client_secret_hash = "{jira}"
+
+[[oauth.clients]]
+client_id = "svc-client"
+client_secret_hash = "{svc}"
+{routes}"#,
+        jira = sha256_hex("jira-client-secret"),
+        svc = sha256_hex("svc-client-secret"),
+        routes = routes(up)
+    ))
+}
+
+async fn oauth_http(req: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, std::io::Error> {
+    let (parts, body) = req.into_parts();
+    let mut r = client().request(parts.method, parts.uri.to_string()).body(body);
+    for (k, v) in &parts.headers {
+        r = r.header(k, v);
+    }
+    let resp = r.send().await.map_err(std::io::Error::other)?;
+    let mut out = http::Response::builder().status(resp.status().as_u16());
+    for (k, v) in resp.headers() {
+        out = out.header(k.as_str(), v.as_bytes());
+    }
+    let body = resp.bytes().await.map_err(std::io::Error::other)?.to_vec();
+    Ok(out.body(body).unwrap())
+}
+
+#[tokio::test]
+async fn builtin_round_trip_with_the_oauth2_crate_and_refresh_rotation() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&builtin_config(&up)).await;
+    let oauth = BasicClient::new(ClientId::new("jira".into()))
+        .set_client_secret(ClientSecret::new("jira-client-secret".into()))
+        .set_token_uri(TokenUrl::new(gw.url("/oauth/token")).unwrap());
+    let token = oauth
+        .exchange_password(
+            &ResourceOwnerUsername::new("alice".into()),
+            &ResourceOwnerPassword::new("alice-pw".into()),
+        )
+        .request_async(&oauth_http)
+        .await
+        .unwrap();
+    assert_eq!(token.expires_in(), Some(Duration::from_secs(120)));
+    let access = token.access_token().secret().clone();
+    let refresh = token.refresh_token().unwrap().clone();
+
+    let resp = client()
+        .get(gw.url("/events"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let h = up.last().headers;
+    assert_eq!(h["x-portcullis-user"], "alice");
+    assert_eq!(h["x-portcullis-roles"], "rest");
+    assert_eq!(h["x-portcullis-auth-method"], "oauth");
+    assert_eq!(h["x-portcullis-client-id"], "jira");
+
+    // The published JWKS verifies the token.
+    let jwks: jsonwebtoken::jwk::JwkSet = client()
+        .get(gw.url("/oauth/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kid = jsonwebtoken::decode_header(&access).unwrap().kid.unwrap();
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwks.find(&kid).unwrap()).unwrap();
+    let mut v = jsonwebtoken::Validation::new(Algorithm::EdDSA);
+    v.validate_aud = false;
+    let claims = jsonwebtoken::decode::<serde_json::Value>(&access, &key, &v)
+        .unwrap()
+        .claims;
+    assert_eq!(claims["sub"], "alice");
+
+    // Refresh rotates; the old refresh token is then refused, and so is the family.
+    let rotated = oauth
+        .exchange_refresh_token(&refresh)
+        .request_async(&oauth_http)
+        .await
+        .unwrap();
+    let new_refresh = rotated.refresh_token().unwrap().clone();
+    assert_ne!(new_refresh.secret(), refresh.secret());
+    let resp = client()
+        .get(gw.url("/events"))
+        .bearer_auth(rotated.access_token().secret())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let reused = oauth.exchange_refresh_token(&refresh).request_async(&oauth_http).await;
+    match reused {
+        Err(oauth2::RequestTokenError::ServerResponse(e)) => assert_eq!(e.error().as_ref(), "invalid_grant"),
+        other => panic!("reuse must be invalid_grant, got {other:?}"),
+    }
+    let after = oauth
+        .exchange_refresh_token(&new_refresh)
+        .request_async(&oauth_http)
+        .await;
+    assert!(after.is_err(), "a reused refresh token revokes its family");
+    // Another client cannot use a refresh token it was not given.
+    let other = BasicClient::new(ClientId::new("svc-client".into()))
+        .set_client_secret(ClientSecret::new("svc-client-secret".into()))
+        .set_token_uri(TokenUrl::new(gw.url("/oauth/token")).unwrap());
+    assert!(other
+        .exchange_refresh_token(&RefreshToken::new("x".into()))
+        .request_async(&oauth_http)
+        .await
+        .is_err());
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn client_credentials_tokens_name_the_client_with_its_user_roles() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&builtin_config(&up)).await;
+    let oauth = BasicClient::new(ClientId::new("svc-client".into()))
+        .set_client_secret(ClientSecret::new("svc-client-secret".into()))
+        .set_token_uri(TokenUrl::new(gw.url("/oauth/token")).unwrap());
+    let token = oauth
+        .exchange_client_credentials()
+        .request_async(&oauth_http)
+        .await
+        .unwrap();
+    assert!(token.refresh_token().is_none());
+    let resp = client()
+        .get(gw.url("/events"))
+        .bearer_auth(token.access_token().secret())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(up.last().headers["x-portcullis-user"], "svc-client");
+    // jira's client has no [[users]] entry, hence no roles: no plan access.
+    let jira = BasicClient::new(ClientId::new("jira".into()))
+        .set_client_secret(ClientSecret::new("jira-client-secret".into()))
+        .set_token_uri(TokenUrl::new(gw.url("/oauth/token")).unwrap());
+    let token = jira
+        .exchange_client_credentials()
+        .request_async(&oauth_http)
+        .await
+        .unwrap();
+    let resp = client()
+        .get(gw.url("/events"))
+        .bearer_auth(token.access_token().secret())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["www-authenticate"],
+        "Bearer realm=\"portcullis\", error=\"insufficient_scope\""
+    );
+    assert_eq!(error_body(resp, 403).await["message"], FORBIDDEN);
+    gw.stop().await;
+}
+
+async fn token_request(gw: &Gateway, form: &[(&str, &str)], auth: Option<(&str, &str)>) -> (u16, serde_json::Value) {
+    let mut r = client().post(gw.url("/oauth/token")).form(form);
+    if let Some((id, secret)) = auth {
+        r = r.basic_auth(id, Some(secret));
+    }
+    let resp = r.send().await.unwrap();
+    let status = resp.status().as_u16();
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    (status, resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn token_endpoint_errors_follow_rfc_6749_and_the_lockout() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&builtin_config(&up)).await;
+    let jira = Some(("jira", "jira-client-secret"));
+    let (s, v) = token_request(&gw, &[("grant_type", "client_credentials")], Some(("jira", "wrong"))).await;
+    assert_eq!((s, v["error"].as_str()), (401, Some("invalid_client")));
+    let (s, v) = token_request(&gw, &[("grant_type", "client_credentials")], None).await;
+    assert_eq!((s, v["error"].as_str()), (401, Some("invalid_client")));
+    let (s, v) = token_request(&gw, &[("grant_type", "authorization_code"), ("code", "x")], jira).await;
+    assert_eq!((s, v["error"].as_str()), (400, Some("unsupported_grant_type")));
+    let (s, v) = token_request(&gw, &[("scope", "x")], jira).await;
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_request")));
+    let (s, v) = token_request(
+        &gw,
+        &[("grant_type", "refresh_token"), ("refresh_token", "forged")],
+        jira,
+    )
+    .await;
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_grant")));
+    // Client credentials in the body work too (RFC 6749 2.3.1).
+    let (s, _) = token_request(
+        &gw,
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", "jira"),
+            ("client_secret", "jira-client-secret"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    // A disabled user gets no token; wrong passwords lock the user out.
+    let pw = |u: &'static str, p: &'static str| [("grant_type", "password"), ("username", u), ("password", p)];
+    let (s, v) = token_request(&gw, &pw("frozen", "x"), jira).await;
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_grant")));
+    for _ in 0..3 {
+        let (s, v) = token_request(&gw, &pw("alice", "wrong"), jira).await;
+        assert_eq!((s, v["error"].as_str()), (400, Some("invalid_grant")));
+    }
+    let (s, _) = token_request(&gw, &pw("alice", "alice-pw"), jira).await;
+    assert_eq!(s, 429, "locked out even with the right password");
+    // Only POST with a form.
+    let resp = client().get(gw.url("/oauth/token")).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+    let resp = client().post(gw.url("/oauth/token")).body("{}").send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (s, _) = token_request(&gw, &pw("alice", "alice-pw"), jira).await;
+    assert_eq!(s, 200, "the lockout ends");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn builtin_tokens_are_refused_when_forged_or_tampered() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&builtin_config(&up)).await;
+    // A token signed by another Ed25519 key with the same kid.
+    let (_, v) = token_request(
+        &gw,
+        &[("grant_type", "client_credentials")],
+        Some(("svc-client", "svc-client-secret")),
+    )
+    .await;
+    let real = v["access_token"].as_str().unwrap().to_string();
+    let kid = jsonwebtoken::decode_header(&real).unwrap().kid;
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = kid;
+    let claims =
+        serde_json::json!({"iss": "portcullis", "sub": "alice", "client_id": "jira", "exp": now() + 60, "iat": now()});
+    let forged = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(pkcs8.as_ref())).unwrap();
+    let resp = client()
+        .get(gw.url("/events"))
+        .bearer_auth(&forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["www-authenticate"],
+        "Bearer realm=\"portcullis\", error=\"invalid_token\""
+    );
+    assert_401(resp, REJECTED).await;
+    // Tampered payload of a real token.
+    let parts: Vec<&str> = real.split('.').collect();
+    let payload = b64(serde_json::json!({"iss":"portcullis","sub":"alice","client_id":"svc-client","exp":now()+600,"iat":now(),"nbf":now(),"jti":"x"}).to_string().as_bytes());
+    let tampered = format!("{}.{}.{}", parts[0], payload, parts[2]);
+    assert_401(
+        client()
+            .get(gw.url("/events"))
+            .bearer_auth(&tampered)
+            .send()
+            .await
+            .unwrap(),
+        REJECTED,
+    )
+    .await;
+    assert_401(client().get(gw.url("/events")).send().await.unwrap(), MISSING).await;
+    let m = gw.metrics().await;
+    assert_eq!(metric_value(&m, &failures("bad_signature", "oauth")), 2.0, "{m}");
+    assert!(up.seen().is_empty());
+    gw.stop().await;
+}
+
+// === an external JWT issuer ===
+
+const ISSUER: &str = "https://idp.test";
+
+struct Idp {
+    server: TestServer,
+    rsa_key: EncodingKey,
+    rsa_pub_pem: Vec<u8>,
+    ed_key: EncodingKey,
+    jwks: Arc<Mutex<serde_json::Value>>,
+}
+
+async fn idp() -> Idp {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let rsa_pem = std::fs::read(format!("{root}/tests/fixtures/rsa-test-key.pem")).unwrap();
+    let rsa_pub_pem = std::fs::read(format!("{root}/tests/fixtures/rsa-test-key.pub.pem")).unwrap();
+    let n = std::fs::read_to_string(format!("{root}/tests/fixtures/rsa-test-key.n")).unwrap();
+    let rng = ring::rand::SystemRandom::new();
+    let ed = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let ed_pub = {
+        use ring::signature::KeyPair;
+        ring::signature::Ed25519KeyPair::from_pkcs8(ed.as_ref())
+            .unwrap()
+            .public_key()
+            .as_ref()
+            .to_vec()
+    };
+    let jwks = Arc::new(Mutex::new(serde_json::json!({"keys": [
+        {"kty": "RSA", "kid": "rsa-1", "alg": "RS256", "use": "sig", "n": n.trim(), "e": "AQAB"},
+        {"kty": "OKP", "crv": "Ed25519", "kid": "ed-1", "alg": "EdDSA", "x": b64(&ed_pub)},
+        {"kty": "oct", "kid": "hmac-1", "k": b64(b"a-shared-secret-that-must-never-count")}
+    ]})));
+    let j = jwks.clone();
+    let server = TestServer::start(
+        Arc::new(move |path, _| match path.as_str() {
+            "/jwks" => (200, j.lock().unwrap().to_string()),
+            _ => (404, "{}".into()),
+        }),
+        Duration::ZERO,
+    )
+    .await;
+    Idp {
+        server,
+        rsa_key: EncodingKey::from_rsa_pem(&rsa_pem).unwrap(),
+        rsa_pub_pem,
+        ed_key: EncodingKey::from_ed_der(ed.as_ref()),
+        jwks,
+    }
+}
+
+fn jwt_config(up: &Upstream, idp: &Idp) -> String {
+    config(&format!(
+        r#"
+[cache]
+negative_ttl = "1s"
+
+[oauth]
+mode = "jwt"
+issuer = "{ISSUER}"
+audience = "portcullis"
+jwks_url = "http://{}/jwks"
+username_claim = "preferred_username"
+roles_claim = "groups"
+leeway = "5s"
+algorithms = ["RS256", "EdDSA"]
+{}"#,
+        idp.server.addr,
+        routes(up)
+    ))
+}
+
+fn claims(extra: serde_json::Value) -> serde_json::Value {
+    let mut c = serde_json::json!({
+        "iss": ISSUER, "aud": "portcullis", "sub": "u-1", "preferred_username": "carol",
+        "groups": ["rest", "admin"], "exp": now() + 300, "iat": now(), "nbf": now() - 1, "azp": "snow"
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        if v.is_null() {
+            c.as_object_mut().unwrap().remove(k);
+        } else {
+            c[k] = v.clone();
+        }
+    }
+    c
+}
+
+fn sign(alg: Algorithm, kid: &str, key: &EncodingKey, c: &serde_json::Value) -> String {
+    let mut h = Header::new(alg);
+    h.kid = Some(kid.into());
+    jsonwebtoken::encode(&h, c, key).unwrap()
+}
+
+#[tokio::test]
+async fn jwt_tokens_of_the_issuer_pass_with_roles_from_the_claim() {
+    let up = Upstream::start().await;
+    let idp = idp().await;
+    let gw = Gateway::start(&jwt_config(&up, &idp)).await;
+    let ok = sign(Algorithm::RS256, "rsa-1", &idp.rsa_key, &claims(serde_json::json!({})));
+    let resp = client().get(gw.url("/admin")).bearer_auth(&ok).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let h = up.last().headers;
+    assert_eq!(h["x-portcullis-user"], "carol");
+    assert_eq!(h["x-portcullis-roles"], "rest,admin");
+    assert_eq!(h["x-portcullis-client-id"], "snow");
+    let ok_ed = sign(Algorithm::EdDSA, "ed-1", &idp.ed_key, &claims(serde_json::json!({})));
+    assert_eq!(
+        client()
+            .get(gw.url("/events"))
+            .bearer_auth(&ok_ed)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // Roles of a matching [[users]] entry are added; a disabled one is refused.
+    let alice = sign(
+        Algorithm::RS256,
+        "rsa-1",
+        &idp.rsa_key,
+        &claims(serde_json::json!({"preferred_username": "alice", "groups": []})),
+    );
+    assert_eq!(
+        client()
+            .get(gw.url("/events"))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let frozen = sign(
+        Algorithm::RS256,
+        "rsa-1",
+        &idp.rsa_key,
+        &claims(serde_json::json!({"preferred_username": "frozen"})),
+    );
+    assert_401(
+        client()
+            .get(gw.url("/events"))
+            .bearer_auth(&frozen)
+            .send()
+            .await
+            .unwrap(),
+        REJECTED,
+    )
+    .await;
+    // The JWKS was fetched once for all of this.
+    assert_eq!(idp.server.hits(), 1);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn jwt_attacks_are_refused() {
+    let up = Upstream::start().await;
+    let idp = idp().await;
+    let gw = Gateway::start(&jwt_config(&up, &idp)).await;
+    let c = |x: serde_json::Value| claims(x);
+    let rs = |x: serde_json::Value| sign(Algorithm::RS256, "rsa-1", &idp.rsa_key, &c(x));
+    let none_token = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none","typ":"JWT","kid":"rsa-1"}"#),
+        b64(c(serde_json::json!({})).to_string().as_bytes())
+    );
+    // HS256 with the RSA public key (the classic key confusion), and with the JWKS oct key.
+    let hs_pub = sign(
+        Algorithm::HS256,
+        "rsa-1",
+        &EncodingKey::from_secret(&idp.rsa_pub_pem),
+        &c(serde_json::json!({})),
+    );
+    let hs_oct = sign(
+        Algorithm::HS256,
+        "hmac-1",
+        &EncodingKey::from_secret(b"a-shared-secret-that-must-never-count"),
+        &c(serde_json::json!({})),
+    );
+    let mut other_key_pkcs8 = Vec::new();
+    other_key_pkcs8.extend_from_slice(
+        ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+            .unwrap()
+            .as_ref(),
+    );
+    let known_kid_other_key = sign(
+        Algorithm::EdDSA,
+        "ed-1",
+        &EncodingKey::from_ed_der(&other_key_pkcs8),
+        &c(serde_json::json!({})),
+    );
+    let good = rs(serde_json::json!({}));
+    let parts: Vec<&str> = good.split('.').collect();
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64(c(serde_json::json!({"preferred_username": "alice"}))
+            .to_string()
+            .as_bytes()),
+        parts[2]
+    );
+    let with_header = |f: &dyn Fn(&mut Header)| {
+        let mut h = Header::new(Algorithm::RS256);
+        h.kid = Some("rsa-1".into());
+        f(&mut h);
+        jsonwebtoken::encode(&h, &c(serde_json::json!({})), &idp.rsa_key).unwrap()
+    };
+    // The attacker's key server: it must never be asked anything.
+    let evil = TestServer::start(Arc::new(|_, _| (200, "{\"keys\":[]}".into())), Duration::ZERO).await;
+    let attacker = format!("http://{}/jwks", evil.addr);
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("alg none", none_token, "malformed_token"),
+        ("HS256 with the RSA public key", hs_pub, "alg_not_allowed"),
+        ("HS256 with a JWKS oct key", hs_oct, "alg_not_allowed"),
+        ("expired", rs(serde_json::json!({"exp": now() - 60})), "token_expired"),
+        (
+            "not yet valid",
+            rs(serde_json::json!({"nbf": now() + 120})),
+            "token_not_yet_valid",
+        ),
+        ("no exp", rs(serde_json::json!({"exp": null})), "missing_claim"),
+        (
+            "wrong aud",
+            rs(serde_json::json!({"aud": "someone-else"})),
+            "wrong_audience",
+        ),
+        (
+            "wrong iss",
+            rs(serde_json::json!({"iss": "https://evil.test"})),
+            "wrong_issuer",
+        ),
+        (
+            "unknown kid",
+            sign(Algorithm::RS256, "rsa-9", &idp.rsa_key, &c(serde_json::json!({}))),
+            "unknown_kid",
+        ),
+        ("known kid, other key", known_kid_other_key, "bad_signature"),
+        ("tampered payload", tampered, "bad_signature"),
+        (
+            "jku header",
+            with_header(&|h| h.jku = Some(attacker.clone())),
+            "untrusted_key_header",
+        ),
+        (
+            "x5u header",
+            with_header(&|h| h.x5u = Some(attacker.clone())),
+            "untrusted_key_header",
+        ),
+        ("garbage", "not.a.jwt".to_string(), "malformed_token"),
+    ];
+    for (name, token, _) in &cases {
+        let resp = client().get(gw.url("/events")).bearer_auth(token).send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{name}");
+    }
+    // An embedded jwk header, with the attacker's own key.
+    let embedded = {
+        let mut h = Header::new(Algorithm::EdDSA);
+        h.kid = Some("ed-1".into());
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(
+            serde_json::json!({"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}),
+        )
+        .unwrap();
+        h.jwk = Some(jwk);
+        jsonwebtoken::encode(
+            &h,
+            &c(serde_json::json!({})),
+            &EncodingKey::from_ed_der(&other_key_pkcs8),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        client()
+            .get(gw.url("/events"))
+            .bearer_auth(&embedded)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert!(up.seen().is_empty());
+    let m = gw.metrics().await;
+    let mut expected = std::collections::HashMap::new();
+    for (_, _, reason) in &cases {
+        *expected.entry(*reason).or_insert(0.0) += 1.0;
+    }
+    *expected.entry("untrusted_key_header").or_insert(0.0) += 1.0;
+    for (reason, n) in expected {
+        assert_eq!(metric_value(&m, &failures(reason, "oauth")), n, "{reason}\n{m}");
+    }
+    assert_eq!(evil.hits(), 0, "jku/x5u are never fetched");
+    // The only JWKS fetches: the first one and at most one refetch for the unknown kid.
+    assert!((1..=2).contains(&idp.server.hits()), "{}", idp.server.hits());
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_kid_refetches_the_jwks_at_most_once_per_interval() {
+    let up = Upstream::start().await;
+    let idp = idp().await;
+    let gw = Gateway::start(&jwt_config(&up, &idp)).await;
+    let good = sign(Algorithm::RS256, "rsa-1", &idp.rsa_key, &claims(serde_json::json!({})));
+    assert_eq!(
+        client()
+            .get(gw.url("/events"))
+            .bearer_auth(&good)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let rotated = sign(Algorithm::RS256, "rsa-2", &idp.rsa_key, &claims(serde_json::json!({})));
+    // Within the interval of the first fetch, an unknown kid causes no fetch at all.
+    assert_eq!(
+        client()
+            .get(gw.url("/events"))
+            .bearer_auth(&rotated)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(idp.server.hits(), 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for _ in 0..5 {
+        assert_eq!(
+            client()
+                .get(gw.url("/events"))
+                .bearer_auth(&rotated)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            401
+        );
+    }
+    assert_eq!(
+        idp.server.hits(),
+        2,
+        "one fetch, then one refetch for all five unknown-kid requests"
+    );
+    // The issuer rotates its key: after the interval the new kid is found.
+    {
+        let mut j = idp.jwks.lock().unwrap();
+        let mut k = j["keys"][0].clone();
+        k["kid"] = "rsa-2".into();
+        j["keys"].as_array_mut().unwrap().push(k);
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        client()
+            .get(gw.url("/events"))
+            .bearer_auth(&rotated)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(idp.server.hits(), 3);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_jwks_server_that_is_down_fails_closed() {
+    let up = Upstream::start().await;
+    let idp = idp().await;
+    idp.server.stop();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let gw = Gateway::start(&jwt_config(&up, &idp)).await;
+    let good = sign(Algorithm::RS256, "rsa-1", &idp.rsa_key, &claims(serde_json::json!({})));
+    let resp = client().get(gw.url("/events")).bearer_auth(&good).send().await.unwrap();
+    assert_eq!(error_body(resp, 503).await["reason"], "Service Unavailable");
+    assert!(up.seen().is_empty());
+    gw.stop().await;
+}
+
+// === introspection ===
+
+fn introspection_handler() -> Handler {
+    Arc::new(|path, body| {
+        if path != "/introspect" {
+            return (404, "{}".into());
+        }
+        let form: std::collections::HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+        let token = form.get("token").cloned().unwrap_or_default();
+        let doc = match token.as_str() {
+            "good-token" | "hot-token" => serde_json::json!({
+                "active": true, "sub": "dave", "username": "dave", "client_id": "snow",
+                "exp": now() + 300, "scope": "read", "roles": ["rest"]
+            }),
+            "expired-token" => serde_json::json!({"active": true, "sub": "dave", "exp": now() - 10}),
+            _ => serde_json::json!({"active": false}),
+        };
+        (200, doc.to_string())
+    })
+}
+
+fn introspection_config(up: &Upstream, server: SocketAddr) -> String {
+    config(&format!(
+        r#"
+[cache]
+ttl = "60s"
+negative_ttl = "60s"
+
+[oauth]
+mode = "introspection"
+introspection_url = "http://{server}/introspect"
+client_id = "portcullis"
+client_secret = {{ env = "HOME" }}
+roles_claim = "roles"
+{}"#,
+        routes(up)
+    ))
+}
+
+#[tokio::test]
+async fn introspection_results_are_cached() {
+    let up = Upstream::start().await;
+    let server = TestServer::start(introspection_handler(), Duration::ZERO).await;
+    let gw = Gateway::start(&introspection_config(&up, server.addr)).await;
+    for _ in 0..3 {
+        let resp = client()
+            .get(gw.url("/events"))
+            .bearer_auth("good-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    assert_eq!(up.last().headers["x-portcullis-user"], "dave");
+    assert_eq!(up.last().headers["x-portcullis-client-id"], "snow");
+    assert_eq!(server.hits(), 1, "active results are cached");
+    for _ in 0..3 {
+        assert_401(
+            client()
+                .get(gw.url("/events"))
+                .bearer_auth("revoked")
+                .send()
+                .await
+                .unwrap(),
+            REJECTED,
+        )
+        .await;
+    }
+    assert_eq!(server.hits(), 2, "inactive results are cached for negative_ttl");
+    assert_401(
+        client()
+            .get(gw.url("/events"))
+            .bearer_auth("expired-token")
+            .send()
+            .await
+            .unwrap(),
+        REJECTED,
+    )
+    .await;
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"portcullis_cache_requests_total{cache="introspection",result="hit"}"#
+        ),
+        4.0
+    );
+    assert_eq!(metric_value(&m, &failures("token_inactive", "oauth")), 3.0);
+    assert_eq!(metric_value(&m, &failures("token_expired", "oauth")), 1.0);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_requests_make_one_introspection_call() {
+    let up = Upstream::start().await;
+    let server = TestServer::start(introspection_handler(), Duration::from_millis(300)).await;
+    let gw = Gateway::start(&introspection_config(&up, server.addr)).await;
+    let url = gw.url("/events");
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            client()
+                .get(url)
+                .bearer_auth("hot-token")
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(server.hits(), 1);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn introspection_down_or_erroring_is_503_and_never_lets_through() {
+    let up = Upstream::start().await;
+    let erroring = TestServer::start(
+        Arc::new(|_, _| (500, "{\"error\":\"server_error\"}".into())),
+        Duration::ZERO,
+    )
+    .await;
+    let gw = Gateway::start(&introspection_config(&up, erroring.addr)).await;
+    let resp = client()
+        .get(gw.url("/events"))
+        .bearer_auth("good-token")
+        .send()
+        .await
+        .unwrap();
+    error_body(resp, 503).await;
+    gw.stop().await;
+
+    let server = TestServer::start(introspection_handler(), Duration::ZERO).await;
+    let gw = Gateway::start(&introspection_config(&up, server.addr)).await;
+    server.stop();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let resp = client()
+        .get(gw.url("/events"))
+        .bearer_auth("good-token")
+        .send()
+        .await
+        .unwrap();
+    error_body(resp, 503).await;
+    // Not cached: once the server is back the same token passes.
+    assert!(up.seen().is_empty());
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"portcullis_requests_total{auth_method="oauth",integration="events",outcome="upstream_error",plan="api"}"#
+        ),
+        1.0
+    );
+    gw.stop().await;
+}
