@@ -101,10 +101,41 @@ fn parse_jwks(bytes: &[u8]) -> Result<HashMap<String, Arc<Key>>, String> {
         let Ok(decoding) = DecodingKey::from_jwk(jwk) else {
             continue;
         };
-        let kid = jwk.common.key_id.clone().unwrap_or_default();
-        out.insert(kid, Arc::new(Key { decoding, algs }));
+        let key = Arc::new(Key { decoding, algs });
+        match &jwk.common.key_id {
+            Some(kid) => {
+                out.insert(kid.clone(), key);
+            }
+            None => {
+                // A key without kid is found by its RFC 7638 thumbprint, which issuers
+                // commonly put in the token's kid, or by an absent kid.
+                if let Some(t) = thumbprint(&jwk.algorithm) {
+                    out.insert(t, key.clone());
+                }
+                out.insert(String::new(), key);
+            }
+        }
     }
     Ok(out)
+}
+
+/// RFC 7638 JWK thumbprint: SHA-256 over the required members in lexicographic order.
+fn thumbprint(params: &AlgorithmParameters) -> Option<String> {
+    use base64::Engine;
+    use sha2::Digest;
+    let canonical = match params {
+        AlgorithmParameters::RSA(p) => format!(r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#, p.e, p.n),
+        AlgorithmParameters::EllipticCurve(p) => {
+            let crv = serde_json::to_value(&p.curve).ok()?;
+            format!(r#"{{"crv":{crv},"kty":"EC","x":"{}","y":"{}"}}"#, p.x, p.y)
+        }
+        AlgorithmParameters::OctetKeyPair(p) => {
+            let crv = serde_json::to_value(&p.curve).ok()?;
+            format!(r#"{{"crv":{crv},"kty":"OKP","x":"{}"}}"#, p.x)
+        }
+        AlgorithmParameters::OctetKey(_) => return None,
+    };
+    Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(canonical.as_bytes())))
 }
 
 impl Jwt {
@@ -259,5 +290,38 @@ impl Jwt {
             roles: super::roles_from(self.roles_claim.as_ref().and_then(|c| claims.get(c))),
             client_id,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thumbprint_matches_rfc_7638_example() {
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(serde_json::json!({
+            "kty": "RSA",
+            "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
+            "e": "AQAB",
+            "alg": "RS256",
+            "kid": "2011-04-29"
+        }))
+        .unwrap();
+        assert_eq!(
+            thumbprint(&jwk.algorithm).unwrap(),
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+        );
+    }
+
+    #[test]
+    fn symmetric_and_mismatched_keys_are_dropped() {
+        let doc = serde_json::json!({"keys": [
+            {"kty": "oct", "kid": "h", "k": "c2VjcmV0"},
+            {"kty": "OKP", "crv": "Ed25519", "kid": "e", "alg": "RS256", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"},
+            {"kty": "OKP", "crv": "Ed25519", "kid": "ok", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}
+        ]});
+        let keys = parse_jwks(doc.to_string().as_bytes()).unwrap();
+        assert_eq!(keys.keys().collect::<Vec<_>>(), vec!["ok"]);
+        assert_eq!(keys["ok"].algs, vec![Algorithm::EdDSA]);
     }
 }
