@@ -58,6 +58,27 @@ enum Command {
         #[arg(long)]
         user: String,
     },
+    /// Egress endpoints.
+    Endpoint {
+        #[command(subcommand)]
+        command: EndpointCommand,
+    },
+    /// Print the config with every secret removed, safe to attach to a support ticket.
+    Export {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EndpointCommand {
+    /// "Test Authentication": fetch a token (OAuth2) or send one request; exit 0 or 1.
+    Test {
+        /// The endpoint's name.
+        name: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn config_path(flag: Option<PathBuf>) -> PathBuf {
@@ -74,6 +95,10 @@ pub fn run() -> ExitCode {
         Command::HashPassword => hash_password(),
         Command::Keygen { user, integration } => keygen(&user, &integration),
         Command::Urlkey { user } => urlkey(&user),
+        Command::Endpoint {
+            command: EndpointCommand::Test { name, config },
+        } => return endpoint_test(config_path(config), &name),
+        Command::Export { config } => export(config_path(config)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -143,6 +168,9 @@ fn serve(path: PathBuf, format: LogFormat) -> anyhow::Result<()> {
         if let Some(a) = bound.admin_addr() {
             tracing::info!(listener = "admin", address = %a, "listening");
         }
+        if let Some(a) = bound.egress_addr() {
+            tracing::info!(listener = "egress", address = %a, "listening");
+        }
         let (trigger, shutdown) = crate::server::shutdown::channel();
         tokio::spawn(async move {
             crate::server::shutdown::signal().await;
@@ -210,5 +238,140 @@ fn urlkey(user: &str) -> anyhow::Result<()> {
     println!();
     println!("# in the [[users]] entry of {user}:");
     println!("url_key_hash = \"{hash}\"");
+    Ok(())
+}
+
+fn endpoint_test(path: PathBuf, name: &str) -> ExitCode {
+    let loaded = match config::load(&path) {
+        Ok(l) => l,
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("portcullis: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let metrics = crate::metrics::Metrics::new();
+    let egress = match crate::egress::Egress::new(&loaded.config.endpoints, &metrics) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(endpoint) = egress.endpoints.get(name) else {
+        let mut names: Vec<&String> = egress.endpoints.keys().collect();
+        names.sort();
+        eprintln!("portcullis: no endpoint named `{name}` (configured: {names:?})");
+        return ExitCode::FAILURE;
+    };
+    let ok = rt.block_on(async {
+        if let Some(result) = endpoint.test_token().await {
+            return match result {
+                Ok(()) => {
+                    println!("OK: endpoint `{name}`: OAuth2 token fetched");
+                    true
+                }
+                Err(e) => {
+                    println!("FAILED: endpoint `{name}`: {e}");
+                    false
+                }
+            };
+        }
+        match endpoint.probe().await {
+            Ok(resp) => {
+                let status = resp.status();
+                let body = http_body_util::BodyExt::collect(http_body_util::Limited::new(resp.into_body(), 4096))
+                    .await
+                    .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+                    .unwrap_or_default();
+                if status.as_u16() < 400 {
+                    println!("OK: endpoint `{name}` answered {status}");
+                    true
+                } else {
+                    println!("FAILED: endpoint `{name}` answered {status}");
+                    if !body.is_empty() {
+                        println!("{body}");
+                    }
+                    false
+                }
+            }
+            Err(e) => {
+                println!("FAILED: endpoint `{name}`: {e}");
+                false
+            }
+        }
+    });
+    if let Some(fp) = endpoint.verifier.seen.lock().ok().and_then(|s| *s) {
+        println!(
+            "certificate sha256: {}  (pin_sha256 = \"{}\")",
+            hex::encode(fp),
+            hex::encode(fp)
+        );
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Keys whose values are secrets or secret hashes, by table.
+const SECRET_KEYS: &[(&str, &[&str])] = &[
+    ("assertion", &["key"]),
+    ("users", &["password_hash", "url_key_hash"]),
+    ("api_keys", &["secret_hash"]),
+    ("oauth", &["client_secret", "signing_key"]),
+    ("shared", &["url"]),
+];
+
+fn export(path: PathBuf) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .with_context(|| format!("{} is not valid TOML", path.display()))?;
+    let strip = |t: &mut dyn toml_edit::TableLike, keys: &[&str]| {
+        for k in keys {
+            t.remove(k);
+        }
+    };
+    for (table, keys) in SECRET_KEYS {
+        match doc.get_mut(table) {
+            Some(toml_edit::Item::Table(t)) => strip(t, keys),
+            Some(toml_edit::Item::ArrayOfTables(a)) => {
+                for t in a.iter_mut() {
+                    strip(t, keys);
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(toml_edit::Item::Table(oauth)) = doc.get_mut("oauth") {
+        if let Some(toml_edit::Item::ArrayOfTables(clients)) = oauth.get_mut("clients") {
+            for c in clients.iter_mut() {
+                c.remove("client_secret_hash");
+            }
+        }
+    }
+    if let Some(toml_edit::Item::ArrayOfTables(endpoints)) = doc.get_mut("endpoints") {
+        for e in endpoints.iter_mut() {
+            let mut none = toml_edit::InlineTable::new();
+            none.insert("type", "none".into());
+            e.insert("auth", toml_edit::value(none));
+            e.insert("trust_self_signed", toml_edit::value(false));
+        }
+    }
+    println!(
+        "# exported by `portcullis export` from {}: secrets removed, endpoint auth set to none",
+        path.display()
+    );
+    print!("{doc}");
     Ok(())
 }

@@ -61,6 +61,8 @@ pub enum BuildError {
     Tls(String),
     #[error("oauth: {0}")]
     OAuth(String),
+    #[error("egress: {0}")]
+    Egress(String),
 }
 
 impl State {
@@ -124,6 +126,7 @@ pub struct Gateway {
     pub tls: Option<TlsAcceptor>,
     pub auth: Auth,
     signer: Signer,
+    pub egress: crate::egress::Egress,
 }
 
 /// Everything the pipeline needs about one integration, resolved once.
@@ -192,6 +195,7 @@ impl Gateway {
             routes,
             tls,
             auth: Auth::new(&config, metrics, oauth, client).map_err(BuildError::OAuth)?,
+            egress: crate::egress::Egress::new(&config.endpoints, metrics).map_err(BuildError::Egress)?,
             signer: Signer::new(key, config.assertion.ttl),
             config,
         })

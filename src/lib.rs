@@ -16,6 +16,7 @@
 //! - [`auth`]: one module per method, the lockout; [`authz`]: access AND senders.
 //! - [`headers`], [`assertion`]: header edits, the signed principal assertion.
 //! - [`upstream`]: pooled client, builtin echo, body limits. [`error`]: the JSON refusals.
+//! - [`egress`]: the egress listener, signing local services' outbound calls.
 //! - [`admin`], [`metrics`]: health, readiness, Prometheus.
 
 pub mod admin;
@@ -24,6 +25,7 @@ pub mod auth;
 pub mod authz;
 pub mod cli;
 pub mod config;
+pub mod egress;
 pub mod error;
 pub mod gateway;
 pub mod headers;

@@ -181,6 +181,18 @@ pub async fn limit_body(body: Incoming, limit: u64, declared: Option<u64>) -> Re
     Ok((body.boxed_unsync(), overflow))
 }
 
+/// `prefix` (already read), then the rest of `body`, without a limit.
+pub fn prefixed(prefix: Bytes, body: Incoming) -> Body {
+    Prefixed {
+        prefix: Some(prefix),
+        trailers: None,
+        rest: Some(body),
+        remaining: u64::MAX,
+        overflow: Overflow::default(),
+    }
+    .boxed_unsync()
+}
+
 /// Held bytes first, then the rest of the client's body, cut past the limit.
 struct Prefixed {
     prefix: Option<Bytes>,
@@ -269,4 +281,41 @@ pub fn drain(body: Incoming) {
             }
         }
     });
+}
+
+// === impl OAuthHttp ===
+
+/// The oauth2 crate's HTTP client, over a Portcullis pooled client (loopback, web PKI or
+/// an endpoint's own trust settings). Bodies are capped at 1 MiB.
+pub struct OAuthHttp(pub Client);
+
+/// Why an OAuth server could not be asked.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct OAuthHttpError(String);
+
+impl<'c> oauth2::AsyncHttpClient<'c> for OAuthHttp {
+    type Error = OAuthHttpError;
+    type Future = Pin<Box<dyn std::future::Future<Output = Result<oauth2::HttpResponse, OAuthHttpError>> + Send + 'c>>;
+
+    fn call(&'c self, req: oauth2::HttpRequest) -> Self::Future {
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            let req = http::Request::from_parts(parts, full(body));
+            let resp = self.0.request(req).await.map_err(|e| {
+                let detail = std::error::Error::source(&e)
+                    .map(|s| format!(": {s}"))
+                    .unwrap_or_default();
+                OAuthHttpError(format!("{e}{detail}"))
+            })?;
+            let (parts, body) = resp.into_parts();
+            let body = http_body_util::Limited::new(body, 1024 * 1024)
+                .collect()
+                .await
+                .map_err(|e| OAuthHttpError(format!("response body: {e}")))?
+                .to_bytes()
+                .to_vec();
+            Ok(http::Response::from_parts(parts, body))
+        })
+    }
 }

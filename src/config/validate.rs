@@ -1156,12 +1156,16 @@ impl Validator<'_> {
                         );
                     }
                 }
+                let key = self.secret_at(key, span.clone(), &what("key"));
+                if let Some(k) = &key {
+                    if let Err(e) = crate::egress::signer::Key::parse(alg, k) {
+                        self.error(Some(span.clone()), format!("endpoint `{name}`: {e}"));
+                    }
+                }
                 EndpointAuth::Signature {
                     key_id: key_id.clone(),
                     algorithm: alg,
-                    key: self
-                        .secret_at(key, span.clone(), &what("key"))
-                        .unwrap_or_else(|| Secret::new("")),
+                    key: key.unwrap_or_else(|| Secret::new("")),
                     components,
                 }
             }

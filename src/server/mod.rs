@@ -21,6 +21,7 @@ pub use shutdown::Shutdown;
 pub struct Bound {
     pub inbound: TcpListener,
     pub admin: Option<TcpListener>,
+    pub egress: Option<TcpListener>,
 }
 
 impl Bound {
@@ -32,6 +33,7 @@ impl Bound {
         Ok(Bound {
             inbound: at(config.listen.address, "inbound")?,
             admin: config.admin.map(|a| at(a, "admin")).transpose()?,
+            egress: config.egress.map(|a| at(a, "egress")).transpose()?,
         })
     }
 
@@ -41,6 +43,10 @@ impl Bound {
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn egress_addr(&self) -> Option<SocketAddr> {
+        self.egress.as_ref().and_then(|l| l.local_addr().ok())
     }
 }
 
@@ -87,6 +93,28 @@ pub async fn run(state: Arc<State>, bound: Bound, shutdown: Shutdown) {
         loops.spawn(listener::serve(
             admin,
             "admin",
+            settings,
+            handler,
+            state.metrics.clone(),
+            tracker.clone(),
+            shutdown.clone(),
+        ));
+    }
+    if let Some(egress) = bound.egress {
+        let settings = {
+            let state = state.clone();
+            move || ConnSettings {
+                limits: state.gateway().config.limits.clone(),
+                tls: None,
+            }
+        };
+        let handler = {
+            let state = state.clone();
+            move |req, conn| crate::egress::handle(state.clone(), req, conn)
+        };
+        loops.spawn(listener::serve(
+            egress,
+            "egress",
             settings,
             handler,
             state.metrics.clone(),

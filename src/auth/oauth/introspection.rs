@@ -5,11 +5,8 @@
 //! slow (5 s) or erroring is never cached and gives 503: nothing passes on doubt.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http_body_util::BodyExt;
 use oauth2::basic::{BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenResponse, BasicTokenType};
 use oauth2::{
     AccessToken, ClientId, ClientSecret, EndpointNotSet, EndpointSet, IntrospectionUrl, StandardRevocableToken,
@@ -63,7 +60,7 @@ impl moka::Expiry<[u8; 32], Cached> for PerEntry {
 
 pub struct Introspector {
     client: Client,
-    http: Http,
+    http: crate::upstream::OAuthHttp,
     cache: moka::future::Cache<[u8; 32], Cached>,
     ttl: Duration,
     negative_ttl: Duration,
@@ -99,7 +96,7 @@ impl Introspector {
         }
         Ok(Introspector {
             client,
-            http: Http(http),
+            http: crate::upstream::OAuthHttp(http),
             cache: moka::future::Cache::builder()
                 .max_capacity(cache.max_entries)
                 .expire_after(PerEntry)
@@ -157,7 +154,7 @@ impl Introspector {
             .map_err(|_| CallError("introspection timed out".into()))?
             .map_err(|e| match e {
                 oauth2::RequestTokenError::ServerResponse(r) => CallError(format!("server error: {r}")),
-                oauth2::RequestTokenError::Request(e) => e,
+                oauth2::RequestTokenError::Request(e) => CallError(e.to_string()),
                 oauth2::RequestTokenError::Parse(e, _) => CallError(format!("unparsable response: {e}")),
                 oauth2::RequestTokenError::Other(m) => CallError(m),
             })?;
@@ -215,33 +212,5 @@ impl Introspector {
             },
             ttl: self.ttl.min(until_exp),
         }
-    }
-}
-
-/// oauth2's HTTP client, over Portcullis's pooled client.
-struct Http(crate::upstream::Client);
-
-impl<'c> oauth2::AsyncHttpClient<'c> for Http {
-    type Error = CallError;
-    type Future = Pin<Box<dyn Future<Output = Result<oauth2::HttpResponse, CallError>> + Send + 'c>>;
-
-    fn call(&'c self, req: oauth2::HttpRequest) -> Self::Future {
-        Box::pin(async move {
-            let (parts, body) = req.into_parts();
-            let req = http::Request::from_parts(parts, crate::error::full(body));
-            let resp = self
-                .0
-                .request(req)
-                .await
-                .map_err(|e| CallError(format!("introspection request: {e}")))?;
-            let (parts, body) = resp.into_parts();
-            let body = http_body_util::Limited::new(body, 1024 * 1024)
-                .collect()
-                .await
-                .map_err(|e| CallError(format!("introspection body: {e}")))?
-                .to_bytes()
-                .to_vec();
-            Ok(http::Response::from_parts(parts, body))
-        })
     }
 }

@@ -1,0 +1,157 @@
+//! OAuth2 tokens for egress endpoints (`password` and `client_credentials` grants,
+//! through the oauth2 crate). A token is cached until shortly before it expires;
+//! concurrent callers wait for one fetch; a 401 from the target drops it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use oauth2::basic::BasicClient;
+use oauth2::{
+    ClientId, ClientSecret, EndpointNotSet, EndpointSet, ResourceOwnerPassword, ResourceOwnerUsername, Scope,
+    TokenResponse, TokenUrl,
+};
+use prometheus::IntCounter;
+use tokio::sync::Mutex;
+
+use crate::config::{OAuthGrant, Secret};
+use crate::upstream::OAuthHttp;
+
+type Client = BasicClient<EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
+
+struct Cached {
+    token: Arc<str>,
+    refresh_at: Option<Instant>,
+}
+
+pub struct TokenSource {
+    client: Client,
+    http: OAuthHttp,
+    grant: OAuthGrant,
+    username: Option<String>,
+    password: Option<Secret>,
+    scopes: Vec<String>,
+    current: Mutex<Option<Cached>>,
+    ok: IntCounter,
+    failed: IntCounter,
+}
+
+/// A failed fetch, with the token server's RFC 6749 error when it gave one.
+#[derive(Debug, Clone)]
+pub struct FetchError(pub String);
+
+pub struct Settings<'a> {
+    pub endpoint: &'a str,
+    pub grant: OAuthGrant,
+    pub token_url: &'a url::Url,
+    pub client_id: &'a str,
+    pub client_secret: Option<&'a Secret>,
+    pub username: Option<&'a str>,
+    pub password: Option<&'a Secret>,
+    pub scopes: &'a [String],
+}
+
+impl TokenSource {
+    pub fn new(s: Settings<'_>, http: crate::upstream::Client, metrics: &crate::metrics::Metrics) -> Self {
+        let mut client = BasicClient::new(ClientId::new(s.client_id.to_string()))
+            .set_token_uri(TokenUrl::from_url(s.token_url.clone()));
+        if let Some(secret) = s.client_secret {
+            client = client.set_client_secret(ClientSecret::new(secret.expose_str().to_string()));
+        }
+        TokenSource {
+            client,
+            http: OAuthHttp(http),
+            grant: s.grant,
+            username: s.username.map(str::to_string),
+            password: s.password.cloned(),
+            scopes: s.scopes.to_vec(),
+            current: Mutex::new(None),
+            ok: metrics.egress_token_fetches.with_label_values(&[s.endpoint, "success"]),
+            failed: metrics.egress_token_fetches.with_label_values(&[s.endpoint, "failure"]),
+        }
+    }
+
+    /// The cached token, or a new one; one fetch at a time.
+    pub async fn get(&self) -> Result<(Arc<str>, bool), FetchError> {
+        let mut current = self.current.lock().await;
+        if let Some(c) = current.as_ref() {
+            if c.refresh_at.is_none_or(|t| Instant::now() < t) {
+                return Ok((c.token.clone(), false));
+            }
+        }
+        let fetched = self.fetch().await;
+        match fetched {
+            Ok((token, lifetime)) => {
+                self.ok.inc();
+                // Refresh a little before expiry: a tenth of the lifetime, at most 30 s.
+                let refresh_at = lifetime.map(|l| Instant::now() + l - (l / 10).min(Duration::from_secs(30)));
+                *current = Some(Cached {
+                    token: token.clone(),
+                    refresh_at,
+                });
+                Ok((token, true))
+            }
+            Err(e) => {
+                self.failed.inc();
+                *current = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// Drops `used` if it is still the cached token (the target refused it).
+    pub async fn invalidate(&self, used: &str) {
+        let mut current = self.current.lock().await;
+        if current.as_ref().is_some_and(|c| &*c.token == used) {
+            *current = None;
+        }
+    }
+
+    /// Whether a token is cached and fresh (for the admin status).
+    pub fn state(&self) -> &'static str {
+        match self.current.try_lock() {
+            Ok(c) => match c.as_ref() {
+                Some(c) if c.refresh_at.is_none_or(|t| Instant::now() < t) => "cached",
+                Some(_) => "expired",
+                None => "none",
+            },
+            Err(_) => "fetching",
+        }
+    }
+
+    async fn fetch(&self) -> Result<(Arc<str>, Option<Duration>), FetchError> {
+        let scopes = self.scopes.iter().map(|s| Scope::new(s.clone()));
+        let result = match self.grant {
+            OAuthGrant::ClientCredentials => {
+                let req = self.client.exchange_client_credentials().add_scopes(scopes);
+                tokio::time::timeout(Duration::from_secs(10), req.request_async(&self.http)).await
+            }
+            OAuthGrant::Password => {
+                let user = ResourceOwnerUsername::new(self.username.clone().unwrap_or_default());
+                let pass = ResourceOwnerPassword::new(
+                    self.password
+                        .as_ref()
+                        .map(|p| p.expose_str().to_string())
+                        .unwrap_or_default(),
+                );
+                let req = self.client.exchange_password(&user, &pass).add_scopes(scopes);
+                tokio::time::timeout(Duration::from_secs(10), req.request_async(&self.http)).await
+            }
+        };
+        let resp = match result {
+            Err(_) => return Err(FetchError("token request timed out".into())),
+            Ok(Err(e)) => {
+                return Err(FetchError(match e {
+                    oauth2::RequestTokenError::ServerResponse(r) => match r.error_description() {
+                        Some(d) => format!("token server answered {}: {d}", r.error().as_ref()),
+                        None => format!("token server answered {}", r.error().as_ref()),
+                    },
+                    oauth2::RequestTokenError::Request(e) => format!("token server unreachable: {e}"),
+                    oauth2::RequestTokenError::Parse(e, _) => format!("token server response unparsable: {e}"),
+                    oauth2::RequestTokenError::Other(m) => format!("token request failed: {m}"),
+                }))
+            }
+            Ok(Ok(r)) => r,
+        };
+        Ok((Arc::from(resp.access_token().secret().as_str()), resp.expires_in()))
+    }
+}
