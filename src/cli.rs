@@ -172,6 +172,7 @@ fn serve(path: PathBuf, format: LogFormat) -> anyhow::Result<()> {
             tracing::info!(listener = "egress", address = %a, "listening");
         }
         let (trigger, shutdown) = crate::server::shutdown::channel();
+        tokio::spawn(crate::reload::watch(state.clone(), path.clone(), shutdown.clone()));
         tokio::spawn(async move {
             crate::server::shutdown::signal().await;
             tracing::info!("shutdown signal received; draining");

@@ -51,6 +51,9 @@ pub struct State {
     random_assertion_key: [u8; 32],
     /// OAuth state that outlives a config generation (builtin key, refresh tokens).
     oauth: Arc<auth::oauth::Shared>,
+    /// The last 100 refusals, newest last, for the admin page.
+    refusals: std::sync::Mutex<std::collections::VecDeque<RefusalRecord>>,
+    reload_status: std::sync::Mutex<Option<crate::reload::Status>>,
     ready: AtomicBool,
 }
 
@@ -73,12 +76,20 @@ impl State {
         let client = upstream::client();
         let gw = Gateway::build(config, &metrics, &random_assertion_key, &oauth, &client)?;
         metrics.config_last_reload_success.set(unix_now() as i64);
+        let loaded = crate::reload::Status {
+            at: unix_now(),
+            ok: true,
+            trigger: "start",
+            message: "config loaded".into(),
+        };
         Ok(Arc::new(State {
             current: ArcSwap::from_pointee(gw),
             metrics,
             client,
             random_assertion_key,
             oauth,
+            refusals: Default::default(),
+            reload_status: std::sync::Mutex::new(Some(loaded)),
             ready: AtomicBool::new(false),
         }))
     }
@@ -102,6 +113,33 @@ impl State {
         Ok(())
     }
 
+    pub fn set_reload_status(&self, s: crate::reload::Status) {
+        if let Ok(mut r) = self.reload_status.lock() {
+            *r = Some(s);
+        }
+    }
+
+    pub fn reload_status(&self) -> Option<crate::reload::Status> {
+        self.reload_status.lock().ok().and_then(|r| r.clone())
+    }
+
+    /// The last refusals, oldest first.
+    pub fn refusals(&self) -> Vec<RefusalRecord> {
+        self.refusals
+            .lock()
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn record_refusal(&self, r: RefusalRecord) {
+        if let Ok(mut q) = self.refusals.lock() {
+            if q.len() == REFUSALS_KEPT {
+                q.pop_front();
+            }
+            q.push_back(r);
+        }
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
     }
@@ -109,6 +147,25 @@ impl State {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
+}
+
+/// How many refusals the admin page keeps.
+pub const REFUSALS_KEPT: usize = 100;
+
+/// One refused request, as the admin page shows it. Never a secret: the path has no query.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RefusalRecord {
+    /// RFC 3339 time.
+    pub time: String,
+    pub request_id: String,
+    pub client_ip: String,
+    pub integration: String,
+    pub method: String,
+    pub path: String,
+    pub auth_method: String,
+    pub principal: String,
+    pub status: u16,
+    pub reason: &'static str,
 }
 
 fn unix_now() -> u64 {
@@ -131,19 +188,26 @@ pub struct Gateway {
 
 /// Everything the pipeline needs about one integration, resolved once.
 pub struct Route {
+    pub path: String,
+    pub methods: Vec<http::Method>,
     pub plan: String,
     pub integration: String,
     plan_value: HeaderValue,
     integration_value: HeaderValue,
-    upstream: Upstream,
+    pub upstream: Upstream,
     access: Rule,
     senders: Rule,
-    auth: Vec<AuthMethod>,
+    pub auth: Vec<AuthMethod>,
     challenges: Vec<HeaderValue>,
     metrics: RouteMetrics,
 }
 
 impl Gateway {
+    /// The routes, in config order, for the admin page.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
     pub fn build(
         config: Config,
         metrics: &Metrics,
@@ -174,6 +238,8 @@ impl Gateway {
                     },
                 ));
                 routes.push(Route {
+                    path: integ.path.to_string(),
+                    methods: integ.methods.clone(),
                     plan: plan.name.clone(),
                     integration: integ.name.clone(),
                     // Names are checked to be plain ASCII tokens.
@@ -626,6 +692,20 @@ fn finish(
         if matches!(o, Outcome::Unauthenticated | Outcome::LockedOut | Outcome::Forbidden) {
             m.auth_failures.with_label_values(&[auth_method, r]).inc();
         }
+    }
+    if let Some(reason) = reason {
+        state.record_refusal(RefusalRecord {
+            time: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            request_id: ctx.request_id.to_str().unwrap_or("").to_string(),
+            client_ip: conn.remote.ip().to_string(),
+            integration: route.map_or(String::new(), |r| format!("{}/{}", r.plan, r.integration)),
+            method: method.as_str().to_string(),
+            path: path.to_string(),
+            auth_method: auth_method.to_string(),
+            principal: ctx.principal.as_deref().unwrap_or("").to_string(),
+            status,
+            reason,
+        });
     }
     tracing::info!(
         target: "portcullis::access",

@@ -30,6 +30,7 @@ pub mod error;
 pub mod gateway;
 pub mod headers;
 pub mod metrics;
+pub mod reload;
 pub mod route;
 pub mod server;
 pub mod upstream;

@@ -1,0 +1,143 @@
+//! Reload without restart: on SIGHUP, and when the config file (or a TLS certificate or
+//! key file it names) changes, polled every second and debounced. A new config is checked
+//! like `portcullis check` and built completely before it is swapped in atomically; one
+//! that fails is refused, logged and counted, and the running one stays. Requests in
+//! flight finish with the generation they started with.
+//!
+//! Listener addresses cannot move under a running process: a reload that changes one is
+//! refused with a log line saying so (restart to re-bind).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+
+use crate::config::{self, Config};
+use crate::gateway::State;
+use crate::server::Shutdown;
+
+/// The outcome of the last load, for the admin page.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Status {
+    /// Unix seconds.
+    pub at: u64,
+    pub ok: bool,
+    pub trigger: &'static str,
+    pub message: String,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+fn listeners_moved(old: &Config, new: &Config) -> Option<String> {
+    let mut moved = Vec::new();
+    if old.listen.address != new.listen.address {
+        moved.push(format!(
+            "listen.address {} -> {}",
+            old.listen.address, new.listen.address
+        ));
+    }
+    if old.admin != new.admin {
+        moved.push(format!("admin.address {:?} -> {:?}", old.admin, new.admin));
+    }
+    if old.egress != new.egress {
+        moved.push(format!("egress.address {:?} -> {:?}", old.egress, new.egress));
+    }
+    (!moved.is_empty()).then(|| format!("{}: restart Portcullis to re-bind listeners", moved.join(", ")))
+}
+
+/// Loads `path`, checks it, builds it and swaps it in; or says why not.
+pub fn reload(state: &State, path: &Path, trigger: &'static str) -> Result<(), String> {
+    let result = config::load(path).map_err(|e| e.to_string()).and_then(|loaded| {
+        let current = state.gateway();
+        if let Some(m) = listeners_moved(&current.config, &loaded.config) {
+            return Err(m);
+        }
+        if current.config.runtime.worker_threads != loaded.config.runtime.worker_threads {
+            tracing::warn!("runtime.worker_threads changed: takes effect at the next restart");
+        }
+        for w in &loaded.warnings {
+            tracing::warn!("{w}");
+        }
+        state.replace(loaded.config).map_err(|e| e.to_string())
+    });
+    let m = &state.metrics;
+    match &result {
+        Ok(()) => {
+            m.config_reloads.with_label_values(&["success"]).inc();
+            m.config_last_reload_success.set(now() as i64);
+            tracing::info!(trigger, config = %path.display(), "config reloaded");
+        }
+        Err(e) => {
+            m.config_reloads.with_label_values(&["failure"]).inc();
+            tracing::error!(trigger, config = %path.display(), error = %e, "config reload refused; the running config stays");
+        }
+    }
+    state.set_reload_status(Status {
+        at: now(),
+        ok: result.is_ok(),
+        trigger,
+        message: match &result {
+            Ok(()) => "config reloaded".into(),
+            Err(e) => e.clone(),
+        },
+    });
+    result
+}
+
+/// A digest of the config file and the TLS files it names: what a change is.
+fn fingerprint(path: &Path, state: &State) -> Option<[u8; 32]> {
+    let mut h = Sha256::new();
+    h.update(std::fs::read(path).ok()?);
+    if let Some(tls) = &state.gateway().config.listen.tls {
+        for f in [&tls.cert, &tls.key] {
+            h.update(std::fs::read(f).unwrap_or_default());
+        }
+    }
+    Some(h.finalize().into())
+}
+
+/// Reloads on SIGHUP and on file changes until shutdown.
+pub async fn watch(state: Arc<State>, path: PathBuf, mut shutdown: Shutdown) {
+    const POLL: Duration = Duration::from_secs(1);
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut last = fingerprint(&path, &state);
+    loop {
+        #[cfg(unix)]
+        let hangup = async {
+            match hup.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<()>();
+        tokio::select! {
+            _ = shutdown.fired() => return,
+            _ = hangup => {
+                let _ = reload(&state, &path, "sighup");
+                last = fingerprint(&path, &state);
+            }
+            _ = tokio::time::sleep(POLL) => {
+                let seen = fingerprint(&path, &state);
+                if seen.is_some() && seen != last {
+                    // Debounce: editors and ConfigMap updates write in several steps.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let settled = fingerprint(&path, &state);
+                    if settled == seen {
+                        let _ = reload(&state, &path, "file_change");
+                        last = fingerprint(&path, &state);
+                    }
+                }
+            }
+        }
+    }
+}

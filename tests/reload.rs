@@ -1,0 +1,253 @@
+//! Reload without restart: under load, refused when bad, rotated passwords and
+//! certificates, SIGHUP and file changes.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use portcullis::reload;
+use support::*;
+
+fn cfg(upstream: &str, password_hash: &str, ttl: &str) -> String {
+    config(&format!(
+        r#"
+[cache]
+ttl = "{ttl}"
+
+[[users]]
+name = "svc"
+roles = ["rest"]
+password_hash = "{password_hash}"
+
+[[plans]]
+name = "p"
+upstream = "{upstream}"
+access = {{ roles = ["rest"] }}
+
+[[plans.integrations]]
+name = "i"
+path = "/i"
+methods = ["GET"]
+auth = "basic"
+"#
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_reloads_under_steady_traffic_drop_nothing() {
+    let up = Upstream::start().await;
+    let hash = argon2_hash("svc-pw");
+    let gw = Gateway::start(&cfg(&up.url(), &hash, "60s")).await;
+    let path = gw.dir.path().join("portcullis.toml");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    // One keep-alive connection, requests back to back: any drop or failure fails the test.
+    let traffic = {
+        let stop = stop.clone();
+        let served = served.clone();
+        let addr = gw.addr;
+        tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            while !stop.load(Ordering::Relaxed) {
+                let req = hyper::Request::get("/i")
+                    .header("host", "gw")
+                    .header("authorization", basic("svc", "svc-pw"))
+                    .body(Empty::<bytes::Bytes>::new())
+                    .unwrap();
+                let resp = send.send_request(req).await.expect("connection kept across reloads");
+                assert_eq!(resp.status(), 200);
+                resp.into_body().collect().await.unwrap();
+                served.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    for i in 0..50 {
+        let ttl = format!("{}s", 30 + i);
+        std::fs::write(&path, cfg(&up.url(), &hash, &ttl)).unwrap();
+        reload::reload(&gw.state, &path, "test").unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    traffic.await.unwrap();
+    assert!(
+        served.load(Ordering::Relaxed) >= 50,
+        "{}",
+        served.load(Ordering::Relaxed)
+    );
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_value(&m, r#"portcullis_config_reloads_total{outcome="success"}"#),
+        50.0
+    );
+    assert_eq!(gw.state.gateway().config.cache.ttl, Duration::from_secs(79));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_config_is_refused_and_the_old_one_keeps_serving() {
+    let up = Upstream::start().await;
+    let hash = argon2_hash("svc-pw");
+    let gw = Gateway::start(&cfg(&up.url(), &hash, "60s")).await;
+    let path = gw.dir.path().join("portcullis.toml");
+    std::fs::write(&path, cfg(&up.url(), &hash, "sixty seconds")).unwrap();
+    let err = reload::reload(&gw.state, &path, "test").unwrap_err();
+    assert!(err.contains("invalid duration"), "{err}");
+    // A listener may not move under a running process.
+    std::fs::write(
+        &path,
+        cfg(&up.url(), &hash, "60s").replacen("127.0.0.1:0", "127.0.0.1:1", 1),
+    )
+    .unwrap();
+    let err = reload::reload(&gw.state, &path, "test").unwrap_err();
+    assert!(err.contains("restart"), "{err}");
+    let resp = client()
+        .get(gw.url("/i"))
+        .header("authorization", basic("svc", "svc-pw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_value(&m, r#"portcullis_config_reloads_total{outcome="failure"}"#),
+        2.0
+    );
+    let status: serde_json::Value = client()
+        .get(gw.admin_url("/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["last_reload"]["ok"], false);
+    gw.stop().await;
+}
+
+/// Waits until `f` holds, up to `limit`.
+async fn eventually<F, Fut>(limit: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rotates_a_password_without_restart() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &cfg(&up.url(), &argon2_hash("old-pw"), "60s"));
+    let gw = Process::start(&path, &[]);
+    let url = format!("http://{}/i", gw.addr);
+    let status = |pw: &'static str| {
+        let url = url.clone();
+        async move {
+            client()
+                .get(url)
+                .header("authorization", basic("svc", pw))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(status("old-pw").await, 200, "cached now");
+    // Write the new file in place but keep the watcher from seeing it first: same
+    // content length does not matter; SIGHUP makes the reload immediate.
+    std::fs::write(&path, cfg(&up.url(), &argon2_hash("new-pw"), "60s")).unwrap();
+    gw.signal("HUP");
+    assert!(eventually(Duration::from_secs(5), || async { status("new-pw").await == 200 }).await);
+    assert_eq!(
+        status("old-pw").await,
+        401,
+        "the old password fails at once, cache or not"
+    );
+    assert!(gw.logs().contains("config reloaded"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_certificate_is_served_to_new_tls_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = self_signed(dir.path(), "server");
+    let toml = cfg("builtin:echo", &argon2_hash("pw"), "60s").replace(
+        "address = \"127.0.0.1:0\"\n\n[admin]",
+        &format!(
+            "address = \"127.0.0.1:0\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n\n[admin]",
+            old.cert_path.display(),
+            old.key_path.display()
+        ),
+    );
+    let path = write_config(dir.path(), &toml);
+    let gw = Process::start(&path, &[]);
+    let url = format!("https://localhost:{}/i", gw.addr.port());
+    assert_eq!(tls_client(&old).get(&url).send().await.unwrap().status(), 401);
+    // Rotate the files in place (as a Kubernetes Secret update does); no signal.
+    let new_dir = tempfile::tempdir().unwrap();
+    let new = self_signed(new_dir.path(), "server");
+    std::fs::write(&old.key_path, &new.key_pem).unwrap();
+    std::fs::write(&old.cert_path, &new.cert_pem).unwrap();
+    let seen = eventually(Duration::from_secs(8), || {
+        let c = tls_client(&new);
+        let url = url.clone();
+        async move { c.get(url).send().await.is_ok_and(|r| r.status() == 401) }
+    })
+    .await;
+    assert!(seen, "a new TLS client gets the new certificate:\n{}", gw.logs());
+    assert!(
+        tls_client(&old).get(&url).send().await.is_err(),
+        "the old certificate is gone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_names_the_refusal_reason_in_json() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &cfg(&up.url(), &argon2_hash("right-pw"), "60s"));
+    let gw = Process::start(&path, &[]);
+    let resp = client()
+        .get(format!("http://{}/i?apiKey=leak-me-not", gw.addr))
+        .header("authorization", basic("svc", "wrong-pw"))
+        .header("x-request-id", "diag-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = gw.logs();
+    let line: serde_json::Value = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["request_id"] == "diag-42")
+        .expect("an access-log line for the request");
+    assert_eq!(line["reason"], "bad_password");
+    assert_eq!(line["status"], 401);
+    assert_eq!(line["principal"], "");
+    assert_eq!(line["path"], "/i");
+    assert_eq!(line["client"], "127.0.0.1");
+    assert_eq!(
+        (line["plan"].as_str(), line["integration"].as_str()),
+        (Some("p"), Some("i"))
+    );
+    assert!(line["timestamp"].is_string() && line["latency_ms"].is_number());
+    for secret in ["wrong-pw", "leak-me-not", "apiKey"] {
+        assert!(!logs.contains(secret), "{secret} leaked");
+    }
+}
