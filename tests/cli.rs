@@ -1,0 +1,112 @@
+//! `hash-password`, `keygen` and `urlkey`: their output works in a real config.
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use support::*;
+
+fn run(args: &[&str], stdin: &str) -> (i32, String, String) {
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn value_after<'a>(text: &'a str, prefix: &str) -> &'a str {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no `{prefix}` in:\n{text}"))
+        .trim()
+}
+
+#[tokio::test]
+async fn generated_credentials_authenticate() {
+    let (code, hash, _) = run(&["hash-password"], "p4ss word\n");
+    assert_eq!(code, 0);
+    let hash = hash.trim().to_string();
+    assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
+    let (code, _, err) = run(&["hash-password"], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("no password"));
+
+    let (code, key_out, _) = run(&["keygen", "--user", "svc", "--integration", "p/keyed"], "");
+    assert_eq!(code, 0);
+    let key = value_after(&key_out, "API key:").to_string();
+    let secret = value_after(&key_out, "API secret:").to_string();
+    assert!(key.starts_with("pk_") && secret.len() >= 22);
+    let snippet = &key_out[key_out.find("[[api_keys]]").unwrap()..];
+    assert!(!snippet.contains(&secret), "the secret is stored only as a hash");
+    let (code, _, err) = run(&["keygen", "--user", "svc", "--integration", "nope"], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("PLAN/INTEGRATION"));
+
+    let (code, url_out, _) = run(&["urlkey", "--user", "svc"], "");
+    assert_eq!(code, 0);
+    let url_key = value_after(&url_out, "URL key:").to_string();
+    let url_line = url_out.lines().find(|l| l.starts_with("url_key_hash")).unwrap();
+
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&config(&format!(
+        r#"
+[[users]]
+name = "svc"
+roles = ["r"]
+password_hash = "{hash}"
+{url_line}
+
+[[plans]]
+name = "p"
+upstream = "{up}"
+
+[[plans.integrations]]
+name = "pw"
+path = "/pw"
+methods = ["GET"]
+auth = "basic"
+
+[[plans.integrations]]
+name = "keyed"
+path = "/keyed"
+methods = ["GET"]
+auth = "api_key"
+
+[[plans.integrations]]
+name = "url"
+path = "/url"
+methods = ["GET"]
+auth = "url_key"
+
+{snippet}
+"#,
+        up = up.url()
+    )))
+    .await;
+    let c = client();
+    let s = |r: reqwest::RequestBuilder| async move { r.send().await.unwrap().status().as_u16() };
+    assert_eq!(
+        s(c.get(gw.url("/pw")).header("authorization", basic("svc", "p4ss word"))).await,
+        200
+    );
+    assert_eq!(
+        s(c.get(gw.url("/keyed")).header("authorization", basic(&key, &secret))).await,
+        200
+    );
+    assert_eq!(s(c.get(gw.url(&format!("/url?apiKey={url_key}")))).await, 200);
+    assert_eq!(
+        s(c.get(gw.url("/keyed")).header("authorization", basic(&key, "x"))).await,
+        401
+    );
+    gw.stop().await;
+}
