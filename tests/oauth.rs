@@ -80,6 +80,18 @@ impl TestServer {
     }
 }
 
+/// The status of a GET with a Bearer token.
+async fn bearer_status(gw: &Gateway, path: &str, token: &str) -> u16 {
+    client()
+        .get(gw.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
@@ -523,16 +535,7 @@ async fn jwt_tokens_of_the_issuer_pass_with_roles_from_the_claim() {
     assert_eq!(h["x-portcullis-roles"], "rest,admin");
     assert_eq!(h["x-portcullis-client-id"], "snow");
     let ok_ed = sign(Algorithm::EdDSA, "ed-1", &idp.ed_key, &claims(serde_json::json!({})));
-    assert_eq!(
-        client()
-            .get(gw.url("/events"))
-            .bearer_auth(&ok_ed)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(bearer_status(&gw, "/events", &ok_ed).await, 200);
     // Roles of a matching [[users]] entry are added; a disabled one is refused.
     let alice = sign(
         Algorithm::RS256,
@@ -540,16 +543,7 @@ async fn jwt_tokens_of_the_issuer_pass_with_roles_from_the_claim() {
         &idp.rsa_key,
         &claims(serde_json::json!({"preferred_username": "alice", "groups": []})),
     );
-    assert_eq!(
-        client()
-            .get(gw.url("/events"))
-            .bearer_auth(&alice)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(bearer_status(&gw, "/events", &alice).await, 200);
     let frozen = sign(
         Algorithm::RS256,
         "rsa-1",
@@ -687,16 +681,7 @@ async fn jwt_attacks_are_refused() {
         )
         .unwrap()
     };
-    assert_eq!(
-        client()
-            .get(gw.url("/events"))
-            .bearer_auth(&embedded)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!(bearer_status(&gw, "/events", &embedded).await, 401);
     assert!(up.seen().is_empty());
     let m = gw.metrics().await;
     let mut expected = std::collections::HashMap::new();
@@ -719,41 +704,14 @@ async fn an_unknown_kid_refetches_the_jwks_at_most_once_per_interval() {
     let idp = idp().await;
     let gw = Gateway::start(&jwt_config(&up, &idp)).await;
     let good = sign(Algorithm::RS256, "rsa-1", &idp.rsa_key, &claims(serde_json::json!({})));
-    assert_eq!(
-        client()
-            .get(gw.url("/events"))
-            .bearer_auth(&good)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(bearer_status(&gw, "/events", &good).await, 200);
     let rotated = sign(Algorithm::RS256, "rsa-2", &idp.rsa_key, &claims(serde_json::json!({})));
     // Within the interval of the first fetch, an unknown kid causes no fetch at all.
-    assert_eq!(
-        client()
-            .get(gw.url("/events"))
-            .bearer_auth(&rotated)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!(bearer_status(&gw, "/events", &rotated).await, 401);
     assert_eq!(idp.server.hits(), 1);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     for _ in 0..5 {
-        assert_eq!(
-            client()
-                .get(gw.url("/events"))
-                .bearer_auth(&rotated)
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            401
-        );
+        assert_eq!(bearer_status(&gw, "/events", &rotated).await, 401);
     }
     assert_eq!(
         idp.server.hits(),
@@ -768,16 +726,7 @@ async fn an_unknown_kid_refetches_the_jwks_at_most_once_per_interval() {
         j["keys"].as_array_mut().unwrap().push(k);
     }
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(
-        client()
-            .get(gw.url("/events"))
-            .bearer_auth(&rotated)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(bearer_status(&gw, "/events", &rotated).await, 200);
     assert_eq!(idp.server.hits(), 3);
     gw.stop().await;
 }
@@ -953,5 +902,24 @@ async fn introspection_down_or_erroring_is_503_and_never_lets_through() {
         ),
         1.0
     );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn jwt_keys_can_come_from_a_jwks_file() {
+    let up = Upstream::start().await;
+    let idp = idp().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("jwks.json"), idp.jwks.lock().unwrap().to_string()).unwrap();
+    let toml = jwt_config(&up, &idp).replace(
+        &format!("jwks_url = \"http://{}/jwks\"", idp.server.addr),
+        "jwks_file = \"{dir}/jwks.json\"",
+    );
+    let gw = Gateway::start_in(dir, &toml).await;
+    let good = sign(Algorithm::RS256, "rsa-1", &idp.rsa_key, &claims(serde_json::json!({})));
+    assert_eq!(bearer_status(&gw, "/events", &good).await, 200);
+    let unknown = sign(Algorithm::RS256, "rsa-7", &idp.rsa_key, &claims(serde_json::json!({})));
+    assert_eq!(bearer_status(&gw, "/events", &unknown).await, 401);
+    assert_eq!(idp.server.hits(), 0, "a JWKS file needs no fetch");
     gw.stop().await;
 }

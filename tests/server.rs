@@ -142,4 +142,25 @@ async fn the_demo_config_serves_the_echo_upstream_over_tls() {
     assert_eq!(r.status(), 200);
     let r = c.post(format!("{base}/incidents/servicenow")).send().await.unwrap();
     assert_eq!(r.status(), 401);
+    let token: serde_json::Value = c
+        .post(format!("{base}/oauth/token"))
+        .basic_auth("demo-client", Some("demo-client-secret-4d2e9a71"))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", "jira-integration"),
+            ("password", "jira-demo-password"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = c
+        .get(format!("{base}/incidents/events"))
+        .bearer_auth(token["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }

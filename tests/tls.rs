@@ -10,24 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn tls_config(cert: &Cert, limits: &str) -> String {
-    config(&format!(
-        r#"
-[limits]
-{limits}
-
-[[plans]]
-name = "p"
-upstream = "builtin:echo"
-access = {{ all = true }}
-
-[[plans.integrations]]
-name = "open"
-path = "/open/*"
-methods = ["GET", "POST"]
-auth = "none"
-"#
-    ))
-    .replace(
+    tls_config_plain(limits).replace(
         "address = \"127.0.0.1:0\"\n\n[admin]",
         &format!(
             "address = \"127.0.0.1:0\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n\n[admin]",

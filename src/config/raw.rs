@@ -43,9 +43,10 @@ pub struct Tls {
     pub key: Str,
 }
 
+/// `[admin]` or `[egress]`: the section turns the listener on; `address` has a loopback default.
 #[derive(Debug, Deserialize)]
 pub struct Address {
-    pub address: Str,
+    pub address: Option<Str>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -111,13 +111,13 @@ fn locate(root: &toml_edit::Item, segs: &[Segment]) -> Option<Span> {
                     let t = a.get(*i)?;
                     span = t.span().or(span);
                     // Array-of-tables entries are tables; continue through a temporary view.
-                    return locate_in_table(t, segs_after(segs, seg)).or(span);
+                    return locate_in(t, segs_after(segs, seg)).or(span);
                 }
                 toml_edit::Item::Value(toml_edit::Value::Array(a)) => {
                     let v = a.get(*i)?;
                     span = v.span().or(span);
                     if let toml_edit::Value::InlineTable(t) = v {
-                        return locate_in_inline(t, segs_after(segs, seg)).or(span);
+                        return locate_in(t, segs_after(segs, seg)).or(span);
                     }
                     return span;
                 }
@@ -136,18 +136,7 @@ fn segs_after<'a>(segs: &'a [Segment], seg: &Segment) -> &'a [Segment] {
     &segs[pos..]
 }
 
-fn locate_in_table(t: &toml_edit::Table, segs: &[Segment]) -> Option<Span> {
-    let Some((Segment::Key(k), rest)) = segs.split_first() else {
-        return None;
-    };
-    let (key, item) = t.get_key_value(k)?;
-    if rest.is_empty() {
-        return key.span();
-    }
-    locate(item, rest).or(key.span())
-}
-
-fn locate_in_inline(t: &toml_edit::InlineTable, segs: &[Segment]) -> Option<Span> {
+fn locate_in(t: &dyn toml_edit::TableLike, segs: &[Segment]) -> Option<Span> {
     let Some((Segment::Key(k), rest)) = segs.split_first() else {
         return None;
     };
@@ -208,8 +197,14 @@ impl Validator<'_> {
             }
         };
         let limits = self.limits(raw.limits.as_ref());
-        let admin = raw.admin.as_ref().and_then(|a| self.address(&a.get_ref().address));
-        let egress = raw.egress.as_ref().and_then(|a| self.address(&a.get_ref().address));
+        let admin = raw.admin.as_ref().and_then(|a| match &a.get_ref().address {
+            Some(addr) => self.address(addr),
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
+        });
+        let egress = raw.egress.as_ref().and_then(|a| match &a.get_ref().address {
+            Some(addr) => self.address(addr),
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 15001))),
+        });
         let cache = self.cache(raw.cache.as_ref());
         let lockout = self.lockout(raw.lockout.as_ref());
         self.shared(raw.shared.as_ref());

@@ -79,48 +79,18 @@ pub async fn run(state: Arc<State>, bound: Bound, shutdown: Shutdown) {
         shutdown.clone(),
     ));
     if let Some(admin) = bound.admin {
-        let settings = {
-            let state = state.clone();
-            move || ConnSettings {
-                limits: state.gateway().config.limits.clone(),
-                tls: None,
-            }
-        };
         let handler = {
             let state = state.clone();
             move |req, conn| crate::admin::handle(state.clone(), req, conn)
         };
-        loops.spawn(listener::serve(
-            admin,
-            "admin",
-            settings,
-            handler,
-            state.metrics.clone(),
-            tracker.clone(),
-            shutdown.clone(),
-        ));
+        loops.spawn(serve_plain(admin, "admin", &state, handler, &tracker, &shutdown));
     }
     if let Some(egress) = bound.egress {
-        let settings = {
-            let state = state.clone();
-            move || ConnSettings {
-                limits: state.gateway().config.limits.clone(),
-                tls: None,
-            }
-        };
         let handler = {
             let state = state.clone();
             move |req, conn| crate::egress::handle(state.clone(), req, conn)
         };
-        loops.spawn(listener::serve(
-            egress,
-            "egress",
-            settings,
-            handler,
-            state.metrics.clone(),
-            tracker.clone(),
-            shutdown.clone(),
-        ));
+        loops.spawn(serve_plain(egress, "egress", &state, handler, &tracker, &shutdown));
     }
     state.set_ready(true);
     while loops.join_next().await.is_some() {}
@@ -135,4 +105,35 @@ pub async fn run(state: Arc<State>, bound: Bound, shutdown: Shutdown) {
     } else {
         tracing::info!("all connections finished");
     }
+}
+
+/// A loopback-side listener (admin, egress): plain HTTP with the inbound limits.
+fn serve_plain<H, F>(
+    listener: TcpListener,
+    name: &'static str,
+    state: &Arc<State>,
+    handler: H,
+    tracker: &TaskTracker,
+    shutdown: &Shutdown,
+) -> impl std::future::Future<Output = ()> + Send + 'static
+where
+    H: Fn(http::Request<hyper::body::Incoming>, Arc<listener::ConnInfo>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = http::Response<crate::error::Body>> + Send + 'static,
+{
+    let settings = {
+        let state = state.clone();
+        move || ConnSettings {
+            limits: state.gateway().config.limits.clone(),
+            tls: None,
+        }
+    };
+    listener::serve(
+        listener,
+        name,
+        settings,
+        handler,
+        state.metrics.clone(),
+        tracker.clone(),
+        shutdown.clone(),
+    )
 }
