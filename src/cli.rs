@@ -157,6 +157,20 @@ fn serve(path: PathBuf, format: LogFormat) -> anyhow::Result<()> {
     rt.block_on(async move {
         let bound = crate::server::Bound::bind(&config)?;
         let state = crate::gateway::State::new(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        // Signal handlers first: a signal sent as soon as "listening" shows must be handled.
+        let (trigger, shutdown) = crate::server::shutdown::channel();
+        let terminated = crate::server::shutdown::signal();
+        tokio::spawn(crate::reload::watch(
+            state.clone(),
+            path.clone(),
+            crate::reload::hangups(),
+            shutdown.clone(),
+        ));
+        tokio::spawn(async move {
+            terminated.await;
+            tracing::info!("shutdown signal received; draining");
+            trigger.fire();
+        });
         let gw = state.gateway();
         tracing::info!(
             listener = "inbound",
@@ -171,13 +185,6 @@ fn serve(path: PathBuf, format: LogFormat) -> anyhow::Result<()> {
         if let Some(a) = bound.egress_addr() {
             tracing::info!(listener = "egress", address = %a, "listening");
         }
-        let (trigger, shutdown) = crate::server::shutdown::channel();
-        tokio::spawn(crate::reload::watch(state.clone(), path.clone(), shutdown.clone()));
-        tokio::spawn(async move {
-            crate::server::shutdown::signal().await;
-            tracing::info!("shutdown signal received; draining");
-            trigger.fire();
-        });
         crate::server::run(state, bound, shutdown).await;
         anyhow::Ok(())
     })?;

@@ -218,10 +218,16 @@ impl Gateway {
         let tls = match &config.listen.tls {
             Some(files) => {
                 let key = crate::server::tls::load_certified_key(files).map_err(|e| BuildError::Tls(e.to_string()))?;
+                metrics
+                    .tls_certificate_expiry
+                    .set(crate::server::tls::not_after(&key).unwrap_or(0));
                 let cfg = crate::server::tls::server_config(key).map_err(|e| BuildError::Tls(e.to_string()))?;
                 Some(TlsAcceptor::from(cfg))
             }
-            None => None,
+            None => {
+                metrics.tls_certificate_expiry.set(0);
+                None
+            }
         };
         let mut routes = Vec::new();
         let mut table = Vec::new();

@@ -47,6 +47,7 @@ pub struct Metrics {
     pub connections_active: IntGaugeVec,
     pub connections_rejected: IntCounterVec,
     pub tls_handshake_failures: IntCounter,
+    pub tls_certificate_expiry: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -149,6 +150,14 @@ impl Metrics {
                 IntCounter::new(
                     "portcullis_tls_handshake_failures_total",
                     "Failed or timed-out TLS handshakes.",
+                )
+                .expect("valid metric"),
+            ),
+            tls_certificate_expiry: reg(
+                &registry,
+                IntGauge::new(
+                    "portcullis_tls_certificate_expiry_timestamp_seconds",
+                    "Unix time at which the inbound TLS certificate in use stops being valid (0: no TLS).",
                 )
                 .expect("valid metric"),
             ),

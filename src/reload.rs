@@ -102,11 +102,31 @@ fn fingerprint(path: &Path, state: &State) -> Option<[u8; 32]> {
     Some(h.finalize().into())
 }
 
+/// The SIGHUP stream, installed before the process says it is listening, so an early
+/// SIGHUP reloads instead of killing the process.
+#[cfg(unix)]
+pub type Hangups = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+pub type Hangups = Option<()>;
+
+pub fn hangups() -> Hangups {
+    #[cfg(unix)]
+    {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
 /// Reloads on SIGHUP and on file changes until shutdown.
-pub async fn watch(state: Arc<State>, path: PathBuf, mut shutdown: Shutdown) {
+pub async fn watch(state: Arc<State>, path: PathBuf, hangups: Hangups, mut shutdown: Shutdown) {
     const POLL: Duration = Duration::from_secs(1);
     #[cfg(unix)]
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut hup = hangups;
+    #[cfg(not(unix))]
+    let _ = hangups;
     let mut last = fingerprint(&path, &state);
     loop {
         #[cfg(unix)]

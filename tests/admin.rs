@@ -158,6 +158,7 @@ async fn metrics_pass_promtool() {
         "portcullis_config_last_reload_success_timestamp_seconds",
         "portcullis_connections_active",
         "portcullis_tls_handshake_failures_total",
+        "portcullis_tls_certificate_expiry_timestamp_seconds",
     ] {
         assert!(text.contains(&format!("# TYPE {name}")), "{name} missing");
     }

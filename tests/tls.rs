@@ -34,6 +34,11 @@ async fn http2_and_http1_over_tls_reach_the_upstream() {
     assert_eq!(v["path"], "/open/h2");
     assert_eq!(v["body_length"], 3);
     assert_eq!(v["headers"]["x-forwarded-proto"], "https");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as f64;
+    assert!(gw.metric("portcullis_tls_certificate_expiry_timestamp_seconds").await > now);
 
     let h1 = reqwest::Client::builder()
         .http1_only()

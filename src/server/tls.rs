@@ -73,3 +73,10 @@ pub fn server_config(key: Arc<CertifiedKey>) -> Result<Arc<ServerConfig>, rustls
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
+
+/// When the leaf certificate of `key` stops being valid, in Unix seconds.
+pub fn not_after(key: &CertifiedKey) -> Option<i64> {
+    let leaf = key.cert.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
