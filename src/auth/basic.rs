@@ -25,6 +25,9 @@ pub struct Basic {
     users: Arc<HashMap<String, Arc<UserEntry>>>,
     cache: moka::sync::Cache<[u8; 32], Arc<UserEntry>>,
     cache_key: [u8; 32],
+    /// argon2id takes ~19 MiB and milliseconds of CPU per check: bound how many run at
+    /// once, so a flood of wrong passwords queues instead of exhausting memory.
+    hashing: Arc<tokio::sync::Semaphore>,
     hits: IntCounter,
     misses: IntCounter,
     entries: IntGauge,
@@ -41,6 +44,9 @@ impl Basic {
                 .time_to_live(cache.ttl)
                 .build(),
             cache_key: rand::random(),
+            hashing: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
+            )),
             hits: metrics.cache_requests.with_label_values(&["basic", "hit"]),
             misses: metrics.cache_requests.with_label_values(&["basic", "miss"]),
             entries,
@@ -70,7 +76,10 @@ impl Basic {
             .and_then(|e| e.password_hash.clone())
             .unwrap_or_else(|| DUMMY_HASH.to_string());
         let password = password.to_string();
+        // The semaphore is never closed, so acquiring only waits.
+        let permit = self.hashing.clone().acquire_owned().await.ok();
         let verified = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             PasswordHash::new(&hash)
                 .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
                 .unwrap_or(false)
