@@ -15,15 +15,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use http::header;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
 use super::shutdown::Shutdown;
 use crate::config::Limits;
@@ -171,7 +173,7 @@ where
         .max_header_list_size(read_buf_size(limits) as u32)
         .max_concurrent_streams(256);
     let svc_activity = activity.clone();
-    let svc = service_fn(move |req| {
+    let handle = tower::service_fn(move |req: Request<Incoming>| {
         let handler = handler.clone();
         let info = info.clone();
         let activity = svc_activity.clone();
@@ -183,6 +185,15 @@ where
             Ok::<_, Infallible>(resp)
         }
     });
+    // Credentials are marked sensitive before anything can log or debug-print a request.
+    let svc = tower::ServiceBuilder::new()
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+            header::PROXY_AUTHORIZATION,
+            header::COOKIE,
+        ]))
+        .service(handle);
+    let svc = TowerToHyperService::new(svc);
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
     let mut draining = false;
@@ -304,9 +315,4 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(1024)
-}
-
-#[allow(dead_code)]
-fn _assert_send(s: TcpStream) -> impl Send {
-    s
 }
