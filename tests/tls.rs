@@ -207,3 +207,64 @@ async fn idle_connections_are_closed() {
     assert!(started.elapsed() < Duration::from_secs(3));
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn an_http_1_0_client_offering_only_its_alpn_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = self_signed(dir.path(), "server");
+    let gw = Gateway::start_in(dir, &tls_config(&cert, "")).await;
+    let mut roots = rustls::RootCertStore::empty();
+    {
+        use rustls_pki_types::pem::PemObject;
+        roots
+            .add(rustls_pki_types::CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap())
+            .unwrap();
+    }
+    let mut cfg =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.0".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let mut tls = connector
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .expect("handshake");
+    tls.write_all(b"GET /open/old HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_http2_body_without_length_over_the_limit_is_413() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = self_signed(dir.path(), "server");
+    let up = Upstream::start().await;
+    let toml = tls_config(&cert, "max_body_bytes = 50000").replace("builtin:echo", &up.url());
+    let gw = Gateway::start_in(dir, &toml).await;
+    let url = format!("https://localhost:{}/open/h2", gw.addr.port());
+    let resp = tls_client(&cert)
+        .post(&url)
+        .body(streamed_body(200_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    error_body(resp, 413).await;
+    assert!(up.seen().is_empty());
+    let resp = tls_client(&cert)
+        .post(&url)
+        .body(streamed_body(50_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(up.last().body_len, 50_000);
+    gw.stop().await;
+}

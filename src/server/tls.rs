@@ -70,7 +70,9 @@ pub fn server_config(key: Arc<CertifiedKey>) -> Result<Arc<ServerConfig>, rustls
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(Single(key)));
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // http/1.0 too: rustls refuses a handshake whose ALPN offer matches nothing (RFC 7301),
+    // and HTTP/1.0 clients such as `curl --http1.0` or ab offer only that.
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     Ok(Arc::new(cfg))
 }
 
