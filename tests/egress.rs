@@ -648,6 +648,58 @@ fn verify(r: &Req, check: &dyn Fn(&[u8], &[u8]) -> bool) -> Result<(), String> {
     Ok(())
 }
 
+/// Verifies a captured request with the http-message-signatures package from PyPI
+/// (tests/interop/verify_signature.py). `None` when Python or the package is missing,
+/// which PORTCULLIS_REQUIRE_INTEROP (set by .ci/run) turns into a failure.
+fn python_verify(r: &Req, key_id: &str, alg: &str, key: &str) -> Option<Result<String, String>> {
+    use std::io::Write;
+    let python = std::env::var("PORTCULLIS_PYTHON").unwrap_or_else(|_| "python3".into());
+    let have = Command::new(&python)
+        .args(["-c", "import http_message_signatures"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        assert!(
+            std::env::var_os("PORTCULLIS_REQUIRE_INTEROP").is_none(),
+            "PORTCULLIS_REQUIRE_INTEROP is set but {python} lacks http-message-signatures"
+        );
+        eprintln!("SKIPPED: {python} lacks http-message-signatures (pip install http-message-signatures)");
+        return None;
+    }
+    let host = r.headers["host"].to_str().unwrap();
+    let headers: Vec<(String, String)> = r
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap().to_string()))
+        .collect();
+    let input = serde_json::json!({
+        "method": r.method,
+        "url": format!("http://{host}{}", r.uri),
+        "headers": headers,
+        "body_b64": base64::engine::general_purpose::STANDARD.encode(&r.body),
+        "key_id": key_id,
+        "alg": alg,
+        "key": key,
+    });
+    let script = format!("{}/tests/interop/verify_signature.py", env!("CARGO_MANIFEST_DIR"));
+    let mut child = Command::new(&python)
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    Some(if out.status.success() { Ok(text) } else { Err(text) })
+}
+
 #[tokio::test]
 async fn signatures_verify_independently_and_tampering_is_caught() {
     const HMAC_KEY: &str = "hmac-egress-key-0123456789abcdef";
@@ -683,6 +735,7 @@ async fn signatures_verify_independently_and_tampering_is_caught() {
             .as_ref()
             .to_vec()
     };
+    let ed_public = public.clone();
     let ed_t = target(
         None,
         Arc::new(move |r| {
@@ -736,6 +789,32 @@ auth = {{ type = "signature", key_id = "k-ed", algorithm = "ed25519", key = {{ f
         c.post(eg.url("/ed/x")).body("ed body").send().await.unwrap().status(),
         200
     );
+
+    // The same requests pass the http-message-signatures package from PyPI.
+    let ed_pub_pem = format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        base64::engine::general_purpose::STANDARD
+            .encode([&hex::decode("302a300506032b6570032100").unwrap()[..], &ed_public[..]].concat())
+    );
+    if let Some(v) = python_verify(&signed, "k-hmac", "hmac-sha256", HMAC_KEY) {
+        let covered = v.expect("http-message-signatures accepts the hmac-sha256 signature");
+        assert!(covered.contains("content-digest"), "{covered}");
+        let ed = python_verify(&ed_t.last(), "k-ed", "ed25519", &ed_pub_pem).unwrap();
+        assert!(
+            ed.is_ok(),
+            "http-message-signatures accepts the ed25519 signature: {ed:?}"
+        );
+        let mut forged = signed.clone();
+        forged.body = Bytes::from_static(b"{\"hello\": \"mallory\"}");
+        assert!(python_verify(&forged, "k-hmac", "hmac-sha256", HMAC_KEY)
+            .unwrap()
+            .is_err());
+        let mut forged = signed.clone();
+        forged.method = "PUT".into();
+        assert!(python_verify(&forged, "k-hmac", "hmac-sha256", HMAC_KEY)
+            .unwrap()
+            .is_err());
+    }
 
     // Tampering, replayed straight at the target: another body, another method.
     let mut tampered = signed.clone();
