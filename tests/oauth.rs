@@ -484,7 +484,7 @@ fn jwt_config(up: &Upstream, idp: &Idp) -> String {
     config(&format!(
         r#"
 [cache]
-negative_ttl = "1s"
+negative_ttl = "2s"
 
 [oauth]
 mode = "jwt"
@@ -709,7 +709,7 @@ async fn an_unknown_kid_refetches_the_jwks_at_most_once_per_interval() {
     // Within the interval of the first fetch, an unknown kid causes no fetch at all.
     assert_eq!(bearer_status(&gw, "/events", &rotated).await, 401);
     assert_eq!(idp.server.hits(), 1);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     for _ in 0..5 {
         assert_eq!(bearer_status(&gw, "/events", &rotated).await, 401);
     }
@@ -725,7 +725,7 @@ async fn an_unknown_kid_refetches_the_jwks_at_most_once_per_interval() {
         k["kid"] = "rsa-2".into();
         j["keys"].as_array_mut().unwrap().push(k);
     }
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(bearer_status(&gw, "/events", &rotated).await, 200);
     assert_eq!(idp.server.hits(), 3);
     gw.stop().await;
