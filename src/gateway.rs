@@ -484,7 +484,7 @@ async fn decide(
         .await
     {
         Ok(p) => p,
-        Err(f) => return Err(refuse(gw, route, ctx, f)),
+        Err(f) => return Err(refuse(route, ctx, f)),
     };
     ctx.method = Some(principal.method);
     ctx.principal = Some(principal.user.clone());
@@ -498,8 +498,7 @@ async fn decide(
 }
 
 /// Maps an authentication failure to its refusal, counting its precise reason.
-fn refuse(gw: &Gateway, route: &Route, ctx: &mut Ctx, f: Failure) -> Refusal {
-    let _ = gw;
+fn refuse(route: &Route, ctx: &mut Ctx, f: Failure) -> Refusal {
     let first = route.auth.first().copied().unwrap_or(AuthMethod::None);
     match f {
         Failure::Missing => {

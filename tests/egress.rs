@@ -325,6 +325,9 @@ auth = {{ type = "basic", username = "svc", password = "nope", preemptive = fals
     let resp = c
         .post(eg.url("/pre/items"))
         .header("authorization", "Bearer caller-own")
+        .header("connection", "x-egress-hop")
+        .header("x-egress-hop", "1")
+        .header("x-portcullis-user", "spoof")
         .body("b1")
         .send()
         .await
@@ -337,6 +340,14 @@ auth = {{ type = "basic", username = "svc", password = "nope", preemptive = fals
         last.headers["authorization"],
         basic("svc", "svc-pw").as_str(),
         "the caller's Authorization is replaced"
+    );
+    assert!(
+        last.headers.get("x-egress-hop").is_none(),
+        "hop-by-hop headers are not forwarded"
+    );
+    assert!(
+        last.headers.get("x-portcullis-user").is_none(),
+        "identity headers are not forwarded"
     );
 
     let resp = c.post(eg.url("/lazy/items")).body("payload-2").send().await.unwrap();
