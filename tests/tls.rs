@@ -268,3 +268,40 @@ async fn an_http2_body_without_length_over_the_limit_is_413() {
     assert_eq!(up.last().body_len, 50_000);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn keep_alive_outlives_header_read_timeout_until_idle_timeout() {
+    let gw = Gateway::start(&tls_config_plain(
+        "header_read_timeout = \"300ms\"\nidle_timeout = \"1500ms\"",
+    ))
+    .await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    for _ in 0..2 {
+        s.write_all(b"GET /open/x HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        // Idle longer than header_read_timeout: the connection is still usable.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    // Past idle_timeout it is closed.
+    let started = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("closed at idle_timeout");
+    assert!(matches!(r, Ok(0) | Err(_)));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // A connection that never sends a head is closed at header_read_timeout.
+    let mut silent = TcpStream::connect(gw.addr).await.unwrap();
+    let started = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf))
+        .await
+        .expect("silent closed");
+    assert!(matches!(r, Ok(0) | Err(_)));
+    assert!(
+        started.elapsed() < Duration::from_millis(1400),
+        "{:?}",
+        started.elapsed()
+    );
+    gw.stop().await;
+}

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -105,7 +105,10 @@ pub async fn serve<S, H, F>(
                         tls: true,
                     });
                     match tokio::time::timeout(settings.limits.header_read_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => serve_connection(tls, info, &settings.limits, handler, shutdown).await,
+                        Ok(Ok(tls)) => {
+                            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                            serve_connection(tls, info, &settings.limits, h2, handler, shutdown).await
+                        }
                         Ok(Err(e)) => {
                             tls_failures.inc();
                             tracing::debug!(listener = name, %remote, error = %e, "TLS handshake failed");
@@ -122,7 +125,7 @@ pub async fn serve<S, H, F>(
                         local,
                         tls: false,
                     });
-                    serve_connection(stream, info, &settings.limits, handler, shutdown).await
+                    serve_connection(stream, info, &settings.limits, false, handler, shutdown).await
                 }
             }
         });
@@ -148,13 +151,19 @@ fn read_buf_size(limits: &Limits) -> usize {
     (limits.max_header_bytes + 16 * 1024).max(8192)
 }
 
-async fn serve_connection<I, H, F>(io: I, info: Arc<ConnInfo>, limits: &Limits, handler: H, mut shutdown: Shutdown)
-where
+async fn serve_connection<I, H, F>(
+    io: I,
+    info: Arc<ConnInfo>,
+    limits: &Limits,
+    h2: bool,
+    handler: H,
+    mut shutdown: Shutdown,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<Incoming>, Arc<ConnInfo>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let activity = Arc::new(Activity::new());
+    let activity = Arc::new(Activity::new(limits.header_read_timeout, h2));
     let io = TokioIo::new(Tracked {
         inner: io,
         activity: activity.clone(),
@@ -163,7 +172,10 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // Request heads are timed by `Activity` instead: hyper's timer also runs while a
+        // keep-alive connection waits for its next request, which would make
+        // header_read_timeout the idle timeout.
+        .header_read_timeout(None)
         .max_buf_size(read_buf_size(limits))
         .max_headers(1000)
         .keep_alive(true);
@@ -172,6 +184,7 @@ where
         .timer(TokioTimer::new())
         .max_header_list_size(read_buf_size(limits) as u32)
         .max_concurrent_streams(256);
+    let info_remote = info.remote;
     let svc_activity = activity.clone();
     let handle = tower::service_fn(move |req: Request<Incoming>| {
         let handler = handler.clone();
@@ -179,6 +192,7 @@ where
         let activity = svc_activity.clone();
         async move {
             activity.in_flight.fetch_add(1, Ordering::AcqRel);
+            activity.head_arrived();
             let resp = handler(req, info).await;
             activity.in_flight.fetch_sub(1, Ordering::AcqRel);
             activity.touch();
@@ -213,29 +227,93 @@ where
                 conn.as_mut().graceful_shutdown();
                 draining = true;
             }
+            _ = activity.head_overdue() => {
+                // A request head that trickles in past header_read_timeout: cut.
+                tracing::debug!(remote = %info_remote, "request head not received within header_read_timeout");
+                break;
+            }
         }
     }
 }
 
-/// When the connection last moved a byte, and how many requests it has in flight.
+/// When the connection last moved a byte, how many requests it has in flight, and by
+/// when the request head being read must be complete.
+///
+/// The head deadline starts at accept (the first request) and whenever a byte arrives
+/// while no request is in flight (the next request on a keep-alive connection); a request
+/// reaching the service clears it. HTTP/2 connections (by ALPN or the prior-knowledge
+/// preface) carry control frames between requests, so their heads are not timed here.
 struct Activity {
     start: Instant,
     last_ms: AtomicU64,
     in_flight: AtomicUsize,
+    /// Milliseconds since `start`; 0: no head being read.
+    head_deadline_ms: AtomicU64,
+    head_timeout_ms: u64,
+    h2: AtomicBool,
+    first_read: AtomicBool,
 }
 
 impl Activity {
-    fn new() -> Self {
+    fn new(head_timeout: Duration, h2: bool) -> Self {
+        let head_timeout_ms = (head_timeout.as_millis() as u64).max(1);
         Self {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            head_deadline_ms: AtomicU64::new(if h2 { 0 } else { head_timeout_ms }),
+            head_timeout_ms,
+            h2: AtomicBool::new(h2),
+            first_read: AtomicBool::new(true),
         }
     }
 
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
     fn touch(&self) {
-        self.last_ms
-            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Bytes arrived: note the activity, and start timing a new request head if none is
+    /// in flight.
+    fn read(&self, bytes: &[u8]) {
+        self.touch();
+        if self.first_read.swap(false, Ordering::AcqRel) && bytes.starts_with(b"PRI ") {
+            self.h2.store(true, Ordering::Release);
+            self.head_deadline_ms.store(0, Ordering::Release);
+        }
+        if self.h2.load(Ordering::Acquire) || self.in_flight.load(Ordering::Acquire) > 0 {
+            return;
+        }
+        let deadline = self.now_ms() + self.head_timeout_ms;
+        let _ = self
+            .head_deadline_ms
+            .compare_exchange(0, deadline, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// A request head reached the service.
+    fn head_arrived(&self) {
+        self.head_deadline_ms.store(0, Ordering::Release);
+    }
+
+    /// Resolves once a request head has been due for longer than header_read_timeout.
+    async fn head_overdue(&self) {
+        let step = Duration::from_millis((self.head_timeout_ms / 4).max(10));
+        loop {
+            let deadline = self.head_deadline_ms.load(Ordering::Acquire);
+            let now = self.now_ms();
+            if deadline != 0 && now >= deadline {
+                return;
+            }
+            let wait = if deadline != 0 {
+                Duration::from_millis(deadline - now)
+            } else {
+                step
+            };
+            tokio::time::sleep(wait).await;
+        }
     }
 
     /// Resolves once nothing has moved for `timeout` and no request is in flight.
@@ -266,7 +344,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.activity.touch();
+            self.activity.read(&buf.filled()[before..]);
         }
         r
     }
