@@ -127,22 +127,27 @@ fn check(path: PathBuf) -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs go through a background writer: a slow or unread stdout drops log lines (lossy)
+/// instead of stalling the request path. Keep the guard alive to flush at exit.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(true)
-        .with_ansi(ansi);
+        .with_ansi(ansi)
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    guard
 }
 
 fn serve(path: PathBuf, format: LogFormat) -> anyhow::Result<()> {
-    init_logging(format);
+    let _log_guard = init_logging(format);
     let loaded = config::load(&path).map_err(|e| anyhow::anyhow!("{e}\nconfig refused; nothing started"))?;
     for w in &loaded.warnings {
         tracing::warn!("{w}");

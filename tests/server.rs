@@ -164,3 +164,52 @@ async fn the_demo_config_serves_the_echo_upstream_over_tls() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unread_stdout_never_stalls_requests() {
+    // Logs are written by a background writer that drops lines when stdout is full.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &cfg("builtin:echo").replace(
+            "[listen]\naddress = \"127.0.0.1:0\"",
+            &format!("[listen]\naddress = \"127.0.0.1:{port}\""),
+        ),
+    );
+    let mut child = std::process::Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("PORTCULLIS_LOG", "info")
+        .stdout(std::process::Stdio::piped()) // never read
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let c = client();
+    let url = format!("http://127.0.0.1:{port}/open/x");
+    let mut up = false;
+    for _ in 0..100 {
+        if c.get(&url).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "gateway did not start");
+    // Each request logs a line of a few hundred bytes: far more than a pipe holds.
+    let started = Instant::now();
+    for i in 0..3000 {
+        let r = tokio::time::timeout(Duration::from_secs(5), c.get(&url).send()).await;
+        assert!(
+            matches!(&r, Ok(Ok(resp)) if resp.status() == 200),
+            "request {i} stalled or failed"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let _ = child.kill();
+    let _ = child.wait();
+}
