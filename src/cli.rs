@@ -153,6 +153,17 @@ fn serve(path: PathBuf, format: LogFormat) -> anyhow::Result<()> {
         tracing::warn!("{w}");
     }
     let config = loaded.config;
+    // Each connection is a file descriptor: raise the soft limit to the hard one so that
+    // max_connections, not a default of 1024, is what caps them.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) if (n as usize) < config.limits.max_connections + 64 => tracing::warn!(
+            nofile = n,
+            max_connections = config.limits.max_connections,
+            "the open-file limit is below max_connections"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
     if let Some(n) = config.runtime.worker_threads {
