@@ -217,3 +217,34 @@ async fn lockout_refuses_even_the_right_password_until_it_ends() {
     assert_eq!(metric_value(&m, &failures("locked_out", "basic")), 1.0);
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_with_the_same_credentials_share_one_argon2_run() {
+    let (_up, gw) = setup().await;
+    let mut calls = Vec::new();
+    for _ in 0..20 {
+        let url = gw.url("/basic");
+        calls.push(tokio::spawn(async move {
+            client()
+                .get(url)
+                .header("authorization", basic("alice", "alice-pw"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }));
+    }
+    for c in calls {
+        assert_eq!(c.await.unwrap(), 200);
+    }
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_value(&m, r#"portcullis_cache_requests_total{cache="basic",result="miss"}"#),
+        1.0
+    );
+    assert_eq!(
+        metric_value(&m, r#"portcullis_cache_requests_total{cache="basic",result="hit"}"#),
+        19.0
+    );
+    gw.stop().await;
+}

@@ -23,7 +23,7 @@ const DUMMY_HASH: &str =
 
 pub struct Basic {
     users: Arc<HashMap<String, Arc<UserEntry>>>,
-    cache: moka::sync::Cache<[u8; 32], Arc<UserEntry>>,
+    cache: moka::future::Cache<[u8; 32], Arc<UserEntry>>,
     cache_key: [u8; 32],
     /// argon2id takes ~19 MiB and milliseconds of CPU per check: bound how many run at
     /// once, so a flood of wrong passwords queues instead of exhausting memory.
@@ -39,7 +39,7 @@ impl Basic {
         entries.set(0);
         Basic {
             users,
-            cache: moka::sync::Cache::builder()
+            cache: moka::future::Cache::builder()
                 .max_capacity(cache.max_entries)
                 .time_to_live(cache.ttl)
                 .build(),
@@ -64,12 +64,31 @@ impl Basic {
 
     pub async fn verify(&self, user: &str, password: &str) -> Result<Principal, Reason> {
         let id = self.cache_id(user, password);
-        if let Some(entry) = self.cache.get(&id) {
+        // Concurrent requests with the same credentials share one argon2 run; only a
+        // success is stored.
+        let mut ran = false;
+        let result = self
+            .cache
+            .try_get_with(id, async {
+                ran = true;
+                self.check(user, password).await
+            })
+            .await;
+        if ran {
+            self.misses.inc();
+            // Misses already paid for argon2; settling the count here is cheap beside it.
+            self.cache.run_pending_tasks().await;
+            self.entries.set(self.cache.entry_count() as i64);
+        } else {
             self.hits.inc();
-            entry.standing(true)?;
-            return Ok(entry.principal(AuthMethod::Basic));
         }
-        self.misses.inc();
+        let entry = result.map_err(|r| *r)?;
+        entry.standing(true)?;
+        Ok(entry.principal(AuthMethod::Basic))
+    }
+
+    /// The argon2id verification itself, bounded by the semaphore.
+    async fn check(&self, user: &str, password: &str) -> Result<Arc<UserEntry>, Reason> {
         let entry = self.users.get(user).cloned();
         let hash = entry
             .as_ref()
@@ -96,11 +115,7 @@ impl Basic {
             return Err(Reason::BadPassword);
         }
         entry.standing(true)?;
-        self.cache.insert(id, entry.clone());
-        // Misses already paid for argon2; settling the count here is cheap beside it.
-        self.cache.run_pending_tasks();
-        self.entries.set(self.cache.entry_count() as i64);
-        Ok(entry.principal(AuthMethod::Basic))
+        Ok(entry)
     }
 
     pub fn clear(&self) {
