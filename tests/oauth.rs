@@ -832,6 +832,10 @@ async fn introspection_results_are_cached() {
         ),
         4.0
     );
+    assert_eq!(
+        metric_value(&m, r#"portcullis_cache_entries{cache="introspection"}"#),
+        3.0
+    );
     assert_eq!(metric_value(&m, &failures("token_inactive", "oauth")), 3.0);
     assert_eq!(metric_value(&m, &failures("token_expired", "oauth")), 1.0);
     gw.stop().await;

@@ -71,6 +71,7 @@ pub struct Introspector {
     allowed_client_ids: Vec<String>,
     hits: IntCounter,
     misses: IntCounter,
+    entries: prometheus::IntGauge,
 }
 
 /// Why the authorization server gave no usable answer.
@@ -110,11 +111,17 @@ impl Introspector {
             allowed_client_ids: cfg.allowed_client_ids.clone(),
             hits: metrics.cache_requests.with_label_values(&["introspection", "hit"]),
             misses: metrics.cache_requests.with_label_values(&["introspection", "miss"]),
+            entries: {
+                let g = metrics.cache_entries.with_label_values(&["introspection"]);
+                g.set(0);
+                g
+            },
         })
     }
 
     pub fn clear(&self) {
         self.cache.invalidate_all();
+        self.entries.set(0);
     }
 
     pub async fn verify(&self, token: &str) -> Result<TokenFacts, Verdict> {
@@ -129,6 +136,8 @@ impl Introspector {
             .await;
         if called {
             self.misses.inc();
+            self.cache.run_pending_tasks().await;
+            self.entries.set(self.cache.entry_count() as i64);
         } else {
             self.hits.inc();
         }
