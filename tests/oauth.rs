@@ -183,13 +183,28 @@ async fn oauth_http(req: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, st
     Ok(out.body(body).unwrap())
 }
 
+/// An oauth2-crate client of the builtin issuer.
+fn token_client(
+    gw: &Gateway,
+    id: &str,
+    secret: &str,
+) -> BasicClient<
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointSet,
+> {
+    BasicClient::new(ClientId::new(id.into()))
+        .set_client_secret(ClientSecret::new(secret.into()))
+        .set_token_uri(TokenUrl::new(gw.url("/oauth/token")).unwrap())
+}
+
 #[tokio::test]
 async fn builtin_round_trip_with_the_oauth2_crate_and_refresh_rotation() {
     let up = Upstream::start().await;
     let gw = Gateway::start(&builtin_config(&up)).await;
-    let oauth = BasicClient::new(ClientId::new("jira".into()))
-        .set_client_secret(ClientSecret::new("jira-client-secret".into()))
-        .set_token_uri(TokenUrl::new(gw.url("/oauth/token")).unwrap());
+    let oauth = token_client(&gw, "jira", "jira-client-secret");
     let token = oauth
         .exchange_password(
             &ResourceOwnerUsername::new("alice".into()),
@@ -259,9 +274,7 @@ async fn builtin_round_trip_with_the_oauth2_crate_and_refresh_rotation() {
         .await;
     assert!(after.is_err(), "a reused refresh token revokes its family");
     // Another client cannot use a refresh token it was not given.
-    let other = BasicClient::new(ClientId::new("svc-client".into()))
-        .set_client_secret(ClientSecret::new("svc-client-secret".into()))
-        .set_token_uri(TokenUrl::new(gw.url("/oauth/token")).unwrap());
+    let other = token_client(&gw, "svc-client", "svc-client-secret");
     assert!(other
         .exchange_refresh_token(&RefreshToken::new("x".into()))
         .request_async(&oauth_http)
@@ -274,9 +287,7 @@ async fn builtin_round_trip_with_the_oauth2_crate_and_refresh_rotation() {
 async fn client_credentials_tokens_name_the_client_with_its_user_roles() {
     let up = Upstream::start().await;
     let gw = Gateway::start(&builtin_config(&up)).await;
-    let oauth = BasicClient::new(ClientId::new("svc-client".into()))
-        .set_client_secret(ClientSecret::new("svc-client-secret".into()))
-        .set_token_uri(TokenUrl::new(gw.url("/oauth/token")).unwrap());
+    let oauth = token_client(&gw, "svc-client", "svc-client-secret");
     let token = oauth
         .exchange_client_credentials()
         .request_async(&oauth_http)
@@ -292,9 +303,7 @@ async fn client_credentials_tokens_name_the_client_with_its_user_roles() {
     assert_eq!(resp.status(), 200);
     assert_eq!(up.last().headers["x-portcullis-user"], "svc-client");
     // jira's client has no [[users]] entry, hence no roles: no plan access.
-    let jira = BasicClient::new(ClientId::new("jira".into()))
-        .set_client_secret(ClientSecret::new("jira-client-secret".into()))
-        .set_token_uri(TokenUrl::new(gw.url("/oauth/token")).unwrap());
+    let jira = token_client(&gw, "jira", "jira-client-secret");
     let token = jira
         .exchange_client_credentials()
         .request_async(&oauth_http)

@@ -187,7 +187,7 @@ impl PathPattern {
             (PathPattern::Exact(a), p @ PathPattern::Prefix(_))
             | (p @ PathPattern::Prefix(_), PathPattern::Exact(a)) => p.matches(a),
             (PathPattern::Prefix(a), PathPattern::Prefix(b)) => {
-                PathPattern::Prefix(a.clone()).matches(b) || PathPattern::Prefix(b.clone()).matches(a)
+                crate::route::matches_prefix(a, b) || crate::route::matches_prefix(b, a)
             }
         }
     }
