@@ -59,7 +59,7 @@ integration = "p/i"
     let cfg = portcullis::config::parse(Path::new("bench.toml"), &toml)
         .unwrap()
         .config;
-    let shared = std::sync::Arc::new(portcullis::auth::oauth::Shared::default());
+    let shared = portcullis::auth::Lasting::default();
     Auth::new(&cfg, &Metrics::new(), &shared, &portcullis::upstream::client()).unwrap()
 }
 

@@ -4,7 +4,6 @@
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -38,7 +37,7 @@ auth = "oauth"
     let cfg = portcullis::config::parse(Path::new("bench.toml"), &toml)
         .unwrap()
         .config;
-    let shared = Arc::new(portcullis::auth::oauth::Shared::default());
+    let shared = portcullis::auth::Lasting::default();
     Auth::new(&cfg, &Metrics::new(), &shared, &portcullis::upstream::client()).unwrap()
 }
 

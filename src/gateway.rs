@@ -49,8 +49,9 @@ pub struct State {
     pub client: upstream::Client,
     /// Assertion key used when the config sets none.
     random_assertion_key: [u8; 32],
-    /// OAuth state that outlives a config generation (builtin key, refresh tokens).
-    oauth: Arc<auth::oauth::Shared>,
+    /// Authentication state that outlives a config generation: credential caches, the
+    /// lockout table, the builtin issuer's key and refresh tokens.
+    lasting: auth::Lasting,
     /// The last 100 refusals, newest last, for the admin page.
     refusals: std::sync::Mutex<std::collections::VecDeque<RefusalRecord>>,
     reload_status: std::sync::Mutex<Option<crate::reload::Status>>,
@@ -72,9 +73,9 @@ impl State {
     pub fn new(config: Config) -> Result<Arc<Self>, BuildError> {
         let metrics = Metrics::new();
         let random_assertion_key = rand::random();
-        let oauth = Arc::new(auth::oauth::Shared::default());
+        let lasting = auth::Lasting::default();
         let client = upstream::client();
-        let gw = Gateway::build(config, &metrics, &random_assertion_key, &oauth, &client)?;
+        let gw = Gateway::build(config, &metrics, &random_assertion_key, &lasting, &client)?;
         metrics.config_last_reload_success.set(unix_now() as i64);
         let loaded = crate::reload::Status {
             at: unix_now(),
@@ -87,7 +88,7 @@ impl State {
             metrics,
             client,
             random_assertion_key,
-            oauth,
+            lasting,
             refusals: Default::default(),
             reload_status: std::sync::Mutex::new(Some(loaded)),
             ready: AtomicBool::new(false),
@@ -106,7 +107,7 @@ impl State {
             config,
             &self.metrics,
             &self.random_assertion_key,
-            &self.oauth,
+            &self.lasting,
             &self.client,
         )?;
         self.current.store(Arc::new(gw));
@@ -212,7 +213,7 @@ impl Gateway {
         config: Config,
         metrics: &Metrics,
         random_key: &[u8; 32],
-        oauth: &Arc<auth::oauth::Shared>,
+        lasting: &auth::Lasting,
         client: &upstream::Client,
     ) -> Result<Self, BuildError> {
         let tls = match &config.listen.tls {
@@ -266,7 +267,7 @@ impl Gateway {
             router: Router::new(table),
             routes,
             tls,
-            auth: Auth::new(&config, metrics, oauth, client).map_err(BuildError::OAuth)?,
+            auth: Auth::new(&config, metrics, lasting, client).map_err(BuildError::OAuth)?,
             egress: crate::egress::Egress::new(&config.endpoints, metrics).map_err(BuildError::Egress)?,
             signer: Signer::new(key, config.assertion.ttl),
             config,

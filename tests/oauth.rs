@@ -28,7 +28,7 @@ type Handler = Arc<dyn Fn(String, Vec<u8>) -> (u16, String) + Send + Sync>;
 struct TestServer {
     addr: SocketAddr,
     hits: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl TestServer {
@@ -68,15 +68,24 @@ impl TestServer {
                 });
             }
         });
-        TestServer { addr, hits, task }
+        TestServer {
+            addr,
+            hits,
+            task: std::sync::Mutex::new(Some(task)),
+        }
     }
 
     fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
     }
 
-    fn stop(&self) {
-        self.task.abort();
+    /// Stops accepting: returns once the listening socket is closed.
+    async fn stop(&self) {
+        let task = self.task.lock().unwrap().take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
     }
 }
 
@@ -744,8 +753,7 @@ async fn an_unknown_kid_refetches_the_jwks_at_most_once_per_interval() {
 async fn a_jwks_server_that_is_down_fails_closed() {
     let up = Upstream::start().await;
     let idp = idp().await;
-    idp.server.stop();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    idp.server.stop().await;
     let gw = Gateway::start(&jwt_config(&up, &idp)).await;
     let good = sign(Algorithm::RS256, "rsa-1", &idp.rsa_key, &claims(serde_json::json!({})));
     let resp = client().get(gw.url("/events")).bearer_auth(&good).send().await.unwrap();
@@ -850,6 +858,33 @@ async fn introspection_results_are_cached() {
     gw.stop().await;
 }
 
+#[tokio::test]
+async fn a_reload_keeps_introspection_results_while_the_server_settings_stay() {
+    let up = Upstream::start().await;
+    let server = TestServer::start(introspection_handler(), Duration::ZERO).await;
+    let gw = Gateway::start(&introspection_config(&up, server.addr)).await;
+    let path = gw.dir.path().join("portcullis.toml");
+    let status = || async { bearer_status(&gw, "/events", "good-token").await };
+    assert_eq!(status().await, 200);
+    assert_eq!(server.hits(), 1);
+    // A change elsewhere in the config keeps the cached result: no new call.
+    let base = introspection_config(&up, server.addr);
+    std::fs::write(&path, base.replace("[oauth]", "[lockout]\nmax_failures = 7\n\n[oauth]")).unwrap();
+    portcullis::reload::reload(&gw.state, &path, "test").unwrap();
+    assert_eq!(status().await, 200);
+    assert_eq!(server.hits(), 1, "a reload that left [oauth] alone dropped the cache");
+    // A change to what the answers are checked against starts afresh.
+    std::fs::write(
+        &path,
+        base.replace("roles_claim = \"roles\"", "allowed_client_ids = [\"other\"]"),
+    )
+    .unwrap();
+    portcullis::reload::reload(&gw.state, &path, "test").unwrap();
+    assert_eq!(status().await, 401);
+    assert_eq!(server.hits(), 2);
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_requests_make_one_introspection_call() {
     let up = Upstream::start().await;
@@ -896,8 +931,7 @@ async fn introspection_down_or_erroring_is_503_and_never_lets_through() {
 
     let server = TestServer::start(introspection_handler(), Duration::ZERO).await;
     let gw = Gateway::start(&introspection_config(&up, server.addr)).await;
-    server.stop();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    server.stop().await;
     let resp = client()
         .get(gw.url("/events"))
         .bearer_auth("good-token")

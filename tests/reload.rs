@@ -5,7 +5,7 @@ mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
@@ -73,21 +73,119 @@ async fn fifty_reloads_under_steady_traffic_drop_nothing() {
         let ttl = format!("{}s", 30 + i);
         std::fs::write(&path, cfg(&up.url(), &hash, &ttl)).unwrap();
         reload::reload(&gw.state, &path, "test").unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Traffic goes on between every two reloads: wait for one more answered request,
+        // however long this machine takes (a failed request ends the traffic task).
+        let before = served.load(Ordering::Relaxed);
+        let moved = eventually(PATIENCE, || {
+            let served = served.clone();
+            let finished = traffic.is_finished();
+            async move { finished || served.load(Ordering::Relaxed) > before }
+        })
+        .await;
+        assert!(moved && !traffic.is_finished(), "traffic stopped after reload {i}");
     }
     stop.store(true, Ordering::Relaxed);
     traffic.await.unwrap();
-    assert!(
-        served.load(Ordering::Relaxed) >= 50,
-        "{}",
-        served.load(Ordering::Relaxed)
-    );
     let m = gw.metrics().await;
     assert_eq!(
         metric_value(&m, r#"portcullis_config_reloads_total{outcome="success"}"#),
         50.0
     );
+    assert_eq!(
+        metric_value(&m, r#"portcullis_config_reloads_total{outcome="failure"}"#),
+        0.0
+    );
+    // Only the ttl changed: the one cached credential survived every reload.
+    assert_eq!(
+        metric_value(&m, r#"portcullis_cache_requests_total{cache="basic",result="miss"}"#),
+        1.0
+    );
     assert_eq!(gw.state.gateway().config.cache.ttl, Duration::from_secs(79));
+    gw.stop().await;
+}
+
+fn two_users(upstream: &str, svc: &str, other: &str, extra_svc: &str) -> String {
+    config(&format!(
+        r#"
+[[users]]
+name = "svc"
+roles = ["rest"]
+password_hash = "{svc}"
+{extra_svc}
+
+[[users]]
+name = "other"
+roles = ["rest"]
+password_hash = "{other}"
+
+[[plans]]
+name = "p"
+upstream = "{upstream}"
+access = {{ roles = ["rest"] }}
+
+[[plans.integrations]]
+name = "i"
+path = "/i"
+methods = ["GET"]
+auth = "basic"
+"#
+    ))
+}
+
+#[tokio::test]
+async fn a_reload_keeps_cached_credentials_of_unchanged_users_only() {
+    let up = Upstream::start().await;
+    let svc = argon2_hash("svc-pw");
+    let gw = Gateway::start(&two_users(&up.url(), &svc, &argon2_hash("other-pw"), "")).await;
+    let path = gw.dir.path().join("portcullis.toml");
+    let get = |user: &'static str, pw: &'static str| {
+        let url = gw.url("/i");
+        async move {
+            client()
+                .get(url)
+                .header("authorization", basic(user, pw))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let misses = r#"portcullis_cache_requests_total{cache="basic",result="miss"}"#;
+    let hits = r#"portcullis_cache_requests_total{cache="basic",result="hit"}"#;
+    assert_eq!(get("svc", "svc-pw").await, 200);
+    assert_eq!(get("svc", "svc-pw").await, 200);
+    assert_eq!(gw.metric(misses).await, 1.0);
+    assert_eq!(gw.metric(hits).await, 1.0);
+
+    // Another user's password rotates: svc's cached decision stays, no argon2 for svc.
+    std::fs::write(&path, two_users(&up.url(), &svc, &argon2_hash("other-new"), "")).unwrap();
+    reload::reload(&gw.state, &path, "test").unwrap();
+    assert_eq!(get("svc", "svc-pw").await, 200);
+    assert_eq!(
+        gw.metric(misses).await,
+        1.0,
+        "a reload that left svc alone cost svc an argon2 run"
+    );
+    assert_eq!(gw.metric(hits).await, 2.0);
+
+    // svc's own password rotates: the old one is refused at once, the new one passes.
+    let rotated = argon2_hash("svc-new");
+    std::fs::write(&path, two_users(&up.url(), &rotated, &argon2_hash("other-new"), "")).unwrap();
+    reload::reload(&gw.state, &path, "test").unwrap();
+    assert_eq!(get("svc", "svc-pw").await, 401);
+    assert_eq!(get("svc", "svc-new").await, 200);
+
+    // A change to svc's roles or standing evicts its decision too.
+    std::fs::write(
+        &path,
+        two_users(&up.url(), &rotated, &argon2_hash("other-new"), "disabled = true"),
+    )
+    .unwrap();
+    reload::reload(&gw.state, &path, "test").unwrap();
+    assert_eq!(get("svc", "svc-new").await, 401);
+    let logs = gw.metrics().await;
+    assert_eq!(metric_value(&logs, &failures("user_disabled", "basic")), 1.0);
     gw.stop().await;
 }
 
@@ -132,22 +230,6 @@ async fn a_bad_config_is_refused_and_the_old_one_keeps_serving() {
     gw.stop().await;
 }
 
-/// Waits until `f` holds, up to `limit`.
-async fn eventually<F, Fut>(limit: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_rotates_a_password_without_restart() {
     let up = Upstream::start().await;
@@ -173,7 +255,7 @@ async fn sighup_rotates_a_password_without_restart() {
     // content length does not matter; SIGHUP makes the reload immediate.
     std::fs::write(&path, cfg(&up.url(), &argon2_hash("new-pw"), "60s")).unwrap();
     gw.signal("HUP");
-    assert!(eventually(Duration::from_secs(5), || async { status("new-pw").await == 200 }).await);
+    assert!(eventually(PATIENCE, || async { status("new-pw").await == 200 }).await);
     assert_eq!(
         status("old-pw").await,
         401,
@@ -203,7 +285,7 @@ async fn a_rotated_certificate_is_served_to_new_tls_clients() {
     let new = self_signed(new_dir.path(), "server");
     std::fs::write(&old.key_path, &new.key_pem).unwrap();
     std::fs::write(&old.cert_path, &new.cert_pem).unwrap();
-    let seen = eventually(Duration::from_secs(8), || {
+    let seen = eventually(PATIENCE, || {
         let c = tls_client(&new);
         let url = url.clone();
         async move { c.get(url).send().await.is_ok_and(|r| r.status() == 401) }
@@ -250,4 +332,39 @@ async fn the_access_log_names_the_refusal_reason_in_json() {
     for secret in ["wrong-pw", "leak-me-not", "apiKey"] {
         assert!(!logs.contains(secret), "{secret} leaked");
     }
+}
+
+#[tokio::test]
+async fn a_reload_does_not_forgive_failed_logins() {
+    let up = Upstream::start().await;
+    let hash = argon2_hash("svc-pw");
+    let with_lockout = |ttl: &str| {
+        cfg(&up.url(), &hash, ttl).replace(
+            "[cache]",
+            "[lockout]\nmax_failures = 3\nwindow = \"1h\"\nduration = \"1h\"\n\n[cache]",
+        )
+    };
+    let gw = Gateway::start(&with_lockout("60s")).await;
+    let path = gw.dir.path().join("portcullis.toml");
+    let get = |pw: &'static str| {
+        let url = gw.url("/i");
+        async move {
+            client()
+                .get(url)
+                .header("authorization", basic("svc", pw))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(get("wrong-1").await, 401);
+    assert_eq!(get("wrong-2").await, 401);
+    std::fs::write(&path, with_lockout("61s")).unwrap();
+    reload::reload(&gw.state, &path, "test").unwrap();
+    assert_eq!(get("wrong-3").await, 401);
+    // The third failure, across the reload, locks the user out.
+    assert_eq!(get("svc-pw").await, 429);
+    gw.stop().await;
 }

@@ -2,8 +2,6 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
-
 use support::*;
 
 fn cfg(upstream: &str) -> String {
@@ -76,13 +74,22 @@ async fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
     let mut gw = Process::start(&path, &[]);
     let url = format!("http://{}/open/slow/1000", gw.addr);
     let inflight = tokio::spawn(async move { client().get(url).send().await.map(|r| r.status().as_u16()) });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let started = Instant::now();
+    // The request is in flight once the upstream has it.
+    assert!(
+        eventually(PATIENCE, || {
+            let up = up.clone();
+            async move { !up.seen().is_empty() }
+        })
+        .await
+    );
     gw.signal("TERM");
     // New connections are refused once the listener is closed.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let addr = gw.addr;
     assert!(
-        tokio::net::TcpStream::connect(gw.addr).await.is_err(),
+        eventually(PATIENCE, || async move {
+            tokio::net::TcpStream::connect(addr).await.is_err()
+        })
+        .await,
         "still accepting after SIGTERM"
     );
     assert_eq!(inflight.await.unwrap().unwrap(), 200, "the request in flight finished");
@@ -91,7 +98,6 @@ async fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
         .unwrap()
         .unwrap();
     assert_eq!(status.code(), Some(0));
-    assert!(started.elapsed() < Duration::from_secs(5));
 }
 
 #[tokio::test]
@@ -191,25 +197,20 @@ async fn an_unread_stdout_never_stalls_requests() {
         .unwrap();
     let c = client();
     let url = format!("http://127.0.0.1:{port}/open/x");
-    let mut up = false;
-    for _ in 0..100 {
-        if c.get(&url).send().await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let up = eventually(PATIENCE, || {
+        let (c, url) = (c.clone(), url.clone());
+        async move { c.get(&url).send().await.is_ok() }
+    })
+    .await;
     assert!(up, "gateway did not start");
     // Each request logs a line of a few hundred bytes: far more than a pipe holds.
-    let started = Instant::now();
     for i in 0..3000 {
-        let r = tokio::time::timeout(Duration::from_secs(5), c.get(&url).send()).await;
+        let r = tokio::time::timeout(PATIENCE, c.get(&url).send()).await;
         assert!(
             matches!(&r, Ok(Ok(resp)) if resp.status() == 200),
             "request {i} stalled or failed"
         );
     }
-    assert!(started.elapsed() < Duration::from_secs(60));
     let _ = child.kill();
     let _ = child.wait();
 }

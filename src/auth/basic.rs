@@ -1,11 +1,18 @@
 //! `basic`: a `[[users]]` name and password, verified with argon2id.
 //!
-//! A verified (user, password) pair is cached under a keyed SHA-256 of the two, never the
-//! password, so a repeated valid request runs no argon2. Failures are never cached. The
-//! cache belongs to one config generation: a reload starts with an empty one.
+//! A verified (user, password) pair is cached under a keyed SHA-256 of the two and of a
+//! fingerprint of the user's entry (name, roles, password hash, expiry, disabled), never
+//! the password, so a repeated valid request runs no argon2. Failures are never cached.
+//!
+//! The cache outlives config generations ([`Carried`]): after a reload, a user whose entry
+//! is unchanged keeps their cached decision, while a user whose entry changed (a rotated
+//! password, new roles, disabled) no longer finds it, because the fingerprint is part of
+//! the key; such stale entries are also evicted when the new generation is built.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use hmac::{Hmac, Mac};
@@ -21,10 +28,72 @@ use crate::metrics::Metrics;
 const DUMMY_HASH: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$Ee4b8bnhqt0d/8VC4h+9GQTZ1wcHmySUrmlnjqSESWs";
 
+/// A verified credential: the entry it was verified against, and when.
+#[derive(Clone)]
+struct Verified {
+    entry: Arc<UserEntry>,
+    at: Instant,
+}
+
+/// Per-entry expiry from the *current* `[cache] ttl`, so a reload that changes the ttl
+/// applies to entries already cached.
+struct Ttl(Arc<AtomicU64>);
+
+impl moka::Expiry<[u8; 32], Verified> for Ttl {
+    fn expire_after_create(&self, _k: &[u8; 32], _v: &Verified, _now: Instant) -> Option<Duration> {
+        Some(Duration::from_nanos(self.0.load(Ordering::Relaxed)))
+    }
+}
+
+/// The verified-credential cache, kept across config generations.
+struct Shared {
+    cache: moka::future::Cache<[u8; 32], Verified>,
+    /// Random per process: cache keys reveal nothing about passwords.
+    key: [u8; 32],
+    ttl: Arc<AtomicU64>,
+    max_entries: u64,
+}
+
+/// The slot in the process state that carries the cache from one generation to the next.
+#[derive(Default)]
+pub struct Carried(Mutex<Option<Arc<Shared>>>);
+
+impl Carried {
+    /// The cache for a new generation with `users`: the existing one unless its capacity
+    /// changed, with entries of changed or removed users evicted.
+    fn take(&self, cache: &Cache, users: &Arc<HashMap<String, Arc<UserEntry>>>) -> Arc<Shared> {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let ttl_nanos = u64::try_from(cache.ttl.as_nanos()).unwrap_or(u64::MAX);
+        if let Some(s) = slot.as_ref().filter(|s| s.max_entries == cache.max_entries) {
+            s.ttl.store(ttl_nanos, Ordering::Relaxed);
+            let users = users.clone();
+            // Only fails when closures are not enabled, and they are.
+            let _ = s.cache.invalidate_entries_if(move |_, v| {
+                users
+                    .get(&*v.entry.name)
+                    .is_none_or(|now| now.fingerprint != v.entry.fingerprint)
+            });
+            return s.clone();
+        }
+        let ttl = Arc::new(AtomicU64::new(ttl_nanos));
+        let shared = Arc::new(Shared {
+            cache: moka::future::Cache::builder()
+                .max_capacity(cache.max_entries)
+                .expire_after(Ttl(ttl.clone()))
+                .support_invalidation_closures()
+                .build(),
+            key: rand::random(),
+            ttl,
+            max_entries: cache.max_entries,
+        });
+        *slot = Some(shared.clone());
+        shared
+    }
+}
+
 pub struct Basic {
     users: Arc<HashMap<String, Arc<UserEntry>>>,
-    cache: moka::future::Cache<[u8; 32], Arc<UserEntry>>,
-    cache_key: [u8; 32],
+    shared: Arc<Shared>,
     /// argon2id takes ~19 MiB and milliseconds of CPU per check: bound how many run at
     /// once, so a flood of wrong passwords queues instead of exhausting memory.
     hashing: Arc<tokio::sync::Semaphore>,
@@ -34,16 +103,18 @@ pub struct Basic {
 }
 
 impl Basic {
-    pub fn new(users: Arc<HashMap<String, Arc<UserEntry>>>, cache: &Cache, metrics: &Metrics) -> Self {
+    pub fn new(
+        users: Arc<HashMap<String, Arc<UserEntry>>>,
+        cache: &Cache,
+        carried: &Carried,
+        metrics: &Metrics,
+    ) -> Self {
+        let shared = carried.take(cache, &users);
         let entries = metrics.cache_entries.with_label_values(&["basic"]);
-        entries.set(0);
+        entries.set(shared.cache.entry_count() as i64);
         Basic {
             users,
-            cache: moka::future::Cache::builder()
-                .max_capacity(cache.max_entries)
-                .time_to_live(cache.ttl)
-                .build(),
-            cache_key: rand::random(),
+            shared,
             hashing: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
             )),
@@ -53,9 +124,10 @@ impl Basic {
         }
     }
 
-    fn cache_id(&self, user: &str, password: &str) -> [u8; 32] {
+    fn cache_id(&self, fingerprint: &[u8; 32], user: &str, password: &str) -> [u8; 32] {
         // HMAC accepts keys of any length.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.cache_key).expect("HMAC takes any key length");
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.shared.key).expect("HMAC takes any key length");
+        mac.update(fingerprint);
         mac.update(&(user.len() as u64).to_be_bytes());
         mac.update(user.as_bytes());
         mac.update(password.as_bytes());
@@ -63,28 +135,38 @@ impl Basic {
     }
 
     pub async fn verify(&self, user: &str, password: &str) -> Result<Principal, Reason> {
-        let id = self.cache_id(user, password);
+        let entry = self.users.get(user);
+        let id = self.cache_id(entry.map_or(&[0; 32], |e| &e.fingerprint), user, password);
+        let cache = &self.shared.cache;
+        // An entry older than the current ttl (shortened by a reload) is verified again.
+        let ttl = Duration::from_nanos(self.shared.ttl.load(Ordering::Relaxed));
+        if cache.get(&id).await.is_some_and(|v| v.at.elapsed() >= ttl) {
+            cache.invalidate(&id).await;
+        }
         // Concurrent requests with the same credentials share one argon2 run; only a
         // success is stored.
         let mut ran = false;
-        let result = self
-            .cache
+        let result = cache
             .try_get_with(id, async {
                 ran = true;
-                self.check(user, password).await
+                let entry = self.check(user, password).await?;
+                Ok::<_, Reason>(Verified {
+                    entry,
+                    at: Instant::now(),
+                })
             })
             .await;
         if ran {
             self.misses.inc();
             // Misses already paid for argon2; settling the count here is cheap beside it.
-            self.cache.run_pending_tasks().await;
-            self.entries.set(self.cache.entry_count() as i64);
+            cache.run_pending_tasks().await;
+            self.entries.set(cache.entry_count() as i64);
         } else {
             self.hits.inc();
         }
-        let entry = result.map_err(|r| *r)?;
-        entry.standing(true)?;
-        Ok(entry.principal(AuthMethod::Basic))
+        let verified = result.map_err(|r| *r)?;
+        verified.entry.standing(true)?;
+        Ok(verified.entry.principal(AuthMethod::Basic))
     }
 
     /// The argon2id verification itself, bounded by the semaphore.
@@ -119,7 +201,7 @@ impl Basic {
     }
 
     pub fn clear(&self) {
-        self.cache.invalidate_all();
+        self.shared.cache.invalidate_all();
         self.entries.set(0);
     }
 }

@@ -18,10 +18,38 @@ struct Counter {
     locked_until: Option<Instant>,
 }
 
+/// Clones share one table.
+#[derive(Clone)]
 pub struct Lockout {
     settings: config::Lockout,
     table: moka::sync::Cache<u64, Arc<Mutex<Counter>>>,
     hasher: std::collections::hash_map::RandomState,
+}
+
+/// Carries the table across config generations, so a reload does not forgive failures.
+#[derive(Default)]
+pub struct Carried(Mutex<Option<(u64, Lockout)>>);
+
+impl Carried {
+    /// The lockout for a new generation: the running table with the new settings, unless
+    /// the table's own shape (capacity, idle time) changed.
+    pub fn take(&self, settings: &config::Lockout, max_entries: u64) -> Lockout {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let idle = settings.window.max(settings.duration);
+        if let Some((cap, old)) = slot.as_ref() {
+            if *cap == max_entries && old.settings.window.max(old.settings.duration) == idle {
+                let l = Lockout {
+                    settings: settings.clone(),
+                    ..old.clone()
+                };
+                *slot = Some((max_entries, l.clone()));
+                return l;
+            }
+        }
+        let l = Lockout::new(settings, max_entries);
+        *slot = Some((max_entries, l.clone()));
+        l
+    }
 }
 
 impl Lockout {

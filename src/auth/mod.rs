@@ -117,9 +117,44 @@ pub struct UserEntry {
     pub password_hash: Option<String>,
     pub expires_at: Option<SystemTime>,
     pub disabled: bool,
+    /// A digest of everything above: a cached decision made against this entry holds only
+    /// while the entry's fingerprint is unchanged.
+    pub fingerprint: [u8; 32],
 }
 
 impl UserEntry {
+    pub fn new(
+        name: &str,
+        roles: &[String],
+        password_hash: Option<String>,
+        expires_at: Option<SystemTime>,
+        disabled: bool,
+    ) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let mut field = |b: &[u8]| {
+            h.update((b.len() as u64).to_be_bytes());
+            h.update(b);
+        };
+        field(name.as_bytes());
+        for r in roles {
+            field(r.as_bytes());
+        }
+        field(b"\0roles-end");
+        field(password_hash.as_deref().unwrap_or("").as_bytes());
+        let expiry = expires_at.map(|t| t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+        field(format!("{expiry:?}").as_bytes());
+        field(&[u8::from(disabled)]);
+        UserEntry {
+            name: Arc::from(name),
+            roles: Arc::from(roles.to_vec()),
+            password_hash,
+            expires_at,
+            disabled,
+            fingerprint: h.finalize().into(),
+        }
+    }
+
     pub fn principal(&self, method: AuthMethod) -> Principal {
         Principal {
             user: self.name.clone(),
@@ -148,6 +183,17 @@ pub struct RouteRef<'a> {
     pub integration: &'a str,
 }
 
+/// What authentication keeps from one config generation to the next: the caches of
+/// verified credentials (each entry valid only while what it was verified against is
+/// unchanged), the lockout table, and the builtin issuer's state.
+#[derive(Default)]
+pub struct Lasting {
+    pub oauth: Arc<oauth::Shared>,
+    basic: basic::Carried,
+    pub(crate) introspection: oauth::introspection::Carried,
+    lockout: lockout::Carried,
+}
+
 /// The authenticators of one config generation.
 pub struct Auth {
     users: Arc<HashMap<String, Arc<UserEntry>>>,
@@ -162,34 +208,34 @@ impl Auth {
     pub fn new(
         config: &Config,
         metrics: &Metrics,
-        shared: &Arc<oauth::Shared>,
+        lasting: &Lasting,
         client: &crate::upstream::Client,
     ) -> Result<Self, String> {
         let users: HashMap<String, Arc<UserEntry>> = config
             .users
             .iter()
             .map(|u| {
-                let e = UserEntry {
-                    name: Arc::from(u.name.as_str()),
-                    roles: Arc::from(u.roles.clone()),
-                    password_hash: u.password_hash.clone(),
-                    expires_at: u.password_expires_at,
-                    disabled: u.disabled,
-                };
+                let e = UserEntry::new(
+                    &u.name,
+                    &u.roles,
+                    u.password_hash.clone(),
+                    u.password_expires_at,
+                    u.disabled,
+                );
                 (u.name.clone(), Arc::new(e))
             })
             .collect();
         let users = Arc::new(users);
         let oauth = match &config.oauth {
-            Some(o) => Some(oauth::OAuth::new(o, &config.cache, shared, client, metrics)?),
+            Some(o) => Some(oauth::OAuth::new(o, &config.cache, lasting, client, metrics)?),
             None => None,
         };
         Ok(Auth {
             oauth,
-            basic: basic::Basic::new(users.clone(), &config.cache, metrics),
+            basic: basic::Basic::new(users.clone(), &config.cache, &lasting.basic, metrics),
             api_keys: api_key::ApiKeys::new(&config.api_keys, users.clone()),
             url_keys: url_key::UrlKeys::new(&config.users, users.clone()),
-            lockout: lockout::Lockout::new(&config.lockout, config.cache.max_entries),
+            lockout: lasting.lockout.take(&config.lockout, config.cache.max_entries),
             users,
         })
     }

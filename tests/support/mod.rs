@@ -88,9 +88,14 @@ impl Gateway {
         metric_value(&self.metrics().await, series)
     }
 
+    /// Whether `series` has reached `at_least` (for [`eventually`]).
+    pub async fn metric_at_least(&self, series: &str, at_least: f64) -> bool {
+        self.metric(series).await >= at_least
+    }
+
     pub async fn stop(self) {
         self.trigger.fire();
-        tokio::time::timeout(Duration::from_secs(10), self.task)
+        tokio::time::timeout(PATIENCE, self.task)
             .await
             .expect("gateway stops")
             .unwrap();
@@ -168,7 +173,7 @@ impl Process {
         });
         let mut addr = None;
         let mut admin = None;
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let deadline = std::time::Instant::now() + PATIENCE;
         while addr.is_none() || (admin.is_none() && std::fs::read_to_string(config).unwrap().contains("[admin]")) {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match rx.recv_timeout(left) {
@@ -210,6 +215,40 @@ impl Process {
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }
+
+    /// The logs once `f` holds of them (the log writer is asynchronous), or a panic
+    /// after [`PATIENCE`].
+    pub async fn logs_when(&self, f: impl Fn(&str) -> bool) -> String {
+        let ok = eventually(PATIENCE, || {
+            let logs = self.logs();
+            let holds = f(&logs);
+            async move { holds }
+        })
+        .await;
+        let logs = self.logs();
+        assert!(ok, "the logs never showed what was expected:\n{logs}");
+        logs
+    }
+}
+
+/// How long a test waits for something that must happen: far longer than it takes on
+/// any machine, so only a real failure reaches it. Tests wait for events, never for time.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Waits until `f` holds, checking every 50 ms, up to `limit`; says whether it did.
+pub async fn eventually<F, Fut>(limit: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
 }
 
 impl Drop for Process {
@@ -410,12 +449,12 @@ pub fn tls_client(cert: &Cert) -> reqwest::Client {
         .unwrap()
 }
 
-/// Sends raw bytes and returns everything read until the server closes or 5 s pass.
+/// Sends raw bytes and returns everything read until the server closes or 10 s pass.
 pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(request).await.unwrap();
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
 

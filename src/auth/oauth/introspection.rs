@@ -58,10 +58,58 @@ impl moka::Expiry<[u8; 32], Cached> for PerEntry {
     }
 }
 
+/// What a cached verdict depends on: the server, the checks applied to its answers, and
+/// the cache's shape. While these are unchanged, a reload keeps the cache.
+fn shape(cfg: &config::OAuth, cache: &config::Cache) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let text = format!(
+        "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{}",
+        cfg.introspection_url.as_ref().map(|u| u.as_str()),
+        cfg.client_id,
+        cfg.issuer,
+        cfg.audience,
+        cfg.username_claim,
+        cfg.roles_claim,
+        cfg.allowed_client_ids,
+        cache.ttl,
+        cache.negative_ttl,
+        cache.max_entries,
+    );
+    let mut h = Sha256::new();
+    h.update(text.as_bytes());
+    // A new client secret may change what the server answers.
+    h.update(cfg.client_secret.as_ref().map_or(&[][..], |s| s.expose()));
+    h.finalize().into()
+}
+
+/// Carries the introspection cache across config generations with the same [`shape`].
+#[derive(Default)]
+pub struct Carried(std::sync::Mutex<Option<([u8; 32], Verdicts)>>);
+
+type Verdicts = moka::future::Cache<[u8; 32], Cached>;
+
+impl Carried {
+    fn take(&self, cfg: &config::OAuth, cache: &config::Cache) -> Verdicts {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let shape = shape(cfg, cache);
+        if let Some((s, c)) = slot.as_ref() {
+            if *s == shape {
+                return c.clone();
+            }
+        }
+        let c = moka::future::Cache::builder()
+            .max_capacity(cache.max_entries)
+            .expire_after(PerEntry)
+            .build();
+        *slot = Some((shape, c.clone()));
+        c
+    }
+}
+
 pub struct Introspector {
     client: Client,
     http: crate::upstream::OAuthHttp,
-    cache: moka::future::Cache<[u8; 32], Cached>,
+    cache: Verdicts,
     ttl: Duration,
     negative_ttl: Duration,
     issuer: Option<String>,
@@ -84,6 +132,7 @@ impl Introspector {
         cfg: &config::OAuth,
         cache: &config::Cache,
         http: crate::upstream::Client,
+        carried: &Carried,
         metrics: &crate::metrics::Metrics,
     ) -> Result<Self, String> {
         let url = cfg
@@ -95,13 +144,13 @@ impl Introspector {
         if let Some(s) = &cfg.client_secret {
             client = client.set_client_secret(ClientSecret::new(s.expose_str().to_string()));
         }
+        let verdicts = carried.take(cfg, cache);
+        let entries = metrics.cache_entries.with_label_values(&["introspection"]);
+        entries.set(verdicts.entry_count() as i64);
         Ok(Introspector {
             client,
+            cache: verdicts,
             http: crate::upstream::OAuthHttp(http),
-            cache: moka::future::Cache::builder()
-                .max_capacity(cache.max_entries)
-                .expire_after(PerEntry)
-                .build(),
             ttl: cache.ttl,
             negative_ttl: cache.negative_ttl,
             issuer: cfg.issuer.clone(),
@@ -111,11 +160,7 @@ impl Introspector {
             allowed_client_ids: cfg.allowed_client_ids.clone(),
             hits: metrics.cache_requests.with_label_values(&["introspection", "hit"]),
             misses: metrics.cache_requests.with_label_values(&["introspection", "miss"]),
-            entries: {
-                let g = metrics.cache_entries.with_label_values(&["introspection"]);
-                g.set(0);
-                g
-            },
+            entries,
         })
     }
 

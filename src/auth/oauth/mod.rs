@@ -53,17 +53,18 @@ impl OAuth {
     pub fn new(
         cfg: &config::OAuth,
         cache: &config::Cache,
-        shared: &Arc<Shared>,
+        lasting: &crate::auth::Lasting,
         client: &crate::upstream::Client,
         metrics: &Metrics,
     ) -> Result<Self, String> {
         Ok(match cfg.mode {
-            OAuthMode::Builtin => OAuth::Builtin(Box::new(builtin::Issuer::new(cfg, shared)?)),
+            OAuthMode::Builtin => OAuth::Builtin(Box::new(builtin::Issuer::new(cfg, &lasting.oauth)?)),
             OAuthMode::Jwt => OAuth::Jwt(Box::new(jwt::Jwt::new(cfg, cache, client.clone())?)),
             OAuthMode::Introspection => OAuth::Introspection(Box::new(introspection::Introspector::new(
                 cfg,
                 cache,
                 client.clone(),
+                &lasting.introspection,
                 metrics,
             )?)),
         })
