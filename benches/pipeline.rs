@@ -38,7 +38,7 @@ fn routing(c: &mut Criterion) {
             },
         ));
     }
-    let router = Router::new(routes);
+    let router = Router::new_checked(routes.into_iter().collect());
     c.bench_function("route/check_path_and_match", |b| {
         b.iter(|| {
             let p = std::hint::black_box("/svc42/api/v1/incidents/12345");

@@ -42,6 +42,10 @@ enum Command {
     Check {
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Fail on warnings too (fail-open defaults, plain-http identity servers), for CI
+        /// pipelines.
+        #[arg(long)]
+        strict: bool,
     },
     /// Read a password on stdin and print its argon2id PHC string.
     HashPassword,
@@ -91,7 +95,7 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config } => serve(config_path(config), cli.log_format),
-        Command::Check { config } => return check(config_path(config)),
+        Command::Check { config, strict } => return check(config_path(config), strict),
         Command::HashPassword => hash_password(),
         Command::Keygen { user, integration } => keygen(&user, &integration),
         Command::Urlkey { user } => urlkey(&user),
@@ -109,11 +113,19 @@ pub fn run() -> ExitCode {
     }
 }
 
-fn check(path: PathBuf) -> ExitCode {
+fn check(path: PathBuf, strict: bool) -> ExitCode {
     match config::load(&path) {
         Ok(loaded) => {
             for w in &loaded.warnings {
                 eprintln!("{w}");
+            }
+            if strict && !loaded.warnings.is_empty() {
+                eprintln!(
+                    "{}: {} warning(s), refused by --strict",
+                    path.display(),
+                    loaded.warnings.len()
+                );
+                return ExitCode::FAILURE;
             }
             println!("{}: ok", path.display());
             ExitCode::SUCCESS
@@ -347,55 +359,93 @@ fn endpoint_test(path: PathBuf, name: &str) -> ExitCode {
     }
 }
 
-/// Keys whose values are secrets or secret hashes, by table.
-const SECRET_KEYS: &[(&str, &[&str])] = &[
-    ("assertion", &["key"]),
-    ("users", &["password_hash", "url_key_hash"]),
-    ("api_keys", &["secret_hash"]),
-    ("oauth", &["client_secret", "signing_key"]),
-    ("shared", &["url"]),
+/// Keys whose values are secrets or secret hashes wherever they appear, besides every
+/// name that [`secret_name`] recognises.
+const SECRET_KEYS: &[&str] = &[
+    "key",
+    "password_hash",
+    "url_key_hash",
+    "secret_hash",
+    "client_secret_hash",
 ];
 
+/// Whether a key's name says its value is a secret.
+fn secret_name(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    SECRET_KEYS.contains(&n.as_str())
+        || n.ends_with("secret")
+        || n.ends_with("password")
+        || n.ends_with("_hash")
+        || n.ends_with("_key") && n != "api_key"
+        || n == "token"
+        || n.ends_with("_token")
+}
+
+/// A URL without its userinfo and with every query value replaced; other strings as
+/// they are.
+fn scrub_url(text: &str) -> String {
+    let Ok(mut url) = url::Url::parse(text) else {
+        return text.to_string();
+    };
+    if url.cannot_be_a_base() || (url.username().is_empty() && url.password().is_none() && url.query().is_none()) {
+        return text.to_string();
+    }
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    if url.query().is_some() {
+        let names: Vec<String> = url.query_pairs().map(|(k, _)| k.into_owned()).collect();
+        url.query_pairs_mut()
+            .clear()
+            .extend_pairs(names.iter().map(|k| (k.as_str(), "REMOVED")));
+    }
+    url.to_string()
+}
+
+/// Removes every secret from a parsed config, whatever TOML form each part was written
+/// in (standard or inline tables, arrays of tables or inline arrays): secret-bearing keys
+/// at any depth, endpoint credentials (each endpoint's `auth` becomes `none`), and URL
+/// userinfo and query values in every string.
+fn scrub(value: &mut toml::Value, parent: &str) {
+    match value {
+        toml::Value::Table(t) => {
+            // A boolean or a number is never a secret (`forward_token = true`).
+            t.retain(|k, v| {
+                !(secret_name(k)
+                    && matches!(
+                        v,
+                        toml::Value::String(_) | toml::Value::Table(_) | toml::Value::Array(_)
+                    ))
+            });
+            if parent == "endpoints" {
+                let mut none = toml::map::Map::new();
+                none.insert("type".into(), toml::Value::String("none".into()));
+                t.insert("auth".into(), toml::Value::Table(none));
+                t.insert("trust_self_signed".into(), toml::Value::Boolean(false));
+            }
+            for (k, v) in t.iter_mut() {
+                scrub(v, k);
+            }
+        }
+        toml::Value::Array(items) => {
+            for v in items {
+                scrub(v, parent);
+            }
+        }
+        toml::Value::String(s) if s.contains("://") => *s = scrub_url(s),
+        _ => {}
+    }
+}
+
+/// `portcullis export`: the config as it parses, with every secret removed. It is printed
+/// from the parsed document, never by editing the text, so no comment and no spelling of
+/// a secret survives.
 fn export(path: PathBuf) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut doc: toml_edit::DocumentMut = text
-        .parse()
-        .with_context(|| format!("{} is not valid TOML", path.display()))?;
-    let strip = |t: &mut dyn toml_edit::TableLike, keys: &[&str]| {
-        for k in keys {
-            t.remove(k);
-        }
-    };
-    for (table, keys) in SECRET_KEYS {
-        match doc.get_mut(table) {
-            Some(toml_edit::Item::Table(t)) => strip(t, keys),
-            Some(toml_edit::Item::ArrayOfTables(a)) => {
-                for t in a.iter_mut() {
-                    strip(t, keys);
-                }
-            }
-            _ => {}
-        }
-    }
-    if let Some(toml_edit::Item::Table(oauth)) = doc.get_mut("oauth") {
-        if let Some(toml_edit::Item::ArrayOfTables(clients)) = oauth.get_mut("clients") {
-            for c in clients.iter_mut() {
-                c.remove("client_secret_hash");
-            }
-        }
-    }
-    if let Some(toml_edit::Item::ArrayOfTables(endpoints)) = doc.get_mut("endpoints") {
-        for e in endpoints.iter_mut() {
-            let mut none = toml_edit::InlineTable::new();
-            none.insert("type", "none".into());
-            e.insert("auth", toml_edit::value(none));
-            e.insert("trust_self_signed", toml_edit::value(false));
-        }
-    }
-    println!(
-        "# exported by `portcullis export` from {}: secrets removed, endpoint auth set to none",
-        path.display()
-    );
-    print!("{doc}");
+    let mut doc: toml::Value =
+        toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+    scrub(&mut doc, "");
+    let body = toml::to_string_pretty(&doc).context("cannot print the config")?;
+    println!("# exported by `portcullis export`: secrets removed, endpoint auth set to none");
+    print!("{body}");
     Ok(())
 }

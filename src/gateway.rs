@@ -199,6 +199,10 @@ pub struct Route {
     access: Rule,
     senders: Rule,
     pub auth: Vec<AuthMethod>,
+    /// The plan forwards header names with `_`.
+    underscores: bool,
+    /// The integration forwards the client's bearer token.
+    forward_token: bool,
     challenges: Vec<HeaderValue>,
     metrics: RouteMetrics,
 }
@@ -257,6 +261,8 @@ impl Gateway {
                     access: plan.access.clone(),
                     senders: integ.senders.clone(),
                     auth: integ.auth.clone(),
+                    underscores: plan.underscores_in_headers,
+                    forward_token: integ.forward_token,
                     challenges: challenges(&integ.auth),
                     metrics: RouteMetrics::new(metrics, &plan.name, &integ.name),
                 });
@@ -264,7 +270,7 @@ impl Gateway {
         }
         let key: &[u8] = config.assertion.key.as_ref().map_or(&random_key[..], |k| k.expose());
         Ok(Gateway {
-            router: Router::new(table),
+            router: Router::new_checked(table),
             routes,
             tls,
             auth: Auth::new(&config, metrics, lasting, client).map_err(BuildError::OAuth)?,
@@ -379,7 +385,8 @@ async fn handle_inner(
             Err(BodyError::Client(_)) => return Err(Refusal::BadRequest("request body could not be read".into())),
         };
     rewrite(gw, route, conn, ctx, &mut parts, principal.as_ref())?;
-    let req = Request::from_parts(parts, body);
+    // Trailers could carry any header past the checks above: they are not forwarded.
+    let req = Request::from_parts(parts, upstream::without_trailers(body));
     let started = Instant::now();
     let sent = tokio::time::timeout(gw.config.limits.request_timeout, send(state, &route.upstream, req)).await;
     let elapsed = started.elapsed();
@@ -458,8 +465,23 @@ async fn decide(
         return Err(Refusal::HeadersTooLarge);
     }
     let path = parts.uri.path();
-    route::check_path(path).map_err(|e| Refusal::BadRequest(e.to_string().into()))?;
-    let index = match gw.router.route(path, &parts.method) {
+    let bad_path = |e: route::PathError| Refusal::BadRequest(e.to_string().into());
+    route::check_path(path).map_err(bad_path)?;
+    // Escapes of unreserved characters are decoded, and the decoded path is what is both
+    // routed and forwarded.
+    if let std::borrow::Cow::Owned(normal) = route::normalize(path) {
+        let pq = match parts.uri.query() {
+            Some(q) => format!("{normal}?{q}"),
+            None => normal,
+        };
+        let mut p = parts.uri.clone().into_parts();
+        p.path_and_query = Some(
+            pq.parse()
+                .map_err(|_| Refusal::BadRequest("request target cannot be parsed".into()))?,
+        );
+        parts.uri = Uri::from_parts(p).map_err(|_| Refusal::BadRequest("request target cannot be parsed".into()))?;
+    }
+    let index = match gw.router.route(parts.uri.path(), &parts.method).map_err(bad_path)? {
         Match::Found(t) => t.integration,
         Match::MethodNotAllowed(allowed) => return Err(Refusal::MethodNotAllowed(allowed.to_vec())),
         Match::NotFound => return Err(Refusal::NotFound),
@@ -470,7 +492,7 @@ async fn decide(
     if limit > 0 && content_length(parts).is_some_and(|n| n > limit) {
         return Err(Refusal::PayloadTooLarge);
     }
-    headers::strip_portcullis(&mut parts.headers);
+    headers::sanitize(&mut parts.headers, route.underscores);
     if route.auth == [AuthMethod::None] {
         ctx.method = Some(AuthMethod::None);
         return Ok((index, None));
@@ -569,7 +591,9 @@ fn rewrite(
             h.insert(headers::X_PORTCULLIS_AUTH_METHOD, HeaderValue::from_static("none"));
         }
         Some(p) => {
-            if matches!(p.method, AuthMethod::Basic | AuthMethod::ApiKey) {
+            // The credential was for Portcullis: it goes no further, unless the
+            // integration asks for the bearer token itself.
+            if !(p.method == AuthMethod::OAuth && route.forward_token) {
                 h.remove(header::AUTHORIZATION);
             }
             let bad = |_| Refusal::BadRequest("principal cannot be expressed in a header".into());

@@ -50,17 +50,73 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
-/// Removes every client-sent `X-Portcullis-*` header: only Portcullis sets those.
-pub fn strip_portcullis(headers: &mut HeaderMap) {
+/// Request headers a client must never set: lenient frameworks route, dispatch or
+/// identify the client by them, so only a proxy in front may. Portcullis sets the
+/// `X-Forwarded-*` family itself and forwards none of these from a client.
+const SPOOFABLE: [&str; 19] = [
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-forwarded-uri",
+    "x-forwarded-path",
+    "x-forwarded-prefix",
+    "x-forwarded-method",
+    "x-forwarded-server",
+    "x-forwarded-port",
+    "x-original-method",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-envoy-original-path",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "x-cluster-client-ip",
+    "forwarded",
+];
+
+/// Whether a header name, read the way CGI, WSGI, PHP and Rack read it (`_` and `-`
+/// alike, any case), is in the `X-Portcullis-` family.
+fn is_portcullis(name: &str) -> bool {
+    let n = name.as_bytes();
+    let p = PORTCULLIS_PREFIX.as_bytes();
+    n.len() >= p.len()
+        && n[..p.len()]
+            .iter()
+            .zip(p)
+            .all(|(a, b)| a.eq_ignore_ascii_case(b) || (*a == b'_' && *b == b'-'))
+}
+
+/// Whether a client-sent request header is dropped before anything else looks at it.
+fn dropped(name: &str, underscores: bool) -> bool {
+    is_portcullis(name) || (!underscores && name.contains('_')) || SPOOFABLE.contains(&name)
+}
+
+/// Removes from a client's request every header only Portcullis may set: the
+/// `X-Portcullis-*` family in every spelling (`X_Portcullis_User` too), every name with
+/// an `_` unless `underscores` (as nginx's `underscores_in_headers off`), and the
+/// routing and client-identity overrides in [`SPOOFABLE`].
+pub fn sanitize(headers: &mut HeaderMap, underscores: bool) {
     // Fast path: most requests carry none, and scanning keys allocates nothing.
-    if !headers.keys().any(|k| k.as_str().starts_with(PORTCULLIS_PREFIX)) {
+    if !headers.keys().any(|k| dropped(k.as_str(), underscores)) {
         return;
     }
     let spoofed: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| k.as_str().starts_with(PORTCULLIS_PREFIX))
+        .filter(|k| dropped(k.as_str(), underscores))
         .cloned()
         .collect();
+    for n in spoofed {
+        headers.remove(n);
+    }
+}
+
+/// Removes every client-sent `X-Portcullis-*` header, however spelled.
+pub fn strip_portcullis(headers: &mut HeaderMap) {
+    if !headers.keys().any(|k| is_portcullis(k.as_str())) {
+        return;
+    }
+    let spoofed: Vec<HeaderName> = headers.keys().filter(|k| is_portcullis(k.as_str())).cloned().collect();
     for n in spoofed {
         headers.remove(n);
     }
@@ -139,8 +195,28 @@ mod tests {
         h.insert("x-portcullis-user", HeaderValue::from_static("admin"));
         h.insert("X-Portcullis-Roles", HeaderValue::from_static("root"));
         h.insert("x-portcullisx", HeaderValue::from_static("kept"));
+        h.insert("x_portcullis_user", HeaderValue::from_static("admin"));
+        h.insert("x-portcullis_roles", HeaderValue::from_static("root"));
         strip_portcullis(&mut h);
         assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn sanitize_drops_underscores_and_overrides() {
+        let mut h = HeaderMap::new();
+        h.insert("x_custom", HeaderValue::from_static("1"));
+        h.insert("x-original-url", HeaderValue::from_static("/admin"));
+        h.insert("x-http-method-override", HeaderValue::from_static("DELETE"));
+        h.insert("x_portcullis_user", HeaderValue::from_static("admin"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        let mut allowed = h.clone();
+        sanitize(&mut h, false);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), vec!["x-kept"]);
+        // The opt-out keeps other underscored names, never the X-Portcullis family.
+        sanitize(&mut allowed, true);
+        let mut kept: Vec<_> = allowed.keys().map(|k| k.as_str().to_string()).collect();
+        kept.sort();
+        assert_eq!(kept, vec!["x-kept", "x_custom"]);
     }
 
     #[test]

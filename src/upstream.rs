@@ -109,6 +109,37 @@ pub const SPOOL_BYTES: u64 = 1024 * 1024;
 
 /// Prepares `body` for forwarding under `limit` (0 = none).
 ///
+/// A request body without its trailers: they arrive after every check has run, so a
+/// client could put anything in them; the body ends where they would start.
+pub fn without_trailers(body: Body) -> Body {
+    NoTrailers(body).boxed_unsync()
+}
+
+struct NoTrailers(Body);
+
+impl http_body::Body for NoTrailers {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        match std::pin::Pin::new(&mut self.0).poll_frame(cx) {
+            std::task::Poll::Ready(Some(Ok(f))) if f.is_trailers() => std::task::Poll::Ready(None),
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.0.size_hint()
+    }
+}
+
 /// A declared `Content-Length` over the limit is refused before a byte is read. A body of
 /// unknown length is read until it ends or passes `min(limit, SPOOL_BYTES)`: one that ends
 /// over the limit within that window is refused without anything reaching the upstream.

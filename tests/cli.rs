@@ -110,3 +110,82 @@ auth = "url_key"
     );
     gw.stop().await;
 }
+
+/// One config that writes its secrets in every TOML form: comments (own line and
+/// trailing), inline tables, inline arrays of tables, dotted keys, multi-line and literal
+/// strings, and URLs with userinfo and query strings.
+#[test]
+fn export_removes_secrets_in_every_toml_form() {
+    let secrets = [
+        "comment-secret-AAAA",
+        "trailing-comment-secret-BBBB",
+        "inline-assertion-key-CCCC-0123456789",
+        "inline-users-hash-DDDD",
+        "inline-endpoint-password-EEEE",
+        "dotted-client-secret-FFFF",
+        "multiline-signing-key-GGGG",
+        "url-userinfo-password-HHHH",
+        "url-query-secret-IIII",
+        "literal-api-secret-hash-JJJJ",
+        "redis-password-KKKK",
+    ];
+    let toml = format!(
+        r#"
+# password: {c0}
+assertion = {{ key = "{a}", ttl = "60s" }}
+
+users = [ {{ name = "u", roles = ["r"], password_hash = "{u}" }} ]
+
+plans = [ {{ name = "p", upstream = "https://svc:{up}@up.test/base?token={q}", integrations = [
+  {{ name = "i", path = "/i", methods = ["GET"], auth = "api_key" }} ] }} ]
+
+api_keys = [ {{ key = "k1", secret_hash = '{lit}', user = "u", integration = "p/i" }} ]
+
+oauth.mode = "introspection"
+oauth.introspection_url = "https://idp.test/introspect"
+oauth.client_id = "pc"
+oauth.client_secret = "{dotted}"
+oauth.signing_key = """
+{ml}
+"""
+
+shared = {{ backend = "redis", url = "redis://:{redis}@127.0.0.1:6379/0" }}
+
+endpoints = [ {{ name = "b", base_url = "https://b.test", auth = {{ type = "basic", username = "svc", password = "{ep}" }} }} ]
+
+[listen]
+address = "127.0.0.1:0" # the old key was {c1}
+"#,
+        c0 = secrets[0],
+        c1 = secrets[1],
+        a = secrets[2],
+        u = secrets[3],
+        ep = secrets[4],
+        dotted = secrets[5],
+        ml = secrets[6],
+        up = secrets[7],
+        q = secrets[8],
+        lit = secrets[9],
+        redis = secrets[10],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &toml);
+    let (code, out, err) = run(&["export", "--config", path.to_str().unwrap()], "");
+    assert_eq!(code, 0, "{err}");
+    for s in secrets {
+        assert!(!out.contains(s), "`{s}` is in the export:\n{out}");
+    }
+    // What is not secret is still there, so the export is useful.
+    for kept in [
+        "up.test/base",
+        "token=REMOVED",
+        "/i",
+        "introspect",
+        "127.0.0.1:6379",
+        "p/i",
+    ] {
+        assert!(out.contains(kept), "`{kept}` missing from:\n{out}");
+    }
+    // And it is still a TOML document.
+    let _: toml::Value = toml::from_str(&out).expect("export is TOML");
+}

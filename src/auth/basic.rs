@@ -19,7 +19,10 @@ use hmac::{Hmac, Mac};
 use prometheus::{IntCounter, IntGauge};
 use sha2::Sha256;
 
-use super::{Principal, Reason, UserEntry};
+use std::net::IpAddr;
+
+use super::lockout::Lockout;
+use super::{Failure, Principal, Reason, UserEntry};
 use crate::config::{AuthMethod, Cache};
 use crate::metrics::Metrics;
 
@@ -134,7 +137,20 @@ impl Basic {
         mac.finalize().into_bytes().into()
     }
 
-    pub async fn verify(&self, user: &str, password: &str) -> Result<Principal, Reason> {
+    /// Verifies `user`'s `password` under the lockout: a locked pair is refused before
+    /// anything runs, a cached decision costs no argon2, and every argon2 run first takes
+    /// a place in the pair's failure budget.
+    pub async fn verify(
+        &self,
+        user: &str,
+        password: &str,
+        lockout: &Lockout,
+        client: IpAddr,
+    ) -> Result<Principal, Failure> {
+        let method = AuthMethod::Basic;
+        let locked = |retry_after| Failure::LockedOut { method, retry_after };
+        let rejected = |reason| Failure::Rejected { method, reason };
+        lockout.check(user, client).map_err(locked)?;
         let entry = self.users.get(user);
         let id = self.cache_id(entry.map_or(&[0; 32], |e| &e.fingerprint), user, password);
         let cache = &self.shared.cache;
@@ -143,15 +159,17 @@ impl Basic {
         if cache.get(&id).await.is_some_and(|v| v.at.elapsed() >= ttl) {
             cache.invalidate(&id).await;
         }
-        // Concurrent requests with the same credentials share one argon2 run; only a
-        // success is stored.
+        // Concurrent requests with the same credentials share one argon2 run (and one
+        // place in the budget); only a success is stored.
         let mut ran = false;
         let result = cache
             .try_get_with(id, async {
                 ran = true;
-                let entry = self.check(user, password).await?;
-                Ok::<_, Reason>(Verified {
-                    entry,
+                let attempt = lockout.begin(user, client).map_err(locked)?;
+                let checked = self.check(user, password).await;
+                attempt.finish(checked.is_ok());
+                Ok::<_, Failure>(Verified {
+                    entry: checked.map_err(rejected)?,
                     at: Instant::now(),
                 })
             })
@@ -164,9 +182,9 @@ impl Basic {
         } else {
             self.hits.inc();
         }
-        let verified = result.map_err(|r| *r)?;
-        verified.entry.standing(true)?;
-        Ok(verified.entry.principal(AuthMethod::Basic))
+        let verified = result.map_err(|f| (*f).clone())?;
+        verified.entry.standing(true).map_err(rejected)?;
+        Ok(verified.entry.principal(method))
     }
 
     /// The argon2id verification itself, bounded by the semaphore.

@@ -15,8 +15,40 @@ use crate::config;
 struct Counter {
     window_start: Instant,
     failures: u32,
+    /// Verifications started and not yet settled: they count against the budget, so
+    /// parallel guesses cannot all be checked before the first failure is counted.
+    in_flight: u32,
     locked_until: Option<Instant>,
 }
+
+impl Counter {
+    fn new(now: Instant) -> Self {
+        Counter {
+            window_start: now,
+            failures: 0,
+            in_flight: 0,
+            locked_until: None,
+        }
+    }
+
+    /// Starts a new window once the old one (or the lock) is over.
+    fn roll(&mut self, now: Instant, window: Duration) {
+        let lock_over = self.locked_until.is_some_and(|u| now >= u);
+        let window_over = self.locked_until.is_none() && now.duration_since(self.window_start) > window;
+        if lock_over || window_over {
+            self.window_start = now;
+            self.failures = 0;
+            self.locked_until = None;
+        }
+    }
+
+    fn locked(&self, now: Instant) -> Option<Duration> {
+        self.locked_until.filter(|u| now < *u).map(|u| u - now)
+    }
+}
+
+/// How long a client whose budget is taken by attempts still running should wait.
+const BUSY_RETRY: Duration = Duration::from_secs(1);
 
 /// Clones share one table.
 #[derive(Clone)]
@@ -52,6 +84,44 @@ impl Carried {
     }
 }
 
+/// One verification that holds a place in the budget until it is settled (or dropped).
+pub struct Attempt {
+    counter: Arc<Mutex<Counter>>,
+    settings: config::Lockout,
+    settled: bool,
+}
+
+impl Attempt {
+    /// Records the outcome: a failure counts (and may lock), a success clears the count.
+    pub fn finish(mut self, ok: bool) {
+        self.settled = true;
+        let now = Instant::now();
+        let mut c = self.counter.lock().unwrap_or_else(|p| p.into_inner());
+        c.in_flight = c.in_flight.saturating_sub(1);
+        c.roll(now, self.settings.window);
+        if ok {
+            if c.locked_until.is_none() {
+                c.failures = 0;
+            }
+        } else {
+            c.failures = c.failures.saturating_add(1);
+            if c.failures >= self.settings.max_failures {
+                c.locked_until = Some(now + self.settings.duration);
+            }
+        }
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if !self.settled {
+            // Abandoned (the client went away): give the place back, count nothing.
+            let mut c = self.counter.lock().unwrap_or_else(|p| p.into_inner());
+            c.in_flight = c.in_flight.saturating_sub(1);
+        }
+    }
+}
+
 impl Lockout {
     pub fn new(settings: &config::Lockout, max_entries: u64) -> Self {
         Lockout {
@@ -68,48 +138,80 @@ impl Lockout {
         self.hasher.hash_one((subject, client))
     }
 
-    /// `Err(retry_after)` while the pair is locked.
+    /// `Err(retry_after)` while the pair is locked. Read-only: the fast path of a request
+    /// whose credentials are already known good.
     pub fn check(&self, subject: &str, client: IpAddr) -> Result<(), Duration> {
         let Some(c) = self.table.get(&self.key(subject, client)) else {
             return Ok(());
         };
         let c = c.lock().unwrap_or_else(|p| p.into_inner());
-        match c.locked_until {
-            Some(until) => {
-                let now = Instant::now();
-                if now < until {
-                    Err(until - now)
-                } else {
-                    Ok(())
-                }
-            }
-            None => Ok(()),
-        }
+        c.locked(Instant::now()).map_or(Ok(()), Err)
     }
 
-    pub fn fail(&self, subject: &str, client: IpAddr) {
+    /// Reserves a place in the budget before a verification that takes time (argon2):
+    /// `Err(retry_after)` when the pair is locked, or when failures plus attempts still
+    /// running already reach `max_failures`. However many guesses arrive at once, at most
+    /// `max_failures` are verified per window.
+    pub fn begin(&self, subject: &str, client: IpAddr) -> Result<Attempt, Duration> {
         let now = Instant::now();
-        let entry = self.table.get_with(self.key(subject, client), || {
-            Arc::new(Mutex::new(Counter {
-                window_start: now,
-                failures: 0,
-                locked_until: None,
-            }))
-        });
-        let mut c = entry.lock().unwrap_or_else(|p| p.into_inner());
-        if c.locked_until.is_some_and(|u| now >= u) || now.duration_since(c.window_start) > self.settings.window {
-            c.window_start = now;
-            c.failures = 0;
-            c.locked_until = None;
+        let counter = self
+            .table
+            .get_with(self.key(subject, client), || Arc::new(Mutex::new(Counter::new(now))));
+        {
+            let mut c = counter.lock().unwrap_or_else(|p| p.into_inner());
+            c.roll(now, self.settings.window);
+            if let Some(left) = c.locked(now) {
+                return Err(left);
+            }
+            if c.failures.saturating_add(c.in_flight) >= self.settings.max_failures {
+                return Err(BUSY_RETRY);
+            }
+            c.in_flight += 1;
         }
-        c.failures += 1;
-        if c.failures >= self.settings.max_failures {
-            c.locked_until = Some(now + self.settings.duration);
-        }
+        Ok(Attempt {
+            counter,
+            settings: self.settings.clone(),
+            settled: false,
+        })
     }
 
-    pub fn succeed(&self, subject: &str, client: IpAddr) {
-        self.table.invalidate(&self.key(subject, client));
+    /// Settles a verification that has already run without waiting (a hash lookup), in one
+    /// step under the pair's lock: `Err(retry_after)` means answer 429 whatever the outcome,
+    /// so a guess past the budget, right or wrong, tells the client nothing.
+    pub fn settle(&self, subject: &str, client: IpAddr, ok: bool) -> Result<(), Duration> {
+        let now = Instant::now();
+        let key = self.key(subject, client);
+        let counter = if ok {
+            // A success with no record is the hot path: a read, no write.
+            match self.table.get(&key) {
+                Some(c) => c,
+                None => return Ok(()),
+            }
+        } else {
+            self.table.get_with(key, || Arc::new(Mutex::new(Counter::new(now))))
+        };
+        let mut c = counter.lock().unwrap_or_else(|p| p.into_inner());
+        c.roll(now, self.settings.window);
+        if let Some(left) = c.locked(now) {
+            return Err(left);
+        }
+        if c.failures.saturating_add(c.in_flight) >= self.settings.max_failures {
+            return Err(BUSY_RETRY);
+        }
+        if ok {
+            c.failures = 0;
+        } else {
+            c.failures += 1;
+            if c.failures >= self.settings.max_failures {
+                c.locked_until = Some(now + self.settings.duration);
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts one failure (for callers that verify nothing themselves).
+    pub fn fail(&self, subject: &str, client: IpAddr) {
+        let _ = self.settle(subject, client, false);
     }
 
     pub fn entries(&self) -> u64 {
@@ -154,9 +256,28 @@ mod tests {
         let l = lockout(2, 10_000, 10_000, 100);
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         l.fail("alice", ip);
-        l.succeed("alice", ip);
+        assert!(l.settle("alice", ip, true).is_ok());
         l.fail("alice", ip);
         assert!(l.check("alice", ip).is_ok());
+    }
+
+    #[test]
+    fn attempts_in_flight_count_against_the_budget() {
+        let l = lockout(3, 10_000, 10_000, 100);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let held: Vec<Attempt> = (0..3).map(|_| l.begin("alice", ip).unwrap()).collect();
+        // A fourth guess, and a sync guess, cannot start while three run.
+        assert!(l.begin("alice", ip).is_err());
+        assert!(l.settle("alice", ip, true).is_err());
+        // An abandoned attempt gives its place back without counting.
+        let mut held = held.into_iter();
+        drop(held.next());
+        let again = l.begin("alice", ip).unwrap();
+        for a in held {
+            a.finish(false);
+        }
+        again.finish(false);
+        assert!(l.check("alice", ip).is_err(), "three failures lock");
     }
 
     #[test]

@@ -59,6 +59,7 @@ pub enum Reason {
     MalformedToken,
     MissingClaim,
     UntrustedKeyHeader,
+    CriticalHeader,
     ClientNotAllowed,
 }
 
@@ -88,6 +89,7 @@ impl Reason {
             Reason::MalformedToken => "malformed_token",
             Reason::MissingClaim => "missing_claim",
             Reason::UntrustedKeyHeader => "untrusted_key_header",
+            Reason::CriticalHeader => "critical_header",
             Reason::ClientNotAllowed => "client_not_allowed",
         }
     }
@@ -245,6 +247,10 @@ impl Auth {
     }
 
     /// Authenticates `parts` for a route accepting `methods`, under the lockout.
+    ///
+    /// Exactly one credential may be presented: two `Authorization` headers, or an
+    /// `Authorization` credential the route accepts together with an `apiKey` parameter it
+    /// also accepts, are refused as ambiguous rather than resolved by picking one.
     pub async fn authenticate(
         &self,
         methods: &[AuthMethod],
@@ -253,16 +259,34 @@ impl Auth {
         client: IpAddr,
     ) -> Result<Principal, Failure> {
         let accepts = |m| methods.contains(&m);
-        if let Some(value) = parts.headers.get(http::header::AUTHORIZATION) {
+        let first = methods.first().copied().unwrap_or(AuthMethod::None);
+        let ambiguous = |method| Failure::Rejected {
+            method,
+            reason: Reason::AmbiguousCredentials,
+        };
+        let mut values = parts.headers.get_all(http::header::AUTHORIZATION).iter();
+        let authorization = values.next();
+        if values.next().is_some() {
+            return Err(ambiguous(first));
+        }
+        let url_key = if accepts(AuthMethod::UrlKey) {
+            url_key::find(parts.uri.query())
+        } else {
+            url_key::Found::None
+        };
+        if let Some(value) = authorization {
             let value = value.as_bytes();
             if let Some(encoded) = strip_scheme(value, b"basic") {
                 if accepts(AuthMethod::Basic) || accepts(AuthMethod::ApiKey) {
+                    let method = if accepts(AuthMethod::Basic) {
+                        AuthMethod::Basic
+                    } else {
+                        AuthMethod::ApiKey
+                    };
+                    if url_key != url_key::Found::None {
+                        return Err(ambiguous(method));
+                    }
                     let Some((user, secret)) = decode_basic(encoded) else {
-                        let method = if accepts(AuthMethod::Basic) {
-                            AuthMethod::Basic
-                        } else {
-                            AuthMethod::ApiKey
-                        };
                         return Err(Failure::Rejected {
                             method,
                             reason: Reason::MalformedCredentials,
@@ -271,68 +295,45 @@ impl Auth {
                     let as_key =
                         accepts(AuthMethod::ApiKey) && (!accepts(AuthMethod::Basic) || self.api_keys.knows(&user));
                     return if as_key {
-                        self.guarded(AuthMethod::ApiKey, &user, client, || async {
-                            self.api_keys.verify(&user, secret.as_bytes(), route)
-                        })
-                        .await
+                        let verified = self.api_keys.verify(&user, secret.as_bytes(), route);
+                        self.settled(AuthMethod::ApiKey, &user, client, verified)
                     } else {
-                        self.guarded(AuthMethod::Basic, &user, client, || self.basic.verify(&user, &secret))
-                            .await
+                        self.basic.verify(&user, &secret, &self.lockout, client).await
                     };
                 }
             } else if let Some(token) = strip_scheme(value, b"bearer") {
                 if accepts(AuthMethod::OAuth) {
+                    if url_key != url_key::Found::None {
+                        return Err(ambiguous(AuthMethod::OAuth));
+                    }
                     return self.bearer(token).await;
                 }
             }
         }
-        if accepts(AuthMethod::UrlKey) {
-            match url_key::find(parts.uri.query()) {
-                url_key::Found::None => {}
-                url_key::Found::Ambiguous => {
-                    return Err(Failure::Rejected {
-                        method: AuthMethod::UrlKey,
-                        reason: Reason::AmbiguousCredentials,
-                    })
-                }
-                url_key::Found::One(key) => {
-                    // A wrong key names nobody: it is throttled per client address.
-                    return self
-                        .guarded(AuthMethod::UrlKey, url_key::SUBJECT, client, || async {
-                            self.url_keys.verify(&key)
-                        })
-                        .await;
-                }
+        match url_key {
+            url_key::Found::None => Err(Failure::Missing),
+            url_key::Found::Ambiguous => Err(ambiguous(AuthMethod::UrlKey)),
+            url_key::Found::One(key) => {
+                // A wrong key names nobody: it is throttled per client address.
+                let verified = self.url_keys.verify(&key);
+                self.settled(AuthMethod::UrlKey, url_key::SUBJECT, client, verified)
             }
         }
-        Err(Failure::Missing)
     }
 
-    /// Runs `verify` unless `subject` is locked out from `client`; records the outcome.
-    async fn guarded<F, Fut>(
+    /// Settles a verification that ran without waiting against the lockout: past the
+    /// budget, the answer is 429 whether or not the credential was right.
+    fn settled(
         &self,
         method: AuthMethod,
         subject: &str,
         client: IpAddr,
-        verify: F,
-    ) -> Result<Principal, Failure>
-    where
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<Principal, Reason>>,
-    {
-        if let Err(retry_after) = self.lockout.check(subject, client) {
+        verified: Result<Principal, Reason>,
+    ) -> Result<Principal, Failure> {
+        if let Err(retry_after) = self.lockout.settle(subject, client, verified.is_ok()) {
             return Err(Failure::LockedOut { method, retry_after });
         }
-        match verify().await {
-            Ok(p) => {
-                self.lockout.succeed(subject, client);
-                Ok(p)
-            }
-            Err(reason) => {
-                self.lockout.fail(subject, client);
-                Err(Failure::Rejected { method, reason })
-            }
-        }
+        verified.map_err(|reason| Failure::Rejected { method, reason })
     }
 
     async fn bearer(&self, token: &[u8]) -> Result<Principal, Failure> {

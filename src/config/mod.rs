@@ -141,6 +141,9 @@ pub struct Plan {
     pub name: String,
     pub upstream: Upstream,
     pub access: Rule,
+    /// Forward request headers whose names contain `_`; off by default, as in nginx,
+    /// since CGI-style upstreams read `X_Foo` and `X-Foo` as one header.
+    pub underscores_in_headers: bool,
     pub integrations: Vec<Integration>,
 }
 
@@ -163,6 +166,8 @@ pub struct Integration {
     pub methods: Vec<http::Method>,
     pub auth: Vec<AuthMethod>,
     pub senders: Rule,
+    /// Forward the client's bearer token to the upstream (off: it is consumed here).
+    pub forward_token: bool,
 }
 
 /// An integration's path: exact, or `/base/*` (the base itself and everything below it).
@@ -268,6 +273,8 @@ pub struct OAuth {
     pub leeway: Duration,
     pub access_token_ttl: Duration,
     pub refresh_token_ttl: Duration,
+    /// Absolute lifetime of a refresh-token family, however often it is rotated.
+    pub refresh_token_max_lifetime: Duration,
     pub algorithms: Vec<String>,
     pub signing_key: Option<Secret>,
     pub clients: Vec<OAuthClient>,

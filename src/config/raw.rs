@@ -143,6 +143,8 @@ pub struct Plan {
     pub name: Str,
     pub upstream: Str,
     pub access: Option<Spanned<Rule>>,
+    /// Forward request headers whose names contain `_` (dropped by default).
+    pub underscores_in_headers: Option<bool>,
     #[serde(default)]
     pub integrations: Vec<Spanned<Integration>>,
 }
@@ -162,6 +164,8 @@ pub struct Integration {
     pub methods: Spanned<Vec<Str>>,
     pub auth: Spanned<OneOrMany>,
     pub senders: Option<Spanned<Rule>>,
+    /// Forward the client's `Authorization: Bearer` token (stripped by default).
+    pub forward_token: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -189,6 +193,7 @@ pub struct OAuth {
     pub leeway: Option<Str>,
     pub access_token_ttl: Option<Str>,
     pub refresh_token_ttl: Option<Str>,
+    pub refresh_token_max_lifetime: Option<Str>,
     pub algorithm: Option<Str>,
     #[serde(default)]
     pub algorithms: Vec<Str>,

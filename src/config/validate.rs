@@ -156,6 +156,9 @@ struct Validator<'a> {
     warnings: Vec<Diagnostic>,
 }
 
+/// The most clock skew `oauth.leeway` may allow.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
+
 fn sp<T>(s: &Spanned<T>) -> Option<Span> {
     Some(s.span())
 }
@@ -631,21 +634,43 @@ impl Validator<'_> {
                 let methods = self.methods(&ri.methods);
                 let auth = self.auth_methods(&ri.auth, &full);
                 let senders = self.rule(ri.senders.as_ref(), users, &format!("senders of integration `{full}`"));
+                let authenticated = auth.iter().any(|m| *m != AuthMethod::None);
+                if authenticated && ri.senders.is_none() {
+                    self.warn(
+                        sp(i),
+                        format!("integration `{full}` has no `senders` rule: every authenticated principal that the plan admits may call it"),
+                    );
+                }
+                let forward_token = ri.forward_token.unwrap_or(false);
+                if forward_token && !auth.contains(&AuthMethod::OAuth) {
+                    self.warn(
+                        sp(i),
+                        format!("integration `{full}` sets forward_token but does not accept oauth"),
+                    );
+                }
                 integrations.push(Integration {
                     name: iname,
                     path,
                     methods,
                     auth,
                     senders,
+                    forward_token,
                 });
             }
             if r.integrations.is_empty() {
                 self.warn(sp(p), format!("plan `{name}` has no integrations"));
             }
+            if r.access.is_none() && !integrations.is_empty() {
+                self.warn(
+                    sp(p),
+                    format!("plan `{name}` has no `access` rule: every authenticated principal may use it"),
+                );
+            }
             plans.push(Plan {
                 name,
                 upstream,
                 access,
+                underscores_in_headers: r.underscores_in_headers.unwrap_or(false),
                 integrations,
             });
         }
@@ -902,6 +927,25 @@ impl Validator<'_> {
             .introspection_url
             .as_ref()
             .and_then(|u| self.url(u, "oauth.introspection_url"));
+        if mode == OAuthMode::Jwt && r.audience.is_none() {
+            self.warn(
+                sp(o),
+                "oauth.mode = \"jwt\" without `audience`: tokens the issuer made for any other service are accepted",
+            );
+        }
+        for (u, key) in [
+            (&r.jwks_url, "oauth.jwks_url"),
+            (&r.introspection_url, "oauth.introspection_url"),
+        ] {
+            if let Some(u) = u {
+                if u.get_ref().trim().to_ascii_lowercase().starts_with("http://") {
+                    self.warn(
+                        sp(u),
+                        format!("{key} uses plain http://: whoever is on the path can change what Portcullis trusts"),
+                    );
+                }
+            }
+        }
         if mode == OAuthMode::Jwt && r.issuer.is_none() {
             self.error(
                 sp(o),
@@ -993,7 +1037,19 @@ impl Validator<'_> {
                 .map_or_else(|| "sub".to_string(), |s| s.get_ref().clone()),
             roles_claim: r.roles_claim.as_ref().map(|s| s.get_ref().clone()),
             allowed_client_ids: r.allowed_client_ids.iter().map(|s| s.get_ref().clone()).collect(),
-            leeway: self.duration(r.leeway.as_ref(), Duration::from_secs(30), "oauth.leeway"),
+            leeway: {
+                let leeway = self.duration(r.leeway.as_ref(), Duration::from_secs(30), "oauth.leeway");
+                if leeway > MAX_LEEWAY {
+                    self.error(
+                        r.leeway.as_ref().and_then(sp),
+                        format!(
+                            "oauth.leeway may be at most {}: a larger one accepts expired tokens",
+                            humantime::format_duration(MAX_LEEWAY)
+                        ),
+                    );
+                }
+                leeway
+            },
             access_token_ttl: self.duration(
                 r.access_token_ttl.as_ref(),
                 Duration::from_secs(900),
@@ -1003,6 +1059,11 @@ impl Validator<'_> {
                 r.refresh_token_ttl.as_ref(),
                 Duration::from_secs(30 * 86400),
                 "oauth.refresh_token_ttl",
+            ),
+            refresh_token_max_lifetime: self.duration(
+                r.refresh_token_max_lifetime.as_ref(),
+                Duration::from_secs(30 * 86400),
+                "oauth.refresh_token_max_lifetime",
             ),
             algorithms,
             signing_key,

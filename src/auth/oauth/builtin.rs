@@ -19,7 +19,7 @@ use ring::signature::KeyPair;
 use serde::{Deserialize, Serialize};
 
 use super::{Shared, TokenFacts, Verdict};
-use crate::auth::{Auth, Reason};
+use crate::auth::{Auth, Reason, UserEntry};
 use crate::config::{self, SecretHash};
 use crate::error::{full, Body};
 
@@ -63,23 +63,40 @@ impl SigningKey {
 
 // === refresh tokens ===
 
+/// A refresh-token family: every token rotated from one sign-in. It ends at `ends_at`
+/// (unix seconds) however often it is rotated.
+#[derive(Debug, Clone, Copy)]
+pub struct Family {
+    id: u64,
+    ends_at: u64,
+}
+
+impl Family {
+    pub fn new(max_lifetime: Duration) -> Self {
+        Family {
+            id: rand::random(),
+            ends_at: now().saturating_add(max_lifetime.as_secs()),
+        }
+    }
+}
+
 #[derive(Clone)]
 enum Refresh {
     Active {
-        family: u64,
+        family: Family,
         sub: Arc<str>,
         client_id: Arc<str>,
         scope: Option<Arc<str>>,
         expires_at: u64,
     },
     Used {
-        family: u64,
+        family: Family,
     },
 }
 
 /// What a refresh token grants again: its family, subject and scope.
 struct Grant {
-    family: u64,
+    family: Family,
     sub: Arc<str>,
     scope: Option<Arc<str>>,
 }
@@ -106,9 +123,17 @@ impl Default for RefreshStore {
 }
 
 impl RefreshStore {
-    fn issue(&self, family: u64, sub: Arc<str>, client_id: Arc<str>, scope: Option<Arc<str>>, ttl: Duration) -> String {
+    fn issue(
+        &self,
+        family: Family,
+        sub: Arc<str>,
+        client_id: Arc<str>,
+        scope: Option<Arc<str>>,
+        ttl: Duration,
+    ) -> String {
         let token = random_token();
-        let expires_at = now() + ttl.as_secs();
+        // Idle expiry, never past the family's absolute end.
+        let expires_at = now().saturating_add(ttl.as_secs()).min(family.ends_at);
         let entry = Refresh::Active {
             family,
             sub,
@@ -120,35 +145,52 @@ impl RefreshStore {
         token
     }
 
-    /// Takes an active token for `client_id`, marking it used; a reused one revokes its family.
+    /// Takes an active token for `client_id`, marking it used; a reused one revokes its
+    /// family. Atomic per token: of two concurrent uses, exactly one gets the grant and the
+    /// other is a reuse.
     fn take(&self, token: &str, client_id: &str) -> Result<Grant, &'static str> {
+        use moka::ops::compute::Op;
         let id = *SecretHash::of(token.as_bytes()).bytes();
-        match self.tokens.get(&id) {
-            None => Err("unknown or expired refresh token"),
-            Some(Refresh::Used { family }) => {
-                self.revoked.insert(family, ());
-                Err("refresh token already used; its family is revoked")
+        let mut outcome: Result<Grant, &'static str> = Err("unknown or expired refresh token");
+        self.tokens.entry(id).and_compute_with(|current| {
+            let Some(entry) = current else { return Op::Nop };
+            match entry.into_value() {
+                Refresh::Used { family } => {
+                    self.revoked.insert(family.id, ());
+                    outcome = Err("refresh token already used; its family is revoked");
+                    Op::Nop
+                }
+                Refresh::Active {
+                    family,
+                    sub,
+                    client_id: owner,
+                    scope,
+                    expires_at,
+                } => {
+                    let t = now();
+                    outcome = if self.revoked.contains_key(&family.id) {
+                        Err("refresh token revoked")
+                    } else if t >= expires_at || t >= family.ends_at {
+                        Err("refresh token expired")
+                    } else if &*owner != client_id {
+                        Err("refresh token was issued to another client")
+                    } else {
+                        Ok(Grant { family, sub, scope })
+                    };
+                    if outcome.is_ok() {
+                        Op::Put(Refresh::Used { family })
+                    } else {
+                        Op::Nop
+                    }
+                }
             }
-            Some(Refresh::Active {
-                family,
-                sub,
-                client_id: owner,
-                scope,
-                expires_at,
-            }) => {
-                if self.revoked.contains_key(&family) {
-                    return Err("refresh token revoked");
-                }
-                if now() >= expires_at {
-                    return Err("refresh token expired");
-                }
-                if &*owner != client_id {
-                    return Err("refresh token was issued to another client");
-                }
-                self.tokens.insert(id, Refresh::Used { family });
-                Ok(Grant { family, sub, scope })
-            }
-        }
+        });
+        outcome
+    }
+
+    /// Revokes every token of `family`.
+    fn revoke(&self, family: Family) {
+        self.revoked.insert(family.id, ());
     }
 }
 
@@ -177,9 +219,15 @@ struct Claims {
     exp: u64,
     jti: String,
     client_id: String,
+    /// How the token was granted: for a user ([`GRANT_USER`]) or a client alone
+    /// ([`GRANT_CLIENT`]); says whose standing is checked on each use.
+    gty: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     scope: Option<String>,
 }
+
+const GRANT_USER: &str = "password";
+const GRANT_CLIENT: &str = "client_credentials";
 
 pub struct Issuer {
     key: Arc<SigningKey>,
@@ -187,6 +235,7 @@ pub struct Issuer {
     audience: Option<String>,
     access_ttl: Duration,
     refresh_ttl: Duration,
+    refresh_max_lifetime: Duration,
     leeway: Duration,
     clients: HashMap<String, SecretHash>,
     shared: Arc<Shared>,
@@ -216,6 +265,7 @@ impl Issuer {
             audience: cfg.audience.clone(),
             access_ttl: cfg.access_token_ttl,
             refresh_ttl: cfg.refresh_token_ttl,
+            refresh_max_lifetime: cfg.refresh_token_max_lifetime,
             leeway: cfg.leeway,
             clients: cfg
                 .clients
@@ -228,11 +278,11 @@ impl Issuer {
         })
     }
 
-    pub fn verify(&self, token: &str) -> Result<TokenFacts, Verdict> {
-        let header = jsonwebtoken::decode_header(token).map_err(|e| Verdict::Rejected(super::reason_of(&e)))?;
-        if header.jku.is_some() || header.x5u.is_some() || header.jwk.is_some() {
-            return Err(Reason::UntrustedKeyHeader.into());
-        }
+    /// Verifies one of this issuer's access tokens, and on every use the standing of whom
+    /// it was issued to: a user still present, not disabled, password not expired; a
+    /// client still configured. Removing either from the config ends their tokens at once.
+    pub fn verify(&self, token: &str, users: &HashMap<String, Arc<UserEntry>>) -> Result<TokenFacts, Verdict> {
+        let header = super::checked_header(token)?;
         if header.alg != Algorithm::EdDSA {
             return Err(Reason::AlgNotAllowed.into());
         }
@@ -245,12 +295,32 @@ impl Issuer {
         v.set_issuer(&[&self.issuer]);
         v.set_required_spec_claims(&["exp", "iss", "sub"]);
         match &self.audience {
-            Some(a) => v.set_audience(&[a]),
+            Some(a) => {
+                v.set_audience(&[a]);
+                v.required_spec_claims.insert("aud".into());
+            }
             None => v.validate_aud = false,
         }
         let claims = jsonwebtoken::decode::<Claims>(token, &self.key.decoding, &v)
             .map_err(|e| Verdict::Rejected(super::reason_of(&e)))?
             .claims;
+        if claims.iss != self.issuer {
+            return Err(Reason::WrongIssuer.into());
+        }
+        if claims.iat > now().saturating_add(self.leeway.as_secs()) {
+            return Err(Reason::TokenNotYetValid.into());
+        }
+        if !self.clients.contains_key(&claims.client_id) {
+            return Err(Reason::ClientNotAllowed.into());
+        }
+        match claims.gty.as_str() {
+            GRANT_USER => {
+                let user = users.get(&claims.sub).ok_or(Reason::UnknownUser)?;
+                user.standing(true)?;
+            }
+            GRANT_CLIENT if claims.sub == claims.client_id => {}
+            _ => return Err(Reason::MalformedToken.into()),
+        }
         Ok(TokenFacts {
             user: claims.sub,
             roles: Vec::new(),
@@ -258,7 +328,7 @@ impl Issuer {
         })
     }
 
-    fn mint(&self, sub: &str, client_id: &str, scope: Option<&str>) -> Result<String, String> {
+    fn mint(&self, sub: &str, client_id: &str, grant: &str, scope: Option<&str>) -> Result<String, String> {
         let iat = now();
         let claims = Claims {
             iss: self.issuer.clone(),
@@ -269,6 +339,7 @@ impl Issuer {
             exp: iat + self.access_ttl.as_secs().max(1),
             jti: random_token(),
             client_id: client_id.to_string(),
+            gty: grant.to_string(),
             scope: scope.map(str::to_string),
         };
         let mut header = Header::new(Algorithm::EdDSA);
@@ -309,14 +380,6 @@ impl Issuer {
             }
         };
         let client_subject = format!("client:{client_id}");
-        if let Err(retry) = auth.lockout.check(&client_subject, ip) {
-            return oauth_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "invalid_client",
-                "too many failed attempts",
-                Some(retry),
-            );
-        }
         let known = match self.clients.get(&client_id) {
             Some(h) => h.matches(secret.as_bytes()),
             None => {
@@ -324,8 +387,15 @@ impl Issuer {
                 false
             }
         };
+        if let Err(retry) = auth.lockout.settle(&client_subject, ip, known) {
+            return oauth_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "invalid_client",
+                "too many failed attempts",
+                Some(retry),
+            );
+        }
         if !known {
-            auth.lockout.fail(&client_subject, ip);
             tracing::info!(client_id = %client_id, reason = "bad_client_credentials", "oauth token request refused");
             return oauth_error(
                 StatusCode::UNAUTHORIZED,
@@ -346,23 +416,23 @@ impl Issuer {
                         None,
                     );
                 };
-                if let Err(retry) = auth.lockout.check(user, ip) {
-                    return oauth_error(
+                match auth.basic.verify(user, password, &auth.lockout, ip).await {
+                    Ok(p) => {
+                        let family = Family::new(self.refresh_max_lifetime);
+                        self.respond(&p.user, &client, scope, Some(family))
+                    }
+                    Err(crate::auth::Failure::LockedOut { retry_after, .. }) => oauth_error(
                         StatusCode::TOO_MANY_REQUESTS,
                         "invalid_grant",
                         "too many failed attempts",
-                        Some(retry),
-                    );
-                }
-                match auth.basic.verify(user, password).await {
-                    Ok(p) => {
-                        auth.lockout.succeed(user, ip);
-                        let family: u64 = rand::random();
-                        self.respond(&p.user, &client, scope, Some(family))
-                    }
-                    Err(reason) => {
-                        auth.lockout.fail(user, ip);
-                        tracing::info!(client_id = %client_id, reason = reason.as_str(), "oauth password grant refused");
+                        Some(retry_after),
+                    ),
+                    Err(f) => {
+                        let reason = match f {
+                            crate::auth::Failure::Rejected { reason, .. } => reason.as_str(),
+                            _ => "rejected",
+                        };
+                        tracing::info!(client_id = %client_id, reason, "oauth password grant refused");
                         oauth_error(
                             StatusCode::BAD_REQUEST,
                             "invalid_grant",
@@ -388,16 +458,21 @@ impl Issuer {
                         sub,
                         scope: old_scope,
                     }) => {
-                        if let Some(entry) = auth.user(&sub) {
-                            if let Err(reason) = entry.standing(false) {
-                                tracing::info!(client_id = %client_id, reason = reason.as_str(), "oauth refresh refused");
-                                return oauth_error(
-                                    StatusCode::BAD_REQUEST,
-                                    "invalid_grant",
-                                    "the user may not sign in",
-                                    None,
-                                );
-                            }
+                        // Refresh tokens come only from password grants: the user must
+                        // still exist and be allowed to sign in, now.
+                        let standing = auth
+                            .user(&sub)
+                            .ok_or(crate::auth::Reason::UnknownUser)
+                            .and_then(|e| e.standing(true));
+                        if let Err(reason) = standing {
+                            self.shared.refresh.revoke(family);
+                            tracing::info!(client_id = %client_id, reason = reason.as_str(), "oauth refresh refused; family revoked");
+                            return oauth_error(
+                                StatusCode::BAD_REQUEST,
+                                "invalid_grant",
+                                "the user may not sign in",
+                                None,
+                            );
                         }
                         self.respond(&sub, &client, old_scope, Some(family))
                     }
@@ -420,8 +495,9 @@ impl Issuer {
         }
     }
 
-    fn respond(&self, sub: &str, client: &Arc<str>, scope: Option<Arc<str>>, family: Option<u64>) -> Response<Body> {
-        let access = match self.mint(sub, client, scope.as_deref()) {
+    fn respond(&self, sub: &str, client: &Arc<str>, scope: Option<Arc<str>>, family: Option<Family>) -> Response<Body> {
+        let grant = if family.is_some() { GRANT_USER } else { GRANT_CLIENT };
+        let access = match self.mint(sub, client, grant, scope.as_deref()) {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(error = %e, "oauth: cannot sign an access token");

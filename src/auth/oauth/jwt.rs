@@ -244,10 +244,7 @@ impl Jwt {
     }
 
     pub async fn verify(&self, token: &str) -> Result<TokenFacts, Verdict> {
-        let header = jsonwebtoken::decode_header(token).map_err(|e| Verdict::Rejected(super::reason_of(&e)))?;
-        if header.jku.is_some() || header.x5u.is_some() || header.jwk.is_some() {
-            return Err(Reason::UntrustedKeyHeader.into());
-        }
+        let header = super::checked_header(token)?;
         if !self.algorithms.contains(&header.alg) {
             return Err(Reason::AlgNotAllowed.into());
         }
@@ -263,17 +260,25 @@ impl Jwt {
         let mut v = Validation::new(header.alg);
         v.leeway = self.leeway.as_secs();
         v.validate_nbf = true;
-        v.set_required_spec_claims(&["exp"]);
+        // Every configured check is also a required claim: jsonwebtoken checks `iss` and
+        // `aud` only when the token carries them.
+        let mut required = vec!["exp"];
         if let Some(iss) = &self.issuer {
             v.set_issuer(&[iss]);
+            required.push("iss");
         }
         match &self.audience {
-            Some(a) => v.set_audience(&[a]),
+            Some(a) => {
+                v.set_audience(&[a]);
+                required.push("aud");
+            }
             None => v.validate_aud = false,
         }
+        v.set_required_spec_claims(&required);
         let claims = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &key.decoding, &v)
             .map_err(|e| Verdict::Rejected(super::reason_of(&e)))?
             .claims;
+        super::check_registered_claims(&claims, self.issuer.as_deref(), self.leeway)?;
         let user = claims
             .get(&self.username_claim)
             .and_then(|v| v.as_str())

@@ -72,7 +72,7 @@ impl OAuth {
 
     pub async fn verify(&self, token: &str, users: &HashMap<String, Arc<UserEntry>>) -> Result<Principal, Verdict> {
         let claims = match self {
-            OAuth::Builtin(i) => i.verify(token)?,
+            OAuth::Builtin(i) => i.verify(token, users)?,
             OAuth::Jwt(j) => j.verify(token).await?,
             OAuth::Introspection(i) => i.verify(token).await?,
         };
@@ -137,6 +137,63 @@ pub fn roles_from(value: Option<&serde_json::Value>) -> Vec<String> {
             .collect(),
         _ => Vec::new(),
     }
+}
+
+/// A token's JOSE header, refused when it asks for what Portcullis never does: key
+/// material from the token itself (`jku`, `x5u`, `jwk`, `x5c`), or extensions it must
+/// understand (`crit`, including unencoded payloads `b64`).
+pub fn checked_header(token: &str) -> Result<jsonwebtoken::Header, Verdict> {
+    use base64::Engine;
+    let header = jsonwebtoken::decode_header(token).map_err(|e| Verdict::Rejected(reason_of(&e)))?;
+    if header.jku.is_some() || header.x5u.is_some() || header.jwk.is_some() || header.x5c.is_some() {
+        return Err(Reason::UntrustedKeyHeader.into());
+    }
+    // jsonwebtoken's Header drops members it does not know: look at the raw JSON.
+    let first = token.split('.').next().unwrap_or("");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(first)
+        .map_err(|_| Verdict::Rejected(Reason::MalformedToken))?;
+    let members: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&raw).map_err(|_| Verdict::Rejected(Reason::MalformedToken))?;
+    if members.contains_key("crit") || members.contains_key("b64") {
+        return Err(Reason::CriticalHeader.into());
+    }
+    Ok(header)
+}
+
+/// Registered claims whose form jsonwebtoken checks only "if present" or leniently:
+/// `iss` must be one string equal to the configured issuer, `exp`/`nbf`/`iat` numbers,
+/// and `iat` not in the future beyond the leeway.
+pub fn check_registered_claims(
+    claims: &serde_json::Map<String, serde_json::Value>,
+    issuer: Option<&str>,
+    leeway: std::time::Duration,
+) -> Result<(), Reason> {
+    if let Some(iss) = issuer {
+        match claims.get("iss") {
+            Some(serde_json::Value::String(s)) if s == iss => {}
+            Some(serde_json::Value::String(_)) | Some(serde_json::Value::Array(_)) => return Err(Reason::WrongIssuer),
+            Some(_) => return Err(Reason::MalformedToken),
+            None => return Err(Reason::MissingClaim),
+        }
+    }
+    for name in ["exp", "nbf", "iat"] {
+        if claims.get(name).is_some_and(|v| !v.is_u64()) {
+            return Err(Reason::MalformedToken);
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    if claims
+        .get("iat")
+        .and_then(|v| v.as_u64())
+        .is_some_and(|iat| iat > now.saturating_add(leeway.as_secs()))
+    {
+        return Err(Reason::TokenNotYetValid);
+    }
+    Ok(())
 }
 
 /// Maps a jsonwebtoken error to the precise reason.
