@@ -441,11 +441,15 @@ fn scrub(value: &mut toml::Value, parent: &str) {
 /// a secret survives.
 fn export(path: PathBuf) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut doc: toml::Value =
-        toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
-    scrub(&mut doc, "");
-    let body = toml::to_string_pretty(&doc).context("cannot print the config")?;
+    let body = export_text(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
     println!("# exported by `portcullis export`: secrets removed, endpoint auth set to none");
     print!("{body}");
     Ok(())
+}
+
+/// The export of a config's text: its parsed TOML with every secret removed.
+pub fn export_text(text: &str) -> anyhow::Result<String> {
+    let mut doc: toml::Value = toml::from_str(text)?;
+    scrub(&mut doc, "");
+    Ok(toml::to_string_pretty(&doc)?)
 }

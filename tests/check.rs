@@ -254,3 +254,52 @@ fn a_missing_file_is_an_error() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("/nonexistent/p.toml:1:1: cannot read config file"));
 }
+
+#[test]
+fn fail_open_defaults_are_positioned_warnings_and_strict_refuses_them() {
+    let toml = r#"[listen]
+address = "127.0.0.1:0"
+
+[[users]]
+name = "u1"
+roles = ["r"]
+
+[oauth]
+mode = "jwt"
+issuer = "https://idp.test"
+jwks_url = "http://idp.test/jwks"
+
+[[plans]]
+name = "open"
+upstream = "builtin:echo"
+
+[[plans.integrations]]
+name = "i"
+path = "/i"
+methods = ["GET"]
+auth = "oauth"
+"#;
+    let c = check(toml);
+    assert_eq!(c.code, 0, "{}", c.stderr);
+    c.has(13, 1, "warning: plan `open` has no `access` rule");
+    c.has(17, 1, "warning: integration `open/i` has no `senders` rule");
+    c.has(8, 1, "warning: oauth.mode = \"jwt\" without `audience`");
+    c.has(11, 12, "warning: oauth.jwks_url uses plain http://");
+    // --strict: the same warnings fail the check.
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), toml);
+    let out = Command::new(bin())
+        .args(["check", "--strict", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refused by --strict"));
+    // A leeway past five minutes is an error.
+    let c = check(&toml.replace(
+        "jwks_url = \"http://idp.test/jwks\"",
+        "jwks_url = \"https://idp.test/jwks\"\naudience = \"a\"\nleeway = \"1h\"",
+    ));
+    assert_eq!(c.code, 1, "{}", c.stderr);
+    c.has(13, 10, "oauth.leeway may be at most 5m");
+}

@@ -267,6 +267,8 @@ pub struct Seen {
     pub headers: http::HeaderMap,
     pub body_len: u64,
     pub complete: bool,
+    /// Trailer fields received after the body, if any.
+    pub trailers: Option<http::HeaderMap>,
 }
 
 #[derive(Clone)]
@@ -326,6 +328,7 @@ async fn respond(req: Request<Incoming>, rec: Arc<Mutex<Vec<Seen>>>) -> Result<R
             headers: req.headers().clone(),
             body_len: 0,
             complete: false,
+            trailers: None,
         });
         v.len() - 1
     };
@@ -343,9 +346,15 @@ async fn respond(req: Request<Incoming>, rec: Arc<Mutex<Vec<Seen>>>) -> Result<R
     let mut body = req.into_body();
     let mut n = 0u64;
     let mut complete = true;
+    let mut trailers = None;
     while let Some(frame) = body.frame().await {
         match frame {
-            Ok(f) => n += f.data_ref().map_or(0, |d| d.len() as u64),
+            Ok(f) => {
+                n += f.data_ref().map_or(0, |d| d.len() as u64);
+                if let Ok(t) = f.into_trailers() {
+                    trailers = Some(t);
+                }
+            }
             Err(_) => {
                 complete = false;
                 break;
@@ -356,6 +365,7 @@ async fn respond(req: Request<Incoming>, rec: Arc<Mutex<Vec<Seen>>>) -> Result<R
         let mut v = rec.lock().unwrap();
         v[index].body_len = n;
         v[index].complete = complete;
+        v[index].trailers = trailers;
     }
     let json = serde_json::json!({"body_length": n}).to_string();
     let mut resp = Response::new(Full::new(Bytes::from(json)).map_err(|e: Infallible| match e {}).boxed());

@@ -1,0 +1,975 @@
+//! The attack suite: each test tries one class of bypass against the real server, with
+//! raw HTTP/1.1 bytes, hand-framed HTTP/2 and hyper's HTTP/2 client, and asserts both the
+//! answer the attacker got and what the recording upstream did and did not receive.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::TokioIo;
+use ring::signature::KeyPair;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Spellings of the identity headers that CGI-style upstreams read as the real ones.
+const UNDERSCORED_IDENTITY: [&str; 5] = [
+    "x_portcullis_user",
+    "x-portcullis_user",
+    "x_portcullis_roles",
+    "x-portcullis_roles",
+    "x_portcullis-assertion",
+];
+
+fn cfg(upstream: &str, extra: &str) -> String {
+    let pw = |name: &str| argon2_hash(&format!("{name}-pw"));
+    config(&format!(
+        r#"
+[lockout]
+max_failures = 3
+window = "1h"
+duration = "1h"
+
+[[users]]
+name = "alice"
+roles = ["rest"]
+password_hash = "{alice}"
+url_key_hash = "{alice_url}"
+
+[[users]]
+name = "mallory"
+roles = ["guest"]
+password_hash = "{mallory}"
+
+[[plans]]
+name = "p"
+upstream = "{upstream}"
+access = {{ roles = ["rest"] }}
+
+[[plans.integrations]]
+name = "public"
+path = "/public/*"
+methods = ["GET", "POST"]
+auth = "none"
+senders = {{ all = true }}
+
+[[plans.integrations]]
+name = "secret"
+path = "/secret/*"
+methods = ["GET", "POST", "PUT", "DELETE", "PATCH"]
+auth = ["basic", "url_key"]
+senders = {{ roles = ["rest"] }}
+
+[[plans.integrations]]
+name = "key"
+path = "/key"
+methods = ["GET"]
+auth = ["api_key", "url_key"]
+senders = {{ roles = ["rest"] }}
+
+[[plans]]
+name = "legacy"
+upstream = "{upstream}"
+access = {{ roles = ["rest"] }}
+underscores_in_headers = true
+
+[[plans.integrations]]
+name = "cgi"
+path = "/cgi"
+methods = ["GET"]
+auth = "basic"
+senders = {{ roles = ["rest"] }}
+
+[[api_keys]]
+key = "k_alice"
+secret_hash = "{key_secret}"
+user = "alice"
+integration = "p/key"
+
+{extra}
+"#,
+        alice = pw("alice"),
+        mallory = pw("mallory"),
+        alice_url = sha256_hex(ALICE_URL_KEY),
+        key_secret = sha256_hex(ALICE_KEY_SECRET),
+    ))
+}
+
+fn status_of(out: &str) -> u16 {
+    out.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+async fn h1(addr: SocketAddr, head: &str) -> u16 {
+    status_of(&raw(addr, head.as_bytes()).await)
+}
+
+/// An HTTP/2 connection through hyper's client (prior knowledge, cleartext).
+async fn h2(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(http2_client_executor(), TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+async fn h2_status(
+    send: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    req: http::Request<Full<Bytes>>,
+) -> u16 {
+    send.ready().await.unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let _ = resp.into_body().collect().await;
+    status
+}
+
+// === hand-framed HTTP/2, for what a well-behaved client library refuses to send ===
+
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(9 + payload.len());
+    let len = payload.len() as u32;
+    f.extend_from_slice(&len.to_be_bytes()[1..]);
+    f.push(kind);
+    f.push(flags);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An HPACK literal header field without indexing, new name, no Huffman coding.
+fn hpack(name: &str, value: &str) -> Vec<u8> {
+    assert!(name.len() < 127 && value.len() < 127);
+    let mut b = vec![0x00, name.len() as u8];
+    b.extend_from_slice(name.as_bytes());
+    b.push(value.len() as u8);
+    b.extend_from_slice(value.as_bytes());
+    b
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum H2Answer {
+    /// A HEADERS frame came back for the stream: a response.
+    Response,
+    /// The stream was reset with this error code.
+    Reset(u32),
+    /// The connection was ended with this error code.
+    GoAway(u32),
+    Closed,
+}
+
+/// Sends one request on stream 1 with exactly these header fields and reads until the
+/// server answers the stream.
+async fn h2_raw(addr: SocketAddr, fields: &[(&str, &str)]) -> H2Answer {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[]));
+    let block: Vec<u8> = fields.iter().flat_map(|(n, v)| hpack(n, v)).collect();
+    out.extend(h2_frame(0x1, 0x4 | 0x1, 1, &block));
+    s.write_all(&out).await.unwrap();
+    let read = async {
+        loop {
+            let mut head = [0u8; 9];
+            if s.read_exact(&mut head).await.is_err() {
+                return H2Answer::Closed;
+            }
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            if s.read_exact(&mut payload).await.is_err() {
+                return H2Answer::Closed;
+            }
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            match head[3] {
+                0x1 if stream == 1 => return H2Answer::Response,
+                0x3 if stream == 1 => return H2Answer::Reset(u32::from_be_bytes(payload[..4].try_into().unwrap())),
+                0x7 => return H2Answer::GoAway(u32::from_be_bytes(payload[4..8].try_into().unwrap())),
+                0x4 if head[4] & 0x1 == 0 => {
+                    // Acknowledge the server's SETTINGS.
+                    let _ = s.write_all(&h2_frame(0x4, 0x1, 0, &[])).await;
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, read).await.expect("the server answers")
+}
+
+fn pseudo<'a>(method: &'a str, path: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        (":method", method),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", "gw"),
+    ]
+}
+
+// === 1. identity headers in every spelling, and routing overrides ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofed_identity_headers_never_reach_the_upstream() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&cfg(&up.url(), "")).await;
+    let alice = basic("alice", "alice-pw");
+    let spoofs = "X-Portcullis-User: admin\r\nX_Portcullis_User: admin\r\nx-portcullis_roles: root\r\n\
+                  X_PORTCULLIS_ROLES: root\r\nX-PORTCULLIS-AUTH-METHOD: none\r\nX_Portcullis-Assertion: forged\r\n\
+                  X_Custom: 1\r\nX-Original-URL: /secret/x\r\nX-Rewrite-URL: /secret/x\r\nX-Forwarded-Uri: /secret/x\r\n\
+                  X-HTTP-Method-Override: DELETE\r\nX-Method-Override: DELETE\r\nX-HTTP-Method: DELETE\r\n\
+                  X-Real-IP: 10.0.0.1\r\nForwarded: for=10.0.0.1;host=admin\r\nTrue-Client-IP: 10.0.0.1\r\n";
+    // On a public route, and on an authenticated one.
+    for (path, auth) in [
+        ("/public/x", String::new()),
+        ("/secret/x", format!("Authorization: {alice}\r\n")),
+    ] {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: gw\r\n{auth}{spoofs}Connection: close\r\n\r\n");
+        assert_eq!(h1(gw.addr, &head).await, 200, "{path}");
+        let seen = up.last();
+        for (name, _) in seen.headers.iter() {
+            let n = name.as_str();
+            assert!(!n.contains('_'), "{path}: `{n}` was forwarded");
+            for banned in [
+                "x-original-url",
+                "x-rewrite-url",
+                "x-forwarded-uri",
+                "x-http-method-override",
+                "x-method-override",
+                "x-http-method",
+                "x-real-ip",
+                "forwarded",
+                "true-client-ip",
+            ] {
+                assert_ne!(n, banned, "{path}");
+            }
+        }
+        let user = seen
+            .headers
+            .get("x-portcullis-user")
+            .map(|v| v.to_str().unwrap().to_string());
+        if path == "/public/x" {
+            assert_eq!(user, None);
+            assert_eq!(seen.headers["x-portcullis-auth-method"], "none");
+            assert!(seen.headers.get("x-portcullis-roles").is_none());
+        } else {
+            assert_eq!(user.as_deref(), Some("alice"));
+            assert_eq!(seen.headers["x-portcullis-roles"], "rest");
+            assert_ne!(seen.headers["x-portcullis-assertion"], "forged");
+        }
+        assert_eq!(seen.method, "GET");
+    }
+    // A plan that opts in to underscores gets `X_Custom`, but never the X-Portcullis family.
+    let head = format!("GET /cgi HTTP/1.1\r\nHost: gw\r\nAuthorization: {alice}\r\n{spoofs}Connection: close\r\n\r\n");
+    assert_eq!(h1(gw.addr, &head).await, 200);
+    let seen = up.last();
+    assert_eq!(seen.headers["x_custom"], "1");
+    for n in UNDERSCORED_IDENTITY {
+        assert!(seen.headers.get(n).is_none(), "{n}");
+    }
+    assert_eq!(seen.headers["x-portcullis-user"], "alice");
+
+    // HTTP/2: lowercase underscored names (legal there) are dropped as well.
+    let before = up.seen().len();
+    let mut fields = pseudo("GET", "/public/h2");
+    fields.extend([
+        ("x_portcullis_user", "admin"),
+        ("x-portcullis-user", "admin"),
+        ("x-original-url", "/secret/x"),
+    ]);
+    assert_eq!(h2_raw(gw.addr, &fields).await, H2Answer::Response);
+    let seen = up.last();
+    assert_eq!(up.seen().len(), before + 1);
+    assert!(seen.headers.get("x_portcullis_user").is_none());
+    assert!(seen.headers.get("x-portcullis-user").is_none());
+    assert!(seen.headers.get("x-original-url").is_none());
+    // Upper-case names are malformed in HTTP/2: the stream is refused, nothing forwarded.
+    let mut fields = pseudo("GET", "/public/h2");
+    fields.push(("X-Portcullis-User", "admin"));
+    assert!(matches!(
+        h2_raw(gw.addr, &fields).await,
+        H2Answer::Reset(_) | H2Answer::GoAway(_)
+    ));
+    assert_eq!(up.seen().len(), before + 1);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn spoofed_headers_in_trailers_are_not_forwarded() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&cfg(&up.url(), "")).await;
+    // HTTP/1.1 chunked trailers.
+    let head = "POST /public/t HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\nTrailer: X-Portcullis-User\r\n\
+                Connection: close\r\n\r\n5\r\nhello\r\n0\r\nX-Portcullis-User: admin\r\nX-Original-URL: /secret/x\r\n\r\n";
+    assert_eq!(h1(gw.addr, head).await, 200);
+    let seen = up.last();
+    assert_eq!(seen.body_len, 5);
+    assert!(seen.trailers.is_none(), "{:?}", seen.trailers);
+    assert!(seen.headers.get("x-portcullis-user").is_none());
+    // HTTP/2 trailers.
+    let frames = vec![
+        Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"hello"))),
+        Ok(Frame::trailers({
+            let mut t = http::HeaderMap::new();
+            t.insert("x-portcullis-user", "admin".parse().unwrap());
+            t
+        })),
+    ];
+    let req = http::Request::post("http://gw/public/t2")
+        .body(StreamBody::new(futures_util::stream::iter(frames)))
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut s2, conn) = hyper::client::conn::http2::handshake(http2_client_executor(), TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = s2.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = up.last();
+    assert_eq!(seen.uri, "/public/t2");
+    assert!(seen.trailers.is_none());
+    gw.stop().await;
+}
+
+// === 2. paths ===
+
+#[tokio::test]
+async fn path_tricks_never_route_around_authentication() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&cfg(&up.url(), "")).await;
+    let tricks = [
+        "/public/..;/secret/x",
+        "/public/..%3B/secret/x",
+        "/public/..%3b/secret/x",
+        "/public;x=1/../secret/x",
+        "/public/.;/secret/x",
+        "/public/%2e%2e/secret/x",
+        "/public/%2e%2e%2fsecret/x",
+        "/public/..%5csecret/x",
+        "/public/%252e%252e/secret/x",
+        "/public/%c0%ae%c0%ae/secret/x",
+        "/public//../secret/x",
+        "//secret/x",
+        "/SECRET/x",
+        "/Secret/x",
+        "/public/%00/../secret/x",
+    ];
+    for path in tricks {
+        for method in ["GET", "POST"] {
+            let status = h1(
+                gw.addr,
+                &format!("{method} {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"),
+            )
+            .await;
+            assert!(status == 400, "{method} {path}: {status}");
+        }
+        // The same over HTTP/2.
+        let answer = h2_raw(gw.addr, &pseudo("GET", path)).await;
+        assert!(
+            matches!(answer, H2Answer::Response | H2Answer::Reset(_) | H2Answer::GoAway(_)),
+            "{path}: {answer:?}"
+        );
+    }
+    // An encoded letter is the letter: `/%73ecret` is the secret integration.
+    assert_eq!(
+        h1(
+            gw.addr,
+            "GET /%73ecret/x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+        )
+        .await,
+        401
+    );
+    // Absolute-form routes by its path, whatever its authority says.
+    assert_eq!(
+        h1(
+            gw.addr,
+            "GET http://public/secret/x HTTP/1.1\r\nHost: public\r\nConnection: close\r\n\r\n"
+        )
+        .await,
+        401
+    );
+    assert!(
+        up.seen().is_empty(),
+        "{:?}",
+        up.seen().iter().map(|s| &s.uri).collect::<Vec<_>>()
+    );
+    // HTTP/2 with a :authority and a Host that disagree still routes by :path alone.
+    let mut fields = pseudo("GET", "/secret/x");
+    fields.push(("host", "public"));
+    let answer = h2_raw(gw.addr, &fields).await;
+    assert!(answer != H2Answer::Closed);
+    assert!(up.seen().is_empty());
+    gw.stop().await;
+}
+
+// === 3. one credential per request ===
+
+#[tokio::test]
+async fn repeated_or_conflicting_credentials_are_refused_on_every_method() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&cfg(&up.url(), "")).await;
+    let good = basic("alice", "alice-pw");
+    let bad = basic("mallory", "wrong");
+    for method in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
+        for (first, second) in [(&good, &bad), (&bad, &good), (&good, &good)] {
+            let head = format!(
+                "{method} /secret/x HTTP/1.1\r\nHost: gw\r\nAuthorization: {first}\r\nAuthorization: {second}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let status = h1(gw.addr, &head).await;
+            assert!(status == 400 || status == 401, "{method}: {status}");
+        }
+        // A header credential and a URL key together.
+        let head = format!(
+            "{method} /secret/x?apiKey={ALICE_URL_KEY} HTTP/1.1\r\nHost: gw\r\nAuthorization: {bad}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        assert_eq!(h1(gw.addr, &head).await, 401, "{method}");
+        // Two different URL keys, however the name is encoded.
+        for q in [
+            format!("apiKey={ALICE_URL_KEY}&apiKey=other"),
+            format!("apiKey=other&api%4Bey={ALICE_URL_KEY}"),
+            format!("apiKey={ALICE_URL_KEY}&apiKey="),
+        ] {
+            let head = format!(
+                "{method} /secret/x?{q} HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            assert_eq!(h1(gw.addr, &head).await, 401, "{method} {q}");
+        }
+    }
+    // The API key route: a key in the header and a URL key in the query.
+    let head = format!(
+        "GET /key?apiKey={ALICE_URL_KEY} HTTP/1.1\r\nHost: gw\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+        basic("k_alice", ALICE_KEY_SECRET)
+    );
+    assert_eq!(h1(gw.addr, &head).await, 401);
+    // HTTP/2: two authorization fields.
+    let mut send = h2(gw.addr).await;
+    let mut req = http::Request::get("http://gw/secret/x")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    req.headers_mut().append("authorization", good.parse().unwrap());
+    req.headers_mut().append("authorization", bad.parse().unwrap());
+    assert_eq!(h2_status(&mut send, req).await, 401);
+    assert!(up.seen().is_empty());
+    // Each alone still works.
+    let mut req = http::Request::get("http://gw/secret/x")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    req.headers_mut().append("authorization", good.parse().unwrap());
+    assert_eq!(h2_status(&mut send, req).await, 200);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_credentials_are_refused() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&cfg(&up.url(), "")).await;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    for value in [
+        "Basic".to_string(),
+        "Basic ".to_string(),
+        "Basic !!!!".to_string(),
+        format!("Basic {}", b64("alice")),
+        format!("Basic {}", b64(":alice-pw")),
+        format!("Basic {}==", b64("alice:alice-pw")),
+        format!("Basic{}", b64("alice:alice-pw")),
+        format!("Basic  {}x", b64("alice:alice-pw")),
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(b"alice:\xff\xfe")
+        ),
+        format!("Basic {}", b64("alice\u{0}:alice-pw")),
+        format!("Bearer {}", b64("alice:alice-pw")),
+        format!("Digest {}", b64("alice:alice-pw")),
+    ] {
+        let head = format!("GET /secret/x HTTP/1.1\r\nHost: gw\r\nAuthorization: {value}\r\nConnection: close\r\n\r\n");
+        let status = h1(gw.addr, &head).await;
+        assert!(status == 401 || status == 400, "{value}: {status}");
+    }
+    // A valid user whose roles fail the rules is 403, never 200.
+    let head = format!(
+        "GET /secret/x HTTP/1.1\r\nHost: gw\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+        basic("mallory", "mallory-pw")
+    );
+    assert_eq!(h1(gw.addr, &head).await, 403);
+    assert!(up.seen().is_empty());
+    gw.stop().await;
+}
+
+// === smuggling ===
+
+#[tokio::test]
+async fn request_smuggling_is_refused_or_reframed() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&cfg(&up.url(), "")).await;
+    let smuggled = "GET /secret/x HTTP/1.1\r\nHost: gw\r\n\r\n";
+    let cases = [
+        // CL.TE and TE.CL.
+        format!(
+            "POST /public/a HTTP/1.1\r\nHost: gw\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+        ),
+        format!(
+            "POST /public/a HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\nContent-Length: 60\r\n\r\n0\r\n\r\n{smuggled}"
+        ),
+        // Duplicate and conflicting Content-Length.
+        format!("POST /public/a HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\nContent-Length: 40\r\n\r\n{smuggled}"),
+        format!("POST /public/a HTTP/1.1\r\nHost: gw\r\nContent-Length: 0, 40\r\n\r\n{smuggled}"),
+        format!("POST /public/a HTTP/1.1\r\nHost: gw\r\nContent-Length: +0\r\n\r\n{smuggled}"),
+        // Obfuscated Transfer-Encoding.
+        format!("POST /public/a HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n{smuggled}"),
+        format!("POST /public/a HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n{smuggled}"),
+        format!("POST /public/a HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n{smuggled}"),
+        format!("POST /public/a HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding:\x0bchunked\r\n\r\n0\r\n\r\n{smuggled}"),
+        format!("POST /public/a HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n{smuggled}"),
+        format!("POST /public/a HTTP/1.1\r\nHost: gw\r\nFoo: bar\r\n Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"),
+        // A bare LF and a NUL in the head.
+        format!("POST /public/a HTTP/1.1\nHost: gw\nContent-Length: 0\n\n{smuggled}"),
+        format!("POST /public/a HTTP/1.1\r\nHost: gw\r\nX-A: a\0b\r\nContent-Length: 0\r\n\r\n{smuggled}"),
+    ];
+    for case in &cases {
+        let out = raw(gw.addr, case.as_bytes()).await;
+        // Whatever the answer, the second request inside the first never authenticates
+        // around the gateway: the upstream never sees /secret.
+        assert!(
+            !up.seen().iter().any(|s| s.uri.contains("secret")),
+            "smuggled through:\n{case:?}\n{out}"
+        );
+        // A pipelined request that was read as a request got 401, never 200.
+        let statuses: Vec<u16> = out
+            .match_indices("HTTP/1.1 ")
+            .map(|(i, _)| status_of(&out[i..]))
+            .collect();
+        assert!(statuses.len() <= 2, "{case:?}: {out}");
+        if statuses.len() == 2 {
+            assert_eq!(statuses[1], 401, "{case:?}: {out}");
+        }
+    }
+    gw.stop().await;
+}
+
+// === 4. JWT header and claim tricks ===
+
+struct Issuer {
+    pair: ring::signature::Ed25519KeyPair,
+}
+
+impl Issuer {
+    fn new() -> Self {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
+            .unwrap()
+            .as_ref()
+            .to_vec();
+        Issuer {
+            pair: ring::signature::Ed25519KeyPair::from_pkcs8(&pkcs8).unwrap(),
+        }
+    }
+
+    fn jwks(&self) -> String {
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.pair.public_key().as_ref());
+        serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "ed-1", "x": x}]}).to_string()
+    }
+
+    /// A token with exactly this header and these claims, signed with the issuer's key.
+    fn token(&self, header: serde_json::Value, claims: serde_json::Value) -> String {
+        let b64 = |v: &serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        let input = format!("{}.{}", b64(&header), b64(&claims));
+        let sig = self.pair.sign(input.as_bytes());
+        format!(
+            "{input}.{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig.as_ref())
+        )
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[tokio::test]
+async fn jwt_header_and_claim_tricks_are_refused() {
+    let up = Upstream::start().await;
+    let idp = Issuer::new();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("jwks.json"), idp.jwks()).unwrap();
+    let extra = format!(
+        r#"
+[oauth]
+mode = "jwt"
+issuer = "https://idp.test"
+audience = "portcullis"
+jwks_file = "{}"
+leeway = "30s"
+username_claim = "sub"
+
+[[plans]]
+name = "api"
+upstream = "{}"
+access = {{ all = true }}
+
+[[plans.integrations]]
+name = "bearer"
+path = "/bearer"
+methods = ["GET"]
+auth = "oauth"
+senders = {{ all = true }}
+"#,
+        dir.path().join("jwks.json").display(),
+        up.url()
+    );
+    let gw = Gateway::start_in(dir, &cfg(&up.url(), &extra)).await;
+    let now = unix_now();
+    let header = serde_json::json!({"alg": "EdDSA", "kid": "ed-1", "typ": "JWT"});
+    let good = serde_json::json!({"iss": "https://idp.test", "aud": "portcullis", "sub": "alice", "exp": now + 300, "iat": now});
+    let with = |k: &str, v: serde_json::Value| {
+        let mut c = good.clone();
+        if v.is_null() {
+            c.as_object_mut().unwrap().remove(k);
+        } else {
+            c[k] = v;
+        }
+        c
+    };
+    let hdr = |k: &str, v: serde_json::Value| {
+        let mut h = header.clone();
+        h[k] = v;
+        h
+    };
+    let get = |token: String| {
+        let addr = gw.addr;
+        async move {
+            h1(
+                addr,
+                &format!(
+                    "GET /bearer HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+                ),
+            )
+            .await
+        }
+    };
+    assert_eq!(get(idp.token(header.clone(), good.clone())).await, 200);
+    let seen = up.last();
+    assert_eq!(seen.headers["x-portcullis-user"], "alice");
+    // Bearer tokens are consumed by the gateway: not forwarded by default.
+    assert!(seen.headers.get("authorization").is_none());
+    let before = up.seen().len();
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "no iss",
+            idp.token(header.clone(), with("iss", serde_json::Value::Null)),
+        ),
+        (
+            "wrong iss",
+            idp.token(header.clone(), with("iss", "https://evil.test".into())),
+        ),
+        (
+            "iss array",
+            idp.token(
+                header.clone(),
+                with("iss", serde_json::json!(["https://idp.test", "x"])),
+            ),
+        ),
+        ("iss number", idp.token(header.clone(), with("iss", 7.into()))),
+        (
+            "no aud",
+            idp.token(header.clone(), with("aud", serde_json::Value::Null)),
+        ),
+        ("wrong aud", idp.token(header.clone(), with("aud", "other".into()))),
+        ("aud number", idp.token(header.clone(), with("aud", 1.into()))),
+        (
+            "no exp",
+            idp.token(header.clone(), with("exp", serde_json::Value::Null)),
+        ),
+        ("expired", idp.token(header.clone(), with("exp", (now - 3600).into()))),
+        (
+            "exp string",
+            idp.token(header.clone(), with("exp", (now + 300).to_string().into())),
+        ),
+        (
+            "exp float",
+            idp.token(header.clone(), with("exp", serde_json::json!(now as f64 + 300.5))),
+        ),
+        (
+            "nbf future",
+            idp.token(header.clone(), with("nbf", (now + 3600).into())),
+        ),
+        (
+            "nbf string",
+            idp.token(header.clone(), with("nbf", (now + 3600).to_string().into())),
+        ),
+        (
+            "iat future",
+            idp.token(header.clone(), with("iat", (now + 3600).into())),
+        ),
+        ("iat string", idp.token(header.clone(), with("iat", "yesterday".into()))),
+        (
+            "no sub",
+            idp.token(header.clone(), with("sub", serde_json::Value::Null)),
+        ),
+        ("crit", idp.token(hdr("crit", serde_json::json!(["exp"])), good.clone())),
+        ("b64 false", idp.token(hdr("b64", false.into()), good.clone())),
+        (
+            "jku",
+            idp.token(hdr("jku", "https://evil.test/jwks".into()), good.clone()),
+        ),
+        (
+            "x5u",
+            idp.token(hdr("x5u", "https://evil.test/cert".into()), good.clone()),
+        ),
+        ("x5c", idp.token(hdr("x5c", serde_json::json!(["MIIB"])), good.clone())),
+        (
+            "jwk",
+            idp.token(hdr("jwk", serde_json::json!({"kty": "OKP"})), good.clone()),
+        ),
+        ("alg none", {
+            let t = idp.token(hdr("alg", "none".into()), good.clone());
+            format!("{}.", t.rsplit_once('.').unwrap().0)
+        }),
+        ("alg HS256", idp.token(hdr("alg", "HS256".into()), good.clone())),
+        ("unknown kid", idp.token(hdr("kid", "ed-2".into()), good.clone())),
+        ("tampered payload", {
+            let t = idp.token(header.clone(), good.clone());
+            let parts: Vec<&str> = t.split('.').collect();
+            let evil = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(with("sub", "admin".into()).to_string());
+            format!("{}.{}.{}", parts[0], evil, parts[2])
+        }),
+        ("signature stripped", {
+            let t = idp.token(header.clone(), good.clone());
+            format!("{}.", t.rsplit_once('.').unwrap().0)
+        }),
+        (
+            "two tokens",
+            format!(
+                "{} {}",
+                idp.token(header.clone(), good.clone()),
+                idp.token(header.clone(), good.clone())
+            ),
+        ),
+        ("garbage", "a.b.c".into()),
+    ];
+    for (name, token) in cases {
+        assert_eq!(get(token).await, 401, "{name}");
+    }
+    assert_eq!(up.seen().len(), before, "a refused token reached the upstream");
+    gw.stop().await;
+}
+
+// === 5. bearer tokens are not forwarded, unless asked ===
+
+fn builtin_extra(upstream: &str, extra_oauth: &str) -> String {
+    format!(
+        r#"
+[oauth]
+mode = "builtin"
+access_token_ttl = "5m"
+refresh_token_ttl = "1h"
+{extra_oauth}
+
+[[oauth.clients]]
+client_id = "snow"
+client_secret_hash = "{client}"
+
+[[plans]]
+name = "api"
+upstream = "{upstream}"
+access = {{ roles = ["rest"] }}
+
+[[plans.integrations]]
+name = "bearer"
+path = "/bearer"
+methods = ["GET"]
+auth = "oauth"
+senders = {{ roles = ["rest"] }}
+
+[[plans.integrations]]
+name = "raw"
+path = "/raw"
+methods = ["GET"]
+auth = "oauth"
+senders = {{ roles = ["rest"] }}
+forward_token = true
+"#,
+        client = sha256_hex("snow-secret"),
+    )
+}
+
+async fn token_request(gw: &Gateway, form: &str) -> (u16, serde_json::Value) {
+    let resp = client()
+        .post(gw.url("/oauth/token"))
+        .basic_auth("snow", Some("snow-secret"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or_default())
+}
+
+async fn bearer(gw: &Gateway, path: &str, token: &str) -> u16 {
+    client()
+        .get(gw.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn bearer_tokens_are_consumed_unless_forward_token() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&cfg(&up.url(), &builtin_extra(&up.url(), ""))).await;
+    let (status, doc) = token_request(&gw, "grant_type=password&username=alice&password=alice-pw").await;
+    assert_eq!(status, 200, "{doc}");
+    let access = doc["access_token"].as_str().unwrap().to_string();
+    assert_eq!(bearer(&gw, "/bearer", &access).await, 200);
+    assert!(up.last().headers.get("authorization").is_none());
+    assert_eq!(bearer(&gw, "/raw", &access).await, 200);
+    assert_eq!(up.last().headers["authorization"], format!("Bearer {access}").as_str());
+    gw.stop().await;
+}
+
+// === 6. the lockout budget holds under concurrency ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_guesses_never_exceed_the_lockout_budget() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&cfg(&up.url(), "")).await;
+    // Forty different wrong passwords at once, on forty HTTP/1.1 connections.
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let addr = gw.addr;
+            tokio::spawn(async move {
+                let head = format!(
+                    "GET /secret/x HTTP/1.1\r\nHost: gw\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+                    basic("alice", &format!("guess-{i}"))
+                );
+                h1(addr, &head).await
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    let verified = statuses.iter().filter(|s| **s == 401).count();
+    let throttled = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(verified, 3, "{statuses:?}");
+    assert_eq!(throttled, 37, "{statuses:?}");
+    assert_eq!(gw.metric(&failures("bad_password", "basic")).await, 3.0);
+    // The right password is locked out too.
+    let head = format!(
+        "GET /secret/x HTTP/1.1\r\nHost: gw\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+        basic("alice", "alice-pw")
+    );
+    assert_eq!(h1(gw.addr, &head).await, 429);
+
+    // Forty HTTP/2 streams on one connection, for another user.
+    let send = h2(gw.addr).await;
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let mut send = send.clone();
+            tokio::spawn(async move {
+                let req = http::Request::get("http://gw/secret/x")
+                    .header("authorization", basic("mallory", &format!("guess-{i}")))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                h2_status(&mut send, req).await
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 401).count(), 3, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 37, "{statuses:?}");
+    // URL keys: guesses from one address are counted the same way.
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let addr = gw.addr;
+            tokio::spawn(async move {
+                h1(
+                    addr,
+                    &format!("GET /key?apiKey=guess-{i} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 401).count(), 3, "{statuses:?}");
+    assert!(up.seen().is_empty());
+    gw.stop().await;
+}
+
+// === 7. tokens do not outlive their user ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_end_with_their_user_and_refresh_reuse_is_atomic() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&cfg(&up.url(), &builtin_extra(&up.url(), ""))).await;
+    let path = gw.dir.path().join("portcullis.toml");
+    let (_, doc) = token_request(&gw, "grant_type=password&username=alice&password=alice-pw").await;
+    let access = doc["access_token"].as_str().unwrap().to_string();
+    let refresh = doc["refresh_token"].as_str().unwrap().to_string();
+    assert_eq!(bearer(&gw, "/bearer", &access).await, 200);
+
+    // Two uses of one refresh token at once: exactly one wins, and the family is revoked.
+    let form = format!("grant_type=refresh_token&refresh_token={refresh}");
+    let (a, b) = tokio::join!(token_request(&gw, &form), token_request(&gw, &form));
+    let winners: Vec<&serde_json::Value> = [&a, &b]
+        .into_iter()
+        .filter(|(s, _)| *s == 200)
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(winners.len(), 1, "{a:?} {b:?}");
+    let rotated = winners[0]["refresh_token"].as_str().unwrap().to_string();
+    // A third use is a reuse: the family, including the rotated token, is revoked.
+    assert_eq!(token_request(&gw, &form).await.0, 400);
+    let (status, doc) = token_request(&gw, &format!("grant_type=refresh_token&refresh_token={rotated}")).await;
+    assert_eq!(status, 400, "{doc}");
+
+    // A fresh sign-in, then the user is removed from the config.
+    let (_, doc) = token_request(&gw, "grant_type=password&username=alice&password=alice-pw").await;
+    let access = doc["access_token"].as_str().unwrap().to_string();
+    let refresh = doc["refresh_token"].as_str().unwrap().to_string();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let without_alice = text.replace("\"alice\"", "\"alice-gone\"");
+    std::fs::write(&path, without_alice).unwrap();
+    portcullis::reload::reload(&gw.state, &path, "test").unwrap();
+    let before = up.seen().len();
+    assert_eq!(bearer(&gw, "/bearer", &access).await, 401);
+    assert_eq!(up.seen().len(), before);
+    let (status, doc) = token_request(&gw, &format!("grant_type=refresh_token&refresh_token={refresh}")).await;
+    assert_eq!(status, 400, "{doc}");
+    assert_eq!(doc["error"], "invalid_grant");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_refresh_family_ends_at_its_absolute_lifetime() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&cfg(
+        &up.url(),
+        &builtin_extra(&up.url(), "refresh_token_max_lifetime = \"2s\""),
+    ))
+    .await;
+    let (_, doc) = token_request(&gw, "grant_type=password&username=alice&password=alice-pw").await;
+    let refresh = doc["refresh_token"].as_str().unwrap().to_string();
+    // Rotation works within the lifetime...
+    let (status, doc) = token_request(&gw, &format!("grant_type=refresh_token&refresh_token={refresh}")).await;
+    assert_eq!(status, 200, "{doc}");
+    let rotated = doc["refresh_token"].as_str().unwrap().to_string();
+    // ...and not past it, however recently the token was rotated.
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    let (status, doc) = token_request(&gw, &format!("grant_type=refresh_token&refresh_token={rotated}")).await;
+    assert_eq!(status, 400, "{doc}");
+    gw.stop().await;
+}
