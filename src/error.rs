@@ -53,6 +53,9 @@ pub enum Refusal {
     Unavailable(&'static str),
     /// 504: the upstream did not answer within `request_timeout`.
     GatewayTimeout,
+    /// 408: the request body stalled past `body_read_timeout`, or the whole request
+    /// past `request_timeout`.
+    BodyTimeout,
 }
 
 impl Refusal {
@@ -69,6 +72,7 @@ impl Refusal {
             Refusal::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Refusal::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -87,6 +91,7 @@ impl Refusal {
             Refusal::BadGateway(_) => "Upstream service unreachable",
             Refusal::Unavailable(_) => "Authorization service unavailable",
             Refusal::GatewayTimeout => "Upstream service timed out",
+            Refusal::BodyTimeout => "Request body not received in time",
         })
     }
 
@@ -97,7 +102,8 @@ impl Refusal {
             | Refusal::NotFound
             | Refusal::MethodNotAllowed(_)
             | Refusal::PayloadTooLarge
-            | Refusal::HeadersTooLarge => Outcome::BadRequest,
+            | Refusal::HeadersTooLarge
+            | Refusal::BodyTimeout => Outcome::BadRequest,
             Refusal::Missing { .. } | Refusal::Rejected { .. } => Outcome::Unauthenticated,
             Refusal::Forbidden { .. } => Outcome::Forbidden,
             Refusal::LockedOut { .. } => Outcome::LockedOut,
@@ -118,6 +124,7 @@ impl Refusal {
             Refusal::LockedOut { .. } => "locked_out",
             Refusal::BadGateway(r) | Refusal::Unavailable(r) => r,
             Refusal::GatewayTimeout => "upstream_timeout",
+            Refusal::BodyTimeout => "body_timeout",
         }
     }
 
@@ -145,14 +152,17 @@ impl Refusal {
                 let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
                 h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
             }
-            Refusal::PayloadTooLarge | Refusal::HeadersTooLarge => {
+            Refusal::PayloadTooLarge | Refusal::HeadersTooLarge | Refusal::BodyTimeout => {
                 h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Refusal::Unavailable(_) => {
+                // Overload and identity-provider outages pass: ask for a retry shortly.
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Refusal::BadRequest(_)
             | Refusal::NotFound
             | Refusal::Forbidden { challenge: None, .. }
             | Refusal::BadGateway(_)
-            | Refusal::Unavailable(_)
             | Refusal::GatewayTimeout => {}
         }
         resp

@@ -48,6 +48,14 @@ pub struct Metrics {
     pub connections_rejected: IntCounterVec,
     pub tls_handshake_failures: IntCounter,
     pub tls_certificate_expiry: IntGauge,
+    /// argon2id checks waiting for a worker.
+    pub hash_queue: IntGauge,
+    /// argon2id checks refused because the queue was full or its deadline passed.
+    pub hash_overloaded: IntCounter,
+    /// Requests whose client went away before the answer (logged as status 499).
+    pub client_closed: IntCounter,
+    /// HTTP/2 connections ended for resetting too many streams early.
+    pub h2_reset_abuse: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -158,6 +166,35 @@ impl Metrics {
                 IntGauge::new(
                     "portcullis_tls_certificate_expiry_timestamp_seconds",
                     "Unix time at which the inbound TLS certificate in use stops being valid (0: no TLS).",
+                )
+                .expect("valid metric"),
+            ),
+            hash_queue: reg(
+                &registry,
+                IntGauge::new("portcullis_hash_queue", "argon2id checks waiting for a worker of the pool.")
+                    .expect("valid metric"),
+            ),
+            hash_overloaded: reg(
+                &registry,
+                IntCounter::new(
+                    "portcullis_hash_overloaded_total",
+                    "argon2id checks refused (503 overloaded): queue full or queue deadline passed.",
+                )
+                .expect("valid metric"),
+            ),
+            client_closed: reg(
+                &registry,
+                IntCounter::new(
+                    "portcullis_client_closed_total",
+                    "Requests whose client closed or reset before the response (logged as 499).",
+                )
+                .expect("valid metric"),
+            ),
+            h2_reset_abuse: reg(
+                &registry,
+                IntCounter::new(
+                    "portcullis_h2_reset_abuse_total",
+                    "HTTP/2 connections closed for resetting too many streams before their response.",
                 )
                 .expect("valid metric"),
             ),

@@ -14,13 +14,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use argon2::{Argon2, PasswordHash, PasswordVerifier};
+use argon2::Argon2;
 use hmac::{Hmac, Mac};
 use prometheus::{IntCounter, IntGauge};
 use sha2::Sha256;
 
 use std::net::IpAddr;
 
+use super::hasher::{Busy, Hasher};
 use super::lockout::Lockout;
 use super::{Failure, Principal, Reason, UserEntry};
 use crate::config::{AuthMethod, Cache};
@@ -97,9 +98,9 @@ impl Carried {
 pub struct Basic {
     users: Arc<HashMap<String, Arc<UserEntry>>>,
     shared: Arc<Shared>,
-    /// argon2id takes ~19 MiB and milliseconds of CPU per check: bound how many run at
-    /// once, so a flood of wrong passwords queues instead of exhausting memory.
-    hashing: Arc<tokio::sync::Semaphore>,
+    /// argon2id takes ~19 MiB and milliseconds of CPU per check: it runs on a fixed pool
+    /// with a bounded queue, so a flood of wrong passwords cannot exhaust memory.
+    hasher: Arc<Hasher>,
     hits: IntCounter,
     misses: IntCounter,
     entries: IntGauge,
@@ -110,6 +111,7 @@ impl Basic {
         users: Arc<HashMap<String, Arc<UserEntry>>>,
         cache: &Cache,
         carried: &Carried,
+        hasher: Arc<Hasher>,
         metrics: &Metrics,
     ) -> Self {
         let shared = carried.take(cache, &users);
@@ -118,9 +120,7 @@ impl Basic {
         Basic {
             users,
             shared,
-            hashing: Arc::new(tokio::sync::Semaphore::new(
-                std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
-            )),
+            hasher,
             hits: metrics.cache_requests.with_label_values(&["basic", "hit"]),
             misses: metrics.cache_requests.with_label_values(&["basic", "miss"]),
             entries,
@@ -166,10 +166,25 @@ impl Basic {
             .try_get_with(id, async {
                 ran = true;
                 let attempt = lockout.begin(user, client).map_err(locked)?;
-                let checked = self.check(user, password).await;
-                attempt.finish(checked.is_ok());
+                let entry = match self.check(user, password).await {
+                    Ok(entry) => {
+                        attempt.finish(true);
+                        entry
+                    }
+                    Err(Ok(reason)) => {
+                        attempt.finish(false);
+                        return Err(rejected(reason));
+                    }
+                    // Nothing was checked: the place in the budget is given back.
+                    Err(Err(Busy::Overloaded)) => {
+                        return Err(Failure::Unavailable {
+                            method,
+                            reason: "overloaded",
+                        })
+                    }
+                };
                 Ok::<_, Failure>(Verified {
-                    entry: checked.map_err(rejected)?,
+                    entry,
                     at: Instant::now(),
                 })
             })
@@ -187,24 +202,19 @@ impl Basic {
         Ok(verified.entry.principal(method))
     }
 
-    /// The argon2id verification itself, bounded by the semaphore.
-    async fn check(&self, user: &str, password: &str) -> Result<Arc<UserEntry>, Reason> {
+    /// The argon2id verification itself, on the fixed pool; `Err(Ok(reason))` for a
+    /// refusal, `Err(Err(Busy))` when the pool is overloaded (nothing was checked).
+    async fn check(&self, user: &str, password: &str) -> Result<Arc<UserEntry>, Result<Reason, Busy>> {
         let entry = self.users.get(user).cloned();
         let hash = entry
             .as_ref()
             .and_then(|e| e.password_hash.clone())
             .unwrap_or_else(|| DUMMY_HASH.to_string());
-        let password = password.to_string();
-        // The semaphore is never closed, so acquiring only waits.
-        let permit = self.hashing.clone().acquire_owned().await.ok();
-        let verified = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            PasswordHash::new(&hash)
-                .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
-                .unwrap_or(false)
-        })
-        .await
-        .unwrap_or(false);
+        let verified = self.hasher.verify(hash, password).await.map_err(Err)?;
+        self.check_result(entry, verified).map_err(Ok)
+    }
+
+    fn check_result(&self, entry: Option<Arc<UserEntry>>, verified: bool) -> Result<Arc<UserEntry>, Reason> {
         let Some(entry) = entry else {
             return Err(Reason::UnknownUser);
         };
@@ -234,6 +244,7 @@ pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Er
 #[cfg(test)]
 mod tests {
     use super::*;
+    use argon2::{PasswordHash, PasswordVerifier};
 
     #[test]
     fn dummy_hash_parses() {

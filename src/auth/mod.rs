@@ -8,6 +8,7 @@
 
 pub mod api_key;
 pub mod basic;
+pub mod hasher;
 pub mod lockout;
 pub mod oauth;
 pub mod url_key;
@@ -194,6 +195,29 @@ pub struct Lasting {
     basic: basic::Carried,
     pub(crate) introspection: oauth::introspection::Carried,
     lockout: lockout::Carried,
+    hasher: std::sync::Mutex<Option<Arc<hasher::Hasher>>>,
+}
+
+impl Lasting {
+    /// The argon2 pool: the running one unless `[auth]` changed its shape.
+    fn hasher(&self, settings: &crate::config::AuthSettings, metrics: &Metrics) -> Arc<hasher::Hasher> {
+        let shape = hasher::Shape {
+            workers: settings.hash_workers,
+            queue: settings.hash_queue,
+            deadline: settings.hash_queue_timeout,
+        };
+        let mut slot = self.hasher.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = slot.as_ref().filter(|h| h.shape() == shape) {
+            return h.clone();
+        }
+        let h = Arc::new(hasher::Hasher::new(
+            shape,
+            metrics.hash_queue.clone(),
+            metrics.hash_overloaded.clone(),
+        ));
+        *slot = Some(h.clone());
+        h
+    }
 }
 
 /// The authenticators of one config generation.
@@ -234,7 +258,13 @@ impl Auth {
         };
         Ok(Auth {
             oauth,
-            basic: basic::Basic::new(users.clone(), &config.cache, &lasting.basic, metrics),
+            basic: basic::Basic::new(
+                users.clone(),
+                &config.cache,
+                &lasting.basic,
+                lasting.hasher(&config.auth, metrics),
+                metrics,
+            ),
             api_keys: api_key::ApiKeys::new(&config.api_keys, users.clone()),
             url_keys: url_key::UrlKeys::new(&config.users, users.clone()),
             lockout: lasting.lockout.take(&config.lockout, config.cache.max_entries),

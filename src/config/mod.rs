@@ -29,6 +29,7 @@ pub struct Config {
     pub cache: Cache,
     pub lockout: Lockout,
     pub runtime: Runtime,
+    pub auth: AuthSettings,
     pub assertion: Assertion,
     pub users: Vec<User>,
     pub plans: Vec<Plan>,
@@ -65,6 +66,32 @@ pub struct Limits {
     /// 0 means unlimited.
     pub max_body_bytes: u64,
     pub max_connections: usize,
+    /// A request body that sends nothing for this long is cut (408).
+    pub body_read_timeout: Duration,
+    /// HTTP/2 streams a client may have open at once on one connection.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 streams a client may reset before their response (CVE-2023-44487): past it
+    /// the connection is closed with GOAWAY.
+    pub h2_max_pending_resets: usize,
+}
+
+/// `[auth]`: the argon2id pool. Peak memory for password checks is
+/// `hash_workers × m_cost` (19 MiB each with the default parameters).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthSettings {
+    pub hash_workers: usize,
+    pub hash_queue: usize,
+    pub hash_queue_timeout: Duration,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            hash_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            hash_queue: 64,
+            hash_queue_timeout: Duration::from_secs(3),
+        }
+    }
 }
 
 impl Default for Limits {
@@ -77,6 +104,9 @@ impl Default for Limits {
             max_header_bytes: 65536,
             max_body_bytes: 10 * 1024 * 1024,
             max_connections: 10000,
+            body_read_timeout: Duration::from_secs(10),
+            h2_max_concurrent_streams: 100,
+            h2_max_pending_resets: 100,
         }
     }
 }

@@ -19,6 +19,7 @@ pub struct Raw {
     pub lockout: Option<Lockout>,
     pub shared: Option<Shared>,
     pub runtime: Option<Runtime>,
+    pub auth: Option<AuthSection>,
     pub assertion: Option<Assertion>,
     #[serde(default)]
     pub users: Vec<Spanned<User>>,
@@ -58,6 +59,17 @@ pub struct Limits {
     pub max_header_bytes: Option<Spanned<i64>>,
     pub max_body_bytes: Option<Spanned<i64>>,
     pub max_connections: Option<Spanned<i64>>,
+    pub body_read_timeout: Option<Str>,
+    pub h2_max_concurrent_streams: Option<Spanned<i64>>,
+    pub h2_max_pending_resets: Option<Spanned<i64>>,
+}
+
+/// `[auth]`: the argon2id verification pool.
+#[derive(Debug, Default, Deserialize)]
+pub struct AuthSection {
+    pub hash_workers: Option<Spanned<i64>>,
+    pub hash_queue: Option<Spanned<i64>>,
+    pub hash_queue_timeout: Option<Str>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -219,6 +219,7 @@ impl Validator<'_> {
                 .and_then(|n| self.count(n, 1, 1024, "runtime.worker_threads"))
                 .map(|n| n as usize),
         };
+        let auth = self.auth_settings(raw.auth.as_ref());
         let assertion = self.assertion(raw.assertion.as_ref());
         let users = self.users(&raw.users);
         let plans = self.plans(&raw.plans, &users);
@@ -238,6 +239,7 @@ impl Validator<'_> {
             cache,
             lockout,
             runtime,
+            auth,
             assertion,
             users,
             plans,
@@ -454,6 +456,43 @@ impl Validator<'_> {
                 .as_ref()
                 .and_then(|n| self.count(n, 1, 10_000_000, "limits.max_connections"))
                 .map_or(d.max_connections, |n| n as usize),
+            body_read_timeout: self.duration(
+                l.body_read_timeout.as_ref(),
+                d.body_read_timeout,
+                "limits.body_read_timeout",
+            ),
+            h2_max_concurrent_streams: l
+                .h2_max_concurrent_streams
+                .as_ref()
+                .and_then(|n| self.count(n, 1, 10_000, "limits.h2_max_concurrent_streams"))
+                .map_or(d.h2_max_concurrent_streams, |n| n as u32),
+            h2_max_pending_resets: l
+                .h2_max_pending_resets
+                .as_ref()
+                .and_then(|n| self.count(n, 1, 100_000, "limits.h2_max_pending_resets"))
+                .map_or(d.h2_max_pending_resets, |n| n as usize),
+        }
+    }
+
+    fn auth_settings(&mut self, a: Option<&raw::AuthSection>) -> AuthSettings {
+        let d = AuthSettings::default();
+        let Some(a) = a else { return d };
+        AuthSettings {
+            hash_workers: a
+                .hash_workers
+                .as_ref()
+                .and_then(|n| self.count(n, 1, 256, "auth.hash_workers"))
+                .map_or(d.hash_workers, |n| n as usize),
+            hash_queue: a
+                .hash_queue
+                .as_ref()
+                .and_then(|n| self.count(n, 1, 1_000_000, "auth.hash_queue"))
+                .map_or(d.hash_queue, |n| n as usize),
+            hash_queue_timeout: self.duration(
+                a.hash_queue_timeout.as_ref(),
+                d.hash_queue_timeout,
+                "auth.hash_queue_timeout",
+            ),
         }
     }
 
