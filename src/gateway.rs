@@ -310,10 +310,31 @@ fn challenges(methods: &[AuthMethod]) -> Vec<HeaderValue> {
 struct Ctx {
     request_id: HeaderValue,
     started: Instant,
+    method: http::Method,
+    path: String,
     route: Option<usize>,
-    method: Option<AuthMethod>,
+    auth_method: Option<AuthMethod>,
     principal: Option<Arc<str>>,
     upstream_elapsed: Option<Duration>,
+    /// The answer's status; `None` while the request is in flight.
+    status: Option<u16>,
+    refusal: Option<(Outcome, &'static str)>,
+}
+
+/// Runs the finish phase when dropped: at the end of [`handle`], or when the request's
+/// future is dropped before it (client reset or disconnect, shutdown past the grace
+/// period), so every request gets its log line and metrics exactly once.
+struct Finish {
+    state: Arc<State>,
+    gw: Arc<Gateway>,
+    conn: Arc<ConnInfo>,
+    ctx: Ctx,
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        finish(&self.state, &self.gw, &self.conn, &self.ctx);
+    }
 }
 
 /// Serves one inbound request; never fails.
@@ -323,35 +344,34 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, conn: Arc<ConnInf
         Some(v) if headers::valid_request_id(v) => v.clone(),
         _ => headers::new_request_id(),
     };
-    let mut ctx = Ctx {
-        request_id,
-        started: Instant::now(),
-        route: None,
-        method: None,
-        principal: None,
-        upstream_elapsed: None,
+    let mut guard = Finish {
+        ctx: Ctx {
+            request_id,
+            started: Instant::now(),
+            method: req.method().clone(),
+            path: req.uri().path().to_string(),
+            route: None,
+            auth_method: None,
+            principal: None,
+            upstream_elapsed: None,
+            status: None,
+            refusal: None,
+        },
+        state: state.clone(),
+        gw: gw.clone(),
+        conn: conn.clone(),
     };
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let (mut resp, refusal) = match handle_inner(&state, &gw, &conn, &mut ctx, req).await {
-        Ok(resp) => (resp, None),
+    let ctx = &mut guard.ctx;
+    let mut resp = match handle_inner(&state, &gw, &conn, ctx, req).await {
+        Ok(resp) => resp,
         Err(r) => {
-            let reason = r.reason();
-            let outcome = r.outcome();
-            (r.into_response(&ctx.request_id), Some((outcome, reason)))
+            ctx.refusal = Some((r.outcome(), r.reason()));
+            r.into_response(&ctx.request_id)
         }
     };
     resp.headers_mut().insert(headers::X_REQUEST_ID, ctx.request_id.clone());
-    finish(
-        &state,
-        &gw,
-        &ctx,
-        &conn,
-        &method,
-        &path,
-        resp.status().as_u16(),
-        refusal,
-    );
+    ctx.status = Some(resp.status().as_u16());
+    drop(guard);
     resp
 }
 
@@ -378,23 +398,36 @@ async fn handle_inner(
         }
     };
     let route = &gw.routes[route];
-    let (body, overflow) =
-        match upstream::limit_body(body, gw.config.limits.max_body_bytes, content_length(&parts)).await {
-            Ok(x) => x,
-            Err(BodyError::TooLarge) => return Err(Refusal::PayloadTooLarge),
-            Err(BodyError::Client(_)) => return Err(Refusal::BadRequest("request body could not be read".into())),
-        };
+    let limits = &gw.config.limits;
+    // The whole request, body included, is bounded by request_timeout from its head.
+    let until = tokio::time::Instant::from_std(ctx.started) + limits.request_timeout;
+    let timing = upstream::BodyTiming {
+        idle: limits.body_read_timeout,
+        until,
+        spool_max: limits.max_spool_bytes,
+    };
+    let (body, overflow) = match upstream::limit_body(body, limits.max_body_bytes, content_length(&parts), timing).await
+    {
+        Ok(x) => x,
+        Err(BodyError::TooLarge) => return Err(Refusal::PayloadTooLarge),
+        Err(BodyError::Timeout) => return Err(Refusal::BodyTimeout),
+        Err(BodyError::Client(_)) => return Err(Refusal::BadRequest("request body could not be read".into())),
+    };
     rewrite(gw, route, conn, ctx, &mut parts, principal.as_ref())?;
     // Trailers could carry any header past the checks above: they are not forwarded.
     let req = Request::from_parts(parts, upstream::without_trailers(body));
     let started = Instant::now();
-    let sent = tokio::time::timeout(gw.config.limits.request_timeout, send(state, &route.upstream, req)).await;
+    let sent = tokio::time::timeout_at(until, send(state, &route.upstream, req)).await;
     let elapsed = started.elapsed();
     ctx.upstream_elapsed = Some(elapsed);
     route.metrics.upstream.observe(elapsed.as_secs_f64());
     let mut resp = match sent {
+        // Time ran out while the client was still sending: the client's delay, not the
+        // upstream's.
+        Err(_) if overflow.timed_out() || !overflow.finished() => return Err(Refusal::BodyTimeout),
         Err(_) => return Err(Refusal::GatewayTimeout),
         Ok(Err(_)) if overflow.happened() => return Err(Refusal::PayloadTooLarge),
+        Ok(Err(_)) if overflow.timed_out() => return Err(Refusal::BodyTimeout),
         Ok(Err(e)) => {
             tracing::debug!(request_id = ?ctx.request_id, error = %e, "upstream request failed");
             return Err(Refusal::BadGateway(e.reason));
@@ -494,7 +527,7 @@ async fn decide(
     }
     headers::sanitize(&mut parts.headers, route.underscores);
     if route.auth == [AuthMethod::None] {
-        ctx.method = Some(AuthMethod::None);
+        ctx.auth_method = Some(AuthMethod::None);
         return Ok((index, None));
     }
     let route_ref = RouteRef {
@@ -509,7 +542,7 @@ async fn decide(
         Ok(p) => p,
         Err(f) => return Err(refuse(route, ctx, f)),
     };
-    ctx.method = Some(principal.method);
+    ctx.auth_method = Some(principal.method);
     ctx.principal = Some(principal.user.clone());
     if let Err(reason) = authz::authorize(&route.access, &route.senders, &principal) {
         // RFC 6750 section 3.1: a valid token without the rights is insufficient_scope.
@@ -525,13 +558,13 @@ fn refuse(route: &Route, ctx: &mut Ctx, f: Failure) -> Refusal {
     let first = route.auth.first().copied().unwrap_or(AuthMethod::None);
     match f {
         Failure::Missing => {
-            ctx.method = Some(first);
+            ctx.auth_method = Some(first);
             Refusal::Missing {
                 challenges: route.challenges.clone(),
             }
         }
         Failure::Rejected { method, reason } => {
-            ctx.method = Some(method);
+            ctx.auth_method = Some(method);
             let mut challenges = route.challenges.clone();
             if method == AuthMethod::OAuth {
                 // RFC 6750 section 3.1: say the token itself was the problem.
@@ -547,11 +580,11 @@ fn refuse(route: &Route, ctx: &mut Ctx, f: Failure) -> Refusal {
             }
         }
         Failure::LockedOut { method, retry_after } => {
-            ctx.method = Some(method);
+            ctx.auth_method = Some(method);
             Refusal::LockedOut { retry_after }
         }
         Failure::Unavailable { method, reason } => {
-            ctx.method = Some(method);
+            ctx.auth_method = Some(method);
             Refusal::Unavailable(reason)
         }
     }
@@ -693,27 +726,25 @@ async fn send(state: &State, upstream: &Upstream, req: Request<Body>) -> Result<
     }
 }
 
-/// The finish phase: one access-log line and the metrics.
-#[allow(clippy::too_many_arguments)]
-fn finish(
-    state: &State,
-    gw: &Gateway,
-    ctx: &Ctx,
-    conn: &ConnInfo,
-    method: &http::Method,
-    path: &str,
-    status: u16,
-    refusal: Option<(Outcome, &'static str)>,
-) {
+/// The finish phase: one access-log line and the metrics. A request whose client went
+/// away before the answer is logged with status 499 and outcome `client_closed`.
+fn finish(state: &State, gw: &Gateway, conn: &ConnInfo, ctx: &Ctx) {
     let elapsed = ctx.started.elapsed();
     let route = ctx.route.map(|i| &gw.routes[i]);
     let (plan, integration) = route.map_or(("", ""), |r| (r.plan.as_str(), r.integration.as_str()));
-    let auth_method = ctx.method.map_or("", |m| m.as_str());
+    let auth_method = ctx.auth_method.map_or("", |m| m.as_str());
+    let (status, refusal) = match ctx.status {
+        Some(s) => (s, ctx.refusal),
+        None => (499, Some((Outcome::ClientClosed, "client_closed"))),
+    };
     let outcome = refusal.map_or(Outcome::Allowed, |(o, _)| o);
     let m = &state.metrics;
     m.requests
         .with_label_values(&[plan, integration, auth_method, outcome.as_str()])
         .inc();
+    if outcome == Outcome::ClientClosed {
+        m.client_closed.inc();
+    }
     if let Some(r) = route {
         r.metrics.duration.observe(elapsed.as_secs_f64());
     }
@@ -729,8 +760,8 @@ fn finish(
             request_id: ctx.request_id.to_str().unwrap_or("").to_string(),
             client_ip: conn.remote.ip().to_string(),
             integration: route.map_or(String::new(), |r| format!("{}/{}", r.plan, r.integration)),
-            method: method.as_str().to_string(),
-            path: path.to_string(),
+            method: ctx.method.as_str().to_string(),
+            path: ctx.path.clone(),
             auth_method: auth_method.to_string(),
             principal: ctx.principal.as_deref().unwrap_or("").to_string(),
             status,
@@ -741,8 +772,8 @@ fn finish(
         target: "portcullis::access",
         request_id = ctx.request_id.to_str().unwrap_or(""),
         client = %conn.remote.ip(),
-        method = method.as_str(),
-        path,
+        method = ctx.method.as_str(),
+        path = ctx.path.as_str(),
         plan,
         integration,
         auth_method,

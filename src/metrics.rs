@@ -15,6 +15,8 @@ pub enum Outcome {
     LockedOut,
     BadRequest,
     UpstreamError,
+    /// The client closed or reset before the answer (logged as 499).
+    ClientClosed,
 }
 
 impl Outcome {
@@ -26,6 +28,7 @@ impl Outcome {
             Outcome::LockedOut => "locked_out",
             Outcome::BadRequest => "bad_request",
             Outcome::UpstreamError => "upstream_error",
+            Outcome::ClientClosed => "client_closed",
         }
     }
 }
@@ -171,8 +174,11 @@ impl Metrics {
             ),
             hash_queue: reg(
                 &registry,
-                IntGauge::new("portcullis_hash_queue", "argon2id checks waiting for a worker of the pool.")
-                    .expect("valid metric"),
+                IntGauge::new(
+                    "portcullis_hash_queue",
+                    "argon2id checks waiting for a worker of the pool.",
+                )
+                .expect("valid metric"),
             ),
             hash_overloaded: reg(
                 &registry,

@@ -1,8 +1,9 @@
 //! Upstream side: the pooled HTTP client, the builtin echo upstream, and request bodies
 //! held to `max_body_bytes` while they stream.
 
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -83,15 +84,38 @@ pub async fn echo(req: Request<Body>) -> Result<Response<Body>, BoxError> {
 
 // === impl body limits ===
 
-/// Set when a streamed body went over its limit, so the caller answers 413, not 502.
+/// Set when a streamed body went over its limit (so the caller answers 413, not 502) or
+/// past its time (408).
 #[derive(Debug, Clone, Default)]
-pub struct Overflow(Arc<AtomicBool>);
+pub struct Overflow(Arc<[AtomicBool; 3]>);
+
+const OVER_LIMIT: usize = 0;
+const TIMED_OUT: usize = 1;
+const FINISHED: usize = 2;
 
 impl Overflow {
     pub fn happened(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.0[OVER_LIMIT].load(Ordering::Acquire)
+    }
+
+    /// The body stalled or was still arriving when its time was up.
+    pub fn timed_out(&self) -> bool {
+        self.0[TIMED_OUT].load(Ordering::Acquire)
+    }
+
+    /// Whether the client's body was read to its end (always, for a body held whole).
+    pub fn finished(&self) -> bool {
+        self.0[FINISHED].load(Ordering::Acquire)
+    }
+
+    fn set(&self, which: usize) {
+        self.0[which].store(true, Ordering::Release);
     }
 }
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body not received within body_read_timeout or request_timeout")]
+pub struct BodyTimeout;
 
 #[derive(Debug, thiserror::Error)]
 #[error("request body exceeds max_body_bytes")]
@@ -101,6 +125,7 @@ pub struct TooLarge;
 #[derive(Debug)]
 pub enum BodyError {
     TooLarge,
+    Timeout,
     Client(hyper::Error),
 }
 
@@ -140,41 +165,122 @@ impl http_body::Body for NoTrailers {
     }
 }
 
+/// Bytes of unknown-length request bodies held back across the whole process.
+static SPOOLED: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes of the process-wide spool budget held by one request body, given back when the
+/// held bytes are sent on (or dropped).
+struct SpoolTicket(u64);
+
+impl SpoolTicket {
+    /// Takes `n` more bytes of the budget `max`, if they fit.
+    fn grow(&mut self, n: u64, max: u64) -> bool {
+        let mut used = SPOOLED.load(Ordering::Acquire);
+        loop {
+            if used.saturating_add(n) > max {
+                return false;
+            }
+            match SPOOLED.compare_exchange_weak(used, used + n, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    self.0 += n;
+                    return true;
+                }
+                Err(now) => used = now,
+            }
+        }
+    }
+}
+
+impl Drop for SpoolTicket {
+    fn drop(&mut self) {
+        SPOOLED.fetch_sub(self.0, Ordering::AcqRel);
+    }
+}
+
+/// The bytes of request bodies held back right now, process-wide.
+pub fn spooled_bytes() -> u64 {
+    SPOOLED.load(Ordering::Acquire)
+}
+
+/// How long a request body may take: `idle` without a byte, and all of it by `until`.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTiming {
+    pub idle: Duration,
+    pub until: tokio::time::Instant,
+    /// The process-wide spool budget (`max_spool_bytes`).
+    pub spool_max: u64,
+}
+
+impl BodyTiming {
+    fn next_deadline(&self) -> tokio::time::Instant {
+        (tokio::time::Instant::now() + self.idle).min(self.until)
+    }
+}
+
+/// Prepares `body` for forwarding under `limit` (0 = none) and `timing`.
+///
 /// A declared `Content-Length` over the limit is refused before a byte is read. A body of
-/// unknown length is read until it ends or passes `min(limit, SPOOL_BYTES)`: one that ends
-/// over the limit within that window is refused without anything reaching the upstream.
-/// A longer one streams on, counted, and is cut with an error the moment it passes the
-/// limit, so the upstream never receives a complete over-limit request.
-pub async fn limit_body(body: Incoming, limit: u64, declared: Option<u64>) -> Result<(Body, Overflow), BodyError> {
+/// unknown length is read until it ends or passes `min(limit, SPOOL_BYTES)` (less when the
+/// process-wide `max_spool_bytes` is taken): one that ends over the limit within that
+/// window is refused without anything reaching the upstream. A longer one streams on,
+/// counted, and is cut with an error the moment it passes the limit, so the upstream never
+/// receives a complete over-limit request. Every body, whatever its framing, is cut when it
+/// sends nothing for `timing.idle` or is not complete by `timing.until` (`Timeout`, 408).
+pub async fn limit_body(
+    body: Incoming,
+    limit: u64,
+    declared: Option<u64>,
+    timing: BodyTiming,
+) -> Result<(Body, Overflow), BodyError> {
     let overflow = Overflow::default();
-    if limit == 0 {
-        return Ok((body.map_err(BoxError::from).boxed_unsync(), overflow));
-    }
-    if let Some(n) = declared {
-        // hyper (HTTP/1) and h2 (HTTP/2) both hold the body to its declared length.
-        return if n > limit {
-            Err(BodyError::TooLarge)
-        } else {
-            Ok((body.map_err(BoxError::from).boxed_unsync(), overflow))
-        };
-    }
     if body.is_end_stream() {
+        overflow.set(FINISHED);
         return Ok((body.map_err(BoxError::from).boxed_unsync(), overflow));
+    }
+    if declared.is_some_and(|n| limit > 0 && n > limit) {
+        return Err(BodyError::TooLarge);
+    }
+    let streamed = |body, remaining, ticket, prefix| Prefixed {
+        prefix,
+        trailers: None,
+        rest: Some(body),
+        remaining,
+        overflow: overflow.clone(),
+        timer: Some(Box::pin(tokio::time::sleep_until(timing.next_deadline()))),
+        timing: Some(timing),
+        ticket,
+    };
+    if limit == 0 || declared.is_some() {
+        // hyper (HTTP/1) and h2 (HTTP/2) both hold the body to its declared length.
+        let body = streamed(body, u64::MAX, None, None);
+        return Ok((body.boxed_unsync(), overflow));
     }
     let window = limit.min(SPOOL_BYTES);
     let mut body = body;
     let mut held = BytesMut::new();
+    let mut ticket = SpoolTicket(0);
     let mut trailers = None;
     let mut ended = false;
     while (held.len() as u64) <= window {
-        match body.frame().await {
+        let frame = match tokio::time::timeout_at(timing.next_deadline(), body.frame()).await {
+            Ok(f) => f,
+            Err(_) => return Err(BodyError::Timeout),
+        };
+        match frame {
             None => {
                 ended = true;
                 break;
             }
             Some(Err(e)) => return Err(BodyError::Client(e)),
             Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => held.extend_from_slice(&data),
+                Ok(data) => {
+                    if !ticket.grow(data.len() as u64, timing.spool_max) {
+                        // The process holds all it may: stream this body on, counted.
+                        held.extend_from_slice(&data);
+                        break;
+                    }
+                    held.extend_from_slice(&data);
+                }
                 Err(frame) => {
                     trailers = frame.into_trailers().ok();
                     ended = true;
@@ -187,28 +293,21 @@ pub async fn limit_body(body: Incoming, limit: u64, declared: Option<u64>) -> Re
         return Err(BodyError::TooLarge);
     }
     if ended {
-        let held = held.freeze();
-        let body: Body = match trailers {
-            None => full(held),
-            Some(t) => Prefixed {
-                prefix: Some(held),
-                trailers: Some(t),
-                rest: None,
-                remaining: 0,
-                overflow: overflow.clone(),
-            }
-            .boxed_unsync(),
+        overflow.set(FINISHED);
+        let body = Prefixed {
+            prefix: Some(held.freeze()),
+            trailers,
+            rest: None,
+            remaining: 0,
+            overflow: overflow.clone(),
+            timer: None,
+            timing: None,
+            ticket: Some(ticket),
         };
-        return Ok((body, overflow));
+        return Ok((body.boxed_unsync(), overflow));
     }
     let remaining = limit - held.len() as u64;
-    let body = Prefixed {
-        prefix: Some(held.freeze()),
-        trailers: None,
-        rest: Some(body),
-        remaining,
-        overflow: overflow.clone(),
-    };
+    let body = streamed(body, remaining, Some(ticket), Some(held.freeze()));
     Ok((body.boxed_unsync(), overflow))
 }
 
@@ -220,17 +319,25 @@ pub fn prefixed(prefix: Bytes, body: Incoming) -> Body {
         rest: Some(body),
         remaining: u64::MAX,
         overflow: Overflow::default(),
+        timer: None,
+        timing: None,
+        ticket: None,
     }
     .boxed_unsync()
 }
 
-/// Held bytes first, then the rest of the client's body, cut past the limit.
+/// Held bytes first, then the rest of the client's body, cut past the limit or its time.
 struct Prefixed {
     prefix: Option<Bytes>,
     trailers: Option<http::HeaderMap>,
     rest: Option<Incoming>,
     remaining: u64,
     overflow: Overflow,
+    /// Fires at the body's next deadline (idle, or the whole request's).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    timing: Option<BodyTiming>,
+    /// The held prefix's share of the spool budget, given back once it is sent.
+    ticket: Option<SpoolTicket>,
 }
 
 impl HttpBody for Prefixed {
@@ -239,6 +346,7 @@ impl HttpBody for Prefixed {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Some(p) = self.prefix.take() {
+            self.ticket = None;
             if !p.is_empty() {
                 return Poll::Ready(Some(Ok(Frame::data(p))));
             }
@@ -249,12 +357,29 @@ impl HttpBody for Prefixed {
         let Some(rest) = self.rest.as_mut() else {
             return Poll::Ready(None);
         };
-        match Pin::new(rest).poll_frame(cx) {
+        let polled = Pin::new(rest).poll_frame(cx);
+        if polled.is_pending() {
+            if let Some(timer) = self.timer.as_mut() {
+                if timer.as_mut().poll(cx).is_ready() {
+                    self.timer = None;
+                    self.rest = None;
+                    self.overflow.set(TIMED_OUT);
+                    return Poll::Ready(Some(Err(Box::new(BodyTimeout))));
+                }
+            }
+            return Poll::Pending;
+        }
+        if let Some(timing) = self.timing {
+            if let Some(timer) = self.timer.as_mut() {
+                timer.as_mut().reset(timing.next_deadline());
+            }
+        }
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
                     if n > self.remaining {
-                        self.overflow.0.store(true, Ordering::Release);
+                        self.overflow.set(OVER_LIMIT);
                         self.rest = None;
                         return Poll::Ready(Some(Err(Box::new(TooLarge))));
                     }
@@ -265,6 +390,8 @@ impl HttpBody for Prefixed {
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
             Poll::Ready(None) => {
                 self.rest = None;
+                self.timer = None;
+                self.overflow.set(FINISHED);
                 Poll::Ready(None)
             }
             Poll::Pending => Poll::Pending,

@@ -135,19 +135,27 @@ const MAX_M_COST: u32 = 256 * 1024;
 /// argon2 verification of a PHC string into `blocks`, comparing in constant time.
 fn verify_into(phc: &str, password: &[u8], blocks: &mut Vec<Block>) -> bool {
     let Ok(hash) = PasswordHash::new(phc) else { return false };
-    let Ok(algorithm) = Algorithm::try_from(hash.algorithm) else { return false };
+    let Ok(algorithm) = Algorithm::try_from(hash.algorithm) else {
+        return false;
+    };
     let version = match hash.version.map(Version::try_from) {
         None => Version::default(),
         Some(Ok(v)) => v,
         Some(Err(_)) => return false,
     };
-    let Ok(params) = Params::try_from(&hash) else { return false };
+    let Ok(params) = Params::try_from(&hash) else {
+        return false;
+    };
     if params.m_cost() > MAX_M_COST {
         return false;
     }
-    let (Some(salt), Some(expected)) = (hash.salt, hash.hash) else { return false };
+    let (Some(salt), Some(expected)) = (hash.salt, hash.hash) else {
+        return false;
+    };
     let mut salt_buf = [0u8; 64];
-    let Ok(salt) = salt.decode_b64(&mut salt_buf) else { return false };
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
     let need = params.block_count();
     if blocks.len() < need {
         blocks.resize(need, Block::default());
@@ -193,10 +201,14 @@ mod tests {
         assert_eq!(h.verify("not a hash".into(), "pw").await, Ok(false));
         // argon2i and other parameters too.
         use argon2::password_hash::{PasswordHasher, SaltString};
-        let other = Argon2::new(Algorithm::Argon2i, Version::V0x13, Params::new(4096, 3, 1, Some(24)).unwrap())
-            .hash_password(b"pw", &SaltString::from_b64("c29tZXNhbHRzb21lc2FsdA").unwrap())
-            .unwrap()
-            .to_string();
+        let other = Argon2::new(
+            Algorithm::Argon2i,
+            Version::V0x13,
+            Params::new(4096, 3, 1, Some(24)).unwrap(),
+        )
+        .hash_password(b"pw", &SaltString::from_b64("c29tZXNhbHRzb21lc2FsdA").unwrap())
+        .unwrap()
+        .to_string();
         assert_eq!(h.verify(other.clone(), "pw").await, Ok(true));
         assert_eq!(h.verify(other, "pw2").await, Ok(false));
     }

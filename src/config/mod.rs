@@ -68,6 +68,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// A request body that sends nothing for this long is cut (408).
     pub body_read_timeout: Duration,
+    /// Bytes of unknown-length request bodies held back before forwarding, process-wide.
+    pub max_spool_bytes: u64,
     /// HTTP/2 streams a client may have open at once on one connection.
     pub h2_max_concurrent_streams: u32,
     /// HTTP/2 streams a client may reset before their response (CVE-2023-44487): past it
@@ -105,6 +107,7 @@ impl Default for Limits {
             max_body_bytes: 10 * 1024 * 1024,
             max_connections: 10000,
             body_read_timeout: Duration::from_secs(10),
+            max_spool_bytes: 64 * 1024 * 1024,
             h2_max_concurrent_streams: 100,
             h2_max_pending_resets: 100,
         }

@@ -461,6 +461,11 @@ impl Validator<'_> {
                 d.body_read_timeout,
                 "limits.body_read_timeout",
             ),
+            max_spool_bytes: l
+                .max_spool_bytes
+                .as_ref()
+                .and_then(|n| self.count(n, 0, i64::MAX, "limits.max_spool_bytes"))
+                .unwrap_or(d.max_spool_bytes),
             h2_max_concurrent_streams: l
                 .h2_max_concurrent_streams
                 .as_ref()

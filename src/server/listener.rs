@@ -94,6 +94,7 @@ pub async fn serve<S, H, F>(
         let handler = handler.clone();
         let shutdown = shutdown.clone();
         let tls_failures = metrics.tls_handshake_failures.clone();
+        let abuse = metrics.h2_reset_abuse.clone();
         tracker.spawn(async move {
             let _guard = guard;
             let _ = stream.set_nodelay(true);
@@ -107,7 +108,7 @@ pub async fn serve<S, H, F>(
                     match tokio::time::timeout(settings.limits.header_read_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                            serve_connection(tls, info, &settings.limits, h2, handler, shutdown).await
+                            serve_connection(tls, info, &settings.limits, h2, handler, shutdown, abuse).await
                         }
                         Ok(Err(e)) => {
                             tls_failures.inc();
@@ -125,7 +126,7 @@ pub async fn serve<S, H, F>(
                         local,
                         tls: false,
                     });
-                    serve_connection(stream, info, &settings.limits, false, handler, shutdown).await
+                    serve_connection(stream, info, &settings.limits, false, handler, shutdown, abuse).await
                 }
             }
         });
@@ -158,12 +159,17 @@ async fn serve_connection<I, H, F>(
     h2: bool,
     handler: H,
     mut shutdown: Shutdown,
+    abuse: prometheus::IntCounter,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<Incoming>, Arc<ConnInfo>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let activity = Arc::new(Activity::new(limits.header_read_timeout, h2));
+    let activity = Arc::new(Activity::new(
+        limits.header_read_timeout,
+        h2,
+        limits.h2_max_pending_resets,
+    ));
     let io = TokioIo::new(Tracked {
         inner: io,
         activity: activity.clone(),
@@ -183,7 +189,12 @@ async fn serve_connection<I, H, F>(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(read_buf_size(limits) as u32)
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        // CVE-2023-44487 (rapid reset): streams reset before the service saw them, and
+        // streams the server had to reset for protocol errors, are budgeted per
+        // connection; past either budget the connection ends with GOAWAY.
+        .max_pending_accept_reset_streams(limits.h2_max_pending_resets)
+        .max_local_error_reset_streams(limits.h2_max_pending_resets);
     let info_remote = info.remote;
     let svc_activity = activity.clone();
     let handle = tower::service_fn(move |req: Request<Incoming>| {
@@ -193,9 +204,14 @@ async fn serve_connection<I, H, F>(
         async move {
             activity.in_flight.fetch_add(1, Ordering::AcqRel);
             activity.head_arrived();
+            // Decrements even when hyper drops this future (a reset stream, a client
+            // gone): idle and drain logic must not see a request that no longer exists.
+            let mut in_flight = InFlight {
+                activity: activity.clone(),
+                answered: false,
+            };
             let resp = handler(req, info).await;
-            activity.in_flight.fetch_sub(1, Ordering::AcqRel);
-            activity.touch();
+            in_flight.answered = true;
             Ok::<_, Infallible>(resp)
         }
     });
@@ -211,6 +227,10 @@ async fn serve_connection<I, H, F>(
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
     let mut draining = false;
+    // A connection asked to close (GOAWAY) that does not finish closing, as a client
+    // that never answers HTTP/2's PING, is cut after another idle_timeout.
+    let drain_cut = tokio::time::sleep(Duration::from_secs(365 * 86400));
+    tokio::pin!(drain_cut);
     loop {
         tokio::select! {
             res = conn.as_mut() => {
@@ -226,12 +246,42 @@ async fn serve_connection<I, H, F>(
             _ = activity.idle(limits.idle_timeout), if !draining => {
                 conn.as_mut().graceful_shutdown();
                 draining = true;
+                drain_cut.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
+            }
+            _ = drain_cut.as_mut() => {
+                tracing::debug!(remote = %info_remote, "idle connection did not close after GOAWAY; cut");
+                break;
+            }
+            _ = activity.abusive.notified() => {
+                abuse.inc();
+                tracing::warn!(remote = %info_remote, "too many requests abandoned before their answer; connection closed");
+                break;
             }
             _ = activity.head_overdue() => {
                 // A request head that trickles in past header_read_timeout: cut.
                 tracing::debug!(remote = %info_remote, "request head not received within header_read_timeout");
                 break;
             }
+        }
+    }
+}
+
+/// One request in flight on a connection, for as long as its future lives. Dropped
+/// before its answer, it was reset or abandoned by the client: those are counted, and a
+/// connection that abandons more than its budget is closed (the rapid-reset pattern of
+/// CVE-2023-44487, counted as Envoy and nginx count it).
+struct InFlight {
+    activity: Arc<Activity>,
+    answered: bool,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let a = &self.activity;
+        a.in_flight.fetch_sub(1, Ordering::AcqRel);
+        a.touch();
+        if !self.answered && a.premature.fetch_add(1, Ordering::AcqRel) + 1 > a.premature_budget {
+            a.abusive.notify_one();
         }
     }
 }
@@ -252,10 +302,14 @@ struct Activity {
     head_timeout_ms: u64,
     h2: AtomicBool,
     first_read: AtomicBool,
+    /// Requests dropped before their answer, and how many the connection may drop.
+    premature: AtomicUsize,
+    premature_budget: usize,
+    abusive: tokio::sync::Notify,
 }
 
 impl Activity {
-    fn new(head_timeout: Duration, h2: bool) -> Self {
+    fn new(head_timeout: Duration, h2: bool, premature_budget: usize) -> Self {
         let head_timeout_ms = (head_timeout.as_millis() as u64).max(1);
         Self {
             start: Instant::now(),
@@ -265,6 +319,9 @@ impl Activity {
             head_timeout_ms,
             h2: AtomicBool::new(h2),
             first_read: AtomicBool::new(true),
+            premature: AtomicUsize::new(0),
+            premature_budget,
+            abusive: tokio::sync::Notify::new(),
         }
     }
 

@@ -106,7 +106,11 @@ impl Carried {
     }
 }
 
+/// Introspection calls in flight at once, per config generation.
+const MAX_CALLS: usize = 32;
+
 pub struct Introspector {
+    calls: tokio::sync::Semaphore,
     client: Client,
     http: crate::upstream::OAuthHttp,
     cache: Verdicts,
@@ -148,6 +152,7 @@ impl Introspector {
         let entries = metrics.cache_entries.with_label_values(&["introspection"]);
         entries.set(verdicts.entry_count() as i64);
         Ok(Introspector {
+            calls: tokio::sync::Semaphore::new(MAX_CALLS),
             client,
             cache: verdicts,
             http: crate::upstream::OAuthHttp(http),
@@ -197,6 +202,12 @@ impl Introspector {
     }
 
     async fn introspect(&self, token: &str) -> Result<Cached, CallError> {
+        // A bounded number of calls at once: a flood of random tokens waits briefly for a
+        // place, then fails closed, instead of becoming one server call each.
+        let _permit = tokio::time::timeout(Duration::from_secs(1), self.calls.acquire())
+            .await
+            .map_err(|_| CallError("too many introspection calls in flight".into()))?
+            .map_err(|_| CallError("introspection closed".into()))?;
         let token = AccessToken::new(token.to_string());
         let sent = self
             .client

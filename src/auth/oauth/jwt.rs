@@ -178,25 +178,49 @@ impl Jwt {
             .header(http::header::ACCEPT, "application/json")
             .body(crate::error::full(bytes::Bytes::new()))
             .map_err(|e| e.to_string())?;
-        let resp = tokio::time::timeout(Duration::from_secs(5), self.client.request(req))
+        // One deadline for the whole exchange, body included: a server that trickles its
+        // answer cannot hold the refresh.
+        let exchange = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| format!("JWKS fetch failed: {e}"))?;
+            if !resp.status().is_success() {
+                return Err(format!("JWKS fetch answered {}", resp.status()));
+            }
+            http_body_util::Limited::new(resp.into_body(), 1024 * 1024)
+                .collect()
+                .await
+                .map_err(|e| format!("JWKS body: {e}"))
+                .map(|b| b.to_bytes())
+        };
+        let body = tokio::time::timeout(Duration::from_secs(5), exchange)
             .await
-            .map_err(|_| "JWKS fetch timed out".to_string())?
-            .map_err(|e| format!("JWKS fetch failed: {e}"))?;
-        if !resp.status().is_success() {
-            return Err(format!("JWKS fetch answered {}", resp.status()));
-        }
-        let body = http_body_util::Limited::new(resp.into_body(), 1024 * 1024)
-            .collect()
-            .await
-            .map_err(|e| format!("JWKS body: {e}"))?
-            .to_bytes();
+            .map_err(|_| "JWKS fetch timed out".to_string())??;
         parse_jwks(&body)
     }
 
     /// Refetches the JWKS if allowed now (`force`: an unknown kid; else: stale keys).
     async fn refresh(&self, force: bool) -> Result<(), &'static str> {
         let Source::Url(url) = &self.source else { return Ok(()) };
-        let _one = self.fetching.lock().await;
+        // The common case takes no lock that a refresh holds: fresh keys, or a refetch
+        // not yet allowed, are answered from a read of the key set.
+        {
+            let k = self.keys.read().await;
+            let stale = k.fetched.is_none_or(|t| t.elapsed() >= self.refresh_after);
+            let may_retry = k.last_attempt.is_none_or(|t| t.elapsed() >= self.refetch_interval);
+            if !(may_retry && (stale || force)) {
+                return Ok(());
+            }
+        }
+        // Only one refresh at a time; a verification that finds one running uses the keys
+        // it has rather than wait, unless it has none.
+        let _one = match self.fetching.try_lock() {
+            Ok(guard) => guard,
+            Err(_) if !self.keys.read().await.by_kid.is_empty() => return Ok(()),
+            Err(_) => self.fetching.lock().await,
+        };
         {
             let k = self.keys.read().await;
             let stale = k.fetched.is_none_or(|t| t.elapsed() >= self.refresh_after);
