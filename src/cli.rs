@@ -345,6 +345,13 @@ fn endpoint_test(path: PathBuf, name: &str) -> ExitCode {
             }
         }
     });
+    if let Some(der) = endpoint.verifier.seen_cert.lock().ok().and_then(|s| s.clone()) {
+        // What the certificate is, so the operator can decide on trust_self_signed or a pin.
+        println!("certificate presented:");
+        for line in crate::egress::tls::describe(&der).lines() {
+            println!("  {line}");
+        }
+    }
     if let Some(fp) = endpoint.verifier.seen.lock().ok().and_then(|s| *s) {
         println!(
             "certificate sha256: {}  (pin_sha256 = \"{}\")",

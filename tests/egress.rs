@@ -45,6 +45,15 @@ impl Target {
 
 /// A target on 127.0.0.1, plain or TLS with `cert`, answering with `respond`.
 async fn target(tls: Option<(String, String)>, respond: Respond) -> Target {
+    target_with(tls, &[&rustls::version::TLS13, &rustls::version::TLS12], respond).await
+}
+
+/// A target speaking only the given TLS versions.
+async fn target_with(
+    tls: Option<(String, String)>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    respond: Respond,
+) -> Target {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen: Arc<Mutex<Vec<Req>>> = Arc::default();
@@ -54,7 +63,7 @@ async fn target(tls: Option<(String, String)>, respond: Respond) -> Target {
         let certs = vec![rustls_pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()];
         let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
         let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .unwrap()
             .with_no_client_auth()
             .with_single_cert(certs, key)
@@ -255,9 +264,9 @@ pin_sha256 = "{}"
     assert_eq!(t_good.last().uri, "/x?y=1");
     assert_eq!(c.get(eg.url("/pinned/x")).send().await.unwrap().status(), 200);
     let m = message(c.get(eg.url("/untrusted/x")).send().await.unwrap(), 502).await;
-    assert!(m.contains("UnknownIssuer"), "{m}");
+    assert!(m.contains("does not trust self-signed"), "{m}");
     let m = message(c.get(eg.url("/wrongname/x")).send().await.unwrap(), 502).await;
-    assert!(m.contains("not valid for name \"localhost\""), "{m}");
+    assert!(m.contains("name mismatch") && m.contains("other.test"), "{m}");
     let m = message(c.get(eg.url("/expired/x")).send().await.unwrap(), 502).await;
     assert!(m.to_lowercase().contains("expired"), "{m}");
     let m = message(c.get(eg.url("/mispinned/x")).send().await.unwrap(), 502).await;
@@ -279,6 +288,236 @@ pin_sha256 = "{}"
         ),
         1.0
     );
+    eg.gw.stop().await;
+}
+
+// === self-signed certificates as `openssl` makes them ===
+
+/// Runs `openssl` in `dir`; panics with its output when it fails.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the openssl command line is installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn read_pair(dir: &std::path::Path, name: &str) -> (String, String) {
+    (
+        std::fs::read_to_string(dir.join(format!("{name}.crt"))).unwrap(),
+        std::fs::read_to_string(dir.join(format!("{name}.key"))).unwrap(),
+    )
+}
+
+/// `openssl req -x509`: CA:TRUE, as people make them; `san` empty for Common Name only.
+fn openssl_self_signed(dir: &std::path::Path, name: &str, key: &[&str], cn: &str, san: &str) -> (String, String) {
+    let (crt, k) = (format!("{name}.crt"), format!("{name}.key"));
+    let subj = format!("/CN={cn}");
+    let mut args = vec![
+        "req", "-x509", "-nodes", "-days", "30", "-subj", &subj, "-keyout", &k, "-out", &crt,
+    ];
+    args.extend_from_slice(key);
+    let ext = format!("subjectAltName={san}");
+    if !san.is_empty() {
+        args.extend_from_slice(&["-addext", &ext]);
+    }
+    openssl(dir, &args);
+    read_pair(dir, name)
+}
+
+/// A self-signed certificate with explicit dates, through `openssl ca -selfsign`.
+fn openssl_dated(dir: &std::path::Path, name: &str, start: &str, end: &str) -> (String, String) {
+    let ca_dir = dir.join(format!("{name}-ca"));
+    std::fs::create_dir_all(&ca_dir).unwrap();
+    std::fs::write(ca_dir.join("index.txt"), "").unwrap();
+    std::fs::write(ca_dir.join("serial"), "01\n").unwrap();
+    let d = ca_dir.display();
+    std::fs::write(
+        ca_dir.join("ca.cnf"),
+        format!(
+            "[ca]\ndefault_ca = d\n[d]\ndatabase = {d}/index.txt\nnew_certs_dir = {d}\nserial = {d}/serial\ndefault_md = sha256\npolicy = p\nunique_subject = no\ncopy_extensions = copy\n[p]\ncommonName = supplied\n"
+        ),
+    )
+    .unwrap();
+    let (key, csr, crt) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"));
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+        ],
+    );
+    let cnf = format!("{d}/ca.cnf");
+    openssl(
+        dir,
+        &[
+            "ca",
+            "-selfsign",
+            "-batch",
+            "-notext",
+            "-config",
+            &cnf,
+            "-keyfile",
+            &key,
+            "-in",
+            &csr,
+            "-startdate",
+            start,
+            "-enddate",
+            end,
+            "-out",
+            &crt,
+        ],
+    );
+    read_pair(dir, name)
+}
+
+#[tokio::test]
+async fn self_signed_certificates_made_by_openssl_are_trusted_by_name_and_date() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let rsa = ["-newkey", "rsa:2048"];
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"];
+    let rsa_san = openssl_self_signed(d, "rsa-san", &rsa, "localhost", "DNS:localhost,IP:127.0.0.1");
+    let ec_cn = openssl_self_signed(d, "ec-cn", &ec, "localhost", "");
+    let rsa_cn_wrong = openssl_self_signed(d, "rsa-cn-wrong", &rsa, "other.test", "");
+    let ec_san_wrong = openssl_self_signed(d, "ec-san-wrong", &ec, "localhost", "DNS:other.test");
+    let expired = openssl_dated(d, "expired", "20200101000000Z", "20210101000000Z");
+    let future = openssl_dated(d, "future", "20990101000000Z", "21000101000000Z");
+    // A leaf signed by a CA nobody trusts.
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-nodes",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=Private CA",
+            "-newkey",
+            "rsa:2048",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-new",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-newkey",
+            "rsa:2048",
+            "-keyout",
+            "leaf.key",
+            "-out",
+            "leaf.csr",
+        ],
+    );
+    std::fs::write(d.join("leaf.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-extfile",
+            "leaf.ext",
+            "-out",
+            "leaf.crt",
+        ],
+    );
+    let leaf = read_pair(d, "leaf");
+
+    let tls13 = [&rustls::version::TLS13];
+    let tls12 = [&rustls::version::TLS12];
+    let t = [
+        ("rsa13", target_with(Some(rsa_san.clone()), &tls13, ok()).await),
+        ("rsa12", target_with(Some(rsa_san.clone()), &tls12, ok()).await),
+        ("ec13", target_with(Some(ec_cn.clone()), &tls13, ok()).await),
+        ("ec12", target_with(Some(ec_cn.clone()), &tls12, ok()).await),
+        ("cnwrong", target(Some(rsa_cn_wrong), ok()).await),
+        ("sanwrong", target(Some(ec_san_wrong), ok()).await),
+        ("expired", target(Some(expired), ok()).await),
+        ("future", target(Some(future), ok()).await),
+        ("leaf", target(Some(leaf), ok()).await),
+    ];
+    let mut endpoints = String::new();
+    for (name, tgt) in &t {
+        endpoints += &format!(
+            "[[endpoints]]\nname = \"{name}\"\nbase_url = \"https://localhost:{}\"\ntrust_self_signed = true\n\n",
+            tgt.addr.port()
+        );
+    }
+    // By IP address, matched against the IP subjectAltName.
+    endpoints += &format!(
+        "[[endpoints]]\nname = \"byip\"\nbase_url = \"https://127.0.0.1:{}\"\ntrust_self_signed = true\n\n",
+        t[0].1.addr.port()
+    );
+    // Pinned, with and without trust_self_signed; and a wrong pin.
+    let pin = sha256_der(&ec_cn.0);
+    endpoints += &format!(
+        "[[endpoints]]\nname = \"pinned\"\nbase_url = \"https://localhost:{0}\"\npin_sha256 = \"{pin}\"\n\n\
+         [[endpoints]]\nname = \"pinned-trusting\"\nbase_url = \"https://localhost:{0}\"\ntrust_self_signed = true\npin_sha256 = \"{pin}\"\n\n\
+         [[endpoints]]\nname = \"mispinned\"\nbase_url = \"https://localhost:{1}\"\npin_sha256 = \"{pin}\"\n\n\
+         [[endpoints]]\nname = \"untrusting\"\nbase_url = \"https://localhost:{0}\"\n\n",
+        t[2].1.addr.port(),
+        t[0].1.addr.port()
+    );
+    let eg = Egress::start(&endpoints).await;
+    let c = client();
+    for name in ["rsa13", "rsa12", "ec13", "ec12", "byip", "pinned", "pinned-trusting"] {
+        let resp = c.get(eg.url(&format!("/{name}/x"))).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{name}: {}", resp.text().await.unwrap());
+    }
+    for (name, cause) in [
+        ("cnwrong", "name mismatch"),
+        ("sanwrong", "name mismatch"),
+        ("expired", "expired"),
+        ("future", "not yet valid"),
+        ("leaf", "not self-signed"),
+        ("mispinned", "pin_sha256"),
+        ("untrusting", "does not trust self-signed"),
+    ] {
+        let m = message(c.get(eg.url(&format!("/{name}/x"))).send().await.unwrap(), 502).await;
+        assert!(m.contains(cause), "{name}: {m}");
+    }
+    let m = message(c.get(eg.url("/cnwrong/x")).send().await.unwrap(), 502).await;
+    assert!(m.contains("other.test") && m.contains("Common Names"), "{m}");
+    let m = message(c.get(eg.url("/sanwrong/x")).send().await.unwrap(), 502).await;
+    assert!(m.contains("other.test") && m.contains("subjectAltNames"), "{m}");
+    for (name, tgt) in &t[4..] {
+        assert_eq!(tgt.count(), 0, "{name} was sent a request");
+    }
     eg.gw.stop().await;
 }
 
@@ -905,6 +1144,16 @@ auth = {{ type = "oauth2", grant = "client_credentials", token_url = "http://{to
         out.contains(&fp),
         "the fingerprint is printed so it can be pinned: {out}"
     );
+    // What the certificate is, so the operator can decide on trust or a pin.
+    for what in [
+        "subject:",
+        "subjectAltNames: localhost",
+        "valid:",
+        "(self-signed)",
+        "sha256:",
+    ] {
+        assert!(out.contains(what), "`{what}` missing: {out}");
+    }
     let (code, out) = tokio::task::spawn_blocking({
         let run = run.clone();
         move || run("fails")

@@ -156,6 +156,9 @@ struct Validator<'a> {
     warnings: Vec<Diagnostic>,
 }
 
+/// The longest duration any key accepts.
+const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86400);
+
 /// The most clock skew `oauth.leeway` may allow.
 pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
 
@@ -270,6 +273,11 @@ impl Validator<'_> {
     fn duration(&mut self, s: Option<&Str>, default: Duration, key: &str) -> Duration {
         let Some(s) = s else { return default };
         match humantime::parse_duration(s.get_ref()) {
+            // Every duration is added to a clock somewhere: keep it far from overflow.
+            Ok(d) if d > MAX_DURATION => {
+                self.error(sp(s), format!("{key} `{}` is longer than 10 years", s.get_ref()));
+                default
+            }
             Ok(d) => d,
             Err(e) => {
                 self.error(

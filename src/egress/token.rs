@@ -14,6 +14,21 @@ use prometheus::IntCounter;
 use tokio::sync::Mutex;
 
 use crate::config::{OAuthGrant, Secret};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absurd_lifetimes_are_clamped_not_overflowed() {
+        let at = refresh_time(Duration::from_secs(u64::MAX));
+        assert!(at <= Instant::now() + MAX_LIFETIME);
+        let at = refresh_time(Duration::MAX);
+        assert!(at > Instant::now());
+        let at = refresh_time(Duration::ZERO);
+        assert!(at <= Instant::now());
+    }
+}
 use crate::upstream::OAuthHttp;
 
 type Client = BasicClient<EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
@@ -33,6 +48,19 @@ pub struct TokenSource {
     current: Mutex<Option<Cached>>,
     ok: IntCounter,
     failed: IntCounter,
+}
+
+/// The longest lifetime believed from a token server: `expires_in` is a remote party's
+/// number, and an absurd one must neither overflow `Instant` nor pin a token for years.
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// When to fetch again a token that lives `lifetime`: a little before expiry (a tenth of
+/// the lifetime, at most 30 s), with checked arithmetic on the remote number.
+fn refresh_time(lifetime: Duration) -> Instant {
+    let l = lifetime.min(MAX_LIFETIME);
+    let now = Instant::now();
+    now.checked_add(l - (l / 10).min(Duration::from_secs(30)))
+        .unwrap_or(now)
 }
 
 /// A failed fetch, with the token server's RFC 6749 error when it gave one.
@@ -82,8 +110,7 @@ impl TokenSource {
         match fetched {
             Ok((token, lifetime)) => {
                 self.ok.inc();
-                // Refresh a little before expiry: a tenth of the lifetime, at most 30 s.
-                let refresh_at = lifetime.map(|l| Instant::now() + l - (l / 10).min(Duration::from_secs(30)));
+                let refresh_at = lifetime.map(refresh_time);
                 *current = Some(Cached {
                     token: token.clone(),
                     refresh_at,
