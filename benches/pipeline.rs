@@ -16,7 +16,8 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use portcullis::config::PathPattern;
-use portcullis::route::{check_path, Router, Target};
+use portcullis::path::check_path;
+use portcullis::route::{Router, Target};
 
 fn routing(c: &mut Criterion) {
     let mut routes = Vec::new();
@@ -141,9 +142,9 @@ integration = "p/key"
             .config;
         let bound = portcullis::server::Bound::bind(&cfg).unwrap();
         let addr = bound.inbound_addr();
-        let state = portcullis::gateway::State::new(cfg).unwrap();
+        let state = portcullis::state::State::new(cfg).unwrap();
         let (trigger, sd) = portcullis::server::shutdown::channel();
-        tokio::spawn(portcullis::server::run(state, bound, sd));
+        tokio::spawn(portcullis::run::run(state, bound, sd));
         std::mem::forget(trigger);
         (up, addr)
     });

@@ -13,9 +13,9 @@ use serde_json::{json, Value};
 
 use crate::config::Upstream;
 use crate::error::{full, json_error, Body};
-use crate::gateway::State;
 use crate::headers;
 use crate::server::listener::ConnInfo;
+use crate::state::State;
 
 pub async fn handle(state: Arc<State>, req: Request<Incoming>, _conn: Arc<ConnInfo>) -> Response<Body> {
     let request_id = headers::new_request_id();

@@ -2,27 +2,59 @@
 //! `access` rule AND the integration's `senders` rule. Forwarding requires the [`Permit`].
 
 use crate::auth::Principal;
-use crate::config::Rule;
+use crate::config::{AuthMethod, Rule};
 
-/// Proof that authorization passed; only [`authorize`] makes one.
+/// Proof that authorization passed for one route: the route (its index in the
+/// generation's route list) and the principal it passed for. Only [`authorize`] and
+/// [`Permit::public`] make one, and rewriting and forwarding a request consume it, so no
+/// request reaches an upstream without passing authorization, by construction.
 #[derive(Debug)]
-pub struct Permit(());
+pub struct Permit {
+    route: usize,
+    principal: Option<Principal>,
+}
 
-/// The log reason of a refusal: `no_plan_access` or `not_a_sender`.
-pub fn authorize(access: &Rule, senders: &Rule, p: &Principal) -> Result<Permit, &'static str> {
-    if !access.allows(&p.user, &p.roles) {
-        return Err("no_plan_access");
+impl Permit {
+    /// The permit of a route with `auth = "none"`: no principal. `None` for any route
+    /// whose methods authenticate.
+    pub fn public(route: usize, methods: &[AuthMethod]) -> Option<Permit> {
+        (methods == [AuthMethod::None]).then_some(Permit { route, principal: None })
     }
-    if !senders.allows(&p.user, &p.roles) {
-        return Err("not_a_sender");
+
+    pub fn route(&self) -> usize {
+        self.route
     }
-    Ok(Permit(()))
+
+    pub fn principal(&self) -> Option<&Principal> {
+        self.principal.as_ref()
+    }
+}
+
+/// A refusal: the log reason (`no_plan_access` or `not_a_sender`) and who was refused.
+#[derive(Debug)]
+pub struct Denied {
+    pub reason: &'static str,
+    pub principal: Principal,
+}
+
+/// Checks `p` against the plan's `access` AND the integration's `senders` for `route`.
+pub fn authorize(route: usize, access: &Rule, senders: &Rule, p: Principal) -> Result<Permit, Denied> {
+    let reason = if !access.allows(&p.user, &p.roles) {
+        "no_plan_access"
+    } else if !senders.allows(&p.user, &p.roles) {
+        "not_a_sender"
+    } else {
+        return Ok(Permit {
+            route,
+            principal: Some(p),
+        });
+    };
+    Err(Denied { reason, principal: p })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::AuthMethod;
     use std::sync::Arc;
 
     fn p(user: &str, roles: &[&str]) -> Principal {
@@ -46,16 +78,21 @@ mod tests {
         let access = only(&["rest"], &["alice"]);
         let senders = only(&["sender"], &[]);
         assert_eq!(
-            authorize(&access, &senders, &p("bob", &["rest"])).unwrap_err(),
+            authorize(0, &access, &senders, p("bob", &["rest"])).unwrap_err().reason,
             "not_a_sender"
         );
         assert_eq!(
-            authorize(&access, &senders, &p("bob", &["sender"])).unwrap_err(),
+            authorize(0, &access, &senders, p("bob", &["sender"]))
+                .unwrap_err()
+                .reason,
             "no_plan_access"
         );
-        assert!(authorize(&access, &senders, &p("bob", &["rest", "sender"])).is_ok());
-        assert!(authorize(&access, &senders, &p("alice", &["sender"])).is_ok());
-        assert!(authorize(&Rule::All, &Rule::All, &p("x", &[])).is_ok());
-        assert!(authorize(&only(&[], &[]), &Rule::All, &p("x", &["rest"])).is_err());
+        assert!(authorize(0, &access, &senders, p("bob", &["rest", "sender"])).is_ok());
+        assert!(authorize(0, &access, &senders, p("alice", &["sender"])).is_ok());
+        assert!(authorize(0, &Rule::All, &Rule::All, p("x", &[])).is_ok());
+        assert!(authorize(0, &only(&[], &[]), &Rule::All, p("x", &["rest"])).is_err());
+        assert!(Permit::public(0, &[AuthMethod::Basic]).is_none());
+        assert!(Permit::public(0, &[AuthMethod::None, AuthMethod::Basic]).is_none());
+        assert!(Permit::public(3, &[AuthMethod::None]).is_some_and(|p| p.route() == 3 && p.principal().is_none()));
     }
 }

@@ -184,7 +184,7 @@ fn serve(path: PathBuf, format: LogFormat) -> anyhow::Result<()> {
     let rt = rt.build().context("cannot start the tokio runtime")?;
     rt.block_on(async move {
         let bound = crate::server::Bound::bind(&config)?;
-        let state = crate::gateway::State::new(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let state = crate::state::State::new(config).map_err(|e| anyhow::anyhow!("{e}"))?;
         // Signal handlers first: a signal sent as soon as "listening" shows must be handled.
         let (trigger, shutdown) = crate::server::shutdown::channel();
         let terminated = crate::server::shutdown::signal();
@@ -213,7 +213,7 @@ fn serve(path: PathBuf, format: LogFormat) -> anyhow::Result<()> {
         if let Some(a) = bound.egress_addr() {
             tracing::info!(listener = "egress", address = %a, "listening");
         }
-        crate::server::run(state, bound, shutdown).await;
+        crate::run::run(state, bound, shutdown).await;
         anyhow::Ok(())
     })?;
     Ok(())

@@ -249,3 +249,36 @@ impl RouteMetrics {
         }
     }
 }
+
+/// The counters of one cache (`portcullis_cache_requests_total{cache, result}` and
+/// `portcullis_cache_entries{cache}`), resolved once: every cache counts the same way.
+#[derive(Clone)]
+pub struct CacheCounters {
+    hits: prometheus::IntCounter,
+    misses: prometheus::IntCounter,
+    entries: IntGauge,
+}
+
+impl CacheCounters {
+    pub fn new(m: &Metrics, cache: &str) -> Self {
+        CacheCounters {
+            hits: m.cache_requests.with_label_values(&[cache, "hit"]),
+            misses: m.cache_requests.with_label_values(&[cache, "miss"]),
+            entries: m.cache_entries.with_label_values(&[cache]),
+        }
+    }
+
+    pub fn hit(&self) {
+        self.hits.inc();
+    }
+
+    /// A miss, and the cache's entry count once the new entry is settled.
+    pub fn miss(&self, entries: u64) {
+        self.misses.inc();
+        self.entries.set(entries as i64);
+    }
+
+    pub fn set_entries(&self, entries: u64) {
+        self.entries.set(entries as i64);
+    }
+}

@@ -9,30 +9,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
 use crate::config::{self, Config};
-use crate::gateway::State;
 use crate::server::Shutdown;
-
-/// The outcome of the last load, for the admin page.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Status {
-    /// Unix seconds.
-    pub at: u64,
-    pub ok: bool,
-    pub trigger: &'static str,
-    pub message: String,
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
-}
+use crate::state::{State, Status};
+use crate::util::unix_now;
 
 fn listeners_moved(old: &Config, new: &Config) -> Option<String> {
     let mut moved = Vec::new();
@@ -70,7 +54,7 @@ pub fn reload(state: &State, path: &Path, trigger: &'static str) -> Result<(), S
     match &result {
         Ok(()) => {
             m.config_reloads.with_label_values(&["success"]).inc();
-            m.config_last_reload_success.set(now() as i64);
+            m.config_last_reload_success.set(unix_now() as i64);
             tracing::info!(trigger, config = %path.display(), "config reloaded");
         }
         Err(e) => {
@@ -79,7 +63,7 @@ pub fn reload(state: &State, path: &Path, trigger: &'static str) -> Result<(), S
         }
     }
     state.set_reload_status(Status {
-        at: now(),
+        at: unix_now(),
         ok: result.is_ok(),
         trigger,
         message: match &result {

@@ -29,7 +29,7 @@ pub fn client() -> Client {
     http.set_connect_timeout(Some(Duration::from_secs(5)));
     http.set_keepalive(Some(Duration::from_secs(60)));
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(crate::server::tls::provider())
+        .with_provider_and_webpki_roots(crate::util::provider())
         // The ring provider supports the default protocol versions.
         .expect("ring supports TLS 1.2 and 1.3")
         .https_or_http()

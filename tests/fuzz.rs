@@ -13,7 +13,8 @@ use portcullis::auth::{url_key, Auth, Failure, RouteRef};
 use portcullis::config::{AuthMethod, PathPattern};
 use portcullis::headers;
 use portcullis::metrics::Metrics;
-use portcullis::route::{self, check_path, normalize, Match, Router, Target};
+use portcullis::path::{self, check_path, normalize};
+use portcullis::route::{Match, Router, Target};
 use proptest::prelude::*;
 
 fn cases() -> u32 {
@@ -350,5 +351,5 @@ fn regressions() {
     for p in ["/public/%2", "/%", "/public/%25%32%65", "/a/%2e%2e%3b"] {
         let _ = check_path(p);
     }
-    assert!(route::check_path("/public/%25%32%65").is_err());
+    assert!(path::check_path("/public/%25%32%65").is_err());
 }

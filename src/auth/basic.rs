@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use argon2::Argon2;
 use hmac::{Hmac, Mac};
-use prometheus::{IntCounter, IntGauge};
+
 use sha2::Sha256;
 
 use std::net::IpAddr;
@@ -25,7 +25,7 @@ use super::hasher::{Busy, Hasher};
 use super::lockout::Lockout;
 use super::{Failure, Principal, Reason, UserEntry};
 use crate::config::{AuthMethod, Cache};
-use crate::metrics::Metrics;
+use crate::metrics::{CacheCounters, Metrics};
 
 /// argon2id of a random password, verified for unknown users so that a wrong user name
 /// costs the same time as a wrong password.
@@ -101,9 +101,7 @@ pub struct Basic {
     /// argon2id takes ~19 MiB and milliseconds of CPU per check: it runs on a fixed pool
     /// with a bounded queue, so a flood of wrong passwords cannot exhaust memory.
     hasher: Arc<Hasher>,
-    hits: IntCounter,
-    misses: IntCounter,
-    entries: IntGauge,
+    counters: CacheCounters,
 }
 
 impl Basic {
@@ -115,15 +113,13 @@ impl Basic {
         metrics: &Metrics,
     ) -> Self {
         let shared = carried.take(cache, &users);
-        let entries = metrics.cache_entries.with_label_values(&["basic"]);
-        entries.set(shared.cache.entry_count() as i64);
+        let counters = CacheCounters::new(metrics, "basic");
+        counters.set_entries(shared.cache.entry_count());
         Basic {
             users,
             shared,
             hasher,
-            hits: metrics.cache_requests.with_label_values(&["basic", "hit"]),
-            misses: metrics.cache_requests.with_label_values(&["basic", "miss"]),
-            entries,
+            counters,
         }
     }
 
@@ -190,12 +186,11 @@ impl Basic {
             })
             .await;
         if ran {
-            self.misses.inc();
             // Misses already paid for argon2; settling the count here is cheap beside it.
             cache.run_pending_tasks().await;
-            self.entries.set(cache.entry_count() as i64);
+            self.counters.miss(cache.entry_count());
         } else {
-            self.hits.inc();
+            self.counters.hit();
         }
         let verified = result.map_err(|f| (*f).clone())?;
         verified.entry.standing(true).map_err(rejected)?;
@@ -230,7 +225,7 @@ impl Basic {
 
     pub fn clear(&self) {
         self.shared.cache.invalidate_all();
-        self.entries.set(0);
+        self.counters.set_entries(0);
     }
 }
 

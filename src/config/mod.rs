@@ -4,6 +4,7 @@
 //! [`load`] collects every problem it can find, each with its file, line and column, so
 //! that `portcullis check` reports them all at once; warnings never fail a load.
 
+pub mod keys;
 mod raw;
 pub mod secret;
 mod validate;
@@ -14,6 +15,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 pub use secret::{Secret, SecretHash};
+
+/// The builtin issuer's token endpoint: reserved when `oauth.mode = "builtin"`.
+pub const TOKEN_PATH: &str = "/oauth/token";
+/// The builtin issuer's JWKS.
+pub const JWKS_PATH: &str = "/oauth/jwks.json";
 
 /// A checked configuration.
 #[derive(Debug, Clone)]
@@ -43,6 +49,8 @@ pub struct Listen {
     pub address: SocketAddr,
     /// Certificate chain and key files (PEM); plain HTTP when absent.
     pub tls: Option<TlsFiles>,
+    /// The chain and key read from `tls`, once, when the config was loaded.
+    pub tls_key: Option<std::sync::Arc<rustls::sign::CertifiedKey>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,7 +222,7 @@ impl PathPattern {
     pub fn matches(&self, path: &str) -> bool {
         match self {
             PathPattern::Exact(p) => p == path,
-            PathPattern::Prefix(base) => crate::route::matches_prefix(base, path),
+            PathPattern::Prefix(base) => crate::path::matches_prefix(base, path),
         }
     }
 
@@ -225,7 +233,7 @@ impl PathPattern {
             (PathPattern::Exact(a), p @ PathPattern::Prefix(_))
             | (p @ PathPattern::Prefix(_), PathPattern::Exact(a)) => p.matches(a),
             (PathPattern::Prefix(a), PathPattern::Prefix(b)) => {
-                crate::route::matches_prefix(a, b) || crate::route::matches_prefix(b, a)
+                crate::path::matches_prefix(a, b) || crate::path::matches_prefix(b, a)
             }
         }
     }
@@ -309,7 +317,8 @@ pub struct OAuth {
     /// Absolute lifetime of a refresh-token family, however often it is rotated.
     pub refresh_token_max_lifetime: Duration,
     pub algorithms: Vec<String>,
-    pub signing_key: Option<Secret>,
+    /// The builtin issuer's key, parsed from the PEM when the config was loaded.
+    pub signing_key: Option<std::sync::Arc<keys::SigningKey>>,
     pub clients: Vec<OAuthClient>,
 }
 
@@ -351,7 +360,7 @@ pub enum EndpointAuth {
     Signature {
         key_id: String,
         algorithm: SignatureAlgorithm,
-        key: Secret,
+        key: std::sync::Arc<keys::SignatureKey>,
         components: Vec<String>,
     },
 }

@@ -3,10 +3,12 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use toml::Spanned;
 
+use super::keys;
 use super::raw::{self, Str};
 use super::*;
 
@@ -199,6 +201,7 @@ impl Validator<'_> {
                 Listen {
                     address: SocketAddr::from(([127, 0, 0, 1], 0)),
                     tls: None,
+                    tls_key: None,
                 }
             }
         };
@@ -418,19 +421,23 @@ impl Validator<'_> {
                 cert: PathBuf::from(t.cert.get_ref()),
                 key: PathBuf::from(t.key.get_ref()),
             };
-            match crate::server::tls::load_certified_key(&files) {
-                Ok(_) => Some(files),
-                Err(crate::server::tls::LoadError::Cert(m)) => {
+            match keys::load_certified_key(&files) {
+                Ok(key) => Some((files, key)),
+                Err(keys::LoadError::Cert(m)) => {
                     self.error(sp(&t.cert), m);
                     None
                 }
-                Err(crate::server::tls::LoadError::Key(m)) => {
+                Err(keys::LoadError::Key(m)) => {
                     self.error(sp(&t.key), m);
                     None
                 }
             }
         });
-        Listen { address, tls }
+        let (tls, tls_key) = match tls {
+            Some((files, key)) => (Some(files), Some(key)),
+            None => (None, None),
+        };
+        Listen { address, tls, tls_key }
     }
 
     fn limits(&mut self, l: Option<&raw::Limits>) -> Limits {
@@ -776,7 +783,7 @@ impl Validator<'_> {
         } else if !prefix && p.len() > 1 && p.ends_with('/') {
             None
         } else {
-            crate::route::check_path(if base.is_empty() { "/" } else { base })
+            crate::path::check_path(if base.is_empty() { "/" } else { base })
                 .err()
                 .map(|e| e.to_string())
         };
@@ -883,7 +890,7 @@ impl Validator<'_> {
 
     /// The builtin issuer answers `/oauth/token` and `/oauth/jwks.json` itself.
     fn reserved_paths(&mut self, raw_plans: &[Spanned<raw::Plan>], plans: &[Plan]) {
-        use crate::auth::oauth::builtin::{JWKS_PATH, TOKEN_PATH};
+        use super::{JWKS_PATH, TOKEN_PATH};
         for (p, rp) in plans.iter().zip(raw_plans) {
             for (i, ri) in p.integrations.iter().zip(&rp.get_ref().integrations) {
                 for reserved in [TOKEN_PATH, JWKS_PATH] {
@@ -1023,11 +1030,16 @@ impl Validator<'_> {
             .as_ref()
             .and_then(|s| self.secret(s, "oauth.client_secret"));
         let signing_key = r.signing_key.as_ref().and_then(|s| self.secret(s, "oauth.signing_key"));
-        if let (Some(k), Some(span)) = (&signing_key, &r.signing_key) {
-            if let Err(e) = crate::auth::oauth::builtin::SigningKey::from_pem(k.expose()) {
-                self.error(sp(span), e);
-            }
-        }
+        let signing_key = match (&signing_key, &r.signing_key) {
+            (Some(k), Some(span)) => match keys::SigningKey::from_pem(k.expose()) {
+                Ok(key) => Some(Arc::new(key)),
+                Err(e) => {
+                    self.error(sp(span), e);
+                    None
+                }
+            },
+            _ => None,
+        };
         if let (Some(f), Some(span)) = (&jwks_file, &r.jwks_file) {
             if let Ok(bytes) = std::fs::read(f) {
                 if let Err(e) = serde_json::from_slice::<jsonwebtoken::jwk::JwkSet>(&bytes) {
@@ -1265,15 +1277,18 @@ impl Validator<'_> {
                     }
                 }
                 let key = self.secret_at(key, span.clone(), &what("key"));
-                if let Some(k) = &key {
-                    if let Err(e) = crate::egress::signer::Key::parse(alg, k) {
+                let parsed = key.as_ref().and_then(|k| match keys::SignatureKey::parse(alg, k) {
+                    Ok(parsed) => Some(Arc::new(parsed)),
+                    Err(e) => {
                         self.error(Some(span.clone()), format!("endpoint `{name}`: {e}"));
+                        None
                     }
-                }
+                });
                 EndpointAuth::Signature {
                     key_id: key_id.clone(),
                     algorithm: alg,
-                    key: key.unwrap_or_else(|| Secret::new("")),
+                    // A config with an unusable key is refused; this placeholder never signs.
+                    key: parsed.unwrap_or_else(|| Arc::new(keys::SignatureKey::Hmac(Vec::new()))),
                     components,
                 }
             }

@@ -27,10 +27,9 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::assertion::Claims;
+use crate::assertion::{Claims, Signer};
 use crate::config::{self, EndpointAuth, Rule};
 use crate::error::{full, json_error, Body, BoxError, Refusal};
-use crate::gateway::State;
 use crate::headers;
 use crate::server::listener::ConnInfo;
 
@@ -60,9 +59,10 @@ pub struct Endpoint {
 }
 
 /// The endpoints of one config generation.
-#[derive(Default)]
 pub struct Egress {
     pub endpoints: HashMap<String, Arc<Endpoint>>,
+    /// `portcullis_egress_requests_total`.
+    requests: prometheus::IntCounterVec,
 }
 
 impl Egress {
@@ -118,12 +118,12 @@ impl Egress {
                 EndpointAuth::Principal => Credentials::Principal,
                 EndpointAuth::Signature {
                     key_id,
-                    algorithm,
+                    algorithm: _,
                     key,
                     components,
                 } => Credentials::Signature(signer::Signer {
                     key_id: key_id.clone(),
-                    key: signer::Key::parse(*algorithm, key).map_err(|err| format!("endpoint `{}`: {err}", e.name))?,
+                    key: key.clone(),
                     components: components.clone(),
                 }),
             };
@@ -141,7 +141,10 @@ impl Egress {
                 }),
             );
         }
-        Ok(Egress { endpoints })
+        Ok(Egress {
+            endpoints,
+            requests: metrics.egress_requests.clone(),
+        })
     }
 }
 
@@ -229,18 +232,17 @@ async fn hold(body: Incoming, limit: usize) -> Result<Payload, BoxError> {
 }
 
 /// Serves one egress request; never fails.
-pub async fn handle(state: Arc<State>, req: Request<Incoming>, _conn: Arc<ConnInfo>) -> Response<Body> {
+pub async fn handle(egress: &Egress, signer: &Signer, req: Request<Incoming>, _conn: Arc<ConnInfo>) -> Response<Body> {
     let started = Instant::now();
     let request_id = match req.headers().get(headers::X_REQUEST_ID) {
         Some(v) if headers::valid_request_id(v) => v.clone(),
         _ => headers::new_request_id(),
     };
-    let gw = state.gateway();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let mut endpoint_name = String::new();
     let mut initiator = String::new();
-    let result = handle_inner(&gw, req, &request_id, &mut endpoint_name, &mut initiator).await;
+    let result = handle_inner(egress, signer, req, &request_id, &mut endpoint_name, &mut initiator).await;
     let (mut resp, reason) = match result {
         Ok(r) => (r, ""),
         Err(Fail::Refusal(r)) => {
@@ -251,10 +253,9 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, _conn: Arc<ConnIn
     };
     resp.headers_mut().insert(headers::X_REQUEST_ID, request_id.clone());
     let status = resp.status().as_u16();
-    if let Some(e) = gw.egress.endpoints.get(&endpoint_name) {
-        state
-            .metrics
-            .egress_requests
+    if let Some(e) = egress.endpoints.get(&endpoint_name) {
+        egress
+            .requests
             .with_label_values(&[&endpoint_name, &status.to_string()])
             .inc();
         e.last_status.store(status, std::sync::atomic::Ordering::Relaxed);
@@ -295,7 +296,8 @@ fn forbidden(reason: &'static str) -> Fail {
 }
 
 async fn handle_inner(
-    gw: &crate::gateway::Gateway,
+    egress: &Egress,
+    signer: &Signer,
     req: Request<Incoming>,
     request_id: &HeaderValue,
     endpoint_name: &mut String,
@@ -303,13 +305,13 @@ async fn handle_inner(
 ) -> Result<Response<Body>, Fail> {
     let (mut parts, body) = req.into_parts();
     let path = parts.uri.path();
-    crate::route::check_path(path).map_err(|e| Refusal::BadRequest(e.to_string().into()))?;
+    crate::path::check_path(path).map_err(|e| Refusal::BadRequest(e.to_string().into()))?;
     let trimmed = &path[1..];
     let (name, rest) = match trimmed.find('/') {
         Some(i) => (&trimmed[..i], &trimmed[i..]),
         None => (trimmed, ""),
     };
-    let Some(endpoint) = gw.egress.endpoints.get(name).cloned() else {
+    let Some(endpoint) = egress.endpoints.get(name).cloned() else {
         crate::upstream::drain(body);
         return Err(Fail::Custom(
             StatusCode::NOT_FOUND,
@@ -322,7 +324,7 @@ async fn handle_inner(
     // The initiator: a valid assertion, or none; an invalid one is refused outright.
     let claims: Option<Claims> = match parts.headers.get(headers::X_PORTCULLIS_ASSERTION) {
         None => None,
-        Some(v) => match v.to_str().ok().map(|t| gw.signer().verify(t)) {
+        Some(v) => match v.to_str().ok().map(|t| signer.verify(t)) {
             Some(Ok(c)) => Some(c),
             Some(Err(e)) => {
                 crate::upstream::drain(body);

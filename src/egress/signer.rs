@@ -5,67 +5,13 @@
 //! it, and the signatures, against the RFC's own examples (appendix B.2.5 and B.2.6).
 
 use base64::Engine;
-use hmac::{Hmac, Mac};
 use http::{HeaderMap, Method, Uri};
 use sha2::{Digest, Sha256};
-
-use crate::config::{Secret, SignatureAlgorithm};
 
 /// Largest body whose `Content-Digest` is computed (the body is held to hash it).
 pub const DIGEST_LIMIT: usize = 1024 * 1024;
 
-pub enum Key {
-    Hmac(Vec<u8>),
-    Ed25519(ring::signature::Ed25519KeyPair),
-}
-
-impl Key {
-    /// `hmac-sha256`: the secret's bytes (or `base64:...` for a binary key).
-    /// `ed25519`: a PKCS#8 PEM private key.
-    pub fn parse(algorithm: SignatureAlgorithm, secret: &Secret) -> Result<Key, String> {
-        match algorithm {
-            SignatureAlgorithm::HmacSha256 => {
-                let s = secret.expose();
-                let key = match s.strip_prefix(b"base64:") {
-                    Some(b) => base64::engine::general_purpose::STANDARD
-                        .decode(b)
-                        .map_err(|e| format!("signature key is not valid base64: {e}"))?,
-                    None => s.to_vec(),
-                };
-                if key.len() < 16 {
-                    return Err("hmac-sha256 signature key is shorter than 16 bytes".into());
-                }
-                Ok(Key::Hmac(key))
-            }
-            SignatureAlgorithm::Ed25519 => {
-                use rustls_pki_types::pem::PemObject;
-                let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(secret.expose())
-                    .map_err(|e| format!("ed25519 signature key is not a PKCS#8 PEM private key: {e}"))?;
-                ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der())
-                    .map(Key::Ed25519)
-                    .map_err(|_| "ed25519 signature key is not an Ed25519 key".to_string())
-            }
-        }
-    }
-
-    pub fn sign(&self, base: &[u8]) -> Vec<u8> {
-        match self {
-            Key::Hmac(k) => {
-                let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(k).expect("HMAC takes any key length");
-                mac.update(base);
-                mac.finalize().into_bytes().to_vec()
-            }
-            Key::Ed25519(pair) => pair.sign(base).as_ref().to_vec(),
-        }
-    }
-
-    fn alg(&self) -> &'static str {
-        match self {
-            Key::Hmac(_) => "hmac-sha256",
-            Key::Ed25519(_) => "ed25519",
-        }
-    }
-}
+pub use crate::config::keys::SignatureKey as Key;
 
 /// The parts of a request a signature can cover.
 pub struct Message<'a> {
@@ -147,7 +93,7 @@ pub fn content_digest(body: &[u8]) -> String {
 /// Signs a request: returns the `Signature-Input` and `Signature` values (label `sig1`).
 pub struct Signer {
     pub key_id: String,
-    pub key: Key,
+    pub key: std::sync::Arc<Key>,
     pub components: Vec<String>,
 }
 
@@ -167,6 +113,7 @@ impl Signer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Secret, SignatureAlgorithm};
 
     fn rfc_request() -> (Method, Uri, HeaderMap) {
         let mut h = HeaderMap::new();

@@ -38,7 +38,7 @@ fn web_pki_roots() -> Arc<RootCertStore> {
 
 impl Verifier {
     pub fn new(trust_self_signed: bool, pin: Option<[u8; 32]>) -> Result<Self, rustls::Error> {
-        let provider = crate::server::tls::provider();
+        let provider = crate::util::provider();
         let webpki = WebPkiServerVerifier::builder_with_provider(web_pki_roots(), provider.clone())
             .build()
             .map_err(|e| rustls::Error::General(e.to_string()))?;
@@ -284,7 +284,7 @@ impl ServerCertVerifier for Verifier {
 
 /// A pooled client for one endpoint, verifying its certificates with `verifier`.
 pub fn client(verifier: Arc<Verifier>) -> Result<crate::upstream::Client, rustls::Error> {
-    let cfg = rustls::ClientConfig::builder_with_provider(crate::server::tls::provider())
+    let cfg = rustls::ClientConfig::builder_with_provider(crate::util::provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .dangerous()
         .with_custom_certificate_verifier(verifier)

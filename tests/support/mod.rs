@@ -18,8 +18,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use portcullis::gateway::State;
-use portcullis::server::{self, shutdown, Bound};
+use portcullis::server::{shutdown, Bound};
+use portcullis::state::State;
 
 // === gateway in process ===
 
@@ -55,7 +55,7 @@ impl Gateway {
         let admin = bound.admin_addr();
         let state = State::new(loaded.config).unwrap();
         let (trigger, sd) = shutdown::channel();
-        let task = tokio::spawn(server::run(state.clone(), bound, sd));
+        let task = tokio::spawn(portcullis::run::run(state.clone(), bound, sd));
         Gateway {
             addr,
             admin,

@@ -14,8 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use ring::signature::KeyPair;
+use jsonwebtoken::{Algorithm, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use super::{Shared, TokenFacts, Verdict};
@@ -23,43 +22,7 @@ use crate::auth::{Auth, Reason, UserEntry};
 use crate::config::{self, SecretHash};
 use crate::error::{full, Body};
 
-/// An Ed25519 key pair with its public JWK.
-pub struct SigningKey {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
-    pub kid: String,
-    jwk: serde_json::Value,
-}
-
-impl SigningKey {
-    pub fn generate() -> Result<Self, String> {
-        let rng = ring::rand::SystemRandom::new();
-        let pkcs8 =
-            ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| "cannot generate an Ed25519 key")?;
-        Self::from_pkcs8(pkcs8.as_ref())
-    }
-
-    pub fn from_pem(pem: &[u8]) -> Result<Self, String> {
-        use rustls_pki_types::pem::PemObject;
-        let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(pem)
-            .map_err(|e| format!("oauth.signing_key is not a PKCS#8 PEM private key: {e}"))?;
-        Self::from_pkcs8(der.secret_pkcs8_der())
-    }
-
-    fn from_pkcs8(der: &[u8]) -> Result<Self, String> {
-        let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
-            .map_err(|_| "oauth.signing_key is not an Ed25519 key".to_string())?;
-        let public = pair.public_key().as_ref();
-        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(public);
-        let kid = hex::encode(&SecretHash::of(public).bytes()[..8]);
-        Ok(SigningKey {
-            encoding: EncodingKey::from_ed_der(der),
-            decoding: DecodingKey::from_ed_components(&x).map_err(|e| e.to_string())?,
-            jwk: serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"}),
-            kid,
-        })
-    }
-}
+pub use crate::config::keys::SigningKey;
 
 // === refresh tokens ===
 
@@ -242,14 +205,13 @@ pub struct Issuer {
     jwks: Bytes,
 }
 
-pub const TOKEN_PATH: &str = "/oauth/token";
-pub const JWKS_PATH: &str = "/oauth/jwks.json";
+pub use crate::config::{JWKS_PATH, TOKEN_PATH};
 pub const DEFAULT_ISSUER: &str = "portcullis";
 
 impl Issuer {
     pub fn new(cfg: &config::OAuth, shared: &Arc<Shared>) -> Result<Self, String> {
         let key = match &cfg.signing_key {
-            Some(pem) => Arc::new(SigningKey::from_pem(pem.expose())?),
+            Some(key) => key.clone(),
             None => match shared.generated_key.get() {
                 Some(k) => k.clone(),
                 None => {

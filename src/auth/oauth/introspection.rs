@@ -7,12 +7,12 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::metrics::CacheCounters;
 use oauth2::basic::{BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenResponse, BasicTokenType};
 use oauth2::{
     AccessToken, ClientId, ClientSecret, EndpointNotSet, EndpointSet, IntrospectionUrl, StandardRevocableToken,
     StandardTokenIntrospectionResponse, TokenIntrospectionResponse,
 };
-use prometheus::IntCounter;
 use serde::{Deserialize, Serialize};
 
 use super::{TokenFacts, Verdict};
@@ -121,9 +121,7 @@ pub struct Introspector {
     username_claim: String,
     roles_claim: Option<String>,
     allowed_client_ids: Vec<String>,
-    hits: IntCounter,
-    misses: IntCounter,
-    entries: prometheus::IntGauge,
+    counters: CacheCounters,
 }
 
 /// Why the authorization server gave no usable answer.
@@ -149,8 +147,8 @@ impl Introspector {
             client = client.set_client_secret(ClientSecret::new(s.expose_str().to_string()));
         }
         let verdicts = carried.take(cfg, cache);
-        let entries = metrics.cache_entries.with_label_values(&["introspection"]);
-        entries.set(verdicts.entry_count() as i64);
+        let counters = CacheCounters::new(metrics, "introspection");
+        counters.set_entries(verdicts.entry_count());
         Ok(Introspector {
             calls: tokio::sync::Semaphore::new(MAX_CALLS),
             client,
@@ -163,15 +161,13 @@ impl Introspector {
             username_claim: cfg.username_claim.clone(),
             roles_claim: cfg.roles_claim.clone(),
             allowed_client_ids: cfg.allowed_client_ids.clone(),
-            hits: metrics.cache_requests.with_label_values(&["introspection", "hit"]),
-            misses: metrics.cache_requests.with_label_values(&["introspection", "miss"]),
-            entries,
+            counters,
         })
     }
 
     pub fn clear(&self) {
         self.cache.invalidate_all();
-        self.entries.set(0);
+        self.counters.set_entries(0);
     }
 
     pub async fn verify(&self, token: &str) -> Result<TokenFacts, Verdict> {
@@ -185,11 +181,10 @@ impl Introspector {
             })
             .await;
         if called {
-            self.misses.inc();
             self.cache.run_pending_tasks().await;
-            self.entries.set(self.cache.entry_count() as i64);
+            self.counters.miss(self.cache.entry_count());
         } else {
-            self.hits.inc();
+            self.counters.hit();
         }
         match result {
             Ok(Cached::Active { facts, .. }) => Ok(facts),

@@ -17,11 +17,9 @@
 //! [`handle_inner`] is a line of `?` checks; [`handle`] turns a [`Refusal`] into the
 //! contract's JSON response once, and always sets `X-Request-Id`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, Uri, Version};
@@ -31,32 +29,16 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::assertion::Signer;
 use crate::auth::oauth::builtin;
-use crate::auth::{self, Auth, Failure, Principal, RouteRef};
-use crate::authz;
+use crate::auth::{self, Auth, Failure, RouteRef};
+use crate::authz::{self, Permit};
 use crate::config::{AuthMethod, Config, Rule, Upstream};
 pub use crate::error::Refusal;
 use crate::error::{Body, BoxError};
 use crate::headers;
 use crate::metrics::{Metrics, Outcome, RouteMetrics};
-use crate::route::{self, Match, Router, Target};
+use crate::route::{Match, Router, Target};
 use crate::server::listener::ConnInfo;
 use crate::upstream::{self, BodyError};
-
-/// Process-wide state: the current config generation and what outlives reloads.
-pub struct State {
-    current: ArcSwap<Gateway>,
-    pub metrics: Metrics,
-    pub client: upstream::Client,
-    /// Assertion key used when the config sets none.
-    random_assertion_key: [u8; 32],
-    /// Authentication state that outlives a config generation: credential caches, the
-    /// lockout table, the builtin issuer's key and refresh tokens.
-    lasting: auth::Lasting,
-    /// The last 100 refusals, newest last, for the admin page.
-    refusals: std::sync::Mutex<std::collections::VecDeque<RefusalRecord>>,
-    reload_status: std::sync::Mutex<Option<crate::reload::Status>>,
-    ready: AtomicBool,
-}
 
 /// Why a config could not become a running gateway.
 #[derive(Debug, thiserror::Error)]
@@ -69,89 +51,36 @@ pub enum BuildError {
     Egress(String),
 }
 
-impl State {
-    pub fn new(config: Config) -> Result<Arc<Self>, BuildError> {
-        let metrics = Metrics::new();
-        let random_assertion_key = rand::random();
-        let lasting = auth::Lasting::default();
-        let client = upstream::client();
-        let gw = Gateway::build(config, &metrics, &random_assertion_key, &lasting, &client)?;
-        metrics.config_last_reload_success.set(unix_now() as i64);
-        let loaded = crate::reload::Status {
-            at: unix_now(),
-            ok: true,
-            trigger: "start",
-            message: "config loaded".into(),
-        };
-        Ok(Arc::new(State {
-            current: ArcSwap::from_pointee(gw),
-            metrics,
-            client,
-            random_assertion_key,
-            lasting,
-            refusals: Default::default(),
-            reload_status: std::sync::Mutex::new(Some(loaded)),
-            ready: AtomicBool::new(false),
-        }))
-    }
+/// How many refusals the admin page keeps.
+pub const REFUSALS_KEPT: usize = 100;
 
-    /// The config generation serving new requests.
-    pub fn gateway(&self) -> Arc<Gateway> {
-        self.current.load_full()
-    }
+/// What every request of every generation shares: the metrics, the pooled upstream
+/// client, and the ring of recent refusals for the admin page.
+pub struct Env {
+    pub metrics: Metrics,
+    pub client: upstream::Client,
+    pub refusals: Refusals,
+}
 
-    /// Builds a new generation from `config` and swaps it in; requests in flight keep
-    /// the generation they started with.
-    pub fn replace(&self, config: Config) -> Result<(), BuildError> {
-        let gw = Gateway::build(
-            config,
-            &self.metrics,
-            &self.random_assertion_key,
-            &self.lasting,
-            &self.client,
-        )?;
-        self.current.store(Arc::new(gw));
-        Ok(())
-    }
+/// The last [`REFUSALS_KEPT`] refusals, newest last.
+#[derive(Default)]
+pub struct Refusals(std::sync::Mutex<std::collections::VecDeque<RefusalRecord>>);
 
-    pub fn set_reload_status(&self, s: crate::reload::Status) {
-        if let Ok(mut r) = self.reload_status.lock() {
-            *r = Some(s);
-        }
-    }
-
-    pub fn reload_status(&self) -> Option<crate::reload::Status> {
-        self.reload_status.lock().ok().and_then(|r| r.clone())
-    }
-
+impl Refusals {
     /// The last refusals, oldest first.
-    pub fn refusals(&self) -> Vec<RefusalRecord> {
-        self.refusals
-            .lock()
-            .map(|r| r.iter().cloned().collect())
-            .unwrap_or_default()
+    pub fn list(&self) -> Vec<RefusalRecord> {
+        self.0.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default()
     }
 
-    fn record_refusal(&self, r: RefusalRecord) {
-        if let Ok(mut q) = self.refusals.lock() {
+    fn record(&self, r: RefusalRecord) {
+        if let Ok(mut q) = self.0.lock() {
             if q.len() == REFUSALS_KEPT {
                 q.pop_front();
             }
             q.push_back(r);
         }
     }
-
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Release);
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-    }
 }
-
-/// How many refusals the admin page keeps.
-pub const REFUSALS_KEPT: usize = 100;
 
 /// One refused request, as the admin page shows it. Never a secret: the path has no query.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -167,13 +96,6 @@ pub struct RefusalRecord {
     pub principal: String,
     pub status: u16,
     pub reason: &'static str,
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
 }
 
 /// One config generation, ready to serve.
@@ -220,12 +142,12 @@ impl Gateway {
         lasting: &auth::Lasting,
         client: &upstream::Client,
     ) -> Result<Self, BuildError> {
-        let tls = match &config.listen.tls {
-            Some(files) => {
-                let key = crate::server::tls::load_certified_key(files).map_err(|e| BuildError::Tls(e.to_string()))?;
+        let tls = match &config.listen.tls_key {
+            Some(key) => {
+                let key = key.clone();
                 metrics
                     .tls_certificate_expiry
-                    .set(crate::server::tls::not_after(&key).unwrap_or(0));
+                    .set(crate::config::keys::not_after(&key).unwrap_or(0));
                 let cfg = crate::server::tls::server_config(key).map_err(|e| BuildError::Tls(e.to_string()))?;
                 Some(TlsAcceptor::from(cfg))
             }
@@ -325,7 +247,7 @@ struct Ctx {
 /// future is dropped before it (client reset or disconnect, shutdown past the grace
 /// period), so every request gets its log line and metrics exactly once.
 struct Finish {
-    state: Arc<State>,
+    env: Arc<Env>,
     gw: Arc<Gateway>,
     conn: Arc<ConnInfo>,
     ctx: Ctx,
@@ -333,13 +255,12 @@ struct Finish {
 
 impl Drop for Finish {
     fn drop(&mut self) {
-        finish(&self.state, &self.gw, &self.conn, &self.ctx);
+        finish(&self.env, &self.gw, &self.conn, &self.ctx);
     }
 }
 
 /// Serves one inbound request; never fails.
-pub async fn handle(state: Arc<State>, req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Body> {
-    let gw = state.gateway();
+pub async fn handle(env: Arc<Env>, gw: Arc<Gateway>, req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Body> {
     let request_id = match req.headers().get(headers::X_REQUEST_ID) {
         Some(v) if headers::valid_request_id(v) => v.clone(),
         _ => headers::new_request_id(),
@@ -357,12 +278,12 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, conn: Arc<ConnInf
             status: None,
             refusal: None,
         },
-        state: state.clone(),
+        env: env.clone(),
         gw: gw.clone(),
         conn: conn.clone(),
     };
     let ctx = &mut guard.ctx;
-    let mut resp = match handle_inner(&state, &gw, &conn, ctx, req).await {
+    let mut resp = match handle_inner(&env, &gw, &conn, ctx, req).await {
         Ok(resp) => resp,
         Err(r) => {
             ctx.refusal = Some((r.outcome(), r.reason()));
@@ -376,7 +297,7 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, conn: Arc<ConnInf
 }
 
 async fn handle_inner(
-    state: &State,
+    env: &Env,
     gw: &Gateway,
     conn: &ConnInfo,
     ctx: &mut Ctx,
@@ -389,15 +310,13 @@ async fn handle_inner(
             return oauth_endpoint(gw, issuer, conn, &parts, body).await;
         }
     }
-    let decided = decide(gw, conn, ctx, &mut parts).await;
-    let (route, principal) = match decided {
-        Ok(x) => x,
+    let permit = match decide(gw, conn, ctx, &mut parts).await {
+        Ok(permit) => permit,
         Err(r) => {
             upstream::drain(body);
             return Err(r);
         }
     };
-    let route = &gw.routes[route];
     let limits = &gw.config.limits;
     // The whole request, body included, is bounded by request_timeout from its head.
     let until = tokio::time::Instant::from_std(ctx.started) + limits.request_timeout;
@@ -413,11 +332,11 @@ async fn handle_inner(
         Err(BodyError::Timeout) => return Err(Refusal::BodyTimeout),
         Err(BodyError::Client(_)) => return Err(Refusal::BadRequest("request body could not be read".into())),
     };
-    rewrite(gw, route, conn, ctx, &mut parts, principal.as_ref())?;
+    let route = rewrite(gw, conn, ctx, &mut parts, permit)?;
     // Trailers could carry any header past the checks above: they are not forwarded.
     let req = Request::from_parts(parts, upstream::without_trailers(body));
     let started = Instant::now();
-    let sent = tokio::time::timeout_at(until, send(state, &route.upstream, req)).await;
+    let sent = tokio::time::timeout_at(until, send(env, &route.upstream, req)).await;
     let elapsed = started.elapsed();
     ctx.upstream_elapsed = Some(elapsed);
     route.metrics.upstream.observe(elapsed.as_secs_f64());
@@ -488,21 +407,16 @@ async fn oauth_endpoint(
 }
 
 /// Every check before forwarding: the route index and the principal (none for `auth = "none"`).
-async fn decide(
-    gw: &Gateway,
-    conn: &ConnInfo,
-    ctx: &mut Ctx,
-    parts: &mut Parts,
-) -> Result<(usize, Option<Principal>), Refusal> {
+async fn decide(gw: &Gateway, conn: &ConnInfo, ctx: &mut Ctx, parts: &mut Parts) -> Result<Permit, Refusal> {
     if headers::size(&parts.headers) > gw.config.limits.max_header_bytes {
         return Err(Refusal::HeadersTooLarge);
     }
     let path = parts.uri.path();
-    let bad_path = |e: route::PathError| Refusal::BadRequest(e.to_string().into());
-    route::check_path(path).map_err(bad_path)?;
+    let bad_path = |e: crate::path::PathError| Refusal::BadRequest(e.to_string().into());
+    crate::path::check_path(path).map_err(bad_path)?;
     // Escapes of unreserved characters are decoded, and the decoded path is what is both
     // routed and forwarded.
-    if let std::borrow::Cow::Owned(normal) = route::normalize(path) {
+    if let std::borrow::Cow::Owned(normal) = crate::path::normalize(path) {
         let pq = match parts.uri.query() {
             Some(q) => format!("{normal}?{q}"),
             None => normal,
@@ -526,9 +440,9 @@ async fn decide(
         return Err(Refusal::PayloadTooLarge);
     }
     headers::sanitize(&mut parts.headers, route.underscores);
-    if route.auth == [AuthMethod::None] {
+    if let Some(permit) = Permit::public(index, &route.auth) {
         ctx.auth_method = Some(AuthMethod::None);
-        return Ok((index, None));
+        return Ok(permit);
     }
     let route_ref = RouteRef {
         plan: &route.plan,
@@ -544,13 +458,15 @@ async fn decide(
     };
     ctx.auth_method = Some(principal.method);
     ctx.principal = Some(principal.user.clone());
-    if let Err(reason) = authz::authorize(&route.access, &route.senders, &principal) {
+    authz::authorize(index, &route.access, &route.senders, principal).map_err(|denied| {
         // RFC 6750 section 3.1: a valid token without the rights is insufficient_scope.
-        let challenge = (principal.method == AuthMethod::OAuth)
+        let challenge = (denied.principal.method == AuthMethod::OAuth)
             .then(|| HeaderValue::from_static("Bearer realm=\"portcullis\", error=\"insufficient_scope\""));
-        return Err(Refusal::Forbidden { reason, challenge });
-    }
-    Ok((index, Some(principal)))
+        Refusal::Forbidden {
+            reason: denied.reason,
+            challenge,
+        }
+    })
 }
 
 /// Maps an authentication failure to its refusal, counting its precise reason.
@@ -598,15 +514,17 @@ fn content_length(parts: &Parts) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Edits the request head in place for the upstream.
-fn rewrite(
-    gw: &Gateway,
-    route: &Route,
+/// Edits the request head in place for the upstream; consumes the [`Permit`] and gives
+/// back the route to forward to, so nothing is forwarded without one.
+fn rewrite<'g>(
+    gw: &'g Gateway,
     conn: &ConnInfo,
     ctx: &Ctx,
     parts: &mut Parts,
-    principal: Option<&Principal>,
-) -> Result<(), Refusal> {
+    permit: Permit,
+) -> Result<&'g Route, Refusal> {
+    let route = &gw.routes[permit.route()];
+    let principal = permit.principal();
     let h = &mut parts.headers;
     headers::remove_hop_by_hop(h);
     let host = h.remove(header::HOST).or_else(|| {
@@ -665,7 +583,7 @@ fn rewrite(
     };
     parts.uri = upstream_uri(&route.upstream, parts.uri.path(), query.as_deref())?;
     parts.version = Version::HTTP_11;
-    Ok(())
+    Ok(route)
 }
 
 fn upstream_uri(upstream: &Upstream, path: &str, query: Option<&str>) -> Result<Uri, Refusal> {
@@ -706,13 +624,13 @@ impl std::fmt::Display for SendError {
     }
 }
 
-async fn send(state: &State, upstream: &Upstream, req: Request<Body>) -> Result<Response<Body>, SendError> {
+async fn send(env: &Env, upstream: &Upstream, req: Request<Body>) -> Result<Response<Body>, SendError> {
     match upstream {
         Upstream::Echo => upstream::echo(req).await.map_err(|source| SendError {
             reason: "upstream_error",
             source,
         }),
-        Upstream::Http { .. } => match state.client.request(req).await {
+        Upstream::Http { .. } => match env.client.request(req).await {
             Ok(resp) => Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync())),
             Err(e) => Err(SendError {
                 reason: if e.is_connect() {
@@ -728,7 +646,7 @@ async fn send(state: &State, upstream: &Upstream, req: Request<Body>) -> Result<
 
 /// The finish phase: one access-log line and the metrics. A request whose client went
 /// away before the answer is logged with status 499 and outcome `client_closed`.
-fn finish(state: &State, gw: &Gateway, conn: &ConnInfo, ctx: &Ctx) {
+fn finish(env: &Env, gw: &Gateway, conn: &ConnInfo, ctx: &Ctx) {
     let elapsed = ctx.started.elapsed();
     let route = ctx.route.map(|i| &gw.routes[i]);
     let (plan, integration) = route.map_or(("", ""), |r| (r.plan.as_str(), r.integration.as_str()));
@@ -738,7 +656,7 @@ fn finish(state: &State, gw: &Gateway, conn: &ConnInfo, ctx: &Ctx) {
         None => (499, Some((Outcome::ClientClosed, "client_closed"))),
     };
     let outcome = refusal.map_or(Outcome::Allowed, |(o, _)| o);
-    let m = &state.metrics;
+    let m = &env.metrics;
     m.requests
         .with_label_values(&[plan, integration, auth_method, outcome.as_str()])
         .inc();
@@ -755,7 +673,7 @@ fn finish(state: &State, gw: &Gateway, conn: &ConnInfo, ctx: &Ctx) {
         }
     }
     if let Some(reason) = reason {
-        state.record_refusal(RefusalRecord {
+        env.refusals.record(RefusalRecord {
             time: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             request_id: ctx.request_id.to_str().unwrap_or("").to_string(),
             client_ip: conn.remote.ip().to_string(),

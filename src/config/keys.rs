@@ -1,0 +1,172 @@
+//! Key material, parsed once when the config is loaded: the inbound TLS certificate and
+//! key, the builtin issuer's Ed25519 signing key, and egress signature keys. `check` and
+//! `serve` therefore see the same bytes, and the rest of the crate gets parsed keys.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use ring::signature::KeyPair;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::Sha256;
+
+use super::{Secret, SecretHash, SignatureAlgorithm, TlsFiles};
+use crate::util::provider;
+
+// === inbound TLS ===
+
+/// Which of the two files could not be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadError {
+    Cert(String),
+    Key(String),
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadError::Cert(m) | LoadError::Key(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Reads a PEM certificate chain and private key, and checks that they belong together.
+pub fn load_certified_key(files: &TlsFiles) -> Result<Arc<CertifiedKey>, LoadError> {
+    let cert_path = files.cert.display();
+    let key_path = files.key.display();
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(|e| LoadError::Cert(format!("cannot read certificate `{cert_path}`: {e}")))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| LoadError::Cert(format!("cannot parse certificate `{cert_path}`: {e}")))?;
+    if certs.is_empty() {
+        return Err(LoadError::Cert(format!("no PEM certificate found in `{cert_path}`")));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| LoadError::Key(format!("cannot read private key `{key_path}`: {e}")))?;
+    CertifiedKey::from_der(certs, key, &provider())
+        .map(Arc::new)
+        .map_err(|e| {
+            LoadError::Key(format!(
+                "private key `{key_path}` does not fit certificate `{cert_path}`: {e}"
+            ))
+        })
+}
+
+/// When the leaf certificate of `key` stops being valid, in Unix seconds.
+pub fn not_after(key: &CertifiedKey) -> Option<i64> {
+    let leaf = key.cert.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
+// === the builtin issuer's signing key ===
+
+/// An Ed25519 key pair with its public JWK.
+pub struct SigningKey {
+    pub encoding: jsonwebtoken::EncodingKey,
+    pub decoding: jsonwebtoken::DecodingKey,
+    pub kid: String,
+    pub jwk: serde_json::Value,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SigningKey(kid {}, private part redacted)", self.kid)
+    }
+}
+
+impl SigningKey {
+    pub fn generate() -> Result<Self, String> {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 =
+            ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| "cannot generate an Ed25519 key")?;
+        Self::from_pkcs8(pkcs8.as_ref())
+    }
+
+    pub fn from_pem(pem: &[u8]) -> Result<Self, String> {
+        use rustls_pki_types::pem::PemObject;
+        let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(pem)
+            .map_err(|e| format!("oauth.signing_key is not a PKCS#8 PEM private key: {e}"))?;
+        Self::from_pkcs8(der.secret_pkcs8_der())
+    }
+
+    fn from_pkcs8(der: &[u8]) -> Result<Self, String> {
+        let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
+            .map_err(|_| "oauth.signing_key is not an Ed25519 key".to_string())?;
+        let public = pair.public_key().as_ref();
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(public);
+        let kid = hex::encode(&SecretHash::of(public).bytes()[..8]);
+        Ok(SigningKey {
+            encoding: jsonwebtoken::EncodingKey::from_ed_der(der),
+            decoding: jsonwebtoken::DecodingKey::from_ed_components(&x).map_err(|e| e.to_string())?,
+            jwk: serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"}),
+            kid,
+        })
+    }
+}
+
+// === egress signature keys ===
+
+pub enum SignatureKey {
+    Hmac(Vec<u8>),
+    Ed25519(ring::signature::Ed25519KeyPair),
+}
+
+impl SignatureKey {
+    /// `hmac-sha256`: the secret's bytes (or `base64:...` for a binary key).
+    /// `ed25519`: a PKCS#8 PEM private key.
+    pub fn parse(algorithm: SignatureAlgorithm, secret: &Secret) -> Result<SignatureKey, String> {
+        match algorithm {
+            SignatureAlgorithm::HmacSha256 => {
+                let s = secret.expose();
+                let key = match s.strip_prefix(b"base64:") {
+                    Some(b) => base64::engine::general_purpose::STANDARD
+                        .decode(b)
+                        .map_err(|e| format!("signature key is not valid base64: {e}"))?,
+                    None => s.to_vec(),
+                };
+                if key.len() < 16 {
+                    return Err("hmac-sha256 signature key is shorter than 16 bytes".into());
+                }
+                Ok(SignatureKey::Hmac(key))
+            }
+            SignatureAlgorithm::Ed25519 => {
+                use rustls_pki_types::pem::PemObject;
+                let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(secret.expose())
+                    .map_err(|e| format!("ed25519 signature key is not a PKCS#8 PEM private key: {e}"))?;
+                ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der())
+                    .map(SignatureKey::Ed25519)
+                    .map_err(|_| "ed25519 signature key is not an Ed25519 key".to_string())
+            }
+        }
+    }
+
+    pub fn sign(&self, base: &[u8]) -> Vec<u8> {
+        match self {
+            SignatureKey::Hmac(k) => {
+                let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(k).expect("HMAC takes any key length");
+                mac.update(base);
+                mac.finalize().into_bytes().to_vec()
+            }
+            SignatureKey::Ed25519(pair) => pair.sign(base).as_ref().to_vec(),
+        }
+    }
+
+    pub fn alg(&self) -> &'static str {
+        match self {
+            SignatureKey::Hmac(_) => "hmac-sha256",
+            SignatureKey::Ed25519(_) => "ed25519",
+        }
+    }
+}
+
+impl std::fmt::Debug for SignatureKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SignatureKey::Hmac(_) => "SignatureKey::Hmac(<redacted>)",
+            SignatureKey::Ed25519(_) => "SignatureKey::Ed25519(<redacted>)",
+        })
+    }
+}
