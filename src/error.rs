@@ -56,6 +56,64 @@ pub enum Refusal {
     /// 408: the request body stalled past `body_read_timeout`, or the whole request
     /// past `request_timeout`.
     BodyTimeout,
+    /// A refusal of the builtin issuer's token endpoint: an RFC 6749 section 5.2 body.
+    OAuth(Box<OAuthError>),
+}
+
+/// An RFC 6749 section 5.2 error of the token endpoint, with its precise log reason.
+#[derive(Debug, Clone)]
+pub struct OAuthError {
+    pub status: StatusCode,
+    /// `invalid_client`, `invalid_grant`, `invalid_request`, ...
+    pub error: &'static str,
+    pub description: Cow<'static, str>,
+    pub retry_after: Option<Duration>,
+    /// For the log, the metrics and the admin page.
+    pub reason: &'static str,
+}
+
+impl OAuthError {
+    pub fn new(
+        status: StatusCode,
+        error: &'static str,
+        description: impl Into<Cow<'static, str>>,
+        retry_after: Option<Duration>,
+        reason: &'static str,
+    ) -> Self {
+        OAuthError {
+            status,
+            error,
+            description: description.into(),
+            retry_after,
+            reason,
+        }
+    }
+
+    fn into_response(self) -> Response<Body> {
+        let body = serde_json::json!({"error": self.error, "error_description": self.description}).to_string();
+        let mut resp = Response::new(full(body));
+        *resp.status_mut() = self.status;
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        if self.status == StatusCode::UNAUTHORIZED {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"portcullis\""),
+            );
+        }
+        if let Some(r) = self.retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(r.as_secs().max(1)));
+        }
+        resp
+    }
+}
+
+impl From<OAuthError> for Refusal {
+    fn from(e: OAuthError) -> Self {
+        Refusal::OAuth(Box::new(e))
+    }
 }
 
 impl Refusal {
@@ -73,6 +131,7 @@ impl Refusal {
             Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             Refusal::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Refusal::OAuth(e) => e.status,
         }
     }
 
@@ -92,6 +151,7 @@ impl Refusal {
             Refusal::Unavailable(_) => "Authorization service unavailable",
             Refusal::GatewayTimeout => "Upstream service timed out",
             Refusal::BodyTimeout => "Request body not received in time",
+            Refusal::OAuth(e) => return e.description.clone(),
         })
     }
 
@@ -108,6 +168,14 @@ impl Refusal {
             Refusal::Forbidden { .. } => Outcome::Forbidden,
             Refusal::LockedOut { .. } => Outcome::LockedOut,
             Refusal::BadGateway(_) | Refusal::Unavailable(_) | Refusal::GatewayTimeout => Outcome::UpstreamError,
+            Refusal::OAuth(e) => match e.status {
+                StatusCode::UNAUTHORIZED => Outcome::Unauthenticated,
+                StatusCode::TOO_MANY_REQUESTS => Outcome::LockedOut,
+                // invalid_grant: refused credentials of the resource owner.
+                StatusCode::BAD_REQUEST if e.error == "invalid_grant" => Outcome::Unauthenticated,
+                s if s.is_server_error() => Outcome::UpstreamError,
+                _ => Outcome::BadRequest,
+            },
         }
     }
 
@@ -125,11 +193,17 @@ impl Refusal {
             Refusal::BadGateway(r) | Refusal::Unavailable(r) => r,
             Refusal::GatewayTimeout => "upstream_timeout",
             Refusal::BodyTimeout => "body_timeout",
+            Refusal::OAuth(e) => e.reason,
         }
     }
 
     /// The JSON response, with `X-Request-Id` and the status's own headers.
     pub fn into_response(self, request_id: &HeaderValue) -> Response<Body> {
+        if let Refusal::OAuth(e) = self {
+            let mut resp = e.into_response();
+            resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
+            return resp;
+        }
         let status = self.status();
         let mut resp = json_error(status, &self.message(), request_id);
         let h = resp.headers_mut();
@@ -163,7 +237,8 @@ impl Refusal {
             | Refusal::NotFound
             | Refusal::Forbidden { challenge: None, .. }
             | Refusal::BadGateway(_)
-            | Refusal::GatewayTimeout => {}
+            | Refusal::GatewayTimeout
+            | Refusal::OAuth(_) => {}
         }
         resp
     }

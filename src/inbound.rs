@@ -235,6 +235,8 @@ struct Ctx {
     method: http::Method,
     path: String,
     route: Option<usize>,
+    /// A built-in endpoint of the gateway itself (the OAuth issuer's), when no route.
+    endpoint: Option<&'static str>,
     auth_method: Option<AuthMethod>,
     principal: Option<Arc<str>>,
     upstream_elapsed: Option<Duration>,
@@ -272,6 +274,7 @@ pub async fn handle(env: Arc<Env>, gw: Arc<Gateway>, req: Request<Incoming>, con
             method: req.method().clone(),
             path: req.uri().path().to_string(),
             route: None,
+            endpoint: None,
             auth_method: None,
             principal: None,
             upstream_elapsed: None,
@@ -304,9 +307,21 @@ async fn handle_inner(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Refusal> {
     let (mut parts, body) = req.into_parts();
+    if headers::size(&parts.headers) > gw.config.limits.max_header_bytes {
+        upstream::drain(body);
+        return Err(Refusal::HeadersTooLarge);
+    }
     if let Some(issuer) = gw.auth.oauth.as_ref().and_then(|o| o.issuer()) {
         let path = parts.uri.path();
         if path == builtin::TOKEN_PATH || path == builtin::JWKS_PATH {
+            // The issuer's endpoints are routes of the pipeline too: their refusals are
+            // counted, logged and shown like any other, under their own labels.
+            ctx.endpoint = Some(if path == builtin::TOKEN_PATH {
+                "oauth_token"
+            } else {
+                "oauth_jwks"
+            });
+            ctx.auth_method = Some(AuthMethod::OAuth);
             return oauth_endpoint(gw, issuer, conn, &parts, body).await;
         }
     }
@@ -384,12 +399,14 @@ async fn oauth_endpoint(
         .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
     if !form_type {
         upstream::drain(body);
-        return Ok(builtin::oauth_error(
+        return Err(crate::error::OAuthError::new(
             http::StatusCode::BAD_REQUEST,
             "invalid_request",
             "the token request must be application/x-www-form-urlencoded",
             None,
-        ));
+            "malformed_token_request",
+        )
+        .into());
     }
     const MAX_FORM: usize = 64 * 1024;
     let form = match tokio::time::timeout(
@@ -403,14 +420,11 @@ async fn oauth_endpoint(
         Err(_) => return Err(Refusal::BadRequest("token request body timed out".into())),
     };
     let authorization = parts.headers.get(header::AUTHORIZATION);
-    Ok(issuer.token(&gw.auth, authorization, &form, conn.remote.ip()).await)
+    Ok(issuer.token(&gw.auth, authorization, &form, conn.remote.ip()).await?)
 }
 
 /// Every check before forwarding: the route index and the principal (none for `auth = "none"`).
 async fn decide(gw: &Gateway, conn: &ConnInfo, ctx: &mut Ctx, parts: &mut Parts) -> Result<Permit, Refusal> {
-    if headers::size(&parts.headers) > gw.config.limits.max_header_bytes {
-        return Err(Refusal::HeadersTooLarge);
-    }
     let path = parts.uri.path();
     let bad_path = |e: crate::path::PathError| Refusal::BadRequest(e.to_string().into());
     crate::path::check_path(path).map_err(bad_path)?;
@@ -649,7 +663,11 @@ async fn send(env: &Env, upstream: &Upstream, req: Request<Body>) -> Result<Resp
 fn finish(env: &Env, gw: &Gateway, conn: &ConnInfo, ctx: &Ctx) {
     let elapsed = ctx.started.elapsed();
     let route = ctx.route.map(|i| &gw.routes[i]);
-    let (plan, integration) = route.map_or(("", ""), |r| (r.plan.as_str(), r.integration.as_str()));
+    let (plan, integration) = match (route, ctx.endpoint) {
+        (Some(r), _) => (r.plan.as_str(), r.integration.as_str()),
+        (None, Some(endpoint)) => ("portcullis", endpoint),
+        (None, None) => ("", ""),
+    };
     let auth_method = ctx.auth_method.map_or("", |m| m.as_str());
     let (status, refusal) = match ctx.status {
         Some(s) => (s, ctx.refusal),
@@ -677,7 +695,11 @@ fn finish(env: &Env, gw: &Gateway, conn: &ConnInfo, ctx: &Ctx) {
             time: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             request_id: ctx.request_id.to_str().unwrap_or("").to_string(),
             client_ip: conn.remote.ip().to_string(),
-            integration: route.map_or(String::new(), |r| format!("{}/{}", r.plan, r.integration)),
+            integration: if plan.is_empty() {
+                String::new()
+            } else {
+                format!("{plan}/{integration}")
+            },
             method: ctx.method.as_str().to_string(),
             path: ctx.path.clone(),
             auth_method: auth_method.to_string(),

@@ -973,3 +973,53 @@ async fn a_refresh_family_ends_at_its_absolute_lifetime() {
     assert_eq!(status, 400, "{doc}");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn token_endpoint_refusals_are_counted_logged_and_shown() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&cfg(&up.url(), &builtin_extra(&up.url(), ""))).await;
+    let resp = client()
+        .post(gw.url("/oauth/token"))
+        .basic_auth("snow", Some("wrong-secret"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(resp.headers().contains_key("x-request-id"));
+    let doc: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(doc["error"], "invalid_client");
+    let (status, doc) = token_request(&gw, "grant_type=password&username=alice&password=nope").await;
+    assert_eq!(status, 400);
+    assert_eq!(doc["error"], "invalid_grant");
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"portcullis_requests_total{auth_method="oauth",integration="oauth_token",outcome="unauthenticated",plan="portcullis"}"#
+        ),
+        2.0
+    );
+    assert_eq!(metric_value(&m, &failures("bad_client_credentials", "oauth")), 1.0);
+    assert_eq!(metric_value(&m, &failures("bad_password", "oauth")), 1.0);
+    let refusals: serde_json::Value = client()
+        .get(gw.admin_url("/refusals"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let reasons: Vec<&str> = refusals
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons.contains(&"bad_client_credentials") && reasons.contains(&"bad_password"),
+        "{reasons:?}"
+    );
+    gw.stop().await;
+}

@@ -249,7 +249,7 @@ pub async fn handle(egress: &Egress, signer: &Signer, req: Request<Incoming>, _c
             let reason = r.reason();
             (r.into_response(&request_id), reason)
         }
-        Err(Fail::Custom(status, reason, message)) => (json_error(status, &message, &request_id), reason),
+        Err(Fail::Egress(e)) => (json_error(e.status(), &e.message(), &request_id), e.reason()),
     };
     resp.headers_mut().insert(headers::X_REQUEST_ID, request_id.clone());
     let status = resp.status().as_u16();
@@ -276,10 +276,84 @@ pub async fn handle(egress: &Egress, signer: &Signer, req: Request<Incoming>, _c
 }
 
 enum Fail {
+    /// What egress answers like the inbound side (400, 403, 504...).
     Refusal(Refusal),
-    /// Status, log reason, message: errors only egress has (a token server's answer, a
-    /// body that cannot be replayed, a TLS refusal's detail).
-    Custom(StatusCode, &'static str, String),
+    /// What only egress has, by source.
+    Egress(EgressError),
+}
+
+/// Why an egress call was refused or failed, by source; each has its status, its log
+/// reason and a message for the calling service.
+#[derive(Debug, Clone)]
+pub enum EgressError {
+    /// 404: no endpoint of that name.
+    UnknownEndpoint(String),
+    /// 413: the body is over the largest whose Content-Digest is computed.
+    BodyTooLargeToDigest,
+    /// 400: the request cannot be signed as configured (the signer's reason).
+    CannotSign(String),
+    /// 502: a signature header could not be formed.
+    BadHeader,
+    /// 502: the token server gave a token that cannot be a header.
+    BadToken,
+    /// 502: the token server refused or failed (its RFC 6749 error when it gave one).
+    TokenServer(String),
+    /// 502: the target asked for credentials again and the body was not kept to replay.
+    BodyTooLargeToReplay(&'static str),
+    /// 502: connect or TLS failure, with the chain of causes.
+    Unreachable { endpoint: String, detail: String },
+}
+
+impl EgressError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            EgressError::UnknownEndpoint(_) => StatusCode::NOT_FOUND,
+            EgressError::BodyTooLargeToDigest => StatusCode::PAYLOAD_TOO_LARGE,
+            EgressError::CannotSign(_) => StatusCode::BAD_REQUEST,
+            EgressError::BadHeader
+            | EgressError::BadToken
+            | EgressError::TokenServer(_)
+            | EgressError::BodyTooLargeToReplay(_)
+            | EgressError::Unreachable { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    pub fn reason(&self) -> &'static str {
+        match self {
+            EgressError::UnknownEndpoint(_) => "unknown_endpoint",
+            EgressError::BodyTooLargeToDigest => "body_too_large_to_digest",
+            EgressError::CannotSign(_) => "cannot_sign",
+            EgressError::BadHeader => "bad_header",
+            EgressError::BadToken => "bad_token",
+            EgressError::TokenServer(_) => "token_fetch_failed",
+            EgressError::BodyTooLargeToReplay(_) => "body_too_large_to_replay",
+            EgressError::Unreachable { .. } => "target_unreachable",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            EgressError::UnknownEndpoint(name) => format!("no endpoint named `{name}`"),
+            EgressError::BodyTooLargeToDigest => format!(
+                "the body is over {} bytes, the largest whose Content-Digest is computed",
+                signer::DIGEST_LIMIT
+            ),
+            EgressError::CannotSign(why) => why.clone(),
+            EgressError::BadHeader => "a signature header could not be formed".into(),
+            EgressError::BadToken => "the token server gave an unusable token".into(),
+            EgressError::TokenServer(why) => why.clone(),
+            EgressError::BodyTooLargeToReplay(why) => format!(
+                "the target answered 401 and {why} needs the request sent again, but its body is over {REPLAY_LIMIT} bytes and was not kept"
+            ),
+            EgressError::Unreachable { endpoint, detail } => format!("endpoint `{endpoint}` unreachable: {detail}"),
+        }
+    }
+}
+
+impl From<EgressError> for Fail {
+    fn from(e: EgressError) -> Self {
+        Fail::Egress(e)
+    }
 }
 
 impl From<Refusal> for Fail {
@@ -313,11 +387,7 @@ async fn handle_inner(
     };
     let Some(endpoint) = egress.endpoints.get(name).cloned() else {
         crate::upstream::drain(body);
-        return Err(Fail::Custom(
-            StatusCode::NOT_FOUND,
-            "unknown_endpoint",
-            format!("no endpoint named `{name}`"),
-        ));
+        return Err(EgressError::UnknownEndpoint(name.to_string()).into());
     };
     *endpoint_name = name.to_string();
 
@@ -381,16 +451,7 @@ async fn handle_inner(
     let mut payload = match &endpoint.credentials {
         Credentials::Signature(s) if s.covers_digest() => match hold(body, signer::DIGEST_LIMIT).await {
             Ok(p @ Payload::Held(_)) => p,
-            Ok(Payload::Stream(_)) => {
-                return Err(Fail::Custom(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large_to_digest",
-                    format!(
-                        "the body is over {} bytes, the largest whose Content-Digest is computed",
-                        signer::DIGEST_LIMIT
-                    ),
-                ))
-            }
+            Ok(Payload::Stream(_)) => return Err(EgressError::BodyTooLargeToDigest.into()),
             Err(_) => return Err(Refusal::BadRequest("request body could not be read".into()).into()),
         },
         _ if needs_replay => hold(body, REPLAY_LIMIT)
@@ -483,7 +544,7 @@ impl Endpoint {
                 };
                 let (input, sig) = s
                     .sign(&m, created)
-                    .map_err(|e| Fail::Custom(StatusCode::BAD_REQUEST, "cannot_sign", e))?;
+                    .map_err(|e| Fail::from(EgressError::CannotSign(e)))?;
                 parts.headers.insert(
                     "signature-input",
                     HeaderValue::from_str(&input).map_err(|_| bad_header())?,
@@ -511,7 +572,7 @@ impl Endpoint {
             .await
             .map_err(|f| match f {
                 Fail::Refusal(r) => format!("{} ({})", r.message(), r.reason()),
-                Fail::Custom(_, _, m) => m,
+                Fail::Egress(e) => e.message(),
             })
     }
 
@@ -525,37 +586,21 @@ impl Endpoint {
 }
 
 fn bad_header() -> Fail {
-    Fail::Custom(
-        StatusCode::BAD_GATEWAY,
-        "bad_header",
-        "a signature header could not be formed".into(),
-    )
+    EgressError::BadHeader.into()
 }
 
 fn bearer(token: &str) -> Result<HeaderValue, Fail> {
-    let mut v = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-        Fail::Custom(
-            StatusCode::BAD_GATEWAY,
-            "bad_token",
-            "the token server gave an unusable token".into(),
-        )
-    })?;
+    let mut v = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| Fail::from(EgressError::BadToken))?;
     v.set_sensitive(true);
     Ok(v)
 }
 
 fn token_failure(e: token::FetchError) -> Fail {
-    Fail::Custom(StatusCode::BAD_GATEWAY, "token_fetch_failed", e.0)
+    EgressError::TokenServer(e.0).into()
 }
 
-fn too_large_to_replay(why: &str) -> Fail {
-    Fail::Custom(
-        StatusCode::BAD_GATEWAY,
-        "body_too_large_to_replay",
-        format!(
-            "the target answered 401 and {why} needs the request sent again, but its body is over {REPLAY_LIMIT} bytes and was not kept"
-        ),
-    )
+fn too_large_to_replay(why: &'static str) -> Fail {
+    EgressError::BodyTooLargeToReplay(why).into()
 }
 
 fn basic_challenge(resp: &Response<Body>) -> bool {
@@ -580,11 +625,11 @@ async fn send(
         Ok(Err(e)) => {
             let detail = error_chain(&e);
             tracing::warn!(endpoint = %endpoint.name, error = %detail, "egress: target unreachable");
-            Err(Fail::Custom(
-                StatusCode::BAD_GATEWAY,
-                "target_unreachable",
-                format!("endpoint `{}` unreachable: {detail}", endpoint.name),
-            ))
+            Err(EgressError::Unreachable {
+                endpoint: endpoint.name.clone(),
+                detail,
+            }
+            .into())
         }
         Ok(Ok(resp)) => Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync())),
     }

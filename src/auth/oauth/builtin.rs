@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::{Shared, TokenFacts, Verdict};
 use crate::auth::{Auth, Reason, UserEntry};
 use crate::config::{self, SecretHash};
-use crate::error::{full, Body};
+use crate::error::{full, Body, OAuthError};
 
 pub use crate::config::keys::SigningKey;
 
@@ -326,19 +326,20 @@ impl Issuer {
         authorization: Option<&HeaderValue>,
         form: &[u8],
         ip: IpAddr,
-    ) -> Response<Body> {
+    ) -> Result<Response<Body>, OAuthError> {
         let params: HashMap<String, String> = url::form_urlencoded::parse(form).into_owned().collect();
         let basic = authorization.and_then(|v| client_basic(v.as_bytes()));
         let (client_id, secret) = match (&basic, params.get("client_id"), params.get("client_secret")) {
             (Some((id, secret)), _, _) => (id.clone(), secret.clone()),
             (None, Some(id), Some(secret)) => (id.clone(), secret.clone()),
             _ => {
-                return oauth_error(
+                return Err(OAuthError::new(
                     StatusCode::UNAUTHORIZED,
                     "invalid_client",
                     "client authentication required",
                     None,
-                )
+                    "no_client_credentials",
+                ))
             }
         };
         let client_subject = format!("client:{client_id}");
@@ -350,69 +351,82 @@ impl Issuer {
             }
         };
         if let Err(retry) = auth.lockout.settle(&client_subject, ip, known) {
-            return oauth_error(
+            return Err(OAuthError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "invalid_client",
                 "too many failed attempts",
                 Some(retry),
-            );
+                "locked_out",
+            ));
         }
         if !known {
             tracing::info!(client_id = %client_id, reason = "bad_client_credentials", "oauth token request refused");
-            return oauth_error(
+            return Err(OAuthError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
                 "client authentication failed",
                 None,
-            );
+                "bad_client_credentials",
+            ));
         }
         let scope = params.get("scope").map(|s| Arc::<str>::from(s.as_str()));
         let client: Arc<str> = Arc::from(client_id.as_str());
         match params.get("grant_type").map(String::as_str) {
             Some("password") => {
                 let (Some(user), Some(password)) = (params.get("username"), params.get("password")) else {
-                    return oauth_error(
+                    return Err(OAuthError::new(
                         StatusCode::BAD_REQUEST,
                         "invalid_request",
                         "username and password are required",
                         None,
-                    );
+                        "malformed_token_request",
+                    ));
                 };
                 match auth.basic.verify(user, password, &auth.lockout, ip).await {
                     Ok(p) => {
                         let family = Family::new(self.refresh_max_lifetime);
                         self.respond(&p.user, &client, scope, Some(family))
                     }
-                    Err(crate::auth::Failure::LockedOut { retry_after, .. }) => oauth_error(
+                    Err(crate::auth::Failure::LockedOut { retry_after, .. }) => Err(OAuthError::new(
                         StatusCode::TOO_MANY_REQUESTS,
                         "invalid_grant",
                         "too many failed attempts",
                         Some(retry_after),
-                    ),
+                        "locked_out",
+                    )),
+                    Err(crate::auth::Failure::Unavailable { reason, .. }) => Err(OAuthError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "temporarily_unavailable",
+                        "the password cannot be checked now; retry shortly",
+                        Some(Duration::from_secs(1)),
+                        reason,
+                    )),
                     Err(f) => {
                         let reason = match f {
                             crate::auth::Failure::Rejected { reason, .. } => reason.as_str(),
                             _ => "rejected",
                         };
                         tracing::info!(client_id = %client_id, reason, "oauth password grant refused");
-                        oauth_error(
+                        Err(OAuthError::new(
                             StatusCode::BAD_REQUEST,
                             "invalid_grant",
                             "invalid resource owner credentials",
                             None,
-                        )
+                            reason,
+                        ))
                     }
                 }
             }
             Some("client_credentials") => self.respond(&client, &client, scope, None),
             Some("refresh_token") => {
                 let Some(rt) = params.get("refresh_token") else {
-                    return oauth_error(
+                    return Err(OAuthError::new(
                         StatusCode::BAD_REQUEST,
                         "invalid_request",
                         "refresh_token is required",
                         None,
-                    );
+                        "malformed_token_request",
+                    ));
                 };
                 match self.shared.refresh.take(rt, &client_id) {
                     Ok(Grant {
@@ -429,46 +443,67 @@ impl Issuer {
                         if let Err(reason) = standing {
                             self.shared.refresh.revoke(family);
                             tracing::info!(client_id = %client_id, reason = reason.as_str(), "oauth refresh refused; family revoked");
-                            return oauth_error(
+                            return Err(OAuthError::new(
                                 StatusCode::BAD_REQUEST,
                                 "invalid_grant",
                                 "the user may not sign in",
                                 None,
-                            );
+                                reason.as_str(),
+                            ));
                         }
                         self.respond(&sub, &client, old_scope, Some(family))
                     }
                     Err(why) => {
                         tracing::info!(client_id = %client_id, reason = "bad_refresh_token", detail = why, "oauth refresh refused");
-                        oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", why, None)
+                        Err(OAuthError::new(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_grant",
+                            why,
+                            None,
+                            "bad_refresh_token",
+                        ))
                     }
                 }
             }
             Some(other) => {
                 let msg = format!("grant_type `{other}` is not supported");
-                oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", &msg, None)
+                Err(OAuthError::new(
+                    StatusCode::BAD_REQUEST,
+                    "unsupported_grant_type",
+                    msg,
+                    None,
+                    "unsupported_grant_type",
+                ))
             }
-            None => oauth_error(
+            None => Err(OAuthError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 "grant_type is required",
                 None,
-            ),
+                "malformed_token_request",
+            )),
         }
     }
 
-    fn respond(&self, sub: &str, client: &Arc<str>, scope: Option<Arc<str>>, family: Option<Family>) -> Response<Body> {
+    fn respond(
+        &self,
+        sub: &str,
+        client: &Arc<str>,
+        scope: Option<Arc<str>>,
+        family: Option<Family>,
+    ) -> Result<Response<Body>, OAuthError> {
         let grant = if family.is_some() { GRANT_USER } else { GRANT_CLIENT };
         let access = match self.mint(sub, client, grant, scope.as_deref()) {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(error = %e, "oauth: cannot sign an access token");
-                return oauth_error(
+                return Err(OAuthError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "server_error",
                     "cannot issue a token",
                     None,
-                );
+                    "cannot_sign",
+                ));
             }
         };
         let mut doc = serde_json::json!({
@@ -486,7 +521,7 @@ impl Issuer {
                 .issue(family, Arc::from(sub), client.clone(), scope, self.refresh_ttl);
             doc["refresh_token"] = serde_json::Value::String(rt);
         }
-        json(StatusCode::OK, doc.to_string())
+        Ok(json(StatusCode::OK, doc.to_string()))
     }
 }
 
@@ -515,24 +550,5 @@ fn json(status: StatusCode, body: String) -> Response<Body> {
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    resp
-}
-
-/// An RFC 6749 section 5.2 error.
-pub fn oauth_error(status: StatusCode, error: &str, description: &str, retry: Option<Duration>) -> Response<Body> {
-    let mut resp = json(
-        status,
-        serde_json::json!({"error": error, "error_description": description}).to_string(),
-    );
-    if status == StatusCode::UNAUTHORIZED {
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"portcullis\""),
-        );
-    }
-    if let Some(r) = retry {
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(r.as_secs().max(1)));
-    }
     resp
 }
