@@ -4,10 +4,14 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+
+use http::HeaderValue;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Principal;
+use crate::config::AuthMethod;
 
 pub const ISSUER: &str = "portcullis";
 
@@ -24,15 +28,22 @@ pub struct Claims {
     pub client_id: Option<String>,
     pub iat: u64,
     pub exp: u64,
-    /// The request id of the request that was let through.
+    /// A random id of this assertion (one assertion serves several requests).
     pub jti: String,
 }
+
+/// What an assertion says: the route and everything about the principal it carries.
+type Said = (usize, Arc<str>, Arc<[String]>, AuthMethod, Option<Arc<str>>);
 
 #[derive(Clone)]
 pub struct Signer {
     encoding: EncodingKey,
     decoding: DecodingKey,
     ttl: Duration,
+    /// Assertions already minted, reused for a quarter of their ttl: a principal's
+    /// repeated requests cost a lookup, not an HMAC and a JSON encoding. The key is all the
+    /// assertion says, so a principal whose roles changed gets a new one.
+    minted: moka::sync::Cache<Said, HeaderValue>,
 }
 
 impl Signer {
@@ -41,16 +52,27 @@ impl Signer {
             encoding: EncodingKey::from_secret(key),
             decoding: DecodingKey::from_secret(key),
             ttl,
+            minted: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live((ttl / 4).max(Duration::from_millis(1)))
+                .build(),
         }
     }
 
-    pub fn sign(
-        &self,
-        p: &Principal,
-        plan: &str,
-        integration: &str,
-        request_id: &str,
-    ) -> Result<String, jsonwebtoken::errors::Error> {
+    /// The assertion for `p` on route `route` (index) of `plan`/`integration`: a cached
+    /// one minted less than a quarter of the ttl ago, or a new one.
+    pub fn assertion(&self, p: &Principal, route: usize, plan: &str, integration: &str) -> Option<HeaderValue> {
+        let key: Said = (route, p.user.clone(), p.roles.clone(), p.method, p.client_id.clone());
+        if let Some(v) = self.minted.get(&key) {
+            return Some(v);
+        }
+        let token = self.sign(p, plan, integration).ok()?;
+        let v = HeaderValue::from_str(&token).ok()?;
+        self.minted.insert(key, v.clone());
+        Some(v)
+    }
+
+    pub fn sign(&self, p: &Principal, plan: &str, integration: &str) -> Result<String, jsonwebtoken::errors::Error> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -65,7 +87,7 @@ impl Signer {
             client_id: p.client_id.as_ref().map(|c| c.to_string()),
             iat: now,
             exp: now + self.ttl.as_secs().max(1),
-            jti: request_id.to_string(),
+            jti: format!("{:032x}", rand::random::<u128>()),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
     }
@@ -83,8 +105,6 @@ impl Signer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::AuthMethod;
-    use std::sync::Arc;
 
     fn principal() -> Principal {
         Principal {
@@ -98,10 +118,38 @@ mod tests {
     #[test]
     fn round_trip_and_forgery() {
         let s = Signer::new(b"k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1", Duration::from_secs(60));
-        let t = s.sign(&principal(), "p", "i", "rid").unwrap();
+        let t = s.sign(&principal(), "p", "i").unwrap();
         let c = s.verify(&t).unwrap();
         assert_eq!((c.sub.as_str(), c.plan.as_str(), c.roles.len()), ("alice", "p", 1));
         let other = Signer::new(b"k2k2k2k2k2k2k2k2k2k2k2k2k2k2k2k2", Duration::from_secs(60));
         assert!(other.verify(&t).is_err());
+    }
+
+    #[test]
+    fn an_assertion_is_reused_only_for_what_it_says() {
+        let s = Signer::new(b"k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1", Duration::from_secs(60));
+        let a = s.assertion(&principal(), 0, "p", "i").unwrap();
+        assert_eq!(s.assertion(&principal(), 0, "p", "i").unwrap(), a);
+        // Another route, other roles or another method: another assertion.
+        assert_ne!(s.assertion(&principal(), 1, "p", "j").unwrap(), a);
+        let mut other = principal();
+        other.roles = Arc::from(vec!["ops".to_string(), "admin".to_string()]);
+        let b = s.assertion(&other, 0, "p", "i").unwrap();
+        assert_ne!(b, a);
+        let c = s.verify(b.to_str().unwrap()).unwrap();
+        assert_eq!(c.roles, vec!["ops", "admin"]);
+        let mut by_key = principal();
+        by_key.method = AuthMethod::ApiKey;
+        assert_ne!(s.assertion(&by_key, 0, "p", "i").unwrap(), a);
+    }
+
+    #[test]
+    fn a_reused_assertion_is_never_older_than_a_quarter_of_its_ttl() {
+        // ttl 4 ms: reuse lasts 1 ms; after that a new one is minted with a fresh exp.
+        let s = Signer::new(b"k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1", Duration::from_millis(4));
+        let a = s.assertion(&principal(), 0, "p", "i").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let b = s.assertion(&principal(), 0, "p", "i").unwrap();
+        assert_ne!(a, b);
     }
 }

@@ -123,14 +123,27 @@ pub fn strip_portcullis(headers: &mut HeaderMap) {
 }
 
 /// Appends the client address to `X-Forwarded-For` and sets `-Proto` and `-Host`.
-pub fn set_forwarded(headers: &mut HeaderMap, client_ip: std::net::IpAddr, tls: bool, host: Option<&HeaderValue>) {
-    let ip = client_ip.to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(X_FORWARDED_FOR, v);
+/// `client` is the peer's address as a header value, made once per connection; the
+/// common case (no `X-Forwarded-For` from the client) allocates nothing.
+pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, tls: bool, host: Option<&HeaderValue>) {
+    match headers.get(&X_FORWARDED_FOR).map(|v| v.as_bytes()) {
+        Some(prev) if !prev.trim_ascii().is_empty() => {
+            let mut joined = Vec::with_capacity(prev.len() + 2 + client.len());
+            joined.extend_from_slice(prev);
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(client.as_bytes());
+            match HeaderValue::from_bytes(&joined) {
+                Ok(v) => {
+                    headers.insert(X_FORWARDED_FOR, v);
+                }
+                Err(_) => {
+                    headers.insert(X_FORWARDED_FOR, client.clone());
+                }
+            }
+        }
+        _ => {
+            headers.insert(X_FORWARDED_FOR, client.clone());
+        }
     }
     headers.insert(
         X_FORWARDED_PROTO,

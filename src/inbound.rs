@@ -537,7 +537,8 @@ fn rewrite<'g>(
     parts: &mut Parts,
     permit: Permit,
 ) -> Result<&'g Route, Refusal> {
-    let route = &gw.routes[permit.route()];
+    let route_index = permit.route();
+    let route = &gw.routes[route_index];
     let principal = permit.principal();
     let h = &mut parts.headers;
     headers::remove_hop_by_hop(h);
@@ -547,7 +548,7 @@ fn rewrite<'g>(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    headers::set_forwarded(h, conn.remote.ip(), conn.tls, host.as_ref());
+    headers::set_forwarded(h, &conn.ip_header, conn.tls, host.as_ref());
     h.insert(headers::X_REQUEST_ID, ctx.request_id.clone());
     h.insert(headers::X_PORTCULLIS_PLAN, route.plan_value.clone());
     h.insert(headers::X_PORTCULLIS_INTEGRATION, route.integration_value.clone());
@@ -574,19 +575,11 @@ fn rewrite<'g>(
             if let Some(c) = &p.client_id {
                 h.insert(headers::X_PORTCULLIS_CLIENT_ID, HeaderValue::from_str(c).map_err(bad)?);
             }
-            let token = gw
+            let assertion = gw
                 .signer()
-                .sign(
-                    p,
-                    &route.plan,
-                    &route.integration,
-                    ctx.request_id.to_str().unwrap_or(""),
-                )
-                .map_err(|_| Refusal::BadGateway("assertion_signing_failed"))?;
-            h.insert(
-                headers::X_PORTCULLIS_ASSERTION,
-                HeaderValue::from_str(&token).map_err(bad)?,
-            );
+                .assertion(p, route_index, &route.plan, &route.integration)
+                .ok_or(Refusal::BadGateway("assertion_signing_failed"))?;
+            h.insert(headers::X_PORTCULLIS_ASSERTION, assertion);
         }
     }
     // The URL key is a credential: it never leaves Portcullis, whatever the route.
@@ -675,9 +668,13 @@ fn finish(env: &Env, gw: &Gateway, conn: &ConnInfo, ctx: &Ctx) {
     };
     let outcome = refusal.map_or(Outcome::Allowed, |(o, _)| o);
     let m = &env.metrics;
-    m.requests
-        .with_label_values(&[plan, integration, auth_method, outcome.as_str()])
-        .inc();
+    match route {
+        Some(r) => r.metrics.count(auth_method, outcome),
+        None => m
+            .requests
+            .with_label_values(&[plan, integration, auth_method, outcome.as_str()])
+            .inc(),
+    }
     if outcome == Outcome::ClientClosed {
         m.client_closed.inc();
     }

@@ -234,11 +234,20 @@ impl Default for Metrics {
     }
 }
 
-/// Pre-resolved histogram handles for one route, so the hot path hashes no labels for them.
+/// Auth method labels, in the order of the per-route counter table.
+const AUTH_LABELS: [&str; 7] = ["", "none", "basic", "api_key", "url_key", "oauth", "mtls"];
+const OUTCOMES: usize = 7;
+
+/// Pre-resolved handles for one route, so the hot path hashes no labels: the histograms at
+/// config load, each `portcullis_requests_total` counter on its first use.
 #[derive(Clone)]
 pub struct RouteMetrics {
     pub duration: Histogram,
     pub upstream: Histogram,
+    requests: std::sync::Arc<[std::sync::OnceLock<prometheus::IntCounter>]>,
+    vec: IntCounterVec,
+    plan: std::sync::Arc<str>,
+    integration: std::sync::Arc<str>,
 }
 
 impl RouteMetrics {
@@ -246,7 +255,29 @@ impl RouteMetrics {
         RouteMetrics {
             duration: m.request_duration.with_label_values(&[plan, integration]),
             upstream: m.upstream_duration.with_label_values(&[plan]),
+            requests: (0..AUTH_LABELS.len() * OUTCOMES)
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
+            vec: m.requests.clone(),
+            plan: plan.into(),
+            integration: integration.into(),
         }
+    }
+
+    /// Counts one request of this route.
+    pub fn count(&self, auth_method: &str, outcome: Outcome) {
+        let Some(m) = AUTH_LABELS.iter().position(|l| *l == auth_method) else {
+            self.vec
+                .with_label_values(&[&self.plan, &self.integration, auth_method, outcome.as_str()])
+                .inc();
+            return;
+        };
+        self.requests[m * OUTCOMES + outcome as usize]
+            .get_or_init(|| {
+                self.vec
+                    .with_label_values(&[&self.plan, &self.integration, auth_method, outcome.as_str()])
+            })
+            .inc();
     }
 }
 

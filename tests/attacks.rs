@@ -1023,3 +1023,67 @@ async fn token_endpoint_refusals_are_counted_logged_and_shown() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn cached_jwt_decisions_never_outlive_the_token_or_the_user() {
+    let up = Upstream::start().await;
+    let idp = Issuer::new();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("jwks.json"), idp.jwks()).unwrap();
+    let extra = format!(
+        r#"
+[oauth]
+mode = "jwt"
+issuer = "https://idp.test"
+audience = "portcullis"
+jwks_file = "{}"
+leeway = "0s"
+
+[[plans]]
+name = "api"
+upstream = "{}"
+access = {{ all = true }}
+
+[[plans.integrations]]
+name = "bearer"
+path = "/bearer"
+methods = ["GET"]
+auth = "oauth"
+senders = {{ all = true }}
+"#,
+        dir.path().join("jwks.json").display(),
+        up.url()
+    );
+    let gw = Gateway::start_in(dir, &cfg(&up.url(), &extra)).await;
+    let path = gw.dir.path().join("portcullis.toml");
+    let now = unix_now();
+    let header = serde_json::json!({"alg": "EdDSA", "kid": "ed-1"});
+    let token = |sub: &str, exp: i64| {
+        idp.token(
+            header.clone(),
+            serde_json::json!({"iss": "https://idp.test", "aud": "portcullis", "sub": sub, "exp": exp, "iat": now}),
+        )
+    };
+    let get = |t: String| {
+        let url = gw.url("/bearer");
+        async move { client().get(url).bearer_auth(t).send().await.unwrap().status().as_u16() }
+    };
+    // A token that expires in two seconds is served from the cache until then, not after.
+    let short = token("alice", now + 2);
+    assert_eq!(get(short.clone()).await, 200);
+    assert_eq!(get(short.clone()).await, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    assert_eq!(get(short).await, 401);
+    // A cached token of a user disabled by a reload is refused at once.
+    let long = token("mallory", now + 3600);
+    assert_eq!(get(long.clone()).await, 200);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replacen("name = \"mallory\"", "name = \"mallory\"\ndisabled = true", 1),
+    )
+    .unwrap();
+    portcullis::reload::reload(&gw.state, &path, "test").unwrap();
+    assert_eq!(get(long).await, 401);
+    gw.stop().await;
+}

@@ -50,7 +50,7 @@ async fn right_password_is_forwarded_with_the_principal_and_without_authorizatio
     assert_eq!(claims["auth_method"], "basic");
     assert_eq!(claims["plan"], "inc");
     assert_eq!(claims["integration"], "basic");
-    assert_eq!(claims["jti"], h["x-request-id"].to_str().unwrap());
+    assert_eq!(claims["jti"].as_str().unwrap().len(), 32, "a random id per assertion");
     assert_eq!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(), 300);
     // Signed with any other key, it does not verify.
     assert!(jsonwebtoken::decode::<serde_json::Value>(

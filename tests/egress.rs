@@ -196,7 +196,7 @@ impl Egress {
             method: AuthMethod::Basic,
             client_id: None,
         };
-        self.gw.state.gateway().signer().sign(&p, "p", "open", "rid-1").unwrap()
+        self.gw.state.gateway().signer().sign(&p, "p", "open").unwrap()
     }
 }
 

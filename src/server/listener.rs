@@ -38,6 +38,22 @@ pub struct ConnInfo {
     pub remote: SocketAddr,
     pub local: SocketAddr,
     pub tls: bool,
+    /// The peer's IP address as a header value, made once per connection (it goes into
+    /// every request's `X-Forwarded-For`).
+    pub ip_header: http::HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(remote: SocketAddr, local: SocketAddr, tls: bool) -> Self {
+        let ip_header = http::HeaderValue::from_str(&remote.ip().to_string())
+            .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
+        ConnInfo {
+            remote,
+            local,
+            tls,
+            ip_header,
+        }
+    }
 }
 
 /// Per-connection settings, read from the current config at accept time.
@@ -100,11 +116,7 @@ pub async fn serve<S, H, F>(
             let _ = stream.set_nodelay(true);
             match settings.tls {
                 Some(acceptor) => {
-                    let info = Arc::new(ConnInfo {
-                        remote,
-                        local,
-                        tls: true,
-                    });
+                    let info = Arc::new(ConnInfo::new(remote, local, true));
                     match tokio::time::timeout(settings.limits.header_read_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
@@ -121,11 +133,7 @@ pub async fn serve<S, H, F>(
                     }
                 }
                 None => {
-                    let info = Arc::new(ConnInfo {
-                        remote,
-                        local,
-                        tls: false,
-                    });
+                    let info = Arc::new(ConnInfo::new(remote, local, false));
                     serve_connection(stream, info, &settings.limits, false, handler, shutdown, abuse).await
                 }
             }

@@ -37,7 +37,25 @@ enum Source {
     Url(url::Url),
 }
 
+/// A verified token's facts and how long they may be reused.
+#[derive(Clone)]
+struct Verified {
+    facts: TokenFacts,
+    ttl: Duration,
+}
+
+struct UntilExp;
+
+impl moka::Expiry<[u8; 32], Verified> for UntilExp {
+    fn expire_after_create(&self, _k: &[u8; 32], v: &Verified, _now: Instant) -> Option<Duration> {
+        Some(v.ttl)
+    }
+}
+
 pub struct Jwt {
+    /// Verified tokens by SHA-256, until `min(exp, [cache] ttl)`: a repeated bearer costs a
+    /// lookup, not a signature check. Only successes are kept.
+    verified: moka::sync::Cache<[u8; 32], Verified>,
     source: Source,
     keys: RwLock<Keys>,
     fetching: Mutex<()>,
@@ -157,6 +175,10 @@ impl Jwt {
             cfg.algorithms.iter().filter_map(|a| parse_alg(a)).collect()
         };
         Ok(Jwt {
+            verified: moka::sync::Cache::builder()
+                .max_capacity(cache.max_entries)
+                .expire_after(UntilExp)
+                .build(),
             source,
             keys: RwLock::new(keys),
             fetching: Mutex::new(()),
@@ -268,6 +290,31 @@ impl Jwt {
     }
 
     pub async fn verify(&self, token: &str) -> Result<TokenFacts, Verdict> {
+        let id = *crate::config::SecretHash::of(token.as_bytes()).bytes();
+        if let Some(v) = self.verified.get(&id) {
+            return Ok(v.facts);
+        }
+        let (facts, exp) = self.check(token).await?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        // Never past the token's own exp (no leeway), nor the cache ttl.
+        let ttl = self.refresh_after.min(Duration::from_secs(exp.saturating_sub(now)));
+        if !ttl.is_zero() {
+            self.verified.insert(
+                id,
+                Verified {
+                    facts: facts.clone(),
+                    ttl,
+                },
+            );
+        }
+        Ok(facts)
+    }
+
+    /// The full verification of a token: header, key, signature, claims.
+    async fn check(&self, token: &str) -> Result<(TokenFacts, u64), Verdict> {
         let header = super::checked_header(token)?;
         if !self.algorithms.contains(&header.alg) {
             return Err(Reason::AlgNotAllowed.into());
@@ -314,11 +361,15 @@ impl Jwt {
         {
             return Err(Reason::ClientNotAllowed.into());
         }
-        Ok(TokenFacts {
-            user,
-            roles: super::roles_from(self.roles_claim.as_ref().and_then(|c| claims.get(c))),
-            client_id,
-        })
+        let exp = claims.get("exp").and_then(|v| v.as_u64()).unwrap_or(0);
+        Ok((
+            TokenFacts {
+                user,
+                roles: super::roles_from(self.roles_claim.as_ref().and_then(|c| claims.get(c))),
+                client_id,
+            },
+            exp,
+        ))
     }
 }
 
