@@ -22,7 +22,7 @@ fn tool(name: &str) -> Option<String> {
             std::env::var_os("PORTCULLIS_REQUIRE_TOOLS").is_none(),
             "PORTCULLIS_REQUIRE_TOOLS is set but `{name}` is missing"
         );
-        eprintln!("SKIPPED: `{name}` is not installed");
+        skipped(&format!("`{name}` is not installed"));
     }
     found
 }

@@ -914,7 +914,9 @@ fn python_verify(r: &Req, key_id: &str, alg: &str, key: &str) -> Option<Result<S
             std::env::var_os("PORTCULLIS_REQUIRE_INTEROP").is_none(),
             "PORTCULLIS_REQUIRE_INTEROP is set but {python} lacks http-message-signatures"
         );
-        eprintln!("SKIPPED: {python} lacks http-message-signatures (pip install http-message-signatures)");
+        skipped(&format!(
+            "{python} lacks http-message-signatures (pip install http-message-signatures)"
+        ));
         return None;
     }
     let host = r.headers["host"].to_str().unwrap();

@@ -36,7 +36,9 @@ fn start_authlib() -> Option<Authlib> {
             std::env::var_os("PORTCULLIS_REQUIRE_INTEROP").is_none(),
             "PORTCULLIS_REQUIRE_INTEROP is set but {python} cannot import authlib, flask and joserfc"
         );
-        eprintln!("SKIPPED: {python} lacks authlib/flask/joserfc (pip install authlib flask)");
+        skipped(&format!(
+            "{python} lacks authlib/flask/joserfc (pip install authlib flask)"
+        ));
         return None;
     }
     let script = format!("{}/tests/interop/authlib_server.py", env!("CARGO_MANIFEST_DIR"));

@@ -109,7 +109,7 @@ async fn the_demo_config_serves_the_echo_upstream_over_tls() {
         .unwrap()
         .replace("127.0.0.1:8443", "127.0.0.1:0")
         .replace("127.0.0.1:9901", "127.0.0.1:0")
-        .replace("127.0.0.1:15001", "127.0.0.1:0")
+        .replace("127.0.0.1:9902", "127.0.0.1:0")
         .replace("config/tls/", &format!("{root}/config/tls/"));
     let path = write_config(dir.path(), &text);
     let gw = Process::start(&path, &[]);

