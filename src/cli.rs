@@ -67,6 +67,18 @@ enum Command {
         #[command(subcommand)]
         command: EndpointCommand,
     },
+    /// Ask a running gateway's admin listener whether it is alive (`/healthz`) or ready
+    /// (`/readyz` with `--ready`); exit 0 if so. For container health checks: no curl
+    /// needed.
+    Health {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The admin listener's address, instead of the config's `[admin] address`.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        ready: bool,
+    },
     /// Print the config with every secret removed, safe to attach to a support ticket.
     Export {
         #[arg(long, short)]
@@ -103,6 +115,7 @@ pub fn run() -> ExitCode {
             command: EndpointCommand::Test { name, config },
         } => return endpoint_test(config_path(config), &name),
         Command::Export { config } => export(config_path(config)),
+        Command::Health { config, admin, ready } => return health(config_path(config), admin, ready),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -194,9 +207,18 @@ fn serve(path: PathBuf, format: LogFormat) -> anyhow::Result<()> {
             crate::reload::hangups(),
             shutdown.clone(),
         ));
+        let draining = state.clone();
         tokio::spawn(async move {
             terminated.await;
-            tracing::info!("shutdown signal received; draining");
+            // Not ready any more, still serving: load balancers and Kubernetes stop
+            // sending before the listeners close. A second signal cuts the delay short.
+            draining.set_ready(false);
+            let delay = draining.gateway().config.limits.drain_delay;
+            tracing::info!(drain_delay = ?delay, "shutdown signal received; /readyz answers 503, then draining");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = crate::server::shutdown::signal() => {}
+            }
             trigger.fire();
         });
         let gw = state.gateway();
@@ -363,6 +385,67 @@ fn endpoint_test(path: PathBuf, name: &str) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// `portcullis health`: GET the admin listener's `/healthz` (or `/readyz`).
+fn health(path: PathBuf, admin: Option<std::net::SocketAddr>, ready: bool) -> ExitCode {
+    let admin = match admin {
+        Some(a) => Some(a),
+        None => match config::load(&path) {
+            Ok(loaded) => loaded.config.admin,
+            Err(errors) => {
+                for e in &errors.0 {
+                    eprintln!("{e}");
+                }
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let Some(mut addr) = admin else {
+        eprintln!("portcullis: {} has no [admin] listener to ask", path.display());
+        return ExitCode::FAILURE;
+    };
+    // A listener on every address is reached on loopback.
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let url = format!("http://{addr}/{}", if ready { "readyz" } else { "healthz" });
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("portcullis: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let status = rt.block_on(async {
+        let req = http::Request::get(&url)
+            .body(crate::error::full(bytes::Bytes::new()))
+            .ok()?;
+        let client = crate::upstream::client();
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(3), client.request(req))
+            .await
+            .ok()?
+            .ok()?;
+        Some(resp.status())
+    });
+    match status {
+        Some(s) if s.is_success() => {
+            println!("{url}: {s}");
+            ExitCode::SUCCESS
+        }
+        Some(s) => {
+            println!("{url}: {s}");
+            ExitCode::FAILURE
+        }
+        None => {
+            println!("{url}: no answer");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -214,3 +214,65 @@ async fn an_unread_stdout_never_stalls_requests() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `portcullis health` against a running process: 0 while it answers, 1 once it is gone.
+fn health(admin: std::net::SocketAddr, ready: bool) -> i32 {
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(["health", "--admin", &admin.to_string()]);
+    if ready {
+        cmd.arg("--ready");
+    }
+    cmd.output().unwrap().status.code().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_first_turns_readyz_503_while_serving_then_drains() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &cfg(&up.url()).replace(
+            "shutdown_timeout = \"10s\"",
+            "shutdown_timeout = \"10s\"\ndrain_delay = \"1h\"",
+        ),
+    );
+    let mut gw = Process::start(&path, &[]);
+    let admin = gw.admin.unwrap();
+    assert_eq!(
+        tokio::task::spawn_blocking(move || health(admin, true)).await.unwrap(),
+        0
+    );
+    gw.signal("TERM");
+    // Not ready any more...
+    let ready_503 = eventually(PATIENCE, || async move {
+        client()
+            .get(format!("http://{admin}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 503)
+    })
+    .await;
+    assert!(ready_503, "/readyz never answered 503 after SIGTERM");
+    assert_eq!(
+        tokio::task::spawn_blocking(move || health(admin, true)).await.unwrap(),
+        1
+    );
+    // ...but still alive and serving during the drain delay.
+    assert_eq!(
+        tokio::task::spawn_blocking(move || health(admin, false)).await.unwrap(),
+        0
+    );
+    let r = client().get(format!("http://{}/open/x", gw.addr)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // A second signal cuts the delay short; the process exits cleanly.
+    gw.signal("TERM");
+    let status = tokio::task::spawn_blocking(move || gw.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        tokio::task::spawn_blocking(move || health(admin, false)).await.unwrap(),
+        1
+    );
+}

@@ -70,6 +70,9 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// How long a shutdown waits for requests in flight.
     pub shutdown_timeout: Duration,
+    /// After SIGTERM, how long `/readyz` answers 503 while everything is still served, so
+    /// a load balancer stops sending before the listeners close.
+    pub drain_delay: Duration,
     pub max_header_bytes: usize,
     /// 0 means unlimited.
     pub max_body_bytes: u64,
@@ -111,6 +114,7 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(90),
             shutdown_timeout: Duration::from_secs(30),
+            drain_delay: Duration::from_secs(5),
             max_header_bytes: 65536,
             max_body_bytes: 10 * 1024 * 1024,
             max_connections: 10000,

@@ -60,6 +60,7 @@ pub struct Limits {
     pub max_body_bytes: Option<Spanned<i64>>,
     pub max_connections: Option<Spanned<i64>>,
     pub body_read_timeout: Option<Str>,
+    pub drain_delay: Option<Str>,
     pub max_spool_bytes: Option<Spanned<i64>>,
     pub h2_max_concurrent_streams: Option<Spanned<i64>>,
     pub h2_max_pending_resets: Option<Spanned<i64>>,

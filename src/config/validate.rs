@@ -456,6 +456,7 @@ impl Validator<'_> {
                 d.shutdown_timeout,
                 "limits.shutdown_timeout",
             ),
+            drain_delay: self.duration(l.drain_delay.as_ref(), d.drain_delay, "limits.drain_delay"),
             max_header_bytes: l
                 .max_header_bytes
                 .as_ref()
