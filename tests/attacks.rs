@@ -587,10 +587,8 @@ fn unix_now() -> i64 {
         .as_secs() as i64
 }
 
-#[tokio::test]
-async fn jwt_header_and_claim_tricks_are_refused() {
-    let up = Upstream::start().await;
-    let idp = Issuer::new();
+/// A gateway validating `idp`'s tokens in jwt mode (JWKS file), with one bearer route.
+async fn jwt_gateway(up: &Upstream, idp: &Issuer, leeway: &str) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("jwks.json"), idp.jwks()).unwrap();
     let extra = format!(
@@ -600,7 +598,7 @@ mode = "jwt"
 issuer = "https://idp.test"
 audience = "portcullis"
 jwks_file = "{}"
-leeway = "30s"
+leeway = "{leeway}"
 username_claim = "sub"
 
 [[plans]]
@@ -618,7 +616,14 @@ senders = {{ all = true }}
         dir.path().join("jwks.json").display(),
         up.url()
     );
-    let gw = Gateway::start_in(dir, &cfg(&up.url(), &extra)).await;
+    Gateway::start_in(dir, &cfg(&up.url(), &extra)).await
+}
+
+#[tokio::test]
+async fn jwt_header_and_claim_tricks_are_refused() {
+    let up = Upstream::start().await;
+    let idp = Issuer::new();
+    let gw = jwt_gateway(&up, &idp, "30s").await;
     let now = unix_now();
     let header = serde_json::json!({"alg": "EdDSA", "kid": "ed-1", "typ": "JWT"});
     let good = serde_json::json!({"iss": "https://idp.test", "aud": "portcullis", "sub": "alice", "exp": now + 300, "iat": now});
@@ -1028,33 +1033,7 @@ async fn token_endpoint_refusals_are_counted_logged_and_shown() {
 async fn cached_jwt_decisions_never_outlive_the_token_or_the_user() {
     let up = Upstream::start().await;
     let idp = Issuer::new();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("jwks.json"), idp.jwks()).unwrap();
-    let extra = format!(
-        r#"
-[oauth]
-mode = "jwt"
-issuer = "https://idp.test"
-audience = "portcullis"
-jwks_file = "{}"
-leeway = "0s"
-
-[[plans]]
-name = "api"
-upstream = "{}"
-access = {{ all = true }}
-
-[[plans.integrations]]
-name = "bearer"
-path = "/bearer"
-methods = ["GET"]
-auth = "oauth"
-senders = {{ all = true }}
-"#,
-        dir.path().join("jwks.json").display(),
-        up.url()
-    );
-    let gw = Gateway::start_in(dir, &cfg(&up.url(), &extra)).await;
+    let gw = jwt_gateway(&up, &idp, "0s").await;
     let path = gw.dir.path().join("portcullis.toml");
     let now = unix_now();
     let header = serde_json::json!({"alg": "EdDSA", "kid": "ed-1"});

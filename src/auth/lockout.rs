@@ -45,6 +45,19 @@ impl Counter {
     fn locked(&self, now: Instant) -> Option<Duration> {
         self.locked_until.filter(|u| now < *u).map(|u| u - now)
     }
+
+    /// Whether one more verification may be answered now: `Err(retry_after)` while locked,
+    /// or while failures plus attempts still running fill the budget.
+    fn admit(&mut self, now: Instant, settings: &config::Lockout) -> Result<(), Duration> {
+        self.roll(now, settings.window);
+        if let Some(left) = self.locked(now) {
+            return Err(left);
+        }
+        if self.failures.saturating_add(self.in_flight) >= settings.max_failures {
+            return Err(BUSY_RETRY);
+        }
+        Ok(())
+    }
 }
 
 /// How long a client whose budget is taken by attempts still running should wait.
@@ -159,13 +172,7 @@ impl Lockout {
             .get_with(self.key(subject, client), || Arc::new(Mutex::new(Counter::new(now))));
         {
             let mut c = counter.lock().unwrap_or_else(|p| p.into_inner());
-            c.roll(now, self.settings.window);
-            if let Some(left) = c.locked(now) {
-                return Err(left);
-            }
-            if c.failures.saturating_add(c.in_flight) >= self.settings.max_failures {
-                return Err(BUSY_RETRY);
-            }
+            c.admit(now, &self.settings)?;
             c.in_flight += 1;
         }
         Ok(Attempt {
@@ -191,13 +198,7 @@ impl Lockout {
             self.table.get_with(key, || Arc::new(Mutex::new(Counter::new(now))))
         };
         let mut c = counter.lock().unwrap_or_else(|p| p.into_inner());
-        c.roll(now, self.settings.window);
-        if let Some(left) = c.locked(now) {
-            return Err(left);
-        }
-        if c.failures.saturating_add(c.in_flight) >= self.settings.max_failures {
-            return Err(BUSY_RETRY);
-        }
+        c.admit(now, &self.settings)?;
         if ok {
             c.failures = 0;
         } else {
