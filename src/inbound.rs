@@ -230,6 +230,8 @@ fn challenges(methods: &[AuthMethod]) -> Vec<HeaderValue> {
 
 /// What the finish phase reports about one request.
 struct Ctx {
+    /// The client's address: the peer, or the client a trusted proxy names.
+    client: std::net::IpAddr,
     request_id: HeaderValue,
     started: Instant,
     method: http::Method,
@@ -251,13 +253,12 @@ struct Ctx {
 struct Finish {
     env: Arc<Env>,
     gw: Arc<Gateway>,
-    conn: Arc<ConnInfo>,
     ctx: Ctx,
 }
 
 impl Drop for Finish {
     fn drop(&mut self) {
-        finish(&self.env, &self.gw, &self.conn, &self.ctx);
+        finish(&self.env, &self.gw, &self.ctx);
     }
 }
 
@@ -267,8 +268,13 @@ pub async fn handle(env: Arc<Env>, gw: Arc<Gateway>, req: Request<Incoming>, con
         Some(v) if headers::valid_request_id(v) => v.clone(),
         _ => headers::new_request_id(),
     };
+    let client = gw
+        .config
+        .listen
+        .client_ip(conn.remote.ip(), req.headers().get(headers::X_FORWARDED_FOR));
     let mut guard = Finish {
         ctx: Ctx {
+            client,
             request_id,
             started: Instant::now(),
             method: req.method().clone(),
@@ -283,7 +289,6 @@ pub async fn handle(env: Arc<Env>, gw: Arc<Gateway>, req: Request<Incoming>, con
         },
         env: env.clone(),
         gw: gw.clone(),
-        conn: conn.clone(),
     };
     let ctx = &mut guard.ctx;
     let mut resp = match handle_inner(&env, &gw, &conn, ctx, req).await {
@@ -322,10 +327,10 @@ async fn handle_inner(
                 "oauth_jwks"
             });
             ctx.auth_method = Some(AuthMethod::OAuth);
-            return oauth_endpoint(gw, issuer, conn, &parts, body).await;
+            return oauth_endpoint(gw, issuer, ctx.client, &parts, body).await;
         }
     }
-    let permit = match decide(gw, conn, ctx, &mut parts).await {
+    let permit = match decide(gw, ctx, &mut parts).await {
         Ok(permit) => permit,
         Err(r) => {
             upstream::drain(body);
@@ -376,7 +381,7 @@ async fn handle_inner(
 async fn oauth_endpoint(
     gw: &Gateway,
     issuer: &builtin::Issuer,
-    conn: &ConnInfo,
+    client: std::net::IpAddr,
     parts: &Parts,
     body: Incoming,
 ) -> Result<Response<Body>, Refusal> {
@@ -420,11 +425,11 @@ async fn oauth_endpoint(
         Err(_) => return Err(Refusal::BadRequest("token request body timed out".into())),
     };
     let authorization = parts.headers.get(header::AUTHORIZATION);
-    Ok(issuer.token(&gw.auth, authorization, &form, conn.remote.ip()).await?)
+    Ok(issuer.token(&gw.auth, authorization, &form, client).await?)
 }
 
 /// Every check before forwarding: the route index and the principal (none for `auth = "none"`).
-async fn decide(gw: &Gateway, conn: &ConnInfo, ctx: &mut Ctx, parts: &mut Parts) -> Result<Permit, Refusal> {
+async fn decide(gw: &Gateway, ctx: &mut Ctx, parts: &mut Parts) -> Result<Permit, Refusal> {
     let path = parts.uri.path();
     let bad_path = |e: crate::path::PathError| Refusal::BadRequest(e.to_string().into());
     crate::path::check_path(path).map_err(bad_path)?;
@@ -462,11 +467,7 @@ async fn decide(gw: &Gateway, conn: &ConnInfo, ctx: &mut Ctx, parts: &mut Parts)
         plan: &route.plan,
         integration: &route.integration,
     };
-    let principal = match gw
-        .auth
-        .authenticate(&route.auth, route_ref, parts, conn.remote.ip())
-        .await
-    {
+    let principal = match gw.auth.authenticate(&route.auth, route_ref, parts, ctx.client).await {
         Ok(p) => p,
         Err(f) => return Err(refuse(route, ctx, f)),
     };
@@ -653,7 +654,7 @@ async fn send(env: &Env, upstream: &Upstream, req: Request<Body>) -> Result<Resp
 
 /// The finish phase: one access-log line and the metrics. A request whose client went
 /// away before the answer is logged with status 499 and outcome `client_closed`.
-fn finish(env: &Env, gw: &Gateway, conn: &ConnInfo, ctx: &Ctx) {
+fn finish(env: &Env, gw: &Gateway, ctx: &Ctx) {
     let elapsed = ctx.started.elapsed();
     let route = ctx.route.map(|i| &gw.routes[i]);
     let (plan, integration) = match (route, ctx.endpoint) {
@@ -691,7 +692,7 @@ fn finish(env: &Env, gw: &Gateway, conn: &ConnInfo, ctx: &Ctx) {
         env.refusals.record(RefusalRecord {
             time: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             request_id: ctx.request_id.to_str().unwrap_or("").to_string(),
-            client_ip: conn.remote.ip().to_string(),
+            client_ip: ctx.client.to_string(),
             integration: if plan.is_empty() {
                 String::new()
             } else {
@@ -708,7 +709,7 @@ fn finish(env: &Env, gw: &Gateway, conn: &ConnInfo, ctx: &Ctx) {
     tracing::info!(
         target: "portcullis::access",
         request_id = ctx.request_id.to_str().unwrap_or(""),
-        client = %conn.remote.ip(),
+        client = %ctx.client,
         method = ctx.method.as_str(),
         path = ctx.path.as_str(),
         plan,

@@ -1066,3 +1066,79 @@ async fn cached_jwt_decisions_never_outlive_the_token_or_the_user() {
     assert_eq!(get(long).await, 401);
     gw.stop().await;
 }
+
+/// Behind an ingress: only a trusted peer's X-Forwarded-For names the client, taken as the
+/// rightmost hop that is not itself a trusted proxy; lockout, the log and the admin page
+/// use it. From any other peer the header names nobody.
+#[tokio::test]
+async fn the_client_behind_a_trusted_proxy_is_the_rightmost_untrusted_hop() {
+    let up = Upstream::start().await;
+    let trusted = cfg(&up.url(), "").replace(
+        "[listen]\naddress = \"127.0.0.1:0\"",
+        "[listen]\naddress = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.0/8\", \"10.0.0.0/8\"]",
+    );
+    assert!(trusted.contains("trusted_proxies"));
+    let gw = Gateway::start(&trusted).await;
+    let guess = |xff: &'static str, pw: &'static str| {
+        let url = gw.url("/secret/x");
+        async move {
+            client()
+                .get(url)
+                .header("authorization", basic("alice", pw))
+                .header("x-forwarded-for", xff)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    // 198.51.100.7 (spoofing 203.0.113.9 on the left, behind an inner proxy 10.1.1.1)
+    // uses its three failures...
+    for _ in 0..3 {
+        assert_eq!(guess("203.0.113.9, 198.51.100.7, 10.1.1.1", "wrong").await, 401);
+    }
+    assert_eq!(guess("198.51.100.7", "alice-pw").await, 429);
+    // ...which do not lock out another client behind the same ingress, nor the spoofed one.
+    assert_eq!(guess("198.51.100.8", "alice-pw").await, 200);
+    assert_eq!(guess("203.0.113.9", "alice-pw").await, 200);
+    let refusals: serde_json::Value = client()
+        .get(gw.admin_url("/refusals"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        refusals
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["client_ip"] == "198.51.100.7"),
+        "{refusals}"
+    );
+    gw.stop().await;
+
+    // Without trusted_proxies, the header names nobody: all guesses count for the peer.
+    let gw = Gateway::start(&cfg(&up.url(), "")).await;
+    for (i, xff) in ["1.1.1.1", "2.2.2.2", "3.3.3.3"].into_iter().enumerate() {
+        let r = client()
+            .get(gw.url("/secret/x"))
+            .header("authorization", basic("alice", "wrong"))
+            .header("x-forwarded-for", xff)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "guess {i}");
+    }
+    let r = client()
+        .get(gw.url("/secret/x"))
+        .header("authorization", basic("alice", "alice-pw"))
+        .header("x-forwarded-for", "4.4.4.4")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    gw.stop().await;
+}

@@ -51,6 +51,36 @@ pub struct Listen {
     pub tls: Option<TlsFiles>,
     /// The chain and key read from `tls`, once, when the config was loaded.
     pub tls_key: Option<std::sync::Arc<rustls::sign::CertifiedKey>>,
+    /// Peers (an ingress, a load balancer) whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl Listen {
+    /// The client's address: the peer's, or, when the peer is a trusted proxy, the
+    /// rightmost `X-Forwarded-For` hop that is not itself a trusted proxy. A hop that is
+    /// not an address stops the walk at the last trusted one.
+    pub fn client_ip(&self, peer: std::net::IpAddr, xff: Option<&http::HeaderValue>) -> std::net::IpAddr {
+        let trusted = |ip: &std::net::IpAddr| self.trusted_proxies.iter().any(|n| n.contains(ip));
+        if self.trusted_proxies.is_empty() || !trusted(&peer) {
+            return peer;
+        }
+        let Some(list) = xff.and_then(|v| v.to_str().ok()) else {
+            return peer;
+        };
+        let mut client = peer;
+        for hop in list.rsplit(',') {
+            match hop.trim().parse::<std::net::IpAddr>() {
+                Ok(ip) => {
+                    client = ip;
+                    if !trusted(&ip) {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        client
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -36,6 +36,8 @@ pub struct Raw {
 pub struct Listen {
     pub address: Str,
     pub tls: Option<Spanned<Tls>>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<Str>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -202,6 +202,7 @@ impl Validator<'_> {
                     address: SocketAddr::from(([127, 0, 0, 1], 0)),
                     tls: None,
                     tls_key: None,
+                    trusted_proxies: Vec::new(),
                 }
             }
         };
@@ -437,7 +438,26 @@ impl Validator<'_> {
             Some((files, key)) => (Some(files), Some(key)),
             None => (None, None),
         };
-        Listen { address, tls, tls_key }
+        let mut trusted_proxies = Vec::new();
+        for t in &r.trusted_proxies {
+            let text = t.get_ref();
+            let parsed = text
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(n) => trusted_proxies.push(n),
+                Err(_) => self.error(
+                    sp(t),
+                    format!("listen.trusted_proxies: `{text}` is not an address or CIDR such as 10.0.0.0/8"),
+                ),
+            }
+        }
+        Listen {
+            address,
+            tls,
+            tls_key,
+            trusted_proxies,
+        }
     }
 
     fn limits(&mut self, l: Option<&raw::Limits>) -> Limits {
