@@ -353,8 +353,8 @@ async fn handle_inner(
         Err(BodyError::Client(_)) => return Err(Refusal::BadRequest("request body could not be read".into())),
     };
     let route = rewrite(gw, conn, ctx, &mut parts, permit)?;
-    // Trailers could carry any header past the checks above: they are not forwarded.
-    let req = Request::from_parts(parts, upstream::without_trailers(body));
+    // limit_body dropped the client's trailers: they could carry any header past the checks.
+    let req = Request::from_parts(parts, body);
     let started = Instant::now();
     let sent = tokio::time::timeout_at(until, send(env, &route.upstream, req)).await;
     let elapsed = started.elapsed();

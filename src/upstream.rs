@@ -132,39 +132,6 @@ pub enum BodyError {
 /// Largest unknown-length body held back before forwarding, to learn its size first.
 pub const SPOOL_BYTES: u64 = 1024 * 1024;
 
-/// Prepares `body` for forwarding under `limit` (0 = none).
-///
-/// A request body without its trailers: they arrive after every check has run, so a
-/// client could put anything in them; the body ends where they would start.
-pub fn without_trailers(body: Body) -> Body {
-    NoTrailers(body).boxed_unsync()
-}
-
-struct NoTrailers(Body);
-
-impl http_body::Body for NoTrailers {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        match std::pin::Pin::new(&mut self.0).poll_frame(cx) {
-            std::task::Poll::Ready(Some(Ok(f))) if f.is_trailers() => std::task::Poll::Ready(None),
-            other => other,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.0.size_hint()
-    }
-}
-
 /// Bytes of unknown-length request bodies held back across the whole process.
 static SPOOLED: AtomicU64 = AtomicU64::new(0);
 
@@ -197,11 +164,6 @@ impl Drop for SpoolTicket {
     }
 }
 
-/// The bytes of request bodies held back right now, process-wide.
-pub fn spooled_bytes() -> u64 {
-    SPOOLED.load(Ordering::Acquire)
-}
-
 /// How long a request body may take: `idle` without a byte, and all of it by `until`.
 #[derive(Debug, Clone, Copy)]
 pub struct BodyTiming {
@@ -217,7 +179,9 @@ impl BodyTiming {
     }
 }
 
-/// Prepares `body` for forwarding under `limit` (0 = none) and `timing`.
+/// Prepares `body` for forwarding under `limit` (0 = none) and `timing`, without its
+/// trailers: they arrive after every check has run, so a client could put any header in
+/// them; the body ends where they would start.
 ///
 /// A declared `Content-Length` over the limit is refused before a byte is read. A body of
 /// unknown length is read until it ends or passes `min(limit, SPOOL_BYTES)` (less when the
@@ -242,7 +206,7 @@ pub async fn limit_body(
     }
     let streamed = |body, remaining, ticket, prefix| Prefixed {
         prefix,
-        trailers: None,
+        keep_trailers: false,
         rest: Some(body),
         remaining,
         overflow: overflow.clone(),
@@ -259,7 +223,6 @@ pub async fn limit_body(
     let mut body = body;
     let mut held = BytesMut::new();
     let mut ticket = SpoolTicket(0);
-    let mut trailers = None;
     let mut ended = false;
     while (held.len() as u64) <= window {
         let frame = match tokio::time::timeout_at(timing.next_deadline(), body.frame()).await {
@@ -281,8 +244,8 @@ pub async fn limit_body(
                     }
                     held.extend_from_slice(&data);
                 }
-                Err(frame) => {
-                    trailers = frame.into_trailers().ok();
+                // Trailers: dropped, and the body ends there.
+                Err(_) => {
                     ended = true;
                     break;
                 }
@@ -296,7 +259,7 @@ pub async fn limit_body(
         overflow.set(FINISHED);
         let body = Prefixed {
             prefix: Some(held.freeze()),
-            trailers,
+            keep_trailers: false,
             rest: None,
             remaining: 0,
             overflow: overflow.clone(),
@@ -315,7 +278,7 @@ pub async fn limit_body(
 pub fn prefixed(prefix: Bytes, body: Incoming) -> Body {
     Prefixed {
         prefix: Some(prefix),
-        trailers: None,
+        keep_trailers: true,
         rest: Some(body),
         remaining: u64::MAX,
         overflow: Overflow::default(),
@@ -329,7 +292,8 @@ pub fn prefixed(prefix: Bytes, body: Incoming) -> Body {
 /// Held bytes first, then the rest of the client's body, cut past the limit or its time.
 struct Prefixed {
     prefix: Option<Bytes>,
-    trailers: Option<http::HeaderMap>,
+    /// Inbound bodies drop the client's trailers; egress passes a local service's on.
+    keep_trailers: bool,
     rest: Option<Incoming>,
     remaining: u64,
     overflow: Overflow,
@@ -350,9 +314,6 @@ impl HttpBody for Prefixed {
             if !p.is_empty() {
                 return Poll::Ready(Some(Ok(Frame::data(p))));
             }
-        }
-        if let Some(t) = self.trailers.take() {
-            return Poll::Ready(Some(Ok(Frame::trailers(t))));
         }
         let Some(rest) = self.rest.as_mut() else {
             return Poll::Ready(None);
@@ -375,6 +336,12 @@ impl HttpBody for Prefixed {
             }
         }
         match polled {
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() && !self.keep_trailers => {
+                self.rest = None;
+                self.timer = None;
+                self.overflow.set(FINISHED);
+                Poll::Ready(None)
+            }
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
@@ -399,7 +366,7 @@ impl HttpBody for Prefixed {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.prefix.is_none() && self.trailers.is_none() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+        self.prefix.is_none() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {

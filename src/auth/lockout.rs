@@ -210,7 +210,8 @@ impl Lockout {
         Ok(())
     }
 
-    /// Counts one failure (for callers that verify nothing themselves).
+    /// Counts one failure.
+    #[cfg(test)]
     pub fn fail(&self, subject: &str, client: IpAddr) {
         let _ = self.settle(subject, client, false);
     }

@@ -72,7 +72,7 @@ fn self_issued(der: &[u8]) -> bool {
 
 /// The names a certificate answers to: its subjectAltName DNS and IP entries, or, when it
 /// has none, its Common Names.
-pub fn names(cert: &x509_parser::certificate::X509Certificate<'_>) -> (Vec<String>, bool) {
+fn names(cert: &x509_parser::certificate::X509Certificate<'_>) -> (Vec<String>, bool) {
     use x509_parser::extensions::GeneralName;
     let mut sans = Vec::new();
     if let Ok(Some(ext)) = cert.subject_alternative_name() {
