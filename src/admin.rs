@@ -98,6 +98,7 @@ fn upstream_text(u: &Upstream) -> String {
             scheme,
             authority,
             base_path,
+            ..
         } => {
             let host = authority.host();
             match authority.port_u16() {

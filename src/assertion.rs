@@ -107,12 +107,12 @@ mod tests {
     use super::*;
 
     fn principal() -> Principal {
-        Principal {
-            user: Arc::from("alice"),
-            roles: Arc::from(vec!["ops".to_string()]),
-            method: AuthMethod::Basic,
-            client_id: None,
-        }
+        Principal::new(
+            Arc::from("alice"),
+            Arc::from(vec!["ops".to_string()]),
+            AuthMethod::Basic,
+            None,
+        )
     }
 
     #[test]

@@ -58,12 +58,12 @@ mod tests {
     use std::sync::Arc;
 
     fn p(user: &str, roles: &[&str]) -> Principal {
-        Principal {
-            user: Arc::from(user),
-            roles: Arc::from(roles.iter().map(|r| r.to_string()).collect::<Vec<_>>()),
-            method: AuthMethod::Basic,
-            client_id: None,
-        }
+        Principal::new(
+            Arc::from(user),
+            Arc::from(roles.iter().map(|r| r.to_string()).collect::<Vec<_>>()),
+            AuthMethod::Basic,
+            None,
+        )
     }
 
     fn only(roles: &[&str], users: &[&str]) -> Rule {

@@ -235,7 +235,8 @@ struct Ctx {
     request_id: HeaderValue,
     started: Instant,
     method: http::Method,
-    path: String,
+    /// The request target as received (a reference-counted view, not a copy).
+    uri: http::Uri,
     route: Option<usize>,
     /// A built-in endpoint of the gateway itself (the OAuth issuer's), when no route.
     endpoint: Option<&'static str>,
@@ -278,7 +279,7 @@ pub async fn handle(env: Arc<Env>, gw: Arc<Gateway>, req: Request<Incoming>, con
             request_id,
             started: Instant::now(),
             method: req.method().clone(),
-            path: req.uri().path().to_string(),
+            uri: req.uri().clone(),
             route: None,
             endpoint: None,
             auth_method: None,
@@ -312,7 +313,8 @@ async fn handle_inner(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Refusal> {
     let (mut parts, body) = req.into_parts();
-    if headers::size(&parts.headers) > gw.config.limits.max_header_bytes {
+    let limits = &gw.config.limits;
+    if parts.headers.len() > limits.max_headers || headers::size(&parts.headers) > limits.max_header_bytes {
         upstream::drain(body);
         return Err(Refusal::HeadersTooLarge);
     }
@@ -563,18 +565,18 @@ fn rewrite<'g>(
             if !(p.method == AuthMethod::OAuth && route.forward_token) {
                 h.remove(header::AUTHORIZATION);
             }
-            let bad = |_| Refusal::BadRequest("principal cannot be expressed in a header".into());
-            h.insert(headers::X_PORTCULLIS_USER, HeaderValue::from_str(&p.user).map_err(bad)?);
-            h.insert(
-                headers::X_PORTCULLIS_ROLES,
-                HeaderValue::from_str(&p.roles.join(",")).map_err(bad)?,
-            );
+            let id = p
+                .headers
+                .as_ref()
+                .ok_or_else(|| Refusal::BadRequest("principal cannot be expressed in a header".into()))?;
+            h.insert(headers::X_PORTCULLIS_USER, id.user.clone());
+            h.insert(headers::X_PORTCULLIS_ROLES, id.roles.clone());
             h.insert(
                 headers::X_PORTCULLIS_AUTH_METHOD,
                 HeaderValue::from_static(p.method.as_str()),
             );
-            if let Some(c) = &p.client_id {
-                h.insert(headers::X_PORTCULLIS_CLIENT_ID, HeaderValue::from_str(c).map_err(bad)?);
+            if let Some(c) = &id.client_id {
+                h.insert(headers::X_PORTCULLIS_CLIENT_ID, c.clone());
             }
             let assertion = gw
                 .signer()
@@ -584,39 +586,55 @@ fn rewrite<'g>(
         }
     }
     // The URL key is a credential: it never leaves Portcullis, whatever the route.
-    let query = match parts.uri.query() {
-        Some(q) if auth::url_key::may_contain(q) => auth::url_key::strip(q),
-        Some(q) => Some(q.to_string()),
-        None => None,
+    let stripped = match parts.uri.query() {
+        Some(q) if auth::url_key::may_contain(q) => Some(auth::url_key::strip(q)),
+        _ => None,
     };
-    parts.uri = upstream_uri(&route.upstream, parts.uri.path(), query.as_deref())?;
+    parts.uri = upstream_uri(&route.upstream, &parts.uri, stripped)?;
+    if let Upstream::Http { host, .. } = &route.upstream {
+        parts.headers.insert(header::HOST, host.clone());
+    }
     parts.version = Version::HTTP_11;
     Ok(route)
 }
 
-fn upstream_uri(upstream: &Upstream, path: &str, query: Option<&str>) -> Result<Uri, Refusal> {
-    let mut pq = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1) + 16);
-    let builder = Uri::builder();
-    let builder = match upstream {
-        Upstream::Echo => builder,
+/// The upstream's scheme and authority, its base path, then the request's path and query
+/// (`stripped`: the query with the URL key removed, when it had one). With no base path
+/// and an untouched query the request's own path-and-query is reused, not copied.
+fn upstream_uri(upstream: &Upstream, uri: &Uri, stripped: Option<Option<String>>) -> Result<Uri, Refusal> {
+    let (builder, base) = match upstream {
+        Upstream::Echo => (Uri::builder(), ""),
         Upstream::Http {
             scheme,
             authority,
             base_path,
-        } => {
-            pq.push_str(base_path);
-            builder.scheme(scheme.clone()).authority(authority.clone())
+            ..
+        } => (
+            Uri::builder().scheme(scheme.clone()).authority(authority.clone()),
+            base_path.as_str(),
+        ),
+    };
+    let bad = || Refusal::BadRequest("request target cannot be forwarded".into());
+    let pq = match (uri.path_and_query(), &stripped) {
+        (Some(pq), None) if base.is_empty() => pq.clone(),
+        _ => {
+            let path = uri.path();
+            let query = match &stripped {
+                Some(q) => q.as_deref(),
+                None => uri.query(),
+            };
+            let mut s = String::with_capacity(base.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+            s.push_str(base);
+            s.push_str(path);
+            if let Some(q) = query {
+                s.push('?');
+                s.push_str(q);
+            }
+            http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::from(s.into_bytes().into_boxed_slice()))
+                .map_err(|_| bad())?
         }
     };
-    pq.push_str(path);
-    if let Some(q) = query {
-        pq.push('?');
-        pq.push_str(q);
-    }
-    builder
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| Refusal::BadRequest("request target cannot be forwarded".into()))
+    builder.path_and_query(pq).build().map_err(|_| bad())
 }
 
 /// Why the upstream gave no response.
@@ -699,7 +717,7 @@ fn finish(env: &Env, gw: &Gateway, ctx: &Ctx) {
                 format!("{plan}/{integration}")
             },
             method: ctx.method.as_str().to_string(),
-            path: ctx.path.clone(),
+            path: ctx.uri.path().to_string(),
             auth_method: auth_method.to_string(),
             principal: ctx.principal.as_deref().unwrap_or("").to_string(),
             status,
@@ -711,7 +729,7 @@ fn finish(env: &Env, gw: &Gateway, ctx: &Ctx) {
         request_id = ctx.request_id.to_str().unwrap_or(""),
         client = %ctx.client,
         method = ctx.method.as_str(),
-        path = ctx.path.as_str(),
+        path = ctx.uri.path(),
         plan,
         integration,
         auth_method,

@@ -96,6 +96,9 @@ pub fn check_path(path: &str) -> Result<(), PathError> {
     let mut seg_dots = 0usize; // dots (raw or %2E) in the current segment
     let mut seg_other = false; // anything else in the current segment
     let mut seg_len = 0usize;
+    // Only an escaped path can decode to something that is not UTF-8 (`path` itself is a
+    // `&str`), so only then is the decoded form collected.
+    let escaped = bytes.contains(&b'%');
     let mut decoded_bytes = Vec::new();
     while i < bytes.len() {
         let b = bytes[i];
@@ -132,14 +135,18 @@ pub fn check_path(path: &str) -> Result<(), PathError> {
                     seg_dots = 0;
                     seg_other = false;
                     seg_len = 0;
-                    decoded_bytes.push(b'/');
+                    if escaped {
+                        decoded_bytes.push(b'/');
+                    }
                     continue;
                 }
                 _ => b,
             }
         };
         seg_len += 1;
-        decoded_bytes.push(decoded);
+        if escaped {
+            decoded_bytes.push(decoded);
+        }
         if decoded < 0x20 || decoded == 0x7f {
             return Err(PathError::ControlByte);
         }

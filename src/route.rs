@@ -69,10 +69,14 @@ pub struct Router {
 }
 
 /// A path as lenient servers compare it: ASCII case folded, trailing `/` removed.
-fn canonical(path: &str) -> String {
+fn canonical(path: &str) -> std::borrow::Cow<'_, str> {
     let t = path.trim_end_matches('/');
     let t = if t.is_empty() { "/" } else { t };
-    t.to_ascii_lowercase()
+    if t.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(t.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(t)
+    }
 }
 
 impl Router {
@@ -99,7 +103,7 @@ impl Router {
     pub fn new_checked(routes: Vec<(PathPattern, Vec<Method>, Target)>) -> Self {
         let lenient = Router::new(routes.iter().map(|(p, m, t)| {
             let p = match p {
-                PathPattern::Exact(e) => PathPattern::Exact(canonical(e)),
+                PathPattern::Exact(e) => PathPattern::Exact(canonical(e).into_owned()),
                 PathPattern::Prefix(b) => PathPattern::Prefix(b.to_ascii_lowercase().trim_end_matches('/').to_string()),
             };
             (p, m.clone(), *t)

@@ -86,30 +86,46 @@ pub async fn echo(req: Request<Body>) -> Result<Response<Body>, BoxError> {
 
 /// Set when a streamed body went over its limit (so the caller answers 413, not 502) or
 /// past its time (408).
+///
+/// A body that was complete on arrival (most GETs) shares one static, already finished
+/// state instead of allocating its own.
 #[derive(Debug, Clone, Default)]
-pub struct Overflow(Arc<[AtomicBool; 3]>);
+pub struct Overflow(Option<Arc<[AtomicBool; 3]>>);
 
 const OVER_LIMIT: usize = 0;
 const TIMED_OUT: usize = 1;
 const FINISHED: usize = 2;
 
 impl Overflow {
+    fn tracking() -> Self {
+        Self(Some(Arc::default()))
+    }
+
+    fn get(&self, which: usize) -> bool {
+        match &self.0 {
+            Some(flags) => flags[which].load(Ordering::Acquire),
+            None => which == FINISHED,
+        }
+    }
+
     pub fn happened(&self) -> bool {
-        self.0[OVER_LIMIT].load(Ordering::Acquire)
+        self.get(OVER_LIMIT)
     }
 
     /// The body stalled or was still arriving when its time was up.
     pub fn timed_out(&self) -> bool {
-        self.0[TIMED_OUT].load(Ordering::Acquire)
+        self.get(TIMED_OUT)
     }
 
     /// Whether the client's body was read to its end (always, for a body held whole).
     pub fn finished(&self) -> bool {
-        self.0[FINISHED].load(Ordering::Acquire)
+        self.get(FINISHED)
     }
 
     fn set(&self, which: usize) {
-        self.0[which].store(true, Ordering::Release);
+        if let Some(flags) = &self.0 {
+            flags[which].store(true, Ordering::Release);
+        }
     }
 }
 
@@ -196,11 +212,10 @@ pub async fn limit_body(
     declared: Option<u64>,
     timing: BodyTiming,
 ) -> Result<(Body, Overflow), BodyError> {
-    let overflow = Overflow::default();
     if body.is_end_stream() {
-        overflow.set(FINISHED);
-        return Ok((body.map_err(BoxError::from).boxed_unsync(), overflow));
+        return Ok((body.map_err(BoxError::from).boxed_unsync(), Overflow::default()));
     }
+    let overflow = Overflow::tracking();
     if declared.is_some_and(|n| limit > 0 && n > limit) {
         return Err(BodyError::TooLarge);
     }

@@ -190,12 +190,12 @@ impl Egress {
     }
 
     fn assertion(&self, user: &str, roles: &[&str]) -> String {
-        let p = Principal {
-            user: Arc::from(user),
-            roles: Arc::from(roles.iter().map(|r| r.to_string()).collect::<Vec<_>>()),
-            method: AuthMethod::Basic,
-            client_id: None,
-        };
+        let p = Principal::new(
+            Arc::from(user),
+            Arc::from(roles.iter().map(|r| r.to_string()).collect::<Vec<_>>()),
+            AuthMethod::Basic,
+            None,
+        );
         self.gw.state.gateway().signer().sign(&p, "p", "open").unwrap()
     }
 }

@@ -970,3 +970,116 @@ async fn jwt_keys_can_come_from_a_jwks_file() {
     assert_eq!(idp.server.hits(), 0, "a JWKS file needs no fetch");
     gw.stop().await;
 }
+
+// === verified-token cache ===
+
+fn replace_config(gw: &Gateway, toml: &str) {
+    let path = write_config(gw.dir.path(), toml);
+    gw.state
+        .replace(portcullis::config::load(&path).unwrap().config)
+        .unwrap();
+}
+
+/// A verified JWT is served from the cache, but never past its own `exp` (the cache ttl
+/// is an hour here and the leeway zero), and the principal made from it follows the
+/// user's `[[users]]` entry: disabled, refused at once; new roles, new headers.
+#[tokio::test]
+async fn cached_jwts_end_at_their_exp_and_follow_the_users_entry() {
+    let up = Upstream::start().await;
+    let idp = idp().await;
+    let cfg = jwt_config(&up, &idp)
+        .replace("leeway = \"5s\"", "leeway = \"0s\"")
+        .replace("negative_ttl = \"2s\"", "negative_ttl = \"2s\"\nttl = \"1h\"");
+    let gw = Gateway::start(&cfg).await;
+    let short = sign(
+        Algorithm::RS256,
+        "rsa-1",
+        &idp.rsa_key,
+        &claims(serde_json::json!({"exp": now() + 3})),
+    );
+    assert_eq!(bearer_status(&gw, "/events", &short).await, 200);
+    assert_eq!(bearer_status(&gw, "/events", &short).await, 200);
+    eventually(PATIENCE, || async {
+        bearer_status(&gw, "/events", &short).await == 401
+    })
+    .await;
+    assert!(gw.metric(&failures("token_expired", "oauth")).await >= 1.0);
+
+    let alice = sign(
+        Algorithm::RS256,
+        "rsa-1",
+        &idp.rsa_key,
+        &claims(serde_json::json!({"preferred_username": "alice", "groups": []})),
+    );
+    assert_eq!(bearer_status(&gw, "/events", &alice).await, 200);
+    assert_eq!(up.last().headers["x-portcullis-roles"], "rest");
+    replace_config(
+        &gw,
+        &cfg.replace(
+            "roles = [\"rest\"]\npassword_hash",
+            "roles = [\"rest\", \"admin\"]\npassword_hash",
+        ),
+    );
+    assert_eq!(bearer_status(&gw, "/admin", &alice).await, 200);
+    assert_eq!(up.last().headers["x-portcullis-roles"], "rest,admin");
+    replace_config(
+        &gw,
+        &cfg.replace(
+            "roles = [\"rest\"]\npassword_hash",
+            "roles = [\"rest\"]\ndisabled = true\npassword_hash",
+        ),
+    );
+    assert_eq!(bearer_status(&gw, "/events", &alice).await, 401);
+    gw.stop().await;
+}
+
+/// Builtin access tokens are verified once and then cached: the cache never outlives the
+/// token, and a user disabled or removed is refused on the next use.
+#[tokio::test]
+async fn cached_builtin_tokens_end_at_their_exp_and_check_the_user_on_every_use() {
+    let up = Upstream::start().await;
+    let cfg = builtin_config(&up).replace(
+        "access_token_ttl = \"2m\"",
+        "access_token_ttl = \"3s\"\nleeway = \"0s\"",
+    );
+    let gw = Gateway::start(&cfg).await;
+    let token = |id: &'static str, secret: &'static str| {
+        let gw = &gw;
+        async move {
+            let (status, body) = token_request(gw, &[("grant_type", "client_credentials")], Some((id, secret))).await;
+            assert_eq!(status, 200, "{body}");
+            body["access_token"].as_str().unwrap().to_string()
+        }
+    };
+    let t = token("svc-client", "svc-client-secret").await;
+    assert_eq!(bearer_status(&gw, "/events", &t).await, 200);
+    assert_eq!(bearer_status(&gw, "/events", &t).await, 200);
+    eventually(PATIENCE, || async { bearer_status(&gw, "/events", &t).await == 401 }).await;
+    assert!(gw.metric(&failures("token_expired", "oauth")).await >= 1.0);
+
+    // A user's token (password grant), cached, then the user disabled: refused at once.
+    let (status, body) = token_request(
+        &gw,
+        &[
+            ("grant_type", "password"),
+            ("username", "alice"),
+            ("password", "alice-pw"),
+        ],
+        Some(("jira", "jira-client-secret")),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let alice = body["access_token"].as_str().unwrap().to_string();
+    assert_eq!(bearer_status(&gw, "/events", &alice).await, 200);
+    assert_eq!(bearer_status(&gw, "/events", &alice).await, 200);
+    assert_eq!(up.last().headers["x-portcullis-user"], "alice");
+    replace_config(
+        &gw,
+        &cfg.replace(
+            "roles = [\"rest\"]\npassword_hash",
+            "roles = [\"rest\"]\ndisabled = true\npassword_hash",
+        ),
+    );
+    assert_eq!(bearer_status(&gw, "/events", &alice).await, 401);
+    gw.stop().await;
+}

@@ -259,6 +259,48 @@ async fn oversized_headers_are_431() {
     gw.stop().await;
 }
 
+/// `max_headers` bounds the number of header fields on every protocol: at the limit the
+/// request passes, one more is 431 and never reaches the upstream.
+#[tokio::test]
+async fn too_many_header_fields_are_431_on_http1_and_http2() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&public(&up.url(), "max_headers = 20")).await;
+    // HTTP/1.1, raw: Host plus n-1 more fields.
+    let head = |n: usize| {
+        let mut r = String::from("GET /open/x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n");
+        for i in 0..n - 2 {
+            r.push_str(&format!("X-F{i}: v\r\n"));
+        }
+        r.push_str("\r\n");
+        r
+    };
+    let ok = raw(gw.addr, head(20).as_bytes()).await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    let refused = raw(gw.addr, head(21).as_bytes()).await;
+    assert!(refused.starts_with("HTTP/1.1 431"), "{refused}");
+    assert_eq!(up.seen().len(), 1);
+    // HTTP/2 (prior knowledge): the same limit, checked by the gateway.
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(http2_client_executor(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for (n, status) in [(20usize, 200u16), (21, 431)] {
+        let mut b = http::Request::get("http://gw/open/h2");
+        for i in 0..n {
+            b = b.header(format!("x-f{i}"), "v");
+        }
+        let resp = send
+            .send_request(b.body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{n} fields over HTTP/2");
+    }
+    assert_eq!(up.seen().len(), 2);
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn echo_upstream_describes_the_request() {
     let gw = Gateway::start(&public("builtin:echo", "")).await;

@@ -32,6 +32,44 @@ pub struct Principal {
     pub method: AuthMethod,
     /// The OAuth client the token was issued to, if any.
     pub client_id: Option<Arc<str>>,
+    /// The identity as header values, built once where the principal (or the user entry
+    /// it comes from) is made; `None` when a name cannot be a header value.
+    pub headers: Option<Arc<IdentityHeaders>>,
+}
+
+/// `X-Portcullis-User`, `-Roles` and `-Client-Id` values.
+#[derive(Debug, Clone)]
+pub struct IdentityHeaders {
+    pub user: http::HeaderValue,
+    pub roles: http::HeaderValue,
+    pub client_id: Option<http::HeaderValue>,
+}
+
+impl IdentityHeaders {
+    pub fn new(user: &str, roles: &[String], client_id: Option<&str>) -> Option<Arc<Self>> {
+        let value = |s: &str| http::HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(s.as_bytes())).ok();
+        Some(Arc::new(Self {
+            user: value(user)?,
+            roles: value(&roles.join(","))?,
+            client_id: match client_id {
+                Some(c) => Some(value(c)?),
+                None => None,
+            },
+        }))
+    }
+}
+
+impl Principal {
+    pub fn new(user: Arc<str>, roles: Arc<[String]>, method: AuthMethod, client_id: Option<Arc<str>>) -> Self {
+        let headers = IdentityHeaders::new(&user, &roles, client_id.as_deref());
+        Self {
+            user,
+            roles,
+            method,
+            client_id,
+            headers,
+        }
+    }
 }
 
 /// The precise reason a credential was refused: logged and counted, never sent.
@@ -123,6 +161,7 @@ pub struct UserEntry {
     /// A digest of everything above: a cached decision made against this entry holds only
     /// while the entry's fingerprint is unchanged.
     pub fingerprint: [u8; 32],
+    headers: Option<Arc<IdentityHeaders>>,
 }
 
 impl UserEntry {
@@ -155,6 +194,7 @@ impl UserEntry {
             expires_at,
             disabled,
             fingerprint: h.finalize().into(),
+            headers: IdentityHeaders::new(name, roles, None),
         }
     }
 
@@ -164,6 +204,7 @@ impl UserEntry {
             roles: self.roles.clone(),
             method,
             client_id: None,
+            headers: self.headers.clone(),
         }
     }
 
@@ -316,19 +357,20 @@ impl Auth {
                     if url_key != url_key::Found::None {
                         return Err(ambiguous(method));
                     }
-                    let Some((user, secret)) = decode_basic(encoded) else {
+                    let Some(creds) = decode_basic(encoded) else {
                         return Err(Failure::Rejected {
                             method,
                             reason: Reason::MalformedCredentials,
                         });
                     };
+                    let (user, secret) = (creds.user(), creds.secret());
                     let as_key =
-                        accepts(AuthMethod::ApiKey) && (!accepts(AuthMethod::Basic) || self.api_keys.knows(&user));
+                        accepts(AuthMethod::ApiKey) && (!accepts(AuthMethod::Basic) || self.api_keys.knows(user));
                     return if as_key {
-                        let verified = self.api_keys.verify(&user, secret.as_bytes(), route);
-                        self.settled(AuthMethod::ApiKey, &user, client, verified)
+                        let verified = self.api_keys.verify(user, secret.as_bytes(), route);
+                        self.settled(AuthMethod::ApiKey, user, client, verified)
                     } else {
-                        self.basic.verify(&user, &secret, &self.lockout, client).await
+                        self.basic.verify(user, secret, &self.lockout, client).await
                     };
                 }
             } else if let Some(token) = strip_scheme(value, b"bearer") {
@@ -406,15 +448,37 @@ fn strip_scheme<'a>(value: &'a [u8], scheme: &[u8]) -> Option<&'a [u8]> {
     }
 }
 
+/// Decoded `user:secret`, in one buffer that is wiped when dropped.
+struct BasicCredentials {
+    text: zeroize::Zeroizing<String>,
+    colon: usize,
+}
+
+impl BasicCredentials {
+    fn user(&self) -> &str {
+        &self.text[..self.colon]
+    }
+
+    fn secret(&self) -> &str {
+        &self.text[self.colon + 1..]
+    }
+}
+
 /// `base64(user:secret)` into its two parts, split at the first `:`.
-fn decode_basic(encoded: &[u8]) -> Option<(String, String)> {
+fn decode_basic(encoded: &[u8]) -> Option<BasicCredentials> {
     let raw = base64::engine::general_purpose::STANDARD.decode(encoded).ok()?;
-    let text = String::from_utf8(raw).ok()?;
-    let (user, secret) = text.split_once(':')?;
-    if user.is_empty() {
+    let text = match String::from_utf8(raw) {
+        Ok(text) => zeroize::Zeroizing::new(text),
+        Err(e) => {
+            drop(zeroize::Zeroizing::new(e.into_bytes()));
+            return None;
+        }
+    };
+    let colon = text.find(':')?;
+    if colon == 0 {
         return None;
     }
-    Some((user.to_string(), secret.to_string()))
+    Some(BasicCredentials { text, colon })
 }
 
 #[cfg(test)]
@@ -424,13 +488,15 @@ mod tests {
     #[test]
     fn basic_credentials_decode() {
         let enc = base64::engine::general_purpose::STANDARD.encode("alice:pa:ss");
-        assert_eq!(
-            decode_basic(enc.as_bytes()),
-            Some(("alice".to_string(), "pa:ss".to_string()))
-        );
-        assert_eq!(decode_basic(b"!!!"), None);
+        let c = decode_basic(enc.as_bytes()).unwrap();
+        assert_eq!((c.user(), c.secret()), ("alice", "pa:ss"));
+        assert!(decode_basic(b"!!!").is_none());
         let no_colon = base64::engine::general_purpose::STANDARD.encode("alice");
-        assert_eq!(decode_basic(no_colon.as_bytes()), None);
+        assert!(decode_basic(no_colon.as_bytes()).is_none());
+        let no_user = base64::engine::general_purpose::STANDARD.encode(":pw");
+        assert!(decode_basic(no_user.as_bytes()).is_none());
+        let not_utf8 = base64::engine::general_purpose::STANDARD.encode(b"al\xffice:pw");
+        assert!(decode_basic(not_utf8.as_bytes()).is_none());
     }
 
     #[test]

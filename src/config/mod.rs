@@ -104,6 +104,8 @@ pub struct Limits {
     /// a load balancer stops sending before the listeners close.
     pub drain_delay: Duration,
     pub max_header_bytes: usize,
+    /// Request header fields per request head (Envoy's default, 100); past it, 431.
+    pub max_headers: usize,
     /// 0 means unlimited.
     pub max_body_bytes: u64,
     pub max_connections: usize,
@@ -146,6 +148,7 @@ impl Default for Limits {
             shutdown_timeout: Duration::from_secs(30),
             drain_delay: Duration::from_secs(5),
             max_header_bytes: 65536,
+            max_headers: 100,
             max_body_bytes: 10 * 1024 * 1024,
             max_connections: 10000,
             body_read_timeout: Duration::from_secs(10),
@@ -231,6 +234,9 @@ pub enum Upstream {
         scheme: http::uri::Scheme,
         authority: http::uri::Authority,
         base_path: String,
+        /// The `Host` header for requests to it: host and any non-default port, no user
+        /// info; made once here so that no request formats it.
+        host: http::HeaderValue,
     },
 }
 

@@ -59,6 +59,7 @@ pub struct Limits {
     pub idle_timeout: Option<Str>,
     pub shutdown_timeout: Option<Str>,
     pub max_header_bytes: Option<Spanned<i64>>,
+    pub max_headers: Option<Spanned<i64>>,
     pub max_body_bytes: Option<Spanned<i64>>,
     pub max_connections: Option<Spanned<i64>>,
     pub body_read_timeout: Option<Str>,

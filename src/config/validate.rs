@@ -482,6 +482,11 @@ impl Validator<'_> {
                 .as_ref()
                 .and_then(|n| self.count(n, 1024, 16 * 1024 * 1024, "limits.max_header_bytes"))
                 .map_or(d.max_header_bytes, |n| n as usize),
+            max_headers: l
+                .max_headers
+                .as_ref()
+                .and_then(|n| self.count(n, 8, 1000, "limits.max_headers"))
+                .map_or(d.max_headers, |n| n as usize),
             max_body_bytes: l
                 .max_body_bytes
                 .as_ref()
@@ -768,11 +773,25 @@ impl Validator<'_> {
                 let scheme = uri.scheme().cloned();
                 let ok_scheme = matches!(scheme.as_ref().map(|s| s.as_str()), Some("http") | Some("https"));
                 match (scheme, uri.authority().cloned()) {
-                    (Some(scheme), Some(authority)) if ok_scheme && uri.query().is_none() => Upstream::Http {
-                        scheme,
-                        authority,
-                        base_path: uri.path().trim_end_matches('/').to_string(),
-                    },
+                    (Some(scheme), Some(authority)) if ok_scheme && uri.query().is_none() => {
+                        let default_port = if scheme == http::uri::Scheme::HTTPS { 443 } else { 80 };
+                        let host = match authority.port_u16() {
+                            Some(p) if p != default_port => format!("{}:{p}", authority.host()),
+                            _ => authority.host().to_string(),
+                        };
+                        match http::HeaderValue::from_str(&host) {
+                            Ok(host) => Upstream::Http {
+                                scheme,
+                                authority,
+                                base_path: uri.path().trim_end_matches('/').to_string(),
+                                host,
+                            },
+                            Err(_) => {
+                                self.error(sp(s), bad("its host cannot be a Host header"));
+                                Upstream::Echo
+                            }
+                        }
+                    }
                     _ => {
                         self.error(
                             sp(s),

@@ -191,7 +191,9 @@ async fn serve_connection<I, H, F>(
         // header_read_timeout the idle timeout.
         .header_read_timeout(None)
         .max_buf_size(read_buf_size(limits))
-        .max_headers(1000)
+        // Up to 100 the parser's header array lives on the stack; past it hyper allocates
+        // two arrays of this many entries per request head, so it is a limit, not a hint.
+        .max_headers(limits.max_headers)
         .keep_alive(true);
     builder
         .http2()

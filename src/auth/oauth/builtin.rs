@@ -17,7 +17,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use jsonwebtoken::{Algorithm, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use super::{Shared, TokenFacts, Verdict};
+use super::{Shared, TokenFacts, Verdict, VerifiedTokens};
 use crate::auth::{Auth, Reason, UserEntry};
 use crate::config::{self, SecretHash};
 use crate::error::{full, Body, OAuthError};
@@ -203,13 +203,15 @@ pub struct Issuer {
     clients: HashMap<String, SecretHash>,
     shared: Arc<Shared>,
     jwks: Bytes,
+    /// This generation's verified tokens (a reload starts afresh: clients may change).
+    pub(super) verified: VerifiedTokens,
 }
 
 pub use crate::config::{JWKS_PATH, TOKEN_PATH};
 pub const DEFAULT_ISSUER: &str = "portcullis";
 
 impl Issuer {
-    pub fn new(cfg: &config::OAuth, shared: &Arc<Shared>) -> Result<Self, String> {
+    pub fn new(cfg: &config::OAuth, cache: &config::Cache, shared: &Arc<Shared>) -> Result<Self, String> {
         let key = match &cfg.signing_key {
             Some(key) => key.clone(),
             None => match shared.generated_key.get() {
@@ -237,13 +239,33 @@ impl Issuer {
             shared: shared.clone(),
             jwks,
             key,
+            verified: VerifiedTokens::new(cache.max_entries),
         })
     }
 
     /// Verifies one of this issuer's access tokens, and on every use the standing of whom
     /// it was issued to: a user still present, not disabled, password not expired; a
     /// client still configured. Removing either from the config ends their tokens at once.
-    pub fn verify(&self, token: &str, users: &HashMap<String, Arc<UserEntry>>) -> Result<TokenFacts, Verdict> {
+    /// A token of this issuer: its signature and claims once (then cached until `exp`),
+    /// the user's standing on every use.
+    pub fn verify(&self, token: &str, users: &HashMap<String, Arc<UserEntry>>) -> Result<Arc<TokenFacts>, Verdict> {
+        let id = VerifiedTokens::id(token);
+        let facts = match self.verified.get(&id) {
+            Some(facts) => facts,
+            None => {
+                let (facts, exp) = self.check(token)?;
+                self.verified.insert(id, &facts, exp, self.access_ttl);
+                facts
+            }
+        };
+        if facts.user_grant {
+            let user = users.get(&facts.user).ok_or(Reason::UnknownUser)?;
+            user.standing(true)?;
+        }
+        Ok(facts)
+    }
+
+    fn check(&self, token: &str) -> Result<(Arc<TokenFacts>, u64), Verdict> {
         let header = super::checked_header(token)?;
         if header.alg != Algorithm::EdDSA {
             return Err(Reason::AlgNotAllowed.into());
@@ -275,19 +297,13 @@ impl Issuer {
         if !self.clients.contains_key(&claims.client_id) {
             return Err(Reason::ClientNotAllowed.into());
         }
-        match claims.gty.as_str() {
-            GRANT_USER => {
-                let user = users.get(&claims.sub).ok_or(Reason::UnknownUser)?;
-                user.standing(true)?;
-            }
-            GRANT_CLIENT if claims.sub == claims.client_id => {}
+        let user_grant = match claims.gty.as_str() {
+            GRANT_USER => true,
+            GRANT_CLIENT if claims.sub == claims.client_id => false,
             _ => return Err(Reason::MalformedToken.into()),
-        }
-        Ok(TokenFacts {
-            user: claims.sub,
-            roles: Vec::new(),
-            client_id: Some(claims.client_id),
-        })
+        };
+        let facts = TokenFacts::make(claims.sub, Vec::new(), Some(claims.client_id), user_grant);
+        Ok((facts, claims.exp))
     }
 
     fn mint(&self, sub: &str, client_id: &str, grant: &str, scope: Option<&str>) -> Result<String, String> {

@@ -5,6 +5,7 @@
 //! slow (5 s) or erroring is never cached and gives 503: nothing passes on doubt.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::metrics::CacheCounters;
@@ -44,7 +45,7 @@ type Client = oauth2::Client<
 
 #[derive(Clone)]
 enum Cached {
-    Active { facts: TokenFacts, ttl: Duration },
+    Active { facts: Arc<TokenFacts>, ttl: Duration },
     Inactive { reason: Reason, ttl: Duration },
 }
 
@@ -170,7 +171,7 @@ impl Introspector {
         self.counters.set_entries(0);
     }
 
-    pub async fn verify(&self, token: &str) -> Result<TokenFacts, Verdict> {
+    pub async fn verify(&self, token: &str) -> Result<Arc<TokenFacts>, Verdict> {
         let key = *SecretHash::of(token.as_bytes()).bytes();
         let mut called = false;
         let result = self
@@ -265,11 +266,11 @@ impl Introspector {
         }
         let until_exp = exp.map_or(self.ttl, |e| Duration::from_secs((e - now).max(0) as u64));
         Cached::Active {
-            facts: TokenFacts {
+            facts: TokenFacts::new(
                 user,
-                roles: super::roles_from(self.roles_claim.as_ref().and_then(|c| extra.get(c))),
+                super::roles_from(self.roles_claim.as_ref().and_then(|c| extra.get(c))),
                 client_id,
-            },
+            ),
             ttl: self.ttl.min(until_exp),
         }
     }

@@ -15,7 +15,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use tokio::sync::{Mutex, RwLock};
 
-use super::{TokenFacts, Verdict};
+use super::{TokenFacts, Verdict, VerifiedTokens};
 use crate::auth::Reason;
 use crate::config;
 
@@ -37,25 +37,9 @@ enum Source {
     Url(url::Url),
 }
 
-/// A verified token's facts and how long they may be reused.
-#[derive(Clone)]
-struct Verified {
-    facts: TokenFacts,
-    ttl: Duration,
-}
-
-struct UntilExp;
-
-impl moka::Expiry<[u8; 32], Verified> for UntilExp {
-    fn expire_after_create(&self, _k: &[u8; 32], v: &Verified, _now: Instant) -> Option<Duration> {
-        Some(v.ttl)
-    }
-}
-
 pub struct Jwt {
-    /// Verified tokens by SHA-256, until `min(exp, [cache] ttl)`: a repeated bearer costs a
-    /// lookup, not a signature check. Only successes are kept.
-    verified: moka::sync::Cache<[u8; 32], Verified>,
+    /// Verified tokens, until `min(exp, [cache] ttl)`.
+    pub(super) verified: VerifiedTokens,
     source: Source,
     keys: RwLock<Keys>,
     fetching: Mutex<()>,
@@ -175,10 +159,7 @@ impl Jwt {
             cfg.algorithms.iter().filter_map(|a| parse_alg(a)).collect()
         };
         Ok(Jwt {
-            verified: moka::sync::Cache::builder()
-                .max_capacity(cache.max_entries)
-                .expire_after(UntilExp)
-                .build(),
+            verified: VerifiedTokens::new(cache.max_entries),
             source,
             keys: RwLock::new(keys),
             fetching: Mutex::new(()),
@@ -289,32 +270,19 @@ impl Jwt {
         Ok(self.keys.read().await.by_kid.get(kid).cloned())
     }
 
-    pub async fn verify(&self, token: &str) -> Result<TokenFacts, Verdict> {
-        let id = *crate::config::SecretHash::of(token.as_bytes()).bytes();
-        if let Some(v) = self.verified.get(&id) {
-            return Ok(v.facts);
+    pub async fn verify(&self, token: &str) -> Result<Arc<TokenFacts>, Verdict> {
+        let id = VerifiedTokens::id(token);
+        if let Some(facts) = self.verified.get(&id) {
+            return Ok(facts);
         }
         let (facts, exp) = self.check(token).await?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
         // Never past the token's own exp (no leeway), nor the cache ttl.
-        let ttl = self.refresh_after.min(Duration::from_secs(exp.saturating_sub(now)));
-        if !ttl.is_zero() {
-            self.verified.insert(
-                id,
-                Verified {
-                    facts: facts.clone(),
-                    ttl,
-                },
-            );
-        }
+        self.verified.insert(id, &facts, exp, self.refresh_after);
         Ok(facts)
     }
 
     /// The full verification of a token: header, key, signature, claims.
-    async fn check(&self, token: &str) -> Result<(TokenFacts, u64), Verdict> {
+    async fn check(&self, token: &str) -> Result<(Arc<TokenFacts>, u64), Verdict> {
         let header = super::checked_header(token)?;
         if !self.algorithms.contains(&header.alg) {
             return Err(Reason::AlgNotAllowed.into());
@@ -363,11 +331,11 @@ impl Jwt {
         }
         let exp = claims.get("exp").and_then(|v| v.as_u64()).unwrap_or(0);
         Ok((
-            TokenFacts {
+            TokenFacts::new(
                 user,
-                roles: super::roles_from(self.roles_claim.as_ref().and_then(|c| claims.get(c))),
+                super::roles_from(self.roles_claim.as_ref().and_then(|c| claims.get(c))),
                 client_id,
-            },
+            ),
             exp,
         ))
     }

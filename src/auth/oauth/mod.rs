@@ -17,6 +17,7 @@ pub mod jwt;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::{Principal, Reason, UserEntry};
 use crate::config::{self, AuthMethod, OAuthMode};
@@ -58,7 +59,7 @@ impl OAuth {
         metrics: &Metrics,
     ) -> Result<Self, String> {
         Ok(match cfg.mode {
-            OAuthMode::Builtin => OAuth::Builtin(Box::new(builtin::Issuer::new(cfg, &lasting.oauth)?)),
+            OAuthMode::Builtin => OAuth::Builtin(Box::new(builtin::Issuer::new(cfg, cache, &lasting.oauth)?)),
             OAuthMode::Jwt => OAuth::Jwt(Box::new(jwt::Jwt::new(cfg, cache, client.clone())?)),
             OAuthMode::Introspection => OAuth::Introspection(Box::new(introspection::Introspector::new(
                 cfg,
@@ -71,12 +72,12 @@ impl OAuth {
     }
 
     pub async fn verify(&self, token: &str, users: &HashMap<String, Arc<UserEntry>>) -> Result<Principal, Verdict> {
-        let claims = match self {
+        let facts = match self {
             OAuth::Builtin(i) => i.verify(token, users)?,
             OAuth::Jwt(j) => j.verify(token).await?,
             OAuth::Introspection(i) => i.verify(token).await?,
         };
-        claims.into_principal(users)
+        facts.principal(users)
     }
 
     pub fn issuer(&self) -> Option<&builtin::Issuer> {
@@ -87,25 +88,58 @@ impl OAuth {
     }
 
     pub fn clear_caches(&self) {
-        if let OAuth::Introspection(i) = self {
-            i.clear();
+        match self {
+            OAuth::Builtin(i) => i.verified.clear(),
+            OAuth::Jwt(j) => j.verified.clear(),
+            OAuth::Introspection(i) => i.clear(),
         }
     }
 }
 
 /// The facts a verified token gives, before they meet `[[users]]`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct TokenFacts {
     pub user: String,
     pub roles: Vec<String>,
     pub client_id: Option<String>,
+    /// The principal last made from these facts, and the fingerprint of the user entry it
+    /// was merged with: a cached token reuses it (roles merged and header values built
+    /// once) for as long as that entry is unchanged.
+    memo: arc_swap::ArcSwapOption<(Option<[u8; 32]>, Principal)>,
+    /// A builtin token issued to a user (not a client): the user must exist and be in
+    /// good standing, password expiry included, at every use.
+    pub(super) user_grant: bool,
 }
 
 impl TokenFacts {
-    fn into_principal(self, users: &HashMap<String, Arc<UserEntry>>) -> Result<Principal, Verdict> {
-        let mut roles = self.roles;
-        if let Some(entry) = users.get(&self.user) {
+    pub fn new(user: String, roles: Vec<String>, client_id: Option<String>) -> Arc<Self> {
+        Self::make(user, roles, client_id, false)
+    }
+
+    fn make(user: String, roles: Vec<String>, client_id: Option<String>, user_grant: bool) -> Arc<Self> {
+        Arc::new(Self {
+            user,
+            roles,
+            client_id,
+            memo: Default::default(),
+            user_grant,
+        })
+    }
+
+    /// The principal, with the standing of its `[[users]]` entry checked on every call.
+    fn principal(&self, users: &HashMap<String, Arc<UserEntry>>) -> Result<Principal, Verdict> {
+        let entry = users.get(&self.user);
+        if let Some(entry) = entry {
             entry.standing(false)?;
+        }
+        let fingerprint = entry.map(|e| e.fingerprint);
+        if let Some(memo) = self.memo.load().as_deref() {
+            if memo.0 == fingerprint {
+                return Ok(memo.1.clone());
+            }
+        }
+        let mut roles = self.roles.clone();
+        if let Some(entry) = entry {
             for r in entry.roles.iter() {
                 if !roles.contains(r) {
                     roles.push(r.clone());
@@ -117,12 +151,66 @@ impl TokenFacts {
         if !plain(&self.user) || !roles.iter().all(|r| plain(r)) {
             return Err(Verdict::Rejected(Reason::MalformedToken));
         }
-        Ok(Principal {
-            user: Arc::from(self.user),
-            roles: Arc::from(roles),
-            method: AuthMethod::OAuth,
-            client_id: self.client_id.map(Arc::from),
-        })
+        let p = Principal::new(
+            Arc::from(self.user.as_str()),
+            Arc::from(roles),
+            AuthMethod::OAuth,
+            self.client_id.as_deref().map(Arc::from),
+        );
+        self.memo.store(Some(Arc::new((fingerprint, p.clone()))));
+        Ok(p)
+    }
+}
+
+/// Verified tokens by SHA-256 of the token, each until `min(exp, max_ttl)`: a repeated
+/// bearer costs a lookup, not a signature check. Only successes are kept; bounded.
+pub struct VerifiedTokens(moka::sync::Cache<[u8; 32], (Arc<TokenFacts>, Duration)>);
+
+struct UntilExp;
+
+impl moka::Expiry<[u8; 32], (Arc<TokenFacts>, Duration)> for UntilExp {
+    fn expire_after_create(
+        &self,
+        _k: &[u8; 32],
+        v: &(Arc<TokenFacts>, Duration),
+        _now: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(v.1)
+    }
+}
+
+impl VerifiedTokens {
+    pub fn new(max_entries: u64) -> Self {
+        Self(
+            moka::sync::Cache::builder()
+                .max_capacity(max_entries)
+                .expire_after(UntilExp)
+                .build(),
+        )
+    }
+
+    pub fn id(token: &str) -> [u8; 32] {
+        *crate::config::SecretHash::of(token.as_bytes()).bytes()
+    }
+
+    pub fn get(&self, id: &[u8; 32]) -> Option<Arc<TokenFacts>> {
+        self.0.get(id).map(|v| v.0)
+    }
+
+    /// Keeps `facts` until the token's `exp` (no leeway), and never longer than `max_ttl`.
+    pub fn insert(&self, id: [u8; 32], facts: &Arc<TokenFacts>, exp: u64, max_ttl: Duration) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let ttl = max_ttl.min(Duration::from_secs(exp.saturating_sub(now)));
+        if !ttl.is_zero() {
+            self.0.insert(id, (facts.clone(), ttl));
+        }
+    }
+
+    pub fn clear(&self) {
+        self.0.invalidate_all();
     }
 }
 
