@@ -4,7 +4,9 @@
 //! or waits in it longer than the queue deadline, is answered `Overloaded` (503 with
 //! `Retry-After`, reason `overloaded`) without running. Peak memory for password checks is
 //! therefore `hash_workers × m_cost` (19 MiB each with the default parameters), whatever
-//! the flood, and it is allocated once, not per request.
+//! the flood. During a burst each worker reuses its buffer; when the queue is empty it
+//! gives the buffer back, so an idle or cache-served gateway does not keep 19 MiB per
+//! worker resident (`main` makes glibc return such blocks to the system).
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -104,7 +106,7 @@ impl Hasher {
 }
 
 fn work(rx: &Mutex<Receiver<Job>>, waiting: &IntGauge, overloaded: &IntCounter, deadline: Duration) {
-    // One buffer per worker, grown to the largest m_cost seen and then reused.
+    // One buffer per worker, grown to the largest m_cost seen and reused while jobs wait.
     let mut blocks: Vec<Block> = Vec::new();
     loop {
         let job = {
@@ -126,6 +128,9 @@ fn work(rx: &Mutex<Receiver<Job>>, waiting: &IntGauge, overloaded: &IntCounter, 
         }
         let ok = verify_into(&job.hash, &job.password, &mut blocks);
         let _ = job.reply.send(Ok(ok));
+        if waiting.get() <= 0 {
+            blocks = Vec::new();
+        }
     }
 }
 
