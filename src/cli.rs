@@ -197,7 +197,9 @@ fn serve(path: PathBuf, format: LogFormat) -> anyhow::Result<()> {
     let rt = rt.build().context("cannot start the tokio runtime")?;
     rt.block_on(async move {
         let bound = crate::server::Bound::bind(&config)?;
-        let state = crate::state::State::new(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let state = crate::state::State::start(config)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         // Signal handlers first: a signal sent as soon as "listening" shows must be handled.
         let (trigger, shutdown) = crate::server::shutdown::channel();
         let terminated = crate::server::shutdown::signal();
@@ -317,7 +319,7 @@ fn endpoint_test(path: PathBuf, name: &str) -> ExitCode {
         }
     };
     let metrics = crate::metrics::Metrics::new();
-    let egress = match crate::egress::Egress::new(&loaded.config.endpoints, &metrics) {
+    let egress = match crate::egress::Egress::new(&loaded.config.endpoints, &metrics, None) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("portcullis: {e}");

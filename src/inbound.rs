@@ -49,6 +49,8 @@ pub enum BuildError {
     OAuth(String),
     #[error("egress: {0}")]
     Egress(String),
+    #[error("shared store: {0}")]
+    Shared(String),
 }
 
 /// How many refusals the admin page keeps.
@@ -196,7 +198,8 @@ impl Gateway {
             routes,
             tls,
             auth: Auth::new(&config, metrics, lasting, client).map_err(BuildError::OAuth)?,
-            egress: crate::egress::Egress::new(&config.endpoints, metrics).map_err(BuildError::Egress)?,
+            egress: crate::egress::Egress::new(&config.endpoints, metrics, lasting.shared.as_ref())
+                .map_err(BuildError::Egress)?,
             signer: Signer::new(key, config.assertion.ttl),
             config,
         })
@@ -320,13 +323,13 @@ async fn handle_inner(
     }
     if let Some(issuer) = gw.auth.oauth.as_ref().and_then(|o| o.issuer()) {
         let path = parts.uri.path();
-        if path == builtin::TOKEN_PATH || path == builtin::JWKS_PATH {
+        if path == builtin::TOKEN_PATH || path == builtin::JWKS_PATH || path == builtin::REVOKE_PATH {
             // The issuer's endpoints are routes of the pipeline too: their refusals are
             // counted, logged and shown like any other, under their own labels.
-            ctx.endpoint = Some(if path == builtin::TOKEN_PATH {
-                "oauth_token"
-            } else {
-                "oauth_jwks"
+            ctx.endpoint = Some(match path {
+                builtin::TOKEN_PATH => "oauth_token",
+                builtin::REVOKE_PATH => "oauth_revoke",
+                _ => "oauth_jwks",
             });
             ctx.auth_method = Some(AuthMethod::OAuth);
             return oauth_endpoint(gw, issuer, ctx.client, &parts, body).await;
@@ -427,6 +430,9 @@ async fn oauth_endpoint(
         Err(_) => return Err(Refusal::BadRequest("token request body timed out".into())),
     };
     let authorization = parts.headers.get(header::AUTHORIZATION);
+    if path == builtin::REVOKE_PATH {
+        return Ok(issuer.revoke(&gw.auth, authorization, &form, client).await?);
+    }
     Ok(issuer.token(&gw.auth, authorization, &form, client).await?)
 }
 

@@ -27,6 +27,7 @@ pub mod reload;
 pub mod route;
 pub mod run;
 pub mod server;
+pub mod shared;
 pub mod state;
 pub mod upstream;
 pub mod util;

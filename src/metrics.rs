@@ -59,6 +59,8 @@ pub struct Metrics {
     pub client_closed: IntCounter,
     /// HTTP/2 connections ended for resetting too many streams early.
     pub h2_reset_abuse: IntCounter,
+    /// Commands to the shared store (Redis) that failed or timed out, by operation.
+    pub shared_errors: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -129,6 +131,11 @@ impl Metrics {
                 "portcullis_egress_token_fetches_total",
                 "OAuth2 token fetches for egress endpoints by outcome.",
                 &["endpoint", "outcome"],
+            ),
+            shared_errors: counter(
+                "portcullis_shared_errors_total",
+                "Commands to the shared store (Redis) that failed or timed out, by operation (lockout, refresh, revoke, agree, egress, publish, subscribe).",
+                &["op"],
             ),
             config_reloads: counter(
                 "portcullis_config_reloads_total",

@@ -35,11 +35,26 @@ fn listeners_moved(old: &Config, new: &Config) -> Option<String> {
     (!moved.is_empty()).then(|| format!("{}: restart Portcullis to re-bind listeners", moved.join(", ")))
 }
 
+/// The shared store is chosen at start: a reload may not switch it.
+fn shared_changed(old: &Config, new: &Config) -> Option<String> {
+    use crate::config::SharedBackend;
+    let same = match (&old.shared, &new.shared) {
+        (SharedBackend::Memory, SharedBackend::Memory) => true,
+        (SharedBackend::Redis(a), SharedBackend::Redis(b)) => {
+            a.url.expose() == b.url.expose() && a.secret.expose() == b.secret.expose() && a.key_prefix == b.key_prefix
+        }
+        _ => false,
+    };
+    (!same).then(|| "[shared] changed (backend, url, secret or key_prefix): restart Portcullis to use it".to_string())
+}
+
 /// Loads `path`, checks it, builds it and swaps it in; or says why not.
 pub fn reload(state: &State, path: &Path, trigger: &'static str) -> Result<(), String> {
     let result = config::load(path).map_err(|e| e.to_string()).and_then(|loaded| {
         let current = state.gateway();
-        if let Some(m) = listeners_moved(&current.config, &loaded.config) {
+        if let Some(m) =
+            listeners_moved(&current.config, &loaded.config).or_else(|| shared_changed(&current.config, &loaded.config))
+        {
             return Err(m);
         }
         if current.config.runtime.worker_threads != loaded.config.runtime.worker_threads {

@@ -41,10 +41,37 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(config: Config) -> Result<Arc<Self>, BuildError> {
+    /// The process state for `config`, with its shared store when `[shared]` names one:
+    /// connected lazily (a replica starts while Redis is down), and, for the builtin
+    /// issuer without a `signing_key`, the signing key agreed by every replica.
+    pub async fn start(config: Config) -> Result<Arc<Self>, BuildError> {
         let metrics = Metrics::new();
+        let store = match &config.shared {
+            crate::config::SharedBackend::Memory => None,
+            crate::config::SharedBackend::Redis(settings) => {
+                let store = crate::shared::Store::connect(settings, &metrics).map_err(BuildError::Shared)?;
+                store.listen();
+                Some(store)
+            }
+        };
+        let lasting = auth::Lasting::with_store(store);
+        let agree = config
+            .oauth
+            .as_ref()
+            .is_some_and(|o| o.mode == crate::config::OAuthMode::Builtin && o.signing_key.is_none());
+        if agree {
+            lasting.oauth.agree_signing_key().await.map_err(BuildError::Shared)?;
+        }
+        Self::build(config, metrics, lasting)
+    }
+
+    /// The process state with in-process shared state only (`[shared]` is not consulted).
+    pub fn new(config: Config) -> Result<Arc<Self>, BuildError> {
+        Self::build(config, Metrics::new(), auth::Lasting::default())
+    }
+
+    fn build(config: Config, metrics: Metrics, lasting: auth::Lasting) -> Result<Arc<Self>, BuildError> {
         let random_assertion_key = rand::random();
-        let lasting = auth::Lasting::default();
         let client = upstream::client();
         let gw = Gateway::build(config, &metrics, &random_assertion_key, &lasting, &client)?;
         metrics.config_last_reload_success.set(unix_now() as i64);

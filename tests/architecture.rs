@@ -15,6 +15,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("config", 2),
     ("upstream", 3),
     ("server", 3),
+    ("shared", 3),
     ("auth", 4),
     ("assertion", 5),
     ("authz", 5),

@@ -167,14 +167,17 @@ impl Basic {
         let result = cache
             .try_get_with(id, async {
                 ran = true;
+                lockout.check_shared(user, client).await.map_err(locked)?;
                 let attempt = lockout.begin(user, client).map_err(locked)?;
                 let entry = match self.check(user, password).await {
                     Ok(entry) => {
                         attempt.finish(true);
+                        let _ = lockout.record_shared(user, client, true, true).await;
                         entry
                     }
                     Err(Ok(reason)) => {
                         attempt.finish(false);
+                        lockout.record_shared(user, client, false, true).await.map_err(locked)?;
                         return Err(rejected(reason));
                     }
                     // Nothing was checked: the place in the budget is given back.

@@ -3,6 +3,14 @@
 //! `max_failures` failures within `window` lock the pair for `duration`; while locked,
 //! even the right credentials get 429. The table is a bounded moka cache keyed by a
 //! keyed hash of the pair, so a flood of invented user names cannot grow memory.
+//!
+//! With a shared store (`[shared] backend = "redis"`), failures are also counted in Redis
+//! so that `max_failures` holds across every replica: a verification that costs time
+//! (argon2) first asks Redis whether the pair is locked, and every failure is counted
+//! there. Locks are announced to all replicas, so the fast paths (a cached password, an
+//! API key) see them without a round trip: a success never waits for Redis. When Redis
+//! cannot answer, the local counters decide alone (counted in
+//! `portcullis_shared_errors_total`).
 
 use std::hash::BuildHasher;
 use std::net::IpAddr;
@@ -10,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config;
+use crate::shared::{Recorded, Store};
 
 #[derive(Debug)]
 struct Counter {
@@ -69,6 +78,7 @@ pub struct Lockout {
     settings: config::Lockout,
     table: moka::sync::Cache<u64, Arc<Mutex<Counter>>>,
     hasher: std::collections::hash_map::RandomState,
+    shared: Option<Arc<Store>>,
 }
 
 /// Carries the table across config generations, so a reload does not forgive failures.
@@ -144,6 +154,69 @@ impl Lockout {
                 .time_to_idle(settings.window.max(settings.duration))
                 .build(),
             hasher: Default::default(),
+            shared: None,
+        }
+    }
+
+    /// The same table, counting across replicas in `store` as well.
+    pub fn with_shared(mut self, store: Option<Arc<Store>>) -> Self {
+        self.shared = store;
+        self
+    }
+
+    fn announced(&self, subject: &str, client: IpAddr) -> Result<(), Duration> {
+        match self.shared.as_ref().and_then(|s| s.announced_lock(subject, client)) {
+            Some(left) => Err(left),
+            None => Ok(()),
+        }
+    }
+
+    /// Before a verification that takes time: the pair's lock as every replica sees it.
+    /// Redis unavailable: the local table decides alone.
+    pub async fn check_shared(&self, subject: &str, client: IpAddr) -> Result<(), Duration> {
+        let Some(s) = &self.shared else { return Ok(()) };
+        match s.locked(subject, client).await {
+            Ok(Some(left)) => {
+                self.lock_locally(subject, client, left);
+                Err(left)
+            }
+            Ok(None) | Err(_) => Ok(()),
+        }
+    }
+
+    /// After a verification: a failure is counted across replicas (`Err` when another
+    /// replica had locked the pair already, so the answer is 429); a success after an
+    /// argon2 run (`slow`) clears the shared count. A fast success costs no round trip.
+    pub async fn record_shared(&self, subject: &str, client: IpAddr, ok: bool, slow: bool) -> Result<(), Duration> {
+        let Some(s) = &self.shared else { return Ok(()) };
+        if ok {
+            if slow {
+                s.record_success(subject, client).await;
+            }
+            return Ok(());
+        }
+        match s.record_failure(subject, client, &self.settings).await {
+            Ok(Recorded::AlreadyLocked(left)) => {
+                self.lock_locally(subject, client, left);
+                Err(left)
+            }
+            Ok(Recorded::LockedNow(left)) => {
+                self.lock_locally(subject, client, left);
+                Ok(())
+            }
+            Ok(Recorded::Counted) | Err(_) => Ok(()),
+        }
+    }
+
+    fn lock_locally(&self, subject: &str, client: IpAddr, left: Duration) {
+        let now = Instant::now();
+        let counter = self
+            .table
+            .get_with(self.key(subject, client), || Arc::new(Mutex::new(Counter::new(now))));
+        let mut c = counter.lock().unwrap_or_else(|p| p.into_inner());
+        let until = now + left;
+        if c.locked_until.is_none_or(|u| u < until) {
+            c.locked_until = Some(until);
         }
     }
 
@@ -154,6 +227,7 @@ impl Lockout {
     /// `Err(retry_after)` while the pair is locked. Read-only: the fast path of a request
     /// whose credentials are already known good.
     pub fn check(&self, subject: &str, client: IpAddr) -> Result<(), Duration> {
+        self.announced(subject, client)?;
         let Some(c) = self.table.get(&self.key(subject, client)) else {
             return Ok(());
         };
@@ -186,6 +260,7 @@ impl Lockout {
     /// step under the pair's lock: `Err(retry_after)` means answer 429 whatever the outcome,
     /// so a guess past the budget, right or wrong, tells the client nothing.
     pub fn settle(&self, subject: &str, client: IpAddr, ok: bool) -> Result<(), Duration> {
+        self.announced(subject, client)?;
         let now = Instant::now();
         let key = self.key(subject, client);
         let counter = if ok {

@@ -90,6 +90,7 @@ pub enum Reason {
     TokenExpired,
     TokenNotYetValid,
     TokenInactive,
+    TokenRevoked,
     BadSignature,
     UnknownKid,
     WrongIssuer,
@@ -120,6 +121,7 @@ impl Reason {
             Reason::TokenExpired => "token_expired",
             Reason::TokenNotYetValid => "token_not_yet_valid",
             Reason::TokenInactive => "token_inactive",
+            Reason::TokenRevoked => "token_revoked",
             Reason::BadSignature => "bad_signature",
             Reason::UnknownKid => "unknown_kid",
             Reason::WrongIssuer => "wrong_issuer",
@@ -232,6 +234,8 @@ pub struct RouteRef<'a> {
 /// unchanged), the lockout table, and the builtin issuer's state.
 #[derive(Default)]
 pub struct Lasting {
+    /// The store shared with other replicas (`[shared] backend = "redis"`), if any.
+    pub shared: Option<Arc<crate::shared::Store>>,
     pub oauth: Arc<oauth::Shared>,
     basic: basic::Carried,
     pub(crate) introspection: oauth::introspection::Carried,
@@ -240,6 +244,15 @@ pub struct Lasting {
 }
 
 impl Lasting {
+    /// What outlives generations, sharing `store` (Redis) with other replicas when given.
+    pub fn with_store(store: Option<Arc<crate::shared::Store>>) -> Self {
+        Lasting {
+            shared: store.clone(),
+            oauth: Arc::new(oauth::Shared::with_store(store)),
+            ..Default::default()
+        }
+    }
+
     /// The argon2 pool: the running one unless `[auth]` changed its shape.
     fn hasher(&self, settings: &crate::config::AuthSettings, metrics: &Metrics) -> Arc<hasher::Hasher> {
         let shape = hasher::Shape {
@@ -308,7 +321,10 @@ impl Auth {
             ),
             api_keys: api_key::ApiKeys::new(&config.api_keys, users.clone()),
             url_keys: url_key::UrlKeys::new(&config.users, users.clone()),
-            lockout: lasting.lockout.take(&config.lockout, config.cache.max_entries),
+            lockout: lasting
+                .lockout
+                .take(&config.lockout, config.cache.max_entries)
+                .with_shared(lasting.shared.clone()),
             users,
         })
     }
@@ -368,7 +384,7 @@ impl Auth {
                         accepts(AuthMethod::ApiKey) && (!accepts(AuthMethod::Basic) || self.api_keys.knows(user));
                     return if as_key {
                         let verified = self.api_keys.verify(user, secret.as_bytes(), route);
-                        self.settled(AuthMethod::ApiKey, user, client, verified)
+                        self.settled(AuthMethod::ApiKey, user, client, verified).await
                     } else {
                         self.basic.verify(user, secret, &self.lockout, client).await
                     };
@@ -389,23 +405,33 @@ impl Auth {
                 // A wrong key names nobody: it is throttled per client address.
                 let verified = self.url_keys.verify(&key);
                 self.settled(AuthMethod::UrlKey, url_key::SUBJECT, client, verified)
+                    .await
             }
         }
     }
 
     /// Settles a verification that ran without waiting against the lockout: past the
     /// budget, the answer is 429 whether or not the credential was right.
-    fn settled(
+    async fn settled(
         &self,
         method: AuthMethod,
         subject: &str,
         client: IpAddr,
         verified: Result<Principal, Reason>,
     ) -> Result<Principal, Failure> {
-        if let Err(retry_after) = self.lockout.settle(subject, client, verified.is_ok()) {
+        if let Err(retry_after) = self.settle(subject, client, verified.is_ok()).await {
             return Err(Failure::LockedOut { method, retry_after });
         }
         verified.map_err(|reason| Failure::Rejected { method, reason })
+    }
+
+    /// [`lockout::Lockout::settle`], then, for a failure, the count across replicas.
+    pub async fn settle(&self, subject: &str, client: IpAddr, ok: bool) -> Result<(), std::time::Duration> {
+        self.lockout.settle(subject, client, ok)?;
+        if ok {
+            return Ok(());
+        }
+        self.lockout.record_shared(subject, client, false, false).await
     }
 
     async fn bearer(&self, token: &[u8]) -> Result<Principal, Failure> {

@@ -79,10 +79,15 @@ impl std::fmt::Debug for SigningKey {
 
 impl SigningKey {
     pub fn generate() -> Result<Self, String> {
+        Self::from_pkcs8(&Self::generate_pkcs8()?)
+    }
+
+    /// A new Ed25519 key as PKCS#8 DER (wiped when dropped).
+    pub fn generate_pkcs8() -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
         let rng = ring::rand::SystemRandom::new();
         let pkcs8 =
             ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| "cannot generate an Ed25519 key")?;
-        Self::from_pkcs8(pkcs8.as_ref())
+        Ok(zeroize::Zeroizing::new(pkcs8.as_ref().to_vec()))
     }
 
     pub fn from_pem(pem: &[u8]) -> Result<Self, String> {
@@ -92,7 +97,7 @@ impl SigningKey {
         Self::from_pkcs8(der.secret_pkcs8_der())
     }
 
-    fn from_pkcs8(der: &[u8]) -> Result<Self, String> {
+    pub fn from_pkcs8(der: &[u8]) -> Result<Self, String> {
         let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
             .map_err(|_| "oauth.signing_key is not an Ed25519 key".to_string())?;
         let public = pair.public_key().as_ref();

@@ -20,6 +20,8 @@ pub use secret::{Secret, SecretHash};
 pub const TOKEN_PATH: &str = "/oauth/token";
 /// The builtin issuer's JWKS.
 pub const JWKS_PATH: &str = "/oauth/jwks.json";
+/// RFC 7009 token revocation of the builtin issuer.
+pub const REVOKE_PATH: &str = "/oauth/revoke";
 
 /// A checked configuration.
 #[derive(Debug, Clone)]
@@ -35,6 +37,7 @@ pub struct Config {
     pub cache: Cache,
     pub lockout: Lockout,
     pub runtime: Runtime,
+    pub shared: SharedBackend,
     pub auth: AuthSettings,
     pub assertion: Assertion,
     pub users: Vec<User>,
@@ -171,6 +174,27 @@ pub struct Lockout {
     pub max_failures: u32,
     pub window: Duration,
     pub duration: Duration,
+}
+
+/// `[shared]`: where state shared by replicas lives. Applies at start.
+#[derive(Debug, Clone)]
+pub enum SharedBackend {
+    /// In-process (moka): one replica's own state.
+    Memory,
+    Redis(RedisSettings),
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `redis://` or `rediss://` (TLS); may carry a password, hence a secret.
+    pub url: Secret,
+    pub key_prefix: String,
+    /// Keys Redis key names (keyed hashes) and encrypts what is secret in values.
+    pub secret: Secret,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    /// Multiplexed connections, used in turn.
+    pub pool_size: usize,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -94,11 +94,12 @@ pub struct Lockout {
 #[derive(Debug, Default, Deserialize)]
 pub struct Shared {
     pub backend: Option<Str>,
-    // Known keys of the contract; only the memory backend exists, so they are not used.
-    #[allow(dead_code)]
-    pub url: Option<Str>,
-    #[allow(dead_code)]
+    pub url: Option<Spanned<Secret>>,
     pub key_prefix: Option<Str>,
+    pub secret: Option<Spanned<Secret>>,
+    pub connect_timeout: Option<Str>,
+    pub command_timeout: Option<Str>,
+    pub pool_size: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -66,7 +66,11 @@ pub struct Egress {
 }
 
 impl Egress {
-    pub fn new(cfg: &[config::Endpoint], metrics: &crate::metrics::Metrics) -> Result<Self, String> {
+    pub fn new(
+        cfg: &[config::Endpoint],
+        metrics: &crate::metrics::Metrics,
+        store: Option<&Arc<crate::shared::Store>>,
+    ) -> Result<Self, String> {
         let mut endpoints = HashMap::new();
         for e in cfg {
             let verifier = Arc::new(
@@ -114,6 +118,7 @@ impl Egress {
                     },
                     client.clone(),
                     metrics,
+                    store,
                 ))),
                 EndpointAuth::Principal => Credentials::Principal,
                 EndpointAuth::Signature {

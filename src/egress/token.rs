@@ -1,6 +1,12 @@
 //! OAuth2 tokens for egress endpoints (`password` and `client_credentials` grants,
 //! through the oauth2 crate). A token is cached until shortly before it expires;
 //! concurrent callers wait for one fetch; a 401 from the target drops it.
+//!
+//! With a shared store, replicas share the token: a replica without a fresh copy reads
+//! the one in Redis (sealed there); when there is none, one replica takes a short lock
+//! and fetches while the others wait for its result, so N replicas cause one fetch. Each
+//! keeps its local copy until shortly before expiry. Redis unavailable: each replica
+//! fetches for itself.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,7 +54,12 @@ pub struct TokenSource {
     current: Mutex<Option<Cached>>,
     ok: IntCounter,
     failed: IntCounter,
+    /// The shared store and this token's name there.
+    shared: Option<(Arc<crate::shared::Store>, String)>,
 }
+
+/// How long a replica holds the fetch lock, and how long the others wait for its token.
+const FETCH_LOCK: Duration = Duration::from_secs(10);
 
 /// The longest lifetime believed from a token server: `expires_in` is a remote party's
 /// number, and an absurd one must neither overflow `Instant` nor pin a token for years.
@@ -79,7 +90,26 @@ pub struct Settings<'a> {
 }
 
 impl TokenSource {
-    pub fn new(s: Settings<'_>, http: crate::upstream::Client, metrics: &crate::metrics::Metrics) -> Self {
+    pub fn new(
+        s: Settings<'_>,
+        http: crate::upstream::Client,
+        metrics: &crate::metrics::Metrics,
+        store: Option<&Arc<crate::shared::Store>>,
+    ) -> Self {
+        let shared = store.map(|st| {
+            let scopes = s.scopes.join(" ");
+            let name = st.name(
+                "egress-token",
+                &[
+                    s.endpoint.as_bytes(),
+                    s.token_url.as_str().as_bytes(),
+                    s.client_id.as_bytes(),
+                    s.username.unwrap_or("").as_bytes(),
+                    scopes.as_bytes(),
+                ],
+            );
+            (st.clone(), name)
+        });
         let mut client = BasicClient::new(ClientId::new(s.client_id.to_string()))
             .set_token_uri(TokenUrl::from_url(s.token_url.clone()));
         if let Some(secret) = s.client_secret {
@@ -95,6 +125,7 @@ impl TokenSource {
             current: Mutex::new(None),
             ok: metrics.egress_token_fetches.with_label_values(&[s.endpoint, "success"]),
             failed: metrics.egress_token_fetches.with_label_values(&[s.endpoint, "failure"]),
+            shared,
         }
     }
 
@@ -106,10 +137,12 @@ impl TokenSource {
                 return Ok((c.token.clone(), false));
             }
         }
-        let fetched = self.fetch().await;
+        let fetched = match &self.shared {
+            Some((store, name)) => self.fetch_shared(store, name).await,
+            None => self.fetch_counted().await,
+        };
         match fetched {
             Ok((token, lifetime)) => {
-                self.ok.inc();
                 let refresh_at = lifetime.map(refresh_time);
                 *current = Some(Cached {
                     token: token.clone(),
@@ -118,9 +151,60 @@ impl TokenSource {
                 Ok((token, true))
             }
             Err(e) => {
-                self.failed.inc();
                 *current = None;
                 Err(e)
+            }
+        }
+    }
+
+    async fn fetch_counted(&self) -> Result<(Arc<str>, Option<Duration>), FetchError> {
+        let r = self.fetch().await;
+        match &r {
+            Ok(_) => self.ok.inc(),
+            Err(_) => self.failed.inc(),
+        }
+        r
+    }
+
+    /// The token in the shared store, or one fetch among all replicas.
+    async fn fetch_shared(
+        &self,
+        store: &crate::shared::Store,
+        name: &str,
+    ) -> Result<(Arc<str>, Option<Duration>), FetchError> {
+        let read = |v: zeroize::Zeroizing<Vec<u8>>| std::str::from_utf8(&v).ok().map(Arc::<str>::from);
+        let deadline = Instant::now() + FETCH_LOCK;
+        loop {
+            match store.get_sealed(name).await {
+                Ok(Some((v, left))) if left > Duration::from_secs(1) => {
+                    if let Some(t) = read(v) {
+                        return Ok((t, Some(left)));
+                    }
+                }
+                Ok(_) => {}
+                // Redis cannot answer: fetch for this replica alone.
+                Err(_) => return self.fetch_counted().await,
+            }
+            match store.try_lock(name, FETCH_LOCK).await {
+                Ok(true) => {
+                    let r = self.fetch_counted().await;
+                    if let Ok((token, lifetime)) = &r {
+                        // Stored for the others until shortly before expiry (an endless
+                        // token is shared for at most MAX_LIFETIME).
+                        let keep =
+                            refresh_time(lifetime.unwrap_or(MAX_LIFETIME)).saturating_duration_since(Instant::now());
+                        if !keep.is_zero() {
+                            let _ = store.set_sealed(name, token.as_bytes(), keep).await;
+                        }
+                    }
+                    store.unlock(name).await;
+                    return r;
+                }
+                Ok(false) if Instant::now() < deadline => {
+                    // Another replica is fetching: its token appears shortly.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(false) | Err(_) => return self.fetch_counted().await,
             }
         }
     }
@@ -130,6 +214,14 @@ impl TokenSource {
         let mut current = self.current.lock().await;
         if current.as_ref().is_some_and(|c| &*c.token == used) {
             *current = None;
+            if let Some((store, name)) = &self.shared {
+                // Only if the shared copy is the refused one.
+                if let Ok(Some((v, _))) = store.get_sealed(name).await {
+                    if &v[..] == used.as_bytes() {
+                        store.delete(name).await;
+                    }
+                }
+            }
         }
     }
 

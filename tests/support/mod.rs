@@ -53,7 +53,7 @@ impl Gateway {
         let bound = Bound::bind(&loaded.config).unwrap();
         let addr = bound.inbound_addr();
         let admin = bound.admin_addr();
-        let state = State::new(loaded.config).unwrap();
+        let state = State::start(loaded.config).await.unwrap();
         let (trigger, sd) = shutdown::channel();
         let task = tokio::spawn(portcullis::run::run(state.clone(), bound, sd));
         Gateway {

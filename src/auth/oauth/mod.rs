@@ -37,11 +37,42 @@ impl From<Reason> for Verdict {
     }
 }
 
-/// What outlives a config generation: the builtin signing key and refresh tokens.
+/// What outlives a config generation: the builtin signing key, refresh tokens and
+/// revoked access tokens, and the store shared with other replicas when there is one.
 #[derive(Default)]
 pub struct Shared {
     generated_key: std::sync::OnceLock<Arc<builtin::SigningKey>>,
     pub refresh: builtin::RefreshStore,
+    pub(crate) revoked: builtin::Revoked,
+    pub(crate) store: Option<Arc<crate::shared::Store>>,
+}
+
+impl Shared {
+    pub fn with_store(store: Option<Arc<crate::shared::Store>>) -> Self {
+        Shared {
+            store,
+            ..Default::default()
+        }
+    }
+
+    /// With a shared store and no `signing_key`, every replica signs with one generated
+    /// key, agreed through the store (sealed there), so that a token from one passes on
+    /// all. Without a store this does nothing (the key is made on first use).
+    pub async fn agree_signing_key(&self) -> Result<(), String> {
+        let Some(store) = &self.store else { return Ok(()) };
+        if self.generated_key.get().is_some() {
+            return Ok(());
+        }
+        let fresh = builtin::SigningKey::generate_pkcs8()?;
+        let der = store
+            .agree("oauth-signing-key", || fresh.to_vec())
+            .await
+            .map_err(|_| "cannot agree on the builtin issuer's signing key through the shared store (Redis unavailable, or shared.secret differs between replicas); configure oauth.signing_key or retry".to_string())?;
+        let key = Arc::new(builtin::SigningKey::from_pkcs8(&der)?);
+        tracing::info!(kid = %key.kid, "oauth: signing with the key agreed by all replicas through the shared store");
+        let _ = self.generated_key.set(key);
+        Ok(())
+    }
 }
 
 pub enum OAuth {
@@ -109,20 +140,29 @@ pub struct TokenFacts {
     /// A builtin token issued to a user (not a client): the user must exist and be in
     /// good standing, password expiry included, at every use.
     pub(super) user_grant: bool,
+    /// A builtin token's id, checked against revocations at every use.
+    pub(super) jti: Option<String>,
 }
 
 impl TokenFacts {
     pub fn new(user: String, roles: Vec<String>, client_id: Option<String>) -> Arc<Self> {
-        Self::make(user, roles, client_id, false)
+        Self::make(user, roles, client_id, false, None)
     }
 
-    fn make(user: String, roles: Vec<String>, client_id: Option<String>, user_grant: bool) -> Arc<Self> {
+    fn make(
+        user: String,
+        roles: Vec<String>,
+        client_id: Option<String>,
+        user_grant: bool,
+        jti: Option<String>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             user,
             roles,
             client_id,
             memo: Default::default(),
             user_grant,
+            jti,
         })
     }
 

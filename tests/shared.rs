@@ -1,0 +1,499 @@
+//! Many replicas on one Redis (`[shared] backend = "redis"`): a real `redis-server` on
+//! 127.0.0.1 and three real Portcullis processes. Lockout across replicas, refresh-token
+//! rotation and reuse detection across replicas, RFC 7009 revocation everywhere, one
+//! egress token fetch for all, and the failure modes with Redis stopped and restarted.
+//!
+//! Without `redis-server` the tests print SKIPPED (they fail under
+//! PORTCULLIS_REQUIRE_TOOLS=1, as `.ci/run` sets after installing it).
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use support::*;
+
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    /// A fresh `redis-server` on a free loopback port, or `None` (skipped) without one.
+    fn start() -> Option<Redis> {
+        let found = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            assert!(
+                std::env::var_os("PORTCULLIS_REQUIRE_TOOLS").is_none(),
+                "PORTCULLIS_REQUIRE_TOOLS is set but `redis-server` is missing"
+            );
+            skipped("redis-server is not installed (apt-get install redis-server)");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = Redis {
+            child: None,
+            port,
+            _dir: tempfile::tempdir().unwrap(),
+        };
+        r.run();
+        Some(r)
+    }
+
+    /// (Re)starts the server on its port, empty, and waits until it answers PING.
+    fn run(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "yes"])
+            .arg("--dir")
+            .arg(self._dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let ok = redis::Client::open(self.url())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok();
+            if ok {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+const SHARED_SECRET: &str = "a-shared-secret-of-at-least-32-bytes-0123";
+
+/// Writes one replica's config (every replica listens on its own ephemeral ports).
+fn replica(dir: &std::path::Path, n: usize, redis: &Redis, body: &str) -> PathBuf {
+    let path = dir.join(format!("replica-{n}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[listen]
+address = "127.0.0.1:0"
+
+[admin]
+address = "127.0.0.1:0"
+
+[shared]
+backend = "redis"
+url = "{url}"
+key_prefix = "pc-test:"
+secret = "{SHARED_SECRET}"
+command_timeout = "2s"
+
+{body}
+"#,
+            url = redis.url()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn replicas(redis: &Redis, body: &str) -> (tempfile::TempDir, Vec<Process>) {
+    let dir = tempfile::tempdir().unwrap();
+    let procs = (0..3)
+        .map(|n| Process::start(&replica(dir.path(), n, redis, body), &[]))
+        .collect();
+    (dir, procs)
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+async fn metric_of(p: &Process, series: &str) -> f64 {
+    let text = http()
+        .get(format!("http://{}/metrics", p.admin.unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metric_value(&text, series)
+}
+
+fn basic_config(upstream: &str, max_failures: u32) -> String {
+    format!(
+        r#"
+[lockout]
+max_failures = {max_failures}
+window = "10m"
+duration = "10m"
+
+[[users]]
+name = "alice"
+roles = ["rest"]
+password_hash = "{hash}"
+
+[[plans]]
+name = "p"
+upstream = "{upstream}"
+access = {{ roles = ["rest"] }}
+
+[[plans.integrations]]
+name = "login"
+path = "/login"
+methods = ["GET"]
+auth = "basic"
+"#,
+        hash = argon2_hash("alice-pw")
+    )
+}
+
+async fn status(addr: SocketAddr, path: &str, user: &str, pw: &str) -> u16 {
+    http()
+        .get(format!("http://{addr}{path}"))
+        .basic_auth(user, Some(pw))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Failures spread round-robin over three replicas lock the pair after `max_failures`
+/// in total, on every replica, even with the right password; another user is not
+/// affected.
+#[tokio::test]
+async fn failures_spread_over_replicas_lock_out_after_max_failures_in_total() {
+    let Some(redis) = Redis::start() else { return };
+    let up = Upstream::start().await;
+    let (_dir, procs) = replicas(&redis, &basic_config(&up.url(), 3));
+    for p in &procs {
+        assert_eq!(status(p.addr, "/login", "alice", "wrong").await, 401);
+    }
+    for p in &procs {
+        assert_eq!(
+            status(p.addr, "/login", "alice", "alice-pw").await,
+            429,
+            "locked on every replica"
+        );
+    }
+    assert!(up.seen().is_empty());
+    // Without the shared store, each replica alone would have allowed 3 guesses (9).
+    let mut locked = 0;
+    for p in &procs {
+        locked += metric_of(p, &failures("locked_out", "basic")).await as u32;
+    }
+    assert_eq!(locked, 3);
+    assert_eq!(status(procs[0].addr, "/login", "bob", "x").await, 401);
+}
+
+fn oauth_config(upstream: &str) -> String {
+    format!(
+        r#"
+[oauth]
+mode = "builtin"
+access_token_ttl = "10m"
+
+[[oauth.clients]]
+client_id = "jira"
+client_secret_hash = "{jira}"
+
+[[oauth.clients]]
+client_id = "other"
+client_secret_hash = "{other}"
+{users}
+[[plans.integrations]]
+name = "events"
+path = "/events"
+methods = ["GET"]
+auth = "oauth"
+"#,
+        jira = sha256_hex("jira-secret"),
+        other = sha256_hex("other-secret"),
+        users = basic_config(upstream, 100),
+    )
+}
+
+async fn form(addr: SocketAddr, path: &str, client: (&str, &str), fields: &[(&str, &str)]) -> (u16, serde_json::Value) {
+    let resp = http()
+        .post(format!("http://{addr}{path}"))
+        .basic_auth(client.0, Some(client.1))
+        .form(fields)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+}
+
+async fn login(addr: SocketAddr) -> (String, String) {
+    let (s, body) = form(
+        addr,
+        "/oauth/token",
+        ("jira", "jira-secret"),
+        &[
+            ("grant_type", "password"),
+            ("username", "alice"),
+            ("password", "alice-pw"),
+        ],
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    (
+        body["access_token"].as_str().unwrap().to_string(),
+        body["refresh_token"].as_str().unwrap().to_string(),
+    )
+}
+
+async fn refresh(addr: SocketAddr, rt: &str) -> (u16, serde_json::Value) {
+    form(
+        addr,
+        "/oauth/token",
+        ("jira", "jira-secret"),
+        &[("grant_type", "refresh_token"), ("refresh_token", rt)],
+    )
+    .await
+}
+
+async fn bearer(addr: SocketAddr, token: &str) -> u16 {
+    http()
+        .get(format!("http://{addr}/events"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// A token from one replica passes on all (one signing key, agreed through Redis); a
+/// refresh token issued by one is rotated by another; its reuse on a third revokes the
+/// family everywhere; two replicas rotating one token at once: exactly one wins.
+/// Revocation (RFC 7009) on one replica takes effect on the others.
+#[tokio::test]
+async fn refresh_families_and_revocation_hold_across_replicas() {
+    let Some(redis) = Redis::start() else { return };
+    let up = Upstream::start().await;
+    let (_dir, procs) = replicas(&redis, &oauth_config(&up.url()));
+    let (a, b, c) = (procs[0].addr, procs[1].addr, procs[2].addr);
+    let (access, rt1) = login(a).await;
+    for p in [a, b, c] {
+        assert_eq!(bearer(p, &access).await, 200, "a token of replica A passes everywhere");
+    }
+    let (s, body) = refresh(b, &rt1).await;
+    assert_eq!(s, 200, "{body}");
+    let rt2 = body["refresh_token"].as_str().unwrap().to_string();
+    // rt1 again, on C: reuse; the family (rt2 too) is revoked everywhere.
+    let (s, body) = refresh(c, &rt1).await;
+    assert_eq!((s, body["error"].as_str()), (400, Some("invalid_grant")));
+    let (s, body) = refresh(a, &rt2).await;
+    assert_eq!((s, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+
+    // Two replicas rotating one token at once: exactly one gets a new token.
+    let (_, rt3) = login(a).await;
+    let (r1, r2) = tokio::join!(refresh(b, &rt3), refresh(c, &rt3));
+    let wins = [r1.0, r2.0].iter().filter(|s| **s == 200).count();
+    assert_eq!(wins, 1, "{r1:?} {r2:?}");
+
+    // Another client cannot revoke jira's tokens; jira can, from any replica.
+    let (access4, rt4) = login(a).await;
+    let (s, body) = form(b, "/oauth/revoke", ("other", "other-secret"), &[("token", &rt4)]).await;
+    assert_eq!((s, body["error"].as_str()), (400, Some("unauthorized_client")));
+    let (s, _) = form(b, "/oauth/revoke", ("jira", "jira-secret"), &[("token", &rt4)]).await;
+    assert_eq!(s, 200);
+    let (s, _) = refresh(c, &rt4).await;
+    assert_eq!(s, 400, "a revoked family cannot be refreshed anywhere");
+    assert_eq!(bearer(c, &access4).await, 200);
+    let (s, _) = form(b, "/oauth/revoke", ("jira", "jira-secret"), &[("token", &access4)]).await;
+    assert_eq!(s, 200);
+    for p in [a, b, c] {
+        let refused = eventually(PATIENCE, || async { bearer(p, &access4).await == 401 }).await;
+        assert!(refused, "a revoked access token is refused on every replica");
+    }
+    // Unknown tokens: 200, as RFC 7009 asks.
+    let (s, _) = form(a, "/oauth/revoke", ("jira", "jira-secret"), &[("token", "nonsense")]).await;
+    assert_eq!(s, 200);
+    assert_eq!(bearer(a, &access).await, 200, "other tokens are unaffected");
+}
+
+/// A token server that counts its fetches and answers after a short pause, so that
+/// concurrent callers overlap.
+async fn token_server(fetches: Arc<AtomicUsize>) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            let fetches = fetches.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    let fetches = fetches.clone();
+                    async move {
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        let n = fetches.fetch_add(1, Ordering::SeqCst) + 1;
+                        let body =
+                            format!(r#"{{"access_token":"shared-tok-{n}","token_type":"Bearer","expires_in":3600}}"#);
+                        Ok::<_, Infallible>(
+                            hyper::Response::builder()
+                                .header("content-type", "application/json")
+                                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn egress_addr(p: &Process) -> SocketAddr {
+    // The listening lines are written asynchronously: wait for the egress one.
+    let logs = p.logs_when(|l| l.contains("\"listener\":\"egress\"")).await;
+    logs.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "listening" && v["listener"] == "egress")
+        .and_then(|v| v["address"].as_str().and_then(|a| a.parse().ok()))
+        .expect("egress listening line")
+}
+
+/// 50 concurrent egress calls spread over three replicas cause one token fetch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_egress_calls_over_three_replicas_fetch_one_token() {
+    let Some(redis) = Redis::start() else { return };
+    let up = Upstream::start().await;
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let tokens = token_server(fetches.clone()).await;
+    let body = format!(
+        r#"
+[egress]
+address = "127.0.0.1:0"
+
+[[endpoints]]
+name = "api"
+base_url = "{up}"
+auth = {{ type = "oauth2", grant = "client_credentials", token_url = "http://{tokens}/token", client_id = "egress-client", client_secret = "egress-secret" }}
+
+[[plans]]
+name = "p"
+upstream = "builtin:echo"
+[[plans.integrations]]
+name = "open"
+path = "/open"
+methods = ["GET"]
+auth = "none"
+"#,
+        up = up.url()
+    );
+    let (_dir, procs) = replicas(&redis, &body);
+    let mut addrs = Vec::new();
+    for p in &procs {
+        addrs.push(egress_addr(p).await);
+    }
+    let mut calls = Vec::new();
+    for i in 0..50 {
+        let addr = addrs[i % 3];
+        calls.push(tokio::spawn(async move {
+            http()
+                .get(format!("http://{addr}/api/items/{i}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    for c in calls {
+        assert_eq!(c.await.unwrap(), 200);
+    }
+    assert_eq!(fetches.load(Ordering::SeqCst), 1, "one fetch for all replicas");
+    let seen = up.seen();
+    assert_eq!(seen.len(), 50);
+    assert!(seen.iter().all(|r| r.headers["authorization"] == "Bearer shared-tok-1"));
+}
+
+/// Redis stopped: cached and fast credentials keep flowing, failures fall back to local
+/// counters (counted as shared errors), rotation and revocation answer 503; Redis back:
+/// everything works again, without a restart.
+#[tokio::test]
+async fn redis_down_keeps_requests_flowing_and_fails_rotation_closed_until_it_returns() {
+    let Some(mut redis) = Redis::start() else { return };
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = Process::start(&replica(dir.path(), 0, &redis, &oauth_config(&up.url())), &[]);
+    assert_eq!(status(p.addr, "/login", "alice", "alice-pw").await, 200);
+    let (access, rt) = login(p.addr).await;
+
+    redis.stop();
+    assert_eq!(status(p.addr, "/login", "alice", "alice-pw").await, 200, "cached Basic");
+    assert_eq!(bearer(p.addr, &access).await, 200, "verified access token");
+    assert_eq!(
+        status(p.addr, "/login", "alice", "wrong").await,
+        401,
+        "local lockout decides"
+    );
+    let (s, body) = refresh(p.addr, &rt).await;
+    assert_eq!((s, body["error"].as_str()), (503, Some("temporarily_unavailable")));
+    let (s, _) = form(p.addr, "/oauth/revoke", ("jira", "jira-secret"), &[("token", &rt)]).await;
+    assert_eq!(s, 503);
+    assert!(metric_of(&p, "portcullis_shared_errors_total{op=\"refresh\"}").await >= 1.0);
+    assert!(metric_of(&p, "portcullis_shared_errors_total{op=\"lockout\"}").await >= 1.0);
+
+    redis.run();
+    // Reconnection is automatic: a new sign-in and its rotation work again.
+    let back = eventually(PATIENCE, || async {
+        form(
+            p.addr,
+            "/oauth/token",
+            ("jira", "jira-secret"),
+            &[
+                ("grant_type", "password"),
+                ("username", "alice"),
+                ("password", "alice-pw"),
+            ],
+        )
+        .await
+        .0 == 200
+    })
+    .await;
+    assert!(back);
+    let (_, rt2) = login(p.addr).await;
+    let (s, body) = refresh(p.addr, &rt2).await;
+    assert_eq!(s, 200, "{body}");
+}
