@@ -52,3 +52,207 @@ fn alerts_use_only_real_metrics() {
         }
     }
 }
+
+/// Config keys by section, from the config model's serde mirror (`src/config/raw.rs`):
+/// each struct's `pub` fields, and the fields of the endpoint `auth` variants.
+fn code_keys() -> BTreeSet<String> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let raw = std::fs::read_to_string(format!("{root}/src/config/raw.rs")).unwrap();
+    // Struct -> the section(s) whose keys it holds.
+    let sections: &[(&str, &[&str])] = &[
+        ("Listen", &["listen"]),
+        ("Tls", &["listen.tls"]),
+        ("Address", &["admin", "egress"]),
+        ("Limits", &["limits"]),
+        ("AuthSection", &["auth"]),
+        ("Cache", &["cache"]),
+        ("Lockout", &["lockout"]),
+        ("Shared", &["shared"]),
+        ("Runtime", &["runtime"]),
+        ("Assertion", &["assertion"]),
+        ("User", &["users"]),
+        ("Plan", &["plans"]),
+        ("Integration", &["plans.integrations"]),
+        ("ApiKey", &["api_keys"]),
+        ("OAuth", &["oauth"]),
+        ("OAuthClient", &["oauth.clients"]),
+        ("Endpoint", &["endpoints"]),
+    ];
+    let mut keys = BTreeSet::new();
+    let mut current: Option<&[&str]> = None;
+    let mut in_auth_enum = false;
+    for line in raw.lines() {
+        let t = line.trim();
+        if let Some(rest) = t.strip_prefix("pub struct ") {
+            let name = rest.split([' ', '{']).next().unwrap();
+            current = sections.iter().find(|(s, _)| *s == name).map(|(_, secs)| *secs);
+            in_auth_enum = false;
+            continue;
+        }
+        if t.starts_with("pub enum ") {
+            current = None;
+            in_auth_enum = t.starts_with("pub enum EndpointAuth");
+            continue;
+        }
+        if t == "}" && !line.starts_with("    ") {
+            current = None;
+            in_auth_enum = false;
+            continue;
+        }
+        if let Some(secs) = current {
+            if let Some(field) = t.strip_prefix("pub ").and_then(|f| f.split(':').next()) {
+                for s in secs {
+                    keys.insert(format!("{s}.{field}"));
+                }
+            }
+        }
+        if in_auth_enum && line.starts_with("        ") && t.contains(':') && !t.starts_with('#') && !t.starts_with("//") {
+            let field = t.split(':').next().unwrap();
+            keys.insert(format!("endpoints.auth.{field}"));
+        }
+    }
+    keys.insert("endpoints.auth.type".into());
+    keys
+}
+
+/// Keys documented in docs/configuration.md: the first column of each table, under the
+/// section its heading names (`## \`[limits]\``, `### \`[[endpoints]]\` \`auth\``).
+fn doc_keys() -> BTreeSet<String> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let doc = std::fs::read_to_string(format!("{root}/docs/configuration.md")).unwrap();
+    let mut keys = BTreeSet::new();
+    let mut section = String::new();
+    for line in doc.lines() {
+        if line.starts_with('#') {
+            let ticks: Vec<&str> = line.split('`').skip(1).step_by(2).collect();
+            section = match ticks.as_slice() {
+                [s] => s.trim_matches(['[', ']']).to_string(),
+                [s, sub] => format!("{}.{sub}", s.trim_matches(['[', ']'])),
+                _ => String::new(),
+            };
+            continue;
+        }
+        if section.is_empty() || !line.starts_with("| `") {
+            continue;
+        }
+        let key = line.split('`').nth(1).unwrap();
+        keys.insert(format!("{section}.{key}"));
+    }
+    keys
+}
+
+#[test]
+fn every_config_key_is_documented_and_nothing_else() {
+    let code = code_keys();
+    let doc = doc_keys();
+    assert!(code.len() >= 80, "{code:?}");
+    let missing: Vec<_> = code.difference(&doc).collect();
+    let stale: Vec<_> = doc.difference(&code).collect();
+    assert!(missing.is_empty(), "config keys missing from docs/configuration.md: {missing:?}");
+    assert!(stale.is_empty(), "docs/configuration.md documents keys the code does not read: {stale:?}");
+}
+
+/// The refusal reasons the code can emit, read from its source: the `Reason`,
+/// `Refusal` and `EgressError` reason tables, the reasons given to 502/503 refusals and
+/// to the OAuth endpoints' errors (their last literal argument).
+fn code_reasons() -> BTreeSet<String> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut files = Vec::new();
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    walk(&std::path::Path::new(root).join("src"), &mut files);
+    let snake = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+    let literals = |text: &str| -> Vec<String> { text.split('"').skip(1).step_by(2).map(str::to_string).collect() };
+    let mut out = BTreeSet::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        // Reason tables: the match arms of `Reason::as_str`, `Refusal::reason` and
+        // `EgressError::reason`.
+        let tables = ["impl Reason {", "impl Refusal {", "impl EgressError {"];
+        for head in ["pub fn as_str(self) -> &'static str {", "pub fn reason(&self) -> &'static str {"] {
+            let Some(i) = text.find(head) else { continue };
+            let owner = text[..i].rfind("\nimpl ").map(|k| &text[k + 1..i]);
+            if !owner.is_some_and(|o| tables.iter().any(|t| o.starts_with(t))) {
+                continue;
+            }
+            {
+                let body = &text[i..];
+                let end = body.find("\n    }\n").unwrap_or(body.len());
+                for l in body[..end].lines().filter(|l| l.contains("=>")) {
+                    out.extend(literals(l).into_iter().filter(|s| snake(s)));
+                }
+            }
+        }
+        // Reasons handed to refusals, verdicts and failures.
+        for pat in [
+            "BadGateway(\"",
+            "Unavailable(\"",
+            "reason: \"",
+            "reason: if",
+            "unavailable(\"",
+        ] {
+            for (i, _) in text.match_indices(pat) {
+                let tail = &text[i..];
+                let stmt = &tail[..tail.find([';', '}', ')']).map_or(tail.len(), |j| (j + 80).min(tail.len()))];
+                out.extend(literals(stmt).into_iter().filter(|s| snake(s)).take(2));
+            }
+        }
+        // OAuth endpoint errors: the fifth argument is the reason, when it is a literal.
+        for (i, _) in text.match_indices("OAuthError::new(") {
+            let tail = &text[i + "OAuthError::new(".len()..];
+            let (mut depth, mut args, mut start) = (0, Vec::new(), 0);
+            for (j, c) in tail.char_indices() {
+                match c {
+                    '(' | '[' | '{' => depth += 1,
+                    ',' if depth == 0 => {
+                        args.push(&tail[start..j]);
+                        start = j + 1;
+                    }
+                    ')' | ']' | '}' if depth == 0 => {
+                        args.push(&tail[start..j]);
+                        break;
+                    }
+                    ')' | ']' | '}' => depth -= 1,
+                    _ => {}
+                }
+            }
+            if let Some(reason) = args.get(4).map(|a| a.trim()) {
+                if let Some(lit) = reason.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+                    out.insert(lit.to_string());
+                }
+            }
+        }
+    }
+    // Words of the code that are not reasons.
+    for not_reason in ["fn", "new"] {
+        out.remove(not_reason);
+    }
+    out
+}
+
+#[test]
+fn every_refusal_reason_is_in_the_troubleshooting_table() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let start = readme.find("### 401/403 troubleshooting").expect("troubleshooting section");
+    let table = &readme[start..];
+    let table = &table[..table[4..].find("\n## ").map_or(table.len(), |i| i + 4)];
+    let reasons = code_reasons();
+    assert!(reasons.len() >= 40, "{reasons:?}");
+    let missing: Vec<_> = reasons
+        .iter()
+        .filter(|r| !table.contains(&format!("`{r}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "reasons the code emits but README's troubleshooting section does not explain: {missing:?}"
+    );
+}
