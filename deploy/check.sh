@@ -23,6 +23,7 @@ PY
 
 promtool check config deploy/prometheus/prometheus.yml
 promtool check rules deploy/prometheus/alerts.yml
+promtool test rules deploy/prometheus/alerts.test.yml
 
 # The certificate paths exist only in the pod: point them at the demo pair for the check.
 export PORTCULLIS_ASSERTION_KEY="ci-assertion-key-0123456789abcdef" SNOW_PASSWORD="ci-placeholder"

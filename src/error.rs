@@ -167,12 +167,14 @@ impl Refusal {
             Refusal::Missing { .. } | Refusal::Rejected { .. } => Outcome::Unauthenticated,
             Refusal::Forbidden { .. } => Outcome::Forbidden,
             Refusal::LockedOut { .. } => Outcome::LockedOut,
-            Refusal::BadGateway(_) | Refusal::Unavailable(_) | Refusal::GatewayTimeout => Outcome::UpstreamError,
+            Refusal::BadGateway(_) | Refusal::GatewayTimeout => Outcome::UpstreamError,
+            Refusal::Unavailable(_) => Outcome::AuthUnavailable,
             Refusal::OAuth(e) => match e.status {
                 StatusCode::UNAUTHORIZED => Outcome::Unauthenticated,
                 StatusCode::TOO_MANY_REQUESTS => Outcome::LockedOut,
                 // invalid_grant: refused credentials of the resource owner.
                 StatusCode::BAD_REQUEST if e.error == "invalid_grant" => Outcome::Unauthenticated,
+                StatusCode::SERVICE_UNAVAILABLE => Outcome::AuthUnavailable,
                 s if s.is_server_error() => Outcome::UpstreamError,
                 _ => Outcome::BadRequest,
             },

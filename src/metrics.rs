@@ -17,6 +17,9 @@ pub enum Outcome {
     UpstreamError,
     /// The client closed or reset before the answer (logged as 499).
     ClientClosed,
+    /// What decides a credential could not answer: the identity provider (JWKS,
+    /// introspection), the shared token store, or the password pool (503).
+    AuthUnavailable,
 }
 
 impl Outcome {
@@ -29,6 +32,7 @@ impl Outcome {
             Outcome::BadRequest => "bad_request",
             Outcome::UpstreamError => "upstream_error",
             Outcome::ClientClosed => "client_closed",
+            Outcome::AuthUnavailable => "auth_unavailable",
         }
     }
 }
@@ -47,6 +51,8 @@ pub struct Metrics {
     pub egress_token_fetches: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub config_last_reload_success: IntGauge,
+    /// 1 when the last config load succeeded, 0 while a refused one is the newest.
+    pub config_last_reload_successful: IntGauge,
     pub connections_active: IntGaugeVec,
     pub connections_rejected: IntCounterVec,
     pub tls_handshake_failures: IntCounter,
@@ -150,6 +156,14 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            config_last_reload_successful: reg(
+                &registry,
+                IntGauge::new(
+                    "portcullis_config_last_reload_successful",
+                    "1 if the last config load succeeded, 0 if the newest file was refused (the previous config still runs).",
+                )
+                .expect("valid metric"),
+            ),
             connections_active: reg(
                 &registry,
                 IntGaugeVec::new(
@@ -243,7 +257,7 @@ impl Default for Metrics {
 
 /// Auth method labels, in the order of the per-route counter table.
 const AUTH_LABELS: [&str; 7] = ["", "none", "basic", "api_key", "url_key", "oauth", "mtls"];
-const OUTCOMES: usize = 7;
+const OUTCOMES: usize = 8;
 
 /// Pre-resolved handles for one route, so the hot path hashes no labels: the histograms at
 /// config load, each `portcullis_requests_total` counter on its first use.

@@ -1,5 +1,6 @@
 //! Reload without restart: on SIGHUP, and when the config file (or a TLS certificate or
-//! key file it names) changes, polled every second and debounced. A new config is checked
+//! key, a `{ file = ... }` secret or a JWKS file it names) changes, polled every second
+//! and debounced. A new config is checked
 //! like `portcullis check` and built completely before it is swapped in atomically; one
 //! that fails is refused, logged and counted, and the running one stays. Requests in
 //! flight finish with the generation they started with.
@@ -70,10 +71,12 @@ pub fn reload(state: &State, path: &Path, trigger: &'static str) -> Result<(), S
         Ok(()) => {
             m.config_reloads.with_label_values(&["success"]).inc();
             m.config_last_reload_success.set(unix_now() as i64);
+            m.config_last_reload_successful.set(1);
             tracing::info!(trigger, config = %path.display(), "config reloaded");
         }
         Err(e) => {
             m.config_reloads.with_label_values(&["failure"]).inc();
+            m.config_last_reload_successful.set(0);
             tracing::error!(trigger, config = %path.display(), error = %e, "config reload refused; the running config stays");
         }
     }
@@ -89,14 +92,17 @@ pub fn reload(state: &State, path: &Path, trigger: &'static str) -> Result<(), S
     result
 }
 
-/// A digest of the config file and the TLS files it names: what a change is.
+/// A digest of the config file and the files it names (TLS certificate and key, secret
+/// files, a JWKS file): what a change is.
 fn fingerprint(path: &Path, state: &State) -> Option<[u8; 32]> {
     let mut h = Sha256::new();
     h.update(std::fs::read(path).ok()?);
-    if let Some(tls) = &state.gateway().config.listen.tls {
-        for f in [&tls.cert, &tls.key] {
-            h.update(std::fs::read(f).unwrap_or_default());
-        }
+    let gw = state.gateway();
+    let tls = gw.config.listen.tls.iter().flat_map(|t| [&t.cert, &t.key]);
+    for f in tls.chain(gw.config.watched.iter()) {
+        let bytes = std::fs::read(f).unwrap_or_default();
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
     }
     Some(h.finalize().into())
 }

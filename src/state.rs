@@ -75,6 +75,7 @@ impl State {
         let client = upstream::client();
         let gw = Gateway::build(config, &metrics, &random_assertion_key, &lasting, &client)?;
         metrics.config_last_reload_success.set(unix_now() as i64);
+        metrics.config_last_reload_successful.set(1);
         let loaded = Status {
             at: unix_now(),
             ok: true,

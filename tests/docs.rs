@@ -106,7 +106,12 @@ fn code_keys() -> BTreeSet<String> {
                 }
             }
         }
-        if in_auth_enum && line.starts_with("        ") && t.contains(':') && !t.starts_with('#') && !t.starts_with("//") {
+        if in_auth_enum
+            && line.starts_with("        ")
+            && t.contains(':')
+            && !t.starts_with('#')
+            && !t.starts_with("//")
+        {
             let field = t.split(':').next().unwrap();
             keys.insert(format!("endpoints.auth.{field}"));
         }
@@ -148,8 +153,14 @@ fn every_config_key_is_documented_and_nothing_else() {
     assert!(code.len() >= 80, "{code:?}");
     let missing: Vec<_> = code.difference(&doc).collect();
     let stale: Vec<_> = doc.difference(&code).collect();
-    assert!(missing.is_empty(), "config keys missing from docs/configuration.md: {missing:?}");
-    assert!(stale.is_empty(), "docs/configuration.md documents keys the code does not read: {stale:?}");
+    assert!(
+        missing.is_empty(),
+        "config keys missing from docs/configuration.md: {missing:?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "docs/configuration.md documents keys the code does not read: {stale:?}"
+    );
 }
 
 /// The refusal reasons the code can emit, read from its source: the `Reason`,
@@ -177,7 +188,10 @@ fn code_reasons() -> BTreeSet<String> {
         // Reason tables: the match arms of `Reason::as_str`, `Refusal::reason` and
         // `EgressError::reason`.
         let tables = ["impl Reason {", "impl Refusal {", "impl EgressError {"];
-        for head in ["pub fn as_str(self) -> &'static str {", "pub fn reason(&self) -> &'static str {"] {
+        for head in [
+            "pub fn as_str(self) -> &'static str {",
+            "pub fn reason(&self) -> &'static str {",
+        ] {
             let Some(i) = text.find(head) else { continue };
             let owner = text[..i].rfind("\nimpl ").map(|k| &text[k + 1..i]);
             if !owner.is_some_and(|o| tables.iter().any(|t| o.starts_with(t))) {
@@ -201,7 +215,9 @@ fn code_reasons() -> BTreeSet<String> {
         ] {
             for (i, _) in text.match_indices(pat) {
                 let tail = &text[i..];
-                let stmt = &tail[..tail.find([';', '}', ')']).map_or(tail.len(), |j| (j + 80).min(tail.len()))];
+                let stmt = &tail[..tail
+                    .find([';', '}', ')'])
+                    .map_or(tail.len(), |j| (j + 80).min(tail.len()))];
                 out.extend(literals(stmt).into_iter().filter(|s| snake(s)).take(2));
             }
         }
@@ -242,15 +258,14 @@ fn code_reasons() -> BTreeSet<String> {
 fn every_refusal_reason_is_in_the_troubleshooting_table() {
     let root = env!("CARGO_MANIFEST_DIR");
     let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
-    let start = readme.find("### 401/403 troubleshooting").expect("troubleshooting section");
+    let start = readme
+        .find("### 401/403 troubleshooting")
+        .expect("troubleshooting section");
     let table = &readme[start..];
     let table = &table[..table[4..].find("\n## ").map_or(table.len(), |i| i + 4)];
     let reasons = code_reasons();
     assert!(reasons.len() >= 40, "{reasons:?}");
-    let missing: Vec<_> = reasons
-        .iter()
-        .filter(|r| !table.contains(&format!("`{r}`")))
-        .collect();
+    let missing: Vec<_> = reasons.iter().filter(|r| !table.contains(&format!("`{r}`"))).collect();
     assert!(
         missing.is_empty(),
         "reasons the code emits but README's troubleshooting section does not explain: {missing:?}"

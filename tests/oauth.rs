@@ -945,7 +945,7 @@ async fn introspection_down_or_erroring_is_503_and_never_lets_through() {
     assert_eq!(
         metric_value(
             &m,
-            r#"portcullis_requests_total{auth_method="oauth",integration="events",outcome="upstream_error",plan="api"}"#
+            r#"portcullis_requests_total{auth_method="oauth",integration="events",outcome="auth_unavailable",plan="api"}"#
         ),
         1.0
     );

@@ -368,3 +368,51 @@ async fn a_reload_does_not_forgive_failed_logins() {
     assert_eq!(get("svc-pw").await, 429);
     gw.stop().await;
 }
+
+/// A `{ file = ... }` secret is watched like the config file: rotating the file (as a
+/// Kubernetes Secret volume does) applies the new secret without a restart.
+#[tokio::test]
+async fn a_rotated_secret_file_applies_without_a_restart() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("endpoint-password");
+    std::fs::write(&secret, "first-password\n").unwrap();
+    let toml = config(&format!(
+        r#"
+[egress]
+address = "127.0.0.1:0"
+
+[[endpoints]]
+name = "api"
+base_url = "{up}"
+auth = {{ type = "basic", username = "svc", password = {{ file = "{secret}" }} }}
+"#,
+        up = up.url(),
+        secret = secret.display()
+    ));
+    let path = write_config(dir.path(), &toml);
+    let gw = Process::start(&path, &[]);
+    let logs = gw.logs_when(|l| l.contains("\"listener\":\"egress\"")).await;
+    let egress: std::net::SocketAddr = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["listener"] == "egress")
+        .and_then(|v| v["address"].as_str().and_then(|a| a.parse().ok()))
+        .unwrap();
+    let call = || async move {
+        let resp = client().get(format!("http://{egress}/api/x")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+    };
+    call().await;
+    assert_eq!(
+        up.last().headers["authorization"],
+        basic("svc", "first-password").as_str()
+    );
+    std::fs::write(&secret, "second-password\n").unwrap();
+    let rotated = eventually(PATIENCE, || async {
+        call().await;
+        up.last().headers["authorization"] == basic("svc", "second-password").as_str()
+    })
+    .await;
+    assert!(rotated, "the rotated secret file was not applied");
+}

@@ -28,6 +28,9 @@ pub const REVOKE_PATH: &str = "/oauth/revoke";
 pub struct Config {
     /// The file this was read from.
     pub file: PathBuf,
+    /// Files it reads besides itself (`{ file = ... }` secrets, `jwks_file`): watched for
+    /// changes like the config file.
+    pub watched: Vec<PathBuf>,
     pub listen: Listen,
     pub limits: Limits,
     /// Admin listener (`/healthz`, `/readyz`, `/metrics`...); off when `[admin]` is absent.

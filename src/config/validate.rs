@@ -18,6 +18,7 @@ pub(super) fn run(file: &Path, text: &str) -> Result<Loaded, Errors> {
         text,
         errors: Vec::new(),
         warnings: Vec::new(),
+        watched: Vec::new(),
     };
     let doc = match toml_edit::ImDocument::parse(text) {
         Ok(doc) => doc,
@@ -156,6 +157,8 @@ struct Validator<'a> {
     text: &'a str,
     errors: Vec<Diagnostic>,
     warnings: Vec<Diagnostic>,
+    /// Files the config reads besides itself (secret files, a JWKS file).
+    watched: Vec<PathBuf>,
 }
 
 /// The longest duration any key accepts.
@@ -239,6 +242,7 @@ impl Validator<'_> {
         let endpoints = self.endpoints(&raw.endpoints);
         Config {
             file: self.file.clone(),
+            watched: std::mem::take(&mut self.watched),
             listen,
             limits,
             admin,
@@ -333,6 +337,9 @@ impl Validator<'_> {
 
     fn secret_at(&mut self, s: &raw::Secret, span: Span, what: &str) -> Option<Secret> {
         let sp = |_: &raw::Secret| Some(span.clone());
+        if let raw::Secret::File(r) = s {
+            self.watched.push(PathBuf::from(&r.file));
+        }
         match s {
             raw::Secret::Literal(v) => {
                 self.warn(
@@ -1108,6 +1115,7 @@ impl Validator<'_> {
         };
         let jwks_url = r.jwks_url.as_ref().and_then(|u| self.url(u, "oauth.jwks_url"));
         let jwks_file = r.jwks_file.as_ref().map(|f| PathBuf::from(f.get_ref()));
+        self.watched.extend(jwks_file.iter().cloned());
         let introspection_url = r
             .introspection_url
             .as_ref()
