@@ -79,6 +79,23 @@ enum Command {
         #[arg(long)]
         ready: bool,
     },
+    /// Say what the gateway would do with one request, without starting a server: the
+    /// route, the auth methods, the credentials found, and the decision with its reason
+    /// and the fix. Passwords are checked for real (argon2id); secrets are never printed.
+    Explain {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The client address the request comes from (lockout and logs use it).
+        #[arg(long, default_value = "127.0.0.1")]
+        client_ip: std::net::IpAddr,
+        /// A request header, as `Name: value`; repeatable.
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// GET, POST, ...
+        method: String,
+        /// The URL (or just the path and query) as the client sends it.
+        url: String,
+    },
     /// Print the config with every secret removed, safe to attach to a support ticket.
     Export {
         #[arg(long, short)]
@@ -116,6 +133,13 @@ pub fn run() -> ExitCode {
         } => return endpoint_test(config_path(config), &name),
         Command::Export { config } => export(config_path(config)),
         Command::Health { config, admin, ready } => return health(config_path(config), admin, ready),
+        Command::Explain {
+            config,
+            client_ip,
+            headers,
+            method,
+            url,
+        } => return explain(config_path(config), client_ip, &headers, &method, &url),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -544,4 +568,172 @@ pub fn export_text(text: &str) -> anyhow::Result<String> {
     let mut doc: toml::Value = toml::from_str(text)?;
     scrub(&mut doc, "");
     Ok(toml::to_string_pretty(&doc)?)
+}
+
+// === explain ===
+
+/// The troubleshooting table of README.md, built into the binary: `explain` prints the fix
+/// the operator documents for a reason (a test keeps the table complete).
+const README: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"));
+
+/// The fix column of the troubleshooting row that names `reason`.
+pub fn fix_for(reason: &str) -> Option<&'static str> {
+    let start = README.find("### 401/403 troubleshooting")?;
+    let needle = format!("`{reason}`");
+    README[start..]
+        .lines()
+        .take_while(|l| !l.starts_with("## "))
+        .filter(|l| l.starts_with('|'))
+        .find(|l| l.split('|').nth(2).is_some_and(|reasons| reasons.contains(&needle)))
+        .and_then(|l| l.split('|').nth(3))
+        .map(str::trim)
+}
+
+/// Where credentials are, without their secrets.
+fn credentials_found(parts: &http::request::Parts) -> Vec<String> {
+    use base64::Engine;
+    let mut found = Vec::new();
+    for v in parts.headers.get_all(http::header::AUTHORIZATION) {
+        let b = v.as_bytes();
+        let scheme = b.split(|c| *c == b' ').next().unwrap_or_default();
+        let rest = b.get(scheme.len() + 1..).unwrap_or_default().trim_ascii();
+        let what = if scheme.eq_ignore_ascii_case(b"basic") {
+            match base64::engine::general_purpose::STANDARD
+                .decode(rest)
+                .ok()
+                .and_then(|raw| String::from_utf8(raw).ok())
+            {
+                Some(text) => match text.split_once(':') {
+                    Some((user, _)) => {
+                        format!("Authorization: Basic, user part `{user}` (a user for basic, or a key id for api_key)")
+                    }
+                    None => "Authorization: Basic, but no `:` between user and secret".into(),
+                },
+                None => "Authorization: Basic, but not base64 of UTF-8 text".into(),
+            }
+        } else if scheme.eq_ignore_ascii_case(b"bearer") {
+            let claims = rest
+                .split(|c| *c == b'.')
+                .nth(1)
+                .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok())
+                .and_then(|j| serde_json::from_slice::<serde_json::Value>(&j).ok());
+            match claims {
+                Some(c) => format!(
+                    "Authorization: Bearer, a JWT with iss={} sub={} aud={} exp={}",
+                    c["iss"], c["sub"], c["aud"], c["exp"]
+                ),
+                None => "Authorization: Bearer, an opaque token".into(),
+            }
+        } else {
+            format!(
+                "Authorization: scheme `{}` (not one Portcullis reads)",
+                String::from_utf8_lossy(scheme)
+            )
+        };
+        found.push(what);
+    }
+    if let Some(q) = parts.uri.query() {
+        let keys = url::form_urlencoded::parse(q.as_bytes())
+            .filter(|(k, _)| k == "apiKey")
+            .count();
+        if keys > 0 {
+            found.push(format!("?apiKey= in the query ({keys} value(s))"));
+        }
+    }
+    found
+}
+
+fn explain(path: PathBuf, client: std::net::IpAddr, headers: &[String], method: &str, url: &str) -> ExitCode {
+    let fail = |m: String| {
+        eprintln!("portcullis: {m}");
+        ExitCode::FAILURE
+    };
+    let loaded = match config::load(&path) {
+        Ok(l) => l,
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let uri: http::Uri = match url.parse() {
+        Ok(u) => u,
+        Err(e) => return fail(format!("`{url}` is not a URL: {e}")),
+    };
+    let Ok(method) = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
+        return fail(format!("`{method}` is not an HTTP method"));
+    };
+    let mut builder = http::Request::builder()
+        .method(method)
+        .uri(uri.path_and_query().map_or("/", |p| p.as_str()));
+    for h in headers {
+        let Some((name, value)) = h.split_once(':') else {
+            return fail(format!("header `{h}` is not `Name: value`"));
+        };
+        builder = builder.header(name.trim(), value.trim());
+    }
+    if let Some(a) = uri.authority() {
+        builder = builder.header(http::header::HOST, a.as_str());
+    }
+    let (parts, ()) = match builder.body(()) {
+        Ok(r) => r.into_parts(),
+        Err(e) => return fail(format!("cannot form the request: {e}")),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the tokio runtime: {e}")),
+    };
+    let found = credentials_found(&parts);
+    let (method, target) = (parts.method.clone(), parts.uri.clone());
+    let result = rt.block_on(async move {
+        let state = crate::state::State::new(loaded.config).map_err(|e| e.to_string())?;
+        let gw = state.gateway();
+        Ok::<_, String>(crate::inbound::explain(&gw, parts, client).await)
+    });
+    let e = match result {
+        Ok(e) => e,
+        Err(m) => return fail(m),
+    };
+    println!("request      {method} {target} from {client}");
+    match &e.route {
+        Some((plan, integration, pattern, methods)) => println!(
+            "route        plan `{plan}`, integration `{integration}` (path `{pattern}`, methods {})",
+            methods.join(", ")
+        ),
+        None => println!("route        none"),
+    }
+    if !e.methods.is_empty() {
+        let m: Vec<&str> = e.methods.iter().map(|m| m.as_str()).collect();
+        println!("auth         {}", m.join(", "));
+    }
+    if found.is_empty() {
+        println!("credentials  none found");
+    }
+    for f in &found {
+        println!("credentials  {f}");
+    }
+    match (&e.principal, &e.named) {
+        (Some(p), _) => println!(
+            "principal    `{}` by {}, roles [{}]",
+            p.user,
+            p.method.as_str(),
+            p.roles.join(", ")
+        ),
+        (None, Some((who, how))) => println!("principal    `{who}` by {}", how.as_str()),
+        (None, None) => {}
+    }
+    match &e.decision {
+        Ok(upstream) => {
+            println!("decision     allowed: forwarded to {upstream}");
+            ExitCode::SUCCESS
+        }
+        Err((status, reason, message)) => {
+            println!("decision     {status} {reason}: {message}");
+            if let Some(fix) = fix_for(reason) {
+                println!("fix          {fix}");
+            }
+            ExitCode::from(2)
+        }
+    }
 }

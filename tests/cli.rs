@@ -189,3 +189,138 @@ address = "127.0.0.1:0" # the old key was {c1}
     // And it is still a TOML document.
     let _: toml::Value = toml::from_str(&out).expect("export is TOML");
 }
+
+/// `explain` gives the decision the server would give (argon2id checked for real), its
+/// reason and the documented fix, and never prints a secret.
+#[test]
+fn explain_says_what_the_gateway_would_do_and_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_secret = "explain-key-secret-0123456789";
+    let path = write_config(
+        dir.path(),
+        &config(&format!(
+            r#"
+[[users]]
+name = "alice"
+roles = ["rest"]
+password_hash = "{alice}"
+
+[[users]]
+name = "bob"
+roles = ["other"]
+password_hash = "{bob}"
+
+[[plans]]
+name = "p"
+upstream = "http://127.0.0.1:9/base"
+access = {{ all = true }}
+
+[[plans.integrations]]
+name = "login"
+path = "/login/*"
+methods = ["GET"]
+auth = ["basic", "api_key"]
+senders = {{ roles = ["rest"] }}
+
+[[api_keys]]
+key = "k1"
+secret_hash = "{key}"
+user = "alice"
+integration = "p/login"
+"#,
+            alice = argon2_hash("alice-pw"),
+            bob = argon2_hash("bob-pw"),
+            key = sha256_hex(key_secret),
+        )),
+    );
+    let cfg = path.to_str().unwrap();
+    let auth = |u: &str, p: &str| format!("Authorization: {}", basic(u, p));
+
+    let (code, out, _) = run(
+        &[
+            "explain",
+            "--config",
+            cfg,
+            "GET",
+            "/login/x",
+            "-H",
+            &auth("alice", "alice-pw"),
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("plan `p`, integration `login`"), "{out}");
+    assert!(out.contains("auth         basic, api_key"), "{out}");
+    assert!(out.contains("principal    `alice` by basic, roles [rest]"), "{out}");
+    assert!(
+        out.contains("allowed: forwarded to http://127.0.0.1:9/base/login/x"),
+        "{out}"
+    );
+
+    let (code, out, _) = run(
+        &[
+            "explain",
+            "--config",
+            cfg,
+            "GET",
+            "/login/x",
+            "-H",
+            &auth("alice", "wrong-pw"),
+        ],
+        "",
+    );
+    assert_eq!(code, 2);
+    assert!(out.contains("decision     401 bad_password"), "{out}");
+    assert!(
+        out.contains("fix          The password was rotated in one place only"),
+        "{out}"
+    );
+    assert!(!out.contains("wrong-pw"), "a password was printed: {out}");
+
+    let (code, out, _) = run(
+        &[
+            "explain",
+            "--config",
+            cfg,
+            "GET",
+            "/login/x",
+            "-H",
+            &auth("bob", "bob-pw"),
+        ],
+        "",
+    );
+    assert_eq!(code, 2);
+    assert!(out.contains("principal    `bob` by basic"), "{out}");
+    assert!(out.contains("decision     403 not_a_sender"), "{out}");
+
+    let (code, out, _) = run(
+        &[
+            "explain",
+            "--config",
+            cfg,
+            "GET",
+            "/login/x",
+            "-H",
+            &auth("k1", key_secret),
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("user part `k1`"), "{out}");
+    assert!(out.contains("by api_key"), "{out}");
+    assert!(!out.contains(key_secret), "a secret was printed: {out}");
+
+    let (code, out, _) = run(&["explain", "--config", cfg, "POST", "/login/x"], "");
+    assert_eq!(code, 2);
+    assert!(out.contains("405 method_not_allowed"), "{out}");
+    let (code, out, _) = run(&["explain", "--config", cfg, "GET", "/login/x"], "");
+    assert_eq!(code, 2);
+    assert!(out.contains("credentials  none found"), "{out}");
+    assert!(out.contains("401 no_credentials"), "{out}");
+    let (code, out, _) = run(&["explain", "--config", cfg, "GET", "/nowhere"], "");
+    assert_eq!(code, 2);
+    assert!(out.contains("404 no_route"), "{out}");
+    let (code, _, err) = run(&["explain", "--config", cfg, "GET", "/login/x", "-H", "no-colon"], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("is not `Name: value`"), "{err}");
+}
