@@ -120,6 +120,8 @@ pub struct Route {
     plan_value: HeaderValue,
     integration_value: HeaderValue,
     pub upstream: Upstream,
+    /// `host:port` of the upstream (no user info), for the access log.
+    upstream_addr: String,
     access: Rule,
     senders: Rule,
     pub auth: Vec<AuthMethod>,
@@ -182,6 +184,17 @@ impl Gateway {
                     integration_value: HeaderValue::from_str(&integ.name)
                         .unwrap_or_else(|_| HeaderValue::from_static("")),
                     upstream: plan.upstream.clone(),
+                    upstream_addr: match &plan.upstream {
+                        Upstream::Echo => "builtin:echo".to_string(),
+                        Upstream::Http { authority, scheme, .. } => {
+                            let port = authority.port_u16().unwrap_or(if *scheme == http::uri::Scheme::HTTPS {
+                                443
+                            } else {
+                                80
+                            });
+                            format!("{}:{port}", authority.host())
+                        }
+                    },
                     access: plan.access.clone(),
                     senders: integ.senders.clone(),
                     auth: integ.auth.clone(),
@@ -249,6 +262,12 @@ struct Ctx {
     /// The answer's status; `None` while the request is in flight.
     status: Option<u16>,
     refusal: Option<(Outcome, &'static str)>,
+    version: http::Version,
+    host: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
+    /// Declared body lengths (`Content-Length`, or a body known to be empty).
+    bytes_in: Option<u64>,
+    bytes_out: Option<u64>,
 }
 
 /// Runs the finish phase when dropped: at the end of [`handle`], or when the request's
@@ -290,6 +309,15 @@ pub async fn handle(env: Arc<Env>, gw: Arc<Gateway>, req: Request<Incoming>, con
             upstream_elapsed: None,
             status: None,
             refusal: None,
+            version: req.version(),
+            host: req.headers().get(header::HOST).cloned().or_else(|| {
+                req.uri()
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            }),
+            user_agent: req.headers().get(header::USER_AGENT).cloned(),
+            bytes_in: http_body::Body::size_hint(req.body()).exact(),
+            bytes_out: None,
         },
         env: env.clone(),
         gw: gw.clone(),
@@ -304,6 +332,7 @@ pub async fn handle(env: Arc<Env>, gw: Arc<Gateway>, req: Request<Incoming>, con
     };
     resp.headers_mut().insert(headers::X_REQUEST_ID, ctx.request_id.clone());
     ctx.status = Some(resp.status().as_u16());
+    ctx.bytes_out = http_body::Body::size_hint(resp.body()).exact();
     drop(guard);
     resp
 }
@@ -744,6 +773,12 @@ fn finish(env: &Env, gw: &Gateway, ctx: &Ctx) {
         reason = reason.unwrap_or(""),
         latency_ms = elapsed.as_secs_f64() * 1000.0,
         upstream_ms = ctx.upstream_elapsed.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+        protocol = ?ctx.version,
+        host = ctx.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
+        user_agent = ctx.user_agent.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
+        bytes_in = ctx.bytes_in,
+        bytes_out = ctx.bytes_out,
+        upstream = route.map_or("", |r| r.upstream_addr.as_str()),
         "request"
     );
 }
@@ -781,6 +816,11 @@ pub async fn explain(gw: &Gateway, mut parts: Parts, client: std::net::IpAddr) -
         upstream_elapsed: None,
         status: None,
         refusal: None,
+        version: parts.version,
+        host: None,
+        user_agent: None,
+        bytes_in: None,
+        bytes_out: None,
     };
     let decided = decide(gw, &mut ctx, &mut parts).await;
     let route = ctx.route.map(|i| &gw.routes[i]);

@@ -308,12 +308,13 @@ async fn the_access_log_names_the_refusal_reason_in_json() {
         .get(format!("http://{}/i?apiKey=leak-me-not", gw.addr))
         .header("authorization", basic("svc", "wrong-pw"))
         .header("x-request-id", "diag-42")
+        .header("user-agent", "ServiceNow/2.0")
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 401);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let logs = gw.logs();
+    let sent_back = resp.bytes().await.unwrap().len() as u64;
+    let logs = gw.logs_when(|l| l.contains("diag-42")).await;
     let line: serde_json::Value = logs
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -329,6 +330,12 @@ async fn the_access_log_names_the_refusal_reason_in_json() {
         (Some("p"), Some("i"))
     );
     assert!(line["timestamp"].is_string() && line["latency_ms"].is_number());
+    assert_eq!(line["protocol"], "HTTP/1.1");
+    assert_eq!(line["host"], gw.addr.to_string());
+    assert_eq!(line["user_agent"], "ServiceNow/2.0");
+    assert_eq!(line["bytes_in"], 0);
+    assert_eq!(line["bytes_out"], sent_back);
+    assert_eq!(line["upstream"], up.url().trim_start_matches("http://"));
     for secret in ["wrong-pw", "leak-me-not", "apiKey"] {
         assert!(!logs.contains(secret), "{secret} leaked");
     }
