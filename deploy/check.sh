@@ -25,11 +25,33 @@ promtool check config deploy/prometheus/prometheus.yml
 promtool check rules deploy/prometheus/alerts.yml
 promtool test rules deploy/prometheus/alerts.test.yml
 
-# The certificate paths exist only in the pod: point them at the demo pair for the check.
+# The certificate and secret paths exist only in the pod: point them at the demo pair and
+# at files made here for the check.
 export PORTCULLIS_ASSERTION_KEY="ci-assertion-key-0123456789abcdef" SNOW_PASSWORD="ci-placeholder"
-for cfg in deploy/portcullis.toml target/deploy-configmap.toml; do
-  sed "s#/etc/portcullis/tls/tls.crt#config/tls/server.crt#; s#/etc/portcullis/tls/tls.key#config/tls/server.key#" \
-    "$cfg" > target/deploy-check.toml
+secrets=target/deploy-secrets
+mkdir -p "$secrets"
+in_pod() {
+  sed "s#/etc/portcullis/tls/tls.crt#config/tls/server.crt#; s#/etc/portcullis/tls/tls.key#config/tls/server.key#; s#/etc/portcullis/secrets/#$secrets/#g" "$1"
+}
+
+# As shipped, the ConfigMap and the Secret carry placeholders: check must refuse them.
+printf 'REPLACE-ME' > "$secrets/assertion-key"
+printf 'REPLACE-ME' > "$secrets/servicenow-password"
+in_pod target/deploy-configmap.toml > target/deploy-check.toml
+if out=$("$bin" check --config target/deploy-check.toml 2>&1); then
+  echo "deploy/kubernetes: the placeholders passed portcullis check"; exit 1
+fi
+grep -q "secret_hash" <<<"$out" && grep -q "assertion.key must be at least 32 bytes" <<<"$out" || { echo "$out"; exit 1; }
+echo "placeholders refused: ok"
+
+# With real values in their place, both example configs pass.
+head -c 48 /dev/urandom | base64 | tr -d '\n' > "$secrets/assertion-key"
+printf 'ci-servicenow-password' > "$secrets/servicenow-password"
+keygen=$("$bin" keygen --user servicenow --integration incidents/servicenow)
+key=$(sed -n 's/^key = "\(.*\)"$/\1/p' <<<"$keygen" | head -1)
+hash=$(sed -n 's/^secret_hash = "\(.*\)"$/\1/p' <<<"$keygen" | head -1)
+for cfg in deploy/portcullis.toml deploy/container/portcullis.toml target/deploy-configmap.toml; do
+  in_pod "$cfg" | sed "s#REPLACE-WITH-KEYGEN-KEY#$key#; s#REPLACE-WITH-KEYGEN-SECRET-HASH#$hash#" > target/deploy-check.toml
   "$bin" check --config target/deploy-check.toml
 done
 echo "deploy/ ok"

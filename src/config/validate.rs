@@ -683,7 +683,8 @@ impl Validator<'_> {
         let key = a.key.as_ref().and_then(|k| self.secret(k, "assertion.key"));
         if let (Some(k), Some(raw_key)) = (&key, &a.key) {
             if k.expose().len() < 32 {
-                self.warn(sp(raw_key), "assertion.key is shorter than 32 bytes");
+                // A short HMAC key is guessable, and a placeholder left in place: refuse both.
+                self.error(sp(raw_key), "assertion.key must be at least 32 bytes");
             }
         }
         Assertion {
