@@ -38,10 +38,11 @@ fn every_metric_is_documented_and_nothing_else() {
 }
 
 #[test]
-fn alerts_use_only_real_metrics() {
+fn alerts_and_dashboard_use_only_real_metrics() {
     let root = env!("CARGO_MANIFEST_DIR");
     let code = metric_names(&std::fs::read_to_string(format!("{root}/src/metrics.rs")).unwrap());
-    let alerts = std::fs::read_to_string(format!("{root}/deploy/prometheus/alerts.yml")).unwrap();
+    let mut alerts = std::fs::read_to_string(format!("{root}/deploy/prometheus/alerts.yml")).unwrap();
+    alerts += &std::fs::read_to_string(format!("{root}/deploy/grafana/portcullis-dashboard.json")).unwrap();
     for word in alerts.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
         if let Some(base) = word.strip_prefix("portcullis_") {
             let known = code.iter().any(|m| {
