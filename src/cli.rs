@@ -261,6 +261,9 @@ fn serve(path: PathBuf, format: LogFormat) -> anyhow::Result<()> {
         if let Some(a) = bound.egress_addr() {
             tracing::info!(listener = "egress", address = %a, "listening");
         }
+        if let Some(a) = bound.forward_auth_addr() {
+            tracing::info!(listener = "forward_auth", address = %a, "listening");
+        }
         crate::run::run(state, bound, shutdown).await;
         anyhow::Ok(())
     })?;

@@ -287,6 +287,35 @@ impl Drop for Finish {
 
 /// Serves one inbound request; never fails.
 pub async fn handle(env: Arc<Env>, gw: Arc<Gateway>, req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Body> {
+    serve(env, gw, req, conn, Mode::Proxy).await
+}
+
+/// Answers one forward-auth subrequest (nginx `auth_request`, Traefik ForwardAuth,
+/// Envoy ext_authz HTTP service): the decision for the original request it describes,
+/// with the principal's `X-Portcullis-*` headers (and assertion) for the ingress to
+/// copy; never forwards anything.
+pub async fn forward_auth(
+    env: Arc<Env>,
+    gw: Arc<Gateway>,
+    req: Request<Incoming>,
+    conn: Arc<ConnInfo>,
+) -> Response<Body> {
+    serve(env, gw, req, conn, Mode::ForwardAuth).await
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Proxy,
+    ForwardAuth,
+}
+
+async fn serve(
+    env: Arc<Env>,
+    gw: Arc<Gateway>,
+    req: Request<Incoming>,
+    conn: Arc<ConnInfo>,
+    mode: Mode,
+) -> Response<Body> {
     let request_id = match req.headers().get(headers::X_REQUEST_ID) {
         Some(v) if headers::valid_request_id(v) => v.clone(),
         _ => headers::new_request_id(),
@@ -323,7 +352,11 @@ pub async fn handle(env: Arc<Env>, gw: Arc<Gateway>, req: Request<Incoming>, con
         gw: gw.clone(),
     };
     let ctx = &mut guard.ctx;
-    let mut resp = match handle_inner(&env, &gw, &conn, ctx, req).await {
+    let inner = match mode {
+        Mode::Proxy => handle_inner(&env, &gw, &conn, ctx, req).await,
+        Mode::ForwardAuth => forward_auth_inner(&gw, &conn, ctx, req).await,
+    };
+    let mut resp = match inner {
         Ok(resp) => resp,
         Err(r) => {
             ctx.refusal = Some((r.outcome(), r.reason()));
@@ -869,4 +902,73 @@ pub async fn explain(gw: &Gateway, mut parts: Parts, client: std::net::IpAddr) -
         )),
     };
     out
+}
+
+// === forward-auth ===
+
+/// The original request a forward-auth subrequest describes: `X-Original-Method` and
+/// `X-Original-URI` (nginx), else `X-Forwarded-Method` and `X-Forwarded-Uri` (Traefik),
+/// else the subrequest's own method and target (Envoy ext_authz).
+fn original_request(parts: &Parts) -> Result<(http::Method, Uri), Refusal> {
+    let get = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
+    let (method, uri) = match (get("x-original-uri"), get("x-forwarded-uri")) {
+        (Some(u), _) => (get("x-original-method"), u),
+        (None, Some(u)) => (get("x-forwarded-method"), u),
+        (None, None) => (None, parts.uri.path_and_query().map_or("/", |p| p.as_str())),
+    };
+    let bad = |what: &str| Refusal::BadRequest(format!("forward-auth: the original {what} cannot be read").into());
+    let method = match method {
+        Some(m) => http::Method::from_bytes(m.as_bytes()).map_err(|_| bad("method"))?,
+        None => parts.method.clone(),
+    };
+    if !uri.starts_with('/') {
+        return Err(bad("URI (expected a path, as `/a/b?c`)"));
+    }
+    let uri: Uri = uri.parse().map_err(|_| bad("URI"))?;
+    Ok((method, uri))
+}
+
+async fn forward_auth_inner(
+    gw: &Gateway,
+    conn: &ConnInfo,
+    ctx: &mut Ctx,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Refusal> {
+    let (mut parts, body) = req.into_parts();
+    upstream::drain(body);
+    // Only an ingress may describe requests: anyone else could name any URI.
+    let peer = conn.remote.ip();
+    if !gw.config.listen.trusted_proxies.iter().any(|n| n.contains(&peer)) {
+        return Err(Refusal::Forbidden {
+            reason: "untrusted_forwarder",
+            challenge: None,
+        });
+    }
+    let (method, uri) = original_request(&parts)?;
+    for name in [
+        "x-original-uri",
+        "x-original-method",
+        "x-forwarded-uri",
+        "x-forwarded-method",
+    ] {
+        parts.headers.remove(name);
+    }
+    parts.method = method.clone();
+    parts.uri = uri.clone();
+    ctx.method = method;
+    ctx.uri = uri;
+    let limits = &gw.config.limits;
+    if parts.headers.len() > limits.max_headers || headers::size(&parts.headers) > limits.max_header_bytes {
+        return Err(Refusal::HeadersTooLarge);
+    }
+    let permit = decide(gw, ctx, &mut parts).await?;
+    // The headers the proxy path would set, made the same way, returned for the ingress.
+    rewrite(gw, conn, ctx, &mut parts, permit)?;
+    let mut resp = Response::new(crate::error::full(bytes::Bytes::new()));
+    for (name, value) in &parts.headers {
+        if name.as_str().starts_with("x-portcullis-") {
+            resp.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    Ok(resp)
 }

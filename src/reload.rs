@@ -33,6 +33,12 @@ fn listeners_moved(old: &Config, new: &Config) -> Option<String> {
     if old.egress != new.egress {
         moved.push(format!("egress.address {:?} -> {:?}", old.egress, new.egress));
     }
+    if old.forward_auth != new.forward_auth {
+        moved.push(format!(
+            "forward_auth.address {:?} -> {:?}",
+            old.forward_auth, new.forward_auth
+        ));
+    }
     (!moved.is_empty()).then(|| format!("{}: restart Portcullis to re-bind listeners", moved.join(", ")))
 }
 

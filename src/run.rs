@@ -56,6 +56,14 @@ pub async fn run(state: Arc<State>, bound: Bound, shutdown: Shutdown) {
         };
         loops.spawn(serve_plain(egress, "egress", &state, handler, &tracker, &shutdown));
     }
+    if let Some(fa) = bound.forward_auth {
+        let handler = {
+            let state = state.clone();
+            let env = state.env.clone();
+            move |req, conn| inbound::forward_auth(env.clone(), state.gateway(), req, conn)
+        };
+        loops.spawn(serve_plain(fa, "forward_auth", &state, handler, &tracker, &shutdown));
+    }
     state.set_ready(true);
     while loops.join_next().await.is_some() {}
     state.set_ready(false);

@@ -63,7 +63,7 @@ fn code_keys() -> BTreeSet<String> {
     let sections: &[(&str, &[&str])] = &[
         ("Listen", &["listen"]),
         ("Tls", &["listen.tls"]),
-        ("Address", &["admin", "egress"]),
+        ("Address", &["admin", "egress", "forward_auth"]),
         ("Limits", &["limits"]),
         ("AuthSection", &["auth"]),
         ("Cache", &["cache"]),

@@ -37,6 +37,9 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// Egress listener; off when `[egress]` is absent.
     pub egress: Option<SocketAddr>,
+    /// Forward-auth listener (nginx `auth_request`, Traefik ForwardAuth, Envoy
+    /// ext_authz); off when `[forward_auth]` is absent.
+    pub forward_auth: Option<SocketAddr>,
     pub cache: Cache,
     pub lockout: Lockout,
     pub runtime: Runtime,

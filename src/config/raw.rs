@@ -15,6 +15,7 @@ pub struct Raw {
     pub limits: Option<Limits>,
     pub admin: Option<Spanned<Address>>,
     pub egress: Option<Spanned<Address>>,
+    pub forward_auth: Option<Spanned<Address>>,
     pub cache: Option<Cache>,
     pub lockout: Option<Lockout>,
     pub shared: Option<Shared>,

@@ -218,6 +218,21 @@ impl Validator<'_> {
             Some(addr) => self.address(addr),
             None => Some(SocketAddr::from(([127, 0, 0, 1], 9902))),
         });
+        let forward_auth = raw.forward_auth.as_ref().and_then(|a| match &a.get_ref().address {
+            Some(addr) => self.address(addr),
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 9903))),
+        });
+        if forward_auth.is_some()
+            && raw
+                .listen
+                .as_ref()
+                .is_none_or(|l| l.get_ref().trusted_proxies.is_empty())
+        {
+            self.warn(
+                raw.forward_auth.as_ref().map(|a| a.span()),
+                "[forward_auth] answers only peers in [listen] trusted_proxies, and there are none: every subrequest gets 403",
+            );
+        }
         let cache = self.cache(raw.cache.as_ref());
         let lockout = self.lockout(raw.lockout.as_ref());
         let shared = self.shared(raw.shared.as_ref());
@@ -247,6 +262,7 @@ impl Validator<'_> {
             limits,
             admin,
             egress,
+            forward_auth,
             cache,
             lockout,
             runtime,

@@ -17,6 +17,7 @@ pub struct Bound {
     pub inbound: TcpListener,
     pub admin: Option<TcpListener>,
     pub egress: Option<TcpListener>,
+    pub forward_auth: Option<TcpListener>,
 }
 
 impl Bound {
@@ -29,6 +30,7 @@ impl Bound {
             inbound: at(config.listen.address, "inbound")?,
             admin: config.admin.map(|a| at(a, "admin")).transpose()?,
             egress: config.egress.map(|a| at(a, "egress")).transpose()?,
+            forward_auth: config.forward_auth.map(|a| at(a, "forward_auth")).transpose()?,
         })
     }
 
@@ -42,5 +44,9 @@ impl Bound {
 
     pub fn egress_addr(&self) -> Option<SocketAddr> {
         self.egress.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn forward_auth_addr(&self) -> Option<SocketAddr> {
+        self.forward_auth.as_ref().and_then(|l| l.local_addr().ok())
     }
 }

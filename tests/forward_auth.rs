@@ -1,0 +1,290 @@
+//! Forward-auth mode: a real nginx (`auth_request`, `auth_request_set`) in front of a
+//! recording application asks Portcullis's `[forward_auth]` listener about each request;
+//! Traefik's `X-Forwarded-*` form and Envoy's ext_authz form are driven directly.
+//!
+//! Without nginx the nginx test prints SKIPPED (it fails under
+//! PORTCULLIS_REQUIRE_TOOLS=1, as `.ci/run` sets after installing it).
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+
+use support::*;
+
+fn fa_config(extra: &str) -> String {
+    config(&format!(
+        r#"
+[forward_auth]
+address = "127.0.0.1:0"
+
+[lockout]
+max_failures = 3
+
+[[users]]
+name = "alice"
+roles = ["rest"]
+password_hash = "{alice}"
+
+[[users]]
+name = "bob"
+roles = ["other"]
+password_hash = "{bob}"
+
+[[plans]]
+name = "app"
+upstream = "http://127.0.0.1:9"
+access = {{ all = true }}
+
+[[plans.integrations]]
+name = "api"
+path = "/api/*"
+methods = ["GET", "POST"]
+auth = "basic"
+senders = {{ roles = ["rest"] }}
+
+[[plans.integrations]]
+name = "public"
+path = "/public"
+methods = ["GET"]
+auth = "none"
+{extra}
+"#,
+        alice = argon2_hash("alice-pw"),
+        bob = argon2_hash("bob-pw"),
+    ))
+}
+
+async fn forward_auth_addr(p: &Process) -> SocketAddr {
+    let logs = p.logs_when(|l| l.contains("\"listener\":\"forward_auth\"")).await;
+    logs.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "listening" && v["listener"] == "forward_auth")
+        .and_then(|v| v["address"].as_str().and_then(|a| a.parse().ok()))
+        .expect("forward_auth listening line")
+}
+
+fn start(extra: &str) -> (tempfile::TempDir, Process) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &fa_config(extra).replace("[listen]\n", "[listen]\ntrusted_proxies = [\"127.0.0.1/32\"]\n"),
+    );
+    let p = Process::start(&path, &[]);
+    (dir, p)
+}
+
+/// Traefik's ForwardAuth form: `X-Forwarded-Method`, `-Uri`, `-Host` from a trusted peer.
+#[tokio::test]
+async fn traefik_and_envoy_subrequests_get_the_decision_and_the_principal_headers() {
+    let (_dir, p) = start("");
+    let fa = forward_auth_addr(&p).await;
+    let ask = |method: &'static str, uri: &'static str, auth: Option<String>| async move {
+        let mut r = client()
+            .get(format!("http://{fa}/"))
+            .header("x-forwarded-method", method)
+            .header("x-forwarded-uri", uri)
+            .header("x-forwarded-host", "app.example")
+            .header("x-forwarded-proto", "https");
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        r.send().await.unwrap()
+    };
+    let ok = ask("GET", "/api/items?x=1", Some(basic("alice", "alice-pw"))).await;
+    assert_eq!(ok.status(), 200);
+    let h = ok.headers();
+    assert_eq!(h["x-portcullis-user"], "alice");
+    assert_eq!(h["x-portcullis-roles"], "rest");
+    assert_eq!(h["x-portcullis-auth-method"], "basic");
+    assert_eq!(h["x-portcullis-plan"], "app");
+    assert_eq!(h["x-portcullis-integration"], "api");
+    assert!(h.contains_key("x-portcullis-assertion"));
+    assert!(h.contains_key("x-request-id"));
+
+    let none = ask("GET", "/api/items", None).await;
+    assert_eq!(none.status(), 401);
+    assert!(none.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Basic"));
+    assert!(!none.headers().contains_key("x-portcullis-user"));
+    let wrong = ask("POST", "/api/items", Some(basic("alice", "wrong"))).await;
+    assert_eq!(wrong.status(), 401);
+    let bob = ask("GET", "/api/items", Some(basic("bob", "bob-pw"))).await;
+    assert_eq!(bob.status(), 403);
+    assert_eq!(
+        ask("DELETE", "/api/items", Some(basic("alice", "alice-pw")))
+            .await
+            .status(),
+        405
+    );
+    assert_eq!(ask("GET", "/nowhere", None).await.status(), 404);
+    // The path rules hold for the original URI too.
+    assert_eq!(ask("GET", "/public/../api/items", None).await.status(), 400);
+    let public = ask("GET", "/public", None).await;
+    assert_eq!(public.status(), 200);
+    assert_eq!(public.headers()["x-portcullis-auth-method"], "none");
+    // Past the lockout budget: 429, even with the right password.
+    for _ in 0..2 {
+        assert_eq!(ask("GET", "/api/a", Some(basic("alice", "bad"))).await.status(), 401);
+    }
+    assert_eq!(
+        ask("GET", "/api/a", Some(basic("alice", "alice-pw"))).await.status(),
+        429
+    );
+
+    // Envoy's ext_authz (HTTP service): the check request carries the original method
+    // and path itself.
+    let envoy = client().get(format!("http://{fa}/public")).send().await.unwrap();
+    assert_eq!(envoy.status(), 200);
+    let envoy = client().post(format!("http://{fa}/api/items")).send().await.unwrap();
+    assert_eq!(envoy.status(), 401);
+}
+
+/// Only peers in `[listen] trusted_proxies` may ask: anyone else could otherwise name
+/// any URI and probe credentials through the side door.
+#[tokio::test]
+async fn untrusted_peers_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &fa_config("").replace("[listen]\n", "[listen]\ntrusted_proxies = [\"10.0.0.0/8\"]\n"),
+    );
+    let p = Process::start(&path, &[]);
+    let fa = forward_auth_addr(&p).await;
+    let resp = client()
+        .get(format!("http://{fa}/"))
+        .header("x-original-method", "GET")
+        .header("x-original-uri", "/api/items")
+        .header("authorization", basic("alice", "alice-pw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert!(!resp.headers().contains_key("x-portcullis-user"));
+}
+
+struct Nginx {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn nginx_bin() -> Option<&'static str> {
+    ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+}
+
+/// nginx with `auth_request` to Portcullis, proxying allowed requests to `app` with the
+/// principal headers Portcullis answered (a client's own `X-Portcullis-*` are replaced).
+fn nginx(bin: &str, fa: SocketAddr, app: &str) -> Nginx {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let d = dir.path().display();
+    let conf = format!(
+        r#"
+daemon off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};
+  uwsgi_temp_path {d}; scgi_temp_path {d};
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      auth_request /_portcullis;
+      auth_request_set $pc_user $upstream_http_x_portcullis_user;
+      auth_request_set $pc_roles $upstream_http_x_portcullis_roles;
+      auth_request_set $pc_assertion $upstream_http_x_portcullis_assertion;
+      proxy_set_header X-Portcullis-User $pc_user;
+      proxy_set_header X-Portcullis-Roles $pc_roles;
+      proxy_set_header X-Portcullis-Assertion $pc_assertion;
+      proxy_set_header Authorization "";
+      proxy_pass {app};
+    }}
+    location = /_portcullis {{
+      internal;
+      proxy_pass http://{fa};
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Original-URI $request_uri;
+      proxy_set_header X-Original-Method $request_method;
+      proxy_set_header X-Forwarded-For $remote_addr;
+    }}
+  }}
+}}
+"#
+    );
+    std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+    let child = Command::new(bin)
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(dir.path().join("nginx.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(std::time::Instant::now() < deadline, "nginx did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Nginx { child, addr, _dir: dir }
+}
+
+#[tokio::test]
+async fn nginx_auth_request_in_front_of_an_application() {
+    let Some(bin) = nginx_bin() else {
+        assert!(
+            std::env::var_os("PORTCULLIS_REQUIRE_TOOLS").is_none(),
+            "PORTCULLIS_REQUIRE_TOOLS is set but nginx is missing"
+        );
+        skipped("nginx is not installed (apt-get install nginx-light)");
+        return;
+    };
+    let app = Upstream::start().await;
+    let (_dir, p) = start("");
+    let fa = forward_auth_addr(&p).await;
+    let ng = nginx(bin, fa, &app.url());
+    let get = |path: &'static str, auth: Option<String>| {
+        let addr = ng.addr;
+        async move {
+            let mut r = client()
+                .get(format!("http://{addr}{path}"))
+                .header("x-portcullis-user", "spoofed-admin");
+            if let Some(a) = auth {
+                r = r.header("authorization", a);
+            }
+            r.send().await.unwrap().status().as_u16()
+        }
+    };
+    assert_eq!(get("/api/items", None).await, 401);
+    assert_eq!(get("/api/items", Some(basic("alice", "wrong"))).await, 401);
+    assert_eq!(get("/api/items", Some(basic("bob", "bob-pw"))).await, 403);
+    assert!(app.seen().is_empty(), "a refused request reached the application");
+    assert_eq!(get("/api/items?page=2", Some(basic("alice", "alice-pw"))).await, 200);
+    let seen = app.last();
+    assert_eq!(seen.headers["x-portcullis-user"], "alice");
+    assert_eq!(seen.headers["x-portcullis-roles"], "rest");
+    assert!(seen.headers.contains_key("x-portcullis-assertion"));
+    assert!(!seen.headers.contains_key("authorization"));
+    assert_eq!(app.seen().len(), 1);
+}
