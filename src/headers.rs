@@ -242,3 +242,105 @@ mod tests {
         assert_ne!(id, new_request_id());
     }
 }
+
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// W3C Trace Context for the upstream hop: a valid `traceparent` continues its trace
+/// (same trace id and flags, a new span id for this hop; `tracestate` passes on); an
+/// invalid one is replaced, with its `tracestate`, by a new trace, as is a missing one,
+/// so every forwarded request carries a trace the upstream can join.
+pub fn continue_trace(h: &mut HeaderMap) {
+    let parsed = h.get(TRACEPARENT).and_then(|v| parse_traceparent(v.as_bytes()));
+    let (trace, flags) = match parsed {
+        Some(p) => p,
+        None => {
+            h.remove(TRACESTATE);
+            let mut trace = [0u8; 16];
+            while trace == [0; 16] {
+                trace = rand::random();
+            }
+            (trace, 0)
+        }
+    };
+    let mut span = [0u8; 8];
+    while span == [0; 8] {
+        span = rand::random();
+    }
+    let value = format!("00-{}-{}-{flags:02x}", hex::encode(trace), hex::encode(span));
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        h.insert(TRACEPARENT, v);
+    }
+}
+
+/// `00-TRACE(32 hex)-PARENT(16 hex)-FLAGS(2 hex)`, lower-case, ids not all zero; a
+/// higher version is read by its first four fields, as the specification asks.
+fn parse_traceparent(v: &[u8]) -> Option<([u8; 16], u8)> {
+    if v.len() < 55 || (v.len() > 55 && v[55] != b'-') {
+        return None;
+    }
+    let lower_hex = |b: &[u8]| b.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
+    let (version, trace, parent, flags) = (&v[0..2], &v[3..35], &v[36..52], &v[53..55]);
+    if v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+        return None;
+    }
+    if ![version, trace, parent, flags].iter().all(|f| lower_hex(f)) || version == b"ff" {
+        return None;
+    }
+    if version == b"00" && v.len() != 55 {
+        return None;
+    }
+    let mut t = [0u8; 16];
+    hex::decode_to_slice(trace, &mut t).ok()?;
+    let mut p = [0u8; 8];
+    hex::decode_to_slice(parent, &mut p).ok()?;
+    if t == [0; 16] || p == [0; 8] {
+        return None;
+    }
+    let mut f = [0u8; 1];
+    hex::decode_to_slice(flags, &mut f).ok()?;
+    Some((t, f[0]))
+}
+
+#[cfg(test)]
+mod trace_tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_is_continued_or_replaced() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            TRACEPARENT,
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
+        h.insert(TRACESTATE, HeaderValue::from_static("congo=t61rcWkgMzE"));
+        continue_trace(&mut h);
+        let tp = h[TRACEPARENT].to_str().unwrap().to_string();
+        assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(tp.ends_with("-01"));
+        assert_ne!(&tp[36..52], "00f067aa0ba902b7");
+        assert_eq!(h[TRACESTATE], "congo=t61rcWkgMzE");
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "garbage",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(TRACEPARENT, HeaderValue::from_static(bad));
+            h.insert(TRACESTATE, HeaderValue::from_static("a=b"));
+            continue_trace(&mut h);
+            let tp = h[TRACEPARENT].to_str().unwrap();
+            assert!(parse_traceparent(tp.as_bytes()).is_some(), "{bad} -> {tp}");
+            assert!(
+                !tp.contains("4bf92f3577b34da6a3ce929d0e0e4736") || bad.contains("4BF"),
+                "{bad}"
+            );
+            assert!(h.get(TRACESTATE).is_none(), "{bad}");
+        }
+        // A future version is read by its known fields.
+        assert!(parse_traceparent(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-more").is_some());
+    }
+}

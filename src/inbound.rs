@@ -621,6 +621,7 @@ fn rewrite<'g>(
     });
     headers::set_forwarded(h, &conn.ip_header, conn.tls, host.as_ref());
     h.insert(headers::X_REQUEST_ID, ctx.request_id.clone());
+    headers::continue_trace(h);
     h.insert(headers::X_PORTCULLIS_PLAN, route.plan_value.clone());
     h.insert(headers::X_PORTCULLIS_INTEGRATION, route.integration_value.clone());
     match principal {

@@ -374,3 +374,41 @@ async fn large_bodies_stream_with_flat_memory() {
         "download grew RSS from {before} to {after_down} KiB"
     );
 }
+
+/// W3C Trace Context: the upstream joins the client's trace (same trace id and flags, a
+/// new span id, `tracestate` kept); without a valid `traceparent` it gets a new trace.
+#[tokio::test]
+async fn the_upstream_joins_the_callers_trace() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&public(&up.url(), "")).await;
+    let resp = client()
+        .get(gw.url("/open/t"))
+        .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .header("tracestate", "congo=t61rcWkgMzE")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let h = up.last().headers;
+    let tp = h["traceparent"].to_str().unwrap().to_string();
+    assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{tp}");
+    assert!(tp.ends_with("-01"), "{tp}");
+    assert_ne!(&tp[36..52], "00f067aa0ba902b7", "a new span id for the hop");
+    assert_eq!(h["tracestate"], "congo=t61rcWkgMzE");
+    for sent in [None, Some("00-zzzz-bad-01")] {
+        let mut r = client().get(gw.url("/open/t")).header("tracestate", "x=y");
+        if let Some(s) = sent {
+            r = r.header("traceparent", s);
+        }
+        assert_eq!(r.send().await.unwrap().status(), 200);
+        let h = up.last().headers;
+        let tp = h["traceparent"].to_str().unwrap();
+        assert_eq!(tp.len(), 55, "{tp}");
+        assert!(tp.starts_with("00-") && tp.ends_with("-00"), "{tp}");
+        assert!(
+            !h.contains_key("tracestate"),
+            "a tracestate without its traceparent is dropped"
+        );
+    }
+    gw.stop().await;
+}
