@@ -199,6 +199,51 @@ impl Refusal {
         }
     }
 
+    /// The refusal as gRPC answers it (a Trailers-Only response): HTTP 200 with
+    /// `grpc-status` and `grpc-message`; 401 is UNAUTHENTICATED (16), 403
+    /// PERMISSION_DENIED (7), 429 and 413/431 RESOURCE_EXHAUSTED (8), 502/503/504
+    /// UNAVAILABLE (14), 404/405 UNIMPLEMENTED (12), 408 DEADLINE_EXCEEDED (4), other 400s
+    /// INVALID_ARGUMENT (3). `WWW-Authenticate` and `Retry-After` are kept.
+    pub fn into_grpc_response(self) -> Response<Body> {
+        let status = self.status();
+        let code: u16 = match status.as_u16() {
+            401 => 16,
+            403 => 7,
+            429 | 413 | 431 => 8,
+            502..=504 => 14,
+            404 | 405 => 12,
+            408 => 4,
+            400..=499 => 3,
+            _ => 2,
+        };
+        let message = self.message();
+        let plain = self.into_response(&HeaderValue::from_static(""));
+        let mut resp = Response::new(full(Bytes::new()));
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from(code));
+        // grpc-message is percent-encoded (gRPC over HTTP/2).
+        let encoded: String = message
+            .bytes()
+            .map(|b| {
+                if (0x20..0x7f).contains(&b) && b != b'%' {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        if let Ok(v) = HeaderValue::from_str(&encoded) {
+            h.insert("grpc-message", v);
+        }
+        for name in [header::WWW_AUTHENTICATE, header::RETRY_AFTER] {
+            for v in plain.headers().get_all(&name) {
+                h.append(name.clone(), v.clone());
+            }
+        }
+        resp
+    }
+
     /// The JSON response, with `X-Request-Id` and the status's own headers.
     pub fn into_response(self, request_id: &HeaderValue) -> Response<Body> {
         if let Refusal::OAuth(e) = self {

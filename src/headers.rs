@@ -44,10 +44,21 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(n);
         }
     }
+    // `TE: trailers` says the client takes trailers (gRPC needs it); Portcullis streams
+    // trailers back, so that one value goes on. Nothing else of TE does.
+    let trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     for n in &HOP_BY_HOP {
         headers.remove(n);
     }
     headers.remove(header::UPGRADE);
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
 }
 
 /// Request headers a client must never set: lenient frameworks route, dispatch or

@@ -61,6 +61,8 @@ pub const REFUSALS_KEPT: usize = 100;
 pub struct Env {
     pub metrics: Metrics,
     pub client: upstream::Client,
+    /// For `h2c://` upstreams (HTTP/2 by prior knowledge).
+    pub h2c: upstream::Client,
     pub refusals: Refusals,
 }
 
@@ -352,19 +354,32 @@ async fn serve(
         gw: gw.clone(),
     };
     let ctx = &mut guard.ctx;
+    // A gRPC client reads refusals as gRPC statuses, not HTTP ones.
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let inner = match mode {
         Mode::Proxy => handle_inner(&env, &gw, &conn, ctx, req).await,
         Mode::ForwardAuth => forward_auth_inner(&gw, &conn, ctx, req).await,
     };
+    // The status logged and counted: a gRPC refusal is logged with the HTTP status it
+    // stands for, though it travels as 200 and a grpc-status.
+    let mut logged_status = None;
     let mut resp = match inner {
         Ok(resp) => resp,
         Err(r) => {
             ctx.refusal = Some((r.outcome(), r.reason()));
-            r.into_response(&ctx.request_id)
+            if grpc && mode == Mode::Proxy {
+                logged_status = Some(r.status().as_u16());
+                r.into_grpc_response()
+            } else {
+                r.into_response(&ctx.request_id)
+            }
         }
     };
     resp.headers_mut().insert(headers::X_REQUEST_ID, ctx.request_id.clone());
-    ctx.status = Some(resp.status().as_u16());
+    ctx.status = Some(logged_status.unwrap_or(resp.status().as_u16()));
     ctx.bytes_out = http_body::Body::size_hint(resp.body()).exact();
     drop(guard);
     resp
@@ -725,7 +740,7 @@ async fn send(env: &Env, upstream: &Upstream, req: Request<Body>) -> Result<Resp
             reason: "upstream_error",
             source,
         }),
-        Upstream::Http { .. } => match env.client.request(req).await {
+        Upstream::Http { h2c, .. } => match if *h2c { &env.h2c } else { &env.client }.request(req).await {
             Ok(resp) => Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync())),
             Err(e) => Err(SendError {
                 reason: if e.is_connect() {

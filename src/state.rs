@@ -91,6 +91,7 @@ impl State {
             env: Arc::new(Env {
                 metrics: metrics.clone(),
                 client: client.clone(),
+                h2c: upstream::h2c_client(),
                 refusals: Refusals::default(),
             }),
             reload_status: std::sync::Mutex::new(Some(loaded)),

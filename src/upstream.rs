@@ -23,6 +23,15 @@ use crate::error::{full, Body, BoxError};
 pub type Client = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Body>;
 
 pub fn client() -> Client {
+    build_client(false)
+}
+
+/// The client for `h2c://` upstreams: HTTP/2 only, by prior knowledge.
+pub fn h2c_client() -> Client {
+    build_client(true)
+}
+
+fn build_client(h2_only: bool) -> Client {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -41,6 +50,7 @@ pub fn client() -> Client {
         .pool_max_idle_per_host(1024)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
+        .http2_only(h2_only)
         .build(https)
 }
 

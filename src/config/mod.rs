@@ -267,6 +267,9 @@ pub enum Upstream {
         /// The `Host` header for requests to it: host and any non-default port, no user
         /// info; made once here so that no request formats it.
         host: http::HeaderValue,
+        /// `h2c://`: HTTP/2 without TLS, by prior knowledge (gRPC); `https://` upstreams
+        /// speak HTTP/2 when ALPN offers it.
+        h2c: bool,
     },
 }
 

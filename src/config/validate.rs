@@ -880,7 +880,13 @@ impl Validator<'_> {
         let bad = |m: &str| format!("invalid upstream `{text}`: {m}");
         match text.parse::<http::Uri>() {
             Ok(uri) => {
-                let scheme = uri.scheme().cloned();
+                // h2c://: cleartext HTTP/2 with prior knowledge (gRPC services).
+                let h2c = uri.scheme_str() == Some("h2c");
+                let scheme = if h2c {
+                    Some(http::uri::Scheme::HTTP)
+                } else {
+                    uri.scheme().cloned()
+                };
                 let ok_scheme = matches!(scheme.as_ref().map(|s| s.as_str()), Some("http") | Some("https"));
                 match (scheme, uri.authority().cloned()) {
                     (Some(scheme), Some(authority)) if ok_scheme && uri.query().is_none() => {
@@ -895,6 +901,7 @@ impl Validator<'_> {
                                 authority,
                                 base_path: uri.path().trim_end_matches('/').to_string(),
                                 host,
+                                h2c,
                             },
                             Err(_) => {
                                 self.error(sp(s), bad("its host cannot be a Host header"));
@@ -905,7 +912,7 @@ impl Validator<'_> {
                     _ => {
                         self.error(
                             sp(s),
-                            bad("expected http://HOST[:PORT][/base], https://... or builtin:echo"),
+                            bad("expected http://HOST[:PORT][/base], https://..., h2c://HOST:PORT or builtin:echo"),
                         );
                         Upstream::Echo
                     }
