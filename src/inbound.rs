@@ -131,6 +131,8 @@ pub struct Route {
     underscores: bool,
     /// The integration forwards the client's bearer token.
     forward_token: bool,
+    /// WebSocket upgrades pass (once authorized).
+    websocket: bool,
     challenges: Vec<HeaderValue>,
     metrics: RouteMetrics,
 }
@@ -202,6 +204,7 @@ impl Gateway {
                     auth: integ.auth.clone(),
                     underscores: plan.underscores_in_headers,
                     forward_token: integ.forward_token,
+                    websocket: integ.websocket,
                     challenges: challenges(&integ.auth),
                     metrics: RouteMetrics::new(metrics, &plan.name, &integ.name),
                 });
@@ -434,7 +437,27 @@ async fn handle_inner(
         Err(BodyError::Timeout) => return Err(Refusal::BodyTimeout),
         Err(BodyError::Client(_)) => return Err(Refusal::BadRequest("request body could not be read".into())),
     };
+    // An authorized WebSocket upgrade, on an integration that allows it: the client's
+    // side of the upgrade is kept, and the upgrade headers survive the hop-by-hop cut.
+    let upgrade = match websocket_upgrade(&parts) {
+        Some(value)
+            if gw.routes[permit.route()].websocket
+                && !matches!(gw.routes[permit.route()].upstream, Upstream::Http { h2c: true, .. }) =>
+        {
+            parts
+                .extensions
+                .remove::<hyper::upgrade::OnUpgrade>()
+                .map(|u| (u, value))
+        }
+        _ => None,
+    };
     let route = rewrite(gw, conn, ctx, &mut parts, permit)?;
+    if let Some((_, value)) = &upgrade {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, value.clone());
+    }
     // limit_body dropped the client's trailers: they could carry any header past the checks.
     let req = Request::from_parts(parts, body);
     let started = Instant::now();
@@ -455,8 +478,154 @@ async fn handle_inner(
         }
         Ok(Ok(resp)) => resp,
     };
+    if let Some((client_side, _)) = upgrade {
+        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            let upstream_side = hyper::upgrade::on(&mut resp);
+            let upgrade_value = resp.headers().get(header::UPGRADE).cloned();
+            tokio::spawn(tunnel(
+                client_side,
+                upstream_side,
+                limits.upgrade_idle_timeout,
+                limits.upgrade_max_lifetime,
+                ctx.request_id.clone(),
+            ));
+            headers::remove_hop_by_hop(resp.headers_mut());
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            if let Some(v) = upgrade_value {
+                resp.headers_mut().insert(header::UPGRADE, v);
+            }
+            return Ok(resp);
+        }
+    }
     headers::remove_hop_by_hop(resp.headers_mut());
     Ok(resp)
+}
+
+/// The `Upgrade` value of an HTTP/1.1 WebSocket upgrade request (`Connection: upgrade`,
+/// `Upgrade: websocket`), or `None`.
+fn websocket_upgrade(parts: &Parts) -> Option<HeaderValue> {
+    if parts.version != Version::HTTP_11 || parts.method != http::Method::GET {
+        return None;
+    }
+    let has_token = |name: header::HeaderName, token: &str| {
+        parts
+            .headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    (has_token(header::CONNECTION, "upgrade") && has_token(header::UPGRADE, "websocket"))
+        .then(|| parts.headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Bytes both ways between the client and the upstream of an upgraded connection, until
+/// either closes, nothing moves for `idle`, or `lifetime` has passed.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    idle: Duration,
+    lifetime: Duration,
+    request_id: HeaderValue,
+) {
+    let (client, upstream) = match tokio::join!(client, upstream) {
+        (Ok(c), Ok(u)) => (c, u),
+        _ => {
+            tracing::debug!(request_id = ?request_id, "upgrade did not complete on both sides");
+            return;
+        }
+    };
+    let activity = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let start = Instant::now();
+    let mut client = Watched {
+        io: hyper_util::rt::TokioIo::new(client),
+        activity: activity.clone(),
+        start,
+    };
+    let mut upstream = Watched {
+        io: hyper_util::rt::TokioIo::new(upstream),
+        activity: activity.clone(),
+        start,
+    };
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+    tokio::pin!(copy);
+    let deadline = tokio::time::sleep(lifetime);
+    tokio::pin!(deadline);
+    let check = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = &mut copy => return,
+            _ = &mut deadline => {
+                tracing::info!(request_id = ?request_id, "upgraded connection reached upgrade_max_lifetime; closed");
+                return;
+            }
+            _ = tokio::time::sleep(check) => {
+                let last = Duration::from_millis(activity.load(std::sync::atomic::Ordering::Relaxed));
+                if start.elapsed().saturating_sub(last) >= idle {
+                    tracing::info!(request_id = ?request_id, "upgraded connection idle for upgrade_idle_timeout; closed");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// An upgraded stream that notes when it last moved a byte (ms since `start`).
+struct Watched<T> {
+    io: T,
+    activity: Arc<std::sync::atomic::AtomicU64>,
+    start: Instant,
+}
+
+impl<T> Watched<T> {
+    fn touch(&self) {
+        self.activity.store(
+            self.start.elapsed().as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        r
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// The builtin issuer's endpoints: `POST /oauth/token` and `GET /oauth/jwks.json`.

@@ -127,6 +127,10 @@ pub struct Limits {
     /// HTTP/2 streams a client may reset before their response (CVE-2023-44487): past it
     /// the connection is closed with GOAWAY.
     pub h2_max_pending_resets: usize,
+    /// An upgraded connection (WebSocket) that moves no byte for this long is closed.
+    pub upgrade_idle_timeout: Duration,
+    /// An upgraded connection is closed after this long, whatever it does.
+    pub upgrade_max_lifetime: Duration,
 }
 
 /// `[auth]`: the argon2id pool. Peak memory for password checks is
@@ -164,6 +168,8 @@ impl Default for Limits {
             max_spool_bytes: 64 * 1024 * 1024,
             h2_max_concurrent_streams: 100,
             h2_max_pending_resets: 100,
+            upgrade_idle_timeout: Duration::from_secs(300),
+            upgrade_max_lifetime: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -282,6 +288,8 @@ pub struct Integration {
     pub senders: Rule,
     /// Forward the client's bearer token to the upstream (off: it is consumed here).
     pub forward_token: bool,
+    /// `upgrades = ["websocket"]`: HTTP/1.1 WebSocket upgrades pass once authorized.
+    pub websocket: bool,
 }
 
 /// An integration's path: exact, or `/base/*` (the base itself and everything below it).

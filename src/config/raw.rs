@@ -68,6 +68,8 @@ pub struct Limits {
     pub max_spool_bytes: Option<Spanned<i64>>,
     pub h2_max_concurrent_streams: Option<Spanned<i64>>,
     pub h2_max_pending_resets: Option<Spanned<i64>>,
+    pub upgrade_idle_timeout: Option<Str>,
+    pub upgrade_max_lifetime: Option<Str>,
 }
 
 /// `[auth]`: the argon2id verification pool.
@@ -185,6 +187,8 @@ pub struct Integration {
     pub senders: Option<Spanned<Rule>>,
     /// Forward the client's `Authorization: Bearer` token (stripped by default).
     pub forward_token: Option<bool>,
+    #[serde(default)]
+    pub upgrades: Vec<Str>,
 }
 
 #[derive(Debug, Deserialize)]

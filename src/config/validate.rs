@@ -541,6 +541,16 @@ impl Validator<'_> {
                 .as_ref()
                 .and_then(|n| self.count(n, 1, 100_000, "limits.h2_max_pending_resets"))
                 .map_or(d.h2_max_pending_resets, |n| n as usize),
+            upgrade_idle_timeout: self.duration(
+                l.upgrade_idle_timeout.as_ref(),
+                d.upgrade_idle_timeout,
+                "limits.upgrade_idle_timeout",
+            ),
+            upgrade_max_lifetime: self.duration(
+                l.upgrade_max_lifetime.as_ref(),
+                d.upgrade_max_lifetime,
+                "limits.upgrade_max_lifetime",
+            ),
         }
     }
 
@@ -843,6 +853,22 @@ impl Validator<'_> {
                         format!("integration `{full}` sets forward_token but does not accept oauth"),
                     );
                 }
+                let mut websocket = false;
+                for u in &ri.upgrades {
+                    match u.get_ref().to_ascii_lowercase().as_str() {
+                        "websocket" => websocket = true,
+                        other => self.error(
+                            sp(u),
+                            format!("integration `{full}`: unknown upgrade `{other}`: expected \"websocket\""),
+                        ),
+                    }
+                }
+                if websocket && !methods.contains(&http::Method::GET) {
+                    self.error(
+                        sp(i),
+                        format!("integration `{full}` allows websocket upgrades but not GET, which they use"),
+                    );
+                }
                 integrations.push(Integration {
                     name: iname,
                     path,
@@ -850,6 +876,7 @@ impl Validator<'_> {
                     auth,
                     senders,
                     forward_token,
+                    websocket,
                 });
             }
             if r.integrations.is_empty() {

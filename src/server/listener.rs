@@ -234,7 +234,8 @@ async fn serve_connection<I, H, F>(
         ]))
         .service(handle);
     let svc = TowerToHyperService::new(svc);
-    let conn = builder.serve_connection(io, svc);
+    // With upgrades: an authorized WebSocket upgrade hands the connection to a tunnel.
+    let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
     let mut draining = false;
     // A connection asked to close (GOAWAY) that does not finish closing, as a client
