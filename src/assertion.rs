@@ -26,6 +26,9 @@ pub struct Claims {
     pub integration: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
+    /// RFC 8705 confirmation of a client certificate: `{"x5t#S256": thumbprint}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<serde_json::Value>,
     pub iat: u64,
     pub exp: u64,
     /// A random id of this assertion (one assertion serves several requests).
@@ -33,7 +36,14 @@ pub struct Claims {
 }
 
 /// What an assertion says: the route and everything about the principal it carries.
-type Said = (usize, Arc<str>, Arc<[String]>, AuthMethod, Option<Arc<str>>);
+type Said = (
+    usize,
+    Arc<str>,
+    Arc<[String]>,
+    AuthMethod,
+    Option<Arc<str>>,
+    Option<Arc<str>>,
+);
 
 #[derive(Clone)]
 pub struct Signer {
@@ -62,7 +72,14 @@ impl Signer {
     /// The assertion for `p` on route `route` (index) of `plan`/`integration`: a cached
     /// one minted less than a quarter of the ttl ago, or a new one.
     pub fn assertion(&self, p: &Principal, route: usize, plan: &str, integration: &str) -> Option<HeaderValue> {
-        let key: Said = (route, p.user.clone(), p.roles.clone(), p.method, p.client_id.clone());
+        let key: Said = (
+            route,
+            p.user.clone(),
+            p.roles.clone(),
+            p.method,
+            p.client_id.clone(),
+            p.cnf.clone(),
+        );
         if let Some(v) = self.minted.get(&key) {
             return Some(v);
         }
@@ -85,6 +102,7 @@ impl Signer {
             plan: plan.to_string(),
             integration: integration.to_string(),
             client_id: p.client_id.as_ref().map(|c| c.to_string()),
+            cnf: p.cnf.as_ref().map(|t| serde_json::json!({ "x5t#S256": t.as_ref() })),
             iat: now,
             exp: now + self.ttl.as_secs().max(1),
             jti: format!("{:032x}", rand::random::<u128>()),

@@ -156,7 +156,8 @@ impl Gateway {
                 metrics
                     .tls_certificate_expiry
                     .set(crate::config::keys::not_after(&key).unwrap_or(0));
-                let cfg = crate::server::tls::server_config(key).map_err(|e| BuildError::Tls(e.to_string()))?;
+                let cfg = crate::server::tls::server_config(key, config.listen.client_verifier.clone())
+                    .map_err(|e| BuildError::Tls(e.to_string()))?;
                 Some(TlsAcceptor::from(cfg))
             }
             None => {
@@ -400,6 +401,10 @@ async fn handle_inner(
     if parts.headers.len() > limits.max_headers || headers::size(&parts.headers) > limits.max_header_bytes {
         upstream::drain(body);
         return Err(Refusal::HeadersTooLarge);
+    }
+    // The client certificate this connection's handshake verified, for `auth = "mtls"`.
+    if let Some(cert) = &conn.client_cert {
+        parts.extensions.insert(cert.clone());
     }
     if let Some(issuer) = gw.auth.oauth.as_ref().and_then(|o| o.issuer()) {
         let path = parts.uri.path();

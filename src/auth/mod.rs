@@ -35,6 +35,8 @@ pub struct Principal {
     /// The identity as header values, built once where the principal (or the user entry
     /// it comes from) is made; `None` when a name cannot be a header value.
     pub headers: Option<Arc<IdentityHeaders>>,
+    /// The client certificate's SHA-256 (base64url), for an `mtls` principal.
+    pub cnf: Option<Arc<str>>,
 }
 
 /// `X-Portcullis-User`, `-Roles` and `-Client-Id` values.
@@ -68,6 +70,7 @@ impl Principal {
             method,
             client_id,
             headers,
+            cnf: None,
         }
     }
 }
@@ -91,6 +94,7 @@ pub enum Reason {
     TokenNotYetValid,
     TokenInactive,
     TokenRevoked,
+    UnknownCertificate,
     BadSignature,
     UnknownKid,
     WrongIssuer,
@@ -122,6 +126,7 @@ impl Reason {
             Reason::TokenNotYetValid => "token_not_yet_valid",
             Reason::TokenInactive => "token_inactive",
             Reason::TokenRevoked => "token_revoked",
+            Reason::UnknownCertificate => "unknown_certificate",
             Reason::BadSignature => "bad_signature",
             Reason::UnknownKid => "unknown_kid",
             Reason::WrongIssuer => "wrong_issuer",
@@ -207,6 +212,7 @@ impl UserEntry {
             method,
             client_id: None,
             headers: self.headers.clone(),
+            cnf: None,
         }
     }
 
@@ -277,6 +283,8 @@ impl Lasting {
 /// The authenticators of one config generation.
 pub struct Auth {
     users: Arc<HashMap<String, Arc<UserEntry>>>,
+    /// Users by client-certificate name (`cert_names`).
+    cert_users: HashMap<String, Arc<UserEntry>>,
     pub(crate) basic: basic::Basic,
     pub oauth: Option<oauth::OAuth>,
     api_keys: api_key::ApiKeys,
@@ -306,6 +314,12 @@ impl Auth {
             })
             .collect();
         let users = Arc::new(users);
+        let cert_users = config
+            .users
+            .iter()
+            .flat_map(|u| u.cert_names.iter().map(move |n| (n.clone(), u.name.clone())))
+            .filter_map(|(n, name)| users.get(&name).map(|e| (n, e.clone())))
+            .collect();
         let oauth = match &config.oauth {
             Some(o) => Some(oauth::OAuth::new(o, &config.cache, lasting, client, metrics)?),
             None => None,
@@ -321,6 +335,7 @@ impl Auth {
             ),
             api_keys: api_key::ApiKeys::new(&config.api_keys, users.clone()),
             url_keys: url_key::UrlKeys::new(&config.users, users.clone()),
+            cert_users,
             lockout: lasting
                 .lockout
                 .take(&config.lockout, config.cache.max_entries)
@@ -399,7 +414,12 @@ impl Auth {
             }
         }
         match url_key {
-            url_key::Found::None => Err(Failure::Missing),
+            // No credential in the request: a client certificate, when the integration
+            // takes one and the handshake verified one.
+            url_key::Found::None => match parts.extensions.get::<Arc<crate::server::tls::ClientCert>>() {
+                Some(cert) if accepts(AuthMethod::Mtls) => self.mtls(cert),
+                _ => Err(Failure::Missing),
+            },
             url_key::Found::Ambiguous => Err(ambiguous(AuthMethod::UrlKey)),
             url_key::Found::One(key) => {
                 // A wrong key names nobody: it is throttled per client address.
@@ -423,6 +443,27 @@ impl Auth {
             return Err(Failure::LockedOut { method, retry_after });
         }
         verified.map_err(|reason| Failure::Rejected { method, reason })
+    }
+
+    /// The user a verified client certificate names (any of its names in `cert_names`),
+    /// in good standing. A certificate is issued by the configured CA, so an unknown one
+    /// is not a guess: it is refused without counting against a lockout.
+    fn mtls(&self, cert: &crate::server::tls::ClientCert) -> Result<Principal, Failure> {
+        let method = AuthMethod::Mtls;
+        let rejected = |reason| Failure::Rejected { method, reason };
+        let entry = cert
+            .names
+            .iter()
+            .find_map(|n| self.cert_users.get(n))
+            .ok_or(rejected(Reason::UnknownCertificate))?;
+        entry.standing(false).map_err(rejected)?;
+        let mut p = entry.principal(method);
+        p.cnf = Some(Arc::from(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(cert.sha256)
+                .as_str(),
+        ));
+        Ok(p)
     }
 
     /// [`lockout::Lockout::settle`], then, for a failure, the count across replicas.

@@ -54,6 +54,39 @@ pub fn load_certified_key(files: &TlsFiles) -> Result<Arc<CertifiedKey>, LoadErr
         })
 }
 
+/// The verifier of client certificates: they must chain to `ca` (PEM bundle) and not be
+/// in `crl` (PEM); `required` refuses a handshake without one.
+pub fn client_verifier(
+    ca: &std::path::Path,
+    crl: Option<&std::path::Path>,
+    required: bool,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
+        .map_err(|e| format!("cannot read client_ca `{}`: {e}", ca.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("cannot parse client_ca `{}`: {e}", ca.display()))?;
+    if certs.is_empty() {
+        return Err(format!("no PEM certificate in client_ca `{}`", ca.display()));
+    }
+    for c in certs {
+        roots.add(c).map_err(|e| format!("client_ca `{}`: {e}", ca.display()))?;
+    }
+    let mut b = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+    if let Some(crl) = crl {
+        let crls: Vec<rustls_pki_types::CertificateRevocationListDer<'static>> =
+            rustls_pki_types::CertificateRevocationListDer::pem_file_iter(crl)
+                .map_err(|e| format!("cannot read client_crl `{}`: {e}", crl.display()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("cannot parse client_crl `{}`: {e}", crl.display()))?;
+        b = b.with_crls(crls);
+    }
+    if !required {
+        b = b.allow_unauthenticated();
+    }
+    b.build().map_err(|e| format!("client certificates: {e}"))
+}
+
 /// When the leaf certificate of `key` stops being valid, in Unix seconds.
 pub fn not_after(key: &CertifiedKey) -> Option<i64> {
     let leaf = key.cert.first()?;

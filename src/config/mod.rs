@@ -60,6 +60,8 @@ pub struct Listen {
     pub tls: Option<TlsFiles>,
     /// The chain and key read from `tls`, once, when the config was loaded.
     pub tls_key: Option<std::sync::Arc<rustls::sign::CertifiedKey>>,
+    /// The client-certificate verifier made from `client_ca` and `client_crl`, once.
+    pub client_verifier: Option<std::sync::Arc<dyn rustls::server::danger::ClientCertVerifier>>,
     /// Peers (an ingress, a load balancer) whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
@@ -96,6 +98,11 @@ impl Listen {
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Client certificates: the CA bundle they must chain to, whether one is required,
+    /// and a CRL of revoked ones.
+    pub client_ca: Option<PathBuf>,
+    pub client_auth_required: bool,
+    pub client_crl: Option<PathBuf>,
 }
 
 /// Limits applied to every inbound connection and request.
@@ -230,6 +237,8 @@ pub struct User {
     pub password_expires_at: Option<SystemTime>,
     pub url_key_hash: Option<SecretHash>,
     pub disabled: bool,
+    /// Client-certificate names (SAN DNS, URI or email; or the CN) that are this user.
+    pub cert_names: Vec<String>,
 }
 
 /// Who may pass: everyone authenticated, or the listed roles and users.
@@ -337,6 +346,8 @@ pub enum AuthMethod {
     Basic,
     ApiKey,
     OAuth,
+    /// A client certificate verified by the TLS handshake (`[listen.tls] client_ca`).
+    Mtls,
 }
 
 impl AuthMethod {
@@ -347,6 +358,7 @@ impl AuthMethod {
             "basic" => AuthMethod::Basic,
             "api_key" => AuthMethod::ApiKey,
             "oauth" => AuthMethod::OAuth,
+            "mtls" => AuthMethod::Mtls,
             _ => return None,
         })
     }
@@ -359,6 +371,7 @@ impl AuthMethod {
             AuthMethod::Basic => "basic",
             AuthMethod::ApiKey => "api_key",
             AuthMethod::OAuth => "oauth",
+            AuthMethod::Mtls => "mtls",
         }
     }
 }

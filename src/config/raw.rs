@@ -45,6 +45,9 @@ pub struct Listen {
 pub struct Tls {
     pub cert: Str,
     pub key: Str,
+    pub client_ca: Option<Str>,
+    pub client_auth: Option<Str>,
+    pub client_crl: Option<Str>,
 }
 
 /// `[admin]` or `[egress]`: the section turns the listener on; `address` has a loopback default.
@@ -145,6 +148,8 @@ pub struct User {
     pub password_hash: Option<Str>,
     pub password_expires_at: Option<Str>,
     pub url_key_hash: Option<Str>,
+    #[serde(default)]
+    pub cert_names: Vec<Str>,
     #[serde(default)]
     pub disabled: bool,
 }

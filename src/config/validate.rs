@@ -205,6 +205,7 @@ impl Validator<'_> {
                     address: SocketAddr::from(([127, 0, 0, 1], 0)),
                     tls: None,
                     tls_key: None,
+                    client_verifier: None,
                     trusted_proxies: Vec::new(),
                 }
             }
@@ -251,6 +252,28 @@ impl Validator<'_> {
         self.overlaps(&raw.plans, &plans);
         let api_keys = self.api_keys(&raw.api_keys, &users, &plans);
         let oauth = raw.oauth.as_ref().map(|o| self.oauth(o));
+        // Client certificates: `mtls` needs a CA to verify them, and a name is one user's.
+        let mtls = plans
+            .iter()
+            .flat_map(|p| p.integrations.iter())
+            .any(|i| i.auth.contains(&AuthMethod::Mtls));
+        if mtls && listen.client_verifier.is_none() {
+            self.error(
+                None,
+                "an integration has auth = \"mtls\" but [listen] tls has no client_ca to verify client certificates",
+            );
+        }
+        let mut cert_owner: HashMap<&str, &str> = HashMap::new();
+        for u in &users {
+            for n in &u.cert_names {
+                if let Some(other) = cert_owner.insert(n, &u.name) {
+                    self.error(
+                        None,
+                        format!("cert_names `{n}` belongs to both `{other}` and `{}`", u.name),
+                    );
+                }
+            }
+        }
         if oauth.as_ref().is_some_and(|o| o.mode == OAuthMode::Builtin) {
             self.reserved_paths(&raw.plans, &plans);
         }
@@ -442,9 +465,26 @@ impl Validator<'_> {
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
         let tls = r.tls.as_ref().and_then(|t| {
             let t = t.get_ref();
+            let client_auth_required = match t.client_auth.as_ref().map(|a| (a, a.get_ref().as_str())) {
+                None | Some((_, "optional")) => false,
+                Some((_, "required")) => true,
+                Some((a, other)) => {
+                    self.error(
+                        sp(a),
+                        format!("listen.tls.client_auth `{other}`: expected \"optional\" or \"required\""),
+                    );
+                    false
+                }
+            };
+            if t.client_ca.is_none() && (t.client_auth.is_some() || t.client_crl.is_some()) {
+                self.error(sp(&t.cert), "listen.tls: client_auth and client_crl need client_ca");
+            }
             let files = TlsFiles {
                 cert: PathBuf::from(t.cert.get_ref()),
                 key: PathBuf::from(t.key.get_ref()),
+                client_ca: t.client_ca.as_ref().map(|c| PathBuf::from(c.get_ref())),
+                client_auth_required,
+                client_crl: t.client_crl.as_ref().map(|c| PathBuf::from(c.get_ref())),
             };
             match keys::load_certified_key(&files) {
                 Ok(key) => Some((files, key)),
@@ -462,6 +502,18 @@ impl Validator<'_> {
             Some((files, key)) => (Some(files), Some(key)),
             None => (None, None),
         };
+        let client_verifier = tls.as_ref().and_then(|f| {
+            let ca = f.client_ca.as_ref()?;
+            self.watched.push(ca.clone());
+            self.watched.extend(f.client_crl.iter().cloned());
+            match keys::client_verifier(ca, f.client_crl.as_deref(), f.client_auth_required) {
+                Ok(v) => Some(v),
+                Err(m) => {
+                    self.error(r.tls.as_ref().and_then(|t| sp(&t.get_ref().cert)), m);
+                    None
+                }
+            }
+        });
         let mut trusted_proxies = Vec::new();
         for t in &r.trusted_proxies {
             let text = t.get_ref();
@@ -480,6 +532,7 @@ impl Validator<'_> {
             address,
             tls,
             tls_key,
+            client_verifier,
             trusted_proxies,
         }
     }
@@ -780,6 +833,7 @@ impl Validator<'_> {
                 password_expires_at,
                 url_key_hash,
                 disabled: r.disabled,
+                cert_names: r.cert_names.iter().map(|n| n.get_ref().clone()).collect(),
             });
         }
         users

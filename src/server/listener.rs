@@ -41,6 +41,8 @@ pub struct ConnInfo {
     /// The peer's IP address as a header value, made once per connection (it goes into
     /// every request's `X-Forwarded-For`).
     pub ip_header: http::HeaderValue,
+    /// The client certificate the TLS handshake verified, if any.
+    pub client_cert: Option<Arc<super::tls::ClientCert>>,
 }
 
 impl ConnInfo {
@@ -52,6 +54,7 @@ impl ConnInfo {
             local,
             tls,
             ip_header,
+            client_cert: None,
         }
     }
 }
@@ -116,10 +119,18 @@ pub async fn serve<S, H, F>(
             let _ = stream.set_nodelay(true);
             match settings.tls {
                 Some(acceptor) => {
-                    let info = Arc::new(ConnInfo::new(remote, local, true));
                     match tokio::time::timeout(settings.limits.header_read_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                            let mut info = ConnInfo::new(remote, local, true);
+                            info.client_cert = tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .and_then(|leaf| super::tls::ClientCert::from_der(leaf.as_ref()))
+                                .map(Arc::new);
+                            let info = Arc::new(info);
                             serve_connection(tls, info, &settings.limits, h2, handler, shutdown, abuse).await
                         }
                         Ok(Err(e)) => {
