@@ -56,12 +56,7 @@ auth = "none"
 }
 
 async fn forward_auth_addr(p: &Process) -> SocketAddr {
-    let logs = p.logs_when(|l| l.contains("\"listener\":\"forward_auth\"")).await;
-    logs.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["message"] == "listening" && v["listener"] == "forward_auth")
-        .and_then(|v| v["address"].as_str().and_then(|a| a.parse().ok()))
-        .expect("forward_auth listening line")
+    listening_addr(p, "forward_auth").await
 }
 
 fn start(extra: &str) -> (tempfile::TempDir, Process) {

@@ -7,61 +7,12 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use support::*;
 
-fn python() -> Option<String> {
-    let python = std::env::var("PORTCULLIS_PYTHON").unwrap_or_else(|_| "python3".into());
-    let have = Command::new(&python)
-        .args(["-c", "import grpc"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !have {
-        assert!(
-            std::env::var_os("PORTCULLIS_REQUIRE_INTEROP").is_none(),
-            "PORTCULLIS_REQUIRE_INTEROP is set but {python} cannot import grpc"
-        );
-        skipped(&format!("{python} lacks grpcio (pip install grpcio)"));
-        return None;
-    }
-    Some(python)
-}
-
 fn script() -> String {
     format!("{}/tests/interop/grpc_peer.py", env!("CARGO_MANIFEST_DIR"))
-}
-
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn server(python: &str) -> Server {
-    let mut child = Command::new(python)
-        .args([&script(), "server"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    Server {
-        port: line.trim().parse().expect("the gRPC server's port"),
-        child,
-    }
 }
 
 fn call(python: &str, addr: std::net::SocketAddr, auth: Option<&str>) -> serde_json::Value {
@@ -77,8 +28,10 @@ fn call(python: &str, addr: std::net::SocketAddr, auth: Option<&str>) -> serde_j
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_calls_are_authenticated_and_refused_the_grpc_way() {
-    let Some(py) = python() else { return };
-    let s = server(&py);
+    let Some(py) = python_with("grpc", "grpcio") else {
+        return;
+    };
+    let s = Peer::start(&py, "grpc_peer.py");
     let gw = Gateway::start(&config(&format!(
         r#"
 [[users]]

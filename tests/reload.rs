@@ -399,13 +399,7 @@ auth = {{ type = "basic", username = "svc", password = {{ file = "{secret}" }} }
     ));
     let path = write_config(dir.path(), &toml);
     let gw = Process::start(&path, &[]);
-    let logs = gw.logs_when(|l| l.contains("\"listener\":\"egress\"")).await;
-    let egress: std::net::SocketAddr = logs
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["listener"] == "egress")
-        .and_then(|v| v["address"].as_str().and_then(|a| a.parse().ok()))
-        .unwrap();
+    let egress = listening_addr(&gw, "egress").await;
     let call = || async move {
         let resp = client().get(format!("http://{egress}/api/x")).send().await.unwrap();
         assert_eq!(resp.status(), 200);

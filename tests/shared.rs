@@ -384,13 +384,7 @@ async fn token_server(fetches: Arc<AtomicUsize>) -> SocketAddr {
 }
 
 async fn egress_addr(p: &Process) -> SocketAddr {
-    // The listening lines are written asynchronously: wait for the egress one.
-    let logs = p.logs_when(|l| l.contains("\"listener\":\"egress\"")).await;
-    logs.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["message"] == "listening" && v["listener"] == "egress")
-        .and_then(|v| v["address"].as_str().and_then(|a| a.parse().ok()))
-        .expect("egress listening line")
+    listening_addr(p, "egress").await
 }
 
 /// 50 concurrent egress calls spread over three replicas cause one token fetch.

@@ -9,61 +9,12 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use support::*;
 
-fn python() -> Option<String> {
-    let python = std::env::var("PORTCULLIS_PYTHON").unwrap_or_else(|_| "python3".into());
-    let have = Command::new(&python)
-        .args(["-c", "import websockets"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !have {
-        assert!(
-            std::env::var_os("PORTCULLIS_REQUIRE_INTEROP").is_none(),
-            "PORTCULLIS_REQUIRE_INTEROP is set but {python} cannot import websockets"
-        );
-        skipped(&format!("{python} lacks websockets (pip install websockets)"));
-        return None;
-    }
-    Some(python)
-}
-
 fn script() -> String {
     format!("{}/tests/interop/ws_peer.py", env!("CARGO_MANIFEST_DIR"))
-}
-
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn server(python: &str) -> Server {
-    let mut child = Command::new(python)
-        .args([&script(), "server"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    Server {
-        port: line.trim().parse().expect("the WebSocket server's port"),
-        child,
-    }
 }
 
 async fn call(python: &str, url: String, auth: Option<String>, wait_close: bool) -> serde_json::Value {
@@ -87,8 +38,10 @@ async fn call(python: &str, url: String, auth: Option<String>, wait_close: bool)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrades_pass_only_when_authorized_and_allowed() {
-    let Some(py) = python() else { return };
-    let s = server(&py);
+    let Some(py) = python_with("websockets", "websockets") else {
+        return;
+    };
+    let s = Peer::start(&py, "ws_peer.py");
     let gw = Gateway::start(&config(&format!(
         r#"
 [limits]

@@ -673,3 +673,81 @@ pub fn skipped(reason: &str) {
     let _ = writeln!(out, "SKIPPED: {reason}");
     let _ = out.flush();
 }
+
+// === interoperability peers and listeners of the real binary ===
+
+/// The Python that `PORTCULLIS_PYTHON` names (else `python3`), when it can import
+/// `module`; else `None` after printing SKIPPED (a failure under
+/// PORTCULLIS_REQUIRE_INTEROP, which `.ci/run` sets once it installed `pip`).
+#[allow(dead_code)]
+pub fn python_with(module: &str, pip: &str) -> Option<String> {
+    let python = std::env::var("PORTCULLIS_PYTHON").unwrap_or_else(|_| "python3".into());
+    let have = Command::new(&python)
+        .args(["-c", &format!("import {module}")])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        assert!(
+            std::env::var_os("PORTCULLIS_REQUIRE_INTEROP").is_none(),
+            "PORTCULLIS_REQUIRE_INTEROP is set but {python} cannot import {module}"
+        );
+        skipped(&format!("{python} lacks {module} (pip install {pip})"));
+        return None;
+    }
+    Some(python)
+}
+
+/// A peer process from `tests/interop/SCRIPT server` that prints its port first and
+/// runs until its stdin closes; killed when dropped.
+#[allow(dead_code)]
+pub struct Peer {
+    child: Child,
+    pub port: u16,
+}
+
+#[allow(dead_code)]
+impl Peer {
+    pub fn start(python: &str, script: &str) -> Peer {
+        let path = format!("{}/tests/interop/{script}", env!("CARGO_MANIFEST_DIR"));
+        let mut child = Command::new(python)
+            .args([&path, "server"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        Peer {
+            port: line
+                .trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("{script} printed no port: {line:?}")),
+            child,
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The address a listener of a real process announced (`listening` log line), once it
+/// has (the log is written asynchronously).
+#[allow(dead_code)]
+pub async fn listening_addr(p: &Process, listener: &str) -> SocketAddr {
+    let logs = p
+        .logs_when(|l| l.contains(&format!("\"listener\":\"{listener}\"")))
+        .await;
+    logs.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "listening" && v["listener"] == listener)
+        .and_then(|v| v["address"].as_str().and_then(|a| a.parse().ok()))
+        .unwrap_or_else(|| panic!("no listening line for {listener}"))
+}
