@@ -99,3 +99,71 @@ senders = {{ roles = ["ws"] }}
     assert_eq!(idle["closed"], true, "{idle}");
     gw.stop().await;
 }
+
+/// An upgraded connection keeps its place in `max_connections` for as long as the tunnel
+/// lives: authorized upgrades cannot be used to hold unbounded sockets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_tunnel_counts_against_max_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(py) = python_with("websockets", "websockets") else {
+        return;
+    };
+    let s = Peer::start(&py, "ws_peer.py");
+    let gw = Gateway::start(&config(&format!(
+        r#"
+[limits]
+max_connections = 1
+
+[[plans]]
+name = "live"
+upstream = "http://127.0.0.1:{port}"
+access = {{ all = true }}
+
+[[plans.integrations]]
+name = "feed"
+path = "/feed"
+methods = ["GET"]
+auth = "none"
+upgrades = ["websocket"]
+"#,
+        port = s.port
+    )))
+    .await;
+    let mut tunnel = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tunnel
+        .write_all(
+            b"GET /feed HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(tunnel.read(&mut b).await.unwrap(), 1, "closed during the handshake");
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // The tunnel is open: a second connection is over the limit and closed at accept.
+    let refused = raw(gw.addr, b"GET /feed HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n").await;
+    assert!(refused.is_empty(), "a second connection was served: {refused}");
+    assert!(
+        gw.metric_at_least(r#"portcullis_connections_rejected_total{listener="inbound"}"#, 1.0)
+            .await
+    );
+    drop(tunnel);
+    // Once the tunnel is gone its place is free again.
+    let served = eventually(PATIENCE, || async {
+        raw(
+            gw.addr,
+            b"GET /nowhere HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .starts_with("HTTP/1.1 404")
+    })
+    .await;
+    assert!(served);
+    drop(s);
+    gw.stop().await;
+}

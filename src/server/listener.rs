@@ -115,7 +115,9 @@ pub async fn serve<S, H, F>(
         let tls_failures = metrics.tls_handshake_failures.clone();
         let abuse = metrics.h2_reset_abuse.clone();
         tracker.spawn(async move {
-            let _guard = guard;
+            // The connection's place in max_connections goes with its socket: to the HTTP
+            // connection, and on to an upgraded tunnel if there is one.
+            let guard = Some(guard);
             let _ = stream.set_nodelay(true);
             match settings.tls {
                 Some(acceptor) => {
@@ -131,7 +133,16 @@ pub async fn serve<S, H, F>(
                                 .and_then(|leaf| super::tls::ClientCert::from_der(leaf.as_ref()))
                                 .map(Arc::new);
                             let info = Arc::new(info);
-                            serve_connection(tls, info, &settings.limits, h2, handler, shutdown, abuse).await
+                            serve_connection(
+                                tls,
+                                info,
+                                &settings.limits,
+                                h2,
+                                handler,
+                                shutdown,
+                                Accounting { abuse, guard },
+                            )
+                            .await
                         }
                         Ok(Err(e)) => {
                             tls_failures.inc();
@@ -145,12 +156,28 @@ pub async fn serve<S, H, F>(
                 }
                 None => {
                     let info = Arc::new(ConnInfo::new(remote, local, false));
-                    serve_connection(stream, info, &settings.limits, false, handler, shutdown, abuse).await
+                    serve_connection(
+                        stream,
+                        info,
+                        &settings.limits,
+                        false,
+                        handler,
+                        shutdown,
+                        Accounting { abuse, guard },
+                    )
+                    .await
                 }
             }
         });
     }
     tracing::info!(listener = name, "stopped accepting");
+}
+
+/// What a connection counts against: the rapid-reset counter, and its place in
+/// `max_connections` (held by the socket, so an upgraded tunnel keeps it).
+struct Accounting {
+    abuse: prometheus::IntCounter,
+    guard: Option<ConnGuard>,
 }
 
 struct ConnGuard {
@@ -178,7 +205,7 @@ async fn serve_connection<I, H, F>(
     h2: bool,
     handler: H,
     mut shutdown: Shutdown,
-    abuse: prometheus::IntCounter,
+    accounting: Accounting,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<Incoming>, Arc<ConnInfo>) -> F + Clone + Send + Sync + 'static,
@@ -189,9 +216,11 @@ async fn serve_connection<I, H, F>(
         h2,
         limits.h2_max_pending_resets,
     ));
+    let Accounting { abuse, guard } = accounting;
     let io = TokioIo::new(Tracked {
         inner: io,
         activity: activity.clone(),
+        _guard: guard,
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -416,6 +445,7 @@ impl Activity {
 struct Tracked<I> {
     inner: I,
     activity: Arc<Activity>,
+    _guard: Option<ConnGuard>,
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {

@@ -714,6 +714,7 @@ impl Peer {
             .args([&path, "server"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let mut line = String::new();
