@@ -263,36 +263,68 @@ mod tests {
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
+/// A request's place in a trace: the trace, the caller's span (`None`: no valid
+/// `traceparent`, so a new trace), the flags, the gateway's own span and the span of its
+/// upstream call (the parent the upstream sees).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceIds {
+    pub trace: [u8; 16],
+    pub parent: Option<[u8; 8]>,
+    pub flags: u8,
+    pub server_span: [u8; 8],
+    pub hop_span: [u8; 8],
+}
+
+fn nonzero_id<const N: usize>() -> [u8; N] {
+    loop {
+        let mut id = [0u8; N];
+        for b in id.iter_mut() {
+            *b = rand::random();
+        }
+        if id != [0; N] {
+            return id;
+        }
+    }
+}
+
+/// The trace a request belongs to: its valid `traceparent`'s, or a new one (sampled when
+/// `sample_new`, that is when spans are exported).
+pub fn trace_of(h: &HeaderMap, sample_new: bool) -> TraceIds {
+    let parsed = h.get(TRACEPARENT).and_then(|v| parse_traceparent(v.as_bytes()));
+    let (trace, parent, flags) = match parsed {
+        Some((t, p, f)) => (t, Some(p), f),
+        None => (nonzero_id(), None, u8::from(sample_new)),
+    };
+    TraceIds {
+        trace,
+        parent,
+        flags,
+        server_span: nonzero_id(),
+        hop_span: nonzero_id(),
+    }
+}
+
 /// W3C Trace Context for the upstream hop: a valid `traceparent` continues its trace
 /// (same trace id and flags, a new span id for this hop; `tracestate` passes on); an
 /// invalid one is replaced, with its `tracestate`, by a new trace, as is a missing one,
 /// so every forwarded request carries a trace the upstream can join.
-pub fn continue_trace(h: &mut HeaderMap) {
-    let parsed = h.get(TRACEPARENT).and_then(|v| parse_traceparent(v.as_bytes()));
-    let (trace, flags) = match parsed {
-        Some(p) => p,
-        None => {
-            h.remove(TRACESTATE);
-            let mut trace = [0u8; 16];
-            while trace == [0; 16] {
-                trace = rand::random();
-            }
-            (trace, 0)
-        }
-    };
-    let mut span = [0u8; 8];
-    while span == [0; 8] {
-        span = rand::random();
+pub fn continue_trace(h: &mut HeaderMap, ids: &TraceIds) {
+    if ids.parent.is_none() {
+        h.remove(TRACESTATE);
     }
-    let value = format!("00-{}-{}-{flags:02x}", hex::encode(trace), hex::encode(span));
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    // `00-` trace `-` span `-` flags, written in place: one allocation, the value's own.
+    let mut v = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    let ok = hex::encode_to_slice(ids.trace, &mut v[3..35]).is_ok()
+        && hex::encode_to_slice(ids.hop_span, &mut v[36..52]).is_ok()
+        && hex::encode_to_slice([ids.flags], &mut v[53..55]).is_ok();
+    if let (true, Ok(v)) = (ok, HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(&v))) {
         h.insert(TRACEPARENT, v);
     }
 }
 
 /// `00-TRACE(32 hex)-PARENT(16 hex)-FLAGS(2 hex)`, lower-case, ids not all zero; a
 /// higher version is read by its first four fields, as the specification asks.
-fn parse_traceparent(v: &[u8]) -> Option<([u8; 16], u8)> {
+fn parse_traceparent(v: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
     if v.len() < 55 || (v.len() > 55 && v[55] != b'-') {
         return None;
     }
@@ -316,7 +348,7 @@ fn parse_traceparent(v: &[u8]) -> Option<([u8; 16], u8)> {
     }
     let mut f = [0u8; 1];
     hex::decode_to_slice(flags, &mut f).ok()?;
-    Some((t, f[0]))
+    Some((t, p, f[0]))
 }
 
 #[cfg(test)]
@@ -331,7 +363,8 @@ mod trace_tests {
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         );
         h.insert(TRACESTATE, HeaderValue::from_static("congo=t61rcWkgMzE"));
-        continue_trace(&mut h);
+        let ids = trace_of(&h, false);
+        continue_trace(&mut h, &ids);
         let tp = h[TRACEPARENT].to_str().unwrap().to_string();
         assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(tp.ends_with("-01"));
@@ -348,7 +381,8 @@ mod trace_tests {
             let mut h = HeaderMap::new();
             h.insert(TRACEPARENT, HeaderValue::from_static(bad));
             h.insert(TRACESTATE, HeaderValue::from_static("a=b"));
-            continue_trace(&mut h);
+            let ids = trace_of(&h, false);
+            continue_trace(&mut h, &ids);
             let tp = h[TRACEPARENT].to_str().unwrap();
             assert!(parse_traceparent(tp.as_bytes()).is_some(), "{bad} -> {tp}");
             assert!(

@@ -51,6 +51,8 @@ pub enum BuildError {
     Egress(String),
     #[error("shared store: {0}")]
     Shared(String),
+    #[error("tracing: {0}")]
+    Tracing(String),
 }
 
 /// How many refusals the admin page keeps.
@@ -60,6 +62,8 @@ pub const REFUSALS_KEPT: usize = 100;
 /// client, and the ring of recent refusals for the admin page.
 pub struct Env {
     pub metrics: Metrics,
+    /// Span export (`[tracing] otlp_endpoint`), when on.
+    pub telemetry: Option<crate::telemetry::Telemetry>,
     pub client: upstream::Client,
     /// For `h2c://` upstreams (HTTP/2 by prior knowledge).
     pub h2c: upstream::Client,
@@ -274,6 +278,9 @@ struct Ctx {
     /// Declared body lengths (`Content-Length`, or a body known to be empty).
     bytes_in: Option<u64>,
     bytes_out: Option<u64>,
+    /// The request's trace (W3C Trace Context), and when its upstream call started.
+    trace: headers::TraceIds,
+    upstream_started: Option<Instant>,
 }
 
 /// Runs the finish phase when dropped: at the end of [`handle`], or when the request's
@@ -353,6 +360,8 @@ async fn serve(
             user_agent: req.headers().get(header::USER_AGENT).cloned(),
             bytes_in: http_body::Body::size_hint(req.body()).exact(),
             bytes_out: None,
+            trace: headers::trace_of(req.headers(), env.telemetry.is_some()),
+            upstream_started: None,
         },
         env: env.clone(),
         gw: gw.clone(),
@@ -466,6 +475,7 @@ async fn handle_inner(
     // limit_body dropped the client's trailers: they could carry any header past the checks.
     let req = Request::from_parts(parts, body);
     let started = Instant::now();
+    ctx.upstream_started = Some(started);
     let sent = tokio::time::timeout_at(until, send(env, &route.upstream, req)).await;
     let elapsed = started.elapsed();
     ctx.upstream_elapsed = Some(elapsed);
@@ -810,7 +820,7 @@ fn rewrite<'g>(
     });
     headers::set_forwarded(h, &conn.ip_header, conn.tls, host.as_ref());
     h.insert(headers::X_REQUEST_ID, ctx.request_id.clone());
-    headers::continue_trace(h);
+    headers::continue_trace(h, &ctx.trace);
     h.insert(headers::X_PORTCULLIS_PLAN, route.plan_value.clone());
     h.insert(headers::X_PORTCULLIS_INTEGRATION, route.integration_value.clone());
     match principal {
@@ -1002,8 +1012,31 @@ fn finish(env: &Env, gw: &Gateway, ctx: &Ctx) {
         bytes_in = ctx.bytes_in,
         bytes_out = ctx.bytes_out,
         upstream = route.map_or("", |r| r.upstream_addr.as_str()),
+        trace_id = %hex::encode(ctx.trace.trace),
         "request"
     );
+    if let Some(t) = &env.telemetry {
+        let now = std::time::SystemTime::now();
+        let at = |i: Instant| now.checked_sub(i.elapsed()).unwrap_or(now);
+        let upstream = match (ctx.upstream_started, ctx.upstream_elapsed, route) {
+            (Some(s), Some(d), Some(r)) => Some((at(s), at(s) + d, r.upstream_addr.as_str())),
+            _ => None,
+        };
+        t.record(&crate::telemetry::RequestSpan {
+            trace: ctx.trace,
+            start: at(ctx.started),
+            end: now,
+            upstream,
+            method: ctx.method.as_str(),
+            path: ctx.uri.path(),
+            status,
+            plan,
+            integration,
+            auth_method,
+            reason: reason.unwrap_or(""),
+            request_id: ctx.request_id.to_str().unwrap_or(""),
+        });
+    }
 }
 
 // === explain ===
@@ -1044,6 +1077,8 @@ pub async fn explain(gw: &Gateway, mut parts: Parts, client: std::net::IpAddr) -
         user_agent: None,
         bytes_in: None,
         bytes_out: None,
+        trace: headers::trace_of(&parts.headers, false),
+        upstream_started: None,
     };
     let decided = decide(gw, &mut ctx, &mut parts).await;
     let route = ctx.route.map(|i| &gw.routes[i]);

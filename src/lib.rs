@@ -29,5 +29,6 @@ pub mod run;
 pub mod server;
 pub mod shared;
 pub mod state;
+pub mod telemetry;
 pub mod upstream;
 pub mod util;

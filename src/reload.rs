@@ -67,6 +67,9 @@ pub fn reload(state: &State, path: &Path, trigger: &'static str) -> Result<(), S
         if current.config.runtime.worker_threads != loaded.config.runtime.worker_threads {
             tracing::warn!("runtime.worker_threads changed: takes effect at the next restart");
         }
+        if current.config.tracing != loaded.config.tracing {
+            tracing::warn!("[tracing] changed: takes effect at the next restart");
+        }
         for w in &loaded.warnings {
             tracing::warn!("{w}");
         }

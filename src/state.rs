@@ -73,6 +73,13 @@ impl State {
     fn build(config: Config, metrics: Metrics, lasting: auth::Lasting) -> Result<Arc<Self>, BuildError> {
         let random_assertion_key = rand::random();
         let client = upstream::client();
+        let telemetry = match &config.tracing.otlp_endpoint {
+            Some(endpoint) => Some(
+                crate::telemetry::Telemetry::start(endpoint, &config.tracing.service_name)
+                    .map_err(BuildError::Tracing)?,
+            ),
+            None => None,
+        };
         let gw = Gateway::build(config, &metrics, &random_assertion_key, &lasting, &client)?;
         metrics.config_last_reload_success.set(unix_now() as i64);
         metrics.config_last_reload_successful.set(1);
@@ -89,6 +96,7 @@ impl State {
             random_assertion_key,
             lasting,
             env: Arc::new(Env {
+                telemetry,
                 metrics: metrics.clone(),
                 client: client.clone(),
                 h2c: upstream::h2c_client(),

@@ -16,6 +16,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("upstream", 3),
     ("server", 3),
     ("shared", 3),
+    ("telemetry", 3),
     ("auth", 4),
     ("assertion", 5),
     ("authz", 5),

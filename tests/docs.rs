@@ -70,6 +70,7 @@ fn code_keys() -> BTreeSet<String> {
         ("Lockout", &["lockout"]),
         ("Shared", &["shared"]),
         ("Runtime", &["runtime"]),
+        ("Tracing", &["tracing"]),
         ("Assertion", &["assertion"]),
         ("User", &["users"]),
         ("Plan", &["plans"]),

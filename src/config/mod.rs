@@ -43,6 +43,7 @@ pub struct Config {
     pub cache: Cache,
     pub lockout: Lockout,
     pub runtime: Runtime,
+    pub tracing: Tracing,
     pub shared: SharedBackend,
     pub auth: AuthSettings,
     pub assertion: Assertion,
@@ -214,6 +215,14 @@ pub struct RedisSettings {
     pub command_timeout: Duration,
     /// Multiplexed connections, used in turn.
     pub pool_size: usize,
+}
+
+/// `[tracing]`: spans exported by OTLP/HTTP when `otlp_endpoint` is set. Applies at start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tracing {
+    /// The collector's base URL (`http://HOST:4318`); spans go to `/v1/traces` under it.
+    pub otlp_endpoint: Option<url::Url>,
+    pub service_name: String,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -20,6 +20,7 @@ pub struct Raw {
     pub lockout: Option<Lockout>,
     pub shared: Option<Shared>,
     pub runtime: Option<Runtime>,
+    pub tracing: Option<Tracing>,
     pub auth: Option<AuthSection>,
     pub assertion: Option<Assertion>,
     #[serde(default)]
@@ -106,6 +107,13 @@ pub struct Shared {
     pub connect_timeout: Option<Str>,
     pub command_timeout: Option<Str>,
     pub pool_size: Option<Spanned<i64>>,
+}
+
+/// `[tracing]`: OpenTelemetry export.
+#[derive(Debug, Default, Deserialize)]
+pub struct Tracing {
+    pub otlp_endpoint: Option<Str>,
+    pub service_name: Option<Str>,
 }
 
 #[derive(Debug, Default, Deserialize)]

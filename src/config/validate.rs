@@ -237,6 +237,27 @@ impl Validator<'_> {
         let cache = self.cache(raw.cache.as_ref());
         let lockout = self.lockout(raw.lockout.as_ref());
         let shared = self.shared(raw.shared.as_ref());
+        let tracing = {
+            let t = raw.tracing.as_ref();
+            let otlp_endpoint = t.and_then(|t| t.otlp_endpoint.as_ref()).and_then(|e| {
+                match url::Url::parse(e.get_ref()) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Some(u),
+                    _ => {
+                        self.error(
+                            sp(e),
+                            "tracing.otlp_endpoint must be the collector's http:// or https:// URL (OTLP/HTTP, e.g. http://127.0.0.1:4318)",
+                        );
+                        None
+                    }
+                }
+            });
+            Tracing {
+                otlp_endpoint,
+                service_name: t
+                    .and_then(|t| t.service_name.as_ref())
+                    .map_or_else(|| "portcullis".to_string(), |s| s.get_ref().clone()),
+            }
+        };
         let runtime = Runtime {
             worker_threads: raw
                 .runtime
@@ -289,6 +310,7 @@ impl Validator<'_> {
             cache,
             lockout,
             runtime,
+            tracing,
             shared,
             auth,
             assertion,

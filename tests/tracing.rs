@@ -1,0 +1,176 @@
+//! OpenTelemetry export: with `[tracing] otlp_endpoint`, each request's server span and
+//! its upstream call's client span reach an OTLP/HTTP collector (here a recording one on
+//! loopback), in the caller's trace; refused requests are traced too; a collector that
+//! is down changes nothing for requests.
+
+mod support;
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use http_body_util::BodyExt;
+use support::*;
+
+/// A collector that keeps every `/v1/traces` body (OTLP JSON).
+async fn collector() -> (std::net::SocketAddr, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let keep = bodies.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            let keep = keep.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let keep = keep.clone();
+                    async move {
+                        let path = req.uri().path().to_string();
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        if path == "/v1/traces" {
+                            if let Ok(v) = serde_json::from_slice(&body) {
+                                keep.lock().unwrap().push(v);
+                            }
+                        }
+                        Ok::<_, Infallible>(hyper::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from_static(b"{}"),
+                        )))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, bodies)
+}
+
+fn spans(bodies: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for b in bodies {
+        for rs in b["resourceSpans"].as_array().into_iter().flatten() {
+            for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+                out.extend(ss["spans"].as_array().into_iter().flatten().cloned());
+            }
+        }
+    }
+    out
+}
+
+fn attr(span: &serde_json::Value, key: &str) -> serde_json::Value {
+    span["attributes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|kv| kv["key"] == key))
+        .map(|kv| {
+            let v = &kv["value"];
+            v.get("stringValue")
+                .or_else(|| v.get("intValue"))
+                .cloned()
+                .unwrap_or_default()
+        })
+        .unwrap_or_default()
+}
+
+fn cfg(upstream: &str, endpoint: &str) -> String {
+    config(&format!(
+        r#"
+[tracing]
+otlp_endpoint = "{endpoint}"
+
+[[users]]
+name = "alice"
+roles = ["rest"]
+password_hash = "{hash}"
+
+[[plans]]
+name = "p"
+upstream = "{upstream}"
+access = {{ all = true }}
+
+[[plans.integrations]]
+name = "i"
+path = "/i"
+methods = ["GET"]
+auth = "basic"
+"#,
+        hash = argon2_hash("alice-pw"),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_and_their_upstream_calls_are_exported_in_the_callers_trace() {
+    let up = Upstream::start().await;
+    let (addr, bodies) = collector().await;
+    let gw = Gateway::start(&cfg(&up.url(), &format!("http://{addr}"))).await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let resp = client()
+        .get(gw.url("/i"))
+        .basic_auth("alice", Some("alice-pw"))
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let hop = up.last().headers["traceparent"].to_str().unwrap()[36..52].to_string();
+    let refused = client().get(gw.url("/i")).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+
+    let found = eventually(PATIENCE, || {
+        let all = spans(&bodies.lock().unwrap());
+        async move {
+            all.iter().any(|s| s["traceId"] == trace && s["kind"] == 2)
+                && all
+                    .iter()
+                    .any(|s| attr(s, "portcullis.refusal_reason") == "no_credentials")
+                && all.iter().any(|s| s["kind"] == 3)
+        }
+    })
+    .await;
+    assert!(found, "spans never reached the collector: {:?}", bodies.lock().unwrap());
+    let all = spans(&bodies.lock().unwrap());
+    let server = all.iter().find(|s| s["traceId"] == trace && s["kind"] == 2).unwrap();
+    assert_eq!(
+        server["parentSpanId"], "00f067aa0ba902b7",
+        "the caller's span is the parent"
+    );
+    assert_eq!(attr(server, "portcullis.plan"), "p");
+    assert_eq!(attr(server, "portcullis.integration"), "i");
+    assert_eq!(attr(server, "portcullis.auth_method"), "basic");
+    assert_eq!(attr(server, "http.response.status_code"), "200");
+    let client_span = all.iter().find(|s| s["kind"] == 3).unwrap();
+    assert_eq!(client_span["traceId"], trace);
+    assert_eq!(
+        client_span["spanId"], hop,
+        "the upstream's parent is the exported client span"
+    );
+    assert_eq!(client_span["parentSpanId"], server["spanId"]);
+    let refusal = all
+        .iter()
+        .find(|s| attr(s, "portcullis.refusal_reason") == "no_credentials")
+        .unwrap();
+    assert_eq!(attr(refusal, "http.response.status_code"), "401");
+    gw.stop().await;
+}
+
+/// A collector that is not there: requests are served all the same.
+#[tokio::test]
+async fn a_collector_that_is_down_changes_nothing_for_requests() {
+    let up = Upstream::start().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gw = Gateway::start(&cfg(&up.url(), &format!("http://{closed}"))).await;
+    for _ in 0..20 {
+        let resp = client()
+            .get(gw.url("/i"))
+            .basic_auth("alice", Some("alice-pw"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    assert_eq!(up.seen().len(), 20);
+    gw.stop().await;
+}
