@@ -275,32 +275,29 @@ pub struct TraceIds {
     pub hop_span: [u8; 8],
 }
 
-fn nonzero_id<const N: usize>() -> [u8; N] {
-    loop {
-        let mut id = [0u8; N];
-        for b in id.iter_mut() {
-            *b = rand::random();
-        }
-        if id != [0; N] {
-            return id;
-        }
-    }
-}
-
 /// The trace a request belongs to: its valid `traceparent`'s, or a new one (sampled when
 /// `sample_new`, that is when spans are exported).
 pub fn trace_of(h: &HeaderMap, sample_new: bool) -> TraceIds {
+    // One draw for all three new ids; an id must not be all zeros (W3C), so a zero last
+    // byte (which leaves the rest random) becomes 1.
+    let mut r: [u8; 32] = rand::random();
+    for end in [15, 23, 31] {
+        if r[end] == 0 {
+            r[end] = 1;
+        }
+    }
+    let id8 = |at: usize| -> [u8; 8] { r[at..at + 8].try_into().expect("8 bytes") };
     let parsed = h.get(TRACEPARENT).and_then(|v| parse_traceparent(v.as_bytes()));
     let (trace, parent, flags) = match parsed {
         Some((t, p, f)) => (t, Some(p), f),
-        None => (nonzero_id(), None, u8::from(sample_new)),
+        None => (r[..16].try_into().expect("16 bytes"), None, u8::from(sample_new)),
     };
     TraceIds {
         trace,
         parent,
         flags,
-        server_span: nonzero_id(),
-        hop_span: nonzero_id(),
+        server_span: id8(16),
+        hop_span: id8(24),
     }
 }
 
