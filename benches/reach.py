@@ -4,8 +4,10 @@
     python3 benches/reach.py [--secs 3] [--reps 3] [--out FILE]
 
 1. Tracing: the small GET through Portcullis (auth = "none", one worker on core 0) with
-   and without `[tracing] otlp_endpoint` (a collector answering 200 on core 1); CPU µs
-   per request from /proc, medians of the repetitions, and the ratio.
+   and without `[tracing] otlp_endpoint` (every request sampled, protobuf; the same in
+   JSON; a tenth of new traces sampled), a collector answering 200 on core 1; CPU µs per
+   request from /proc (all the gateway's threads, the export thread included), medians of
+   the repetitions, and the ratio. REACH_THREADS=1 also prints each thread's CPU ticks.
 2. WebSocket echo: messages per second over 16 connections, directly to a `websockets`
    echo server and through Portcullis (`upgrades = ["websocket"]`), and Portcullis's CPU
    µs per message. The client and the server are Python (the venv `.ci/run` makes), on
@@ -32,13 +34,18 @@ PY = os.environ.get("PORTCULLIS_PYTHON", os.path.join(pinned.ROOT, "target/ci-ve
 
 def collector(port):
     class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as collectors answer
+
         def do_POST(self):
             self.rfile.read(int(self.headers.get("content-length", 0)))
             self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", "2")
+            # An empty ExportTraceServiceResponse, in the request's encoding.
+            body = b"{}" if self.headers.get("content-type") == "application/json" else b""
+            self.send_response(200)
+            self.send_header("content-type", self.headers.get("content-type", "application/x-protobuf"))
+            self.send_header("content-length", str(len(body)))
             self.end_headers()
-            self.wfile.write(b"{}")
+            self.wfile.write(body)
 
         def log_message(self, *a):
             pass
@@ -95,6 +102,8 @@ def main():
 
 
 def run(args, work, portcullis):
+    # This script hosts the collector: it runs on core 1 with the clients and upstreams.
+    os.sched_setaffinity(0, {1})
     lines = [f"Reach costs, {args.reps} runs of {args.secs:g} s each (medians); Portcullis on core 0 with one "
              "worker, clients, upstreams and the collector on core 1.", ""]
     # The upstream of the small GET: nginx on core 1, as in pinned.py.
@@ -114,8 +123,12 @@ def run(args, work, portcullis):
     ws_port = int(ws.stdout.readline().strip())
     pinned.wait_port(up)
 
-    results = {}
-    for name, tracing in [("off", ""), ("on", f'[tracing]\notlp_endpoint = "http://127.0.0.1:{col}"\n')]:
+    # All three gateways run side by side and the repetitions interleave, so that a
+    # noisy stretch of the shared machine falls on every configuration alike.
+    results, gateways = {}, {}
+    otlp = f'[tracing]\notlp_endpoint = "http://127.0.0.1:{col}"\n'
+    for name, tracing in [("off", ""), ("on", otlp), ("json", otlp + 'protocol = "http/json"\n'),
+                          ("tenth", otlp + "sample_ratio = 0.1\n")]:
         port = pinned.free_port()
         conf = f"""
 [listen]
@@ -147,21 +160,35 @@ upgrades = ["websocket"]
         p = pinned.start([portcullis, "serve", "--config", f"{work}/{name}.toml"], 0,
                          env=dict(os.environ, PORTCULLIS_LOG="error"))
         pinned.wait_port(port)
-        url = f"http://127.0.0.1:{port}/none"
-        pinned.wrk(url, 1, [])
-        results[name] = [pinned.measure(p.pid, url, args.secs, []) for _ in range(args.reps)]
-        if name == "off":
-            ws_run(f"ws://127.0.0.1:{port}/ws", 1, p.pid)
-            results["ws_gw"] = [ws_run(f"ws://127.0.0.1:{port}/ws", args.secs, p.pid) for _ in range(args.reps)]
+        gateways[name] = (p, port)
+        pinned.wrk(f"http://127.0.0.1:{port}/none", 1, [])
+        results[name] = []
+    for _ in range(args.reps):
+        for name, (p, port) in gateways.items():
+            results[name].append(pinned.measure(p.pid, f"http://127.0.0.1:{port}/none", args.secs, []))
+    if os.environ.get("REACH_THREADS"):
+        for name, (p, _) in gateways.items():
+            for t in sorted(os.listdir(f"/proc/{p.pid}/task")):
+                f = open(f"/proc/{p.pid}/task/{t}/stat").read().rsplit(")", 1)[1].split()
+                print(name, open(f"/proc/{p.pid}/task/{t}/comm").read().strip(), int(f[11]) + int(f[12]))
+    p, port = gateways["off"]
+    ws_run(f"ws://127.0.0.1:{port}/ws", 1, p.pid)
+    results["ws_gw"] = [ws_run(f"ws://127.0.0.1:{port}/ws", args.secs, p.pid) for _ in range(args.reps)]
+    for p, _ in gateways.values():
         p.terminate()
         p.wait(timeout=60)
     results["ws_direct"] = [ws_run(f"ws://127.0.0.1:{ws_port}/", args.secs) for _ in range(args.reps)]
 
     med = lambda runs, k: statistics.median(r[k] for r in runs)
-    off_cpu, on_cpu = med(results["off"], "cpu_us"), med(results["on"], "cpu_us")
+    off_cpu, on_cpu, json_cpu, tenth_cpu = (med(results[k], "cpu_us") for k in ("off", "on", "json", "tenth"))
     lines += ["| small GET | req/s | CPU µs/req | vs tracing off |", "|---|---:|---:|---:|",
               f"| tracing off | {med(results['off'], 'rps'):.0f} | {off_cpu:.1f} | 1.00 |",
-              f"| tracing on (OTLP export) | {med(results['on'], 'rps'):.0f} | {on_cpu:.1f} | {on_cpu / off_cpu:.2f} |",
+              f"| tracing on, every request (OTLP protobuf) | {med(results['on'], 'rps'):.0f} | {on_cpu:.1f} "
+              f"| {on_cpu / off_cpu:.2f} |",
+              f"| tracing on, every request (OTLP JSON) | {med(results['json'], 'rps'):.0f} | {json_cpu:.1f} "
+              f"| {json_cpu / off_cpu:.2f} |",
+              f"| tracing on, `sample_ratio = 0.1` (protobuf) | {med(results['tenth'], 'rps'):.0f} | {tenth_cpu:.1f} "
+              f"| {tenth_cpu / off_cpu:.2f} |",
               ""]
     d = statistics.median(r[0] for r in results["ws_direct"])
     g = statistics.median(r[0] for r in results["ws_gw"])

@@ -275,9 +275,17 @@ pub struct TraceIds {
     pub hop_span: [u8; 8],
 }
 
-/// The trace a request belongs to: its valid `traceparent`'s, or a new one (sampled when
-/// `sample_new`, that is when spans are exported).
-pub fn trace_of(h: &HeaderMap, sample_new: bool) -> TraceIds {
+/// The sampling threshold of new traces for a ratio in 0.0..=1.0: see [`trace_of`].
+pub fn sample_threshold(ratio: f64) -> u64 {
+    // 2^63 × ratio, exact at both ends (0 and 2^63).
+    (ratio.clamp(0.0, 1.0) * 9_223_372_036_854_775_808.0) as u64
+}
+
+/// The trace a request belongs to: its valid `traceparent`'s (and its `sampled` flag), or
+/// a new one, sampled when the top 63 bits of its id's last 8 bytes fall below
+/// `sample` ([`sample_threshold`]; 0 never, 2^63 always), as OpenTelemetry's trace-id
+/// ratio sampler decides.
+pub fn trace_of(h: &HeaderMap, sample: u64) -> TraceIds {
     // One draw for all three new ids; an id must not be all zeros (W3C), so a zero last
     // byte (which leaves the rest random) becomes 1.
     let mut r: [u8; 32] = rand::random();
@@ -290,7 +298,10 @@ pub fn trace_of(h: &HeaderMap, sample_new: bool) -> TraceIds {
     let parsed = h.get(TRACEPARENT).and_then(|v| parse_traceparent(v.as_bytes()));
     let (trace, parent, flags) = match parsed {
         Some((t, p, f)) => (t, Some(p), f),
-        None => (r[..16].try_into().expect("16 bytes"), None, u8::from(sample_new)),
+        None => {
+            let low = u64::from_be_bytes(r[8..16].try_into().expect("8 bytes"));
+            (r[..16].try_into().expect("16 bytes"), None, u8::from(low >> 1 < sample))
+        }
     };
     TraceIds {
         trace,
@@ -353,6 +364,26 @@ mod trace_tests {
     use super::*;
 
     #[test]
+    fn new_traces_are_sampled_by_their_id_and_callers_flags_are_followed() {
+        let none = HeaderMap::new();
+        for _ in 0..1000 {
+            assert_eq!(trace_of(&none, sample_threshold(1.0)).flags, 1);
+            assert_eq!(trace_of(&none, sample_threshold(0.0)).flags, 0);
+            let half = trace_of(&none, sample_threshold(0.5));
+            let low = u64::from_be_bytes(half.trace[8..].try_into().unwrap());
+            assert_eq!(half.flags == 1, low < 1 << 63, "{:x?}", half.trace);
+        }
+        for (flags, want) in [("00", 0), ("01", 1)] {
+            let mut h = HeaderMap::new();
+            let v = format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}");
+            h.insert(TRACEPARENT, HeaderValue::from_str(&v).unwrap());
+            for sample in [0, sample_threshold(0.5), sample_threshold(1.0)] {
+                assert_eq!(trace_of(&h, sample).flags, want, "{v} at {sample}");
+            }
+        }
+    }
+
+    #[test]
     fn traceparent_is_continued_or_replaced() {
         let mut h = HeaderMap::new();
         h.insert(
@@ -360,7 +391,7 @@ mod trace_tests {
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         );
         h.insert(TRACESTATE, HeaderValue::from_static("congo=t61rcWkgMzE"));
-        let ids = trace_of(&h, false);
+        let ids = trace_of(&h, 0);
         continue_trace(&mut h, &ids);
         let tp = h[TRACEPARENT].to_str().unwrap().to_string();
         assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
@@ -378,7 +409,7 @@ mod trace_tests {
             let mut h = HeaderMap::new();
             h.insert(TRACEPARENT, HeaderValue::from_static(bad));
             h.insert(TRACESTATE, HeaderValue::from_static("a=b"));
-            let ids = trace_of(&h, false);
+            let ids = trace_of(&h, 0);
             continue_trace(&mut h, &ids);
             let tp = h[TRACEPARENT].to_str().unwrap();
             assert!(parse_traceparent(tp.as_bytes()).is_some(), "{bad} -> {tp}");

@@ -139,6 +139,8 @@ pub struct Route {
     websocket: bool,
     challenges: Vec<HeaderValue>,
     metrics: RouteMetrics,
+    /// Its names as span attributes, shared by every span.
+    span: crate::telemetry::RouteSpan,
 }
 
 impl Gateway {
@@ -183,7 +185,18 @@ impl Gateway {
                         integration: index,
                     },
                 ));
+                let upstream_addr = match &plan.upstream {
+                    Upstream::Echo => "builtin:echo".to_string(),
+                    Upstream::Http { authority, scheme, .. } => {
+                        let port =
+                            authority
+                                .port_u16()
+                                .unwrap_or(if *scheme == http::uri::Scheme::HTTPS { 443 } else { 80 });
+                        format!("{}:{port}", authority.host())
+                    }
+                };
                 routes.push(Route {
+                    span: crate::telemetry::RouteSpan::new(&plan.name, &integ.name, &upstream_addr),
                     path: integ.path.to_string(),
                     methods: integ.methods.clone(),
                     plan: plan.name.clone(),
@@ -193,17 +206,7 @@ impl Gateway {
                     integration_value: HeaderValue::from_str(&integ.name)
                         .unwrap_or_else(|_| HeaderValue::from_static("")),
                     upstream: plan.upstream.clone(),
-                    upstream_addr: match &plan.upstream {
-                        Upstream::Echo => "builtin:echo".to_string(),
-                        Upstream::Http { authority, scheme, .. } => {
-                            let port = authority.port_u16().unwrap_or(if *scheme == http::uri::Scheme::HTTPS {
-                                443
-                            } else {
-                                80
-                            });
-                            format!("{}:{port}", authority.host())
-                        }
-                    },
+                    upstream_addr,
                     access: plan.access.clone(),
                     senders: integ.senders.clone(),
                     auth: integ.auth.clone(),
@@ -281,6 +284,8 @@ struct Ctx {
     /// The request's trace (W3C Trace Context), and when its upstream call started.
     trace: headers::TraceIds,
     upstream_started: Option<Instant>,
+    /// Whether the credential came from a cache, once one was checked.
+    cache_hit: Option<bool>,
 }
 
 /// Runs the finish phase when dropped: at the end of [`handle`], or when the request's
@@ -360,8 +365,9 @@ async fn serve(
             user_agent: req.headers().get(header::USER_AGENT).cloned(),
             bytes_in: http_body::Body::size_hint(req.body()).exact(),
             bytes_out: None,
-            trace: headers::trace_of(req.headers(), env.telemetry.is_some()),
+            trace: headers::trace_of(req.headers(), env.telemetry.as_ref().map_or(0, |t| t.sample)),
             upstream_started: None,
+            cache_hit: None,
         },
         env: env.clone(),
         gw: gw.clone(),
@@ -742,6 +748,7 @@ async fn decide(gw: &Gateway, ctx: &mut Ctx, parts: &mut Parts) -> Result<Permit
     };
     ctx.auth_method = Some(principal.method);
     ctx.principal = Some(principal.user.clone());
+    ctx.cache_hit = Some(principal.cached);
     authz::authorize(index, &route.access, &route.senders, principal).map_err(|denied| {
         // RFC 6750 section 3.1: a valid token without the rights is insufficient_scope.
         let challenge = (denied.principal.method == AuthMethod::OAuth)
@@ -1018,8 +1025,8 @@ fn finish(env: &Env, gw: &Gateway, ctx: &Ctx) {
     if let Some(t) = &env.telemetry {
         let now = std::time::SystemTime::now();
         let at = |i: Instant| now.checked_sub(i.elapsed()).unwrap_or(now);
-        let upstream = match (ctx.upstream_started, ctx.upstream_elapsed, route) {
-            (Some(s), Some(d), Some(r)) => Some((at(s), at(s) + d, r.upstream_addr.as_str())),
+        let upstream = match (ctx.upstream_started, ctx.upstream_elapsed) {
+            (Some(s), Some(d)) => Some((at(s), at(s) + d)),
             _ => None,
         };
         t.record(&crate::telemetry::RequestSpan {
@@ -1027,14 +1034,14 @@ fn finish(env: &Env, gw: &Gateway, ctx: &Ctx) {
             start: at(ctx.started),
             end: now,
             upstream,
-            method: ctx.method.as_str(),
+            method: &ctx.method,
             path: ctx.uri.path(),
             status,
-            plan,
-            integration,
+            route: route.map(|r| &r.span),
+            endpoint: ctx.endpoint,
             auth_method,
+            cache_hit: ctx.cache_hit,
             reason: reason.unwrap_or(""),
-            request_id: ctx.request_id.to_str().unwrap_or(""),
         });
     }
 }
@@ -1077,8 +1084,9 @@ pub async fn explain(gw: &Gateway, mut parts: Parts, client: std::net::IpAddr) -
         user_agent: None,
         bytes_in: None,
         bytes_out: None,
-        trace: headers::trace_of(&parts.headers, false),
+        trace: headers::trace_of(&parts.headers, 0),
         upstream_started: None,
+        cache_hit: None,
     };
     let decided = decide(gw, &mut ctx, &mut parts).await;
     let route = ctx.route.map(|i| &gw.routes[i]);

@@ -74,10 +74,9 @@ impl State {
         let random_assertion_key = rand::random();
         let client = upstream::client();
         let telemetry = match &config.tracing.otlp_endpoint {
-            Some(endpoint) => Some(
-                crate::telemetry::Telemetry::start(endpoint, &config.tracing.service_name)
-                    .map_err(BuildError::Tracing)?,
-            ),
+            Some(endpoint) => {
+                Some(crate::telemetry::Telemetry::start(&config.tracing, endpoint).map_err(BuildError::Tracing)?)
+            }
             None => None,
         };
         let gw = Gateway::build(config, &metrics, &random_assertion_key, &lasting, &client)?;

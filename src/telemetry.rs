@@ -1,23 +1,32 @@
-//! OpenTelemetry spans, exported by OTLP/HTTP (JSON) when `[tracing] otlp_endpoint` is
-//! set: one server span per request (route, auth method, status, refusal reason) and a
-//! client span for its upstream call, in the trace the request's `traceparent` names.
+//! OpenTelemetry spans, exported by OTLP/HTTP (protobuf by default, or JSON) when
+//! `[tracing] otlp_endpoint` is set: one server span per request (route, auth method,
+//! status, refusal reason) and a client span for its upstream call, in the trace the
+//! request's `traceparent` names.
 //!
-//! Spans go through the SDK's batch processor: a bounded queue (2,048 spans; past it new
-//! spans are dropped) drained by its own thread, so a collector that is down or slow
-//! costs requests nothing and memory stays bounded.
+//! A request's spans are known whole when it ends, so they are written as finished span
+//! records (`SpanData`) straight to the SDK's batch processor, without the tracer's
+//! per-span bookkeeping (sampler, context, live span): the sampling decision was made
+//! when the request arrived ([`crate::headers::trace_of`]). The batch processor keeps a
+//! bounded queue (2,048 spans; past it new spans are dropped) drained by its own thread,
+//! so a collector that is down or slow costs requests nothing and memory stays bounded.
 
+use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use opentelemetry::trace::{Span, SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, Tracer};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
+use opentelemetry::{InstrumentationScope, KeyValue, StringValue, Value};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SpanData, SpanProcessor};
 
+use crate::config::{OtlpProtocol, Tracing};
 use crate::headers::TraceIds;
 
 pub struct Telemetry {
-    provider: SdkTracerProvider,
-    tracer: SdkTracer,
+    /// New traces are sampled below this ([`crate::headers::sample_threshold`]).
+    pub sample: u64,
+    processor: BatchSpanProcessor,
+    scope: InstrumentationScope,
 }
 
 /// One finished request, as its spans describe it.
@@ -26,19 +35,63 @@ pub struct RequestSpan<'a> {
     pub start: SystemTime,
     pub end: SystemTime,
     /// When the upstream call started and ended, if one was made.
-    pub upstream: Option<(SystemTime, SystemTime, &'a str)>,
-    pub method: &'a str,
+    pub upstream: Option<(SystemTime, SystemTime)>,
+    pub method: &'a http::Method,
     pub path: &'a str,
     pub status: u16,
-    pub plan: &'a str,
-    pub integration: &'a str,
-    pub auth_method: &'a str,
-    pub reason: &'a str,
-    pub request_id: &'a str,
+    /// The route's names and upstream, or a built-in endpoint's name.
+    pub route: Option<&'a RouteSpan>,
+    pub endpoint: Option<&'static str>,
+    pub auth_method: &'static str,
+    /// Whether the credential came from a cache; `None` when none was checked.
+    pub cache_hit: Option<bool>,
+    pub reason: &'static str,
+}
+
+/// A route's span values, made once when the route is built: a span then shares them
+/// (reference counts) instead of copying names per request.
+pub struct RouteSpan {
+    plan: Value,
+    integration: Value,
+    upstream: Value,
+    /// ` plan/integration`, the server span's name after the method.
+    name: String,
+}
+
+impl RouteSpan {
+    pub fn new(plan: &str, integration: &str, upstream: &str) -> Self {
+        let shared = |s: &str| Value::String(StringValue::from(Arc::<str>::from(s)));
+        RouteSpan {
+            plan: shared(plan),
+            integration: shared(integration),
+            upstream: shared(upstream),
+            name: format!(" {plan}/{integration}"),
+        }
+    }
+}
+
+/// A standard method's name, without a copy.
+fn static_method(m: &http::Method) -> Option<&'static str> {
+    Some(match *m {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::TRACE => "TRACE",
+        _ => return None,
+    })
+}
+
+fn method_name(m: &http::Method) -> Cow<'static, str> {
+    static_method(m).map_or_else(|| Cow::Owned(m.as_str().to_string()), Cow::Borrowed)
 }
 
 impl Telemetry {
-    pub fn start(endpoint: &url::Url, service_name: &str) -> Result<Self, String> {
+    pub fn start(t: &Tracing, endpoint: &url::Url) -> Result<Self, String> {
         let base = endpoint.as_str().trim_end_matches('/');
         let url = if base.ends_with("/v1/traces") {
             base.to_string()
@@ -47,12 +100,15 @@ impl Telemetry {
         };
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
-            .with_protocol(Protocol::HttpJson)
+            .with_protocol(match t.protocol {
+                OtlpProtocol::Protobuf => Protocol::HttpBinary,
+                OtlpProtocol::Json => Protocol::HttpJson,
+            })
             .with_endpoint(url)
             .with_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| format!("tracing.otlp_endpoint: {e}"))?;
-        let processor = BatchSpanProcessor::builder(exporter)
+        let mut processor = BatchSpanProcessor::builder(exporter)
             .with_batch_config(
                 BatchConfigBuilder::default()
                     .with_max_queue_size(2048)
@@ -61,92 +117,118 @@ impl Telemetry {
                     .build(),
             )
             .build();
-        let provider = SdkTracerProvider::builder()
-            .with_span_processor(processor)
-            .with_resource(
-                opentelemetry_sdk::Resource::builder()
-                    .with_service_name(service_name.to_string())
-                    .build(),
-            )
+        processor.set_resource(
+            &opentelemetry_sdk::Resource::builder()
+                .with_service_name(t.service_name.clone())
+                .build(),
+        );
+        let scope = InstrumentationScope::builder("portcullis")
+            .with_version(env!("CARGO_PKG_VERSION"))
             .build();
-        let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "portcullis");
-        Ok(Telemetry { provider, tracer })
+        Ok(Telemetry {
+            sample: crate::headers::sample_threshold(t.sample_ratio),
+            processor,
+            scope,
+        })
     }
 
-    /// Records the request's spans (not sampled by the caller: nothing).
+    /// Records the request's spans (not sampled: nothing).
     pub fn record(&self, r: &RequestSpan<'_>) {
         if r.trace.flags & 1 == 0 {
             return;
         }
         let trace_id = TraceId::from_bytes(r.trace.trace);
-        let parent = match r.trace.parent {
-            Some(p) => Context::new().with_remote_span_context(SpanContext::new(
-                trace_id,
-                SpanId::from_bytes(p),
-                TraceFlags::SAMPLED,
-                true,
-                Default::default(),
-            )),
-            None => Context::new(),
-        };
         let server_id = SpanId::from_bytes(r.trace.server_span);
-        let mut attributes = vec![
-            KeyValue::new("http.request.method", r.method.to_string()),
+        let context = |id: SpanId| SpanContext::new(trace_id, id, TraceFlags::SAMPLED, false, TraceState::default());
+        let mut attributes = Vec::with_capacity(8);
+        attributes.extend([
+            KeyValue::new("http.request.method", method_name(r.method)),
             KeyValue::new("url.path", r.path.to_string()),
             KeyValue::new("http.response.status_code", i64::from(r.status)),
-            KeyValue::new("portcullis.request_id", r.request_id.to_string()),
-        ];
-        for (k, v) in [
-            ("portcullis.plan", r.plan),
-            ("portcullis.integration", r.integration),
-            ("portcullis.auth_method", r.auth_method),
-            ("portcullis.refusal_reason", r.reason),
-        ] {
-            if !v.is_empty() {
-                attributes.push(KeyValue::new(k, v.to_string()));
+        ]);
+        match (r.route, r.endpoint) {
+            (Some(route), _) => attributes.extend([
+                KeyValue::new("portcullis.plan", route.plan.clone()),
+                KeyValue::new("portcullis.integration", route.integration.clone()),
+            ]),
+            (None, Some(endpoint)) => attributes.extend([
+                KeyValue::new("portcullis.plan", "portcullis"),
+                KeyValue::new("portcullis.integration", endpoint),
+            ]),
+            (None, None) => {}
+        }
+        if !r.auth_method.is_empty() {
+            attributes.push(KeyValue::new("portcullis.auth_method", r.auth_method));
+        }
+        if let Some(hit) = r.cache_hit {
+            attributes.push(KeyValue::new("portcullis.cache_hit", hit));
+        }
+        if !r.reason.is_empty() {
+            attributes.push(KeyValue::new("portcullis.refusal_reason", r.reason));
+        }
+        // `GET plan/integration`, or `GET (no route)`.
+        let method = r.method.as_str();
+        let mut name = String::with_capacity(method.len() + r.route.map_or(32, |t| t.name.len()));
+        name.push_str(method);
+        match (r.route, r.endpoint) {
+            (Some(route), _) => name.push_str(&route.name),
+            (None, Some(endpoint)) => {
+                name.push_str(" portcullis/");
+                name.push_str(endpoint);
             }
+            (None, None) => name.push_str(" (no route)"),
         }
-        let mut server = self
-            .tracer
-            .span_builder(if r.integration.is_empty() {
-                format!("{} (no route)", r.method)
-            } else {
-                format!("{} {}/{}", r.method, r.plan, r.integration)
-            })
-            .with_kind(SpanKind::Server)
-            .with_trace_id(trace_id)
-            .with_span_id(server_id)
-            .with_start_time(r.start)
-            .with_attributes(attributes)
-            .start_with_context(&self.tracer, &parent);
-        if r.status >= 500 {
-            server.set_status(opentelemetry::trace::Status::error(r.reason.to_string()));
-        }
-        if let Some((start, end, upstream)) = r.upstream {
-            let in_server = Context::new().with_remote_span_context(SpanContext::new(
-                trace_id,
+        let span = |ctx, parent: SpanId, remote, kind, name, start, end, attributes, status| SpanData {
+            span_context: ctx,
+            parent_span_id: parent,
+            parent_span_is_remote: remote,
+            span_kind: kind,
+            name,
+            start_time: start,
+            end_time: end,
+            attributes,
+            dropped_attributes_count: 0,
+            events: Default::default(),
+            links: Default::default(),
+            status,
+            instrumentation_scope: self.scope.clone(),
+        };
+        if let (Some((start, end)), Some(route)) = (r.upstream, r.route) {
+            // HTTP client spans are named by their method alone (OpenTelemetry's HTTP
+            // conventions); the upstream is an attribute.
+            let name = method_name(r.method);
+            self.processor.on_end(span(
+                context(SpanId::from_bytes(r.trace.hop_span)),
                 server_id,
-                TraceFlags::SAMPLED,
                 false,
-                Default::default(),
+                SpanKind::Client,
+                name,
+                start,
+                end,
+                vec![KeyValue::new("server.address", route.upstream.clone())],
+                Status::Unset,
             ));
-            let mut client = self
-                .tracer
-                .span_builder(format!("upstream {upstream}"))
-                .with_kind(SpanKind::Client)
-                .with_trace_id(trace_id)
-                .with_span_id(SpanId::from_bytes(r.trace.hop_span))
-                .with_start_time(start)
-                .with_attributes(vec![KeyValue::new("server.address", upstream.to_string())])
-                .start_with_context(&self.tracer, &in_server);
-            client.end_with_timestamp(end);
         }
-        server.end_with_timestamp(r.end);
+        self.processor.on_end(span(
+            context(server_id),
+            r.trace.parent.map_or(SpanId::INVALID, SpanId::from_bytes),
+            r.trace.parent.is_some(),
+            SpanKind::Server,
+            Cow::Owned(name),
+            r.start,
+            r.end,
+            attributes,
+            if r.status >= 500 {
+                Status::error(r.reason)
+            } else {
+                Status::Unset
+            },
+        ));
     }
 }
 
 impl Drop for Telemetry {
     fn drop(&mut self) {
-        let _ = self.provider.shutdown();
+        let _ = self.processor.shutdown();
     }
 }

@@ -190,6 +190,11 @@ auth = "password"
 [[endpoints]]
 name = "e"
 base_url = "not a url"
+
+[tracing]
+otlp_endpoint = "grpc://collector:4317"
+protocol = "grpc"
+sample_ratio = 2
 "#,
     );
     assert_eq!(c.code, 1, "{}", c.stderr);
@@ -206,6 +211,13 @@ base_url = "not a url"
     c.has(18, 12, "invalid HTTP method `get`");
     c.has(19, 8, "unknown auth method `password`");
     c.has(23, 12, "invalid URL `not a url`");
+    c.has(
+        26,
+        17,
+        "tracing.otlp_endpoint must be the collector's http:// or https:// URL",
+    );
+    c.has(27, 12, r#"tracing.protocol must be "http/protobuf" or "http/json""#);
+    c.has(28, 16, "tracing.sample_ratio must be between 0.0 and 1.0");
 }
 
 #[test]

@@ -9,10 +9,16 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
 use http_body_util::BodyExt;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
 use support::*;
 
-/// A collector that keeps every `/v1/traces` body (OTLP JSON).
-async fn collector() -> (std::net::SocketAddr, Arc<Mutex<Vec<serde_json::Value>>>) {
+/// Each body the collector received: its content type, and its spans as OTLP JSON.
+type Bodies = Arc<Mutex<Vec<(String, serde_json::Value)>>>;
+
+/// A collector that keeps every `/v1/traces` body: protobuf is decoded with the OTLP
+/// message definitions and turned into OTLP JSON, so both encodings are read alike.
+async fn collector() -> (std::net::SocketAddr, Bodies) {
     let bodies = Arc::new(Mutex::new(Vec::new()));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -26,11 +32,18 @@ async fn collector() -> (std::net::SocketAddr, Arc<Mutex<Vec<serde_json::Value>>
                     let keep = keep.clone();
                     async move {
                         let path = req.uri().path().to_string();
+                        let kind = req.headers().get("content-type").cloned();
                         let body = req.into_body().collect().await.unwrap().to_bytes();
                         if path == "/v1/traces" {
-                            if let Ok(v) = serde_json::from_slice(&body) {
-                                keep.lock().unwrap().push(v);
-                            }
+                            let v = match kind.as_ref().map(|k| k.as_bytes()) {
+                                Some(b"application/x-protobuf") => ExportTraceServiceRequest::decode(body.as_ref())
+                                    .ok()
+                                    .and_then(|m| serde_json::to_value(m).ok()),
+                                Some(b"application/json") => serde_json::from_slice(&body).ok(),
+                                _ => None,
+                            };
+                            let kind = kind.and_then(|k| k.to_str().ok().map(str::to_string));
+                            keep.lock().unwrap().extend(v.map(|v| (kind.unwrap_or_default(), v)));
                         }
                         Ok::<_, Infallible>(hyper::Response::new(http_body_util::Full::new(
                             bytes::Bytes::from_static(b"{}"),
@@ -46,9 +59,9 @@ async fn collector() -> (std::net::SocketAddr, Arc<Mutex<Vec<serde_json::Value>>
     (addr, bodies)
 }
 
-fn spans(bodies: &[serde_json::Value]) -> Vec<serde_json::Value> {
+fn spans(bodies: &[(String, serde_json::Value)]) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
-    for b in bodies {
+    for (_, b) in bodies {
         for rs in b["resourceSpans"].as_array().into_iter().flatten() {
             for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
                 out.extend(ss["spans"].as_array().into_iter().flatten().cloned());
@@ -66,17 +79,19 @@ fn attr(span: &serde_json::Value, key: &str) -> serde_json::Value {
             let v = &kv["value"];
             v.get("stringValue")
                 .or_else(|| v.get("intValue"))
+                .or_else(|| v.get("boolValue"))
                 .cloned()
                 .unwrap_or_default()
         })
         .unwrap_or_default()
 }
 
-fn cfg(upstream: &str, endpoint: &str) -> String {
+fn cfg(upstream: &str, endpoint: &str, protocol: &str) -> String {
     config(&format!(
         r#"
 [tracing]
 otlp_endpoint = "{endpoint}"
+{protocol}
 
 [[users]]
 name = "alice"
@@ -100,9 +115,18 @@ auth = "basic"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_and_their_upstream_calls_are_exported_in_the_callers_trace() {
+    exported_in_the_callers_trace("", "application/x-protobuf").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_json_encoding_carries_the_same_spans() {
+    exported_in_the_callers_trace(r#"protocol = "http/json""#, "application/json").await;
+}
+
+async fn exported_in_the_callers_trace(protocol: &str, content_type: &str) {
     let up = Upstream::start().await;
     let (addr, bodies) = collector().await;
-    let gw = Gateway::start(&cfg(&up.url(), &format!("http://{addr}"))).await;
+    let gw = Gateway::start(&cfg(&up.url(), &format!("http://{addr}"), protocol)).await;
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let resp = client()
         .get(gw.url("/i"))
@@ -115,11 +139,22 @@ async fn requests_and_their_upstream_calls_are_exported_in_the_callers_trace() {
     let hop = up.last().headers["traceparent"].to_str().unwrap()[36..52].to_string();
     let refused = client().get(gw.url("/i")).send().await.unwrap();
     assert_eq!(refused.status(), 401);
+    // The same credentials again: verified from the cache this time.
+    let again = "0af7651916cd43dd8448eb211c80319c";
+    let resp = client()
+        .get(gw.url("/i"))
+        .basic_auth("alice", Some("alice-pw"))
+        .header("traceparent", format!("00-{again}-b7ad6b7169203331-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
 
     let found = eventually(PATIENCE, || {
         let all = spans(&bodies.lock().unwrap());
         async move {
             all.iter().any(|s| s["traceId"] == trace && s["kind"] == 2)
+                && all.iter().any(|s| s["traceId"] == again && s["kind"] == 2)
                 && all
                     .iter()
                     .any(|s| attr(s, "portcullis.refusal_reason") == "no_credentials")
@@ -128,6 +163,10 @@ async fn requests_and_their_upstream_calls_are_exported_in_the_callers_trace() {
     })
     .await;
     assert!(found, "spans never reached the collector: {:?}", bodies.lock().unwrap());
+    assert!(
+        bodies.lock().unwrap().iter().all(|(kind, _)| kind == content_type),
+        "every export is {content_type}"
+    );
     let all = spans(&bodies.lock().unwrap());
     let server = all.iter().find(|s| s["traceId"] == trace && s["kind"] == 2).unwrap();
     assert_eq!(
@@ -138,6 +177,12 @@ async fn requests_and_their_upstream_calls_are_exported_in_the_callers_trace() {
     assert_eq!(attr(server, "portcullis.integration"), "i");
     assert_eq!(attr(server, "portcullis.auth_method"), "basic");
     assert_eq!(attr(server, "http.response.status_code"), "200");
+    assert_eq!(attr(server, "http.request.method"), "GET");
+    assert_eq!(attr(server, "url.path"), "/i");
+    assert_eq!(server["name"], "GET p/i");
+    assert_eq!(attr(server, "portcullis.cache_hit"), false, "the first check is a miss");
+    let cached = all.iter().find(|s| s["traceId"] == again && s["kind"] == 2).unwrap();
+    assert_eq!(attr(cached, "portcullis.cache_hit"), true, "the second is a hit");
     let client_span = all.iter().find(|s| s["kind"] == 3).unwrap();
     assert_eq!(client_span["traceId"], trace);
     assert_eq!(
@@ -145,11 +190,61 @@ async fn requests_and_their_upstream_calls_are_exported_in_the_callers_trace() {
         "the upstream's parent is the exported client span"
     );
     assert_eq!(client_span["parentSpanId"], server["spanId"]);
+    assert_eq!(
+        attr(client_span, "server.address"),
+        up.url().trim_start_matches("http://")
+    );
     let refusal = all
         .iter()
         .find(|s| attr(s, "portcullis.refusal_reason") == "no_credentials")
         .unwrap();
     assert_eq!(attr(refusal, "http.response.status_code"), "401");
+    assert_eq!(
+        attr(refusal, "portcullis.cache_hit"),
+        serde_json::Value::Null,
+        "no credential was checked"
+    );
+    gw.stop().await;
+}
+
+/// `sample_ratio = 0.0`: a new trace is not sampled (the upstream sees flags `00`) and
+/// exports nothing; a caller's sampled trace is still followed and exported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sample_ratio_decides_new_traces_and_the_callers_flag_is_followed() {
+    let up = Upstream::start().await;
+    let (addr, bodies) = collector().await;
+    let gw = Gateway::start(&cfg(&up.url(), &format!("http://{addr}"), "sample_ratio = 0.0")).await;
+    let resp = client()
+        .get(gw.url("/i"))
+        .basic_auth("alice", Some("alice-pw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let unsampled = up.last().headers["traceparent"].to_str().unwrap().to_string();
+    assert!(unsampled.ends_with("-00"), "{unsampled}");
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let resp = client()
+        .get(gw.url("/i"))
+        .basic_auth("alice", Some("alice-pw"))
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // Spans leave in the order they are recorded, so by the time the sampled request's
+    // span is in, the unsampled one (recorded first, had it been) is normally in too.
+    let found = eventually(PATIENCE, || {
+        let all = spans(&bodies.lock().unwrap());
+        async move { all.iter().any(|s| s["traceId"] == trace && s["kind"] == 2) }
+    })
+    .await;
+    assert!(found, "the caller's sampled trace was not exported");
+    let all = spans(&bodies.lock().unwrap());
+    assert!(
+        all.iter().all(|s| s["traceId"] == trace),
+        "only the sampled trace is exported: {all:?}"
+    );
     gw.stop().await;
 }
 
@@ -161,7 +256,7 @@ async fn a_collector_that_is_down_changes_nothing_for_requests() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let gw = Gateway::start(&cfg(&up.url(), &format!("http://{closed}"))).await;
+    let gw = Gateway::start(&cfg(&up.url(), &format!("http://{closed}"), "")).await;
     for _ in 0..20 {
         let resp = client()
             .get(gw.url("/i"))

@@ -157,7 +157,10 @@ impl Basic {
             if v.at.elapsed() < ttl {
                 self.counters.hit();
                 v.entry.standing(true).map_err(rejected)?;
-                return Ok(v.entry.principal(method));
+                return Ok(Principal {
+                    cached: true,
+                    ..v.entry.principal(method)
+                });
             }
             cache.invalidate(&id).await;
         }
@@ -203,7 +206,10 @@ impl Basic {
         }
         let verified = result.map_err(|f| (*f).clone())?;
         verified.entry.standing(true).map_err(rejected)?;
-        Ok(verified.entry.principal(method))
+        Ok(Principal {
+            cached: !ran,
+            ..verified.entry.principal(method)
+        })
     }
 
     /// The argon2id verification itself, on the fixed pool; `Err(Ok(reason))` for a

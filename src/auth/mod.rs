@@ -37,6 +37,9 @@ pub struct Principal {
     pub headers: Option<Arc<IdentityHeaders>>,
     /// The client certificate's SHA-256 (base64url), for an `mtls` principal.
     pub cnf: Option<Arc<str>>,
+    /// The credential was found verified in a cache (a password or API-key check, a
+    /// token's signature, an introspection answer) rather than checked now.
+    pub cached: bool,
 }
 
 /// `X-Portcullis-User`, `-Roles` and `-Client-Id` values.
@@ -71,6 +74,7 @@ impl Principal {
             client_id,
             headers,
             cnf: None,
+            cached: false,
         }
     }
 }
@@ -213,6 +217,7 @@ impl UserEntry {
             client_id: None,
             headers: self.headers.clone(),
             cnf: None,
+            cached: false,
         }
     }
 

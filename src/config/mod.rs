@@ -218,11 +218,25 @@ pub struct RedisSettings {
 }
 
 /// `[tracing]`: spans exported by OTLP/HTTP when `otlp_endpoint` is set. Applies at start.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Tracing {
     /// The collector's base URL (`http://HOST:4318`); spans go to `/v1/traces` under it.
     pub otlp_endpoint: Option<url::Url>,
+    pub protocol: OtlpProtocol,
+    /// The share of new traces (a request without a valid `traceparent`) that is
+    /// sampled, 0.0..=1.0; a caller's own `sampled` flag is always followed.
+    pub sample_ratio: f64,
     pub service_name: String,
+}
+
+/// `[tracing] protocol`: how spans are encoded on the wire (OTLP/HTTP).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// `http/protobuf`, the OTLP default: the cheaper encoding.
+    #[default]
+    Protobuf,
+    /// `http/json`.
+    Json,
 }
 
 #[derive(Debug, Clone, Default)]

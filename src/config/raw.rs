@@ -113,6 +113,8 @@ pub struct Shared {
 #[derive(Debug, Default, Deserialize)]
 pub struct Tracing {
     pub otlp_endpoint: Option<Str>,
+    pub protocol: Option<Str>,
+    pub sample_ratio: Option<Spanned<f64>>,
     pub service_name: Option<Str>,
 }
 

@@ -251,8 +251,29 @@ impl Validator<'_> {
                     }
                 }
             });
+            let protocol = match t.and_then(|t| t.protocol.as_ref()) {
+                None => OtlpProtocol::Protobuf,
+                Some(p) => match p.get_ref().as_str() {
+                    "http/protobuf" => OtlpProtocol::Protobuf,
+                    "http/json" => OtlpProtocol::Json,
+                    _ => {
+                        self.error(sp(p), "tracing.protocol must be \"http/protobuf\" or \"http/json\"");
+                        OtlpProtocol::Protobuf
+                    }
+                },
+            };
+            let sample_ratio = match t.and_then(|t| t.sample_ratio.as_ref()) {
+                None => 1.0,
+                Some(r) if (0.0..=1.0).contains(r.get_ref()) => *r.get_ref(),
+                Some(r) => {
+                    self.error(sp(r), "tracing.sample_ratio must be between 0.0 and 1.0");
+                    1.0
+                }
+            };
             Tracing {
                 otlp_endpoint,
+                protocol,
+                sample_ratio,
                 service_name: t
                     .and_then(|t| t.service_name.as_ref())
                     .map_or_else(|| "portcullis".to_string(), |s| s.get_ref().clone()),

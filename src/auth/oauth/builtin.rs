@@ -314,14 +314,19 @@ impl Issuer {
     /// client still configured. Removing either from the config ends their tokens at once.
     /// A token of this issuer: its signature and claims once (then cached until `exp`),
     /// the user's standing on every use.
-    pub fn verify(&self, token: &str, users: &HashMap<String, Arc<UserEntry>>) -> Result<Arc<TokenFacts>, Verdict> {
+    /// With the facts, whether they came from the verified-token cache.
+    pub fn verify(
+        &self,
+        token: &str,
+        users: &HashMap<String, Arc<UserEntry>>,
+    ) -> Result<(Arc<TokenFacts>, bool), Verdict> {
         let id = VerifiedTokens::id(token);
-        let facts = match self.verified.get(&id) {
-            Some(facts) => facts,
+        let (facts, cached) = match self.verified.get(&id) {
+            Some(facts) => (facts, true),
             None => {
                 let (facts, exp) = self.check(token)?;
                 self.verified.insert(id, &facts, exp, self.access_ttl);
-                facts
+                (facts, false)
             }
         };
         if let Some(jti) = &facts.jti {
@@ -333,7 +338,7 @@ impl Issuer {
             let user = users.get(&facts.user).ok_or(Reason::UnknownUser)?;
             user.standing(true)?;
         }
-        Ok(facts)
+        Ok((facts, cached))
     }
 
     fn check(&self, token: &str) -> Result<(Arc<TokenFacts>, u64), Verdict> {

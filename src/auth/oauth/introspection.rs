@@ -171,7 +171,8 @@ impl Introspector {
         self.counters.set_entries(0);
     }
 
-    pub async fn verify(&self, token: &str) -> Result<Arc<TokenFacts>, Verdict> {
+    /// With the facts, whether they came from the introspection cache.
+    pub async fn verify(&self, token: &str) -> Result<(Arc<TokenFacts>, bool), Verdict> {
         let key = *SecretHash::of(token.as_bytes()).bytes();
         let mut called = false;
         let result = self
@@ -188,7 +189,7 @@ impl Introspector {
             self.counters.hit();
         }
         match result {
-            Ok(Cached::Active { facts, .. }) => Ok(facts),
+            Ok(Cached::Active { facts, .. }) => Ok((facts, !called)),
             Ok(Cached::Inactive { reason, .. }) => Err(Verdict::Rejected(reason)),
             Err(e) => {
                 tracing::warn!(error = %e, "oauth: introspection failed; refusing with 503");

@@ -270,15 +270,16 @@ impl Jwt {
         Ok(self.keys.read().await.by_kid.get(kid).cloned())
     }
 
-    pub async fn verify(&self, token: &str) -> Result<Arc<TokenFacts>, Verdict> {
+    /// With the facts, whether they came from the verified-token cache.
+    pub async fn verify(&self, token: &str) -> Result<(Arc<TokenFacts>, bool), Verdict> {
         let id = VerifiedTokens::id(token);
         if let Some(facts) = self.verified.get(&id) {
-            return Ok(facts);
+            return Ok((facts, true));
         }
         let (facts, exp) = self.check(token).await?;
         // Never past the token's own exp (no leeway), nor the cache ttl.
         self.verified.insert(id, &facts, exp, self.refresh_after);
-        Ok(facts)
+        Ok((facts, false))
     }
 
     /// The full verification of a token: header, key, signature, claims.

@@ -103,12 +103,15 @@ impl OAuth {
     }
 
     pub async fn verify(&self, token: &str, users: &HashMap<String, Arc<UserEntry>>) -> Result<Principal, Verdict> {
-        let facts = match self {
+        let (facts, cached) = match self {
             OAuth::Builtin(i) => i.verify(token, users)?,
             OAuth::Jwt(j) => j.verify(token).await?,
             OAuth::Introspection(i) => i.verify(token).await?,
         };
-        facts.principal(users)
+        Ok(Principal {
+            cached,
+            ..facts.principal(users)?
+        })
     }
 
     pub fn issuer(&self) -> Option<&builtin::Issuer> {
