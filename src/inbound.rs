@@ -67,6 +67,8 @@ pub struct Env {
     pub client: upstream::Client,
     /// For `h2c://` upstreams (HTTP/2 by prior knowledge).
     pub h2c: upstream::Client,
+    /// HTTP/1.1 only, for upgrades (which HTTP/2 to the upstream cannot carry).
+    pub h1: upstream::Client,
     pub refusals: Refusals,
 }
 
@@ -417,6 +419,22 @@ async fn handle_inner(
         upstream::drain(body);
         return Err(Refusal::HeadersTooLarge);
     }
+    // RFC 8441: a WebSocket over HTTP/2 arrives as an extended CONNECT (`:protocol`
+    // websocket) on a path. It is routed, authenticated and authorized as the GET it
+    // stands for, and goes to the upstream as an HTTP/1.1 upgrade.
+    let h2_websocket = match parts.extensions.get::<hyper::ext::Protocol>() {
+        Some(p) if parts.method == http::Method::CONNECT => {
+            if !p.as_str().eq_ignore_ascii_case("websocket") {
+                upstream::drain(body);
+                return Err(Refusal::BadRequest(
+                    "extended CONNECT carries only the websocket protocol".into(),
+                ));
+            }
+            parts.method = http::Method::GET;
+            true
+        }
+        _ => false,
+    };
     // The client certificate this connection's handshake verified, for `auth = "mtls"`.
     if let Some(cert) = &conn.client_cert {
         parts.extensions.insert(cert.clone());
@@ -459,30 +477,61 @@ async fn handle_inner(
     };
     // An authorized WebSocket upgrade, on an integration that allows it: the client's
     // side of the upgrade is kept, and the upgrade headers survive the hop-by-hop cut.
-    let upgrade = match websocket_upgrade(&parts) {
-        Some(value)
-            if gw.routes[permit.route()].websocket
-                && !matches!(gw.routes[permit.route()].upstream, Upstream::Http { h2c: true, .. }) =>
-        {
-            parts
+    let allowed = gw.routes[permit.route()].websocket;
+    let upgrade = if h2_websocket {
+        if !allowed {
+            return Err(Refusal::BadRequest(
+                "WebSocket upgrades are not enabled for this integration".into(),
+            ));
+        }
+        let Some(client) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+            return Err(Refusal::BadRequest(
+                "extended CONNECT without a stream to upgrade".into(),
+            ));
+        };
+        // The HTTP/1.1 handshake the upstream expects, with a key of our own (RFC 6455
+        // section 4.1); the HTTP/2 client sent none (RFC 8441 section 5).
+        let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, rand::random::<[u8; 16]>());
+        parts.extensions.remove::<hyper::ext::Protocol>();
+        parts.version = Version::HTTP_11;
+        parts.headers.insert(
+            header::SEC_WEBSOCKET_KEY,
+            HeaderValue::from_str(&key).expect("base64 is a header value"),
+        );
+        parts
+            .headers
+            .entry(header::SEC_WEBSOCKET_VERSION)
+            .or_insert(HeaderValue::from_static("13"));
+        Some(Upgrade::H2 { client, key })
+    } else {
+        match websocket_upgrade(&parts) {
+            Some(value) if allowed => parts
                 .extensions
                 .remove::<hyper::upgrade::OnUpgrade>()
-                .map(|u| (u, value))
+                .map(|client| Upgrade::H1 { client, value }),
+            _ => None,
         }
-        _ => None,
     };
     let route = rewrite(gw, conn, ctx, &mut parts, permit)?;
-    if let Some((_, value)) = &upgrade {
+    if let Some(u) = &upgrade {
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        parts.headers.insert(header::UPGRADE, value.clone());
+        parts.headers.insert(
+            header::UPGRADE,
+            match u {
+                Upgrade::H1 { value, .. } => value.clone(),
+                Upgrade::H2 { .. } => HeaderValue::from_static("websocket"),
+            },
+        );
     }
     // limit_body dropped the client's trailers: they could carry any header past the checks.
     let req = Request::from_parts(parts, body);
     let started = Instant::now();
     ctx.upstream_started = Some(started);
-    let sent = tokio::time::timeout_at(until, send(env, &route.upstream, req)).await;
+    // An upgrade goes over HTTP/1.1 even to an upstream that would pick HTTP/2 by ALPN.
+    let client = if upgrade.is_some() { Some(&env.h1) } else { None };
+    let sent = tokio::time::timeout_at(until, send(env, client, &route.upstream, req)).await;
     let elapsed = started.elapsed();
     ctx.upstream_elapsed = Some(elapsed);
     route.metrics.upstream.observe(elapsed.as_secs_f64());
@@ -499,17 +548,20 @@ async fn handle_inner(
         }
         Ok(Ok(resp)) => resp,
     };
-    if let Some((client_side, _)) = upgrade {
-        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-            let upstream_side = hyper::upgrade::on(&mut resp);
+    let switched = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    let tunnel_to = |client, resp: &mut Response<Body>| {
+        tokio::spawn(tunnel(
+            client,
+            hyper::upgrade::on(resp),
+            limits.upgrade_idle_timeout,
+            limits.upgrade_max_lifetime,
+            ctx.request_id.clone(),
+        ));
+    };
+    match upgrade {
+        Some(Upgrade::H1 { client, .. }) if switched => {
+            tunnel_to(client, &mut resp);
             let upgrade_value = resp.headers().get(header::UPGRADE).cloned();
-            tokio::spawn(tunnel(
-                client_side,
-                upstream_side,
-                limits.upgrade_idle_timeout,
-                limits.upgrade_max_lifetime,
-                ctx.request_id.clone(),
-            ));
             headers::remove_hop_by_hop(resp.headers_mut());
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -518,9 +570,54 @@ async fn handle_inner(
             }
             return Ok(resp);
         }
+        Some(Upgrade::H2 { client, key }) => {
+            // The HTTP/2 client is answered 200 once the upstream has switched and proved
+            // it read our key; anything else is the upstream refusing the WebSocket.
+            let proof = resp.headers().get(header::SEC_WEBSOCKET_ACCEPT);
+            if !switched || proof.map(|v| v.as_bytes()) != Some(websocket_accept(&key).as_bytes()) {
+                tracing::debug!(
+                    request_id = ?ctx.request_id,
+                    status = resp.status().as_u16(),
+                    "upstream did not accept the WebSocket handshake"
+                );
+                drop(resp);
+                return Err(Refusal::BadGateway("upgrade_refused"));
+            }
+            tunnel_to(client, &mut resp);
+            let mut ok = Response::new(crate::error::full(bytes::Bytes::new()));
+            for name in [header::SEC_WEBSOCKET_PROTOCOL, header::SEC_WEBSOCKET_EXTENSIONS] {
+                if let Some(v) = resp.headers().get(&name) {
+                    ok.headers_mut().insert(name, v.clone());
+                }
+            }
+            return Ok(ok);
+        }
+        _ => {}
     }
     headers::remove_hop_by_hop(resp.headers_mut());
     Ok(resp)
+}
+
+/// A WebSocket upgrade on its way to the upstream, with the client's side of it.
+enum Upgrade {
+    /// HTTP/1.1 `Upgrade: websocket` (its value, as the client sent it).
+    H1 {
+        client: hyper::upgrade::OnUpgrade,
+        value: HeaderValue,
+    },
+    /// HTTP/2 extended CONNECT (RFC 8441), carried to the upstream with this key.
+    H2 {
+        client: hyper::upgrade::OnUpgrade,
+        key: String,
+    },
+}
+
+/// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key` (RFC 6455 section 4.2.2).
+fn websocket_accept(key: &str) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key.as_bytes());
+    ctx.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, ctx.finish())
 }
 
 /// The `Upgrade` value of an HTTP/1.1 WebSocket upgrade request (`Connection: upgrade`,
@@ -925,13 +1022,24 @@ impl std::fmt::Display for SendError {
     }
 }
 
-async fn send(env: &Env, upstream: &Upstream, req: Request<Body>) -> Result<Response<Body>, SendError> {
+/// Sends `req` to its upstream: by `client` when given, else by the pooled client its
+/// scheme calls for.
+async fn send(
+    env: &Env,
+    client: Option<&upstream::Client>,
+    upstream: &Upstream,
+    req: Request<Body>,
+) -> Result<Response<Body>, SendError> {
     match upstream {
         Upstream::Echo => upstream::echo(req).await.map_err(|source| SendError {
             reason: "upstream_error",
             source,
         }),
-        Upstream::Http { h2c, .. } => match if *h2c { &env.h2c } else { &env.client }.request(req).await {
+        Upstream::Http { h2c, .. } => match client
+            .unwrap_or(if *h2c { &env.h2c } else { &env.client })
+            .request(req)
+            .await
+        {
             Ok(resp) => Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync())),
             Err(e) => Err(SendError {
                 reason: if e.is_connect() {

@@ -99,6 +99,7 @@ impl State {
                 metrics: metrics.clone(),
                 client: client.clone(),
                 h2c: upstream::h2c_client(),
+                h1: upstream::h1_client(),
                 refusals: Refusals::default(),
             }),
             reload_status: std::sync::Mutex::new(Some(loaded)),

@@ -23,34 +23,50 @@ use crate::error::{full, Body, BoxError};
 pub type Client = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Body>;
 
 pub fn client() -> Client {
-    build_client(false)
+    build_client(Versions::Both)
 }
 
 /// The client for `h2c://` upstreams: HTTP/2 only, by prior knowledge.
 pub fn h2c_client() -> Client {
-    build_client(true)
+    build_client(Versions::H2)
 }
 
-fn build_client(h2_only: bool) -> Client {
+/// The client for upgrades (WebSocket): HTTP/1.1 only, also over TLS (ALPN offers
+/// `http/1.1` alone), since HTTP/2 to the upstream cannot carry an `Upgrade`.
+pub fn h1_client() -> Client {
+    build_client(Versions::H1)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Versions {
+    Both,
+    H1,
+    H2,
+}
+
+fn build_client(versions: Versions) -> Client {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(Duration::from_secs(5)));
     http.set_keepalive(Some(Duration::from_secs(60)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_provider_and_webpki_roots(crate::util::provider())
         // The ring provider supports the default protocol versions.
         .expect("ring supports TLS 1.2 and 1.3")
         .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
+        .enable_http1();
+    let https = if versions == Versions::H1 {
+        builder.wrap_connector(http)
+    } else {
+        builder.enable_http2().wrap_connector(http)
+    };
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(1024)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
-        .http2_only(h2_only)
+        .http2_only(versions == Versions::H2)
         .build(https)
 }
 

@@ -315,3 +315,34 @@ auth = "oauth"
     assert_eq!(c.code, 1, "{}", c.stderr);
     c.has(13, 10, "oauth.leeway may be at most 5m");
 }
+
+/// Upgrades reach the service over HTTP/1.1: an `h2c://` plan cannot carry them, and
+/// they use GET.
+#[test]
+fn websocket_upgrades_need_an_http1_upstream_and_get() {
+    let c = check(
+        r#"[[plans]]
+name = "g"
+upstream = "h2c://127.0.0.1:50051"
+access = { all = true }
+
+[[plans.integrations]]
+name = "live"
+path = "/live"
+methods = ["GET"]
+auth = "none"
+upgrades = ["websocket"]
+
+[[plans.integrations]]
+name = "post"
+path = "/post"
+methods = ["POST"]
+auth = "none"
+upgrades = ["websocket", "h2c"]
+"#,
+    );
+    assert_eq!(c.code, 1, "{}", c.stderr);
+    c.has(6, 1, "integration `g/live` allows websocket upgrades, which reach the upstream over HTTP/1.1, but plan `g` has an h2c:// upstream");
+    c.has(13, 1, "integration `g/post` allows websocket upgrades but not GET");
+    c.has(18, 26, "unknown upgrade `h2c`");
+}

@@ -167,3 +167,110 @@ upgrades = ["websocket"]
     drop(s);
     gw.stop().await;
 }
+
+/// RFC 8441: a WebSocket over HTTP/2 (an extended CONNECT with `:protocol` websocket,
+/// sent by hyper's HTTP/2 client, spoken by tungstenite) is routed, authenticated and
+/// authorized as the GET it stands for, and reaches the HTTP/1.1 server (`websockets`)
+/// as an upgrade with the principal headers and without the credentials. Refusals are
+/// the usual statuses; an integration without `upgrades`, or another protocol, is 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_over_http2_extended_connect() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let Some(py) = python_with("websockets", "websockets") else {
+        return;
+    };
+    let s = Peer::start(&py, "ws_peer.py");
+    let gw = Gateway::start(&config(&format!(
+        r#"
+[[users]]
+name = "alice"
+roles = ["ws"]
+password_hash = "{alice}"
+
+[[plans]]
+name = "live"
+upstream = "http://127.0.0.1:{port}"
+access = {{ all = true }}
+
+[[plans.integrations]]
+name = "feed"
+path = "/feed"
+methods = ["GET"]
+auth = "basic"
+senders = {{ roles = ["ws"] }}
+upgrades = ["websocket"]
+
+[[plans.integrations]]
+name = "plain"
+path = "/plain"
+methods = ["GET"]
+auth = "basic"
+senders = {{ roles = ["ws"] }}
+"#,
+        alice = argon2_hash("alice-pw"),
+        port = s.port
+    )))
+    .await;
+    // One HTTP/2 connection by prior knowledge carries every attempt.
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let connect = |path: &str, protocol: &'static str, auth: Option<String>| {
+        let mut req = hyper::Request::builder()
+            .method(hyper::Method::CONNECT)
+            .uri(format!("http://{}{path}", gw.addr))
+            .header("sec-websocket-version", "13");
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let mut req = req.body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+        req.extensions_mut().insert(hyper::ext::Protocol::from_static(protocol));
+        req
+    };
+
+    let mut resp = h2
+        .send_request(connect("/feed", "websocket", Some(basic("alice", "alice-pw"))))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{:?}", resp.headers());
+    assert!(
+        resp.headers().get("sec-websocket-accept").is_none(),
+        "no HTTP/1.1 handshake leaks"
+    );
+    let stream = hyper::upgrade::on(&mut resp).await.unwrap();
+    let mut ws =
+        tokio_tungstenite::WebSocketStream::from_raw_socket(hyper_util::rt::TokioIo::new(stream), Role::Client, None)
+            .await;
+    let first = ws.next().await.unwrap().unwrap();
+    let first: serde_json::Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
+    assert_eq!(first["user"], "alice");
+    assert!(first["authorization"].is_null(), "the credential went no further");
+    assert_eq!(first["path"], "/feed");
+    ws.send(Message::text("ping")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("ping"));
+    ws.close(None).await.unwrap();
+    assert!(
+        matches!(ws.next().await, Some(Ok(Message::Close(_))) | None),
+        "the server's close came back through the tunnel"
+    );
+
+    for (path, protocol, auth, status) in [
+        ("/feed", "websocket", None, 401),
+        ("/feed", "websocket", Some(basic("alice", "nope")), 401),
+        ("/plain", "websocket", Some(basic("alice", "alice-pw")), 400),
+        ("/feed", "bytestream", Some(basic("alice", "alice-pw")), 400),
+        ("/nowhere", "websocket", Some(basic("alice", "alice-pw")), 404),
+    ] {
+        let resp = h2.send_request(connect(path, protocol, auth.clone())).await.unwrap();
+        assert_eq!(resp.status(), status, "{path} {protocol} {auth:?}");
+        assert!(resp.headers().contains_key("x-request-id"), "the gateway answered");
+    }
+    drop((ws, h2));
+    gw.stop().await;
+}

@@ -966,6 +966,12 @@ impl Validator<'_> {
                         format!("integration `{full}` allows websocket upgrades but not GET, which they use"),
                     );
                 }
+                if websocket && matches!(upstream, Upstream::Http { h2c: true, .. }) {
+                    self.error(
+                        sp(i),
+                        format!("integration `{full}` allows websocket upgrades, which reach the upstream over HTTP/1.1, but plan `{name}` has an h2c:// upstream"),
+                    );
+                }
                 integrations.push(Integration {
                     name: iname,
                     path,

@@ -244,7 +244,10 @@ async fn serve_connection<I, H, F>(
         // streams the server had to reset for protocol errors, are budgeted per
         // connection; past either budget the connection ends with GOAWAY.
         .max_pending_accept_reset_streams(limits.h2_max_pending_resets)
-        .max_local_error_reset_streams(limits.h2_max_pending_resets);
+        .max_local_error_reset_streams(limits.h2_max_pending_resets)
+        // RFC 8441: WebSockets over HTTP/2 (extended CONNECT); the pipeline lets them
+        // through only where an integration allows WebSocket upgrades.
+        .enable_connect_protocol();
     let info_remote = info.remote;
     let svc_activity = activity.clone();
     let handle = tower::service_fn(move |req: Request<Incoming>| {
