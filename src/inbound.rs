@@ -489,6 +489,13 @@ async fn handle_inner(
                 "extended CONNECT without a stream to upgrade".into(),
             ));
         };
+        // The tunnel will hold a socket to the upstream without a connection of its own
+        // from the client: it takes its own place in max_connections.
+        let place = match conn.places.as_ref().map(|p| p.take()) {
+            Some(None) => return Err(Refusal::Unavailable("max_connections")),
+            Some(place) => place,
+            None => None,
+        };
         // The HTTP/1.1 handshake the upstream expects, with a key of our own (RFC 6455
         // section 4.1); the HTTP/2 client sent none (RFC 8441 section 5).
         let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, rand::random::<[u8; 16]>());
@@ -502,7 +509,7 @@ async fn handle_inner(
             .headers
             .entry(header::SEC_WEBSOCKET_VERSION)
             .or_insert(HeaderValue::from_static("13"));
-        Some(Upgrade::H2 { client, key })
+        Some(Upgrade::H2 { client, key, place })
     } else {
         match websocket_upgrade(&parts) {
             Some(value) if allowed => parts
@@ -549,18 +556,19 @@ async fn handle_inner(
         Ok(Ok(resp)) => resp,
     };
     let switched = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-    let tunnel_to = |client, resp: &mut Response<Body>| {
+    let tunnel_to = |client, resp: &mut Response<Body>, place| {
         tokio::spawn(tunnel(
             client,
             hyper::upgrade::on(resp),
             limits.upgrade_idle_timeout,
             limits.upgrade_max_lifetime,
             ctx.request_id.clone(),
+            place,
         ));
     };
     match upgrade {
         Some(Upgrade::H1 { client, .. }) if switched => {
-            tunnel_to(client, &mut resp);
+            tunnel_to(client, &mut resp, None);
             let upgrade_value = resp.headers().get(header::UPGRADE).cloned();
             headers::remove_hop_by_hop(resp.headers_mut());
             resp.headers_mut()
@@ -570,7 +578,7 @@ async fn handle_inner(
             }
             return Ok(resp);
         }
-        Some(Upgrade::H2 { client, key }) => {
+        Some(Upgrade::H2 { client, key, place }) => {
             // The HTTP/2 client is answered 200 once the upstream has switched and proved
             // it read our key; anything else is the upstream refusing the WebSocket.
             let proof = resp.headers().get(header::SEC_WEBSOCKET_ACCEPT);
@@ -583,7 +591,7 @@ async fn handle_inner(
                 drop(resp);
                 return Err(Refusal::BadGateway("upgrade_refused"));
             }
-            tunnel_to(client, &mut resp);
+            tunnel_to(client, &mut resp, place);
             let mut ok = Response::new(crate::error::full(bytes::Bytes::new()));
             for name in [header::SEC_WEBSOCKET_PROTOCOL, header::SEC_WEBSOCKET_EXTENSIONS] {
                 if let Some(v) = resp.headers().get(&name) {
@@ -605,10 +613,12 @@ enum Upgrade {
         client: hyper::upgrade::OnUpgrade,
         value: HeaderValue,
     },
-    /// HTTP/2 extended CONNECT (RFC 8441), carried to the upstream with this key.
+    /// HTTP/2 extended CONNECT (RFC 8441), carried to the upstream with this key; the
+    /// tunnel's place in `max_connections`.
     H2 {
         client: hyper::upgrade::OnUpgrade,
         key: String,
+        place: Option<crate::server::listener::ConnGuard>,
     },
 }
 
@@ -641,13 +651,15 @@ fn websocket_upgrade(parts: &Parts) -> Option<HeaderValue> {
 }
 
 /// Bytes both ways between the client and the upstream of an upgraded connection, until
-/// either closes, nothing moves for `idle`, or `lifetime` has passed.
+/// either closes, nothing moves for `idle`, or `lifetime` has passed. `_place` (an HTTP/2
+/// tunnel's place in `max_connections`) is held until then.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     idle: Duration,
     lifetime: Duration,
     request_id: HeaderValue,
+    _place: Option<crate::server::listener::ConnGuard>,
 ) {
     let (client, upstream) = match tokio::join!(client, upstream) {
         (Ok(c), Ok(u)) => (c, u),

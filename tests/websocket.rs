@@ -171,8 +171,10 @@ upgrades = ["websocket"]
 /// RFC 8441: a WebSocket over HTTP/2 (an extended CONNECT with `:protocol` websocket,
 /// sent by hyper's HTTP/2 client, spoken by tungstenite) is routed, authenticated and
 /// authorized as the GET it stands for, and reaches the HTTP/1.1 server (`websockets`)
-/// as an upgrade with the principal headers and without the credentials. Refusals are
-/// the usual statuses; an integration without `upgrades`, or another protocol, is 400.
+/// as an upgrade with the principal headers and without the credentials. Each tunnel
+/// takes a place in `max_connections` (it holds an upstream socket of its own), so
+/// streams cannot multiply sockets past it. Refusals are the usual statuses; an
+/// integration without `upgrades`, or another protocol, is 400.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websockets_over_http2_extended_connect() {
     use futures_util::{SinkExt, StreamExt};
@@ -185,6 +187,9 @@ async fn websockets_over_http2_extended_connect() {
     let s = Peer::start(&py, "ws_peer.py");
     let gw = Gateway::start(&config(&format!(
         r#"
+[limits]
+max_connections = 2
+
 [[users]]
 name = "alice"
 roles = ["ws"]
@@ -254,11 +259,27 @@ senders = {{ roles = ["ws"] }}
     assert_eq!(first["path"], "/feed");
     ws.send(Message::text("ping")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("ping"));
+
+    // The connection and the open tunnel hold both places: another tunnel is refused
+    // before anything reaches the server, until the first one closes.
+    let full = h2
+        .send_request(connect("/feed", "websocket", Some(basic("alice", "alice-pw"))))
+        .await
+        .unwrap();
+    assert_eq!(full.status(), 503);
     ws.close(None).await.unwrap();
     assert!(
         matches!(ws.next().await, Some(Ok(Message::Close(_))) | None),
         "the server's close came back through the tunnel"
     );
+    drop(ws);
+    let reopened = eventually(PATIENCE, || {
+        let mut h2 = h2.clone();
+        let req = connect("/feed", "websocket", Some(basic("alice", "alice-pw")));
+        async move { h2.send_request(req).await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+    assert!(reopened, "the closed tunnel's place was given back");
 
     for (path, protocol, auth, status) in [
         ("/feed", "websocket", None, 401),
@@ -271,6 +292,6 @@ senders = {{ roles = ["ws"] }}
         assert_eq!(resp.status(), status, "{path} {protocol} {auth:?}");
         assert!(resp.headers().contains_key("x-request-id"), "the gateway answered");
     }
-    drop((ws, h2));
+    drop(h2);
     gw.stop().await;
 }

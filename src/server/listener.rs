@@ -43,6 +43,36 @@ pub struct ConnInfo {
     pub ip_header: http::HeaderValue,
     /// The client certificate the TLS handshake verified, if any.
     pub client_cert: Option<Arc<super::tls::ClientCert>>,
+    /// The listener's `max_connections` places, for what holds a socket of its own
+    /// without a connection of its own (a WebSocket tunnel over HTTP/2).
+    pub places: Option<Places>,
+}
+
+/// A listener's places in `max_connections`. Each connection holds one, and so does each
+/// WebSocket tunnel an HTTP/2 connection opens (one upstream socket apiece): streams
+/// multiply tunnels per connection, places keep their sum bounded.
+#[derive(Debug, Clone)]
+pub struct Places {
+    active: Arc<AtomicUsize>,
+    gauge: prometheus::IntGauge,
+    rejected: prometheus::IntCounter,
+    max: usize,
+}
+
+impl Places {
+    /// A place, held until the guard drops; `None` when all are taken.
+    pub fn take(&self) -> Option<ConnGuard> {
+        if self.active.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.active.fetch_sub(1, Ordering::AcqRel);
+            self.rejected.inc();
+            return None;
+        }
+        self.gauge.inc();
+        Some(ConnGuard {
+            active: self.active.clone(),
+            gauge: self.gauge.clone(),
+        })
+    }
 }
 
 impl ConnInfo {
@@ -55,6 +85,7 @@ impl ConnInfo {
             tls,
             ip_header,
             client_cert: None,
+            places: None,
         }
     }
 }
@@ -114,6 +145,12 @@ pub async fn serve<S, H, F>(
         let shutdown = shutdown.clone();
         let tls_failures = metrics.tls_handshake_failures.clone();
         let abuse = metrics.h2_reset_abuse.clone();
+        let places = Places {
+            active: active.clone(),
+            gauge: gauge.clone(),
+            rejected: rejected.clone(),
+            max: settings.limits.max_connections,
+        };
         tracker.spawn(async move {
             // The connection's place in max_connections goes with its socket: to the HTTP
             // connection, and on to an upgraded tunnel if there is one.
@@ -125,6 +162,7 @@ pub async fn serve<S, H, F>(
                         Ok(Ok(tls)) => {
                             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                             let mut info = ConnInfo::new(remote, local, true);
+                            info.places = Some(places);
                             info.client_cert = tls
                                 .get_ref()
                                 .1
@@ -155,7 +193,9 @@ pub async fn serve<S, H, F>(
                     }
                 }
                 None => {
-                    let info = Arc::new(ConnInfo::new(remote, local, false));
+                    let mut info = ConnInfo::new(remote, local, false);
+                    info.places = Some(places);
+                    let info = Arc::new(info);
                     serve_connection(
                         stream,
                         info,
@@ -180,7 +220,8 @@ struct Accounting {
     guard: Option<ConnGuard>,
 }
 
-struct ConnGuard {
+/// One place in `max_connections`, given back on drop.
+pub struct ConnGuard {
     active: Arc<AtomicUsize>,
     gauge: prometheus::IntGauge,
 }
