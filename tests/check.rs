@@ -339,10 +339,17 @@ path = "/post"
 methods = ["POST"]
 auth = "none"
 upgrades = ["websocket", "h2c"]
+
+[[plans.integrations]]
+name = "tunnel"
+path = "/tunnel"
+methods = ["CONNECT"]
+auth = "none"
 "#,
     );
     assert_eq!(c.code, 1, "{}", c.stderr);
     c.has(6, 1, "integration `g/live` allows websocket upgrades, which reach the upstream over HTTP/1.1, but plan `g` has an h2c:// upstream");
     c.has(13, 1, "integration `g/post` allows websocket upgrades but not GET");
     c.has(18, 26, "unknown upgrade `h2c`");
+    c.has(23, 12, "CONNECT cannot be routed");
 }

@@ -1092,6 +1092,11 @@ impl Validator<'_> {
         for m in s.get_ref() {
             let text = m.get_ref();
             match http::Method::from_bytes(text.as_bytes()) {
+                // A CONNECT names a host, not a path: no integration could match it.
+                Ok(http::Method::CONNECT) => self.error(
+                    sp(m),
+                    "CONNECT cannot be routed (its target is a host, not a path); WebSocket tunnels come with `upgrades = [\"websocket\"]` and GET",
+                ),
                 Ok(method) if text.bytes().all(|b| b.is_ascii_uppercase()) => out.push(method),
                 _ => self.error(
                     sp(m),
