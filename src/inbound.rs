@@ -484,32 +484,7 @@ async fn handle_inner(
                 "WebSocket upgrades are not enabled for this integration".into(),
             ));
         }
-        let Some(client) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
-            return Err(Refusal::BadRequest(
-                "extended CONNECT without a stream to upgrade".into(),
-            ));
-        };
-        // The tunnel will hold a socket to the upstream without a connection of its own
-        // from the client: it takes its own place in max_connections.
-        let place = match conn.places.as_ref().map(|p| p.take()) {
-            Some(None) => return Err(Refusal::Unavailable("max_connections")),
-            Some(place) => place,
-            None => None,
-        };
-        // The HTTP/1.1 handshake the upstream expects, with a key of our own (RFC 6455
-        // section 4.1); the HTTP/2 client sent none (RFC 8441 section 5).
-        let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, rand::random::<[u8; 16]>());
-        parts.extensions.remove::<hyper::ext::Protocol>();
-        parts.version = Version::HTTP_11;
-        parts.headers.insert(
-            header::SEC_WEBSOCKET_KEY,
-            HeaderValue::from_str(&key).expect("base64 is a header value"),
-        );
-        parts
-            .headers
-            .entry(header::SEC_WEBSOCKET_VERSION)
-            .or_insert(HeaderValue::from_static("13"));
-        Some(Upgrade::H2 { client, key, place })
+        Some(h2_upgrade(conn, &mut parts)?)
     } else {
         match websocket_upgrade(&parts) {
             Some(value) if allowed => parts
@@ -604,6 +579,37 @@ async fn handle_inner(
     }
     headers::remove_hop_by_hop(resp.headers_mut());
     Ok(resp)
+}
+
+/// An RFC 8441 WebSocket turned into the HTTP/1.1 upgrade request the upstream expects,
+/// with the client's side of it and the tunnel's place in `max_connections`.
+fn h2_upgrade(conn: &ConnInfo, parts: &mut Parts) -> Result<Upgrade, Refusal> {
+    let Some(client) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+        return Err(Refusal::BadRequest(
+            "extended CONNECT without a stream to upgrade".into(),
+        ));
+    };
+    // The tunnel will hold a socket to the upstream without a connection of its own
+    // from the client: it takes its own place in max_connections.
+    let place = match conn.places.as_ref().map(|p| p.take()) {
+        Some(None) => return Err(Refusal::Unavailable("max_connections")),
+        Some(place) => place,
+        None => None,
+    };
+    // The HTTP/1.1 handshake the upstream expects, with a key of our own (RFC 6455
+    // section 4.1); the HTTP/2 client sent none (RFC 8441 section 5).
+    let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, rand::random::<[u8; 16]>());
+    parts.extensions.remove::<hyper::ext::Protocol>();
+    parts.version = Version::HTTP_11;
+    parts.headers.insert(
+        header::SEC_WEBSOCKET_KEY,
+        HeaderValue::from_str(&key).expect("base64 is a header value"),
+    );
+    parts
+        .headers
+        .entry(header::SEC_WEBSOCKET_VERSION)
+        .or_insert(HeaderValue::from_static("13"));
+    Ok(Upgrade::H2 { client, key, place })
 }
 
 /// A WebSocket upgrade on its way to the upstream, with the client's side of it.

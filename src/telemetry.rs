@@ -140,6 +140,10 @@ impl Telemetry {
         let trace_id = TraceId::from_bytes(r.trace.trace);
         let server_id = SpanId::from_bytes(r.trace.server_span);
         let context = |id: SpanId| SpanContext::new(trace_id, id, TraceFlags::SAMPLED, false, TraceState::default());
+        // `GET plan/integration`, `GET portcullis/oauth_token`, or `GET (no route)`.
+        let method = r.method.as_str();
+        let mut name = String::with_capacity(method.len() + r.route.map_or(32, |t| t.name.len()));
+        name.push_str(method);
         let mut attributes = Vec::with_capacity(8);
         attributes.extend([
             KeyValue::new("http.request.method", method_name(r.method)),
@@ -147,15 +151,22 @@ impl Telemetry {
             KeyValue::new("http.response.status_code", i64::from(r.status)),
         ]);
         match (r.route, r.endpoint) {
-            (Some(route), _) => attributes.extend([
-                KeyValue::new("portcullis.plan", route.plan.clone()),
-                KeyValue::new("portcullis.integration", route.integration.clone()),
-            ]),
-            (None, Some(endpoint)) => attributes.extend([
-                KeyValue::new("portcullis.plan", "portcullis"),
-                KeyValue::new("portcullis.integration", endpoint),
-            ]),
-            (None, None) => {}
+            (Some(route), _) => {
+                name.push_str(&route.name);
+                attributes.extend([
+                    KeyValue::new("portcullis.plan", route.plan.clone()),
+                    KeyValue::new("portcullis.integration", route.integration.clone()),
+                ]);
+            }
+            (None, Some(endpoint)) => {
+                name.push_str(" portcullis/");
+                name.push_str(endpoint);
+                attributes.extend([
+                    KeyValue::new("portcullis.plan", "portcullis"),
+                    KeyValue::new("portcullis.integration", endpoint),
+                ]);
+            }
+            (None, None) => name.push_str(" (no route)"),
         }
         if !r.auth_method.is_empty() {
             attributes.push(KeyValue::new("portcullis.auth_method", r.auth_method));
@@ -166,64 +177,58 @@ impl Telemetry {
         if !r.reason.is_empty() {
             attributes.push(KeyValue::new("portcullis.refusal_reason", r.reason));
         }
-        // `GET plan/integration`, or `GET (no route)`.
-        let method = r.method.as_str();
-        let mut name = String::with_capacity(method.len() + r.route.map_or(32, |t| t.name.len()));
-        name.push_str(method);
-        match (r.route, r.endpoint) {
-            (Some(route), _) => name.push_str(&route.name),
-            (None, Some(endpoint)) => {
-                name.push_str(" portcullis/");
-                name.push_str(endpoint);
-            }
-            (None, None) => name.push_str(" (no route)"),
-        }
-        let span = |ctx, parent: SpanId, remote, kind, name, start, end, attributes, status| SpanData {
-            span_context: ctx,
-            parent_span_id: parent,
-            parent_span_is_remote: remote,
-            span_kind: kind,
-            name,
-            start_time: start,
-            end_time: end,
-            attributes,
-            dropped_attributes_count: 0,
-            events: Default::default(),
-            links: Default::default(),
-            status,
-            instrumentation_scope: self.scope.clone(),
-        };
         if let (Some((start, end)), Some(route)) = (r.upstream, r.route) {
             // HTTP client spans are named by their method alone (OpenTelemetry's HTTP
             // conventions); the upstream is an attribute.
-            let name = method_name(r.method);
-            self.processor.on_end(span(
-                context(SpanId::from_bytes(r.trace.hop_span)),
-                server_id,
-                false,
-                SpanKind::Client,
-                name,
-                start,
-                end,
-                vec![KeyValue::new("server.address", route.upstream.clone())],
-                Status::Unset,
-            ));
+            self.processor.on_end(SpanData {
+                parent_span_id: server_id,
+                parent_span_is_remote: false,
+                attributes: vec![KeyValue::new("server.address", route.upstream.clone())],
+                status: Status::Unset,
+                ..self.finished(
+                    context(SpanId::from_bytes(r.trace.hop_span)),
+                    SpanKind::Client,
+                    method_name(r.method),
+                    (start, end),
+                )
+            });
         }
-        self.processor.on_end(span(
-            context(server_id),
-            r.trace.parent.map_or(SpanId::INVALID, SpanId::from_bytes),
-            r.trace.parent.is_some(),
-            SpanKind::Server,
-            Cow::Owned(name),
-            r.start,
-            r.end,
+        self.processor.on_end(SpanData {
+            parent_span_id: r.trace.parent.map_or(SpanId::INVALID, SpanId::from_bytes),
+            parent_span_is_remote: r.trace.parent.is_some(),
             attributes,
-            if r.status >= 500 {
+            status: if r.status >= 500 {
                 Status::error(r.reason)
             } else {
                 Status::Unset
             },
-        ));
+            ..self.finished(context(server_id), SpanKind::Server, Cow::Owned(name), (r.start, r.end))
+        });
+    }
+
+    /// A finished span of this scope, without a parent, attributes or status yet.
+    fn finished(
+        &self,
+        span_context: SpanContext,
+        span_kind: SpanKind,
+        name: Cow<'static, str>,
+        (start_time, end_time): (SystemTime, SystemTime),
+    ) -> SpanData {
+        SpanData {
+            span_context,
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind,
+            name,
+            start_time,
+            end_time,
+            attributes: Vec::new(),
+            dropped_attributes_count: 0,
+            events: Default::default(),
+            links: Default::default(),
+            status: Status::Unset,
+            instrumentation_scope: self.scope.clone(),
+        }
     }
 }
 

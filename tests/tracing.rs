@@ -113,6 +113,15 @@ auth = "basic"
     ))
 }
 
+/// Alice's GET of `/i`, in the caller's trace `traceparent` when given; must be 200.
+async fn alice_get(gw: &Gateway, traceparent: Option<String>) {
+    let mut req = client().get(gw.url("/i")).basic_auth("alice", Some("alice-pw"));
+    if let Some(tp) = traceparent {
+        req = req.header("traceparent", tp);
+    }
+    assert_eq!(req.send().await.unwrap().status(), 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_and_their_upstream_calls_are_exported_in_the_callers_trace() {
     exported_in_the_callers_trace("", "application/x-protobuf").await;
@@ -128,27 +137,13 @@ async fn exported_in_the_callers_trace(protocol: &str, content_type: &str) {
     let (addr, bodies) = collector().await;
     let gw = Gateway::start(&cfg(&up.url(), &format!("http://{addr}"), protocol)).await;
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let resp = client()
-        .get(gw.url("/i"))
-        .basic_auth("alice", Some("alice-pw"))
-        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    alice_get(&gw, Some(format!("00-{trace}-00f067aa0ba902b7-01"))).await;
     let hop = up.last().headers["traceparent"].to_str().unwrap()[36..52].to_string();
     let refused = client().get(gw.url("/i")).send().await.unwrap();
     assert_eq!(refused.status(), 401);
     // The same credentials again: verified from the cache this time.
     let again = "0af7651916cd43dd8448eb211c80319c";
-    let resp = client()
-        .get(gw.url("/i"))
-        .basic_auth("alice", Some("alice-pw"))
-        .header("traceparent", format!("00-{again}-b7ad6b7169203331-01"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    alice_get(&gw, Some(format!("00-{again}-b7ad6b7169203331-01"))).await;
 
     let found = eventually(PATIENCE, || {
         let all = spans(&bodies.lock().unwrap());
@@ -214,24 +209,11 @@ async fn the_sample_ratio_decides_new_traces_and_the_callers_flag_is_followed() 
     let up = Upstream::start().await;
     let (addr, bodies) = collector().await;
     let gw = Gateway::start(&cfg(&up.url(), &format!("http://{addr}"), "sample_ratio = 0.0")).await;
-    let resp = client()
-        .get(gw.url("/i"))
-        .basic_auth("alice", Some("alice-pw"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    alice_get(&gw, None).await;
     let unsampled = up.last().headers["traceparent"].to_str().unwrap().to_string();
     assert!(unsampled.ends_with("-00"), "{unsampled}");
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let resp = client()
-        .get(gw.url("/i"))
-        .basic_auth("alice", Some("alice-pw"))
-        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    alice_get(&gw, Some(format!("00-{trace}-00f067aa0ba902b7-01"))).await;
     // Spans leave in the order they are recorded, so by the time the sampled request's
     // span is in, the unsampled one (recorded first, had it been) is normally in too.
     let found = eventually(PATIENCE, || {
@@ -258,13 +240,7 @@ async fn a_collector_that_is_down_changes_nothing_for_requests() {
         .unwrap();
     let gw = Gateway::start(&cfg(&up.url(), &format!("http://{closed}"), "")).await;
     for _ in 0..20 {
-        let resp = client()
-            .get(gw.url("/i"))
-            .basic_auth("alice", Some("alice-pw"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
+        alice_get(&gw, None).await;
     }
     assert_eq!(up.seen().len(), 20);
     gw.stop().await;

@@ -36,16 +36,13 @@ async fn call(python: &str, url: String, auth: Option<String>, wait_close: bool)
     .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_upgrades_pass_only_when_authorized_and_allowed() {
-    let Some(py) = python_with("websockets", "websockets") else {
-        return;
-    };
-    let s = Peer::start(&py, "ws_peer.py");
-    let gw = Gateway::start(&config(&format!(
+/// Alice (role `ws`) and two integrations of the WebSocket server on `port`: `/feed`
+/// with `upgrades = ["websocket"]`, `/plain` without; `limits` goes in `[limits]`.
+fn feeds(port: u16, limits: &str) -> String {
+    config(&format!(
         r#"
 [limits]
-upgrade_idle_timeout = "1s"
+{limits}
 
 [[users]]
 name = "alice"
@@ -73,9 +70,16 @@ auth = "basic"
 senders = {{ roles = ["ws"] }}
 "#,
         alice = argon2_hash("alice-pw"),
-        port = s.port
-    )))
-    .await;
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrades_pass_only_when_authorized_and_allowed() {
+    let Some(py) = python_with("websockets", "websockets") else {
+        return;
+    };
+    let s = Peer::start(&py, "ws_peer.py");
+    let gw = Gateway::start(&feeds(s.port, r#"upgrade_idle_timeout = "1s""#)).await;
     let url = |path: &str| format!("ws://{}{path}", gw.addr);
 
     let ok = call(&py, url("/feed"), Some(basic("alice", "alice-pw")), false).await;
@@ -185,40 +189,7 @@ async fn websockets_over_http2_extended_connect() {
         return;
     };
     let s = Peer::start(&py, "ws_peer.py");
-    let gw = Gateway::start(&config(&format!(
-        r#"
-[limits]
-max_connections = 2
-
-[[users]]
-name = "alice"
-roles = ["ws"]
-password_hash = "{alice}"
-
-[[plans]]
-name = "live"
-upstream = "http://127.0.0.1:{port}"
-access = {{ all = true }}
-
-[[plans.integrations]]
-name = "feed"
-path = "/feed"
-methods = ["GET"]
-auth = "basic"
-senders = {{ roles = ["ws"] }}
-upgrades = ["websocket"]
-
-[[plans.integrations]]
-name = "plain"
-path = "/plain"
-methods = ["GET"]
-auth = "basic"
-senders = {{ roles = ["ws"] }}
-"#,
-        alice = argon2_hash("alice-pw"),
-        port = s.port
-    )))
-    .await;
+    let gw = Gateway::start(&feeds(s.port, "max_connections = 2")).await;
     // One HTTP/2 connection by prior knowledge carries every attempt.
     let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let (mut h2, conn) =
