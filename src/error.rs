@@ -25,6 +25,11 @@ pub const MSG_FORBIDDEN: &str =
 pub enum Refusal {
     /// 400: malformed or ambiguous request; the message says what was wrong.
     BadRequest(Cow<'static, str>),
+    /// 400 with a precise log reason (`ambiguous_original_request`...).
+    Invalid {
+        reason: &'static str,
+        message: Cow<'static, str>,
+    },
     /// 404: no integration for the path.
     NotFound,
     /// 405: the path exists for these methods only.
@@ -119,7 +124,7 @@ impl From<OAuthError> for Refusal {
 impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
-            Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Refusal::BadRequest(_) | Refusal::Invalid { .. } => StatusCode::BAD_REQUEST,
             Refusal::NotFound => StatusCode::NOT_FOUND,
             Refusal::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -138,7 +143,7 @@ impl Refusal {
     /// What the client is told.
     pub fn message(&self) -> Cow<'static, str> {
         Cow::Borrowed(match self {
-            Refusal::BadRequest(m) => return m.clone(),
+            Refusal::BadRequest(m) | Refusal::Invalid { message: m, .. } => return m.clone(),
             Refusal::NotFound => "No integration matches this path",
             Refusal::MethodNotAllowed(_) => "Method not allowed for this integration",
             Refusal::PayloadTooLarge => "Request body exceeds the size limit",
@@ -159,6 +164,7 @@ impl Refusal {
     pub fn outcome(&self) -> Outcome {
         match self {
             Refusal::BadRequest(_)
+            | Refusal::Invalid { .. }
             | Refusal::NotFound
             | Refusal::MethodNotAllowed(_)
             | Refusal::PayloadTooLarge
@@ -185,6 +191,7 @@ impl Refusal {
     pub fn reason(&self) -> &'static str {
         match self {
             Refusal::BadRequest(_) => "bad_request",
+            Refusal::Invalid { reason, .. } => reason,
             Refusal::NotFound => "no_route",
             Refusal::MethodNotAllowed(_) => "method_not_allowed",
             Refusal::PayloadTooLarge => "body_too_large",
@@ -281,6 +288,7 @@ impl Refusal {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Refusal::BadRequest(_)
+            | Refusal::Invalid { .. }
             | Refusal::NotFound
             | Refusal::Forbidden { challenge: None, .. }
             | Refusal::BadGateway(_)

@@ -31,7 +31,7 @@ use crate::assertion::Signer;
 use crate::auth::oauth::builtin;
 use crate::auth::{self, Auth, Failure, RouteRef};
 use crate::authz::{self, Permit};
-use crate::config::{AuthMethod, Config, Rule, Upstream};
+use crate::config::{AuthMethod, Config, Ingress, Rule, Upstream};
 pub use crate::error::Refusal;
 use crate::error::{Body, BoxError};
 use crate::headers;
@@ -288,6 +288,8 @@ struct Ctx {
     upstream_started: Option<Instant>,
     /// Whether the credential came from a cache, once one was checked.
     cache_hit: Option<bool>,
+    /// The client's connection closes after this answer (a refused upgrade).
+    close: bool,
 }
 
 /// Runs the finish phase when dropped: at the end of [`handle`], or when the request's
@@ -340,10 +342,7 @@ async fn serve(
         Some(v) if headers::valid_request_id(v) => v.clone(),
         _ => headers::new_request_id(),
     };
-    let client = gw
-        .config
-        .listen
-        .client_ip(conn.remote.ip(), req.headers().get(headers::X_FORWARDED_FOR));
+    let client = gw.config.listen.client_ip(conn.remote.ip(), req.headers());
     let mut guard = Finish {
         ctx: Ctx {
             client,
@@ -370,6 +369,7 @@ async fn serve(
             trace: headers::trace_of(req.headers(), env.telemetry.as_ref().map_or(0, |t| t.sample)),
             upstream_started: None,
             cache_hit: None,
+            close: false,
         },
         env: env.clone(),
         gw: gw.clone(),
@@ -400,6 +400,10 @@ async fn serve(
         }
     };
     resp.headers_mut().insert(headers::X_REQUEST_ID, ctx.request_id.clone());
+    if ctx.close && ctx.version <= Version::HTTP_11 {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     ctx.status = Some(logged_status.unwrap_or(resp.status().as_u16()));
     ctx.bytes_out = http_body::Body::size_hint(resp.body()).exact();
     drop(guard);
@@ -475,8 +479,9 @@ async fn handle_inner(
         Err(BodyError::Timeout) => return Err(Refusal::BodyTimeout),
         Err(BodyError::Client(_)) => return Err(Refusal::BadRequest("request body could not be read".into())),
     };
-    // An authorized WebSocket upgrade, on an integration that allows it: the client's
-    // side of the upgrade is kept, and the upgrade headers survive the hop-by-hop cut.
+    // An authorized WebSocket upgrade, on an integration that allows it, keeps the
+    // client's side of the connection. The upstream is asked for exactly `websocket`,
+    // with a key of the gateway's own, whatever else the client offered (h2c included).
     let allowed = gw.routes[permit.route()].websocket;
     let upgrade = if h2_websocket {
         if !allowed {
@@ -485,27 +490,21 @@ async fn handle_inner(
             ));
         }
         Some(h2_upgrade(conn, &mut parts)?)
+    } else if allowed && websocket_requested(&parts) {
+        Some(h1_upgrade(&mut parts)?)
     } else {
-        match websocket_upgrade(&parts) {
-            Some(value) if allowed => parts
-                .extensions
-                .remove::<hyper::upgrade::OnUpgrade>()
-                .map(|client| Upgrade::H1 { client, value }),
-            _ => None,
-        }
+        None
     };
     let route = rewrite(gw, conn, ctx, &mut parts, permit)?;
     if let Some(u) = &upgrade {
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        parts.headers.insert(
-            header::UPGRADE,
-            match u {
-                Upgrade::H1 { value, .. } => value.clone(),
-                Upgrade::H2 { .. } => HeaderValue::from_static("websocket"),
-            },
+        let h = &mut parts.headers;
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(
+            header::SEC_WEBSOCKET_KEY,
+            HeaderValue::from_str(&u.key).map_err(|_| Refusal::BadGateway("upgrade_refused"))?,
         );
+        h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
     }
     // limit_body dropped the client's trailers: they could carry any header past the checks.
     let req = Request::from_parts(parts, body);
@@ -530,7 +529,35 @@ async fn handle_inner(
         }
         Ok(Ok(resp)) => resp,
     };
-    let switched = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    let Some(upgrade) = upgrade else {
+        // No upgrade was asked of the upstream: a 101 would leave client and gateway
+        // speaking different protocols on one connection.
+        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            return Err(Refusal::BadGateway("upgrade_refused"));
+        }
+        headers::remove_hop_by_hop(resp.headers_mut());
+        return Ok(resp);
+    };
+    // A tunnel opens only on a 101 that switched to WebSocket and proved it read our key;
+    // anything else is the upstream refusing (or twisting) the upgrade, and the client's
+    // connection closes with the 502.
+    if !websocket_accepted(&resp, &upgrade.key) {
+        tracing::debug!(
+            request_id = ?ctx.request_id,
+            status = resp.status().as_u16(),
+            "upstream did not accept the WebSocket handshake"
+        );
+        drop(resp);
+        ctx.close = true;
+        return Err(Refusal::BadGateway("upgrade_refused"));
+    }
+    let negotiated = |resp: &Response<Body>, out: &mut http::HeaderMap| {
+        for name in [header::SEC_WEBSOCKET_PROTOCOL, header::SEC_WEBSOCKET_EXTENSIONS] {
+            for v in resp.headers().get_all(&name) {
+                out.append(name.clone(), v.clone());
+            }
+        }
+    };
     let tunnel_to = |client, resp: &mut Response<Body>, place| {
         tokio::spawn(tunnel(
             client,
@@ -541,44 +568,106 @@ async fn handle_inner(
             place,
         ));
     };
-    match upgrade {
-        Some(Upgrade::H1 { client, .. }) if switched => {
+    // The client is answered with a head of our own: 101 with the proof for its key
+    // (HTTP/1.1), or 200 (RFC 8441), and the subprotocol and extensions agreed.
+    let mut ok = Response::new(crate::error::full(bytes::Bytes::new()));
+    negotiated(&resp, ok.headers_mut());
+    match upgrade.side {
+        Side::H1 { client, accept } => {
             tunnel_to(client, &mut resp, None);
-            let upgrade_value = resp.headers().get(header::UPGRADE).cloned();
-            headers::remove_hop_by_hop(resp.headers_mut());
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            if let Some(v) = upgrade_value {
-                resp.headers_mut().insert(header::UPGRADE, v);
-            }
-            return Ok(resp);
+            *ok.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+            let h = ok.headers_mut();
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
         }
-        Some(Upgrade::H2 { client, key, place }) => {
-            // The HTTP/2 client is answered 200 once the upstream has switched and proved
-            // it read our key; anything else is the upstream refusing the WebSocket.
-            let proof = resp.headers().get(header::SEC_WEBSOCKET_ACCEPT);
-            if !switched || proof.map(|v| v.as_bytes()) != Some(websocket_accept(&key).as_bytes()) {
-                tracing::debug!(
-                    request_id = ?ctx.request_id,
-                    status = resp.status().as_u16(),
-                    "upstream did not accept the WebSocket handshake"
-                );
-                drop(resp);
-                return Err(Refusal::BadGateway("upgrade_refused"));
-            }
-            tunnel_to(client, &mut resp, place);
-            let mut ok = Response::new(crate::error::full(bytes::Bytes::new()));
-            for name in [header::SEC_WEBSOCKET_PROTOCOL, header::SEC_WEBSOCKET_EXTENSIONS] {
-                if let Some(v) = resp.headers().get(&name) {
-                    ok.headers_mut().insert(name, v.clone());
-                }
-            }
-            return Ok(ok);
-        }
-        _ => {}
+        Side::H2 { client, place } => tunnel_to(client, &mut resp, place),
     }
-    headers::remove_hop_by_hop(resp.headers_mut());
-    Ok(resp)
+    Ok(ok)
+}
+
+/// A WebSocket upgrade on its way to the upstream: the client's side of it, and the key
+/// the gateway sends the upstream (its own, never the client's).
+struct Upgrade {
+    side: Side,
+    key: String,
+}
+
+enum Side {
+    /// HTTP/1.1 `Upgrade: websocket`; `accept` answers the client's own key.
+    H1 {
+        client: hyper::upgrade::OnUpgrade,
+        accept: HeaderValue,
+    },
+    /// HTTP/2 extended CONNECT (RFC 8441), with the tunnel's place in `max_connections`.
+    H2 {
+        client: hyper::upgrade::OnUpgrade,
+        place: Option<crate::server::listener::ConnGuard>,
+    },
+}
+
+/// A fresh `Sec-WebSocket-Key`: 16 random bytes in base64 (RFC 6455 section 4.1).
+fn websocket_key() -> String {
+    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, rand::random::<[u8; 16]>())
+}
+
+/// Whether the upstream's answer completes the WebSocket handshake for `key` (RFC 6455
+/// section 4.1): 101, `Upgrade` exactly `websocket` (one line, one token), `Connection`
+/// naming `upgrade`, and one `Sec-WebSocket-Accept` that proves it read `key`.
+fn websocket_accepted(resp: &Response<Body>, key: &str) -> bool {
+    let h = resp.headers();
+    let single = |name: header::HeaderName| {
+        let mut all = h.get_all(name).into_iter();
+        match (all.next(), all.next()) {
+            (Some(v), None) => Some(v.as_bytes()),
+            _ => None,
+        }
+    };
+    resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+        && single(header::UPGRADE).is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"websocket"))
+        && tokens(h, header::CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade"))
+        && single(header::SEC_WEBSOCKET_ACCEPT).is_some_and(|v| v == websocket_accept(key).as_bytes())
+}
+
+/// The comma-separated tokens of every line of a header, trimmed.
+fn tokens(h: &http::HeaderMap, name: header::HeaderName) -> impl Iterator<Item = &str> {
+    h.get_all(name)
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
+/// An HTTP/1.1 WebSocket upgrade checked (RFC 6455 section 4.2.1: one `Sec-WebSocket-Key`
+/// of 16 bytes, version 13) and turned into the upgrade the upstream gets.
+fn h1_upgrade(parts: &mut Parts) -> Result<Upgrade, Refusal> {
+    let bad = |m: &'static str| Refusal::BadRequest(m.into());
+    let one = |name: header::HeaderName| {
+        let mut all = parts.headers.get_all(name).into_iter();
+        match (all.next(), all.next()) {
+            (Some(v), None) => Some(v.clone()),
+            _ => None,
+        }
+    };
+    let client_key = one(header::SEC_WEBSOCKET_KEY)
+        .filter(|k| {
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, k.as_bytes())
+                .is_ok_and(|b| b.len() == 16)
+        })
+        .ok_or_else(|| bad("a WebSocket upgrade needs one Sec-WebSocket-Key of 16 bytes in base64"))?;
+    if one(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes().trim_ascii() != b"13") {
+        return Err(bad("a WebSocket upgrade needs Sec-WebSocket-Version: 13"));
+    }
+    let accept = HeaderValue::from_str(&websocket_accept(client_key.to_str().unwrap_or("")))
+        .map_err(|_| bad("the WebSocket key cannot be answered"))?;
+    let client = parts
+        .extensions
+        .remove::<hyper::upgrade::OnUpgrade>()
+        .ok_or_else(|| bad("this connection cannot be upgraded"))?;
+    Ok(Upgrade {
+        side: Side::H1 { client, accept },
+        key: websocket_key(),
+    })
 }
 
 /// An RFC 8441 WebSocket turned into the HTTP/1.1 upgrade request the upstream expects,
@@ -596,36 +685,12 @@ fn h2_upgrade(conn: &ConnInfo, parts: &mut Parts) -> Result<Upgrade, Refusal> {
         Some(place) => place,
         None => None,
     };
-    // The HTTP/1.1 handshake the upstream expects, with a key of our own (RFC 6455
-    // section 4.1); the HTTP/2 client sent none (RFC 8441 section 5).
-    let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, rand::random::<[u8; 16]>());
     parts.extensions.remove::<hyper::ext::Protocol>();
     parts.version = Version::HTTP_11;
-    parts.headers.insert(
-        header::SEC_WEBSOCKET_KEY,
-        HeaderValue::from_str(&key).expect("base64 is a header value"),
-    );
-    parts
-        .headers
-        .entry(header::SEC_WEBSOCKET_VERSION)
-        .or_insert(HeaderValue::from_static("13"));
-    Ok(Upgrade::H2 { client, key, place })
-}
-
-/// A WebSocket upgrade on its way to the upstream, with the client's side of it.
-enum Upgrade {
-    /// HTTP/1.1 `Upgrade: websocket` (its value, as the client sent it).
-    H1 {
-        client: hyper::upgrade::OnUpgrade,
-        value: HeaderValue,
-    },
-    /// HTTP/2 extended CONNECT (RFC 8441), carried to the upstream with this key; the
-    /// tunnel's place in `max_connections`.
-    H2 {
-        client: hyper::upgrade::OnUpgrade,
-        key: String,
-        place: Option<crate::server::listener::ConnGuard>,
-    },
+    Ok(Upgrade {
+        side: Side::H2 { client, place },
+        key: websocket_key(),
+    })
 }
 
 /// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key` (RFC 6455 section 4.2.2).
@@ -636,24 +701,13 @@ fn websocket_accept(key: &str) -> String {
     base64::Engine::encode(&base64::engine::general_purpose::STANDARD, ctx.finish())
 }
 
-/// The `Upgrade` value of an HTTP/1.1 WebSocket upgrade request (`Connection: upgrade`,
-/// `Upgrade: websocket`), or `None`.
-fn websocket_upgrade(parts: &Parts) -> Option<HeaderValue> {
-    if parts.version != Version::HTTP_11 || parts.method != http::Method::GET {
-        return None;
-    }
-    let has_token = |name: header::HeaderName, token: &str| {
-        parts
-            .headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
-    (has_token(header::CONNECTION, "upgrade") && has_token(header::UPGRADE, "websocket"))
-        .then(|| parts.headers.get(header::UPGRADE).cloned())
-        .flatten()
+/// Whether an HTTP/1.1 request asks for a WebSocket upgrade: a GET with `Connection`
+/// naming `upgrade` and `Upgrade` naming `websocket` among whatever else it offers.
+fn websocket_requested(parts: &Parts) -> bool {
+    parts.version == Version::HTTP_11
+        && parts.method == http::Method::GET
+        && tokens(&parts.headers, header::CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade"))
+        && tokens(&parts.headers, header::UPGRADE).any(|t| t.eq_ignore_ascii_case("websocket"))
 }
 
 /// Bytes both ways between the client and the upstream of an upgraded connection, until
@@ -1213,6 +1267,7 @@ pub async fn explain(gw: &Gateway, mut parts: Parts, client: std::net::IpAddr) -
         trace: headers::trace_of(&parts.headers, 0),
         upstream_started: None,
         cache_hit: None,
+        close: false,
     };
     let decided = decide(gw, &mut ctx, &mut parts).await;
     let route = ctx.route.map(|i| &gw.routes[i]);
@@ -1265,26 +1320,68 @@ pub async fn explain(gw: &Gateway, mut parts: Parts, client: std::net::IpAddr) -
 
 // === forward-auth ===
 
-/// The original request a forward-auth subrequest describes: `X-Original-Method` and
-/// `X-Original-URI` (nginx), else `X-Forwarded-Method` and `X-Forwarded-Uri` (Traefik),
-/// else the subrequest's own method and target (Envoy ext_authz).
-fn original_request(parts: &Parts) -> Result<(http::Method, Uri), Refusal> {
-    let get = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
-    let (method, uri) = match (get("x-original-uri"), get("x-forwarded-uri")) {
-        (Some(u), _) => (get("x-original-method"), u),
-        (None, Some(u)) => (get("x-forwarded-method"), u),
-        (None, None) => (None, parts.uri.path_and_query().map_or("/", |p| p.as_str())),
+/// The original request a forward-auth subrequest describes, read from one header family
+/// only (`[forward_auth] ingress`): `X-Original-Method` and `X-Original-URI` (nginx),
+/// `X-Forwarded-Method` and `X-Forwarded-Uri` (Traefik), or the subrequest's own method
+/// and target (Envoy ext_authz). An ingress may copy the client's own headers into the
+/// subrequest, so a client can add the other family's: named, the ingress's family alone
+/// counts; left to detect, two families that disagree are a 400
+/// `ambiguous_original_request`, as is any of these headers sent twice.
+fn original_request(parts: &Parts, ingress: Ingress) -> Result<(http::Method, Uri), Refusal> {
+    let bad = |what: String| Refusal::BadRequest(format!("forward-auth: {what}").into());
+    let ambiguous = |what: String| Refusal::Invalid {
+        message: format!("forward-auth: {what}").into(),
+        reason: "ambiguous_original_request",
     };
-    let bad = |what: &str| Refusal::BadRequest(format!("forward-auth: the original {what} cannot be read").into());
-    let method = match method {
-        Some(m) => http::Method::from_bytes(m.as_bytes()).map_err(|_| bad("method"))?,
-        None => parts.method.clone(),
+    // Exactly one line per header: a list where one value is expected is refused.
+    let one = |name: &'static str| -> Result<Option<&str>, Refusal> {
+        let mut all = parts.headers.get_all(name).iter();
+        match (all.next(), all.next()) {
+            (None, _) => Ok(None),
+            (Some(v), None) => v
+                .to_str()
+                .map(Some)
+                .map_err(|_| bad(format!("`{name}` is not visible ASCII"))),
+            (Some(_), Some(_)) => Err(ambiguous(format!("`{name}` is sent more than once"))),
+        }
     };
-    if !uri.starts_with('/') {
-        return Err(bad("URI (expected a path, as `/a/b?c`)"));
+    let read = |method: &'static str, uri: &'static str| -> Result<Option<(http::Method, Uri)>, Refusal> {
+        match (one(method)?, one(uri)?) {
+            (None, None) => Ok(None),
+            (Some(m), Some(u)) => {
+                let m =
+                    http::Method::from_bytes(m.as_bytes()).map_err(|_| bad(format!("`{method}` is not a method")))?;
+                if !u.starts_with('/') {
+                    return Err(bad(format!("`{uri}` is not a path (expected `/a/b?c`)")));
+                }
+                let u: Uri = u.parse().map_err(|_| bad(format!("`{uri}` cannot be parsed")))?;
+                Ok(Some((m, u)))
+            }
+            _ => Err(bad(format!("`{method}` and `{uri}` come together"))),
+        }
+    };
+    let nginx = || read("x-original-method", "x-original-uri");
+    let traefik = || read("x-forwarded-method", "x-forwarded-uri");
+    let own = || {
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let uri: Uri = target
+            .parse()
+            .map_err(|_| bad("the subrequest's target cannot be parsed".to_string()))?;
+        Ok((parts.method.clone(), uri))
+    };
+    let missing = |family: &str| bad(format!("the {family} headers naming the original request are missing"));
+    match ingress {
+        Ingress::Nginx => nginx()?.ok_or_else(|| missing("X-Original-Method and X-Original-URI")),
+        Ingress::Traefik => traefik()?.ok_or_else(|| missing("X-Forwarded-Method and X-Forwarded-Uri")),
+        Ingress::Envoy => own(),
+        Ingress::Detect => match (nginx()?, traefik()?) {
+            (Some(a), Some(b)) if a != b => Err(ambiguous(
+                "X-Original-* and X-Forwarded-* name different requests; set [forward_auth] ingress".to_string(),
+            )),
+            (Some(a), _) | (None, Some(a)) => Ok(a),
+            (None, None) => own(),
+        },
     }
-    let uri: Uri = uri.parse().map_err(|_| bad("URI"))?;
-    Ok((method, uri))
 }
 
 async fn forward_auth_inner(
@@ -1303,7 +1400,7 @@ async fn forward_auth_inner(
             challenge: None,
         });
     }
-    let (method, uri) = original_request(&parts)?;
+    let (method, uri) = original_request(&parts, gw.config.forward_auth_ingress)?;
     for name in [
         "x-original-uri",
         "x-original-method",

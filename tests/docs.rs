@@ -63,7 +63,8 @@ fn code_keys() -> BTreeSet<String> {
     let sections: &[(&str, &[&str])] = &[
         ("Listen", &["listen"]),
         ("Tls", &["listen.tls"]),
-        ("Address", &["admin", "egress", "forward_auth"]),
+        ("Address", &["admin", "egress"]),
+        ("ForwardAuth", &["forward_auth"]),
         ("Limits", &["limits"]),
         ("AuthSection", &["auth"]),
         ("Cache", &["cache"]),

@@ -59,6 +59,22 @@ async fn forward_auth_addr(p: &Process) -> SocketAddr {
     listening_addr(p, "forward_auth").await
 }
 
+/// The gateway with `[forward_auth] ingress = "{ingress}"`.
+fn start_ingress(ingress: &str) -> (tempfile::TempDir, Process) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &fa_config("")
+            .replace("[listen]\n", "[listen]\ntrusted_proxies = [\"127.0.0.1/32\"]\n")
+            .replace(
+                "[forward_auth]\naddress = \"127.0.0.1:0\"\n",
+                &format!("[forward_auth]\naddress = \"127.0.0.1:0\"\ningress = \"{ingress}\"\n"),
+            ),
+    );
+    let p = Process::start(&path, &[]);
+    (dir, p)
+}
+
 fn start(extra: &str) -> (tempfile::TempDir, Process) {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(
@@ -223,6 +239,8 @@ http {{
       proxy_set_header Content-Length "";
       proxy_set_header X-Original-URI $request_uri;
       proxy_set_header X-Original-Method $request_method;
+      proxy_set_header X-Forwarded-Uri "";
+      proxy_set_header X-Forwarded-Method "";
       proxy_set_header X-Forwarded-For $remote_addr;
     }}
   }}
@@ -262,6 +280,16 @@ async fn nginx_auth_request_in_front_of_an_application() {
     let (_dir, p) = start("");
     let fa = forward_auth_addr(&p).await;
     let ng = nginx(bin, fa, &app.url());
+    // A client naming another request in the other family's headers: nginx, configured
+    // as the README says, clears them, so the decision is for the real request.
+    let forged = client()
+        .get(format!("http://{}/api/items", ng.addr))
+        .header("x-forwarded-uri", "/public")
+        .header("x-forwarded-method", "GET")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
     let get = |path: &'static str, auth: Option<String>| {
         let addr = ng.addr;
         async move {
@@ -285,4 +313,108 @@ async fn nginx_auth_request_in_front_of_an_application() {
     assert!(seen.headers.contains_key("x-portcullis-assertion"));
     assert!(!seen.headers.contains_key("authorization"));
     assert_eq!(app.seen().len(), 1);
+}
+
+/// A forward-auth subrequest from the ingress, with `headers` (pairs, repeats allowed).
+async fn subrequest(fa: SocketAddr, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut r = client().get(format!("http://{fa}{path}"));
+    for (n, v) in headers {
+        r = r.header(*n, *v);
+    }
+    r.send().await.unwrap()
+}
+
+/// An ingress may copy the client's own headers into the subrequest, so the client can
+/// add the other family's `X-Original-*` or `X-Forwarded-*` naming a public path: named,
+/// the ingress's family alone counts; left to detect, two families that disagree, or one
+/// header sent twice, are a 400 `ambiguous_original_request`.
+#[tokio::test]
+async fn a_client_copy_of_another_header_family_never_decides() {
+    let secret_as_public = [
+        ("x-forwarded-method", "GET"),
+        ("x-forwarded-uri", "/api/items"),
+        ("x-original-method", "GET"),
+        ("x-original-uri", "/public"),
+    ];
+    // Detect: disagreeing families (URI or method) are ambiguous, never the public path.
+    let (_dir, p) = start("");
+    let fa = forward_auth_addr(&p).await;
+    let r = subrequest(fa, "/", &secret_as_public).await;
+    let body = error_body(r, 400).await;
+    assert!(body["message"].as_str().unwrap().contains("ingress"), "{body}");
+    let method_twist = [
+        ("x-forwarded-method", "POST"),
+        ("x-forwarded-uri", "/api/items"),
+        ("x-original-method", "GET"),
+        ("x-original-uri", "/api/items"),
+    ];
+    assert_eq!(subrequest(fa, "/", &method_twist).await.status(), 400);
+    // A list where one value is expected: two lines of one header.
+    let twice = [
+        ("x-forwarded-method", "GET"),
+        ("x-forwarded-uri", "/public"),
+        ("x-forwarded-uri", "/api/items"),
+    ];
+    assert_eq!(subrequest(fa, "/", &twice).await.status(), 400);
+    // Half a family is not a request.
+    assert_eq!(
+        subrequest(fa, "/", &[("x-original-uri", "/public")]).await.status(),
+        400
+    );
+    assert_eq!(
+        subrequest(fa, "/", &[("x-forwarded-method", "GET")]).await.status(),
+        400
+    );
+    // Families that agree are one request.
+    let agree = [
+        ("x-forwarded-method", "GET"),
+        ("x-forwarded-uri", "/public"),
+        ("x-original-method", "GET"),
+        ("x-original-uri", "/public"),
+    ];
+    assert_eq!(subrequest(fa, "/", &agree).await.status(), 200);
+    let log = p.logs_when(|l| l.contains("ambiguous_original_request")).await;
+    assert!(log.contains("ambiguous_original_request"));
+    drop(p);
+
+    // Named ingresses read their own family only.
+    for (ingress, own, other) in [
+        (
+            "traefik",
+            ("x-forwarded-method", "x-forwarded-uri"),
+            ("x-original-method", "x-original-uri"),
+        ),
+        (
+            "nginx",
+            ("x-original-method", "x-original-uri"),
+            ("x-forwarded-method", "x-forwarded-uri"),
+        ),
+    ] {
+        let (_dir, p) = start_ingress(ingress);
+        let fa = forward_auth_addr(&p).await;
+        let forged = [
+            (own.0, "GET"),
+            (own.1, "/api/items"),
+            (other.0, "GET"),
+            (other.1, "/public"),
+        ];
+        assert_eq!(subrequest(fa, "/", &forged).await.status(), 401, "{ingress}");
+        // Without its own family the subrequest names nothing.
+        let only_other = [(other.0, "GET"), (other.1, "/public")];
+        assert_eq!(subrequest(fa, "/", &only_other).await.status(), 400, "{ingress}");
+        let ok = [
+            (own.0, "GET"),
+            (own.1, "/public"),
+            (other.0, "GET"),
+            (other.1, "/api/items"),
+        ];
+        assert_eq!(subrequest(fa, "/", &ok).await.status(), 200, "{ingress}");
+    }
+
+    // Envoy: the check request's own method and path, whatever headers say.
+    let (_dir, p) = start_ingress("envoy");
+    let fa = forward_auth_addr(&p).await;
+    let forged = [("x-original-method", "GET"), ("x-original-uri", "/public")];
+    assert_eq!(subrequest(fa, "/api/items", &forged).await.status(), 401);
+    assert_eq!(subrequest(fa, "/public", &[]).await.status(), 200);
 }

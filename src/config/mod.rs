@@ -40,6 +40,8 @@ pub struct Config {
     /// Forward-auth listener (nginx `auth_request`, Traefik ForwardAuth, Envoy
     /// ext_authz); off when `[forward_auth]` is absent.
     pub forward_auth: Option<SocketAddr>,
+    /// Which ingress describes the original request to the forward-auth listener.
+    pub forward_auth_ingress: Ingress,
     pub cache: Cache,
     pub lockout: Lockout,
     pub runtime: Runtime,
@@ -52,6 +54,22 @@ pub struct Config {
     pub api_keys: Vec<ApiKey>,
     pub oauth: Option<OAuth>,
     pub endpoints: Vec<Endpoint>,
+}
+
+/// The ingress in front of the forward-auth listener: it decides which headers name the
+/// original request. Each reads one header family only, so a client's copy of another
+/// family's headers is never taken for the ingress's word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ingress {
+    /// Decide by the headers present; two families that disagree are a 400.
+    #[default]
+    Detect,
+    /// `X-Original-Method` and `X-Original-URI` (nginx `auth_request`).
+    Nginx,
+    /// `X-Forwarded-Method` and `X-Forwarded-Uri` (Traefik ForwardAuth).
+    Traefik,
+    /// The subrequest's own method and target (Envoy ext_authz HTTP service).
+    Envoy,
 }
 
 #[derive(Debug, Clone)]
@@ -69,26 +87,38 @@ pub struct Listen {
 
 impl Listen {
     /// The client's address: the peer's, or, when the peer is a trusted proxy, the
-    /// rightmost `X-Forwarded-For` hop that is not itself a trusted proxy. A hop that is
-    /// not an address stops the walk at the last trusted one.
-    pub fn client_ip(&self, peer: std::net::IpAddr, xff: Option<&http::HeaderValue>) -> std::net::IpAddr {
+    /// rightmost `X-Forwarded-For` hop that is not itself a trusted proxy. Every
+    /// `X-Forwarded-For` field line counts, joined in order (RFC 9110 section 5.3): a
+    /// client that sends a line of its own before the proxy's cannot hide behind it.
+    /// Empty list elements are skipped; a hop that is not an address (with or without a
+    /// port) stops the walk at the last trusted one.
+    pub fn client_ip(&self, peer: std::net::IpAddr, headers: &http::HeaderMap) -> std::net::IpAddr {
         let trusted = |ip: &std::net::IpAddr| self.trusted_proxies.iter().any(|n| n.contains(ip));
         if self.trusted_proxies.is_empty() || !trusted(&peer) {
             return peer;
         }
-        let Some(list) = xff.and_then(|v| v.to_str().ok()) else {
-            return peer;
-        };
         let mut client = peer;
-        for hop in list.rsplit(',') {
-            match hop.trim().parse::<std::net::IpAddr>() {
-                Ok(ip) => {
-                    client = ip;
-                    if !trusted(&ip) {
-                        break;
-                    }
+        for line in headers.get_all(crate::headers::X_FORWARDED_FOR).iter().rev() {
+            let Ok(list) = line.to_str() else {
+                return client;
+            };
+            for hop in list.rsplit(',') {
+                let hop = hop.trim();
+                if hop.is_empty() {
+                    continue;
                 }
-                Err(_) => break,
+                let ip = hop
+                    .parse::<std::net::IpAddr>()
+                    .or_else(|_| hop.parse::<std::net::SocketAddr>().map(|a| a.ip()));
+                match ip {
+                    Ok(ip) => {
+                        client = ip;
+                        if !trusted(&ip) {
+                            return client;
+                        }
+                    }
+                    Err(_) => return client,
+                }
             }
         }
         client

@@ -15,7 +15,7 @@ pub struct Raw {
     pub limits: Option<Limits>,
     pub admin: Option<Spanned<Address>>,
     pub egress: Option<Spanned<Address>>,
-    pub forward_auth: Option<Spanned<Address>>,
+    pub forward_auth: Option<Spanned<ForwardAuth>>,
     pub cache: Option<Cache>,
     pub lockout: Option<Lockout>,
     pub shared: Option<Shared>,
@@ -55,6 +55,14 @@ pub struct Tls {
 #[derive(Debug, Deserialize)]
 pub struct Address {
     pub address: Option<Str>,
+}
+
+/// `[forward_auth]`: the listener, and the ingress whose headers describe the original
+/// request.
+#[derive(Debug, Deserialize)]
+pub struct ForwardAuth {
+    pub address: Option<Str>,
+    pub ingress: Option<Str>,
 }
 
 #[derive(Debug, Default, Deserialize)]

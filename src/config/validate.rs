@@ -223,6 +223,24 @@ impl Validator<'_> {
             Some(addr) => self.address(addr),
             None => Some(SocketAddr::from(([127, 0, 0, 1], 9903))),
         });
+        let forward_auth_ingress = match raw.forward_auth.as_ref().and_then(|a| a.get_ref().ingress.as_ref()) {
+            None => Ingress::Detect,
+            Some(i) => match i.get_ref().as_str() {
+                "detect" => Ingress::Detect,
+                "nginx" => Ingress::Nginx,
+                "traefik" => Ingress::Traefik,
+                "envoy" => Ingress::Envoy,
+                other => {
+                    self.error(
+                        sp(i),
+                        format!(
+                            "forward_auth.ingress `{other}`: expected \"nginx\", \"traefik\", \"envoy\" or \"detect\""
+                        ),
+                    );
+                    Ingress::Detect
+                }
+            },
+        };
         if forward_auth.is_some()
             && raw
                 .listen
@@ -328,6 +346,7 @@ impl Validator<'_> {
             admin,
             egress,
             forward_auth,
+            forward_auth_ingress,
             cache,
             lockout,
             runtime,
@@ -882,8 +901,10 @@ impl Validator<'_> {
         users
     }
 
-    fn rule(&mut self, r: Option<&Spanned<raw::Rule>>, users: &[User], what: &str) -> Rule {
-        let Some(r) = r else { return Rule::All };
+    /// A rule as written; `absent` when the key is missing (plan `access`: nobody;
+    /// integration `senders`: everyone the plan admits).
+    fn rule(&mut self, r: Option<&Spanned<raw::Rule>>, users: &[User], what: &str, absent: Rule) -> Rule {
+        let Some(r) = r else { return absent };
         let inner = r.get_ref();
         if inner.all == Some(true) {
             if !inner.roles.is_empty() || !inner.users.is_empty() {
@@ -919,7 +940,13 @@ impl Validator<'_> {
             let name = self.name(&r.name, "plan");
             self.duplicate(&mut seen, &name, r.name.span(), "plan name");
             let upstream = self.upstream(&r.upstream);
-            let access = self.rule(r.access.as_ref(), users, &format!("access of plan `{name}`"));
+            // Fail closed: a plan without an `access` rule admits nobody; admitting every
+            // authenticated principal is written `{ all = true }`.
+            let nobody = Rule::Only {
+                roles: Vec::new(),
+                users: Vec::new(),
+            };
+            let access = self.rule(r.access.as_ref(), users, &format!("access of plan `{name}`"), nobody);
             let mut seen_int = HashMap::new();
             let mut integrations = Vec::new();
             for i in &r.integrations {
@@ -935,7 +962,12 @@ impl Validator<'_> {
                 let path = self.path_pattern(&ri.path);
                 let methods = self.methods(&ri.methods);
                 let auth = self.auth_methods(&ri.auth, &full);
-                let senders = self.rule(ri.senders.as_ref(), users, &format!("senders of integration `{full}`"));
+                let senders = self.rule(
+                    ri.senders.as_ref(),
+                    users,
+                    &format!("senders of integration `{full}`"),
+                    Rule::All,
+                );
                 let authenticated = auth.iter().any(|m| *m != AuthMethod::None);
                 if authenticated && ri.senders.is_none() {
                     self.warn(
@@ -988,7 +1020,9 @@ impl Validator<'_> {
             if r.access.is_none() && !integrations.is_empty() {
                 self.warn(
                     sp(p),
-                    format!("plan `{name}` has no `access` rule: every authenticated principal may use it"),
+                    format!(
+                        "plan `{name}` has no `access` rule: nobody may use it (write `access = {{ all = true }}` to admit every authenticated principal)"
+                    ),
                 );
             }
             plans.push(Plan {
@@ -1450,7 +1484,7 @@ impl Validator<'_> {
             let callers = r
                 .callers
                 .as_ref()
-                .map(|c| self.rule(Some(c), &[], &format!("callers of endpoint `{name}`")));
+                .map(|c| self.rule(Some(c), &[], &format!("callers of endpoint `{name}`"), Rule::All));
             let auth = match &r.auth {
                 None => EndpointAuth::None,
                 Some(a) => self.endpoint_auth(a, &name),
