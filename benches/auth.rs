@@ -42,6 +42,7 @@ url_key_hash = "{url}"
 [[plans]]
 name = "p"
 upstream = "builtin:echo"
+access = {{ all = true }}
 [[plans.integrations]]
 name = "i"
 path = "/i"

@@ -70,6 +70,7 @@ roles = ["rest"]
 [[plans]]
 name = "p"
 upstream = "http://127.0.0.1:$origin"
+access = { all = true }
 [[plans.integrations]]
 name = "open"
 path = "/open"

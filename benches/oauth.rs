@@ -26,6 +26,7 @@ roles = ["rest"]
 [[plans]]
 name = "p"
 upstream = "builtin:echo"
+access = {{ all = true }}
 [[plans.integrations]]
 name = "i"
 path = "/i"

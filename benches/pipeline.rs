@@ -120,6 +120,7 @@ roles = ["rest"]
 [[plans]]
 name = "p"
 upstream = "http://{up}"
+access = {{ all = true }}
 [[plans.integrations]]
 name = "open"
 path = "/open"

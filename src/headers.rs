@@ -17,9 +17,11 @@ pub const X_PORTCULLIS_ASSERTION: HeaderName = HeaderName::from_static("x-portcu
 const PORTCULLIS_PREFIX: &str = "x-portcullis-";
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1, plus the legacy `Keep-Alive` and
-/// `Proxy-Connection`): they describe one connection and are never forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// `Proxy-Connection`, and `HTTP2-Settings`, which belongs to an h2c upgrade of one
+/// connection): they describe one connection and are never forwarded.
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
+    HeaderName::from_static("http2-settings"),
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
@@ -135,25 +137,30 @@ pub fn strip_portcullis(headers: &mut HeaderMap) {
 
 /// Appends the client address to `X-Forwarded-For` and sets `-Proto` and `-Host`.
 /// `client` is the peer's address as a header value, made once per connection; the
-/// common case (no `X-Forwarded-For` from the client) allocates nothing.
+/// common case (no `X-Forwarded-For` from the client) allocates nothing. Several
+/// `X-Forwarded-For` lines are one list (RFC 9110 section 5.3): they are joined in order
+/// into one line, so the upstream reads the same list the gateway read.
 pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, tls: bool, host: Option<&HeaderValue>) {
-    match headers.get(&X_FORWARDED_FOR).map(|v| v.as_bytes()) {
-        Some(prev) if !prev.trim_ascii().is_empty() => {
-            let mut joined = Vec::with_capacity(prev.len() + 2 + client.len());
+    let mut joined: Vec<u8> = Vec::new();
+    for prev in headers.get_all(&X_FORWARDED_FOR) {
+        let prev = prev.as_bytes().trim_ascii();
+        if !prev.is_empty() {
             joined.extend_from_slice(prev);
             joined.extend_from_slice(b", ");
-            joined.extend_from_slice(client.as_bytes());
-            match HeaderValue::from_bytes(&joined) {
-                Ok(v) => {
-                    headers.insert(X_FORWARDED_FOR, v);
-                }
-                Err(_) => {
-                    headers.insert(X_FORWARDED_FOR, client.clone());
-                }
-            }
         }
-        _ => {
-            headers.insert(X_FORWARDED_FOR, client.clone());
+    }
+    if joined.is_empty() {
+        headers.insert(X_FORWARDED_FOR, client.clone());
+    } else {
+        joined.extend_from_slice(client.as_bytes());
+        // Joined from valid values with ", ": always a valid value.
+        match HeaderValue::from_bytes(&joined) {
+            Ok(v) => {
+                headers.insert(X_FORWARDED_FOR, v);
+            }
+            Err(_) => {
+                headers.insert(X_FORWARDED_FOR, client.clone());
+            }
         }
     }
     headers.insert(

@@ -65,6 +65,9 @@ pub struct Metrics {
     pub client_closed: IntCounter,
     /// HTTP/2 connections ended for resetting too many streams early.
     pub h2_reset_abuse: IntCounter,
+    /// Request heads the HTTP/1.1 parser refused before the pipeline saw them, by listener
+    /// and reason.
+    pub malformed_heads: IntCounterVec,
     /// Commands to the shared store (Redis) that failed or timed out, by operation.
     pub shared_errors: IntCounterVec,
 }
@@ -224,6 +227,11 @@ impl Metrics {
                     "HTTP/2 connections closed for resetting too many streams before their response.",
                 )
                 .expect("valid metric"),
+            ),
+            malformed_heads: counter(
+                "portcullis_malformed_requests_total",
+                "HTTP/1.1 request heads refused by the parser before routing (431, 414, 400), by listener and reason.",
+                &["listener", "reason"],
             ),
             registry,
         };

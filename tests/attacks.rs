@@ -1142,3 +1142,397 @@ async fn the_client_behind_a_trusted_proxy_is_the_rightmost_untrusted_hop() {
     assert_eq!(r.status(), 429);
     gw.stop().await;
 }
+
+// === upgrades ===
+
+/// A service that answers every request head with `answer(head)` and, after a `101`,
+/// writes `after` (what an h2c server would start speaking); the heads it read are kept.
+async fn lying_service(
+    answer: fn(&str) -> String,
+    after: &'static [u8],
+) -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let rec = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let rec = rec.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).into_owned();
+                rec.lock().unwrap().push(head.clone());
+                let resp = answer(&head);
+                let _ = s.write_all(resp.as_bytes()).await;
+                if resp.starts_with("HTTP/1.1 101") {
+                    let _ = s.write_all(after).await;
+                }
+                // Hold the connection until the gateway lets go.
+                let _ = s.read(&mut chunk).await;
+            });
+        }
+    });
+    (addr, heads)
+}
+
+/// The `Sec-WebSocket-Key` of a request head.
+fn ws_key(head: &str) -> String {
+    head.lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case("sec-websocket-key")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// `Sec-WebSocket-Accept` for a key (RFC 6455 section 4.2.2).
+fn ws_accept(key: &str) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key.as_bytes());
+    ctx.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(ctx.finish())
+}
+
+fn ws_config(upstream: &str) -> String {
+    config(&format!(
+        r#"
+[[users]]
+name = "alice"
+roles = ["rest"]
+password_hash = "{alice}"
+
+[[plans]]
+name = "live"
+upstream = "{upstream}"
+access = {{ all = true }}
+
+[[plans.integrations]]
+name = "feed"
+path = "/feed"
+methods = ["GET"]
+auth = "basic"
+upgrades = ["websocket"]
+
+[[plans.integrations]]
+name = "plain"
+path = "/plain"
+methods = ["GET"]
+auth = "basic"
+"#,
+        alice = argon2_hash("alice-pw"),
+    ))
+}
+
+/// RFC 6455's sample key and the accept it calls for.
+const CLIENT_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+const CLIENT_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/// Sends `head` and reads until the response head is complete; the connection stays.
+async fn head_of(addr: SocketAddr, head: &str) -> (String, tokio::net::TcpStream) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout(PATIENCE, s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    (String::from_utf8_lossy(&buf).into_owned(), s)
+}
+
+fn upgrade_request(path: &str, upgrade_lines: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: {auth}\r\n{upgrade_lines}\
+         Sec-WebSocket-Key: {CLIENT_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        auth = basic("alice", "alice-pw"),
+    )
+}
+
+/// `Upgrade: h2c, websocket` (or two Upgrade lines) with `HTTP2-Settings`: the service is
+/// asked for `websocket` only, with the gateway's own key, and never sees HTTP2-Settings;
+/// the client gets a 101 of the gateway's own answering its key.
+#[tokio::test]
+async fn an_upgrade_asks_the_service_for_websocket_only() {
+    let (svc, heads) = lying_service(
+        |head| {
+            format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Accept: {}\r\n\r\n",
+                ws_accept(&ws_key(head))
+            )
+        },
+        b"",
+    )
+    .await;
+    let gw = Gateway::start(&ws_config(&format!("http://{svc}"))).await;
+    for offer in [
+        "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c, websocket\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n",
+        "Connection: Upgrade\r\nUpgrade: h2c\r\nUpgrade: websocket\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n",
+        "Connection: keep-alive, Upgrade\r\nUpgrade: websocket, h2c\r\n",
+    ] {
+        heads.lock().unwrap().clear();
+        let (resp, _conn) = head_of(gw.addr, &upgrade_request("/feed", offer)).await;
+        assert_eq!(status_of(&resp), 101, "{resp}");
+        let lower = resp.to_ascii_lowercase();
+        assert!(lower.contains(&format!("sec-websocket-accept: {}", CLIENT_ACCEPT.to_ascii_lowercase())), "{resp}");
+        assert!(lower.contains("upgrade: websocket\r\n"), "{resp}");
+        let head = heads.lock().unwrap().first().cloned().expect("the service saw the upgrade");
+        let lower = head.to_ascii_lowercase();
+        assert!(!lower.contains("h2c"), "{head}");
+        assert!(!lower.contains("http2-settings"), "{head}");
+        assert_eq!(lower.matches("\r\nupgrade:").count(), 1, "{head}");
+        assert!(lower.contains("\r\nupgrade: websocket\r\n"), "{head}");
+        assert!(lower.contains("\r\nconnection: upgrade\r\n"), "{head}");
+        let key = ws_key(&head);
+        assert!(!key.is_empty() && key != CLIENT_KEY, "the client's key went to the service: {head}");
+        assert!(lower.contains("x-portcullis-user: alice"), "{head}");
+        assert!(!lower.contains("authorization"), "{head}");
+    }
+    // A client that offers only h2c gets no upgrade at all: the service sees a plain GET.
+    heads.lock().unwrap().clear();
+    let _ = head_of(
+        gw.addr,
+        &upgrade_request(
+            "/plain",
+            "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n",
+        ),
+    )
+    .await;
+    let head = heads.lock().unwrap().first().cloned().unwrap_or_default();
+    let lower = head.to_ascii_lowercase();
+    assert!(
+        !lower.contains("upgrade") && !lower.contains("http2-settings"),
+        "{head}"
+    );
+    // A malformed handshake from the client never reaches the service.
+    heads.lock().unwrap().clear();
+    for bad in [
+        upgrade_request("/feed", "Connection: Upgrade\r\nUpgrade: websocket\r\n").replace(CLIENT_KEY, "c2hvcnQ="),
+        upgrade_request("/feed", "Connection: Upgrade\r\nUpgrade: websocket\r\n").replace("Version: 13", "Version: 8"),
+        upgrade_request(
+            "/feed",
+            &format!("Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: {CLIENT_KEY}\r\n"),
+        ),
+    ] {
+        let (resp, _) = head_of(gw.addr, &bad).await;
+        assert_eq!(status_of(&resp), 400, "{bad}\n{resp}");
+    }
+    assert!(heads.lock().unwrap().is_empty());
+    gw.stop().await;
+}
+
+/// A service that switches to anything but WebSocket with our key (h2c, a wrong or
+/// missing accept, two Upgrade lines, a non-101) gets no tunnel: the client gets a 502
+/// `upgrade_refused`, its connection closes, and not a byte of the other protocol
+/// reaches it. A 101 to a request that asked for no upgrade is refused the same way.
+#[tokio::test]
+async fn a_service_that_switches_to_anything_else_gets_no_tunnel() {
+    fn accept(head: &str) -> String {
+        ws_accept(&ws_key(head))
+    }
+    let answers: [fn(&str) -> String; 6] = [
+        |h| {
+            format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n", accept(h))
+        },
+        |_| {
+            format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {CLIENT_ACCEPT}\r\n\r\n")
+        },
+        |_| "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n".to_string(),
+        |h| {
+            format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nUpgrade: h2c\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n", accept(h))
+        },
+        |h| {
+            format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                accept(h)
+            )
+        },
+        |_| "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_string(),
+    ];
+    for (i, answer) in answers.into_iter().enumerate() {
+        let (svc, heads) = lying_service(answer, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nH2C-SECRET").await;
+        let gw = Gateway::start(&ws_config(&format!("http://{svc}"))).await;
+        let out = raw(
+            gw.addr,
+            upgrade_request("/feed", "Connection: Upgrade\r\nUpgrade: websocket\r\n").as_bytes(),
+        )
+        .await;
+        // raw() returns once the gateway closes the connection.
+        assert_eq!(status_of(&out), 502, "answer {i}: {out}");
+        assert!(out.contains("\"code\":502"), "answer {i}: {out}");
+        assert!(
+            !out.contains("H2C-SECRET") && !out.contains("PRI *"),
+            "answer {i}: {out}"
+        );
+        assert!(
+            out.to_ascii_lowercase().contains("connection: close"),
+            "answer {i}: {out}"
+        );
+        assert_eq!(heads.lock().unwrap().len(), 1);
+        gw.stop().await;
+    }
+    // No upgrade asked, a 101 anyway: refused, nothing relayed.
+    let (svc, _) = lying_service(
+        |_| "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n".to_string(),
+        b"H2C-SECRET",
+    )
+    .await;
+    let gw = Gateway::start(&ws_config(&format!("http://{svc}"))).await;
+    let (resp, _c) = head_of(
+        gw.addr,
+        &format!(
+            "GET /plain HTTP/1.1\r\nHost: gw\r\nAuthorization: {}\r\n\r\n",
+            basic("alice", "alice-pw")
+        ),
+    )
+    .await;
+    assert_eq!(status_of(&resp), 502, "{resp}");
+    assert!(!resp.contains("H2C-SECRET"));
+    let log = gw.metrics().await;
+    assert!(
+        metric_value(&log, "portcullis_requests_total{auth_method=\"basic\",integration=\"plain\",outcome=\"upstream_error\",plan=\"live\"}") >= 1.0,
+        "{log}"
+    );
+    gw.stop().await;
+}
+
+// === client address, plan access, refusals the parser writes ===
+
+/// HAProxy's `option forwardfor` adds its own `X-Forwarded-For` line after the client's:
+/// every line counts, in order, so a client's own line cannot rotate its address past
+/// the lockout, and the upstream reads the joined list.
+#[tokio::test]
+async fn every_forwarded_for_line_counts() {
+    let up = Upstream::start().await;
+    let trusted = cfg(&up.url(), "").replace(
+        "[listen]\naddress = \"127.0.0.1:0\"",
+        "[listen]\naddress = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.0/8\"]",
+    );
+    let gw = Gateway::start(&trusted).await;
+    let guess = |own: String, pw: &'static str| {
+        let addr = gw.addr;
+        async move {
+            let head = format!(
+                "GET /secret/x HTTP/1.1\r\nHost: gw\r\nAuthorization: {}\r\n\
+                 X-Forwarded-For: {own}\r\nX-Forwarded-For: 198.51.100.7\r\nConnection: close\r\n\r\n",
+                basic("alice", pw)
+            );
+            h1(addr, &head).await
+        }
+    };
+    for i in 0..3 {
+        assert_eq!(guess(format!("203.0.113.{i}"), "wrong").await, 401);
+    }
+    // A fresh address of the client's own in every try: still the same client.
+    assert_eq!(guess("203.0.113.200".into(), "alice-pw").await, 429);
+    assert_eq!(guess("203.0.113.201, 10.9.9.9".into(), "alice-pw").await, 429);
+    // The proxy's line names the client; another client behind it is not locked out.
+    let other = "GET /public/x HTTP/1.1\r\nHost: gw\r\nX-Forwarded-For: 1.2.3.4\r\n\
+                 X-Forwarded-For: 198.51.100.8\r\nConnection: close\r\n\r\n";
+    assert_eq!(h1(gw.addr, other).await, 200);
+    let seen = up.last();
+    let xff: Vec<_> = seen.headers.get_all("x-forwarded-for").iter().collect();
+    assert_eq!(xff.len(), 1, "{xff:?}");
+    assert_eq!(xff[0], "1.2.3.4, 198.51.100.8, 127.0.0.1");
+    gw.stop().await;
+}
+
+/// A plan without an `access` rule admits nobody (fail closed); `{ all = true }` admits
+/// every authenticated principal.
+#[tokio::test]
+async fn a_plan_without_an_access_rule_admits_nobody() {
+    let up = Upstream::start().await;
+    let without = cfg(&up.url(), "").replacen("access = { roles = [\"rest\"] }\n", "", 1);
+    assert!(
+        !without.contains("name = \"p\"\nupstream = \"http://127.0.0.1") || without.matches("access =").count() == 1
+    );
+    let gw = Gateway::start(&without).await;
+    let r = client()
+        .get(gw.url("/secret/x"))
+        .header("authorization", basic("alice", "alice-pw"))
+        .send()
+        .await
+        .unwrap();
+    error_body(r, 403).await;
+    assert!(up.seen().is_empty());
+    let refusals = client()
+        .get(gw.admin_url("/refusals"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(refusals.contains("no_plan_access"), "{refusals}");
+    gw.stop().await;
+    let open = cfg(&up.url(), "").replacen("access = { roles = [\"rest\"] }\n", "access = { all = true }\n", 1);
+    let gw = Gateway::start(&open).await;
+    let r = client()
+        .get(gw.url("/secret/x"))
+        .header("authorization", basic("mallory", "mallory-pw"))
+        .send()
+        .await
+        .unwrap();
+    // mallory passes the plan, then the integration's senders rule stops her.
+    error_body(r, 403).await;
+    let r = client()
+        .get(gw.url("/secret/x"))
+        .header("authorization", basic("alice", "alice-pw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    gw.stop().await;
+}
+
+/// More header fields than `max_headers`: the gateway's own 431 with the JSON body and
+/// X-Request-Id, logged and counted; past what the parser holds, the parser's 431 is
+/// still counted with its reason. A malformed head is counted the same way.
+#[tokio::test]
+async fn refusals_of_the_parser_are_counted_and_the_gateways_carry_the_json_body() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&cfg(&up.url(), "[limits]\nmax_headers = 20\n")).await;
+    let many = |n: usize| {
+        let mut h = String::from("GET /public/x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n");
+        for i in 0..n {
+            h.push_str(&format!("X-Filler-{i}: v\r\n"));
+        }
+        h + "\r\n"
+    };
+    let out = raw(gw.addr, many(25).as_bytes()).await;
+    assert_eq!(status_of(&out), 431, "{out}");
+    assert!(out.to_ascii_lowercase().contains("x-request-id:"), "{out}");
+    assert!(out.contains("\"code\":431"), "{out}");
+    let out = raw(gw.addr, many(39).as_bytes()).await;
+    assert_eq!(status_of(&out), 431, "{out}");
+    assert!(out.contains("\"code\":431"), "{out}");
+    // Past twice the limit, the parser answers itself: still counted and logged.
+    let out = raw(gw.addr, many(300).as_bytes()).await;
+    assert_eq!(status_of(&out), 431, "{out}");
+    let series = "portcullis_malformed_requests_total{listener=\"inbound\",reason=\"headers_too_large\"}";
+    assert!(
+        eventually(PATIENCE, || gw.metric_at_least(series, 1.0)).await,
+        "{}",
+        gw.metrics().await
+    );
+    let out = raw(gw.addr, b"GET /public/x HTTP/1.1\r\nHost: gw\r\nBad Header: x\r\n\r\n").await;
+    assert_eq!(status_of(&out), 400, "{out}");
+    let series = "portcullis_malformed_requests_total{listener=\"inbound\",reason=\"malformed_request\"}";
+    assert!(
+        eventually(PATIENCE, || gw.metric_at_least(series, 1.0)).await,
+        "{}",
+        gw.metrics().await
+    );
+    assert!(up.seen().is_empty());
+    gw.stop().await;
+}

@@ -69,6 +69,7 @@ password_hash = "{hash}"
 [[plans]]
 name = "p"
 upstream = "{up}"
+access = {{ all = true }}
 
 [[plans.integrations]]
 name = "pw"

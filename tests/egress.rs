@@ -1201,6 +1201,7 @@ url_key_hash = "{urlkey}"
 [[plans]]
 name = "p"
 upstream = "builtin:echo"
+access = {{ all = true }}
 
 [[plans.integrations]]
 name = "i"

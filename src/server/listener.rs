@@ -145,6 +145,11 @@ pub async fn serve<S, H, F>(
         let shutdown = shutdown.clone();
         let tls_failures = metrics.tls_handshake_failures.clone();
         let abuse = metrics.h2_reset_abuse.clone();
+        let refused = Refused {
+            listener: name,
+            malformed: metrics.malformed_heads.clone(),
+            requests: metrics.requests.with_label_values(&["", "", "", "bad_request"]),
+        };
         let places = Places {
             active: active.clone(),
             gauge: gauge.clone(),
@@ -178,7 +183,7 @@ pub async fn serve<S, H, F>(
                                 h2,
                                 handler,
                                 shutdown,
-                                Accounting { abuse, guard },
+                                Accounting { abuse, guard, refused },
                             )
                             .await
                         }
@@ -203,7 +208,7 @@ pub async fn serve<S, H, F>(
                         false,
                         handler,
                         shutdown,
-                        Accounting { abuse, guard },
+                        Accounting { abuse, guard, refused },
                     )
                     .await
                 }
@@ -218,6 +223,53 @@ pub async fn serve<S, H, F>(
 struct Accounting {
     abuse: prometheus::IntCounter,
     guard: Option<ConnGuard>,
+    refused: Refused,
+}
+
+/// Where a request head that the HTTP/1.1 parser refused itself is counted and logged:
+/// the pipeline never saw it, but it is a refusal like any other.
+struct Refused {
+    listener: &'static str,
+    malformed: prometheus::IntCounterVec,
+    requests: prometheus::IntCounter,
+}
+
+impl Refused {
+    /// Logs and counts the head hyper refused, once, with the status hyper answered
+    /// (431, 414 or 400). Not a parse error: nothing to do.
+    fn record(&self, error: &(dyn std::error::Error + 'static), remote: SocketAddr) {
+        let Some(e) = error.downcast_ref::<hyper::Error>() else {
+            return;
+        };
+        if !e.is_parse() || e.is_parse_version_h2() {
+            return;
+        }
+        let (status, reason) = if e.is_parse_too_large() {
+            // hyper's two "too large" kinds: the URI alone, or the head.
+            if e.to_string().contains("URI") {
+                (414, "uri_too_long")
+            } else {
+                (431, "headers_too_large")
+            }
+        } else {
+            (400, "malformed_request")
+        };
+        self.malformed.with_label_values(&[self.listener, reason]).inc();
+        self.requests.inc();
+        let request_id = crate::headers::new_request_id();
+        tracing::info!(
+            target: "portcullis::access",
+            request_id = request_id.to_str().unwrap_or(""),
+            listener = self.listener,
+            client = %remote.ip(),
+            method = "",
+            path = "",
+            status,
+            reason,
+            protocol = "HTTP/1.1",
+            "request head refused by the HTTP parser"
+        );
+    }
 }
 
 /// One place in `max_connections`, given back on drop.
@@ -231,6 +283,11 @@ impl Drop for ConnGuard {
         self.active.fetch_sub(1, Ordering::AcqRel);
         self.gauge.dec();
     }
+}
+
+/// How many header fields hyper's HTTP/1 parser holds: twice `max_headers` (at least 100).
+fn parser_max_headers(limits: &Limits) -> usize {
+    limits.max_headers.saturating_mul(2).max(100)
 }
 
 /// hyper's HTTP/1 read buffer: room for `max_header_bytes` plus the request line, so that
@@ -257,7 +314,7 @@ async fn serve_connection<I, H, F>(
         h2,
         limits.h2_max_pending_resets,
     ));
-    let Accounting { abuse, guard } = accounting;
+    let Accounting { abuse, guard, refused } = accounting;
     let io = TokioIo::new(Tracked {
         inner: io,
         activity: activity.clone(),
@@ -272,9 +329,12 @@ async fn serve_connection<I, H, F>(
         // header_read_timeout the idle timeout.
         .header_read_timeout(None)
         .max_buf_size(read_buf_size(limits))
-        // Up to 100 the parser's header array lives on the stack; past it hyper allocates
-        // two arrays of this many entries per request head, so it is a limit, not a hint.
-        .max_headers(limits.max_headers)
+        // Room for twice max_headers, so that our own check answers a head with too many
+        // fields (431 with the JSON body and X-Request-Id); past that hyper answers a bare
+        // 431 itself, which `Refused` logs and counts. Up to 100 the parser's header array
+        // lives on the stack; past it hyper allocates two arrays of this many entries per
+        // request head, so it is a limit, not a hint.
+        .max_headers(parser_max_headers(limits))
         .keep_alive(true);
     builder
         .http2()
@@ -330,6 +390,7 @@ async fn serve_connection<I, H, F>(
         tokio::select! {
             res = conn.as_mut() => {
                 if let Err(e) = res {
+                    refused.record(e.as_ref(), info_remote);
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
                 break;
