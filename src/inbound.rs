@@ -227,7 +227,8 @@ impl Gateway {
             tls,
             auth: Auth::new(&config, metrics, lasting, client).map_err(BuildError::OAuth)?,
             egress: crate::egress::Egress::new(&config.endpoints, metrics, lasting.shared.as_ref())
-                .map_err(BuildError::Egress)?,
+                .map_err(BuildError::Egress)?
+                .with_head_limits(config.limits.max_headers, config.limits.max_header_bytes),
             signer: Signer::new(key, config.assertion.ttl),
             config,
         })

@@ -1536,3 +1536,49 @@ async fn refusals_of_the_parser_are_counted_and_the_gateways_carry_the_json_body
     assert!(up.seen().is_empty());
     gw.stop().await;
 }
+
+/// The egress port's callers get the same head limits as inbound clients: more fields
+/// than `max_headers` is the gateway's 431 with the JSON body, never passed on.
+#[tokio::test]
+async fn egress_callers_get_the_head_limits_too() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &config(&format!(
+            r#"
+[limits]
+max_headers = 20
+
+[egress]
+address = "127.0.0.1:0"
+
+[[endpoints]]
+name = "api"
+base_url = "{up}"
+auth = {{ type = "basic", username = "svc", password = "svc-pw" }}
+
+[[plans]]
+name = "p"
+upstream = "builtin:echo"
+[[plans.integrations]]
+name = "open"
+path = "/open"
+methods = ["GET"]
+auth = "none"
+"#,
+            up = up.url()
+        )),
+    );
+    let p = Process::start(&path, &[]);
+    let egress = listening_addr(&p, "egress").await;
+    let mut head = String::from("GET /api/x HTTP/1.1\r\nHost: egress\r\nConnection: close\r\n");
+    for i in 0..30 {
+        head.push_str(&format!("X-Filler-{i}: v\r\n"));
+    }
+    head.push_str("\r\n");
+    let out = raw(egress, head.as_bytes()).await;
+    assert_eq!(status_of(&out), 431, "{out}");
+    assert!(out.contains("\"code\":431"), "{out}");
+    assert!(up.seen().is_empty());
+}

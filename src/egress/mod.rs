@@ -63,6 +63,9 @@ pub struct Egress {
     pub endpoints: HashMap<String, Arc<Endpoint>>,
     /// `portcullis_egress_requests_total`.
     requests: prometheus::IntCounterVec,
+    /// `[limits] max_headers` and `max_header_bytes` for a caller's request head (the
+    /// parser holds more, so that the refusal is ours: JSON, X-Request-Id, logged).
+    head_limits: (usize, usize),
 }
 
 impl Egress {
@@ -149,7 +152,14 @@ impl Egress {
         Ok(Egress {
             endpoints,
             requests: metrics.egress_requests.clone(),
+            head_limits: (usize::MAX, usize::MAX),
         })
+    }
+
+    /// The request-head limits of `[limits]` for callers of the egress port.
+    pub fn with_head_limits(mut self, max_headers: usize, max_header_bytes: usize) -> Self {
+        self.head_limits = (max_headers, max_header_bytes);
+        self
     }
 }
 
@@ -383,6 +393,10 @@ async fn handle_inner(
     initiator: &mut String,
 ) -> Result<Response<Body>, Fail> {
     let (mut parts, body) = req.into_parts();
+    let (max_headers, max_bytes) = egress.head_limits;
+    if parts.headers.len() > max_headers || headers::size(&parts.headers) > max_bytes {
+        return Err(Refusal::HeadersTooLarge.into());
+    }
     let path = parts.uri.path();
     crate::path::check_path(path).map_err(|e| Refusal::BadRequest(e.to_string().into()))?;
     let trimmed = &path[1..];
