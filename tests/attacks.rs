@@ -1525,6 +1525,17 @@ async fn refusals_of_the_parser_are_counted_and_the_gateways_carry_the_json_body
         "{}",
         gw.metrics().await
     );
+    // A request target over the parser's 64 KiB: 414, counted as uri_too_long.
+    let long = format!("GET /public/{} HTTP/1.1\r\nHost: gw\r\n\r\n", "a".repeat(70 * 1024));
+    let out = raw(gw.addr, long.as_bytes()).await;
+    assert!(matches!(status_of(&out), 414 | 431), "{out}");
+    let series = "portcullis_malformed_requests_total{listener=\"inbound\",reason=\"uri_too_long\"}";
+    let too_large = "portcullis_malformed_requests_total{listener=\"inbound\",reason=\"headers_too_large\"}";
+    assert!(
+        eventually(PATIENCE, || async { gw.metric(series).await + gw.metric(too_large).await >= 2.0 }).await,
+        "{}",
+        gw.metrics().await
+    );
     let out = raw(gw.addr, b"GET /public/x HTTP/1.1\r\nHost: gw\r\nBad Header: x\r\n\r\n").await;
     assert_eq!(status_of(&out), 400, "{out}");
     let series = "portcullis_malformed_requests_total{listener=\"inbound\",reason=\"malformed_request\"}";
