@@ -1,4 +1,6 @@
-//! `hash-password`, `keygen` and `urlkey`: their output works in a real config.
+//! `hash-password`, `keygen` and `urlkey`: their output works in a real config; `health`
+//! asks the running server whatever the file now says; `explain`, `check`, `export` and
+//! the other subcommands never print a secret.
 
 mod support;
 
@@ -323,4 +325,174 @@ integration = "p/login"
     let (code, _, err) = run(&["explain", "--config", cfg, "GET", "/login/x", "-H", "no-colon"], "");
     assert_eq!(code, 1);
     assert!(err.contains("is not `Name: value`"), "{err}");
+}
+
+/// A config for `health`: the admin listener at `admin`, `extra` appended.
+fn health_cfg(admin: &str, extra: &str) -> String {
+    format!(
+        r#"
+[listen]
+address = "127.0.0.1:0"
+
+[admin]
+address = "{admin}"
+
+[assertion]
+key = {{ file = "{{dir}}/assertion-key" }}
+
+[[plans]]
+name = "p"
+upstream = "builtin:echo"
+access = {{ all = true }}
+
+[[plans.integrations]]
+name = "open"
+path = "/open"
+methods = ["GET"]
+auth = "none"
+{extra}
+"#
+    )
+}
+
+/// `health --config F` reads only `[admin] address`: after edits the running server
+/// refuses at reload (and keeps serving without), it still exits 0 while the server
+/// answers; only an unreadable admin section (or none) fails it, with a clear message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_asks_the_running_server_whatever_the_config_now_says() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("assertion-key"),
+        "health-assertion-key-0123456789abcdef",
+    )
+    .unwrap();
+    let path = write_config(dir.path(), &health_cfg("127.0.0.1:0", ""));
+    let p = Process::start(&path, &[]);
+    let admin = p.admin.unwrap().to_string();
+    let cfg = path.to_str().unwrap().to_string();
+    let failures = || {
+        let admin = admin.clone();
+        async move {
+            let m = client()
+                .get(format!("http://{admin}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            metric_value(&m, r#"portcullis_config_reloads_total{outcome="failure"}"#)
+        }
+    };
+    let health = |args: &[&str]| {
+        let mut all = vec!["health"];
+        all.extend_from_slice(args);
+        run(&all, "")
+    };
+
+    let (code, out, err) = health(&["--config", &cfg]);
+    assert_eq!(code, 1, "port 0 in the file names no listener to ask: {out}{err}");
+
+    let sighup_refused = |toml: String| {
+        let p = &p;
+        let path = path.clone();
+        async move {
+            let before = failures().await;
+            write_config(path.parent().unwrap(), &toml);
+            p.signal("HUP");
+            assert!(
+                eventually(PATIENCE, || async { failures().await > before }).await,
+                "the reload was refused:\n{}",
+                p.logs()
+            );
+        }
+    };
+    let breaks = [
+        // The admin port as bound, with an unknown key (and a moved listener: the file
+        // said port 0).
+        ("unknown key", health_cfg(&admin, "\n[limits]\nnonsense = 1\n")),
+        (
+            "missing secret file",
+            health_cfg(&admin, "").replace("assertion-key\"", "no-such-file\""),
+        ),
+        (
+            "bad rule",
+            health_cfg(&admin, "").replace("access = { all = true }", "access = { roles = \"admin\" }"),
+        ),
+        (
+            "unknown auth method",
+            health_cfg(&admin, "").replace("auth = \"none\"", "auth = \"telepathy\""),
+        ),
+        (
+            "not TOML below [admin]",
+            health_cfg(&admin, "\n[[users]]\nname = \"unterminated\n"),
+        ),
+        ("not TOML above [admin]", format!("[oops\n{}", health_cfg(&admin, ""))),
+    ];
+    for (what, toml) in breaks {
+        sighup_refused(toml).await;
+        let (code, out, err) = health(&["--config", &cfg]);
+        assert_eq!(code, 0, "{what}: {out}{err}");
+        assert!(out.contains(&format!("http://{admin}/healthz: 200")), "{what}: {out}");
+        let (code, out, err) = health(&["--config", &cfg, "--ready"]);
+        assert_eq!(code, 0, "{what}, --ready: {out}{err}");
+    }
+    // The server kept serving throughout.
+    let resp = client().get(format!("http://{}/open", p.addr)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // The flag wins: no file is read at all.
+    let (code, out, err) = health(&["--config", "/nonexistent/portcullis.toml", "--admin", &admin]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // What health cannot use fails it, saying why.
+    let refusals: [(&str, String, &str); 6] = [
+        (
+            "unreadable address",
+            health_cfg("not-an-address", ""),
+            "[admin] address is not IP:PORT",
+        ),
+        (
+            "address not a string",
+            health_cfg("x", "").replace("\"x\"", "9901"),
+            "[admin] address is not a string",
+        ),
+        (
+            "no [admin]",
+            health_cfg(&admin, "").replace("[admin]\n", "[unused]\n"),
+            "has no [admin] listener",
+        ),
+        (
+            "not TOML, no [admin] line",
+            format!("[oops\n{}", health_cfg(&admin, "").replace("[admin]\n", "")),
+            "is not valid TOML at line 1",
+        ),
+        (
+            "not TOML, two [admin] lines",
+            format!("[oops\n{}\n[admin]\n", health_cfg(&admin, "")),
+            "more than one [admin]",
+        ),
+        (
+            "not TOML, address not a plain string",
+            format!(
+                "[oops\n{}",
+                health_cfg(&admin, "").replace(&format!("\"{admin}\""), "'x'")
+            ),
+            "not a plain string",
+        ),
+    ];
+    for (what, toml, says) in refusals {
+        write_config(dir.path(), &toml);
+        let (code, out, err) = health(&["--config", &cfg]);
+        assert_eq!(code, 1, "{what}: {out}{err}");
+        assert!(err.contains(says), "{what}: {err}");
+    }
+    let (code, _, err) = health(&["--config", "/nonexistent/portcullis.toml"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot read /nonexistent/portcullis.toml"), "{err}");
+    // A server that is gone fails it (the process is ended by its Drop).
+    drop(p);
+    let (code, out, _) = health(&["--admin", &admin]);
+    assert_eq!(code, 1);
+    assert!(out.contains("no answer"), "{out}");
 }
