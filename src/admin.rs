@@ -17,8 +17,14 @@ use crate::headers;
 use crate::server::listener::ConnInfo;
 use crate::state::State;
 
-pub async fn handle(state: Arc<State>, req: Request<Incoming>, _conn: Arc<ConnInfo>) -> Response<Body> {
+pub async fn handle(state: Arc<State>, req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Body> {
     let request_id = headers::new_request_id();
+    // The listener's configured address (it cannot change under a running process); the
+    // connection's own local address if there is none.
+    let bound = state.gateway().config.admin.unwrap_or(conn.local);
+    if let Err((status, message)) = addressed_to_us(&req, bound) {
+        return json_error(status, message, &request_id);
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut resp = json_error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -57,6 +63,112 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, _conn: Arc<ConnIn
     );
     h.insert(headers::X_REQUEST_ID, request_id);
     resp
+}
+
+// === the Host rule (DNS rebinding) ===
+
+/// What the admin listener refuses about a request's authority: the status and the message.
+type Misaddressed = (StatusCode, &'static str);
+
+const NOT_OURS: &str = "the admin listener answers only requests addressed to its IP address or to localhost";
+const BAD_HOST: &str = "the request must name exactly one valid authority (Host or :authority)";
+
+/// Whether a request is addressed to this listener, against DNS rebinding: a web page in
+/// the operator's browser whose name the attacker points at the admin address would
+/// otherwise read `/refusals` (user names, paths) as same-origin.
+///
+/// - HTTP/1.x: exactly one `Host` field (none, or two, is 400). An absolute-form target's
+///   authority must be acceptable too and equal to `Host` (ASCII case aside).
+/// - HTTP/2: `:authority`, or `Host` when there is no `:authority`; both present must be
+///   equal. Neither is 400.
+/// - Each authority is `host[:port]` without user info (else 400), and the host is
+///   `localhost` (ASCII case aside), or an IP literal: any one when the listener is bound
+///   to an unspecified address (`0.0.0.0`, `[::]`: Prometheus and the kubelet name the
+///   pod's IP), else the listener's own IP, or any loopback IP when it is bound to
+///   loopback. Every other name is 421: rebinding needs a DNS name, and the only one
+///   accepted is `localhost`, which a web page cannot point elsewhere. The port is not
+///   compared: port forwards (`ssh -L`, `kubectl port-forward`, `docker -p`) change it,
+///   and it protects nothing (the browser's origin is the host name).
+pub fn addressed_to_us<B>(req: &Request<B>, bound: std::net::SocketAddr) -> Result<(), Misaddressed> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err((StatusCode::BAD_REQUEST, BAD_HOST));
+    }
+    let target = req.uri().authority().map(|a| a.as_str().as_bytes());
+    let authority = match (req.version(), target, host) {
+        (_, Some(t), Some(h)) if !t.eq_ignore_ascii_case(h.as_bytes()) => {
+            return Err((StatusCode::BAD_REQUEST, BAD_HOST))
+        }
+        (_, _, Some(h)) => h.as_bytes(),
+        (http::Version::HTTP_2 | http::Version::HTTP_3, Some(t), None) => t,
+        // An HTTP/1.x request names its authority in Host, whatever its target's form.
+        (_, _, None) => return Err((StatusCode::BAD_REQUEST, BAD_HOST)),
+    };
+    host_allowed(authority, bound)
+}
+
+/// The Host rule for one authority value: see [`addressed_to_us`].
+fn host_allowed(authority: &[u8], bound: std::net::SocketAddr) -> Result<(), Misaddressed> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    enum Named<'a> {
+        Name(&'a str),
+        Ip(IpAddr),
+    }
+    let bad = (StatusCode::BAD_REQUEST, BAD_HOST);
+    let text = std::str::from_utf8(authority).map_err(|_| bad)?;
+    let (host, port) = match text.strip_prefix('[') {
+        Some(rest) => {
+            let (ip, after) = rest.split_once(']').ok_or(bad)?;
+            let ip: Ipv6Addr = ip.parse().map_err(|_| bad)?;
+            let port = match after {
+                "" => None,
+                p => Some(p.strip_prefix(':').ok_or(bad)?),
+            };
+            (Named::Ip(IpAddr::V6(ip)), port)
+        }
+        None => {
+            let (name, port) = match text.split_once(':') {
+                Some((n, p)) => (n, Some(p)),
+                None => (text, None),
+            };
+            match name.parse::<Ipv4Addr>() {
+                Ok(ip) => (Named::Ip(IpAddr::V4(ip)), port),
+                Err(_) => (Named::Name(name), port),
+            }
+        }
+    };
+    if let Some(p) = port {
+        let digits = !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit());
+        if !digits || p.parse::<u16>().map_or(true, |n| n == 0) {
+            return Err(bad);
+        }
+    }
+    match host {
+        // A name: letters, digits, `-` and `.` only (no user info, no second `:`).
+        Named::Name(name) => {
+            let valid = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            if !valid {
+                Err(bad)
+            } else if name.eq_ignore_ascii_case("localhost") {
+                Ok(())
+            } else {
+                Err((StatusCode::MISDIRECTED_REQUEST, NOT_OURS))
+            }
+        }
+        Named::Ip(ip) => {
+            let ip = ip.to_canonical();
+            let own = bound.ip().to_canonical();
+            if own.is_unspecified() || ip == own || (own.is_loopback() && ip.is_loopback()) {
+                Ok(())
+            } else {
+                Err((StatusCode::MISDIRECTED_REQUEST, NOT_OURS))
+            }
+        }
+    }
 }
 
 const OUTCOMES: [&str; 6] = [
@@ -292,6 +404,70 @@ fn page(state: &State) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn check(host: &str, bound: &str) -> u16 {
+        let req = Request::builder().header(header::HOST, host).body(()).unwrap();
+        match addressed_to_us(&req, bound.parse().unwrap()) {
+            Ok(()) => 200,
+            Err((status, _)) => status.as_u16(),
+        }
+    }
+
+    /// The rule for binds a test cannot make on loopback alone: an unspecified address
+    /// (containers, Kubernetes) and a specific non-loopback one.
+    #[test]
+    fn hosts_by_bind() {
+        for any in ["0.0.0.0:9901", "[::]:9901"] {
+            for ok in [
+                "10.1.2.3:9901",
+                "10.1.2.3",
+                "[fd00::7]:9901",
+                "127.0.0.1:9901",
+                "localhost:9901",
+                "LocalHost",
+            ] {
+                assert_eq!(check(ok, any), 200, "{ok} on {any}");
+            }
+            for name in [
+                "portcullis.svc.cluster.local:9901",
+                "rebind.attacker.test:9901",
+                "10.1.2.3.nip.io:9901",
+            ] {
+                assert_eq!(check(name, any), 421, "{name} on {any}");
+            }
+        }
+        let specific = "10.1.2.3:9901";
+        assert_eq!(check("10.1.2.3:9901", specific), 200);
+        assert_eq!(
+            check("[::ffff:10.1.2.3]:9901", specific),
+            200,
+            "IPv4-mapped is the same address"
+        );
+        assert_eq!(check("localhost:9901", specific), 200);
+        assert_eq!(check("10.1.2.4:9901", specific), 421);
+        assert_eq!(
+            check("127.0.0.1:9901", specific),
+            421,
+            "loopback only on a loopback bind"
+        );
+        for malformed in [
+            "",
+            ":9901",
+            "a b",
+            "user@10.1.2.3",
+            "10.1.2.3:",
+            "10.1.2.3:0",
+            "10.1.2.3:65536",
+            "10.1.2.3:+1",
+            "::1",
+            "[::1",
+            "[fe80::1%25eth0]",
+            "[::1]9901",
+            "localhost:1:2",
+        ] {
+            assert_eq!(check(malformed, specific), 400, "{malformed:?}");
+        }
+    }
 
     #[test]
     fn html_is_escaped() {

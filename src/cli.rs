@@ -71,6 +71,8 @@ enum Command {
     /// (`/readyz` with `--ready`); exit 0 if so. For container health checks: no curl
     /// needed.
     Health {
+        /// Read for `[admin] address` only: a config the running server refused at
+        /// reload does not fail the check.
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// The admin listener's address, instead of the config's `[admin] address`.
@@ -153,9 +155,7 @@ pub fn run() -> ExitCode {
 fn check(path: PathBuf, strict: bool) -> ExitCode {
     match config::load(&path) {
         Ok(loaded) => {
-            for w in &loaded.warnings {
-                eprintln!("{w}");
-            }
+            print_diagnostics(&path, &loaded.warnings);
             if strict && !loaded.warnings.is_empty() {
                 eprintln!(
                     "{}: {} warning(s), refused by --strict",
@@ -168,9 +168,7 @@ fn check(path: PathBuf, strict: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(errors) => {
-            for e in &errors.0 {
-                eprintln!("{e}");
-            }
+            print_diagnostics(&path, &errors.0);
             ExitCode::FAILURE
         }
     }
@@ -197,9 +195,11 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
 
 fn serve(path: PathBuf, format: LogFormat) -> anyhow::Result<()> {
     let _log_guard = init_logging(format);
-    let loaded = config::load(&path).map_err(|e| anyhow::anyhow!("{e}\nconfig refused; nothing started"))?;
+    let redactor = Redactor::of_file(&path);
+    let loaded = config::load(&path)
+        .map_err(|e| anyhow::anyhow!("{}\nconfig refused; nothing started", redactor.text(&e.to_string())))?;
     for w in &loaded.warnings {
-        tracing::warn!("{w}");
+        tracing::warn!("{}", redactor.text(&w.to_string()));
     }
     let config = loaded.config;
     // Each connection is a file descriptor: raise the soft limit to the hard one so that
@@ -332,12 +332,33 @@ fn endpoint_test(path: PathBuf, name: &str) -> ExitCode {
     let loaded = match config::load(&path) {
         Ok(l) => l,
         Err(errors) => {
-            for e in &errors.0 {
-                eprintln!("{e}");
-            }
+            print_diagnostics(&path, &errors.0);
             return ExitCode::FAILURE;
         }
     };
+    // What the endpoint sends, resolved (`{ env }` and `{ file }` too), and its Basic
+    // header: never printed, even when the target echoes it or an error quotes it.
+    let mut redactor = Redactor::of_file(&path);
+    for e in loaded.config.endpoints.iter().filter(|e| e.name == name) {
+        match &e.auth {
+            config::EndpointAuth::Basic { username, password, .. } => {
+                redactor.add(password.expose_str());
+                redactor.add(
+                    &base64::engine::general_purpose::STANDARD.encode(format!("{username}:{}", password.expose_str())),
+                );
+            }
+            config::EndpointAuth::OAuth2 {
+                client_secret,
+                password,
+                ..
+            } => {
+                for s in [client_secret, password].into_iter().flatten() {
+                    redactor.add(s.expose_str());
+                }
+            }
+            config::EndpointAuth::None | config::EndpointAuth::Principal | config::EndpointAuth::Signature { .. } => {}
+        }
+    }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -367,7 +388,7 @@ fn endpoint_test(path: PathBuf, name: &str) -> ExitCode {
                     true
                 }
                 Err(e) => {
-                    println!("FAILED: endpoint `{name}`: {e}");
+                    println!("FAILED: endpoint `{name}`: {}", redactor.text(&e.to_string()));
                     false
                 }
             };
@@ -385,13 +406,13 @@ fn endpoint_test(path: PathBuf, name: &str) -> ExitCode {
                 } else {
                     println!("FAILED: endpoint `{name}` answered {status}");
                     if !body.is_empty() {
-                        println!("{body}");
+                        println!("{}", redactor.text(&body));
                     }
                     false
                 }
             }
             Err(e) => {
-                println!("FAILED: endpoint `{name}`: {e}");
+                println!("FAILED: endpoint `{name}`: {}", redactor.text(&e.to_string()));
                 false
             }
         }
@@ -417,16 +438,98 @@ fn endpoint_test(path: PathBuf, name: &str) -> ExitCode {
     }
 }
 
+/// The admin address when `[admin]` has no `address` (as `config::load` defaults it).
+const DEFAULT_ADMIN: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9901);
+
+/// The admin listener's address from the config file, with the least parsing possible:
+/// the file as a plain TOML document, `[admin] address` and nothing else. A config the
+/// running server refused at reload (an unknown key, a missing secret file, a bad rule)
+/// and kept serving without must not fail the health check, or the orchestrator restarts
+/// a healthy server into a config it cannot load. A file that is not even TOML is
+/// scanned for its `[admin]` table's `address = "..."` line. `Ok(None)`: no `[admin]`.
+/// Errors never quote the file (it may hold secrets), only its positions.
+fn admin_address(path: &std::path::Path) -> Result<Option<std::net::SocketAddr>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let parse = |s: &str| {
+        s.parse::<std::net::SocketAddr>().map_err(|_| {
+            format!(
+                "{}: [admin] address is not IP:PORT such as 127.0.0.1:9901",
+                path.display()
+            )
+        })
+    };
+    match text.parse::<toml::Table>() {
+        Ok(doc) => match doc.get("admin") {
+            None => Ok(None),
+            Some(toml::Value::Table(admin)) => match admin.get("address") {
+                None => Ok(Some(DEFAULT_ADMIN)),
+                Some(toml::Value::String(s)) => parse(s).map(Some),
+                Some(_) => Err(format!("{}: [admin] address is not a string", path.display())),
+            },
+            Some(_) => Err(format!("{}: `admin` is not a table", path.display())),
+        },
+        Err(e) => {
+            let at = e
+                .span()
+                .map(|sp| {
+                    format!(
+                        " at line {}",
+                        text[..sp.start.min(text.len())].matches('\n').count() + 1
+                    )
+                })
+                .unwrap_or_default();
+            let not_toml = |why: &str| {
+                format!(
+                    "{} is not valid TOML{at}, and {why}; pass --admin ADDRESS",
+                    path.display()
+                )
+            };
+            match admin_by_lines(&text) {
+                Ok(Some(Some(a))) => parse(&a).map(Some),
+                Ok(Some(None)) => Ok(Some(DEFAULT_ADMIN)),
+                Ok(None) => Err(not_toml("it has no [admin] table line")),
+                Err(why) => Err(not_toml(why)),
+            }
+        }
+    }
+}
+
+/// For a file that does not parse: the `address = "..."` line of its one `[admin]` table,
+/// by lines. `Ok(None)`: no `[admin]` line; `Ok(Some(None))`: a table without `address`.
+fn admin_by_lines(text: &str) -> Result<Option<Option<String>>, &'static str> {
+    let bare = |line: &str| line.split('#').next().unwrap_or("").trim().to_string();
+    let mut lines = text.lines().map(bare);
+    if text.lines().map(bare).filter(|l| l == "[admin]").count() > 1 {
+        return Err("it has more than one [admin] line");
+    }
+    if !lines.any(|l| l == "[admin]") {
+        return Ok(None);
+    }
+    for line in lines.take_while(|l| !l.starts_with('[')) {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        if key.trim() != "address" {
+            continue;
+        }
+        let value = value.trim();
+        return match value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+            Some(v) if !v.contains('"') && !v.contains('\\') => Ok(Some(Some(v.to_string()))),
+            _ => Err("its [admin] address line is not a plain string"),
+        };
+    }
+    Ok(Some(None))
+}
+
 /// `portcullis health`: GET the admin listener's `/healthz` (or `/readyz`).
 fn health(path: PathBuf, admin: Option<std::net::SocketAddr>, ready: bool) -> ExitCode {
     let admin = match admin {
         Some(a) => Some(a),
-        None => match config::load(&path) {
-            Ok(loaded) => loaded.config.admin,
-            Err(errors) => {
-                for e in &errors.0 {
-                    eprintln!("{e}");
-                }
+        None => match admin_address(&path) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("portcullis: {e}");
                 return ExitCode::FAILURE;
             }
         },
@@ -520,6 +623,145 @@ fn scrub_url(text: &str) -> String {
     url.to_string()
 }
 
+/// Every URL in free text (`scheme://...`, up to a space or a quote) without its user info
+/// and with its query values replaced, whether or not the URL is valid: a diagnostic about
+/// a malformed URL quotes it.
+fn scrub_urls_in(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (before, url) = rest.split_at(i + 3);
+        out.push_str(before);
+        let end = url
+            .find(|c: char| c.is_whitespace() || matches!(c, '`' | '"' | '\'' | '<' | '>'))
+            .unwrap_or(url.len());
+        let (url, after) = url.split_at(end);
+        let auth_end = url.find(['/', '?', '#']).unwrap_or(url.len());
+        let (authority, tail) = url.split_at(auth_end);
+        out.push_str(authority.rsplit_once('@').map_or(authority, |(_, host)| host));
+        let (path, query) = match tail.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (tail, None),
+        };
+        out.push_str(path);
+        if let Some(q) = query {
+            let q = q.split('#').next().unwrap_or("");
+            let names: Vec<String> = q
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _)) => format!("{k}=REMOVED"),
+                    None => pair.to_string(),
+                })
+                .collect();
+            out.push('?');
+            out.push_str(&names.join("&"));
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The secrets a config's text writes literally, to remove from anything printed about
+/// it (diagnostics quote values): strings under secret-bearing keys at any depth, and the
+/// user info and query values of URLs. Plus any added later (resolved secrets).
+#[derive(Default)]
+struct Redactor {
+    secrets: Vec<String>,
+}
+
+impl Redactor {
+    fn of_file(path: &std::path::Path) -> Self {
+        let mut r = Redactor::default();
+        if let Some(doc) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| t.parse::<toml::Value>().ok())
+        {
+            r.collect(&doc, false);
+        }
+        r
+    }
+
+    fn collect(&mut self, value: &toml::Value, secret: bool) {
+        match value {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    // A `{ env }` or `{ file }` secret names where it is; nothing to hide.
+                    let named_secret = secret_name(k) || k == "value";
+                    self.collect(v, named_secret);
+                }
+            }
+            toml::Value::Array(items) => items.iter().for_each(|v| self.collect(v, secret)),
+            toml::Value::String(s) => {
+                if secret {
+                    self.add(s);
+                }
+                if let Some((_, rest)) = s.split_once("://") {
+                    // By text, so that a URL too malformed to parse (which is what a
+                    // diagnostic quotes) gives up its secrets too.
+                    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+                    if let Some((userinfo, _)) = rest[..auth_end].rsplit_once('@') {
+                        let password = userinfo.split_once(':').map_or(userinfo, |(_, p)| p);
+                        self.add(password);
+                        if let Some(decoded) = urlencoding_decode(password) {
+                            self.add(&decoded);
+                        }
+                    }
+                    if let Some((_, query)) = rest.split_once('?') {
+                        let query = query.split('#').next().unwrap_or("");
+                        for (_, v) in query.split('&').filter_map(|p| p.split_once('=')) {
+                            self.add(v);
+                            if let Some(decoded) = urlencoding_decode(v) {
+                                self.add(&decoded);
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn add(&mut self, secret: &str) {
+        if !secret.is_empty() && !self.secrets.iter().any(|s| s == secret) {
+            self.secrets.push(secret.to_string());
+        }
+    }
+
+    /// `text` with URLs scrubbed and every known secret replaced: quoted wherever it is
+    /// quoted, and anywhere when it is long enough not to be an ordinary word.
+    fn text(&self, text: &str) -> String {
+        let mut out = scrub_urls_in(text);
+        // Longest first: a secret that contains another is removed whole.
+        let mut secrets: Vec<&String> = self.secrets.iter().collect();
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        for s in secrets {
+            for (open, close) in [("`", "`"), ("\"", "\""), ("'", "'"), ("\\\"", "\\\"")] {
+                out = out.replace(&format!("{open}{s}{close}"), &format!("{open}<redacted>{close}"));
+            }
+            if s.chars().count() >= 6 {
+                out = out.replace(s.as_str(), "<redacted>");
+            }
+        }
+        out
+    }
+}
+
+/// Percent-decoding of URL user info.
+fn urlencoding_decode(s: &str) -> Option<String> {
+    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Prints a config's diagnostics on stderr, secrets removed.
+fn print_diagnostics(path: &std::path::Path, items: &[config::Diagnostic]) {
+    let r = Redactor::of_file(path);
+    for d in items {
+        eprintln!("{}", r.text(&d.to_string()));
+    }
+}
+
 /// Removes every secret from a parsed config, whatever TOML form each part was written
 /// in (standard or inline tables, arrays of tables or inline arrays): secret-bearing keys
 /// at any depth, endpoint credentials (each endpoint's `auth` becomes `none`), and URL
@@ -592,14 +834,47 @@ pub fn fix_for(reason: &str) -> Option<&'static str> {
         .map(str::trim)
 }
 
-/// Where credentials are, without their secrets.
-fn credentials_found(parts: &http::request::Parts) -> Vec<String> {
+/// A request target as `explain` prints it: the path, and the query's names with their
+/// values removed (`/hook?apiKey=REMOVED&token=REMOVED`). The target was parsed as a URI,
+/// so it holds no control or non-ASCII byte.
+fn target_text(uri: &http::Uri) -> String {
+    let mut out = uri.path().to_string();
+    if let Some(q) = uri.query() {
+        let names: Vec<String> = q
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) => format!("{k}=REMOVED"),
+                None => pair.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&names.join("&"));
+    }
+    out
+}
+
+/// A value of an unverified token, JSON-quoted, at most 80 characters.
+fn claim_text(v: &serde_json::Value) -> String {
+    let t = v.to_string();
+    match t.char_indices().nth(80) {
+        Some((i, _)) => format!("{}...", &t[..i]),
+        None => t,
+    }
+}
+
+/// Where credentials are, without their secrets. A user part of Basic is shown only when
+/// it is a configured user or API key id (`known`): otherwise it may be a secret typed in
+/// the wrong field. An `Authorization` value is never shown, nor a scheme unless the
+/// value has the `scheme credentials` form and the scheme is a short token.
+fn credentials_found(parts: &http::request::Parts, known: &dyn Fn(&str) -> bool) -> Vec<String> {
     use base64::Engine;
     let mut found = Vec::new();
     for v in parts.headers.get_all(http::header::AUTHORIZATION) {
         let b = v.as_bytes();
-        let scheme = b.split(|c| *c == b' ').next().unwrap_or_default();
-        let rest = b.get(scheme.len() + 1..).unwrap_or_default().trim_ascii();
+        let (scheme, rest) = match b.iter().position(|c| *c == b' ') {
+            Some(i) => (&b[..i], b[i + 1..].trim_ascii()),
+            None => (b, &b""[..]),
+        };
         let what = if scheme.eq_ignore_ascii_case(b"basic") {
             match base64::engine::general_purpose::STANDARD
                 .decode(rest)
@@ -607,9 +882,10 @@ fn credentials_found(parts: &http::request::Parts) -> Vec<String> {
                 .and_then(|raw| String::from_utf8(raw).ok())
             {
                 Some(text) => match text.split_once(':') {
-                    Some((user, _)) => {
+                    Some((user, _)) if known(user) => {
                         format!("Authorization: Basic, user part `{user}` (a user for basic, or a key id for api_key)")
                     }
+                    Some(_) => "Authorization: Basic, user part not a configured user or key id (not shown: it may be a secret in the wrong field)".into(),
                     None => "Authorization: Basic, but no `:` between user and secret".into(),
                 },
                 None => "Authorization: Basic, but not base64 of UTF-8 text".into(),
@@ -623,15 +899,23 @@ fn credentials_found(parts: &http::request::Parts) -> Vec<String> {
             match claims {
                 Some(c) => format!(
                     "Authorization: Bearer, a JWT with iss={} sub={} aud={} exp={}",
-                    c["iss"], c["sub"], c["aud"], c["exp"]
+                    claim_text(&c["iss"]),
+                    claim_text(&c["sub"]),
+                    claim_text(&c["aud"]),
+                    claim_text(&c["exp"])
                 ),
                 None => "Authorization: Bearer, an opaque token".into(),
             }
-        } else {
+        } else if !rest.is_empty()
+            && (1..=20).contains(&scheme.len())
+            && scheme.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+        {
             format!(
                 "Authorization: scheme `{}` (not one Portcullis reads)",
                 String::from_utf8_lossy(scheme)
             )
+        } else {
+            "Authorization: a value without a scheme (not shown; Portcullis reads Basic and Bearer)".into()
         };
         found.push(what);
     }
@@ -646,6 +930,10 @@ fn credentials_found(parts: &http::request::Parts) -> Vec<String> {
     found
 }
 
+/// `portcullis explain`. Nothing it prints quotes what came from the request beyond the
+/// path, the query's names, configured user and key names and a JWT's public claims:
+/// not the query's values, an `Authorization` or other header's value, the URL's user
+/// info, nor (in errors) the arguments themselves.
 fn explain(path: PathBuf, client: std::net::IpAddr, headers: &[String], method: &str, url: &str) -> ExitCode {
     let fail = |m: String| {
         eprintln!("portcullis: {m}");
@@ -654,30 +942,40 @@ fn explain(path: PathBuf, client: std::net::IpAddr, headers: &[String], method: 
     let loaded = match config::load(&path) {
         Ok(l) => l,
         Err(errors) => {
-            for e in &errors.0 {
-                eprintln!("{e}");
-            }
+            print_diagnostics(&path, &errors.0);
             return ExitCode::FAILURE;
         }
     };
     let uri: http::Uri = match url.parse() {
         Ok(u) => u,
-        Err(e) => return fail(format!("`{url}` is not a URL: {e}")),
+        Err(e) => {
+            return fail(format!(
+                "the URL argument is not a URL ({e}); it is not shown, it may hold secrets"
+            ))
+        }
     };
     let Ok(method) = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
-        return fail(format!("`{method}` is not an HTTP method"));
+        return fail("the METHOD argument is not an HTTP method (the arguments are METHOD then URL)".into());
     };
     let mut builder = http::Request::builder()
         .method(method)
         .uri(uri.path_and_query().map_or("/", |p| p.as_str()));
-    for h in headers {
+    for (n, h) in headers.iter().enumerate() {
         let Some((name, value)) = h.split_once(':') else {
-            return fail(format!("header `{h}` is not `Name: value`"));
+            return fail(format!(
+                "header argument {} is not `Name: value` (not shown: it may hold a secret)",
+                n + 1
+            ));
         };
         builder = builder.header(name.trim(), value.trim());
     }
+    // The Host a client would send: the URL's host and port, never its user info.
     if let Some(a) = uri.authority() {
-        builder = builder.header(http::header::HOST, a.as_str());
+        let host = match a.port() {
+            Some(p) => format!("{}:{p}", a.host()),
+            None => a.host().to_string(),
+        };
+        builder = builder.header(http::header::HOST, host);
     }
     let (parts, ()) = match builder.body(()) {
         Ok(r) => r.into_parts(),
@@ -687,8 +985,16 @@ fn explain(path: PathBuf, client: std::net::IpAddr, headers: &[String], method: 
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the tokio runtime: {e}")),
     };
-    let found = credentials_found(&parts);
-    let (method, target) = (parts.method.clone(), parts.uri.clone());
+    let names: std::collections::HashSet<String> = loaded
+        .config
+        .users
+        .iter()
+        .map(|u| u.name.clone())
+        .chain(loaded.config.api_keys.iter().map(|k| k.key.clone()))
+        .collect();
+    let known = |n: &str| names.contains(n);
+    let found = credentials_found(&parts, &known);
+    let (method, target) = (parts.method.clone(), target_text(&parts.uri));
     let result = rt.block_on(async move {
         let state = crate::state::State::new(loaded.config).map_err(|e| e.to_string())?;
         let gw = state.gateway();
@@ -696,7 +1002,7 @@ fn explain(path: PathBuf, client: std::net::IpAddr, headers: &[String], method: 
     });
     let e = match result {
         Ok(e) => e,
-        Err(m) => return fail(m),
+        Err(m) => return fail(Redactor::of_file(&path).text(&m)),
     };
     println!("request      {method} {target} from {client}");
     match &e.route {
@@ -723,7 +1029,11 @@ fn explain(path: PathBuf, client: std::net::IpAddr, headers: &[String], method: 
             p.method.as_str(),
             p.roles.join(", ")
         ),
-        (None, Some((who, how))) => println!("principal    `{who}` by {}", how.as_str()),
+        (None, Some((who, how))) if known(who) => println!("principal    `{who}` by {}", how.as_str()),
+        (None, Some((_, how))) => println!(
+            "principal    not a configured user or key (not shown: it may be a mistyped secret) by {}",
+            how.as_str()
+        ),
         (None, None) => {}
     }
     match &e.decision {

@@ -866,7 +866,7 @@ async fn oauth_endpoint(
         Ok(Err(_)) => return Err(Refusal::PayloadTooLarge),
         Err(_) => return Err(Refusal::BadRequest("token request body timed out".into())),
     };
-    let authorization = parts.headers.get(header::AUTHORIZATION);
+    let authorization = parts.headers.get_all(header::AUTHORIZATION);
     if path == builtin::REVOKE_PATH {
         return Ok(issuer.revoke(&gw.auth, authorization, &form, client).await?);
     }

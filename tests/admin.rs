@@ -1,5 +1,5 @@
-//! The admin page (checked in headless Chromium), `/status`, `/refusals`, and `/metrics`
-//! validated by `promtool check metrics`.
+//! The admin page (checked in headless Chromium), `/status`, `/refusals`, `/metrics`
+//! validated by `promtool check metrics`, and the Host rule against DNS rebinding.
 //!
 //! `.ci/run` installs Debian's `chromium` and `prometheus` (promtool) and sets
 //! PORTCULLIS_REQUIRE_TOOLS=1, which turns a missing tool into a failure.
@@ -181,6 +181,143 @@ async fn metrics_pass_promtool() {
         "promtool: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+    gw.stop().await;
+}
+
+// === the Host rule (DNS rebinding) ===
+
+/// The status line's code and the body of a raw HTTP/1.x exchange (`Connection: close`).
+async fn raw_status(admin: std::net::SocketAddr, head: &str) -> (u16, String) {
+    let text = raw(admin, head.as_bytes()).await;
+    let code = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    (code, body)
+}
+
+/// A web page whose DNS name an attacker points at the admin address (DNS rebinding)
+/// reaches the listener with its own name in `Host`: refused on every endpoint, with the
+/// contract's JSON; every ambiguous or missing authority is refused too; IP literals of
+/// the listener and `localhost` pass, so probes, Prometheus and `portcullis health` work.
+#[tokio::test]
+async fn the_admin_listener_answers_only_its_own_address_or_localhost() {
+    let (_up, gw) = with_refusals().await;
+    let admin = gw.admin.unwrap();
+    let port = admin.port();
+    let get = |target: &str, fields: &str| format!("GET {target} HTTP/1.1\r\n{fields}Connection: close\r\n\r\n");
+
+    for host in [
+        format!("rebind.attacker.test:{port}"),
+        "rebind.attacker.test".to_string(),
+        format!("localhost.attacker.test:{port}"),
+        format!("127.0.0.1.nip.io:{port}"),
+        format!("localhost.:{port}"),
+        format!("0x7f000001:{port}"),
+        format!("2130706433:{port}"),
+        format!("10.1.2.3:{port}"),
+        format!("192.168.0.1:{port}"),
+    ] {
+        for path in ["/refusals", "/status", "/", "/metrics", "/healthz"] {
+            let (code, body) = raw_status(admin, &get(path, &format!("Host: {host}\r\n"))).await;
+            assert_eq!(code, 421, "Host {host} {path}: {body}");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["code"], 421, "{body}");
+            assert!(v["request_id"].is_string() && v["message"].is_string(), "{body}");
+            assert!(!body.contains("alice") && !body.contains("bad_password"), "{body}");
+        }
+    }
+    for (what, head) in [
+        ("no Host", get("/refusals", "")),
+        ("no Host, HTTP/1.0", "GET /refusals HTTP/1.0\r\n\r\n".to_string()),
+        (
+            "two Host fields",
+            get(
+                "/refusals",
+                &format!("Host: 127.0.0.1:{port}\r\nHost: 127.0.0.1:{port}\r\n"),
+            ),
+        ),
+        (
+            "absolute-form target naming another authority",
+            get(
+                "http://rebind.attacker.test/refusals",
+                &format!("Host: 127.0.0.1:{port}\r\n"),
+            ),
+        ),
+        (
+            "absolute-form target, Host naming another authority",
+            get(
+                &format!("http://127.0.0.1:{port}/refusals"),
+                "Host: rebind.attacker.test\r\n",
+            ),
+        ),
+        (
+            "user info",
+            get("/refusals", &format!("Host: user@127.0.0.1:{port}\r\n")),
+        ),
+        ("bad port", get("/refusals", "Host: 127.0.0.1:http\r\n")),
+        ("empty Host", get("/refusals", "Host: \r\n")),
+    ] {
+        let (code, body) = raw_status(admin, &head).await;
+        assert_eq!(code, 400, "{what}: {body}");
+        assert!(!body.contains("bad_password"), "{what}: {body}");
+    }
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("LOCALHOST:{port}"),
+        "localhost".to_string(),
+        // Loopback bind: any loopback address (a port forward changes the port).
+        "127.0.0.1:1".to_string(),
+        format!("127.0.0.2:{port}"),
+        format!("[::1]:{port}"),
+    ] {
+        let (code, body) = raw_status(admin, &get("/refusals", &format!("Host: {host}\r\n"))).await;
+        assert_eq!(code, 200, "Host {host}: {body}");
+        assert!(body.contains("bad_password"), "{body}");
+    }
+    let (code, _) = raw_status(
+        admin,
+        &get(
+            &format!("http://127.0.0.1:{port}/healthz"),
+            &format!("Host: 127.0.0.1:{port}\r\n"),
+        ),
+    )
+    .await;
+    assert_eq!(code, 200, "absolute-form naming the listener itself");
+
+    // HTTP/2 (prior knowledge): the :authority is what is checked.
+    let h2 = |uri: String, host: Option<String>| async move {
+        let tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(http2_client_executor(), hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let mut req = http::Request::get(uri);
+        if let Some(h) = host {
+            req = req.header("host", h);
+        }
+        let req = req.body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+        send.send_request(req).await.unwrap().status().as_u16()
+    };
+    assert_eq!(
+        h2(format!("http://rebind.attacker.test:{port}/refusals"), None).await,
+        421
+    );
+    assert_eq!(h2(format!("http://127.0.0.1:{port}/refusals"), None).await, 200);
+    assert_eq!(h2(format!("http://localhost:{port}/refusals"), None).await, 200);
+    assert_eq!(
+        h2(
+            format!("http://127.0.0.1:{port}/refusals"),
+            Some("rebind.attacker.test".into())
+        )
+        .await,
+        400,
+        ":authority and Host disagree"
     );
     gw.stop().await;
 }

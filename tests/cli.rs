@@ -1,4 +1,6 @@
-//! `hash-password`, `keygen` and `urlkey`: their output works in a real config.
+//! `hash-password`, `keygen` and `urlkey`: their output works in a real config; `health`
+//! asks the running server whatever the file now says; `explain`, `check`, `export` and
+//! the other subcommands never print a secret.
 
 mod support;
 
@@ -324,4 +326,453 @@ integration = "p/login"
     let (code, _, err) = run(&["explain", "--config", cfg, "GET", "/login/x", "-H", "no-colon"], "");
     assert_eq!(code, 1);
     assert!(err.contains("is not `Name: value`"), "{err}");
+}
+
+/// A config for `health`: the admin listener at `admin`, `extra` appended.
+fn health_cfg(admin: &str, extra: &str) -> String {
+    format!(
+        r#"
+[listen]
+address = "127.0.0.1:0"
+
+[admin]
+address = "{admin}"
+
+[assertion]
+key = {{ file = "{{dir}}/assertion-key" }}
+
+[[plans]]
+name = "p"
+upstream = "builtin:echo"
+access = {{ all = true }}
+
+[[plans.integrations]]
+name = "open"
+path = "/open"
+methods = ["GET"]
+auth = "none"
+{extra}
+"#
+    )
+}
+
+/// `health --config F` reads only `[admin] address`: after edits the running server
+/// refuses at reload (and keeps serving without), it still exits 0 while the server
+/// answers; only an unreadable admin section (or none) fails it, with a clear message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_asks_the_running_server_whatever_the_config_now_says() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("assertion-key"),
+        "health-assertion-key-0123456789abcdef",
+    )
+    .unwrap();
+    let path = write_config(dir.path(), &health_cfg("127.0.0.1:0", ""));
+    let p = Process::start(&path, &[]);
+    let admin = p.admin.unwrap().to_string();
+    let cfg = path.to_str().unwrap().to_string();
+    let failures = || {
+        let admin = admin.clone();
+        async move {
+            let m = client()
+                .get(format!("http://{admin}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            metric_value(&m, r#"portcullis_config_reloads_total{outcome="failure"}"#)
+        }
+    };
+    let health = |args: &[&str]| {
+        let mut all = vec!["health"];
+        all.extend_from_slice(args);
+        run(&all, "")
+    };
+
+    let (code, out, err) = health(&["--config", &cfg]);
+    assert_eq!(code, 1, "port 0 in the file names no listener to ask: {out}{err}");
+
+    let sighup_refused = |toml: String| {
+        let p = &p;
+        let path = path.clone();
+        async move {
+            let before = failures().await;
+            write_config(path.parent().unwrap(), &toml);
+            p.signal("HUP");
+            assert!(
+                eventually(PATIENCE, || async { failures().await > before }).await,
+                "the reload was refused:\n{}",
+                p.logs()
+            );
+        }
+    };
+    let breaks = [
+        // The admin port as bound, with an unknown key (and a moved listener: the file
+        // said port 0).
+        ("unknown key", health_cfg(&admin, "\n[limits]\nnonsense = 1\n")),
+        (
+            "missing secret file",
+            health_cfg(&admin, "").replace("assertion-key\"", "no-such-file\""),
+        ),
+        (
+            "bad rule",
+            health_cfg(&admin, "").replace("access = { all = true }", "access = { roles = \"admin\" }"),
+        ),
+        (
+            "unknown auth method",
+            health_cfg(&admin, "").replace("auth = \"none\"", "auth = \"telepathy\""),
+        ),
+        (
+            "not TOML below [admin]",
+            health_cfg(&admin, "\n[[users]]\nname = \"unterminated\n"),
+        ),
+        ("not TOML above [admin]", format!("[oops\n{}", health_cfg(&admin, ""))),
+    ];
+    for (what, toml) in breaks {
+        sighup_refused(toml).await;
+        let (code, out, err) = health(&["--config", &cfg]);
+        assert_eq!(code, 0, "{what}: {out}{err}");
+        assert!(out.contains(&format!("http://{admin}/healthz: 200")), "{what}: {out}");
+        let (code, out, err) = health(&["--config", &cfg, "--ready"]);
+        assert_eq!(code, 0, "{what}, --ready: {out}{err}");
+    }
+    // The server kept serving throughout.
+    let resp = client().get(format!("http://{}/open", p.addr)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // The flag wins: no file is read at all.
+    let (code, out, err) = health(&["--config", "/nonexistent/portcullis.toml", "--admin", &admin]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // What health cannot use fails it, saying why.
+    let refusals: [(&str, String, &str); 6] = [
+        (
+            "unreadable address",
+            health_cfg("not-an-address", ""),
+            "[admin] address is not IP:PORT",
+        ),
+        (
+            "address not a string",
+            health_cfg("x", "").replace("\"x\"", "9901"),
+            "[admin] address is not a string",
+        ),
+        (
+            "no [admin]",
+            health_cfg(&admin, "").replace("[admin]\n", "[unused]\n"),
+            "has no [admin] listener",
+        ),
+        (
+            "not TOML, no [admin] line",
+            format!("[oops\n{}", health_cfg(&admin, "").replace("[admin]\n", "")),
+            "is not valid TOML at line 1",
+        ),
+        (
+            "not TOML, two [admin] lines",
+            format!("[oops\n{}\n[admin]\n", health_cfg(&admin, "")),
+            "more than one [admin]",
+        ),
+        (
+            "not TOML, address not a plain string",
+            format!(
+                "[oops\n{}",
+                health_cfg(&admin, "").replace(&format!("\"{admin}\""), "'x'")
+            ),
+            "not a plain string",
+        ),
+    ];
+    for (what, toml, says) in refusals {
+        write_config(dir.path(), &toml);
+        let (code, out, err) = health(&["--config", &cfg]);
+        assert_eq!(code, 1, "{what}: {out}{err}");
+        assert!(err.contains(says), "{what}: {err}");
+    }
+    let (code, _, err) = health(&["--config", "/nonexistent/portcullis.toml"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot read /nonexistent/portcullis.toml"), "{err}");
+    // A server that is gone fails it (the process is ended by its Drop).
+    drop(p);
+    let (code, out, _) = health(&["--admin", &admin]);
+    assert_eq!(code, 1);
+    assert!(out.contains("no answer"), "{out}");
+}
+
+/// `explain` prints the path and the query's names, never what the request carries:
+/// query values, header values (Authorization of any scheme, Cookie, API key headers),
+/// URL user info, a Basic user part that names nobody, a refused principal that names
+/// nobody; nor do its errors quote the arguments (swapped METHOD and URL, a header
+/// without a colon, a bad header value, a URL that does not parse).
+#[test]
+fn explain_never_prints_what_the_request_carries() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &config(&format!(
+            r#"
+[[users]]
+name = "alice"
+roles = ["rest"]
+password_hash = "{alice}"
+
+[[plans]]
+name = "p"
+upstream = "http://127.0.0.1:9/base"
+access = {{ all = true }}
+
+[[plans.integrations]]
+name = "login"
+path = "/login/*"
+methods = ["GET", "POST"]
+auth = ["basic", "api_key"]
+"#,
+            alice = argon2_hash("alice-pw"),
+        )),
+    );
+    let cfg = path.to_str().unwrap();
+    let b64 = |s: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(s)
+    };
+    let runs: Vec<(Vec<String>, &[&str])> = vec![
+        (
+            vec![
+                "POST".into(),
+                "/login/x?apiKey=QUERY-SECRET-1&token=QUERY-SECRET-2&flag".into(),
+            ],
+            &["QUERY-SECRET-1", "QUERY-SECRET-2"],
+        ),
+        (
+            vec![
+                "GET".into(),
+                "https://svc:USERINFO-SECRET-3@gw.test:8443/login/x?sig=QUERY-SECRET-4".into(),
+                "-H".into(),
+                format!("Authorization: {}", basic("alice", "alice-pw")),
+            ],
+            &["USERINFO-SECRET-3", "QUERY-SECRET-4", "alice-pw"],
+        ),
+        (
+            vec![
+                "GET".into(),
+                "/login/x".into(),
+                "-H".into(),
+                "Authorization: Bearer OPAQUE-SECRET-5".into(),
+            ],
+            &["OPAQUE-SECRET-5"],
+        ),
+        (
+            vec![
+                "GET".into(),
+                "/login/x".into(),
+                "-H".into(),
+                "Authorization: RAW-SECRET-6".into(),
+            ],
+            &["RAW-SECRET-6"],
+        ),
+        (
+            vec![
+                "GET".into(),
+                "/login/x".into(),
+                "-H".into(),
+                "Authorization: Token TOKEN-SECRET-7".into(),
+            ],
+            &["TOKEN-SECRET-7"],
+        ),
+        (
+            vec![
+                "GET".into(),
+                "/login/x".into(),
+                "-H".into(),
+                format!("Authorization: {}", basic("PW-IN-USER-SECRET-8", "x")),
+            ],
+            &["PW-IN-USER-SECRET-8"],
+        ),
+        (
+            vec![
+                "GET".into(),
+                "/login/x".into(),
+                "-H".into(),
+                format!("Authorization: Basic {}", b64("NO-COLON-SECRET-9")),
+            ],
+            &["NO-COLON-SECRET-9"],
+        ),
+        (
+            vec![
+                "GET".into(),
+                "/login/x".into(),
+                "-H".into(),
+                "Cookie: session=COOKIE-SECRET-10".into(),
+                "-H".into(),
+                "X-API-Key: HEADER-SECRET-11".into(),
+                "-H".into(),
+                format!("Proxy-Authorization: {}", basic("proxy", "PROXY-SECRET-12")),
+            ],
+            &["COOKIE-SECRET-10", "HEADER-SECRET-11", "PROXY-SECRET-12"],
+        ),
+        // Errors: the arguments swapped, a header without a colon, a bad header value, a
+        // URL that does not parse.
+        (
+            vec!["/login/x?apiKey=SWAPPED-SECRET-13".into(), "POST".into()],
+            &["SWAPPED-SECRET-13"],
+        ),
+        (
+            vec![
+                "GET".into(),
+                "/login/x".into(),
+                "-H".into(),
+                "Bearer NO-COLON-HEADER-SECRET-14".into(),
+            ],
+            &["NO-COLON-HEADER-SECRET-14"],
+        ),
+        (
+            vec![
+                "GET".into(),
+                "/login/x".into(),
+                "-H".into(),
+                "X-Key: BAD\u{1}VALUE-SECRET-15".into(),
+            ],
+            &["VALUE-SECRET-15"],
+        ),
+        (vec!["GET".into(), "/login/x?k=URL SECRET-16".into()], &["SECRET-16"]),
+    ];
+    for (args, secrets) in &runs {
+        let mut all = vec!["explain", "--config", cfg];
+        all.extend(args.iter().map(String::as_str));
+        let (code, out, err) = run(&all, "");
+        for secret in *secrets {
+            assert!(
+                !out.contains(secret) && !err.contains(secret),
+                "`{secret}` printed by explain {args:?} (exit {code}):\n{out}{err}"
+            );
+        }
+    }
+    // Still useful: the query's names, the scheme, a configured user's name, the reason.
+    let (_, out, _) = run(
+        &[
+            "explain",
+            "--config",
+            cfg,
+            "POST",
+            "/login/x?apiKey=QUERY-SECRET-1&token=QUERY-SECRET-2&flag",
+        ],
+        "",
+    );
+    assert!(
+        out.contains("POST /login/x?apiKey=REMOVED&token=REMOVED&flag from"),
+        "{out}"
+    );
+    let (code, out, _) = run(
+        &[
+            "explain",
+            "--config",
+            cfg,
+            "GET",
+            "https://svc:USERINFO-SECRET-3@gw.test:8443/login/x?sig=QUERY-SECRET-4",
+            "-H",
+            &format!("Authorization: {}", basic("alice", "alice-pw")),
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("user part `alice`"), "{out}");
+    assert!(out.contains("forwarded to http://127.0.0.1:9/base/login/x\n"), "{out}");
+    let (_, out, _) = run(
+        &[
+            "explain",
+            "--config",
+            cfg,
+            "GET",
+            "/login/x",
+            "-H",
+            "Authorization: Token TOKEN-SECRET-7",
+        ],
+        "",
+    );
+    assert!(out.contains("scheme `Token`"), "{out}");
+    let (code, out, _) = run(
+        &[
+            "explain",
+            "--config",
+            cfg,
+            "GET",
+            "/login/x",
+            "-H",
+            &format!("Authorization: {}", basic("PW-IN-USER-SECRET-8", "x")),
+        ],
+        "",
+    );
+    assert_eq!(code, 2);
+    assert!(out.contains("not a configured user or key id"), "{out}");
+    let (code, _, err) = run(
+        &["explain", "--config", cfg, "/login/x?apiKey=SWAPPED-SECRET-13", "POST"],
+        "",
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("METHOD argument"), "{err}");
+}
+
+/// `check`, `serve`, `explain` and `endpoint test` print a refused config's diagnostics
+/// without the secrets they would quote (URLs with user info and query values; a
+/// literal secret quoted by a message), and keep the rest so they stay useful.
+#[test]
+fn config_diagnostics_never_print_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = [
+        "UPSTREAM-PW-SECRET-1",
+        "UPSTREAM-QUERY-SECRET-2",
+        "ENDPOINT-PW-SECRET-3",
+        "ENDPOINT-QUERY-SECRET-4",
+        "INTROSPECT-PW-SECRET-5",
+    ];
+    let path = write_config(
+        dir.path(),
+        &config(&format!(
+            r#"
+[oauth]
+mode = "introspection"
+introspection_url = "http://pc:{s4}@idp.test/introspect"
+client_id = "pc"
+client_secret = "introspection-client-secret"
+
+[[plans]]
+name = "p"
+upstream = "https://svc:{s0}@up.test:99999/base?token={s1}"
+access = {{ all = true }}
+
+[[plans.integrations]]
+name = "i"
+path = "/i"
+methods = ["GET"]
+auth = "oauth"
+
+[[endpoints]]
+name = "e"
+base_url = "https://u:{s2}@bad host.test/?token={s3}"
+auth = {{ type = "none" }}
+"#,
+            s0 = secrets[0],
+            s1 = secrets[1],
+            s2 = secrets[2],
+            s3 = secrets[3],
+            s4 = secrets[4],
+        )),
+    );
+    let cfg = path.to_str().unwrap();
+    for args in [
+        vec!["check", "--config", cfg],
+        vec!["check", "--strict", "--config", cfg],
+        vec!["serve", "--config", cfg],
+        vec!["explain", "--config", cfg, "GET", "/i"],
+        vec!["endpoint", "test", "e", "--config", cfg],
+    ] {
+        let (code, out, err) = run(&args, "");
+        assert_eq!(code, 1, "{args:?}: {out}{err}");
+        for s in secrets {
+            assert!(
+                !out.contains(s) && !err.contains(s),
+                "`{s}` printed by {args:?}:\n{out}{err}"
+            );
+        }
+        assert!(err.contains("up.test:99999/base?token=REMOVED"), "{args:?}: {err}");
+    }
 }

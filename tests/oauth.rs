@@ -396,6 +396,292 @@ async fn token_endpoint_errors_follow_rfc_6749_and_the_lockout() {
     gw.stop().await;
 }
 
+/// A token or revocation request with a raw form body and raw `Authorization` fields
+/// (each one a header field of its own).
+async fn raw_form(gw: &Gateway, path: &str, body: &str, authorization: &[&str]) -> (u16, serde_json::Value) {
+    let mut r = client()
+        .post(gw.url(path))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body.to_string());
+    for a in authorization {
+        r = r.header("authorization", *a);
+    }
+    let resp = r.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
+fn basic_b64(raw: &str) -> String {
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
+}
+
+/// RFC 6749 3.2 (each parameter at most once) and 2.3.1 (one client authentication
+/// method per request) at the token endpoint: every way of sending a parameter twice or
+/// the client's credentials twice is 400 `invalid_request`, issues nothing, and checks no
+/// secret (so it never counts toward the lockout); the allowed neighbours still work.
+#[tokio::test]
+async fn token_requests_that_rfc_6749_forbids_are_invalid_request() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&builtin_config(&up)).await;
+    let jira = basic("jira", "jira-client-secret");
+    let wrong = basic("jira", "wrong");
+    let cc = "grant_type=client_credentials";
+    let mut refused: Vec<(String, String, Vec<String>)> = vec![
+        ("equal values twice".into(), format!("{cc}&{cc}"), vec![jira.clone()]),
+        (
+            "different values twice".into(),
+            "grant_type=password&grant_type=client_credentials&username=alice&password=alice-pw".into(),
+            vec![jira.clone()],
+        ),
+        (
+            "percent-encoded name".into(),
+            format!("{cc}&grant%5Ftype=client_credentials"),
+            vec![jira.clone()],
+        ),
+        (
+            "name in another case, beside".into(),
+            format!("{cc}&Grant_Type=client_credentials"),
+            vec![jira.clone()],
+        ),
+        (
+            "name in another case, alone".into(),
+            "GRANT_TYPE=client_credentials".into(),
+            vec![jira.clone()],
+        ),
+        (
+            "empty value repeated".into(),
+            format!("{cc}&scope=&scope=a"),
+            vec![jira.clone()],
+        ),
+        (
+            "unknown name repeated".into(),
+            format!("{cc}&x=1&x=1"),
+            vec![jira.clone()],
+        ),
+        // 2.3.1: the issue's example, a wrong form secret beside a right Basic...
+        (
+            "Basic and a wrong form secret".into(),
+            format!("{cc}&client_secret=wrong"),
+            vec![jira.clone()],
+        ),
+        // ...the same secret twice, and a wrong Basic beside right form credentials.
+        (
+            "Basic and the same form secret".into(),
+            format!("{cc}&client_secret=jira-client-secret"),
+            vec![jira.clone()],
+        ),
+        (
+            "wrong Basic and right form credentials".into(),
+            format!("{cc}&client_id=jira&client_secret=jira-client-secret"),
+            vec![wrong.clone()],
+        ),
+        (
+            "form client_id other than Basic's".into(),
+            format!("{cc}&client_id=svc-client"),
+            vec![jira.clone()],
+        ),
+        (
+            "two equal Authorization fields".into(),
+            cc.into(),
+            vec![jira.clone(), jira.clone()],
+        ),
+        (
+            "Basic and Bearer fields".into(),
+            cc.into(),
+            vec![jira.clone(), "Bearer x".into()],
+        ),
+        (
+            "Bearer beside form credentials".into(),
+            format!("{cc}&client_id=jira&client_secret=jira-client-secret"),
+            vec!["Bearer x".into()],
+        ),
+        (
+            "malformed Basic beside right form credentials".into(),
+            format!("{cc}&client_id=jira&client_secret=jira-client-secret"),
+            vec!["Basic !!!not-base64".into()],
+        ),
+        ("Basic without a colon".into(), cc.into(), vec![basic_b64("jira")]),
+        (
+            "Basic with an empty id".into(),
+            cc.into(),
+            vec![basic_b64(":jira-client-secret")],
+        ),
+        (
+            "Basic with a bad escape".into(),
+            cc.into(),
+            vec![basic_b64("ji%zzra:jira-client-secret")],
+        ),
+        ("Basic with no credential".into(), cc.into(), vec!["Basic".into()]),
+        (
+            "client_secret without client_id".into(),
+            format!("{cc}&client_secret=jira-client-secret"),
+            vec![],
+        ),
+        (
+            "a value that is not UTF-8".into(),
+            format!("{cc}&scope=%FF"),
+            vec![jira.clone()],
+        ),
+        (
+            "a malformed escape".into(),
+            format!("{cc}&scope=%zz"),
+            vec![jira.clone()],
+        ),
+        (
+            "a truncated escape".into(),
+            format!("{cc}&scope=%4"),
+            vec![jira.clone()],
+        ),
+        ("an empty name".into(), format!("{cc}&=x"), vec![jira.clone()]),
+        (
+            "too many parameters".into(),
+            format!(
+                "{cc}&{}",
+                (0..40).map(|i| format!("p{i}=1")).collect::<Vec<_>>().join("&")
+            ),
+            vec![jira.clone()],
+        ),
+    ];
+    // Every parameter either endpoint reads, twice with equal values.
+    for p in [
+        "grant_type",
+        "username",
+        "password",
+        "refresh_token",
+        "scope",
+        "client_id",
+        "client_secret",
+        "token",
+        "token_type_hint",
+    ] {
+        refused.push((format!("{p} twice"), format!("{cc}&{p}=v&{p}=v"), vec![jira.clone()]));
+    }
+    for (what, body, auth) in &refused {
+        let auth: Vec<&str> = auth.iter().map(String::as_str).collect();
+        let (s, v) = raw_form(&gw, "/oauth/token", body, &auth).await;
+        assert_eq!((s, v["error"].as_str()), (400, Some("invalid_request")), "{what}: {v}");
+        assert!(v.get("access_token").is_none(), "{what}: a token was issued");
+    }
+    // None of them checked a secret: jira, sent a wrong Basic secret in more requests
+    // than max_failures allows, is not locked out.
+    for _ in 0..4 {
+        let (s, _) = raw_form(
+            &gw,
+            "/oauth/token",
+            &format!("{cc}&client_id=jira&client_secret=jira-client-secret"),
+            &[&wrong],
+        )
+        .await;
+        assert_eq!(s, 400);
+    }
+    // The neighbours that RFC 6749 allows.
+    let ok = |body: String, auth: Vec<String>| {
+        let gw = &gw;
+        async move {
+            let auth: Vec<&str> = auth.iter().map(String::as_str).collect();
+            raw_form(gw, "/oauth/token", &body, &auth).await
+        }
+    };
+    let (s, v) = ok(cc.into(), vec![jira.clone()]).await;
+    assert_eq!(s, 200, "not locked out: {v}");
+    let (s, v) = ok(format!("{cc}&client_id=jira"), vec![jira.clone()]).await;
+    assert_eq!(
+        s, 200,
+        "Basic with the same client_id in the form (RFC 6749 3.2.1): {v}"
+    );
+    let (s, v) = ok(cc.into(), vec![jira.replacen("Basic", "bAsIc", 1)]).await;
+    assert_eq!(s, 200, "the scheme is case-insensitive: {v}");
+    let (s, v) = ok(format!("{cc}&scope="), vec![jira.clone()]).await;
+    assert_eq!(s, 200, "an empty value is an omitted parameter: {v}");
+    assert!(v.get("scope").is_none(), "{v}");
+    let (s, v) = ok(
+        format!("{cc}&client_id=jira&client_secret=jira%2Dclient%2Dsecret"),
+        vec![],
+    )
+    .await;
+    assert_eq!(s, 200, "escapes in the form are decoded once: {v}");
+    // An empty grant_type is an omitted one; a lone client_id or another scheme is no
+    // client authentication (401).
+    let (s, v) = ok("grant_type=".into(), vec![jira.clone()]).await;
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_request")), "{v}");
+    let (s, v) = ok(format!("{cc}&client_id=jira"), vec![]).await;
+    assert_eq!((s, v["error"].as_str()), (401, Some("invalid_client")), "{v}");
+    let (s, v) = ok(cc.into(), vec!["Bearer x".into()]).await;
+    assert_eq!((s, v["error"].as_str()), (401, Some("invalid_client")), "{v}");
+    let refusals = client()
+        .get(gw.admin_url("/refusals"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        refusals.contains(r#""reason":"ambiguous_token_request""#),
+        "the refusals are shown with their reason:\n{refusals}"
+    );
+    gw.stop().await;
+}
+
+/// RFC 7009 2.1: the revocation endpoint authenticates clients as the token endpoint
+/// does, with the same rules; a refused revocation revokes nothing.
+#[tokio::test]
+async fn revocation_requests_that_rfc_6749_forbids_revoke_nothing() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&builtin_config(&up)).await;
+    let svc = basic("svc-client", "svc-client-secret");
+    let (s, v) = raw_form(&gw, "/oauth/token", "grant_type=client_credentials", &[&svc]).await;
+    assert_eq!(s, 200, "{v}");
+    let access = v["access_token"].as_str().unwrap().to_string();
+    assert_eq!(bearer_status(&gw, "/events", &access).await, 200);
+    let t = format!("token={access}");
+    let refused: Vec<(&str, String, Vec<String>)> = vec![
+        ("token twice", format!("{t}&{t}"), vec![svc.clone()]),
+        ("token, then another", format!("{t}&token=x"), vec![svc.clone()]),
+        (
+            "token_type_hint twice",
+            format!("{t}&token_type_hint=access_token&token_type_hint=access_token"),
+            vec![svc.clone()],
+        ),
+        (
+            "percent-encoded token name",
+            format!("{t}&%74oken=x"),
+            vec![svc.clone()],
+        ),
+        ("Token in another case", format!("{t}&Token=x"), vec![svc.clone()]),
+        (
+            "Basic and a form secret",
+            format!("{t}&client_secret=wrong"),
+            vec![svc.clone()],
+        ),
+        (
+            "Basic and another client_id",
+            format!("{t}&client_id=jira"),
+            vec![svc.clone()],
+        ),
+        ("two Authorization fields", t.clone(), vec![svc.clone(), svc.clone()]),
+        (
+            "malformed Basic beside form credentials",
+            format!("{t}&client_id=svc-client&client_secret=svc-client-secret"),
+            vec!["Basic %%%".into()],
+        ),
+    ];
+    for (what, body, auth) in &refused {
+        let auth: Vec<&str> = auth.iter().map(String::as_str).collect();
+        let (s, v) = raw_form(&gw, "/oauth/revoke", body, &auth).await;
+        assert_eq!((s, v["error"].as_str()), (400, Some("invalid_request")), "{what}: {v}");
+        assert_eq!(
+            bearer_status(&gw, "/events", &access).await,
+            200,
+            "{what} revoked the token"
+        );
+    }
+    let (s, v) = raw_form(&gw, "/oauth/revoke", &format!("{t}&client_id=svc-client"), &[&svc]).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(bearer_status(&gw, "/events", &access).await, 401, "revoked");
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn builtin_tokens_are_refused_when_forged_or_tampered() {
     let up = Upstream::start().await;

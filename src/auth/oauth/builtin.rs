@@ -418,43 +418,33 @@ impl Issuer {
     }
 
     /// `POST /oauth/token`: authenticates the client, then the grant.
-    pub async fn token(
+    ///
+    /// `authorization`: every `Authorization` field of the request (two are refused).
+    pub async fn token<'h>(
         &self,
         auth: &Auth,
-        authorization: Option<&HeaderValue>,
+        authorization: impl IntoIterator<Item = &'h HeaderValue>,
         form: &[u8],
         ip: IpAddr,
     ) -> Result<Response<Body>, OAuthError> {
-        let params: HashMap<String, String> = url::form_urlencoded::parse(form).into_owned().collect();
-        let client_id = self.authenticate_client(auth, authorization, &params, ip).await?;
+        let authorization: Vec<&HeaderValue> = authorization.into_iter().take(2).collect();
+        let params = parse_form(form)?;
+        let client_id = self.authenticate_client(auth, &authorization, &params, ip).await?;
         let scope = params.get("scope").map(|s| Arc::<str>::from(s.as_str()));
         let client: Arc<str> = Arc::from(client_id.as_str());
         self.grant(auth, &params, client, scope, ip).await
     }
 
-    /// The client's credentials (Basic, or `client_id` and `client_secret` in the form),
-    /// checked in constant time under the lockout.
+    /// The client's credentials (Basic, or `client_id` and `client_secret` in the form,
+    /// never both: RFC 6749 2.3.1), checked in constant time under the lockout.
     async fn authenticate_client(
         &self,
         auth: &Auth,
-        authorization: Option<&HeaderValue>,
+        authorization: &[&HeaderValue],
         params: &HashMap<String, String>,
         ip: IpAddr,
     ) -> Result<String, OAuthError> {
-        let basic = authorization.and_then(|v| client_basic(v.as_bytes()));
-        let (client_id, secret) = match (&basic, params.get("client_id"), params.get("client_secret")) {
-            (Some((id, secret)), _, _) => (id.clone(), secret.clone()),
-            (None, Some(id), Some(secret)) => (id.clone(), secret.clone()),
-            _ => {
-                return Err(OAuthError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_client",
-                    "client authentication required",
-                    None,
-                    "no_client_credentials",
-                ))
-            }
-        };
+        let (client_id, secret) = client_credentials(authorization, params)?;
         let client_subject = format!("client:{client_id}");
         let known = match self.clients.get(&client_id) {
             Some(h) => h.matches(secret.as_bytes()),
@@ -766,15 +756,16 @@ impl Issuer {
     /// whole family goes) or access tokens (refused from then on, on every replica).
     /// Unknown and expired tokens are answered 200, as the RFC asks; another client's
     /// token is refused.
-    pub async fn revoke(
+    pub async fn revoke<'h>(
         &self,
         auth: &Auth,
-        authorization: Option<&HeaderValue>,
+        authorization: impl IntoIterator<Item = &'h HeaderValue>,
         form: &[u8],
         ip: IpAddr,
     ) -> Result<Response<Body>, OAuthError> {
-        let params: HashMap<String, String> = url::form_urlencoded::parse(form).into_owned().collect();
-        let client_id = self.authenticate_client(auth, authorization, &params, ip).await?;
+        let authorization: Vec<&HeaderValue> = authorization.into_iter().take(2).collect();
+        let params = parse_form(form)?;
+        let client_id = self.authenticate_client(auth, &authorization, &params, ip).await?;
         let Some(token) = params.get("token").filter(|t| !t.is_empty()) else {
             return Err(OAuthError::new(
                 StatusCode::BAD_REQUEST,
@@ -858,22 +849,202 @@ fn unavailable(reason: &'static str) -> OAuthError {
     )
 }
 
-/// Client credentials from `Authorization: Basic`, each part form-urlencoded (RFC 6749 2.3.1).
-fn client_basic(value: &[u8]) -> Option<(String, String)> {
-    let rest = value
-        .strip_prefix(b"Basic ")
-        .or_else(|| value.strip_prefix(b"basic "))?;
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(rest.trim_ascii())
-        .ok()?;
-    let text = String::from_utf8(raw).ok()?;
-    let (id, secret) = text.split_once(':')?;
-    let dec = |s: &str| {
-        url::form_urlencoded::parse(format!("x={s}").as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned())
+// === the token and revocation requests: RFC 6749 2.3.1 and 3.2, RFC 7009 2.1 ===
+
+/// The parameters the token and revocation endpoints read (all lowercase). A name that
+/// differs from one of them only in ASCII case is refused, not ignored as unknown: one
+/// spelling per request, whatever a client or an intermediary thinks names are.
+const KNOWN_PARAMS: &[&str] = &[
+    "grant_type",
+    "username",
+    "password",
+    "refresh_token",
+    "scope",
+    "client_id",
+    "client_secret",
+    "token",
+    "token_type_hint",
+];
+
+/// More parameters than any token or revocation request has (the form is 64 KiB at most).
+const MAX_PARAMS: usize = 32;
+
+/// A 400 `invalid_request` (RFC 6749 5.2).
+fn invalid_request(description: &'static str, reason: &'static str) -> OAuthError {
+    OAuthError::new(StatusCode::BAD_REQUEST, "invalid_request", description, None, reason)
+}
+
+/// The parameters of an `application/x-www-form-urlencoded` token or revocation request.
+///
+/// - Every name at most once (RFC 6749 3.2), compared after percent-decoding
+///   (`grant%5Ftype` is `grant_type`) and without regard to ASCII case; a repeat is
+///   refused even with equal or empty values. A case variant of a name this endpoint
+///   reads (`Grant_Type`) is refused too.
+/// - Names and values are strictly percent-decoded: a malformed escape (`%zz`, `%4`) or
+///   bytes that are not UTF-8 are refused, never replaced.
+/// - A parameter with an empty value is treated as omitted (RFC 6749 3.2).
+fn parse_form(form: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
+    let mut params = HashMap::new();
+    let mut seen: Vec<String> = Vec::new();
+    for piece in form.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
+        let (name, value) = match piece.iter().position(|b| *b == b'=') {
+            Some(i) => (&piece[..i], &piece[i + 1..]),
+            None => (piece, &b""[..]),
+        };
+        let malformed = || {
+            invalid_request(
+                "the form is not valid application/x-www-form-urlencoded UTF-8",
+                "malformed_token_request",
+            )
+        };
+        let name = form_decode(name).ok_or_else(malformed)?;
+        let value = form_decode(value).ok_or_else(malformed)?;
+        if name.is_empty() {
+            return Err(malformed());
+        }
+        if seen.len() >= MAX_PARAMS {
+            return Err(invalid_request("too many parameters", "malformed_token_request"));
+        }
+        let folded = name.to_ascii_lowercase();
+        if seen.contains(&folded) {
+            return Err(invalid_request(
+                "a parameter is included more than once (RFC 6749 section 3.2)",
+                "ambiguous_token_request",
+            ));
+        }
+        if folded != name && KNOWN_PARAMS.contains(&folded.as_str()) {
+            return Err(invalid_request(
+                "parameter names are case-sensitive and lowercase (RFC 6749)",
+                "ambiguous_token_request",
+            ));
+        }
+        seen.push(folded);
+        if !value.is_empty() {
+            params.insert(name, value);
+        }
+    }
+    Ok(params)
+}
+
+/// Strict `application/x-www-form-urlencoded` decoding of one name or value: `+` is a
+/// space, `%XX` a byte; a malformed escape or a result that is not UTF-8 is `None`.
+fn form_decode(raw: &[u8]) -> Option<String> {
+    fn hex(b: u8) -> Option<u8> {
+        match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            b'A'..=b'F' => Some(b - b'A' + 10),
+            _ => None,
+        }
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut bytes = raw.iter();
+    while let Some(&b) = bytes.next() {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hi = hex(*bytes.next()?)?;
+                let lo = hex(*bytes.next()?)?;
+                out.push((hi << 4) | lo);
+            }
+            b => out.push(b),
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The client's id and secret, from exactly one authentication method (RFC 6749 2.3.1):
+/// one `Authorization: Basic` field, or `client_id` and `client_secret` in the form.
+///
+/// - Two `Authorization` fields: 400 `invalid_request`.
+/// - Basic and a form `client_secret`, whatever its value: 400 `invalid_request`.
+/// - Basic and a form `client_id`: allowed only when equal to Basic's (RFC 6749 3.2.1 lets
+///   a client name itself); a different one is 400 `invalid_request`.
+/// - A Basic value that is not base64 of `id:secret`, each form-urlencoded UTF-8, with a
+///   non-empty id: 400 `invalid_request` (never a fall back to the form).
+/// - Another scheme: 401 `invalid_client`; with form credentials besides, 400.
+/// - `client_secret` without `client_id`: 400; neither, or an id alone: 401.
+fn client_credentials(
+    authorization: &[&HeaderValue],
+    params: &HashMap<String, String>,
+) -> Result<(String, String), OAuthError> {
+    let form_id = params.get("client_id");
+    let form_secret = params.get("client_secret");
+    let value = match authorization {
+        [] => {
+            return match (form_id, form_secret) {
+                (Some(id), Some(secret)) => Ok((id.clone(), secret.clone())),
+                (None, Some(_)) => Err(invalid_request(
+                    "client_secret without client_id",
+                    "malformed_token_request",
+                )),
+                (_, None) => Err(OAuthError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    "client authentication required",
+                    None,
+                    "no_client_credentials",
+                )),
+            };
+        }
+        [one] => one.as_bytes(),
+        _ => {
+            return Err(invalid_request(
+                "more than one Authorization header",
+                "ambiguous_token_request",
+            ))
+        }
     };
-    Some((dec(id)?, dec(secret)?))
+    let (scheme, rest) = match value.iter().position(|b| *b == b' ') {
+        Some(i) => (&value[..i], &value[i + 1..]),
+        None => (value, &b""[..]),
+    };
+    if form_secret.is_some() {
+        return Err(invalid_request(
+            "client credentials both in the Authorization header and in the form (RFC 6749 section 2.3.1)",
+            "ambiguous_token_request",
+        ));
+    }
+    if !scheme.eq_ignore_ascii_case(b"basic") {
+        if form_id.is_some() {
+            return Err(invalid_request(
+                "client_id in the form beside an Authorization header of another scheme",
+                "ambiguous_token_request",
+            ));
+        }
+        return Err(OAuthError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "clients authenticate with HTTP Basic or client_id and client_secret in the form",
+            None,
+            "unsupported_client_authentication",
+        ));
+    }
+    let Some((id, secret)) = client_basic(rest) else {
+        return Err(invalid_request(
+            "the Authorization: Basic value is not base64 of client_id:client_secret",
+            "malformed_token_request",
+        ));
+    };
+    if form_id.is_some_and(|f| *f != id) {
+        return Err(invalid_request(
+            "client_id in the form differs from the one in the Authorization header",
+            "ambiguous_token_request",
+        ));
+    }
+    Ok((id, secret))
+}
+
+/// The id and secret of a Basic credential (after the scheme): standard base64 of
+/// `id:secret`, each part form-urlencoded (RFC 6749 2.3.1), the id not empty.
+fn client_basic(credential: &[u8]) -> Option<(String, String)> {
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(credential.trim_ascii())
+        .ok()?;
+    let colon = raw.iter().position(|b| *b == b':')?;
+    let id = form_decode(&raw[..colon])?;
+    let secret = form_decode(&raw[colon + 1..])?;
+    (!id.is_empty()).then_some((id, secret))
 }
 
 fn json(status: StatusCode, body: String) -> Response<Body> {
