@@ -630,12 +630,28 @@ return 1
     async fn refresh_record(&self, key: &str) -> Result<Result<Option<(Vec<u8>, RefreshRecord)>, ()>, Unavailable> {
         let mut c = self.conn();
         let k = key.to_string();
-        let raw: Option<Vec<u8>> = self
+        let (raw, exists): (Option<Vec<u8>>, bool) = self
             .run("refresh", async move {
-                redis::cmd("HGET").arg(k).arg("v").query_async(&mut c).await
+                redis::pipe()
+                    .cmd("HGET")
+                    .arg(&k)
+                    .arg("v")
+                    .cmd("EXISTS")
+                    .arg(&k)
+                    .query_async(&mut c)
+                    .await
             })
             .await?;
-        let Some(raw) = raw else { return Ok(Ok(None)) };
+        let raw = match (raw, exists) {
+            (Some(raw), _) => raw,
+            (None, false) => return Ok(Ok(None)),
+            // Something is stored under the name, but not a sealed record (the format of
+            // an older version, or a forgery).
+            (None, true) => {
+                self.forgery("refresh", key);
+                return Ok(Err(()));
+            }
+        };
         let record = self.verify("refresh", key, &raw).and_then(RefreshRecord::parse);
         Ok(match record {
             Some(r) => Ok(Some((raw, r))),
