@@ -544,4 +544,41 @@ mod tests {
         l.table.run_pending_tasks();
         assert!(l.entries() <= 1000, "{}", l.entries());
     }
+
+    #[test]
+    fn a_full_table_keeps_live_counters_and_refuses_new_pairs() {
+        let l = lockout(2, 10_000, 10_000, 3);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        l.fail("alice", ip);
+        l.fail("alice", ip);
+        assert!(l.check("alice", ip).is_err(), "locked");
+        for i in 0..100 {
+            l.fail(&format!("flood{i}"), ip);
+        }
+        l.table.run_pending_tasks();
+        assert!(l.check("alice", ip).is_err(), "a flood does not evict the lock");
+        // A new pair, right or wrong, cannot be counted: not answered.
+        assert!(l.settle("bob", ip, true).is_err());
+        assert!(l.begin("bob", ip).is_err());
+        // The table is full for every address, not only the one that filled it.
+        let other: IpAddr = "2001:db8::1".parse().unwrap();
+        assert!(l.settle("bob", other, true).is_err());
+        assert!(l.settle("bob", other, false).is_err());
+    }
+
+    #[test]
+    fn one_address_or_one_ipv6_64_holds_only_its_share() {
+        let l = lockout(5, 10_000, 10_000, 100);
+        l.room.per_address.store(2, Ordering::Relaxed);
+        let (a, b): (IpAddr, IpAddr) = ("2001:db8::1".parse().unwrap(), "2001:db8::ffff".parse().unwrap());
+        l.fail("u1", a);
+        l.fail("u2", b);
+        assert!(l.settle("u3", a, false).is_err(), "the /64's share is full");
+        assert!(
+            l.settle("u3", "2001:db8:0:1::1".parse().unwrap(), false).is_ok(),
+            "another /64"
+        );
+        assert!(l.settle("u3", "10.0.0.1".parse().unwrap(), false).is_ok());
+        assert!(l.settle("u1", a, false).is_ok(), "a pair already counted is unaffected");
+    }
 }

@@ -867,41 +867,36 @@ impl Issuer {
 
     /// The answer to a revocation that cannot be kept: 503, counted by table and limit.
     fn refused(&self, why: RevokeRefused, client: &str) -> OAuthError {
-        let (limit, reason, message) = match why {
-            RevokeRefused::Unavailable => return unavailable("revocation_unavailable"),
+        let retry = Some(Duration::from_secs(60));
+        let (limit, answer) = match why {
             RevokeRefused::Full => (
                 "total",
-                "revocations_full",
-                "too many revoked tokens are still live; retry later",
+                OAuthError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "too many revoked tokens are still live; retry later",
+                    retry,
+                    "revocations_full",
+                ),
             ),
             RevokeRefused::ClientFull => (
                 "per_client",
-                "client_revocations_full",
-                "this client has too many revoked tokens still live; retry later",
+                OAuthError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "this client has too many revoked tokens still live; retry later",
+                    retry,
+                    "client_revocations_full",
+                ),
             ),
+            RevokeRefused::Unavailable => return unavailable("revocation_unavailable"),
         };
         // The shared store counts its own refusals.
         if self.shared.store.is_none() {
             self.table_full.with_label_values(&["revocations", limit]).inc();
         }
-        tracing::warn!(client_id = %client, reason, "oauth: revocation refused: the revocation table is full");
-        let retry = Some(Duration::from_secs(60));
-        match why {
-            RevokeRefused::ClientFull => OAuthError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                message,
-                retry,
-                "client_revocations_full",
-            ),
-            RevokeRefused::Full | RevokeRefused::Unavailable => OAuthError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                message,
-                retry,
-                "revocations_full",
-            ),
-        }
+        tracing::warn!(client_id = %client, limit, "oauth: revocation refused: the revocation table is full");
+        answer
     }
 
     /// `POST /oauth/revoke` (RFC 7009): a client revokes one of its refresh tokens (the
