@@ -70,6 +70,12 @@ pub struct Metrics {
     pub malformed_heads: IntCounterVec,
     /// Commands to the shared store (Redis) that failed or timed out, by operation.
     pub shared_errors: IntCounterVec,
+    /// Values read back from the shared store that failed their integrity check (MAC), by
+    /// kind: refused, never used.
+    pub shared_integrity_failures: IntCounterVec,
+    /// Requests refused because a bounded security table (or a client's share of it) was
+    /// full, by table and limit (`total`, `per_client`).
+    pub table_full: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -145,6 +151,16 @@ impl Metrics {
                 "portcullis_shared_errors_total",
                 "Commands to the shared store (Redis) that failed or timed out, by operation (lockout, refresh, revoke, agree, egress, publish, subscribe).",
                 &["op"],
+            ),
+            shared_integrity_failures: counter(
+                "portcullis_shared_integrity_failures_total",
+                "Values read from the shared store (Redis) that failed their integrity check and were refused, by kind (refresh, family, revocation, event, agreed, egress).",
+                &["kind"],
+            ),
+            table_full: counter(
+                "portcullis_table_full_total",
+                "Requests refused because a bounded security table was full, by table (revocations, lockout, remote_locks) and limit (total, per_client).",
+                &["table", "limit"],
             ),
             config_reloads: counter(
                 "portcullis_config_reloads_total",

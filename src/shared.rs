@@ -7,18 +7,42 @@
 //! by such a hash, and secret values (a signing key, an egress token) are sealed with
 //! AES-256-GCM under a key derived from the same secret.
 //!
+//! Redis is not trusted to keep what decides identity or standing intact: whoever can
+//! write to it without holding `shared.secret` must not be able to make a value this
+//! process acts on. Every such value (a refresh grant with its subject, client, family
+//! and expiry; a family's end; a revocation; an event on the channel) carries an
+//! HMAC-SHA256 under a key derived from the secret with its own label, computed over the
+//! key name it is stored under and the value ([`Store::sign`]), checked in constant time
+//! when read back ([`Store::verify`]). A value that fails (forged, flipped, moved under
+//! another name, or in the unsealed format of older versions) is refused, counted in
+//! `portcullis_shared_integrity_failures_total{kind}` and logged, never used.
+//!
+//! What a MAC cannot see: a value deleted, or an older sealed value of the same key put
+//! back (a rollback). Deleting a family or a lock only makes things stricter; deleting a
+//! revocation from Redis does not reach a replica that already holds it. Putting back the
+//! unused state of a refresh grant lets a holder of that (used) refresh token rotate it
+//! once more, for the same user, client and family, never past the family's end: the MAC
+//! binds those, so a rollback can replay a grant but never change whom it names.
+//! Lockout counters are plain counters that Redis increments: forging one high only
+//! locks sooner; forging one low (or deleting it) cannot undo the local table, which
+//! counts every failure a replica sees on its own.
+//!
 //! Every command runs under `command_timeout`; a failure is counted in
 //! `portcullis_shared_errors_total{op}` and reported to the caller, which decides: the
 //! lockout falls back to its local counters, token rotation and revocation fail closed.
 //! The connections are redis-rs connection managers, which reconnect by themselves with
 //! backoff. One subscriber task follows the events channel (locks and revocations from
-//! other replicas) and resubscribes with backoff when the connection drops.
+//! other replicas) and resubscribes with backoff when the connection drops; after each
+//! (re)subscription it reads every live revocation back from Redis, so one missed while
+//! the channel was down, or made before this replica started, is not missed for good.
+//! Until the first read succeeds, this replica answers its builtin tokens with 503.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use hmac::Mac;
 use redis::aio::ConnectionManager;
@@ -58,6 +82,16 @@ pub struct NewRefresh<'a> {
     pub ttl: Duration,
 }
 
+/// Storing a refresh token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Issued {
+    Stored,
+    /// The family is gone (revoked meanwhile, or ended): no token was stored.
+    FamilyGone,
+    /// The family's stored value failed its integrity check: no token was stored.
+    FamilyForged,
+}
+
 /// What taking a refresh token did, atomically, in Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Taken {
@@ -74,7 +108,97 @@ pub enum Taken {
     Revoked,
     /// The token had been used already: its family is now revoked everywhere.
     Reused,
+    /// The stored grant (or its family's value) failed its integrity check: refused,
+    /// counted, nothing changed.
+    Forged,
 }
+
+/// What a refresh token names, read without taking it (for revocation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peeked {
+    Found {
+        family: String,
+        client: String,
+    },
+    Unknown,
+    /// The stored grant failed its integrity check (counted): it can never be used.
+    Forged,
+}
+
+/// Why an access token could not be revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevokeRefused {
+    Unavailable,
+    /// The table of live revocations is full (`oauth.max_revocations`).
+    Full,
+    /// This client's share of it is full (`oauth.max_revocations_per_client`).
+    ClientFull,
+}
+
+/// Whether an access token is revoked, as this replica knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    Clear,
+    Revoked,
+    /// This replica cannot tell: it has not yet read the revocations from Redis, or more
+    /// were announced than its table holds. The caller fails closed.
+    Unknown,
+}
+
+/// Bounds of the revocation table, from `[oauth]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RevocationLimits {
+    pub total: u64,
+    pub per_client: u64,
+}
+
+/// Entries announced by other replicas (revocations, locks), each until a unix ms time:
+/// bounded, and never dropped while in force. When one cannot be kept, the mirror says
+/// so until that entry would have ended, and its readers fail closed meanwhile.
+struct Mirror {
+    entries: HashMap<String, u64>,
+    cap: usize,
+    /// Unix ms until which an entry that could not be kept may be in force.
+    overflow_until: u64,
+}
+
+impl Mirror {
+    fn new(cap: usize) -> Self {
+        Mirror {
+            entries: HashMap::new(),
+            cap,
+            overflow_until: 0,
+        }
+    }
+
+    /// Keeps `key` until `until_ms`; `false` when it could not (full of live entries).
+    fn insert(&mut self, key: &str, until_ms: u64, now_ms: u64) -> bool {
+        if let Some(u) = self.entries.get_mut(key) {
+            *u = (*u).max(until_ms);
+            return true;
+        }
+        if self.entries.len() >= self.cap {
+            self.entries.retain(|_, u| *u > now_ms);
+        }
+        if self.entries.len() >= self.cap {
+            self.overflow_until = self.overflow_until.max(until_ms);
+            return false;
+        }
+        self.entries.insert(key.to_string(), until_ms);
+        true
+    }
+
+    /// `Err(())`: the mirror is incomplete now; else until when `key` is in force.
+    fn get(&self, key: &str, now_ms: u64) -> Result<Option<u64>, ()> {
+        if self.overflow_until > now_ms {
+            return Err(());
+        }
+        Ok(self.entries.get(key).copied().filter(|u| *u > now_ms))
+    }
+}
+
+/// Default bound of the mirrors until a config generation sets them.
+const DEFAULT_MIRROR_CAP: usize = 100_000;
 
 pub struct Store {
     conns: Vec<ConnectionManager>,
@@ -82,20 +206,29 @@ pub struct Store {
     client: redis::Client,
     prefix: String,
     names: [u8; 32],
+    integrity: [u8; 32],
     values: aead::LessSafeKey,
     timeout: Duration,
     errors: prometheus::IntCounterVec,
-    /// Locks announced by other replicas, by key name, until when.
-    remote_locks: moka::sync::Cache<String, Instant>,
-    /// Revoked access-token ids announced by any replica.
-    revoked: moka::sync::Cache<String, ()>,
+    forged: prometheus::IntCounterVec,
+    full: prometheus::IntCounterVec,
+    /// Locks announced by other replicas, by key name, until when (unix ms).
+    remote_locks: Mutex<Mirror>,
+    /// Revoked access-token ids, announced by any replica or read back from Redis.
+    revoked: Mutex<Mirror>,
+    /// The revocations were read from Redis at least once since start.
+    synced: AtomicBool,
     /// Unix ms until which some announced lock or revocation may still be in force: the
     /// fast path skips the hashing and lookups entirely when it has passed.
     announced_until: AtomicU64,
     last_warning: AtomicU64,
+    last_forgery: AtomicU64,
 }
 
 const EVENTS: &str = "events";
+/// Sealed values start with this: a value of another format (an older version's) is
+/// refused like a forged one.
+const SEALED: &str = "v1.";
 
 impl Store {
     /// Connection managers are made lazily: a replica starts even when Redis is down, and
@@ -128,19 +261,18 @@ impl Store {
             client,
             prefix: s.key_prefix.clone(),
             names: derive(b"portcullis shared: names"),
+            integrity: derive(b"portcullis shared: integrity"),
             values,
             timeout: s.command_timeout,
             errors: metrics.shared_errors.clone(),
-            remote_locks: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(24 * 3600))
-                .build(),
-            revoked: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(24 * 3600))
-                .build(),
+            forged: metrics.shared_integrity_failures.clone(),
+            full: metrics.table_full.clone(),
+            remote_locks: Mutex::new(Mirror::new(DEFAULT_MIRROR_CAP)),
+            revoked: Mutex::new(Mirror::new(DEFAULT_MIRROR_CAP)),
+            synced: AtomicBool::new(false),
             announced_until: AtomicU64::new(0),
             last_warning: AtomicU64::new(0),
+            last_forgery: AtomicU64::new(0),
         }))
     }
 
@@ -181,6 +313,51 @@ impl Store {
         format!("{}{kind}:{id}", self.prefix)
     }
 
+    fn integrity_mac(&self, name: &str, payload: &str) -> HmacSha256 {
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.integrity).expect("HMAC takes any key length");
+        mac.update(&(name.len() as u64).to_be_bytes());
+        mac.update(name.as_bytes());
+        mac.update(payload.as_bytes());
+        mac
+    }
+
+    /// `v1.` hex(HMAC(integrity key, name, payload)) `.` payload: deterministic, so a
+    /// script can compare a stored value with the one expected.
+    pub fn sign(&self, name: &str, payload: &str) -> String {
+        let tag = hex::encode(self.integrity_mac(name, payload).finalize().into_bytes());
+        format!("{SEALED}{tag}.{payload}")
+    }
+
+    /// The payload of a value stored under `name`, when its MAC holds (compared in
+    /// constant time); else `None`, counted under `kind` and logged.
+    pub fn verify<'v>(&self, kind: &'static str, name: &str, value: &'v [u8]) -> Option<&'v str> {
+        let checked = (|| {
+            let text = std::str::from_utf8(value).ok()?;
+            let rest = text.strip_prefix(SEALED)?;
+            let (tag, payload) = rest.split_once('.')?;
+            let tag = hex::decode(tag).ok()?;
+            self.integrity_mac(name, payload).verify_slice(&tag).ok()?;
+            Some(payload)
+        })();
+        if checked.is_none() {
+            self.forgery(kind, name);
+        }
+        checked
+    }
+
+    /// Counts and logs (at most once per second) a value that failed its integrity check.
+    fn forgery(&self, kind: &'static str, name: &str) {
+        self.forged.with_label_values(&[kind]).inc();
+        let now = crate::util::unix_now();
+        if self.last_forgery.swap(now, Ordering::Relaxed) != now {
+            tracing::error!(
+                kind,
+                key = %name,
+                "a value in the shared store failed its integrity check and was refused: written by something without shared.secret, or by a replica with another secret"
+            );
+        }
+    }
+
     /// AES-256-GCM with a random nonce, bound to the key name it is stored under.
     pub fn seal(&self, name: &str, plain: &[u8]) -> Vec<u8> {
         let nonce: [u8; 12] = rand::random();
@@ -213,8 +390,23 @@ impl Store {
         Some(buf)
     }
 
-    async fn publish(&self, message: String) {
-        let channel = self.plain_name(EVENTS, "all");
+    /// [`Store::open`], counting and logging a value that does not open under `kind`.
+    fn open_checked(&self, kind: &'static str, name: &str, sealed: &[u8]) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+        let opened = self.open(name, sealed);
+        if opened.is_none() {
+            self.forgery(kind, name);
+        }
+        opened
+    }
+
+    fn events_channel(&self) -> String {
+        self.plain_name(EVENTS, "all")
+    }
+
+    /// Publishes one event, signed for the channel.
+    async fn publish(&self, event: &str) {
+        let channel = self.events_channel();
+        let message = self.sign(&channel, event);
         let mut c = self.conn();
         let _ = self
             .run("publish", async move {
@@ -236,6 +428,18 @@ impl Store {
         self.announced_until.load(Ordering::Relaxed) < now_ms
     }
 
+    /// The bounds of the mirrors: the revocation table of `[oauth]`, and room for the
+    /// locks of the lockout tables of several replicas.
+    pub fn set_revocation_cap(&self, cap: u64) {
+        let mut m = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        m.cap = usize::try_from(cap).unwrap_or(usize::MAX);
+    }
+
+    pub fn set_lock_cap(&self, cap: u64) {
+        let mut m = self.remote_locks.lock().unwrap_or_else(|p| p.into_inner());
+        m.cap = usize::try_from(cap).unwrap_or(usize::MAX);
+    }
+
     // === lockout ===
 
     fn lock_names(&self, subject: &str, client: IpAddr) -> (String, String) {
@@ -246,14 +450,17 @@ impl Store {
         )
     }
 
-    /// A lock another replica announced for this pair, without a round trip.
-    pub fn announced_lock(&self, subject: &str, client: IpAddr) -> Option<Duration> {
+    /// A lock another replica announced for this pair, without a round trip. `Err(())`:
+    /// more locks were announced than this replica can hold, so it cannot tell.
+    #[allow(clippy::result_unit_err)]
+    pub fn announced_lock(&self, subject: &str, client: IpAddr) -> Result<Option<Duration>, ()> {
         if self.nothing_announced() {
-            return None;
+            return Ok(None);
         }
         let (_, lock) = self.lock_names(subject, client);
-        let until = self.remote_locks.get(&lock)?;
-        until.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())
+        let now_ms = crate::util::unix_now_ms();
+        let m = self.remote_locks.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(m.get(&lock, now_ms)?.map(|until| Duration::from_millis(until - now_ms)))
     }
 
     /// How long the pair stays locked, as Redis knows it.
@@ -313,7 +520,10 @@ return {0, 0}
         let left = Duration::from_millis(ms.max(0) as u64);
         Ok(match state {
             1 => {
-                self.publish(format!("lock {lock} {}", ms.max(0))).await;
+                // The event names when the lock ends, not how long it lasts: replayed
+                // later, it locks nothing.
+                let until = crate::util::unix_now_ms().saturating_add(ms.max(0) as u64);
+                self.publish(&format!("lock {lock} {until}")).await;
                 Recorded::LockedNow(left)
             }
             2 => Recorded::AlreadyLocked(left),
@@ -342,10 +552,16 @@ return {0, 0}
         self.plain_name("rf", family)
     }
 
+    /// A family's stored value: its end, signed for its name. Deterministic, so the
+    /// scripts compare it with what they find.
+    fn family_value(&self, family: &str, ends_at: u64) -> String {
+        self.sign(&self.family_name(family), &ends_at.to_string())
+    }
+
     /// Stores a refresh token (by its keyed hash) with its grant `fields`, in `family`
-    /// (created when `new_family`, ending at `family_ends_at`, unix seconds). `false`: the
-    /// family is gone (revoked meanwhile, or ended), so no token was stored.
-    pub async fn refresh_issue(&self, r: NewRefresh<'_>) -> Result<bool, Unavailable> {
+    /// (created when `new_family`, ending at `family_ends_at`, unix seconds). The grant,
+    /// its client, expiry and family are one signed record.
+    pub async fn refresh_issue(&self, r: NewRefresh<'_>) -> Result<Issued, Unavailable> {
         let NewRefresh {
             token,
             family,
@@ -359,46 +575,98 @@ return {0, 0}
         static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
             redis::Script::new(
                 r#"
-if ARGV[4] == '1' then
-  redis.call('SET', KEYS[2], ARGV[3], 'EXAT', ARGV[3], 'NX')
+if ARGV[3] == '1' then
+  redis.call('SET', KEYS[2], ARGV[2], 'EXAT', ARGV[5], 'NX')
 end
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  return 0
-end
-redis.call('HSET', KEYS[1], 'fam', ARGV[1], 'grant', ARGV[2], 'used', '0', 'client', ARGV[6], 'exp', ARGV[7])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
+local fam = redis.call('GET', KEYS[2])
+if not fam then return 0 end
+if fam ~= ARGV[2] then return -1 end
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'used', '0')
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 "#,
             )
         });
         let key = self.refresh_name(token);
         let fam = self.family_name(family);
+        let record = RefreshRecord {
+            family: family.to_string(),
+            client: client.to_string(),
+            expires_at,
+            family_ends_at,
+            grant: fields.to_string(),
+        };
+        let value = self.sign(&key, &record.payload());
+        let fam_value = self.family_value(family, family_ends_at);
         let mut c = self.conn();
         let ttl_ms = ttl.as_millis().max(1) as u64;
-        let (family, fields, client) = (family.to_string(), fields.to_string(), client.to_string());
+        let fam_name = fam.clone();
         let created: i64 = self
             .run("refresh", async move {
                 SCRIPT
                     .key(key)
                     .key(fam)
-                    .arg(family)
-                    .arg(fields)
-                    .arg(family_ends_at)
+                    .arg(value)
+                    .arg(fam_value)
                     .arg(if new_family { "1" } else { "0" })
                     .arg(ttl_ms)
-                    .arg(client)
-                    .arg(expires_at)
+                    .arg(family_ends_at.max(1))
                     .invoke_async(&mut c)
                     .await
             })
             .await?;
-        Ok(created == 1)
+        Ok(match created {
+            1 => Issued::Stored,
+            -1 => {
+                self.forgery("family", &fam_name);
+                Issued::FamilyForged
+            }
+            _ => Issued::FamilyGone,
+        })
+    }
+
+    /// The signed record stored under a refresh token's name, checked: `Ok(None)` when
+    /// there is none, `Err(())` when it fails its integrity check (counted).
+    async fn refresh_record(&self, key: &str) -> Result<Result<Option<(Vec<u8>, RefreshRecord)>, ()>, Unavailable> {
+        let mut c = self.conn();
+        let k = key.to_string();
+        let (raw, exists): (Option<Vec<u8>>, bool) = self
+            .run("refresh", async move {
+                redis::pipe()
+                    .cmd("HGET")
+                    .arg(&k)
+                    .arg("v")
+                    .cmd("EXISTS")
+                    .arg(&k)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let raw = match (raw, exists) {
+            (Some(raw), _) => raw,
+            (None, false) => return Ok(Ok(None)),
+            // Something is stored under the name, but not a sealed record (the format of
+            // an older version, or a forgery).
+            (None, true) => {
+                self.forgery("refresh", key);
+                return Ok(Err(()));
+            }
+        };
+        let record = self.verify("refresh", key, &raw).and_then(RefreshRecord::parse);
+        Ok(match record {
+            Some(r) => Ok(Some((raw, r))),
+            None => Err(()),
+        })
     }
 
     /// Rotates a refresh token, atomically: of two replicas taking one token at once,
     /// exactly one gets the grant and its `next` token is stored in the same step; the
     /// other finds the token used, which revokes the family. `next` keeps the grant and
     /// lives `ttl_secs`, never past the family's end.
+    ///
+    /// The record is read and its MAC checked here first; the script then acts only if
+    /// the record (compared byte for byte) and the family's signed value are still the
+    /// ones checked, so nothing unchecked is ever copied into the next token.
     pub async fn refresh_take(
         &self,
         token: &str,
@@ -410,73 +678,107 @@ return 1
         static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
             redis::Script::new(
                 r#"
-local f = redis.call('HMGET', KEYS[1], 'fam', 'grant', 'used', 'client', 'exp')
-if not f[1] then return {'unknown'} end
-local famkey = ARGV[1] .. f[1]
-local ends = redis.call('GET', famkey)
-if not ends then return {'revoked'} end
-if f[3] == '1' then
-  redis.call('DEL', famkey)
-  return {'reused', f[1]}
+local f = redis.call('HMGET', KEYS[1], 'v', 'used')
+if f[1] ~= ARGV[1] then return 'unknown' end
+local fam = redis.call('GET', KEYS[3])
+if not fam then return 'revoked' end
+if fam ~= ARGV[2] then return 'family' end
+if f[2] ~= '0' then
+  redis.call('DEL', KEYS[3])
+  return 'reused'
 end
-local now = tonumber(ARGV[3])
-if tonumber(f[5]) <= now or tonumber(ends) <= now then return {'expired'} end
-if f[4] ~= ARGV[2] then return {'client'} end
+if ARGV[5] ~= 'ok' then return ARGV[5] end
 redis.call('HSET', KEYS[1], 'used', '1')
-local exp = math.min(now + tonumber(ARGV[4]), tonumber(ends))
-redis.call('HSET', KEYS[2], 'fam', f[1], 'grant', f[2], 'used', '0', 'client', ARGV[2], 'exp', exp)
-redis.call('PEXPIRE', KEYS[2], math.max(1, (exp - now) * 1000))
-return {'ok', f[1], f[2], ends}
+redis.call('HSET', KEYS[2], 'v', ARGV[3], 'used', '0')
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return 'ok'
 "#,
             )
         });
         let key = self.refresh_name(token);
+        let (raw, record) = match self.refresh_record(&key).await? {
+            Ok(Some(found)) => found,
+            Ok(None) => return Ok(Taken::Unknown),
+            Err(()) => return Ok(Taken::Forged),
+        };
+        // Decided from the checked record; the script still detects a reuse first.
+        let verdict = if record.expires_at <= now || record.family_ends_at <= now {
+            "expired"
+        } else if record.client != client {
+            "client"
+        } else {
+            "ok"
+        };
+        let exp = now.saturating_add(ttl_secs).min(record.family_ends_at);
         let next_key = self.refresh_name(next);
-        let fam_prefix = self.family_name("");
+        let next_value = self.sign(
+            &next_key,
+            &RefreshRecord {
+                expires_at: exp,
+                ..record.clone()
+            }
+            .payload(),
+        );
+        let fam = self.family_name(&record.family);
+        let fam_value = self.family_value(&record.family, record.family_ends_at);
+        let ttl_ms = exp.saturating_sub(now).max(1).saturating_mul(1000);
         let mut c = self.conn();
-        let client = client.to_string();
-        let r: Vec<String> = self
+        let fam_name = fam.clone();
+        let outcome: String = self
             .run("refresh", async move {
                 SCRIPT
                     .key(key)
                     .key(next_key)
-                    .arg(fam_prefix)
-                    .arg(client)
-                    .arg(now)
-                    .arg(ttl_secs)
+                    .key(fam)
+                    .arg(raw)
+                    .arg(fam_value)
+                    .arg(next_value)
+                    .arg(ttl_ms)
+                    .arg(verdict)
                     .invoke_async(&mut c)
                     .await
             })
             .await?;
-        Ok(match r.first().map(String::as_str) {
-            Some("ok") if r.len() == 4 => Taken::Granted {
-                family: r[1].clone(),
-                fields: r[2].clone(),
-                family_ends_at: r[3].parse().unwrap_or(0),
+        Ok(match outcome.as_str() {
+            "ok" => Taken::Granted {
+                family: record.family,
+                fields: record.grant,
+                family_ends_at: record.family_ends_at,
             },
-            Some("reused") => Taken::Reused,
-            Some("revoked") => Taken::Revoked,
-            Some("expired") => Taken::Expired,
-            Some("client") => Taken::OtherClient,
+            "reused" => Taken::Reused,
+            "revoked" => Taken::Revoked,
+            "expired" => Taken::Expired,
+            "client" => Taken::OtherClient,
+            "family" => {
+                self.forgery("family", &fam_name);
+                Taken::Forged
+            }
             _ => Taken::Unknown,
         })
     }
 
     /// The family and client of a refresh token, without taking it (for revocation).
-    pub async fn refresh_peek(&self, token: &str) -> Result<Option<(String, String)>, Unavailable> {
+    pub async fn refresh_peek(&self, token: &str) -> Result<Peeked, Unavailable> {
+        let key = self.refresh_name(token);
+        Ok(match self.refresh_record(&key).await? {
+            Ok(Some((_, r))) => Peeked::Found {
+                family: r.family,
+                client: r.client,
+            },
+            Ok(None) => Peeked::Unknown,
+            Err(()) => Peeked::Forged,
+        })
+    }
+
+    /// Deletes what is stored under a refresh token (a forged record, on revocation).
+    pub async fn refresh_forget(&self, token: &str) -> Result<(), Unavailable> {
         let key = self.refresh_name(token);
         let mut c = self.conn();
-        let (fam, client): (Option<String>, Option<String>) = self
-            .run("refresh", async move {
-                redis::cmd("HMGET")
-                    .arg(key)
-                    .arg("fam")
-                    .arg("client")
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
-        Ok(fam.zip(client))
+        self.run("refresh", async move {
+            redis::cmd("DEL").arg(key).query_async::<i64>(&mut c).await
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Revokes a whole family, on every replica at once (they read it from Redis).
@@ -492,34 +794,167 @@ return {'ok', f[1], f[2], ends}
 
     // === access-token revocation ===
 
-    /// Revokes an access token by its `jti` until its `exp` (unix seconds): stored, and
-    /// announced so that every replica refuses it from its next request.
-    pub async fn revoke_jti(&self, jti: &str, exp: u64) -> Result<(), Unavailable> {
-        let key = self.plain_name("rj", jti);
+    fn revocations_name(&self) -> String {
+        self.plain_name("revoked", "all")
+    }
+
+    /// A revocation as stored in the table: `JTI EXP MAC`, signed for the table's name.
+    fn revocation_member(&self, jti: &str, exp: u64) -> String {
+        let table = self.revocations_name();
+        let payload = format!("{jti} {exp}");
+        let tag = hex::encode(self.integrity_mac(&table, &payload).finalize().into_bytes());
+        format!("{payload} {tag}")
+    }
+
+    /// `(jti, exp)` of a stored revocation whose MAC holds; else counted, `None`.
+    fn revocation_of(&self, member: &[u8]) -> Option<(String, u64)> {
+        let table = self.revocations_name();
+        let checked = (|| {
+            let text = std::str::from_utf8(member).ok()?;
+            let (payload, tag) = text.rsplit_once(' ')?;
+            let tag = hex::decode(tag).ok()?;
+            self.integrity_mac(&table, payload).verify_slice(&tag).ok()?;
+            let (jti, exp) = payload.split_once(' ')?;
+            Some((jti.to_string(), exp.parse().ok()?))
+        })();
+        if checked.is_none() {
+            self.forgery("revocation", &table);
+        }
+        checked
+    }
+
+    /// Revokes an access token by its `jti` until its `exp` (unix seconds), for `client`:
+    /// stored in one table of live revocations, bounded in total and per client (a full
+    /// table refuses, it never drops one), then announced so that every replica refuses
+    /// the token from its next request.
+    pub async fn revoke_jti(
+        &self,
+        jti: &str,
+        exp: u64,
+        client: &str,
+        limits: RevocationLimits,
+    ) -> Result<(), RevokeRefused> {
+        static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+            redis::Script::new(
+                r#"
+local now = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if redis.call('ZSCORE', KEYS[1], ARGV[2]) then return 'ok' end
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then return 'per_client' end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 'total' end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[6])
+for i = 1, 2 do
+  if redis.call('TTL', KEYS[i]) < tonumber(ARGV[3]) - now then
+    redis.call('EXPIREAT', KEYS[i], ARGV[3])
+  end
+end
+return 'ok'
+"#,
+            )
+        });
+        let exp = exp.max(1);
+        let table = self.revocations_name();
+        let by_client = self.name("revoked-by", &[client.as_bytes()]);
+        let member = self.revocation_member(jti, exp);
         let mut c = self.conn();
-        self.run("revoke", async move {
-            redis::cmd("SET")
-                .arg(key)
-                .arg("1")
-                .arg("EXAT")
-                .arg(exp.max(1))
-                .query_async::<()>(&mut c)
-                .await
-        })
-        .await?;
+        let now = crate::util::unix_now();
+        let jti_arg = jti.to_string();
+        let outcome: String = self
+            .run("revoke", async move {
+                SCRIPT
+                    .key(table)
+                    .key(by_client)
+                    .arg(now)
+                    .arg(member)
+                    .arg(exp)
+                    .arg(limits.total)
+                    .arg(limits.per_client)
+                    .arg(jti_arg)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await
+            .map_err(|_| RevokeRefused::Unavailable)?;
+        match outcome.as_str() {
+            "ok" => {}
+            "per_client" => {
+                self.full.with_label_values(&["revocations", "per_client"]).inc();
+                return Err(RevokeRefused::ClientFull);
+            }
+            _ => {
+                self.full.with_label_values(&["revocations", "total"]).inc();
+                return Err(RevokeRefused::Full);
+            }
+        }
         self.note_revoked(jti, exp);
-        self.publish(format!("jti {jti} {exp}")).await;
+        self.publish(&format!("jti {jti} {exp}")).await;
         Ok(())
     }
 
     fn note_revoked(&self, jti: &str, exp: u64) {
-        self.revoked.insert(jti.to_string(), ());
-        self.announce_until(exp.saturating_mul(1000));
+        let until = exp.saturating_mul(1000);
+        let now_ms = crate::util::unix_now_ms();
+        let kept = {
+            let mut m = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+            m.insert(jti, until, now_ms)
+        };
+        if !kept {
+            self.full.with_label_values(&["revocations_mirror", "total"]).inc();
+            tracing::error!("more revocations announced than oauth.max_revocations holds: this replica refuses its builtin tokens (503) until they expire; give every replica the same [oauth] limits");
+        }
+        self.announce_until(until);
     }
 
-    /// Whether an access token was revoked (announced to this replica, or found at start).
-    pub fn is_revoked(&self, jti: &str) -> bool {
-        !self.nothing_announced() && self.revoked.contains_key(jti)
+    /// Whether an access token was revoked, as announced to this replica or read back
+    /// from Redis. `Unknown` until the revocations were read once, and while more were
+    /// announced than the table holds.
+    pub fn revocation(&self, jti: &str) -> Standing {
+        if !self.synced.load(Ordering::Acquire) {
+            return Standing::Unknown;
+        }
+        if self.nothing_announced() {
+            return Standing::Clear;
+        }
+        let m = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        match m.get(jti, crate::util::unix_now_ms()) {
+            Err(()) => Standing::Unknown,
+            Ok(Some(_)) => Standing::Revoked,
+            Ok(None) => Standing::Clear,
+        }
+    }
+
+    /// Reads every live revocation back from Redis (at start and after each
+    /// resubscription): what was announced while this replica was not listening.
+    async fn load_revocations(&self) -> Result<(), Unavailable> {
+        let table = self.revocations_name();
+        let cap = {
+            let m = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+            m.cap
+        };
+        let now = crate::util::unix_now();
+        let mut c = self.conn();
+        let members: Vec<Vec<u8>> = self
+            .run("revoke", async move {
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(table)
+                    .arg(format!("({now}"))
+                    .arg("+inf")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(cap.saturating_add(1))
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        for m in members {
+            if let Some((jti, exp)) = self.revocation_of(&m) {
+                self.note_revoked(&jti, exp);
+            }
+        }
+        self.synced.store(true, Ordering::Release);
+        Ok(())
     }
 
     // === values agreed by all replicas ===
@@ -546,10 +981,7 @@ return {'ok', f[1], f[2], ends}
                 redis::cmd("GET").arg(&key).query_async(&mut c).await
             })
             .await?;
-        self.open(&name, &stored).ok_or_else(|| {
-            tracing::error!(key = %name, "a shared value cannot be opened: is shared.secret the same on every replica?");
-            Unavailable
-        })
+        self.open_checked("agreed", &name, &stored).ok_or(Unavailable)
     }
 
     // === egress tokens ===
@@ -570,7 +1002,7 @@ return {'ok', f[1], f[2], ends}
             })
             .await?;
         Ok(value
-            .and_then(|v| self.open(name, &v))
+            .and_then(|v| self.open_checked("egress", name, &v))
             .map(|v| (v, Duration::from_millis(ms.max(0) as u64))))
     }
 
@@ -633,24 +1065,35 @@ return {'ok', f[1], f[2], ends}
 
     // === events from other replicas ===
 
-    /// Follows the events channel until the process ends, resubscribing with backoff.
-    pub fn listen(self: &Arc<Self>) {
+    /// Subscribes to the events channel, then reads the revocations back from Redis
+    /// (subscribed first, so none announced meanwhile falls between the two).
+    async fn subscribe(&self) -> Result<redis::aio::PubSub, String> {
+        let mut ps = tokio::time::timeout(self.timeout * 4, self.client.get_async_pubsub())
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        ps.subscribe(self.events_channel()).await.map_err(|e| e.to_string())?;
+        self.load_revocations()
+            .await
+            .map_err(|_| "cannot read the revocations".to_string())?;
+        Ok(ps)
+    }
+
+    /// Subscribes once (so a replica that starts with Redis up knows every revocation
+    /// before it serves), then follows the events channel until the process ends,
+    /// resubscribing with backoff.
+    pub async fn listen(self: &Arc<Self>) {
+        let first = self.subscribe().await;
         let weak = Arc::downgrade(self);
-        let client = self.client.clone();
-        let channel = self.plain_name(EVENTS, "all");
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
+            let mut next = Some(first);
             loop {
                 let Some(store) = weak.upgrade() else { return };
-                let subscribed = async {
-                    let mut ps = tokio::time::timeout(store.timeout * 4, client.get_async_pubsub())
-                        .await
-                        .map_err(|_| "connect timed out".to_string())?
-                        .map_err(|e| e.to_string())?;
-                    ps.subscribe(&channel).await.map_err(|e| e.to_string())?;
-                    Ok::<_, String>(ps)
-                }
-                .await;
+                let subscribed = match next.take() {
+                    Some(first) => first,
+                    None => store.subscribe().await,
+                };
                 let mut ps = match subscribed {
                     Ok(ps) => ps,
                     Err(e) => {
@@ -668,9 +1111,7 @@ return {'ok', f[1], f[2], ends}
                 use futures_util::StreamExt;
                 while let Some(msg) = messages.next().await {
                     let Some(store) = weak.upgrade() else { return };
-                    if let Ok(text) = msg.get_payload::<String>() {
-                        store.apply(&text);
-                    }
+                    store.apply(msg.get_payload_bytes());
                 }
                 if let Some(store) = weak.upgrade() {
                     store.errors.with_label_values(&["subscribe"]).inc();
@@ -680,22 +1121,63 @@ return {'ok', f[1], f[2], ends}
         });
     }
 
-    fn apply(&self, event: &str) {
+    /// One event from the channel, applied only when its MAC holds.
+    fn apply(&self, message: &[u8]) {
+        let channel = self.events_channel();
+        let Some(event) = self.verify("event", &channel, message) else {
+            return;
+        };
         let mut parts = event.split(' ');
-        match (parts.next(), parts.next(), parts.next()) {
-            (Some("lock"), Some(name), Some(ms)) => {
-                let Ok(ms) = ms.parse::<u64>() else { return };
-                let ms = ms.min(10 * 365 * 86400 * 1000);
-                self.remote_locks
-                    .insert(name.to_string(), Instant::now() + Duration::from_millis(ms));
-                self.announce_until(crate::util::unix_now_ms().saturating_add(ms));
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some("lock"), Some(name), Some(until), None) => {
+                let Ok(until) = until.parse::<u64>() else { return };
+                let now_ms = crate::util::unix_now_ms();
+                if until <= now_ms {
+                    return;
+                }
+                let kept = {
+                    let mut m = self.remote_locks.lock().unwrap_or_else(|p| p.into_inner());
+                    m.insert(name, until, now_ms)
+                };
+                if !kept {
+                    self.full.with_label_values(&["remote_locks", "total"]).inc();
+                    tracing::error!(
+                        "more lockouts announced than this replica holds: its fast paths answer 429 until they end"
+                    );
+                }
+                self.announce_until(until);
             }
-            (Some("jti"), Some(jti), Some(exp)) => {
+            (Some("jti"), Some(jti), Some(exp), None) => {
                 if let Ok(exp) = exp.parse::<u64>() {
                     self.note_revoked(jti, exp);
                 }
             }
             _ => {}
         }
+    }
+}
+
+/// A refresh token's grant as stored (signed, under the token's keyed name): whom it
+/// names and for which client, its family and when it and its family end.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct RefreshRecord {
+    #[serde(rename = "fam")]
+    family: String,
+    client: String,
+    #[serde(rename = "exp")]
+    expires_at: u64,
+    #[serde(rename = "fend")]
+    family_ends_at: u64,
+    grant: String,
+}
+
+impl RefreshRecord {
+    fn payload(&self) -> String {
+        // Serializing a struct of strings and integers cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    fn parse(payload: &str) -> Option<RefreshRecord> {
+        serde_json::from_str(payload).ok()
     }
 }

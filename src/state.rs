@@ -50,7 +50,7 @@ impl State {
             crate::config::SharedBackend::Memory => None,
             crate::config::SharedBackend::Redis(settings) => {
                 let store = crate::shared::Store::connect(settings, &metrics).map_err(BuildError::Shared)?;
-                store.listen();
+                store.listen().await;
                 Some(store)
             }
         };

@@ -491,3 +491,427 @@ async fn redis_down_keeps_requests_flowing_and_fails_rotation_closed_until_it_re
     let (s, body) = refresh(p.addr, &rt2).await;
     assert_eq!(s, 200, "{body}");
 }
+
+// === attack: whoever can write to Redis without shared.secret ===
+//
+// attacker move -> test that refutes it
+// - rewrite a stored refresh grant's subject to another user -> refresh_grants_tampered_in_redis_give_no_token
+// - flip a byte of a stored grant's MAC                      -> refresh_grants_tampered_in_redis_give_no_token
+// - copy a valid grant under another token's key name        -> refresh_grants_tampered_in_redis_give_no_token
+// - write a grant in the unsealed format of older versions   -> refresh_grants_tampered_in_redis_give_no_token
+// - extend a family's end by rewriting its value             -> refresh_grants_tampered_in_redis_give_no_token
+// - publish forged lock and revocation events                -> forged_events_and_revocations_are_refused_and_a_late_replica_knows_every_revocation
+// - add a forged revocation to the table                     -> forged_events_and_revocations_are_refused_and_a_late_replica_knows_every_revocation
+// - revoke while a replica is not yet running                -> forged_events_and_revocations_are_refused_and_a_late_replica_knows_every_revocation
+// - fill the revocation table (one client, then all)         -> a_full_revocation_table_refuses_with_503_and_each_client_has_its_share
+// - fill the lockout table from one address, then from many  -> a_full_lockout_table_refuses_what_it_cannot_count_and_each_address_has_its_share
+
+fn redis_conn(redis: &Redis) -> redis::Connection {
+    redis::Client::open(redis.url()).unwrap().get_connection().unwrap()
+}
+
+fn keys(redis: &Redis, pattern: &str) -> std::collections::BTreeSet<String> {
+    redis::cmd("KEYS")
+        .arg(pattern)
+        .query::<Vec<String>>(&mut redis_conn(redis))
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// Signs in on `addr` and returns the tokens and the Redis key of the new refresh token.
+async fn login_keyed(redis: &Redis, addr: SocketAddr) -> (String, String, String) {
+    let before = keys(redis, "pc-test:rt:*");
+    let (access, rt) = login(addr).await;
+    let after = keys(redis, "pc-test:rt:*");
+    let new: Vec<_> = after.difference(&before).cloned().collect();
+    assert_eq!(new.len(), 1, "{new:?}");
+    (access, rt, new[0].clone())
+}
+
+fn hget(redis: &Redis, key: &str, field: &str) -> String {
+    redis::cmd("HGET")
+        .arg(key)
+        .arg(field)
+        .query(&mut redis_conn(redis))
+        .unwrap()
+}
+
+fn hset(redis: &Redis, key: &str, fields: &[(&str, &str)]) {
+    let mut cmd = redis::cmd("HSET");
+    cmd.arg(key);
+    for (f, v) in fields {
+        cmd.arg(*f).arg(*v);
+    }
+    cmd.query::<i64>(&mut redis_conn(redis)).unwrap();
+}
+
+fn two_users_config(upstream: &str) -> String {
+    format!(
+        "{}\n[[users]]\nname = \"mallory\"\nroles = [\"rest\"]\npassword_hash = \"{}\"\n",
+        oauth_config(upstream),
+        argon2_hash("mallory-pw")
+    )
+}
+
+/// A refresh grant whose subject, MAC, key name, format or family was changed in Redis
+/// gives no token at all (never one for another user), is counted by kind and logged;
+/// untouched grants keep working.
+#[tokio::test]
+async fn refresh_grants_tampered_in_redis_give_no_token() {
+    let Some(redis) = Redis::start() else { return };
+    let up = Upstream::start().await;
+    let (_dir, procs) = replicas(&redis, &two_users_config(&up.url()));
+    let (a, b) = (procs[0].addr, procs[1].addr);
+    let refused = |(s, body): (u16, serde_json::Value)| {
+        assert_eq!((s, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+        assert!(body.get("access_token").is_none());
+    };
+
+    // The subject rewritten to another user, the MAC kept.
+    let (_, rt, key) = login_keyed(&redis, a).await;
+    let v = hget(&redis, &key, "v");
+    assert!(v.starts_with("v1.") && v.contains(r#"\"sub\":\"alice\""#), "{v}");
+    hset(
+        &redis,
+        &key,
+        &[("v", &v.replace(r#"\"sub\":\"alice\""#, r#"\"sub\":\"mallory\""#))],
+    );
+    refused(refresh(b, &rt).await);
+
+    // One byte of the MAC flipped.
+    let (_, rt, key) = login_keyed(&redis, a).await;
+    let v = hget(&redis, &key, "v");
+    let flipped = format!("v1.{}{}", if &v[3..4] == "0" { "1" } else { "0" }, &v[4..]);
+    hset(&redis, &key, &[("v", &flipped)]);
+    refused(refresh(b, &rt).await);
+
+    // A valid grant moved under another token's key name.
+    let (_, _, key1) = login_keyed(&redis, a).await;
+    let (_, rt2, key2) = login_keyed(&redis, a).await;
+    hset(&redis, &key2, &[("v", &hget(&redis, &key1, "v"))]);
+    refused(refresh(b, &rt2).await);
+
+    // The unsealed format of older versions.
+    let (_, rt, key) = login_keyed(&redis, a).await;
+    let v = hget(&redis, &key, "v");
+    let fam = v
+        .split(r#""fam":""#)
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    redis::cmd("DEL")
+        .arg(&key)
+        .query::<i64>(&mut redis_conn(&redis))
+        .unwrap();
+    hset(
+        &redis,
+        &key,
+        &[
+            ("fam", &fam),
+            ("grant", r#"{"sub":"mallory"}"#),
+            ("used", "0"),
+            ("client", "jira"),
+            ("exp", "99999999999"),
+        ],
+    );
+    refused(refresh(b, &rt).await);
+    assert!(
+        metric_of(
+            &procs[1],
+            r#"portcullis_shared_integrity_failures_total{kind="refresh"}"#
+        )
+        .await
+            >= 4.0
+    );
+
+    // A family's end rewritten (to outlive its configured lifetime).
+    let (_, rt, key) = login_keyed(&redis, a).await;
+    let v = hget(&redis, &key, "v");
+    let fam = v
+        .split(r#""fam":""#)
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    redis::cmd("SET")
+        .arg(format!("pc-test:rf:{fam}"))
+        .arg("99999999999")
+        .query::<()>(&mut redis_conn(&redis))
+        .unwrap();
+    refused(refresh(b, &rt).await);
+    assert_eq!(
+        metric_of(
+            &procs[1],
+            r#"portcullis_shared_integrity_failures_total{kind="family"}"#
+        )
+        .await,
+        1.0
+    );
+    procs[1].logs_when(|l| l.contains("failed its integrity check")).await;
+
+    // Untouched grants rotate as before, for their own user.
+    let (_, rt, _) = login_keyed(&redis, a).await;
+    let (s, body) = refresh(b, &rt).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(bearer(procs[2].addr, body["access_token"].as_str().unwrap()).await, 200);
+}
+
+/// Events on the channel and revocations in the table that do not carry a valid MAC are
+/// refused and counted; a replica started after a revocation refuses the token (it reads
+/// the table back), and ignores a forged entry there.
+#[tokio::test]
+async fn forged_events_and_revocations_are_refused_and_a_late_replica_knows_every_revocation() {
+    let Some(redis) = Redis::start() else { return };
+    let up = Upstream::start().await;
+    let (dir, procs) = replicas(&redis, &oauth_config(&up.url()));
+    let a = procs[0].addr;
+    let (access, _) = login(a).await;
+    let (revoked, _) = login(a).await;
+    let (s, _) = form(a, "/oauth/revoke", ("jira", "jira-secret"), &[("token", &revoked)]).await;
+    assert_eq!(s, 200);
+
+    // Forged events: the old unsigned format, and a signed-looking one with a bad MAC.
+    let exp = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600)
+        .to_string();
+    let claims = access.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, claims).unwrap(),
+    )
+    .unwrap();
+    let jti = claims["jti"].as_str().unwrap();
+    let mut c = redis_conn(&redis);
+    for forged in [
+        format!("jti {jti} {exp}"),
+        format!("v1.{}.jti {jti} {exp}", "00".repeat(32)),
+        format!("v1.{}.lock pc-test:lock:00 99999999999999", "11".repeat(32)),
+    ] {
+        redis::cmd("PUBLISH")
+            .arg("pc-test:events:all")
+            .arg(forged)
+            .query::<i64>(&mut c)
+            .unwrap();
+    }
+    // A forged entry in the revocation table.
+    redis::cmd("ZADD")
+        .arg("pc-test:revoked:all")
+        .arg(&exp)
+        .arg(format!("{jti} {exp} {}", "22".repeat(32)))
+        .query::<i64>(&mut c)
+        .unwrap();
+    for p in &procs {
+        let seen = eventually(PATIENCE, || async {
+            metric_of(p, r#"portcullis_shared_integrity_failures_total{kind="event"}"#).await >= 3.0
+        })
+        .await;
+        assert!(seen, "every replica refuses the three forged events");
+        assert_eq!(
+            bearer(p.addr, &access).await,
+            200,
+            "a forged revocation revokes nothing"
+        );
+        assert_eq!(
+            status(p.addr, "/login", "alice", "alice-pw").await,
+            200,
+            "a forged lock locks nothing"
+        );
+    }
+
+    // A replica started after the revocation knows it, and ignores the forged entry.
+    let late = Process::start(&replica(dir.path(), 9, &redis, &oauth_config(&up.url())), &[]);
+    assert_eq!(bearer(late.addr, &revoked).await, 401, "revoked before it started");
+    assert_eq!(bearer(late.addr, &access).await, 200);
+    assert_eq!(
+        metric_of(
+            &late,
+            r#"portcullis_shared_integrity_failures_total{kind="revocation"}"#
+        )
+        .await,
+        1.0
+    );
+}
+
+fn revocation_limits(upstream: &str) -> String {
+    oauth_config(upstream).replace(
+        "access_token_ttl = \"10m\"",
+        "access_token_ttl = \"10m\"\nmax_revocations = 3\nmax_revocations_per_client = 2",
+    )
+}
+
+async fn login_as(addr: SocketAddr, client: (&str, &str)) -> String {
+    let (s, body) = form(
+        addr,
+        "/oauth/token",
+        client,
+        &[
+            ("grant_type", "password"),
+            ("username", "alice"),
+            ("password", "alice-pw"),
+        ],
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    body["access_token"].as_str().unwrap().to_string()
+}
+
+/// Revokes tokens until the caps, on the given replicas: a revoke answered 200 is refused
+/// everywhere from then on; past a client's share, or the table's total, the answer is
+/// 503 `temporarily_unavailable` (counted), and the token is honestly still valid.
+async fn fill_revocations(procs: &[&Process]) {
+    let addrs: Vec<SocketAddr> = procs.iter().map(|p| p.addr).collect();
+    let metrics = || async {
+        let (mut t, mut c) = (0.0, 0.0);
+        for p in procs {
+            t += metric_of(p, r#"portcullis_table_full_total{limit="total",table="revocations"}"#).await;
+            c += metric_of(
+                p,
+                r#"portcullis_table_full_total{limit="per_client",table="revocations"}"#,
+            )
+            .await;
+        }
+        (t, c)
+    };
+    let jira = ("jira", "jira-secret");
+    let other = ("other", "other-secret");
+    let a = addrs[0];
+    let t1 = login_as(a, jira).await;
+    let t2 = login_as(a, jira).await;
+    let t3 = login_as(a, jira).await;
+    for t in [&t1, &t2] {
+        let (s, _) = form(a, "/oauth/revoke", jira, &[("token", t)]).await;
+        assert_eq!(s, 200);
+    }
+    let (s, body) = form(a, "/oauth/revoke", jira, &[("token", &t3)]).await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (503, Some("temporarily_unavailable")),
+        "{body}"
+    );
+    assert_eq!(metrics().await.1, 1.0, "counted as the client's share");
+    // Another client still has room in the table.
+    let o1 = login_as(a, other).await;
+    let o2 = login_as(a, other).await;
+    let (s, _) = form(a, "/oauth/revoke", other, &[("token", &o1)]).await;
+    assert_eq!(s, 200);
+    let (s, body) = form(a, "/oauth/revoke", other, &[("token", &o2)]).await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (503, Some("temporarily_unavailable")),
+        "{body}"
+    );
+    assert_eq!(metrics().await.0, 1.0, "counted as the whole table");
+    // Revoking one already revoked needs no room.
+    let (s, _) = form(a, "/oauth/revoke", jira, &[("token", &t1)]).await;
+    assert_eq!(s, 200);
+    for p in &addrs {
+        for t in [&t1, &t2, &o1] {
+            let refused = eventually(PATIENCE, || async { bearer(*p, t).await == 401 }).await;
+            assert!(refused, "answered 200: refused everywhere");
+        }
+        for t in [&t3, &o2] {
+            assert_eq!(bearer(*p, t).await, 200, "answered 503: not revoked");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_full_revocation_table_refuses_with_503_and_each_client_has_its_share() {
+    let up = Upstream::start().await;
+    // In one process (no shared store).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("memory.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n{}",
+            revocation_limits(&up.url())
+        ),
+    )
+    .unwrap();
+    let p = Process::start(&path, &[]);
+    fill_revocations(&[&p]).await;
+
+    // Across replicas on Redis: the caps hold for all of them together.
+    let Some(redis) = Redis::start() else { return };
+    let (_dir, procs) = replicas(&redis, &revocation_limits(&up.url()));
+    fill_revocations(&procs.iter().collect::<Vec<_>>()).await;
+}
+
+async fn login_from(addr: SocketAddr, from: &str, user: &str, pw: &str) -> u16 {
+    http()
+        .get(format!("http://{addr}/login"))
+        .header("x-forwarded-for", from)
+        .basic_auth(user, Some(pw))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// The lockout table holds 4 pairs, 2 per client address (an IPv6 /64 is one address):
+/// an address past its share, or anyone once the table is full, cannot have a new pair
+/// counted, so it is not verified at all (429, even with the right password); pairs
+/// already in the table are unaffected; both limits are counted.
+#[tokio::test]
+async fn a_full_lockout_table_refuses_what_it_cannot_count_and_each_address_has_its_share() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lockout.toml");
+    let body = basic_config(&up.url(), 5).replace(
+        "duration = \"10m\"",
+        "duration = \"10m\"\nmax_entries_per_address = 2\n\n[cache]\nmax_entries = 4",
+    );
+    std::fs::write(
+        &path,
+        format!(
+            "[listen]\naddress = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n[admin]\naddress = \"127.0.0.1:0\"\n{body}"
+        ),
+    )
+    .unwrap();
+    let p = Process::start(&path, &[]);
+    let addr = p.addr;
+    // 2001:db8::1 and 2001:db8::2 are one /64: their share is 2.
+    assert_eq!(login_from(addr, "2001:db8::1", "u1", "x").await, 401);
+    assert_eq!(login_from(addr, "2001:db8::2", "alice", "wrong").await, 401);
+    assert_eq!(
+        login_from(addr, "2001:db8::3", "alice", "alice-pw").await,
+        429,
+        "the /64's share is full: a new pair is not counted, so not checked, even right"
+    );
+    assert_eq!(login_from(addr, "2001:db8::3", "u2", "x").await, 429);
+    assert_eq!(
+        login_from(addr, "2001:db8::2", "alice", "alice-pw").await,
+        200,
+        "a pair in the table is unaffected"
+    );
+    assert_eq!(
+        metric_of(&p, r#"portcullis_table_full_total{limit="per_client",table="lockout"}"#).await,
+        2.0
+    );
+    // Another address has its own share, until the table (4) is full.
+    assert_eq!(login_from(addr, "10.0.0.1", "u3", "x").await, 401);
+    assert_eq!(login_from(addr, "10.0.0.1", "u4", "x").await, 401);
+    assert_eq!(
+        login_from(addr, "10.0.0.2", "alice", "guess").await,
+        429,
+        "the table is full: a guess from a new pair is not checked"
+    );
+    assert_eq!(
+        metric_of(&p, r#"portcullis_table_full_total{limit="total",table="lockout"}"#).await,
+        1.0
+    );
+    assert!(
+        up.seen().len() == 1,
+        "only the pair already counted reached the upstream"
+    );
+}

@@ -343,7 +343,7 @@ impl Auth {
             cert_users,
             lockout: lasting
                 .lockout
-                .take(&config.lockout, config.cache.max_entries)
+                .take(&config.lockout, config.cache.max_entries, metrics)
                 .with_shared(lasting.shared.clone()),
             users,
         })

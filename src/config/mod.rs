@@ -224,6 +224,9 @@ pub struct Lockout {
     pub max_failures: u32,
     pub window: Duration,
     pub duration: Duration,
+    /// Entries of the lockout table one client address (an IPv6 /64) may hold: one
+    /// client cannot fill the table (`cache.max_entries`) for everyone.
+    pub max_entries_per_address: u64,
 }
 
 /// `[shared]`: where state shared by replicas lives. Applies at start.
@@ -463,6 +466,11 @@ pub struct OAuth {
     pub refresh_token_ttl: Duration,
     /// Absolute lifetime of a refresh-token family, however often it is rotated.
     pub refresh_token_max_lifetime: Duration,
+    /// Builtin: access tokens revoked and not yet expired, at most (the table is never
+    /// emptied early: past the bound a revocation is refused with 503).
+    pub max_revocations: u64,
+    /// Builtin: the share of `max_revocations` one OAuth client may hold.
+    pub max_revocations_per_client: u64,
     pub algorithms: Vec<String>,
     /// The builtin issuer's key, parsed from the PEM when the config was loaded.
     pub signing_key: Option<std::sync::Arc<keys::SigningKey>>,

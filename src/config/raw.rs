@@ -104,6 +104,7 @@ pub struct Lockout {
     pub max_failures: Option<Spanned<i64>>,
     pub window: Option<Str>,
     pub duration: Option<Str>,
+    pub max_entries_per_address: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -240,6 +241,8 @@ pub struct OAuth {
     pub access_token_ttl: Option<Str>,
     pub refresh_token_ttl: Option<Str>,
     pub refresh_token_max_lifetime: Option<Str>,
+    pub max_revocations: Option<Spanned<i64>>,
+    pub max_revocations_per_client: Option<Spanned<i64>>,
     pub algorithm: Option<Str>,
     #[serde(default)]
     pub algorithms: Vec<Str>,

@@ -716,6 +716,11 @@ impl Validator<'_> {
                 .map_or(10, |n| n as u32),
             window: self.duration(l.window.as_ref(), Duration::from_secs(300), "lockout.window"),
             duration: self.duration(l.duration.as_ref(), Duration::from_secs(900), "lockout.duration"),
+            max_entries_per_address: l
+                .max_entries_per_address
+                .as_ref()
+                .and_then(|n| self.count(n, 1, i64::MAX, "lockout.max_entries_per_address"))
+                .unwrap_or(1000),
         }
     }
 
@@ -1294,6 +1299,22 @@ impl Validator<'_> {
 
     fn oauth(&mut self, o: &Spanned<raw::OAuth>) -> OAuth {
         let r = o.get_ref();
+        let max_revocations = r
+            .max_revocations
+            .as_ref()
+            .and_then(|n| self.count(n, 1, 10_000_000, "oauth.max_revocations"))
+            .unwrap_or(100_000);
+        let max_revocations_per_client = match &r.max_revocations_per_client {
+            Some(n) => self
+                .count(
+                    n,
+                    1,
+                    max_revocations as i64,
+                    "oauth.max_revocations_per_client (at most oauth.max_revocations)",
+                )
+                .unwrap_or(1),
+            None => (max_revocations / 10).max(1),
+        };
         let mode = match r.mode.get_ref().as_str() {
             "builtin" => OAuthMode::Builtin,
             "jwt" => OAuthMode::Jwt,
@@ -1456,6 +1477,8 @@ impl Validator<'_> {
                 Duration::from_secs(30 * 86400),
                 "oauth.refresh_token_max_lifetime",
             ),
+            max_revocations,
+            max_revocations_per_client,
             algorithms,
             signing_key,
             clients,

@@ -24,6 +24,7 @@ use super::{Shared, TokenFacts, Verdict, VerifiedTokens};
 use crate::auth::{Auth, Reason, UserEntry};
 use crate::config::{self, SecretHash};
 use crate::error::{full, Body, OAuthError};
+use crate::shared::{RevocationLimits, RevokeRefused};
 
 pub use crate::config::keys::SigningKey;
 
@@ -57,6 +58,7 @@ enum Refresh {
     },
     Used {
         family: Family,
+        client_id: Arc<str>,
     },
 }
 
@@ -70,9 +72,13 @@ struct Grant {
 }
 
 /// Refresh tokens by SHA-256, with rotation and reuse detection; bounded.
+///
+/// An evicted token only stops working (it is unknown, so refused). Revoked families are
+/// a security table: kept until the family ends, never evicted, bounded by
+/// `oauth.max_revocations` (with the access-token revocations' per-client share).
 pub struct RefreshStore {
     tokens: moka::sync::Cache<[u8; 32], Refresh>,
-    revoked: moka::sync::Cache<u64, ()>,
+    revoked: Table<u64>,
 }
 
 impl Default for RefreshStore {
@@ -82,10 +88,7 @@ impl Default for RefreshStore {
                 .max_capacity(1_000_000)
                 .time_to_live(Duration::from_secs(90 * 86400))
                 .build(),
-            revoked: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(90 * 86400))
-                .build(),
+            revoked: Table::default(),
         }
     }
 }
@@ -116,16 +119,23 @@ impl RefreshStore {
     /// Takes an active token for `client_id`, marking it used; a reused one revokes its
     /// family. Atomic per token: of two concurrent uses, exactly one gets the grant and the
     /// other is a reuse.
-    fn take(&self, token: &str, client_id: &str) -> Result<Grant, &'static str> {
+    fn take(&self, token: &str, client_id: &str, limits: RevocationLimits) -> Result<Grant, &'static str> {
         use moka::ops::compute::Op;
         let id = *SecretHash::of(token.as_bytes()).bytes();
         let mut outcome: Result<Grant, &'static str> = Err("unknown or expired refresh token");
         self.tokens.entry(id).and_compute_with(|current| {
             let Some(entry) = current else { return Op::Nop };
             match entry.into_value() {
-                Refresh::Used { family } => {
-                    self.revoked.insert(family.id, ());
-                    outcome = Err("refresh token already used; its family is revoked");
+                Refresh::Used {
+                    family,
+                    client_id: owner,
+                } => {
+                    // The reused token is refused whatever happens; a full table is
+                    // counted by the caller (the family's other token then lives on).
+                    outcome = match self.revoked.insert(family.id, family.ends_at, &owner, limits) {
+                        Ok(()) => Err("refresh token already used; its family is revoked"),
+                        Err(_) => Err(REUSED_UNREVOKED),
+                    };
                     Op::Nop
                 }
                 Refresh::Active {
@@ -136,7 +146,7 @@ impl RefreshStore {
                     expires_at,
                 } => {
                     let t = now();
-                    outcome = if self.revoked.contains_key(&family.id) {
+                    outcome = if self.revoked.contains(&family.id) {
                         Err("refresh token revoked")
                     } else if t >= expires_at || t >= family.ends_at {
                         Err("refresh token expired")
@@ -151,7 +161,10 @@ impl RefreshStore {
                         })
                     };
                     if outcome.is_ok() {
-                        Op::Put(Refresh::Used { family })
+                        Op::Put(Refresh::Used {
+                            family,
+                            client_id: owner,
+                        })
                     } else {
                         Op::Nop
                     }
@@ -161,19 +174,23 @@ impl RefreshStore {
         outcome
     }
 
-    /// Revokes every token of `family`.
-    fn revoke(&self, family: Family) {
-        self.revoked.insert(family.id, ());
+    /// Revokes every token of `family` (issued to `client`): refused when the table, or
+    /// the client's share of it, is full.
+    fn revoke(&self, family: Family, client: &str, limits: RevocationLimits) -> Result<(), RevokeRefused> {
+        self.revoked.insert(family.id, family.ends_at, client, limits)
     }
 
     /// The family and client of a refresh token this process issued, without taking it.
-    fn family_of(&self, token: &str) -> Option<(u64, String)> {
+    fn family_of(&self, token: &str) -> Option<(Family, String)> {
         match self.tokens.get(SecretHash::of(token.as_bytes()).bytes())? {
-            Refresh::Active { family, client_id, .. } => Some((family.id, client_id.to_string())),
+            Refresh::Active { family, client_id, .. } => Some((family, client_id.to_string())),
             Refresh::Used { .. } => None,
         }
     }
 }
+
+/// A reused refresh token whose family could not be revoked (the table is full).
+const REUSED_UNREVOKED: &str = "refresh token already used; its family cannot be revoked now";
 
 /// The refresh token of a token response: to issue (in a family, new or continued), or
 /// already stored by an atomic rotation in the shared store.
@@ -182,38 +199,87 @@ enum Refreshing {
     Stored(String),
 }
 
-/// Access tokens revoked before their `exp` (RFC 7009), by `jti`, until that `exp`.
-#[derive(Default)]
-pub struct Revoked {
-    ids: std::sync::Mutex<HashMap<String, u64>>,
+/// A security table: entries kept until they end (unix seconds), never evicted, bounded
+/// in total and per client. A new entry that does not fit is refused; the caller refuses
+/// the request that needed it.
+pub struct Table<K> {
+    inner: std::sync::Mutex<TableInner<K>>,
     /// Unix seconds until which any entry may be in force: the check on every request
-    /// is one atomic load while nothing is revoked.
+    /// is one atomic load while nothing is in it.
     until: std::sync::atomic::AtomicU64,
 }
 
-impl Revoked {
-    const MAX: usize = 100_000;
+struct TableInner<K> {
+    entries: HashMap<K, (u64, Arc<str>)>,
+    per_client: HashMap<Arc<str>, u64>,
+}
 
-    fn insert(&self, jti: &str, exp: u64) {
-        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
-        let t = now();
-        if ids.len() >= Self::MAX {
-            ids.retain(|_, e| *e > t);
-        }
-        if ids.len() < Self::MAX {
-            ids.insert(jti.to_string(), exp);
-            self.until.fetch_max(exp, std::sync::atomic::Ordering::Relaxed);
+impl<K> Default for Table<K> {
+    fn default() -> Self {
+        Table {
+            inner: std::sync::Mutex::new(TableInner {
+                entries: HashMap::new(),
+                per_client: HashMap::new(),
+            }),
+            until: std::sync::atomic::AtomicU64::new(0),
         }
     }
+}
 
-    fn contains(&self, jti: &str) -> bool {
+impl<K: std::hash::Hash + Eq + Clone> Table<K> {
+    fn insert(&self, key: K, ends: u64, client: &str, limits: RevocationLimits) -> Result<(), RevokeRefused> {
+        let mut t = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if t.entries.contains_key(&key) {
+            return Ok(());
+        }
+        let t = &mut *t;
+        let used = |t: &TableInner<K>| t.per_client.get(client).copied().unwrap_or(0);
+        if t.entries.len() as u64 >= limits.total || used(t) >= limits.per_client {
+            // Only what has ended leaves the table.
+            let now = now();
+            let per_client = &mut t.per_client;
+            t.entries.retain(|_, (end, owner)| {
+                let live = *end >= now;
+                if !live {
+                    if let Some(n) = per_client.get_mut(owner) {
+                        *n = n.saturating_sub(1);
+                    }
+                }
+                live
+            });
+            per_client.retain(|_, n| *n > 0);
+        }
+        if used(t) >= limits.per_client {
+            return Err(RevokeRefused::ClientFull);
+        }
+        if t.entries.len() as u64 >= limits.total {
+            return Err(RevokeRefused::Full);
+        }
+        let owner: Arc<str> = match t.per_client.get_key_value(client) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(client),
+        };
+        *t.per_client.entry(owner.clone()).or_insert(0) += 1;
+        t.entries.insert(key, (ends, owner));
+        self.until.fetch_max(ends, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn contains<Q>(&self, key: &Q) -> bool
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
         if self.until.load(std::sync::atomic::Ordering::Relaxed) < now() {
             return false;
         }
-        let ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
-        ids.get(jti).is_some_and(|exp| *exp >= now())
+        let t = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        t.entries.get(key).is_some_and(|(end, _)| *end >= now())
     }
 }
+
+/// Access tokens revoked before their `exp` (RFC 7009), by `jti`, until that `exp`.
+pub type Revoked = Table<String>;
 
 /// The grant a refresh token carries, as stored in the shared store.
 #[derive(Serialize, Deserialize)]
@@ -268,6 +334,9 @@ pub struct Issuer {
     leeway: Duration,
     clients: HashMap<String, SecretHash>,
     shared: Arc<Shared>,
+    /// Bounds of the revocation tables (`oauth.max_revocations`, `_per_client`).
+    limits: RevocationLimits,
+    table_full: prometheus::IntCounterVec,
     jwks: Bytes,
     /// This generation's verified tokens (a reload starts afresh: clients may change).
     pub(super) verified: VerifiedTokens,
@@ -277,7 +346,12 @@ pub use crate::config::{JWKS_PATH, REVOKE_PATH, TOKEN_PATH};
 pub const DEFAULT_ISSUER: &str = "portcullis";
 
 impl Issuer {
-    pub fn new(cfg: &config::OAuth, cache: &config::Cache, shared: &Arc<Shared>) -> Result<Self, String> {
+    pub fn new(
+        cfg: &config::OAuth,
+        cache: &config::Cache,
+        shared: &Arc<Shared>,
+        metrics: &crate::metrics::Metrics,
+    ) -> Result<Self, String> {
         let key = match &cfg.signing_key {
             Some(key) => key.clone(),
             None => match shared.generated_key.get() {
@@ -290,7 +364,16 @@ impl Issuer {
             },
         };
         let jwks = Bytes::from(serde_json::json!({ "keys": [key.jwk] }).to_string());
+        let limits = RevocationLimits {
+            total: cfg.max_revocations,
+            per_client: cfg.max_revocations_per_client,
+        };
+        if let Some(store) = &shared.store {
+            store.set_revocation_cap(limits.total);
+        }
         Ok(Issuer {
+            limits,
+            table_full: metrics.table_full.clone(),
             issuer: cfg.issuer.clone().unwrap_or_else(|| DEFAULT_ISSUER.to_string()),
             audience: cfg.audience.clone(),
             access_ttl: cfg.access_token_ttl,
@@ -330,8 +413,17 @@ impl Issuer {
             }
         };
         if let Some(jti) = &facts.jti {
-            if self.shared.revoked.contains(jti) || self.shared.store.as_ref().is_some_and(|s| s.is_revoked(jti)) {
-                return Err(Reason::TokenRevoked.into());
+            use crate::shared::Standing;
+            let standing = match &self.shared.store {
+                Some(store) => store.revocation(jti),
+                None if self.shared.revoked.contains(jti.as_str()) => Standing::Revoked,
+                None => Standing::Clear,
+            };
+            match standing {
+                Standing::Clear => {}
+                Standing::Revoked => return Err(Reason::TokenRevoked.into()),
+                // This replica cannot tell whether the token was revoked: fail closed.
+                Standing::Unknown => return Err(Verdict::Unavailable("revocation_unavailable")),
             }
         }
         if facts.user_grant {
@@ -556,7 +648,7 @@ impl Issuer {
                             .ok_or(crate::auth::Reason::UnknownUser)
                             .and_then(|e| e.standing(true));
                         if let Err(reason) = standing {
-                            self.revoke_family(family).await?;
+                            self.revoke_family(family, client_id).await?;
                             tracing::info!(client_id = %client_id, reason = reason.as_str(), "oauth refresh refused; family revoked");
                             return Err(OAuthError::new(
                                 StatusCode::BAD_REQUEST,
@@ -685,8 +777,8 @@ impl Issuer {
             })
             .await;
         match stored {
-            Ok(true) => Ok(token),
-            Ok(false) => Err(OAuthError::new(
+            Ok(crate::shared::Issued::Stored) => Ok(token),
+            Ok(crate::shared::Issued::FamilyGone | crate::shared::Issued::FamilyForged) => Err(OAuthError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_grant",
                 "refresh token revoked",
@@ -701,7 +793,12 @@ impl Issuer {
     /// when there is one. `Ok(Err(why))`: refused; `Err`: the store cannot answer.
     async fn take_refresh(&self, token: &str, client_id: &str) -> Result<Result<Grant, &'static str>, OAuthError> {
         let Some(store) = &self.shared.store else {
-            return Ok(self.shared.refresh.take(token, client_id));
+            let taken = self.shared.refresh.take(token, client_id, self.limits);
+            if taken.as_ref().err() == Some(&REUSED_UNREVOKED) {
+                self.table_full.with_label_values(&["revocations", "total"]).inc();
+                tracing::error!(client_id = %client_id, "oauth: a reused refresh token's family cannot be revoked: the revocation table is full");
+            }
+            return Ok(taken);
         };
         use crate::shared::Taken;
         let next = random_token();
@@ -735,21 +832,61 @@ impl Issuer {
             Ok(Taken::OtherClient) => Ok(Err("refresh token was issued to another client")),
             Ok(Taken::Revoked) => Ok(Err("refresh token revoked")),
             Ok(Taken::Reused) => Ok(Err("refresh token already used; its family is revoked")),
+            // Counted and logged by the store; told apart from an unknown token to no one.
+            Ok(Taken::Forged) => Ok(Err("unknown or expired refresh token")),
             Err(_) => Err(unavailable("refresh_unavailable")),
         }
     }
 
-    async fn revoke_family(&self, family: Family) -> Result<(), OAuthError> {
+    /// Revokes `family` (issued to `client`). In the shared store a family is revoked
+    /// by deleting it, which needs no room; in this process it takes a place in the
+    /// bounded table, and a full table refuses (503), never forgets an older one.
+    async fn revoke_family(&self, family: Family, client: &str) -> Result<(), OAuthError> {
         match &self.shared.store {
-            None => {
-                self.shared.refresh.revoke(family);
-                Ok(())
-            }
+            None => self
+                .shared
+                .refresh
+                .revoke(family, client, self.limits)
+                .map_err(|e| self.refused(e, client)),
             Some(store) => store
                 .refresh_revoke_family(&format!("{:016x}", family.id))
                 .await
                 .map_err(|_| unavailable("refresh_unavailable")),
         }
+    }
+
+    /// The answer to a revocation that cannot be kept: 503, counted by table and limit.
+    fn refused(&self, why: RevokeRefused, client: &str) -> OAuthError {
+        let retry = Some(Duration::from_secs(60));
+        let (limit, answer) = match why {
+            RevokeRefused::Full => (
+                "total",
+                OAuthError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "too many revoked tokens are still live; retry later",
+                    retry,
+                    "revocations_full",
+                ),
+            ),
+            RevokeRefused::ClientFull => (
+                "per_client",
+                OAuthError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "this client has too many revoked tokens still live; retry later",
+                    retry,
+                    "client_revocations_full",
+                ),
+            ),
+            RevokeRefused::Unavailable => return unavailable("revocation_unavailable"),
+        };
+        // The shared store counts its own refusals.
+        if self.shared.store.is_none() {
+            self.table_full.with_label_values(&["revocations", limit]).inc();
+        }
+        tracing::warn!(client_id = %client, limit, "oauth: revocation refused: the revocation table is full");
+        answer
     }
 
     /// `POST /oauth/revoke` (RFC 7009): a client revokes one of its refresh tokens (the
@@ -788,16 +925,30 @@ impl Issuer {
         let family = match &self.shared.store {
             None => self.shared.refresh.family_of(token),
             Some(store) => match store.refresh_peek(token).await {
-                Ok(Some((family, owner))) => u64::from_str_radix(&family, 16).ok().map(|id| (id, owner)),
-                Ok(None) => None,
+                Ok(crate::shared::Peeked::Found { family, client }) => {
+                    // The record's MAC held, so its family id is one this issuer wrote.
+                    u64::from_str_radix(&family, 16)
+                        .ok()
+                        .map(|id| (Family { id, ends_at: 0 }, client))
+                }
+                Ok(crate::shared::Peeked::Unknown) => None,
+                Ok(crate::shared::Peeked::Forged) => {
+                    // Refused on every use anyway; deleted so that no later write can
+                    // make it usable again under a revocation answered 200.
+                    store
+                        .refresh_forget(token)
+                        .await
+                        .map_err(|_| unavailable("refresh_unavailable"))?;
+                    return Ok(json(StatusCode::OK, "{}".into()));
+                }
                 Err(_) => return Err(unavailable("refresh_unavailable")),
             },
         };
-        if let Some((id, owner)) = family {
+        if let Some((family, owner)) = family {
             if owner != client_id {
                 return Err(not_yours());
             }
-            self.revoke_family(Family { id, ends_at: 0 }).await?;
+            self.revoke_family(family, &client_id).await?;
             tracing::info!(client_id = %client_id, "oauth: refresh token family revoked");
             return Ok(json(StatusCode::OK, "{}".into()));
         }
@@ -809,13 +960,18 @@ impl Issuer {
             if claims.client_id != client_id {
                 return Err(not_yours());
             }
-            if let Some(store) = &self.shared.store {
-                store
-                    .revoke_jti(&claims.jti, claims.exp)
+            // 200 only once the revocation is kept: a full table refuses (503).
+            match &self.shared.store {
+                Some(store) => store
+                    .revoke_jti(&claims.jti, claims.exp, &client_id, self.limits)
                     .await
-                    .map_err(|_| unavailable("revocation_unavailable"))?;
+                    .map_err(|e| self.refused(e, &client_id))?,
+                None => self
+                    .shared
+                    .revoked
+                    .insert(claims.jti.clone(), claims.exp, &client_id, self.limits)
+                    .map_err(|e| self.refused(e, &client_id))?,
             }
-            self.shared.revoked.insert(&claims.jti, claims.exp);
             tracing::info!(client_id = %client_id, "oauth: access token revoked");
         }
         Ok(json(StatusCode::OK, "{}".into()))

@@ -90,7 +90,7 @@ impl OAuth {
         metrics: &Metrics,
     ) -> Result<Self, String> {
         Ok(match cfg.mode {
-            OAuthMode::Builtin => OAuth::Builtin(Box::new(builtin::Issuer::new(cfg, cache, &lasting.oauth)?)),
+            OAuthMode::Builtin => OAuth::Builtin(Box::new(builtin::Issuer::new(cfg, cache, &lasting.oauth, metrics)?)),
             OAuthMode::Jwt => OAuth::Jwt(Box::new(jwt::Jwt::new(cfg, cache, client.clone())?)),
             OAuthMode::Introspection => OAuth::Introspection(Box::new(introspection::Introspector::new(
                 cfg,
