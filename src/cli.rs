@@ -189,10 +189,35 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         .with_ansi(ansi)
         .with_writer(writer);
     match format {
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => builder.fmt_fields(text_fields()).init(),
+        // JSON strings escape every control character themselves: one event, one line.
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
     guard
+}
+
+/// The text log's fields: `name=value` separated by spaces, the message bare, as the
+/// default formatter writes them, but every value (the message, `%Display` fields, span
+/// fields) passes through [`crate::util::Escaped`]. A value a client or peer controls
+/// (a certificate name in an error, a path, a header, a claim) can therefore neither end
+/// the line and forge the next one nor send escape sequences to a terminal, whatever the
+/// call site wrote. `?Debug` and `&str` values keep their quotes.
+fn text_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        let name = field.name();
+        let value = crate::util::Escaped(format_args!("{value:?}"));
+        if name == "message" {
+            write!(w, "{value}")
+        } else if name.starts_with("log.") {
+            // What tracing-log carries over from the `log` crate (target, file, line):
+            // the event's metadata already says it, as the default formatter assumes.
+            Ok(())
+        } else {
+            write!(w, "{name}={value}")
+        }
+    })
+    .delimited(" ")
 }
 
 fn serve(path: PathBuf, format: LogFormat) -> anyhow::Result<()> {

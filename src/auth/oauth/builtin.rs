@@ -473,7 +473,7 @@ impl Issuer {
             ));
         }
         if !known {
-            tracing::info!(client_id = %client_id, reason = "bad_client_credentials", "oauth token request refused");
+            tracing::info!(client_id = ?client_id, reason = "bad_client_credentials", "oauth token request refused");
             return Err(OAuthError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
@@ -530,7 +530,7 @@ impl Issuer {
                             crate::auth::Failure::Rejected { reason, .. } => reason.as_str(),
                             _ => "rejected",
                         };
-                        tracing::info!(client_id = %client_id, reason, "oauth password grant refused");
+                        tracing::info!(client_id = ?client_id, reason, "oauth password grant refused");
                         Err(OAuthError::new(
                             StatusCode::BAD_REQUEST,
                             "invalid_grant",
@@ -567,7 +567,7 @@ impl Issuer {
                             .and_then(|e| e.standing(true));
                         if let Err(reason) = standing {
                             self.revoke_family(family).await?;
-                            tracing::info!(client_id = %client_id, reason = reason.as_str(), "oauth refresh refused; family revoked");
+                            tracing::info!(client_id = ?client_id, reason = reason.as_str(), "oauth refresh refused; family revoked");
                             return Err(OAuthError::new(
                                 StatusCode::BAD_REQUEST,
                                 "invalid_grant",
@@ -583,7 +583,7 @@ impl Issuer {
                         self.respond(&sub, &client, old_scope, Some(plan)).await
                     }
                     Err(why) => {
-                        tracing::info!(client_id = %client_id, reason = "bad_refresh_token", detail = why, "oauth refresh refused");
+                        tracing::info!(client_id = ?client_id, reason = "bad_refresh_token", detail = why, "oauth refresh refused");
                         Err(OAuthError::new(
                             StatusCode::BAD_REQUEST,
                             "invalid_grant",
@@ -807,7 +807,7 @@ impl Issuer {
                 return Err(not_yours());
             }
             self.revoke_family(Family { id, ends_at: 0 }).await?;
-            tracing::info!(client_id = %client_id, "oauth: refresh token family revoked");
+            tracing::info!(client_id = ?client_id, "oauth: refresh token family revoked");
             return Ok(json(StatusCode::OK, "{}".into()));
         }
         // An access token of this issuer (signature checked; expired ones need nothing).
@@ -825,7 +825,7 @@ impl Issuer {
                     .map_err(|_| unavailable("revocation_unavailable"))?;
             }
             self.shared.revoked.insert(&claims.jti, claims.exp);
-            tracing::info!(client_id = %client_id, "oauth: access token revoked");
+            tracing::info!(client_id = ?client_id, "oauth: access token revoked");
         }
         Ok(json(StatusCode::OK, "{}".into()))
     }
