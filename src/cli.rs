@@ -765,3 +765,45 @@ fn explain(path: PathBuf, client: std::net::IpAddr, headers: &[String], method: 
         }
     }
 }
+
+#[cfg(test)]
+mod log_tests {
+    /// Whatever a call site passes (`%Display` of peer text, the message itself, a span
+    /// field), the text log writes one line without control characters.
+    #[test]
+    fn text_log_escapes_every_value() {
+        #[derive(Clone, Default)]
+        struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let sink = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .fmt_fields(super::text_fields())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let evil = "x\nFORGED line\x1b[31m\u{2028}";
+            let span = tracing::info_span!("s", peer = %evil);
+            let _in = span.enter();
+            tracing::warn!(display = %evil, debug = ?evil, text = evil, "message {evil}");
+        });
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(out.lines().count(), 1, "{out}");
+        assert!(out.ends_with('\n'));
+        assert!(!out.trim_end().contains(crate::util::needs_escape), "{out:?}");
+        assert!(out.contains("message x\\nFORGED line\\u{1b}[31m\\u{2028}"), "{out}");
+        assert!(out.contains("display=x\\nFORGED"), "{out}");
+        assert!(out.contains("debug=\"x\\nFORGED"), "{out}");
+        assert!(out.contains("text=\"x\\nFORGED"), "{out}");
+        assert!(out.contains("peer=x\\nFORGED"), "{out}");
+    }
+}
