@@ -56,7 +56,13 @@ fn leaf(dir: &Path, issuer: &str, name: &str, cn: &str, san: &str, usage: &str) 
     } else {
         format!("subjectAltName={san}\n")
     };
-    leaf_with(dir, issuer, name, &format!("/CN={cn}"), &format!("extendedKeyUsage={usage}\n{san}"));
+    leaf_with(
+        dir,
+        issuer,
+        name,
+        &format!("/CN={cn}"),
+        &format!("extendedKeyUsage={usage}\n{san}"),
+    );
 }
 
 /// A client leaf signed by `issuer` with the subject `subj` (as `openssl -subj` takes it)
@@ -322,12 +328,30 @@ async fn the_common_name_counts_only_without_a_san_and_two_users_are_ambiguous()
     // Names of two users: in the SAN, and as two CNs without a SAN.
     leaf_with(d, "ca", "two-sans", "/CN=x", &san("DNS:svc.example,DNS:legacy-client"));
     leaf_with(d, "ca", "two-cns", "/CN=legacy-client/CN=svc.example", &eku(""));
-    leaf_with(d, "ca", "upn-and-dns", "/CN=x", &san(&format!("{upn},email:svc@corp.example,DNS:legacy-alt")));
+    leaf_with(
+        d,
+        "ca",
+        "upn-and-dns",
+        "/CN=x",
+        &san(&format!("{upn},email:svc@corp.example,DNS:legacy-alt")),
+    );
     // Names of one user, twice: fine.
-    leaf_with(d, "ca", "svc-twice", "/CN=legacy-client", &san("DNS:svc.example,email:svc@corp.example"));
+    leaf_with(
+        d,
+        "ca",
+        "svc-twice",
+        "/CN=legacy-client",
+        &san("DNS:svc.example,email:svc@corp.example"),
+    );
     leaf_with(d, "ca", "legacy-cns", "/CN=legacy-client/CN=legacy-alt", &eku(""));
     // A configured name beside names nobody has: the configured one decides.
-    leaf_with(d, "ca", "mixed", "/CN=x", &san(&format!("{upn},IP:127.0.0.1,DNS:svc.example")));
+    leaf_with(
+        d,
+        "ca",
+        "mixed",
+        "/CN=x",
+        &san(&format!("{upn},IP:127.0.0.1,DNS:svc.example")),
+    );
 
     let up = Upstream::start().await;
     let toml = gateway_config(d, &up.url(), "optional")
@@ -383,7 +407,14 @@ async fn the_common_name_counts_only_without_a_san_and_two_users_are_ambiguous()
         assert_eq!(up.last().headers["x-portcullis-user"], user, "{name}");
     }
     // The refusals page names the reason for the operator.
-    let refusals = client().get(gw.admin_url("/refusals")).send().await.unwrap().text().await.unwrap();
+    let refusals = client()
+        .get(gw.admin_url("/refusals"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(refusals.contains("ambiguous_certificate"), "{refusals}");
     gw.stop().await;
 }

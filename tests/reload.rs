@@ -502,10 +502,23 @@ auth = {{ type = "basic", username = "svc", password = {{ file = "{secret}" }} }
         std::fs::File::create(p).unwrap().set_len(256 << 20).unwrap();
     };
     let dev_zero = |p: &std::path::Path| std::os::unix::fs::symlink("/dev/zero", p).unwrap();
-    let cases: [(&str, &dyn Fn(&std::path::Path), &str); 4] = [
-        ("2 MiB file", &two_mib, "larger than the 65536-byte limit for this file (2097152 bytes"),
-        ("sparse 256 MiB file", &sparse, "larger than the 65536-byte limit for this file (268435456 bytes"),
-        ("symlink to /dev/zero", &dev_zero, "not a regular file (a character device)"),
+    type Make<'a> = &'a dyn Fn(&std::path::Path);
+    let cases: [(&str, Make, &str); 4] = [
+        (
+            "2 MiB file",
+            &two_mib,
+            "larger than the 65536-byte limit for this file (2097152 bytes",
+        ),
+        (
+            "sparse 256 MiB file",
+            &sparse,
+            "larger than the 65536-byte limit for this file (268435456 bytes",
+        ),
+        (
+            "symlink to /dev/zero",
+            &dev_zero,
+            "not a regular file (a character device)",
+        ),
         ("FIFO", &mkfifo, "not a regular file (a FIFO)"),
     ];
     for (n, (what, make, says)) in cases.into_iter().enumerate() {
@@ -523,7 +536,8 @@ auth = {{ type = "basic", username = "svc", password = {{ file = "{secret}" }} }
         assert!(reported, "{what}: no refused reload reported:\n{}", gw.logs());
         assert_eq!(failures().await, (n + 1) as f64, "{what}: one refusal per change");
         // Logged, and the running config still serves with the old secret.
-        gw.logs_when(|l| l.contains(says) && l.contains("config reload refused")).await;
+        gw.logs_when(|l| l.contains(says) && l.contains("config reload refused"))
+            .await;
         calls_with("first-password").await;
         assert_eq!(
             client()
@@ -628,7 +642,10 @@ auth = {{ type = "basic", username = "svc", password = {{ file = "{d}/secret.fif
         assert!(stderr.contains(says), "missing {says:?} in:\n{stderr}");
     }
     // The client CA and CRL are read once the certificate loads: check them alone.
-    let toml = toml.replace(&format!("{}/big.crt", d.display()), &cert.cert_path.display().to_string());
+    let toml = toml.replace(
+        &format!("{}/big.crt", d.display()),
+        &cert.cert_path.display().to_string(),
+    );
     std::fs::write(&path, &toml).unwrap();
     let out = std::process::Command::new(bin())
         .args(["check", "--config"])
@@ -636,14 +653,15 @@ auth = {{ type = "basic", username = "svc", password = {{ file = "{d}/secret.fif
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("ca-dir`: not a regular file (a directory)"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("ca-dir`: not a regular file (a directory)"), "{stderr}");
     std::fs::create_dir(d.join("ca-ok")).unwrap();
     let ca = d.join("ca-ok").join("ca.crt");
     std::fs::write(&ca, &cert.cert_pem).unwrap();
-    std::fs::write(&path, toml.replace(&format!("{}/ca-dir", d.display()), &ca.display().to_string())).unwrap();
+    std::fs::write(
+        &path,
+        toml.replace(&format!("{}/ca-dir", d.display()), &ca.display().to_string()),
+    )
+    .unwrap();
     let out = std::process::Command::new(bin())
         .args(["check", "--config"])
         .arg(&path)
