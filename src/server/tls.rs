@@ -116,3 +116,51 @@ fn names(der: &[u8]) -> Names {
     }
     Names::Usable(names)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(sans: &[&str], cns: &[&str], extra_san: Option<Vec<u8>>) -> Vec<u8> {
+        let mut p = rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        for cn in cns {
+            p.distinguished_name.push(rcgen::DnType::CommonName, *cn);
+        }
+        if let Some(content) = extra_san {
+            p.custom_extensions
+                .push(rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 17], content));
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        p.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    /// What the handshake cannot show (webpki refuses a repeated extension itself), the
+    /// parser still fails closed on.
+    #[test]
+    fn names_fail_closed() {
+        assert_eq!(
+            ClientCert::from_der(&cert(&["a.example"], &["cn"], None)).names,
+            Names::Usable(vec!["a.example".into()])
+        );
+        // A second SAN extension (DNS b.example): neither counts, nor the CN.
+        let second = vec![
+            0x30, 0x0b, 0x82, 0x09, b'b', b'.', b'e', b'x', b'a', b'm', b'p', b'l', b'e',
+        ];
+        assert!(matches!(
+            ClientCert::from_der(&cert(&["a.example"], &["cn"], Some(second.clone()))).names,
+            Names::Unreadable(_)
+        ));
+        // The only SAN extension, empty.
+        assert!(matches!(
+            ClientCert::from_der(&cert(&[], &["cn"], Some(vec![0x30, 0x00]))).names,
+            Names::Unreadable(_)
+        ));
+        // No SAN: the CN (several CNs: tests/mtls.rs, rcgen keeps one per type).
+        assert_eq!(
+            ClientCert::from_der(&cert(&[], &["one"], None)).names,
+            Names::Usable(vec!["one".into()])
+        );
+        assert!(matches!(ClientCert::from_der(b"not DER").names, Names::Unreadable(_)));
+    }
+}
