@@ -187,10 +187,35 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         .with_ansi(ansi)
         .with_writer(writer);
     match format {
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => builder.fmt_fields(text_fields()).init(),
+        // JSON strings escape every control character themselves: one event, one line.
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
     guard
+}
+
+/// The text log's fields: `name=value` separated by spaces, the message bare, as the
+/// default formatter writes them, but every value (the message, `%Display` fields, span
+/// fields) passes through [`crate::util::Escaped`]. A value a client or peer controls
+/// (a certificate name in an error, a path, a header, a claim) can therefore neither end
+/// the line and forge the next one nor send escape sequences to a terminal, whatever the
+/// call site wrote. `?Debug` and `&str` values keep their quotes.
+fn text_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        let name = field.name();
+        let value = crate::util::Escaped(format_args!("{value:?}"));
+        if name == "message" {
+            write!(w, "{value}")
+        } else if name.starts_with("log.") {
+            // What tracing-log carries over from the `log` crate (target, file, line):
+            // the event's metadata already says it, as the default formatter assumes.
+            Ok(())
+        } else {
+            write!(w, "{name}={value}")
+        }
+    })
+    .delimited(" ")
 }
 
 fn serve(path: PathBuf, format: LogFormat) -> anyhow::Result<()> {
@@ -1048,5 +1073,47 @@ fn explain(path: PathBuf, client: std::net::IpAddr, headers: &[String], method: 
             }
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod log_tests {
+    /// Whatever a call site passes (`%Display` of peer text, the message itself, a span
+    /// field), the text log writes one line without control characters.
+    #[test]
+    fn text_log_escapes_every_value() {
+        #[derive(Clone, Default)]
+        struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let sink = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .fmt_fields(super::text_fields())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let evil = "x\nFORGED line\x1b[31m\u{2028}";
+            let span = tracing::info_span!("s", peer = %evil);
+            let _in = span.enter();
+            tracing::warn!(display = %evil, debug = ?evil, text = evil, "message {evil}");
+        });
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(out.lines().count(), 1, "{out}");
+        assert!(out.ends_with('\n'));
+        assert!(!out.trim_end().contains(crate::util::needs_escape), "{out:?}");
+        assert!(out.contains("message x\\nFORGED line\\u{1b}[31m\\u{2028}"), "{out}");
+        assert!(out.contains("display=x\\nFORGED"), "{out}");
+        assert!(out.contains("debug=\"x\\nFORGED"), "{out}");
+        assert!(out.contains("text=\"x\\nFORGED"), "{out}");
+        assert!(out.contains("peer=x\\nFORGED"), "{out}");
     }
 }

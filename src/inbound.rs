@@ -525,7 +525,7 @@ async fn handle_inner(
         Ok(Err(_)) if overflow.happened() => return Err(Refusal::PayloadTooLarge),
         Ok(Err(_)) if overflow.timed_out() => return Err(Refusal::BodyTimeout),
         Ok(Err(e)) => {
-            tracing::debug!(request_id = ?ctx.request_id, error = %e, "upstream request failed");
+            tracing::debug!(request_id = ?ctx.request_id, error = %crate::util::Escaped(&e), "upstream request failed");
             return Err(Refusal::BadGateway(e.reason));
         }
         Ok(Ok(resp)) => resp,

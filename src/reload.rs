@@ -1,6 +1,9 @@
 //! Reload without restart: on SIGHUP, and when the config file (or a TLS certificate or
-//! key, a `{ file = ... }` secret or a JWKS file it names) changes, polled every second
-//! and debounced. A new config is checked
+//! key, the client CA or CRL, a `{ file = ... }` secret or a JWKS file it names) changes,
+//! polled every second and debounced. Polling and reloading run on blocking threads, and
+//! read each file only when it is a plain file within its kind's size limit
+//! (`config::FileKind`): a file replaced by a huge one, a FIFO or a device is a refused
+//! reload, never a stalled runtime or a swollen process. A new config is checked
 //! like `portcullis check` and built completely before it is swapped in atomically; one
 //! that fails is refused, logged and counted, and the running one stays. Requests in
 //! flight finish with the generation they started with.
@@ -81,12 +84,12 @@ pub fn reload(state: &State, path: &Path, trigger: &'static str) -> Result<(), S
             m.config_reloads.with_label_values(&["success"]).inc();
             m.config_last_reload_success.set(unix_now() as i64);
             m.config_last_reload_successful.set(1);
-            tracing::info!(trigger, config = %path.display(), "config reloaded");
+            tracing::info!(trigger, config = ?path, "config reloaded");
         }
         Err(e) => {
             m.config_reloads.with_label_values(&["failure"]).inc();
             m.config_last_reload_successful.set(0);
-            tracing::error!(trigger, config = %path.display(), error = %e, "config reload refused; the running config stays");
+            tracing::error!(trigger, config = ?path, error = %crate::util::Escaped(e), "config reload refused; the running config stays");
         }
     }
     state.set_reload_status(Status {
@@ -101,19 +104,56 @@ pub fn reload(state: &State, path: &Path, trigger: &'static str) -> Result<(), S
     result
 }
 
-/// A digest of the config file and the files it names (TLS certificate and key, secret
-/// files, a JWKS file): what a change is.
+/// A digest of the config file and the files it names (TLS certificate and key, client
+/// CA and CRL, secret files, a JWKS file): what a change is. Each file is opened by
+/// [`config::secret::open`] (a plain file within its kind's limit, checked by metadata
+/// first) and streamed through the hash, never held whole; a file that cannot be read
+/// adds why not instead, so becoming readable, or unreadable, is a change too; but a
+/// config file that cannot be opened at all (being replaced) is no change yet. Blocking:
+/// it runs on a blocking thread, never on the runtime's.
 fn fingerprint(path: &Path, state: &State) -> Option<[u8; 32]> {
+    use config::FileKind;
     let mut h = Sha256::new();
-    h.update(std::fs::read(path).ok()?);
     let gw = state.gateway();
     let tls = gw.config.listen.tls.iter().flat_map(|t| [&t.cert, &t.key]);
-    for f in tls.chain(gw.config.watched.iter()) {
-        let bytes = std::fs::read(f).unwrap_or_default();
-        h.update((bytes.len() as u64).to_be_bytes());
-        h.update(bytes);
+    let files = std::iter::once((path, FileKind::Config))
+        .chain(tls.map(|f| (f.as_path(), FileKind::Tls)))
+        .chain(gw.config.watched.iter().map(|(f, kind)| (f.as_path(), *kind)));
+    for (f, kind) in files {
+        h.update((f.as_os_str().len() as u64).to_be_bytes());
+        h.update(f.as_os_str().as_encoded_bytes());
+        match config::secret::open(f, kind) {
+            Ok((file, _)) => {
+                use std::io::Read;
+                h.update(b"file");
+                let mut content = Sha256::new();
+                let read = std::io::copy(&mut file.take(kind.limit() + 1), &mut content);
+                h.update(format!("{read:?}").as_bytes());
+                h.update(content.finalize());
+            }
+            Err(config::secret::FileError::Io(_)) if f == path => return None,
+            Err(e) => {
+                h.update(b"error");
+                h.update(e.to_string().as_bytes());
+            }
+        }
     }
     Some(h.finalize().into())
+}
+
+/// [`fingerprint`] on a blocking thread.
+async fn fingerprint_off(path: &Path, state: &Arc<State>) -> Option<[u8; 32]> {
+    let (path, state) = (path.to_path_buf(), state.clone());
+    tokio::task::spawn_blocking(move || fingerprint(&path, &state))
+        .await
+        .ok()
+        .flatten()
+}
+
+/// [`reload`] on a blocking thread: it reads and parses files, and builds a generation.
+async fn reload_off(state: &Arc<State>, path: &Path, trigger: &'static str) {
+    let (path, state) = (path.to_path_buf(), state.clone());
+    let _ = tokio::task::spawn_blocking(move || reload(&state, &path, trigger)).await;
 }
 
 /// The SIGHUP stream, installed before the process says it is listening, so an early
@@ -141,7 +181,7 @@ pub async fn watch(state: Arc<State>, path: PathBuf, hangups: Hangups, mut shutd
     let mut hup = hangups;
     #[cfg(not(unix))]
     let _ = hangups;
-    let mut last = fingerprint(&path, &state);
+    let mut last = fingerprint_off(&path, &state).await;
     loop {
         #[cfg(unix)]
         let hangup = async {
@@ -157,18 +197,18 @@ pub async fn watch(state: Arc<State>, path: PathBuf, hangups: Hangups, mut shutd
         tokio::select! {
             _ = shutdown.fired() => return,
             _ = hangup => {
-                let _ = reload(&state, &path, "sighup");
-                last = fingerprint(&path, &state);
+                reload_off(&state, &path, "sighup").await;
+                last = fingerprint_off(&path, &state).await;
             }
             _ = tokio::time::sleep(POLL) => {
-                let seen = fingerprint(&path, &state);
+                let seen = fingerprint_off(&path, &state).await;
                 if seen.is_some() && seen != last {
                     // Debounce: editors and ConfigMap updates write in several steps.
                     tokio::time::sleep(Duration::from_millis(300)).await;
-                    let settled = fingerprint(&path, &state);
+                    let settled = fingerprint_off(&path, &state).await;
                     if settled == seen {
-                        let _ = reload(&state, &path, "file_change");
-                        last = fingerprint(&path, &state);
+                        reload_off(&state, &path, "file_change").await;
+                        last = fingerprint_off(&path, &state).await;
                     }
                 }
             }

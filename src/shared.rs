@@ -292,7 +292,7 @@ impl Store {
         self.errors.with_label_values(&[op]).inc();
         let now = crate::util::unix_now();
         if self.last_warning.swap(now, Ordering::Relaxed) != now {
-            tracing::warn!(op, error = %err, "shared store (Redis) unavailable");
+            tracing::warn!(op, error = %crate::util::Escaped(&err), "shared store (Redis) unavailable");
         }
         Err(Unavailable)
     }
@@ -1098,7 +1098,7 @@ return 'ok'
                     Ok(ps) => ps,
                     Err(e) => {
                         store.errors.with_label_values(&["subscribe"]).inc();
-                        tracing::debug!(error = %e, "shared store: cannot subscribe; retrying");
+                        tracing::debug!(error = %crate::util::Escaped(&e), "shared store: cannot subscribe; retrying");
                         drop(store);
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(5));

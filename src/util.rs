@@ -24,3 +24,77 @@ pub fn unix_now() -> u64 {
         .unwrap_or_default()
         .as_secs()
 }
+
+/// Text a client or peer controls (a certificate name, a header, a claim, a path, a
+/// library's error about what a peer sent), made safe to put into a log line or an error
+/// message: control characters (C0, DEL, C1), the Unicode line and paragraph separators
+/// and the bidirectional controls are written as escapes (`\n`, `\r`, `\t`, `\u{1b}`,
+/// `\u{2028}`), so the text can neither start a line of its own nor drive a terminal nor
+/// reorder what a reader sees. Everything else passes unchanged, without allocating.
+pub struct Escaped<T>(pub T);
+
+impl<T: std::fmt::Display> std::fmt::Display for Escaped<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        struct Out<'a, 'b>(&'a mut std::fmt::Formatter<'b>);
+        impl Write for Out<'_, '_> {
+            fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                let mut rest = s;
+                while let Some(i) = rest.find(needs_escape) {
+                    self.0.write_str(&rest[..i])?;
+                    // `find` returned the index of a char that starts there.
+                    let c = rest[i..].chars().next().unwrap_or('\0');
+                    match c {
+                        '\n' => self.0.write_str("\\n")?,
+                        '\r' => self.0.write_str("\\r")?,
+                        '\t' => self.0.write_str("\\t")?,
+                        c => write!(self.0, "\\u{{{:x}}}", c as u32)?,
+                    }
+                    rest = &rest[i + c.len_utf8()..];
+                }
+                self.0.write_str(rest)
+            }
+        }
+        write!(Out(f), "{}", self.0)
+    }
+}
+
+impl<T: std::fmt::Display> std::fmt::Debug for Escaped<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+/// [`Escaped`] as a `String`, for an error message built from peer data.
+pub fn escaped(text: impl std::fmt::Display) -> String {
+    Escaped(text).to_string()
+}
+
+/// Whether `c` must not reach a log line or a terminal as it is.
+pub fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaped_text_cannot_break_a_line_or_drive_a_terminal() {
+        let evil = "CN=ok\nINFO forged\r\x1b[31mred\x7f\u{85}\u{2028}\u{202e}gnp.exe\ttab";
+        let out = escaped(evil);
+        assert_eq!(
+            out,
+            "CN=ok\\nINFO forged\\r\\u{1b}[31mred\\u{7f}\\u{85}\\u{2028}\\u{202e}gnp.exe\\ttab"
+        );
+        assert!(!out.chars().any(needs_escape));
+        assert_eq!(escaped("plain ünïcode / path?q=1"), "plain ünïcode / path?q=1");
+        // Through a Display value too (an error whose message holds peer text).
+        let e = std::io::Error::other("a\nb");
+        assert_eq!(escaped(&e), "a\\nb");
+    }
+}

@@ -51,6 +51,23 @@ fn ca(dir: &Path, name: &str) {
 
 /// A leaf signed by `issuer`: `NAME.crt`, `NAME.key`; `san` empty for a CN-only one.
 fn leaf(dir: &Path, issuer: &str, name: &str, cn: &str, san: &str, usage: &str) {
+    let san = if san.is_empty() {
+        String::new()
+    } else {
+        format!("subjectAltName={san}\n")
+    };
+    leaf_with(
+        dir,
+        issuer,
+        name,
+        &format!("/CN={cn}"),
+        &format!("extendedKeyUsage={usage}\n{san}"),
+    );
+}
+
+/// A client leaf signed by `issuer` with the subject `subj` (as `openssl -subj` takes it)
+/// and `ext`, lines of an `openssl x509 -extfile` (sections may follow).
+fn leaf_with(dir: &Path, issuer: &str, name: &str, subj: &str, ext: &str) {
     openssl(
         dir,
         &[
@@ -66,14 +83,14 @@ fn leaf(dir: &Path, issuer: &str, name: &str, cn: &str, san: &str, usage: &str) 
             "-out",
             &format!("{name}.csr"),
             "-subj",
-            &format!("/CN={cn}"),
+            subj,
         ],
     );
-    let mut ext = format!("basicConstraints=CA:FALSE\nextendedKeyUsage={usage}\n");
-    if !san.is_empty() {
-        ext.push_str(&format!("subjectAltName={san}\n"));
-    }
-    std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+    std::fs::write(
+        dir.join(format!("{name}.ext")),
+        format!("basicConstraints=CA:FALSE\n{ext}"),
+    )
+    .unwrap();
     openssl(
         dir,
         &[
@@ -276,5 +293,128 @@ async fn required_client_certificates_refuse_the_handshake_without_one() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert!(up.seen().len() == 1);
+    gw.stop().await;
+}
+
+/// Class 6 of issue 23: the Common Name counts only when the certificate has no
+/// subjectAltName at all; a SAN of any type, even one no `cert_names` can match (a UPN
+/// otherName as Active Directory issues them, an IP address, a directoryName, a
+/// registeredID), turns it off. A SAN extension that is empty or cannot be read fails
+/// closed. Names of two users are refused as ambiguous, not matched by whichever comes
+/// first; names of one user twice are fine. Every certificate is made by `openssl`, all
+/// chain to the trusted CA, and each carries `svc.example` (a configured name) in its CN.
+#[tokio::test]
+async fn the_common_name_counts_only_without_a_san_and_two_users_are_ambiguous() {
+    let pki = pki();
+    let d = pki.path();
+    let eku = |usage: &str| format!("extendedKeyUsage=clientAuth\n{usage}");
+    let san = |s: &str| eku(&format!("subjectAltName={s}\n"));
+    let cn_svc = "/CN=svc.example";
+    // A SAN of a type no user can name: the CN `svc.example` must not count.
+    let upn = "otherName:1.3.6.1.4.1.311.20.2.3;UTF8:svc@corp.example";
+    leaf_with(d, "ca", "upn", cn_svc, &san(upn));
+    leaf_with(d, "ca", "ip", cn_svc, &san("IP:127.0.0.1"));
+    leaf_with(d, "ca", "rid", cn_svc, &san("RID:1.2.3.4"));
+    leaf_with(
+        d,
+        "ca",
+        "dirname",
+        cn_svc,
+        &format!("{}[dir]\nCN=svc.example\n", san("dirName:dir")),
+    );
+    // A SAN extension with no name in it, and one whose DNS name is not text.
+    leaf_with(d, "ca", "emptysan", cn_svc, &eku("subjectAltName=DER:30:00\n"));
+    leaf_with(d, "ca", "badsan", cn_svc, &eku("subjectAltName=DER:30:03:82:01:ff\n"));
+    // Names of two users: in the SAN, and as two CNs without a SAN.
+    leaf_with(d, "ca", "two-sans", "/CN=x", &san("DNS:svc.example,DNS:legacy-client"));
+    leaf_with(d, "ca", "two-cns", "/CN=legacy-client/CN=svc.example", &eku(""));
+    leaf_with(
+        d,
+        "ca",
+        "upn-and-dns",
+        "/CN=x",
+        &san(&format!("{upn},email:svc@corp.example,DNS:legacy-alt")),
+    );
+    // Names of one user, twice: fine.
+    leaf_with(
+        d,
+        "ca",
+        "svc-twice",
+        "/CN=legacy-client",
+        &san("DNS:svc.example,email:svc@corp.example"),
+    );
+    leaf_with(d, "ca", "legacy-cns", "/CN=legacy-client/CN=legacy-alt", &eku(""));
+    // A configured name beside names nobody has: the configured one decides.
+    leaf_with(
+        d,
+        "ca",
+        "mixed",
+        "/CN=x",
+        &san(&format!("{upn},IP:127.0.0.1,DNS:svc.example")),
+    );
+
+    let up = Upstream::start().await;
+    let toml = gateway_config(d, &up.url(), "optional")
+        .replace(
+            "cert_names = [\"svc.example\"]",
+            "cert_names = [\"svc.example\", \"svc@corp.example\"]",
+        )
+        .replace(
+            "cert_names = [\"legacy-client\"]",
+            "cert_names = [\"legacy-client\", \"legacy-alt\"]",
+        );
+    let gw = Gateway::start(&toml).await;
+    let url = format!("https://localhost:{}/m", gw.addr.port());
+    let get = |name: &'static str| {
+        let url = url.clone();
+        async move {
+            let resp = client_with(d, Some(name)).get(url).send().await.unwrap();
+            resp.status().as_u16()
+        }
+    };
+
+    let mut unknown = 0.0;
+    for name in ["upn", "ip", "rid", "dirname"] {
+        let before = up.seen().len();
+        assert_eq!(get(name).await, 401, "{name}: the CN must not count next to a SAN");
+        unknown += 1.0;
+        assert_eq!(
+            gw.metric(&failures("unknown_certificate", "mtls")).await,
+            unknown,
+            "{name}"
+        );
+        assert_eq!(up.seen().len(), before, "{name} reached the upstream");
+    }
+    for (i, name) in ["emptysan", "badsan"].into_iter().enumerate() {
+        assert_eq!(get(name).await, 401, "{name}: an unreadable SAN names nobody");
+        assert_eq!(
+            gw.metric(&failures("malformed_credentials", "mtls")).await,
+            (i + 1) as f64,
+            "{name}"
+        );
+    }
+    for (i, name) in ["two-sans", "two-cns", "upn-and-dns"].into_iter().enumerate() {
+        assert_eq!(get(name).await, 401, "{name}: two users' names");
+        assert_eq!(
+            gw.metric(&failures("ambiguous_certificate", "mtls")).await,
+            (i + 1) as f64,
+            "{name}"
+        );
+    }
+    assert_eq!(up.seen().len(), 0, "nothing refused reached the upstream");
+    for (name, user) in [("svc-twice", "svc"), ("legacy-cns", "legacy"), ("mixed", "svc")] {
+        assert_eq!(get(name).await, 200, "{name}");
+        assert_eq!(up.last().headers["x-portcullis-user"], user, "{name}");
+    }
+    // The refusals page names the reason for the operator.
+    let refusals = client()
+        .get(gw.admin_url("/refusals"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(refusals.contains("ambiguous_certificate"), "{refusals}");
     gw.stop().await;
 }

@@ -417,3 +417,259 @@ auth = {{ type = "basic", username = "svc", password = {{ file = "{secret}" }} }
     .await;
     assert!(rotated, "the rotated secret file was not applied");
 }
+
+/// Replaces `path` atomically (rename over it) by what `make` creates at a temporary name
+/// beside it: a file, a symlink, a FIFO.
+fn swap_in(path: &std::path::Path, make: impl FnOnce(&std::path::Path)) {
+    let tmp = path.with_extension("incoming");
+    let _ = std::fs::remove_file(&tmp);
+    make(&tmp);
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn mkfifo(path: &std::path::Path) {
+    let ok = std::process::Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(ok.success(), "mkfifo {}", path.display());
+}
+
+/// Issue 23, class 13: a watched secret file replaced by something that must not be read
+/// (2 MiB of text, a sparse 256 MiB file, a symlink to /dev/zero, a FIFO nobody writes)
+/// is a refused reload, counted, logged and shown on /status, while the running config
+/// keeps serving and the admin listener keeps answering; the process does not swell, and
+/// the watcher (polling and SIGHUP) is never stuck: a good file afterwards applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_file_replaced_by_a_huge_or_special_file_is_a_refused_reload() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("endpoint-password");
+    std::fs::write(&secret, "first-password\n").unwrap();
+    let toml = config(&format!(
+        r#"
+[egress]
+address = "127.0.0.1:0"
+
+[[endpoints]]
+name = "api"
+base_url = "{up}"
+auth = {{ type = "basic", username = "svc", password = {{ file = "{secret}" }} }}
+"#,
+        up = up.url(),
+        secret = secret.display()
+    ));
+    let path = write_config(dir.path(), &toml);
+    let gw = Process::start(&path, &[]);
+    let egress = listening_addr(&gw, "egress").await;
+    let admin = gw.admin.unwrap();
+    let calls_with = |password: &'static str| {
+        let up = up.clone();
+        async move {
+            let resp = client().get(format!("http://{egress}/api/x")).send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            assert_eq!(up.last().headers["authorization"], basic("svc", password).as_str());
+        }
+    };
+    let metrics = || async move {
+        client()
+            .get(format!("http://{admin}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let failures = || async move {
+        metric_value(
+            &metrics().await,
+            r#"portcullis_config_reloads_total{outcome="failure"}"#,
+        )
+    };
+    let status = || async move {
+        client()
+            .get(format!("http://{admin}/status"))
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    calls_with("first-password").await;
+    let peak_before = gw.peak_rss_kib();
+
+    let two_mib = |p: &std::path::Path| std::fs::write(p, vec![b'x'; 2 << 20]).unwrap();
+    let sparse = |p: &std::path::Path| {
+        std::fs::File::create(p).unwrap().set_len(256 << 20).unwrap();
+    };
+    let dev_zero = |p: &std::path::Path| std::os::unix::fs::symlink("/dev/zero", p).unwrap();
+    type Make<'a> = &'a dyn Fn(&std::path::Path);
+    let cases: [(&str, Make, &str); 4] = [
+        (
+            "2 MiB file",
+            &two_mib,
+            "larger than the 65536-byte limit for this file (2097152 bytes",
+        ),
+        (
+            "sparse 256 MiB file",
+            &sparse,
+            "larger than the 65536-byte limit for this file (268435456 bytes",
+        ),
+        (
+            "symlink to /dev/zero",
+            &dev_zero,
+            "not a regular file (a character device)",
+        ),
+        ("FIFO", &mkfifo, "not a regular file (a FIFO)"),
+    ];
+    for (n, (what, make, says)) in cases.into_iter().enumerate() {
+        swap_in(&secret, make);
+        // Reported on /status: the admin listener answers every poll while the watcher
+        // works; and counted (before /status shows it).
+        let reported = eventually(PATIENCE, || async {
+            let s = status().await;
+            s["last_reload"]["ok"] == false
+                && s["last_reload"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("endpoint-password") && m.contains(says))
+        })
+        .await;
+        assert!(reported, "{what}: no refused reload reported:\n{}", gw.logs());
+        assert_eq!(failures().await, (n + 1) as f64, "{what}: one refusal per change");
+        // Logged, and the running config still serves with the old secret.
+        gw.logs_when(|l| l.contains(says) && l.contains("config reload refused"))
+            .await;
+        calls_with("first-password").await;
+        assert_eq!(
+            client()
+                .get(format!("http://{admin}/healthz"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    // SIGHUP with the FIFO in place: refused too, not stuck opening it.
+    gw.signal("HUP");
+    let refused = eventually(PATIENCE, || async {
+        let s = status().await;
+        s["last_reload"]["trigger"] == "sighup" && s["last_reload"]["ok"] == false
+    })
+    .await;
+    assert!(refused, "SIGHUP with a FIFO in place:\n{}", gw.logs());
+    assert_eq!(failures().await, 5.0);
+    // Nothing was read into memory: the peak stays far below what one read would take.
+    let grown = gw.peak_rss_kib().saturating_sub(peak_before);
+    assert!(grown < 64 * 1024, "peak RSS grew by {grown} KiB");
+    // A good secret again: the watcher applies it.
+    swap_in(&secret, |p| std::fs::write(p, "second-password\n").unwrap());
+    let applied = eventually(PATIENCE, || async {
+        let resp = client().get(format!("http://{egress}/api/x")).send().await.unwrap();
+        resp.status() == 200 && up.last().headers["authorization"] == basic("svc", "second-password").as_str()
+    })
+    .await;
+    assert!(applied, "the good secret file was not applied:\n{}", gw.logs());
+    assert_eq!(status().await["last_reload"]["ok"], true);
+}
+
+/// The same files at start are config errors, each named with its path and why, and
+/// `portcullis check` returns (a FIFO does not hang it): a secret file that is a FIFO, a
+/// JWKS file that is a symlink to /dev/zero, a TLS certificate over its 1 MiB limit, a
+/// client CA that is a directory, a CRL that is a socket-less special file (/dev/null).
+#[test]
+fn huge_or_special_files_are_config_errors_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cert = self_signed(d, "server");
+    mkfifo(&d.join("secret.fifo"));
+    std::os::unix::fs::symlink("/dev/zero", d.join("jwks.json")).unwrap();
+    let mut big = cert.cert_pem.clone();
+    while big.len() <= 1 << 20 {
+        big.push_str(&cert.cert_pem);
+    }
+    std::fs::write(d.join("big.crt"), big).unwrap();
+    std::fs::create_dir(d.join("ca-dir")).unwrap();
+    let toml = config(&format!(
+        r#"
+[oauth]
+mode = "jwt"
+issuer = "https://idp.test"
+audience = "portcullis"
+jwks_file = "{d}/jwks.json"
+
+[egress]
+address = "127.0.0.1:0"
+
+[[endpoints]]
+name = "api"
+base_url = "http://127.0.0.1:9"
+auth = {{ type = "basic", username = "svc", password = {{ file = "{d}/secret.fifo" }} }}
+"#,
+        d = d.display()
+    ))
+    .replace(
+        "[listen]\naddress = \"127.0.0.1:0\"",
+        &format!(
+            "[listen]\naddress = \"127.0.0.1:0\"\ntls = {{ cert = \"{d}/big.crt\", key = \"{}\", client_ca = \"{d}/ca-dir\", client_crl = \"/dev/null\" }}",
+            cert.key_path.display(),
+            d = d.display()
+        ),
+    );
+    let path = write_config(d, &toml);
+    let mut child = std::process::Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("portcullis check did not return");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    for says in [
+        "secret.fifo` for endpoint `api` auth.password: not a regular file (a FIFO)",
+        "jwks.json`: not a regular file (a character device)",
+        "big.crt`: larger than the 1048576-byte limit",
+    ] {
+        assert!(stderr.contains(says), "missing {says:?} in:\n{stderr}");
+    }
+    // The client CA and CRL are read once the certificate loads: check them alone.
+    let toml = toml.replace(
+        &format!("{}/big.crt", d.display()),
+        &cert.cert_path.display().to_string(),
+    );
+    std::fs::write(&path, &toml).unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ca-dir`: not a regular file (a directory)"), "{stderr}");
+    std::fs::create_dir(d.join("ca-ok")).unwrap();
+    let ca = d.join("ca-ok").join("ca.crt");
+    std::fs::write(&ca, &cert.cert_pem).unwrap();
+    std::fs::write(
+        &path,
+        toml.replace(&format!("{}/ca-dir", d.display()), &ca.display().to_string()),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("client_crl `/dev/null`: not a regular file (a character device)"),
+        "{stderr}"
+    );
+}

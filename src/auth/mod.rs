@@ -99,6 +99,7 @@ pub enum Reason {
     TokenInactive,
     TokenRevoked,
     UnknownCertificate,
+    AmbiguousCertificate,
     BadSignature,
     UnknownKid,
     WrongIssuer,
@@ -131,6 +132,7 @@ impl Reason {
             Reason::TokenInactive => "token_inactive",
             Reason::TokenRevoked => "token_revoked",
             Reason::UnknownCertificate => "unknown_certificate",
+            Reason::AmbiguousCertificate => "ambiguous_certificate",
             Reason::BadSignature => "bad_signature",
             Reason::UnknownKid => "unknown_kid",
             Reason::WrongIssuer => "wrong_issuer",
@@ -450,17 +452,28 @@ impl Auth {
         verified.map_err(|reason| Failure::Rejected { method, reason })
     }
 
-    /// The user a verified client certificate names (any of its names in `cert_names`),
+    /// The user a verified client certificate names (by any of its names in `cert_names`),
     /// in good standing. A certificate is issued by the configured CA, so an unknown one
-    /// is not a guess: it is refused without counting against a lockout.
+    /// is not a guess: it is refused without counting against a lockout. Names of two
+    /// different users are refused as ambiguous, never settled by which comes first; a
+    /// certificate whose names cannot be read names nobody.
     fn mtls(&self, cert: &crate::server::tls::ClientCert) -> Result<Principal, Failure> {
+        use crate::server::tls::Names;
         let method = AuthMethod::Mtls;
         let rejected = |reason| Failure::Rejected { method, reason };
-        let entry = cert
-            .names
-            .iter()
-            .find_map(|n| self.cert_users.get(n))
-            .ok_or(rejected(Reason::UnknownCertificate))?;
+        let names = match &cert.names {
+            Names::Usable(names) => names,
+            Names::Unreadable(_) => return Err(rejected(Reason::MalformedCredentials)),
+        };
+        let mut matched: Option<&Arc<UserEntry>> = None;
+        for entry in names.iter().filter_map(|n| self.cert_users.get(n)) {
+            match matched {
+                Some(m) if m.name != entry.name => return Err(rejected(Reason::AmbiguousCertificate)),
+                Some(_) => {}
+                None => matched = Some(entry),
+            }
+        }
+        let entry = matched.ok_or(rejected(Reason::UnknownCertificate))?;
         entry.standing(false).map_err(rejected)?;
         let mut p = entry.principal(method);
         p.cnf = Some(Arc::from(

@@ -12,7 +12,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::Sha256;
 
-use super::{Secret, SecretHash, SignatureAlgorithm, TlsFiles};
+use super::secret::read_file;
+use super::{FileKind, Secret, SecretHash, SignatureAlgorithm, TlsFiles};
 use crate::util::provider;
 
 // === inbound TLS ===
@@ -32,18 +33,24 @@ impl std::fmt::Display for LoadError {
     }
 }
 
-/// Reads a PEM certificate chain and private key, and checks that they belong together.
+/// Reads a PEM certificate chain and private key (each a plain file within
+/// [`FileKind::Tls`]'s limit), and checks that they belong together.
 pub fn load_certified_key(files: &TlsFiles) -> Result<Arc<CertifiedKey>, LoadError> {
     let cert_path = files.cert.display();
     let key_path = files.key.display();
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
-        .map_err(|e| LoadError::Cert(format!("cannot read certificate `{cert_path}`: {e}")))?
+    let cert_pem = read_file(&files.cert, FileKind::Tls)
+        .map_err(|e| LoadError::Cert(format!("cannot read certificate `{cert_path}`: {e}")))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| LoadError::Cert(format!("cannot parse certificate `{cert_path}`: {e}")))?;
     if certs.is_empty() {
         return Err(LoadError::Cert(format!("no PEM certificate found in `{cert_path}`")));
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key)
+    let key_pem = zeroize::Zeroizing::new(
+        read_file(&files.key, FileKind::Tls)
+            .map_err(|e| LoadError::Key(format!("cannot read private key `{key_path}`: {e}")))?,
+    );
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| LoadError::Key(format!("cannot read private key `{key_path}`: {e}")))?;
     CertifiedKey::from_der(certs, key, &provider())
         .map(Arc::new)
@@ -54,16 +61,17 @@ pub fn load_certified_key(files: &TlsFiles) -> Result<Arc<CertifiedKey>, LoadErr
         })
 }
 
-/// The verifier of client certificates: they must chain to `ca` (PEM bundle) and not be
-/// in `crl` (PEM); `required` refuses a handshake without one.
+/// The verifier of client certificates: they must chain to `ca` (PEM bundle, within
+/// [`FileKind::Tls`]'s limit) and not be in `crl` (PEM, within [`FileKind::Crl`]'s);
+/// `required` refuses a handshake without one.
 pub fn client_verifier(
     ca: &std::path::Path,
     crl: Option<&std::path::Path>,
     required: bool,
 ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
     let mut roots = rustls::RootCertStore::empty();
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
-        .map_err(|e| format!("cannot read client_ca `{}`: {e}", ca.display()))?
+    let ca_pem = read_file(ca, FileKind::Tls).map_err(|e| format!("cannot read client_ca `{}`: {e}", ca.display()))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&ca_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("cannot parse client_ca `{}`: {e}", ca.display()))?;
     if certs.is_empty() {
@@ -74,9 +82,10 @@ pub fn client_verifier(
     }
     let mut b = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
     if let Some(crl) = crl {
+        let crl_pem =
+            read_file(crl, FileKind::Crl).map_err(|e| format!("cannot read client_crl `{}`: {e}", crl.display()))?;
         let crls: Vec<rustls_pki_types::CertificateRevocationListDer<'static>> =
-            rustls_pki_types::CertificateRevocationListDer::pem_file_iter(crl)
-                .map_err(|e| format!("cannot read client_crl `{}`: {e}", crl.display()))?
+            rustls_pki_types::CertificateRevocationListDer::pem_slice_iter(&crl_pem)
                 .collect::<Result<_, _>>()
                 .map_err(|e| format!("cannot parse client_crl `{}`: {e}", crl.display()))?;
         b = b.with_crls(crls);

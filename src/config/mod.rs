@@ -14,7 +14,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-pub use secret::{Secret, SecretHash};
+pub use secret::{FileKind, Secret, SecretHash};
 
 /// The builtin issuer's token endpoint: reserved when `oauth.mode = "builtin"`.
 pub const TOKEN_PATH: &str = "/oauth/token";
@@ -28,9 +28,10 @@ pub const REVOKE_PATH: &str = "/oauth/revoke";
 pub struct Config {
     /// The file this was read from.
     pub file: PathBuf,
-    /// Files it reads besides itself (`{ file = ... }` secrets, `jwks_file`): watched for
-    /// changes like the config file.
-    pub watched: Vec<PathBuf>,
+    /// Files it reads besides itself (`{ file = ... }` secrets, `jwks_file`, the client
+    /// CA and CRL), each with its kind (its size limit): watched for changes like the
+    /// config file.
+    pub watched: Vec<(PathBuf, FileKind)>,
     pub listen: Listen,
     pub limits: Limits,
     /// Admin listener (`/healthz`, `/readyz`, `/metrics`...); off when `[admin]` is absent.
@@ -581,7 +582,7 @@ pub struct Loaded {
 
 /// Reads, parses and checks the file at `path`.
 pub fn load(path: &Path) -> Result<Loaded, Errors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = secret::read_text(path, secret::FileKind::Config).map_err(|e| {
         Errors(vec![Diagnostic {
             file: path.to_owned(),
             line: 1,

@@ -1,8 +1,144 @@
 //! Secrets: resolved from the config (`"literal"`, `{ env }`, `{ file }`), redacted in
-//! `Debug`, compared in constant time. Stored hashes (`sha256:HEX`) live here too.
+//! `Debug`, compared in constant time. Stored hashes (`sha256:HEX`) live here too, and
+//! the one way the config reads a file ([`read_file`]): the config file itself, secret
+//! files, TLS files, the JWKS file and the CRL are all read, and watched, through it.
+
+use std::io::Read;
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+// === files the config reads ===
+
+/// What a file the config reads is for: each kind has its size limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// The config file itself.
+    Config,
+    /// A `{ file = "..." }` secret.
+    Secret,
+    /// A PEM certificate chain, private key or client CA bundle.
+    Tls,
+    /// `oauth.jwks_file`.
+    Jwks,
+    /// `listen.tls.client_crl`.
+    Crl,
+}
+
+impl FileKind {
+    /// The largest file of this kind that is read, in bytes.
+    pub const fn limit(self) -> u64 {
+        const KIB: u64 = 1024;
+        const MIB: u64 = 1024 * KIB;
+        match self {
+            FileKind::Config => 4 * MIB,
+            FileKind::Secret => 64 * KIB,
+            FileKind::Tls | FileKind::Jwks => MIB,
+            FileKind::Crl => 16 * MIB,
+        }
+    }
+}
+
+/// Why a file the config names was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// A directory, FIFO, socket or device (also behind a symlink): reading it could
+    /// block forever or never end.
+    #[error("not a regular file (a {0}): only a plain file, or a symlink to one, is read")]
+    NotRegular(&'static str),
+    /// Over the kind's limit, by its size or by what it grew to while being read.
+    #[error("larger than the {limit}-byte limit for this file ({size} bytes or more)")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The file type a metadata describes, for [`FileError::NotRegular`].
+fn file_type(meta: &std::fs::Metadata) -> &'static str {
+    let t = meta.file_type();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return "FIFO";
+        }
+        if t.is_socket() {
+            return "socket";
+        }
+        if t.is_char_device() {
+            return "character device";
+        }
+        if t.is_block_device() {
+            return "block device";
+        }
+    }
+    if t.is_dir() {
+        "directory"
+    } else if t.is_file() {
+        "regular file"
+    } else {
+        "special file"
+    }
+}
+
+fn check(meta: &std::fs::Metadata, limit: u64) -> Result<(), FileError> {
+    if !meta.is_file() {
+        return Err(FileError::NotRegular(file_type(meta)));
+    }
+    if meta.len() > limit {
+        return Err(FileError::TooLarge {
+            size: meta.len(),
+            limit,
+        });
+    }
+    Ok(())
+}
+
+/// Opens `path` (a symlink is followed) for reading when it is a regular file within
+/// `kind`'s limit, checked by metadata before a byte is read: first of the name, so a
+/// FIFO or a device is never opened, then of the file actually opened, so a swap in
+/// between changes nothing. Blocking: call it off the async runtime's threads.
+pub fn open(path: &Path, kind: FileKind) -> Result<(std::fs::File, std::fs::Metadata), FileError> {
+    let limit = kind.limit();
+    check(&std::fs::metadata(path)?, limit)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // A FIFO swapped in after the check opens without waiting for a writer (and is
+        // then refused); no terminal becomes the process's. Regular files ignore both.
+        options.custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
+    }
+    let file = options.open(path)?;
+    let meta = file.metadata()?;
+    check(&meta, limit)?;
+    Ok((file, meta))
+}
+
+/// The bytes of `path`, by [`open`], read through a bound: a file that grows past its
+/// limit while being read is refused, not read on.
+pub fn read_file(path: &Path, kind: FileKind) -> Result<Vec<u8>, FileError> {
+    let limit = kind.limit();
+    let (file, meta) = open(path, kind)?;
+    // The size was checked against the limit: the capacity is bounded.
+    let mut bytes = Vec::with_capacity(meta.len() as usize + 1);
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(FileError::TooLarge {
+            size: bytes.len() as u64,
+            limit,
+        });
+    }
+    Ok(bytes)
+}
+
+/// [`read_file`] as UTF-8 text.
+pub fn read_text(path: &Path, kind: FileKind) -> Result<String, FileError> {
+    String::from_utf8(read_file(path, kind)?)
+        .map_err(|_| FileError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text")))
+}
 
 /// A secret value. Its `Debug` never prints it; compare with [`Secret::ct_eq`].
 #[derive(Clone)]
@@ -98,6 +234,62 @@ mod tests {
         assert!(SecretHash::parse("md5:abcd").is_err());
         assert!(SecretHash::parse("sha256:ABCD").is_err());
         assert!(SecretHash::parse(&format!("sha256:{}", "A".repeat(64))).is_err());
+    }
+
+    #[test]
+    fn files_are_read_only_when_plain_and_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = dir.path().join("small");
+        std::fs::write(&small, "s3cret\n").unwrap();
+        assert_eq!(read_file(&small, FileKind::Secret).unwrap(), b"s3cret\n");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&small, &link).unwrap();
+        assert_eq!(read_text(&link, FileKind::Secret).unwrap(), "s3cret\n");
+
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'a'; FileKind::Secret.limit() as usize + 1]).unwrap();
+        assert!(matches!(
+            read_file(&big, FileKind::Secret),
+            Err(FileError::TooLarge { .. })
+        ));
+        // Exactly at the limit is fine; and the limit is the kind's.
+        std::fs::write(&big, vec![b'a'; FileKind::Secret.limit() as usize]).unwrap();
+        assert!(read_file(&big, FileKind::Secret).is_ok());
+
+        for (special, kind) in [("/dev/zero", "character device"), ("/dev/null", "character device")] {
+            let link = dir
+                .path()
+                .join(kind.replace(' ', "-") + special.replace('/', "-").as_str());
+            std::os::unix::fs::symlink(special, &link).unwrap();
+            match read_file(&link, FileKind::Secret) {
+                Err(FileError::NotRegular(t)) => assert_eq!(t, kind),
+                other => panic!("{special}: {other:?}"),
+            }
+        }
+        match read_file(dir.path(), FileKind::Config) {
+            Err(FileError::NotRegular(t)) => assert_eq!(t, "directory"),
+            other => panic!("{other:?}"),
+        }
+        let fifo = dir.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        // Returns at once (no writer is waited for), refused.
+        match read_file(&fifo, FileKind::Secret) {
+            Err(FileError::NotRegular(t)) => assert_eq!(t, "FIFO"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            read_file(&dir.path().join("absent"), FileKind::Secret),
+            Err(FileError::Io(_))
+        ));
+        std::fs::write(&small, b"\xff\xfe").unwrap();
+        assert!(read_text(&small, FileKind::Secret)
+            .unwrap_err()
+            .to_string()
+            .contains("UTF-8"));
     }
 
     #[test]

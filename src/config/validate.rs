@@ -158,7 +158,7 @@ struct Validator<'a> {
     errors: Vec<Diagnostic>,
     warnings: Vec<Diagnostic>,
     /// Files the config reads besides itself (secret files, a JWKS file).
-    watched: Vec<PathBuf>,
+    watched: Vec<(PathBuf, super::FileKind)>,
 }
 
 /// The longest duration any key accepts.
@@ -439,7 +439,7 @@ impl Validator<'_> {
     fn secret_at(&mut self, s: &raw::Secret, span: Span, what: &str) -> Option<Secret> {
         let sp = |_: &raw::Secret| Some(span.clone());
         if let raw::Secret::File(r) = s {
-            self.watched.push(PathBuf::from(&r.file));
+            self.watched.push((PathBuf::from(&r.file), super::FileKind::Secret));
         }
         match s {
             raw::Secret::Literal(v) => {
@@ -460,7 +460,7 @@ impl Validator<'_> {
                     None
                 }
             },
-            raw::Secret::File(r) => match std::fs::read_to_string(&r.file) {
+            raw::Secret::File(r) => match super::secret::read_text(r.file.as_ref(), super::FileKind::Secret) {
                 Ok(v) => {
                     let v = v.trim_end_matches(['\r', '\n']);
                     if v.is_empty() {
@@ -566,8 +566,9 @@ impl Validator<'_> {
         };
         let client_verifier = tls.as_ref().and_then(|f| {
             let ca = f.client_ca.as_ref()?;
-            self.watched.push(ca.clone());
-            self.watched.extend(f.client_crl.iter().cloned());
+            self.watched.push((ca.clone(), super::FileKind::Tls));
+            self.watched
+                .extend(f.client_crl.iter().map(|c| (c.clone(), super::FileKind::Crl)));
             match keys::client_verifier(ca, f.client_crl.as_deref(), f.client_auth_required) {
                 Ok(v) => Some(v),
                 Err(m) => {
@@ -1329,7 +1330,8 @@ impl Validator<'_> {
         };
         let jwks_url = r.jwks_url.as_ref().and_then(|u| self.url(u, "oauth.jwks_url"));
         let jwks_file = r.jwks_file.as_ref().map(|f| PathBuf::from(f.get_ref()));
-        self.watched.extend(jwks_file.iter().cloned());
+        self.watched
+            .extend(jwks_file.iter().map(|f| (f.clone(), super::FileKind::Jwks)));
         let introspection_url = r
             .introspection_url
             .as_ref()
@@ -1368,11 +1370,16 @@ impl Validator<'_> {
             }
             _ => {}
         }
-        if let (Some(f), Some(span)) = (&jwks_file, &r.jwks_file) {
-            if let Err(e) = std::fs::read(f) {
-                self.error(sp(span), format!("cannot read oauth.jwks_file `{}`: {e}", f.display()));
-            }
-        }
+        let jwks_bytes = match (&jwks_file, &r.jwks_file) {
+            (Some(f), Some(span)) => match super::secret::read_file(f, super::FileKind::Jwks) {
+                Ok(bytes) => Some(bytes),
+                Err(e) => {
+                    self.error(sp(span), format!("cannot read oauth.jwks_file `{}`: {e}", f.display()));
+                    None
+                }
+            },
+            _ => None,
+        };
         let client_secret = r
             .client_secret
             .as_ref()
@@ -1388,14 +1395,12 @@ impl Validator<'_> {
             },
             _ => None,
         };
-        if let (Some(f), Some(span)) = (&jwks_file, &r.jwks_file) {
-            if let Ok(bytes) = std::fs::read(f) {
-                if let Err(e) = serde_json::from_slice::<jsonwebtoken::jwk::JwkSet>(&bytes) {
-                    self.error(
-                        sp(span),
-                        format!("oauth.jwks_file `{}` is not a JWKS: {e}", f.display()),
-                    );
-                }
+        if let (Some(f), Some(span), Some(bytes)) = (&jwks_file, &r.jwks_file, &jwks_bytes) {
+            if let Err(e) = serde_json::from_slice::<jsonwebtoken::jwk::JwkSet>(bytes) {
+                self.error(
+                    sp(span),
+                    format!("oauth.jwks_file `{}` is not a JWKS: {e}", f.display()),
+                );
             }
         }
         let mut algorithms: Vec<String> = r.algorithms.iter().map(|a| a.get_ref().clone()).collect();

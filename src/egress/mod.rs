@@ -348,7 +348,7 @@ impl EgressError {
 
     pub fn message(&self) -> String {
         match self {
-            EgressError::UnknownEndpoint(name) => format!("no endpoint named `{name}`"),
+            EgressError::UnknownEndpoint(name) => format!("no endpoint named `{}`", crate::util::Escaped(name)),
             EgressError::BodyTooLargeToDigest => format!(
                 "the body is over {} bytes, the largest whose Content-Digest is computed",
                 signer::DIGEST_LIMIT
@@ -654,8 +654,14 @@ async fn send(
     }
 }
 
-/// An error and its sources, e.g. "client error (Connect): invalid peer certificate: Expired".
+/// An error and its sources on one line, escaped, e.g. "client error (Connect): invalid
+/// peer certificate: Expired": a TLS error quotes the names the peer's
+/// certificate presented, a connection error what the peer sent.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
+    crate::util::escaped(chain(e))
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

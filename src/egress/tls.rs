@@ -7,7 +7,10 @@
 //! key as usual. `pin_sha256` narrows trust to exactly one certificate (SHA-256 of its
 //! DER), with or without `trust_self_signed`. A refusal names its cause: expired, not yet
 //! valid, name mismatch (with the names the certificate has), not self-signed, bad
-//! signature, pin mismatch.
+//! signature, pin mismatch. Everything such a message quotes from the certificate (its
+//! subject, issuer and names, which the peer chose) is escaped, so it cannot forge a log
+//! line or drive a terminal wherever the message goes (the log, the caller's 502, the
+//! `endpoint test` output).
 
 use std::sync::{Arc, Mutex};
 
@@ -17,6 +20,8 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use sha2::{Digest, Sha256};
+
+use crate::util::Escaped;
 
 #[derive(Debug)]
 pub struct Verifier {
@@ -127,18 +132,18 @@ fn name_matches(pattern: &str, host: &str) -> bool {
 /// basicConstraints or key usage.
 fn verify_self_signed(der: &[u8], server_name: &ServerName<'_>, now: UnixTime) -> Result<(), rustls::Error> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| refuse(format!("the certificate cannot be parsed: {e}")))?;
+        .map_err(|e| refuse(format!("the certificate cannot be parsed: {}", Escaped(e))))?;
     if cert.issuer().as_raw() != cert.subject().as_raw() {
         return Err(refuse(format!(
             "certificate for `{}` is not self-signed: issued by `{}`, which is not trusted",
-            cert.subject(),
-            cert.issuer()
+            Escaped(cert.subject()),
+            Escaped(cert.issuer())
         )));
     }
     cert.verify_signature(None).map_err(|_| {
         refuse(format!(
             "certificate `{}` names itself as issuer but its signature does not verify with its own key (bad signature)",
-            cert.subject()
+            Escaped(cert.subject())
         ))
     })?;
     dates(&cert, now)?;
@@ -149,6 +154,7 @@ fn verify_self_signed(der: &[u8], server_name: &ServerName<'_>, now: UnixTime) -
     };
     let (names, from_san) = names(&cert);
     if !names.iter().any(|n| name_matches(n, &host)) {
+        // `{:?}` quotes and escapes each name.
         return Err(refuse(format!(
             "certificate name mismatch: `{host}` is not among the certificate's {} {:?}",
             if from_san { "subjectAltNames" } else { "Common Names" },
@@ -176,7 +182,7 @@ fn dates(cert: &x509_parser::certificate::X509Certificate<'_>, now: UnixTime) ->
 
 fn check_dates(der: &[u8], now: UnixTime) -> Result<(), rustls::Error> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| refuse(format!("the certificate cannot be parsed: {e}")))?;
+        .map_err(|e| refuse(format!("the certificate cannot be parsed: {}", Escaped(e))))?;
     dates(&cert, now)
 }
 
@@ -188,10 +194,11 @@ pub fn describe(der: &[u8]) -> String {
         return format!("unparsable certificate, sha256 {fp}");
     };
     let (names, from_san) = names(&cert);
+    let names: Vec<String> = names.iter().map(crate::util::escaped).collect();
     let self_signed = cert.issuer().as_raw() == cert.subject().as_raw() && cert.verify_signature(None).is_ok();
     format!(
         "subject: {}\n{}: {}\nvalid: {} to {}\nissuer: {}{}\nsha256: {fp}",
-        cert.subject(),
+        Escaped(cert.subject()),
         if from_san {
             "subjectAltNames"
         } else {
@@ -200,7 +207,7 @@ pub fn describe(der: &[u8]) -> String {
         names.join(", "),
         cert.validity().not_before,
         cert.validity().not_after,
-        cert.issuer(),
+        Escaped(cert.issuer()),
         if self_signed { " (self-signed)" } else { "" },
     )
 }
@@ -244,7 +251,7 @@ impl ServerCertVerifier for Verifier {
             Ok(v) => Ok(v),
             Err(e) if self.trust_self_signed && unknown_issuer(&e) => {
                 let issuer = x509_parser::parse_x509_certificate(end_entity.as_ref())
-                    .map(|(_, c)| c.issuer().to_string())
+                    .map(|(_, c)| crate::util::escaped(c.issuer()))
                     .unwrap_or_default();
                 Err(refuse(format!(
                     "certificate is not self-signed and its issuer `{issuer}` is not trusted by the web PKI"

@@ -259,7 +259,9 @@ impl TokenSource {
         let resp = match result {
             Err(_) => return Err(FetchError("token request timed out".into())),
             Ok(Err(e)) => {
-                return Err(FetchError(match e {
+                // The token server's words (and the error chain of what it sent) are
+                // the peer's: escaped before they reach a log line or the caller.
+                return Err(FetchError(crate::util::escaped(match e {
                     oauth2::RequestTokenError::ServerResponse(r) => match r.error_description() {
                         Some(d) => format!("token server answered {}: {d}", r.error().as_ref()),
                         None => format!("token server answered {}", r.error().as_ref()),
@@ -267,7 +269,7 @@ impl TokenSource {
                     oauth2::RequestTokenError::Request(e) => format!("token server unreachable: {e}"),
                     oauth2::RequestTokenError::Parse(e, _) => format!("token server response unparsable: {e}"),
                     oauth2::RequestTokenError::Other(m) => format!("token request failed: {m}"),
-                }))
+                })));
             }
             Ok(Ok(r)) => r,
         };

@@ -173,7 +173,7 @@ pub async fn serve<S, H, F>(
                                 .1
                                 .peer_certificates()
                                 .and_then(|c| c.first())
-                                .and_then(|leaf| super::tls::ClientCert::from_der(leaf.as_ref()))
+                                .map(|leaf| super::tls::ClientCert::from_der(leaf.as_ref()))
                                 .map(Arc::new);
                             let info = Arc::new(info);
                             serve_connection(
@@ -189,7 +189,7 @@ pub async fn serve<S, H, F>(
                         }
                         Ok(Err(e)) => {
                             tls_failures.inc();
-                            tracing::debug!(listener = name, %remote, error = %e, "TLS handshake failed");
+                            tracing::debug!(listener = name, %remote, error = %crate::util::Escaped(&e), "TLS handshake failed");
                         }
                         Err(_) => {
                             tls_failures.inc();
@@ -391,7 +391,7 @@ async fn serve_connection<I, H, F>(
             res = conn.as_mut() => {
                 if let Err(e) = res {
                     refused.record(e.as_ref(), info_remote);
-                    tracing::debug!(error = %e, "connection ended with an error");
+                    tracing::debug!(error = %crate::util::Escaped(&e), "connection ended with an error");
                 }
                 break;
             }

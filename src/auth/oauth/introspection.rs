@@ -192,7 +192,7 @@ impl Introspector {
             Ok(Cached::Active { facts, .. }) => Ok((facts, !called)),
             Ok(Cached::Inactive { reason, .. }) => Err(Verdict::Rejected(reason)),
             Err(e) => {
-                tracing::warn!(error = %e, "oauth: introspection failed; refusing with 503");
+                tracing::warn!(error = %crate::util::Escaped(&e), "oauth: introspection failed; refusing with 503");
                 Err(Verdict::Unavailable("introspection_unavailable"))
             }
         }

@@ -145,7 +145,8 @@ impl Jwt {
         let mut keys = Keys::default();
         let source = match (&cfg.jwks_url, &cfg.jwks_file) {
             (_, Some(file)) => {
-                let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+                let bytes = config::secret::read_file(file, config::FileKind::Jwks)
+                    .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
                 keys.by_kid = parse_jwks(&bytes)?;
                 keys.fetched = Some(Instant::now());
                 Source::File
@@ -242,7 +243,7 @@ impl Jwt {
                 Ok(())
             }
             Err(e) => {
-                tracing::warn!(url = %url, error = %e, "oauth: JWKS fetch failed");
+                tracing::warn!(url = %url, error = %crate::util::Escaped(&e), "oauth: JWKS fetch failed");
                 if k.by_kid.is_empty() {
                     Err("jwks_unavailable")
                 } else {
