@@ -8,6 +8,7 @@ use anyhow::Context;
 use base64::Engine;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::config::redact::{scrub_url, secret_name, Redactor};
 use crate::config::{self, SecretHash};
 
 #[derive(Debug, Parser)]
@@ -431,7 +432,8 @@ fn endpoint_test(path: PathBuf, name: &str) -> ExitCode {
                 } else {
                     println!("FAILED: endpoint `{name}` answered {status}");
                     if !body.is_empty() {
-                        println!("{}", redactor.text(&body));
+                        // The target's words, escaped: they cannot drive the terminal.
+                        println!("{}", crate::util::Escaped(redactor.text(&body)));
                     }
                     false
                 }
@@ -606,179 +608,6 @@ fn health(path: PathBuf, admin: Option<std::net::SocketAddr>, ready: bool) -> Ex
     }
 }
 
-/// Keys whose values are secrets or secret hashes wherever they appear, besides every
-/// name that [`secret_name`] recognises.
-const SECRET_KEYS: &[&str] = &[
-    "key",
-    "password_hash",
-    "url_key_hash",
-    "secret_hash",
-    "client_secret_hash",
-];
-
-/// Whether a key's name says its value is a secret.
-fn secret_name(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    SECRET_KEYS.contains(&n.as_str())
-        || n.ends_with("secret")
-        || n.ends_with("password")
-        || n.ends_with("_hash")
-        || n.ends_with("_key") && n != "api_key"
-        || n == "token"
-        || n.ends_with("_token")
-}
-
-/// A URL without its userinfo and with every query value replaced; other strings as
-/// they are.
-fn scrub_url(text: &str) -> String {
-    let Ok(mut url) = url::Url::parse(text) else {
-        return text.to_string();
-    };
-    if url.cannot_be_a_base() || (url.username().is_empty() && url.password().is_none() && url.query().is_none()) {
-        return text.to_string();
-    }
-    let _ = url.set_username("");
-    let _ = url.set_password(None);
-    if url.query().is_some() {
-        let names: Vec<String> = url.query_pairs().map(|(k, _)| k.into_owned()).collect();
-        url.query_pairs_mut()
-            .clear()
-            .extend_pairs(names.iter().map(|k| (k.as_str(), "REMOVED")));
-    }
-    url.to_string()
-}
-
-/// Every URL in free text (`scheme://...`, up to a space or a quote) without its user info
-/// and with its query values replaced, whether or not the URL is valid: a diagnostic about
-/// a malformed URL quotes it.
-fn scrub_urls_in(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find("://") {
-        let (before, url) = rest.split_at(i + 3);
-        out.push_str(before);
-        let end = url
-            .find(|c: char| c.is_whitespace() || matches!(c, '`' | '"' | '\'' | '<' | '>'))
-            .unwrap_or(url.len());
-        let (url, after) = url.split_at(end);
-        let auth_end = url.find(['/', '?', '#']).unwrap_or(url.len());
-        let (authority, tail) = url.split_at(auth_end);
-        out.push_str(authority.rsplit_once('@').map_or(authority, |(_, host)| host));
-        let (path, query) = match tail.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (tail, None),
-        };
-        out.push_str(path);
-        if let Some(q) = query {
-            let q = q.split('#').next().unwrap_or("");
-            let names: Vec<String> = q
-                .split('&')
-                .map(|pair| match pair.split_once('=') {
-                    Some((k, _)) => format!("{k}=REMOVED"),
-                    None => pair.to_string(),
-                })
-                .collect();
-            out.push('?');
-            out.push_str(&names.join("&"));
-        }
-        rest = after;
-    }
-    out.push_str(rest);
-    out
-}
-
-/// The secrets a config's text writes literally, to remove from anything printed about
-/// it (diagnostics quote values): strings under secret-bearing keys at any depth, and the
-/// user info and query values of URLs. Plus any added later (resolved secrets).
-#[derive(Default)]
-struct Redactor {
-    secrets: Vec<String>,
-}
-
-impl Redactor {
-    fn of_file(path: &std::path::Path) -> Self {
-        let mut r = Redactor::default();
-        if let Some(doc) = std::fs::read_to_string(path)
-            .ok()
-            .and_then(|t| t.parse::<toml::Value>().ok())
-        {
-            r.collect(&doc, false);
-        }
-        r
-    }
-
-    fn collect(&mut self, value: &toml::Value, secret: bool) {
-        match value {
-            toml::Value::Table(t) => {
-                for (k, v) in t {
-                    // A `{ env }` or `{ file }` secret names where it is; nothing to hide.
-                    let named_secret = secret_name(k) || k == "value";
-                    self.collect(v, named_secret);
-                }
-            }
-            toml::Value::Array(items) => items.iter().for_each(|v| self.collect(v, secret)),
-            toml::Value::String(s) => {
-                if secret {
-                    self.add(s);
-                }
-                if let Some((_, rest)) = s.split_once("://") {
-                    // By text, so that a URL too malformed to parse (which is what a
-                    // diagnostic quotes) gives up its secrets too.
-                    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-                    if let Some((userinfo, _)) = rest[..auth_end].rsplit_once('@') {
-                        let password = userinfo.split_once(':').map_or(userinfo, |(_, p)| p);
-                        self.add(password);
-                        if let Some(decoded) = urlencoding_decode(password) {
-                            self.add(&decoded);
-                        }
-                    }
-                    if let Some((_, query)) = rest.split_once('?') {
-                        let query = query.split('#').next().unwrap_or("");
-                        for (_, v) in query.split('&').filter_map(|p| p.split_once('=')) {
-                            self.add(v);
-                            if let Some(decoded) = urlencoding_decode(v) {
-                                self.add(&decoded);
-                            }
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn add(&mut self, secret: &str) {
-        if !secret.is_empty() && !self.secrets.iter().any(|s| s == secret) {
-            self.secrets.push(secret.to_string());
-        }
-    }
-
-    /// `text` with URLs scrubbed and every known secret replaced: quoted wherever it is
-    /// quoted, and anywhere when it is long enough not to be an ordinary word.
-    fn text(&self, text: &str) -> String {
-        let mut out = scrub_urls_in(text);
-        // Longest first: a secret that contains another is removed whole.
-        let mut secrets: Vec<&String> = self.secrets.iter().collect();
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        for s in secrets {
-            for (open, close) in [("`", "`"), ("\"", "\""), ("'", "'"), ("\\\"", "\\\"")] {
-                out = out.replace(&format!("{open}{s}{close}"), &format!("{open}<redacted>{close}"));
-            }
-            if s.chars().count() >= 6 {
-                out = out.replace(s.as_str(), "<redacted>");
-            }
-        }
-        out
-    }
-}
-
-/// Percent-decoding of URL user info.
-fn urlencoding_decode(s: &str) -> Option<String> {
-    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-}
-
 /// Prints a config's diagnostics on stderr, secrets removed.
 fn print_diagnostics(path: &std::path::Path, items: &[config::Diagnostic]) {
     let r = Redactor::of_file(path);
@@ -826,7 +655,8 @@ fn scrub(value: &mut toml::Value, parent: &str) {
 /// from the parsed document, never by editing the text, so no comment and no spelling of
 /// a secret survives.
 fn export(path: PathBuf) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = config::secret::read_text(&path, config::secret::FileKind::Config)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let body = export_text(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
     println!("# exported by `portcullis export`: secrets removed, endpoint auth set to none");
     print!("{body}");

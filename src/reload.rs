@@ -60,24 +60,29 @@ fn shared_changed(old: &Config, new: &Config) -> Option<String> {
 
 /// Loads `path`, checks it, builds it and swaps it in; or says why not.
 pub fn reload(state: &State, path: &Path, trigger: &'static str) -> Result<(), String> {
-    let result = config::load(path).map_err(|e| e.to_string()).and_then(|loaded| {
-        let current = state.gateway();
-        if let Some(m) =
-            listeners_moved(&current.config, &loaded.config).or_else(|| shared_changed(&current.config, &loaded.config))
-        {
-            return Err(m);
-        }
-        if current.config.runtime.worker_threads != loaded.config.runtime.worker_threads {
-            tracing::warn!("runtime.worker_threads changed: takes effect at the next restart");
-        }
-        if current.config.tracing != loaded.config.tracing {
-            tracing::warn!("[tracing] changed: takes effect at the next restart");
-        }
-        for w in &loaded.warnings {
-            tracing::warn!("{w}");
-        }
-        state.replace(loaded.config).map_err(|e| e.to_string())
-    });
+    // What is said about a refused file (log, admin page) quotes its values: without
+    // the secrets it writes and the user info and query values of its URLs.
+    let redacted = |e: String| config::redact::Redactor::of_file(path).text(&e);
+    let result = config::load(path)
+        .map_err(|e| redacted(e.to_string()))
+        .and_then(|loaded| {
+            let current = state.gateway();
+            if let Some(m) = listeners_moved(&current.config, &loaded.config)
+                .or_else(|| shared_changed(&current.config, &loaded.config))
+            {
+                return Err(m);
+            }
+            if current.config.runtime.worker_threads != loaded.config.runtime.worker_threads {
+                tracing::warn!("runtime.worker_threads changed: takes effect at the next restart");
+            }
+            if current.config.tracing != loaded.config.tracing {
+                tracing::warn!("[tracing] changed: takes effect at the next restart");
+            }
+            for w in &loaded.warnings {
+                tracing::warn!("{w}");
+            }
+            state.replace(loaded.config).map_err(|e| redacted(e.to_string()))
+        });
     let m = &state.metrics;
     match &result {
         Ok(()) => {

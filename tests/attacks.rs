@@ -1532,7 +1532,10 @@ async fn refusals_of_the_parser_are_counted_and_the_gateways_carry_the_json_body
     let series = "portcullis_malformed_requests_total{listener=\"inbound\",reason=\"uri_too_long\"}";
     let too_large = "portcullis_malformed_requests_total{listener=\"inbound\",reason=\"headers_too_large\"}";
     assert!(
-        eventually(PATIENCE, || async { gw.metric(series).await + gw.metric(too_large).await >= 2.0 }).await,
+        eventually(PATIENCE, || async {
+            gw.metric(series).await + gw.metric(too_large).await >= 2.0
+        })
+        .await,
         "{}",
         gw.metrics().await
     );

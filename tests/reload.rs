@@ -673,3 +673,40 @@ auth = {{ type = "basic", username = "svc", password = {{ file = "{d}/secret.fif
         "{stderr}"
     );
 }
+
+/// A refused reload's message (the log, the admin page's `last_reload`) quotes the file:
+/// never its secrets, the user info of its URLs, or their query values.
+#[tokio::test]
+async fn a_refused_reload_never_repeats_a_secret() {
+    let up = Upstream::start().await;
+    let hash = argon2_hash("svc-pw");
+    let gw = Gateway::start(&cfg(&up.url(), &hash, "60s")).await;
+    let path = gw.dir.path().join("portcullis.toml");
+    let secrets = ["Pa55wordInUserInfo", "QueryValue0123"];
+    for bad in [
+        // A URL with user info and a query, refused for its scheme.
+        cfg(
+            "htps://svc:Pa55wordInUserInfo@up.test/?token=QueryValue0123",
+            &hash,
+            "60s",
+        ),
+        // The same URL refused for its host.
+        cfg("https://svc:Pa55wordInUserInfo@/?token=QueryValue0123", &hash, "60s"),
+    ] {
+        std::fs::write(&path, &bad).unwrap();
+        let err = reload::reload(&gw.state, &path, "test").unwrap_err();
+        let status = client()
+            .get(gw.admin_url("/status"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for s in secrets {
+            assert!(!err.contains(s), "{err}");
+            assert!(!status.contains(s), "{status}");
+        }
+    }
+    gw.stop().await;
+}

@@ -6,6 +6,7 @@
 
 pub mod keys;
 mod raw;
+pub mod redact;
 pub mod secret;
 mod validate;
 
