@@ -274,3 +274,45 @@ fn every_refusal_reason_is_in_the_troubleshooting_table() {
         "reasons the code emits but README's troubleshooting section does not explain: {missing:?}"
     );
 }
+
+/// The threat model cannot drift from the suite: every test it names exists, every
+/// surface section names at least one, and README links to each section.
+#[test]
+fn the_threat_model_names_only_real_tests() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let model = std::fs::read_to_string(format!("{root}/SECURITY.md")).unwrap();
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let mut named = 0;
+    for (i, _) in model.match_indices("`tests/") {
+        let cite = &model[i + 1..];
+        let cite = &cite[..cite.find('`').unwrap()];
+        if cite.starts_with("tests/FILE.rs") {
+            continue; // the legend
+        }
+        let (file, test) = cite
+            .split_once("::")
+            .unwrap_or_else(|| panic!("`{cite}` names no test"));
+        let text = std::fs::read_to_string(format!("{root}/{file}")).unwrap_or_else(|_| panic!("{file} is not a file"));
+        assert!(
+            text.contains(&format!("fn {test}(")),
+            "SECURITY.md cites {file}::{test}, which does not exist"
+        );
+        named += 1;
+    }
+    assert!(named >= 100, "{named}");
+    let sections: Vec<&str> = model
+        .split("\n## ")
+        .skip(1)
+        .filter(|s| s.starts_with(|c: char| c.is_ascii_digit()))
+        .collect();
+    assert!(sections.len() >= 15, "{}", sections.len());
+    for s in sections {
+        let title = s.lines().next().unwrap();
+        assert!(s.contains("`tests/"), "section `{title}` names no test");
+        let number = title.split('.').next().unwrap();
+        assert!(
+            readme.contains(&format!("[SECURITY.md §{number}](SECURITY.md#")),
+            "README's security table does not link section {title}"
+        );
+    }
+}
