@@ -695,15 +695,8 @@ pub fn fix_for(reason: &str) -> Option<&'static str> {
 fn target_text(uri: &http::Uri) -> String {
     let mut out = uri.path().to_string();
     if let Some(q) = uri.query() {
-        let names: Vec<String> = q
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((k, _)) => format!("{k}=REMOVED"),
-                None => pair.to_string(),
-            })
-            .collect();
         out.push('?');
-        out.push_str(&names.join("&"));
+        out.push_str(&config::redact::query_names(q));
     }
     out
 }

@@ -98,6 +98,16 @@ integration = "p/key"
     ))
 }
 
+/// [`cfg`] behind ingresses at `proxies` (`[listen] trusted_proxies`).
+fn behind(upstream: &str, proxies: &str) -> String {
+    let toml = cfg(upstream, "").replace(
+        "[listen]\naddress = \"127.0.0.1:0\"",
+        &format!("[listen]\naddress = \"127.0.0.1:0\"\ntrusted_proxies = {proxies}"),
+    );
+    assert!(toml.contains("trusted_proxies"));
+    toml
+}
+
 fn status_of(out: &str) -> u16 {
     out.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
@@ -1073,11 +1083,7 @@ async fn cached_jwt_decisions_never_outlive_the_token_or_the_user() {
 #[tokio::test]
 async fn the_client_behind_a_trusted_proxy_is_the_rightmost_untrusted_hop() {
     let up = Upstream::start().await;
-    let trusted = cfg(&up.url(), "").replace(
-        "[listen]\naddress = \"127.0.0.1:0\"",
-        "[listen]\naddress = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.0/8\", \"10.0.0.0/8\"]",
-    );
-    assert!(trusted.contains("trusted_proxies"));
+    let trusted = behind(&up.url(), r#"["127.0.0.0/8", "10.0.0.0/8"]"#);
     let gw = Gateway::start(&trusted).await;
     let guess = |xff: &'static str, pw: &'static str| {
         let url = gw.url("/secret/x");
@@ -1414,10 +1420,7 @@ async fn a_service_that_switches_to_anything_else_gets_no_tunnel() {
 #[tokio::test]
 async fn every_forwarded_for_line_counts() {
     let up = Upstream::start().await;
-    let trusted = cfg(&up.url(), "").replace(
-        "[listen]\naddress = \"127.0.0.1:0\"",
-        "[listen]\naddress = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.0/8\"]",
-    );
+    let trusted = behind(&up.url(), r#"["127.0.0.0/8"]"#);
     let gw = Gateway::start(&trusted).await;
     let guess = |own: String, pw: &'static str| {
         let addr = gw.addr;

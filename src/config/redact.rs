@@ -66,16 +66,8 @@ pub fn scrub_urls_in(text: &str) -> String {
         };
         out.push_str(path);
         if let Some(q) = query {
-            let q = q.split('#').next().unwrap_or("");
-            let names: Vec<String> = q
-                .split('&')
-                .map(|pair| match pair.split_once('=') {
-                    Some((k, _)) => format!("{k}=REMOVED"),
-                    None => pair.to_string(),
-                })
-                .collect();
             out.push('?');
-            out.push_str(&names.join("&"));
+            out.push_str(&query_names(q.split('#').next().unwrap_or("")));
         }
         rest = after;
     }
@@ -107,6 +99,16 @@ impl Redactor {
         match value {
             toml::Value::Table(t) => {
                 for (k, v) in t {
+                    if k == "api_keys" {
+                        // An API key's `key` is its id (the Basic user part), which
+                        // diagnostics name; its secret is `secret_hash`.
+                        for key in v.as_array().into_iter().flatten().filter_map(|k| k.as_table()) {
+                            for (field, value) in key.iter().filter(|(f, _)| *f != "key") {
+                                self.collect(value, secret_name(field));
+                            }
+                        }
+                        continue;
+                    }
                     // A `{ env }` or `{ file }` secret names where it is; nothing to hide.
                     let named_secret = secret_name(k) || k == "value";
                     self.collect(v, named_secret);
@@ -173,4 +175,16 @@ pub fn urlencoding_decode(s: &str) -> Option<String> {
     url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
         .next()
         .map(|(_, v)| v.into_owned())
+}
+
+/// A query with every value replaced: `apiKey=REMOVED&token=REMOVED`.
+pub fn query_names(query: &str) -> String {
+    let names: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) => format!("{k}=REMOVED"),
+            None => pair.to_string(),
+        })
+        .collect();
+    names.join("&")
 }
