@@ -477,7 +477,10 @@ const DEFAULT_ADMIN: std::net::SocketAddr =
 /// scanned for its `[admin]` table's `address = "..."` line. `Ok(None)`: no `[admin]`.
 /// Errors never quote the file (it may hold secrets), only its positions.
 fn admin_address(path: &std::path::Path) -> Result<Option<std::net::SocketAddr>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    // The same file rules as `serve`: a FIFO, a device or a huge file never hangs or
+    // fills the health check that runs every few seconds.
+    let text = config::secret::read_text(path, config::secret::FileKind::Config)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let parse = |s: &str| {
         s.parse::<std::net::SocketAddr>().map_err(|_| {
             format!(

@@ -419,10 +419,9 @@ async fn handle_inner(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Refusal> {
     let (mut parts, body) = req.into_parts();
-    let limits = &gw.config.limits;
-    if parts.headers.len() > limits.max_headers || headers::size(&parts.headers) > limits.max_header_bytes {
+    if let Err(r) = check_head(&gw.config.limits, &parts) {
         upstream::drain(body);
-        return Err(Refusal::HeadersTooLarge);
+        return Err(r);
     }
     // RFC 8441: a WebSocket over HTTP/2 arrives as an extended CONNECT (`:protocol`
     // websocket) on a path. It is routed, authenticated and authorized as the GET it
@@ -871,6 +870,23 @@ async fn oauth_endpoint(
         return Ok(issuer.revoke(&gw.auth, authorization, &form, client).await?);
     }
     Ok(issuer.token(&gw.auth, authorization, &form, client).await?)
+}
+
+/// The head's own checks: within `max_headers` and `max_header_bytes`, and one valid
+/// `Host` (RFC 9112 section 3.2: an HTTP/1.1 request without one, or with two, is a
+/// 400), so the `X-Forwarded-Host` the upstream reads is the one the client sent.
+fn check_head(limits: &crate::config::Limits, parts: &Parts) -> Result<(), Refusal> {
+    if parts.headers.len() > limits.max_headers || headers::size(&parts.headers) > limits.max_header_bytes {
+        return Err(Refusal::HeadersTooLarge);
+    }
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err(Refusal::BadRequest("more than one Host header".into())),
+        (None, _) if parts.version == Version::HTTP_11 => {
+            Err(Refusal::BadRequest("an HTTP/1.1 request needs a Host header".into()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Every check before forwarding: the route index and the principal (none for `auth = "none"`).
@@ -1328,7 +1344,13 @@ pub async fn explain(gw: &Gateway, mut parts: Parts, client: std::net::IpAddr) -
 /// subrequest, so a client can add the other family's: named, the ingress's family alone
 /// counts; left to detect, two families that disagree are a 400
 /// `ambiguous_original_request`, as is any of these headers sent twice.
-fn original_request(parts: &Parts, ingress: Ingress) -> Result<(http::Method, Uri), Refusal> {
+///
+/// `is_route` says whether a path and method may name an integration.
+fn original_request(
+    parts: &Parts,
+    ingress: Ingress,
+    is_route: impl Fn(&str, &http::Method) -> bool,
+) -> Result<(http::Method, Uri), Refusal> {
     let bad = |what: String| Refusal::BadRequest(format!("forward-auth: {what}").into());
     let ambiguous = |what: String| Refusal::Invalid {
         message: format!("forward-auth: {what}").into(),
@@ -1379,7 +1401,19 @@ fn original_request(parts: &Parts, ingress: Ingress) -> Result<(http::Method, Ur
             (Some(a), Some(b)) if a != b => Err(ambiguous(
                 "X-Original-* and X-Forwarded-* name different requests; set [forward_auth] ingress".to_string(),
             )),
-            (Some(a), _) | (None, Some(a)) => Ok(a),
+            (Some(a), _) | (None, Some(a)) => {
+                // Envoy sends the original request as the check request itself, and may
+                // pass the client's headers along: a family naming another request than
+                // a subrequest target that is itself a route is ambiguous.
+                let (method, target) = own()?;
+                if (method != a.0 || target != a.1) && is_route(target.path(), &method) {
+                    return Err(ambiguous(
+                        "the headers name another request than the subrequest's own target; set [forward_auth] ingress"
+                            .to_string(),
+                    ));
+                }
+                Ok(a)
+            }
             (None, None) => own(),
         },
     }
@@ -1394,14 +1428,23 @@ async fn forward_auth_inner(
     let (mut parts, body) = req.into_parts();
     upstream::drain(body);
     // Only an ingress may describe requests: anyone else could name any URI.
-    let peer = conn.remote.ip();
+    let peer = conn.remote.ip().to_canonical();
     if !gw.config.listen.trusted_proxies.iter().any(|n| n.contains(&peer)) {
         return Err(Refusal::Forbidden {
             reason: "untrusted_forwarder",
             challenge: None,
         });
     }
-    let (method, uri) = original_request(&parts, gw.config.forward_auth_ingress)?;
+    // A path that fails the path rules could still reach a route behind a lenient
+    // ingress: it counts as one.
+    let is_route = |path: &str, method: &http::Method| {
+        crate::path::check_path(path).is_err()
+            || !matches!(
+                gw.router.route(&crate::path::normalize(path), method),
+                Ok(Match::NotFound)
+            )
+    };
+    let (method, uri) = original_request(&parts, gw.config.forward_auth_ingress, is_route)?;
     for name in [
         "x-original-uri",
         "x-original-method",
@@ -1414,10 +1457,7 @@ async fn forward_auth_inner(
     parts.uri = uri.clone();
     ctx.method = method;
     ctx.uri = uri;
-    let limits = &gw.config.limits;
-    if parts.headers.len() > limits.max_headers || headers::size(&parts.headers) > limits.max_header_bytes {
-        return Err(Refusal::HeadersTooLarge);
-    }
+    check_head(&gw.config.limits, &parts)?;
     let permit = decide(gw, ctx, &mut parts).await?;
     // The headers the proxy path would set, made the same way, returned for the ingress.
     rewrite(gw, conn, ctx, &mut parts, permit)?;

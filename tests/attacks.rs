@@ -1438,6 +1438,20 @@ async fn every_forwarded_for_line_counts() {
     }
     // A fresh address of the client's own in every try: still the same client.
     assert_eq!(guess("203.0.113.200".into(), "alice-pw").await, 429);
+    // Another spelling of the client's address is the same address.
+    for spelling in [
+        "::ffff:198.51.100.7",
+        "::ffff:c633:6407",
+        "[::ffff:198.51.100.7]:4711",
+        "198.51.100.7:4711",
+    ] {
+        let head = format!(
+            "GET /secret/x HTTP/1.1\r\nHost: gw\r\nAuthorization: {}\r\n\
+             X-Forwarded-For: {spelling}\r\nConnection: close\r\n\r\n",
+            basic("alice", "alice-pw")
+        );
+        assert_eq!(h1(gw.addr, &head).await, 429, "{spelling}");
+    }
     assert_eq!(guess("203.0.113.201, 10.9.9.9".into(), "alice-pw").await, 429);
     // The proxy's line names the client; another client behind it is not locked out.
     let other = "GET /public/x HTTP/1.1\r\nHost: gw\r\nX-Forwarded-For: 1.2.3.4\r\n\
@@ -1598,4 +1612,24 @@ auth = "none"
     assert_eq!(status_of(&out), 431, "{out}");
     assert!(out.contains("\"code\":431"), "{out}");
     assert!(up.seen().is_empty());
+}
+
+/// RFC 9112 section 3.2: an HTTP/1.1 request without `Host`, or with two, is a 400, so the
+/// `X-Forwarded-Host` an upstream builds links from is never a second, chosen `Host`.
+#[tokio::test]
+async fn a_request_with_two_hosts_or_none_is_refused() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&cfg(&up.url(), "")).await;
+    for head in [
+        "GET /public/x HTTP/1.1\r\nHost: gw\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+        "GET /public/x HTTP/1.1\r\nConnection: close\r\n\r\n",
+    ] {
+        let out = raw(gw.addr, head.as_bytes()).await;
+        assert_eq!(status_of(&out), 400, "{out}");
+        assert!(out.contains("\"code\":400"), "{out}");
+    }
+    assert!(up.seen().is_empty());
+    // HTTP/1.0 has no Host requirement.
+    assert_eq!(h1(gw.addr, "GET /public/x HTTP/1.0\r\n\r\n").await, 200);
+    gw.stop().await;
 }

@@ -776,3 +776,45 @@ auth = {{ type = "none" }}
         assert!(err.contains("up.test:99999/base?token=REMOVED"), "{args:?}: {err}");
     }
 }
+
+/// `health --config` reads its file by the same rules as `serve`: a FIFO, a link to
+/// `/dev/zero` or a huge file is a clear failure, never a hang or a memory blow-up.
+#[test]
+fn health_refuses_special_and_huge_config_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.toml");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let zero = dir.path().join("zero.toml");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    let huge = dir.path().join("huge.toml");
+    std::fs::File::create(&huge).unwrap().set_len(64 << 20).unwrap();
+    for (path, says) in [
+        (&fifo, "not a regular file"),
+        (&zero, "not a regular file"),
+        (&huge, "limit"),
+    ] {
+        let mut child = Command::new(bin())
+            .args(["health", "--config"])
+            .arg(path)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A safety net against a hang, far past any machine's speed: the test fails.
+        let deadline = std::time::Instant::now() + PATIENCE;
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("health hung on {}", path.display());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let out = child.wait_with_output().unwrap();
+        assert!(!status.success(), "{}", path.display());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{}: {err}", path.display());
+    }
+}

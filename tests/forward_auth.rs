@@ -373,6 +373,23 @@ async fn a_client_copy_of_another_header_family_never_decides() {
         ("x-original-uri", "/public"),
     ];
     assert_eq!(subrequest(fa, "/", &agree).await.status(), 200);
+    // Envoy passing the client's headers on: the check request is itself the original
+    // request, and a family naming another one is ambiguous (also for a path that only a
+    // lenient ingress would route); an auth endpoint path of the ingress is no route.
+    let public = [("x-original-method", "GET"), ("x-original-uri", "/public")];
+    for own in ["/api/items", "/api/./items", "/api/items/..;/x"] {
+        assert_eq!(subrequest(fa, own, &public).await.status(), 400, "{own}");
+    }
+    let r = client()
+        .post(format!("http://{fa}/api/items"))
+        .header("x-forwarded-method", "GET")
+        .header("x-forwarded-uri", "/public")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(subrequest(fa, "/_portcullis", &public).await.status(), 200);
+    assert_eq!(subrequest(fa, "/public", &public).await.status(), 200);
     let log = p.logs_when(|l| l.contains("ambiguous_original_request")).await;
     assert!(log.contains("ambiguous_original_request"));
     drop(p);

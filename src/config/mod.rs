@@ -94,7 +94,10 @@ impl Listen {
     /// client that sends a line of its own before the proxy's cannot hide behind it.
     /// Empty list elements are skipped; a hop that is not an address (with or without a
     /// port) stops the walk at the last trusted one.
+    /// Addresses are canonical: an IPv4-mapped IPv6 address (`::ffff:5.6.7.8`) is that
+    /// IPv4 address, so one client cannot have two spellings (and two lockout budgets).
     pub fn client_ip(&self, peer: std::net::IpAddr, headers: &http::HeaderMap) -> std::net::IpAddr {
+        let peer = peer.to_canonical();
         let trusted = |ip: &std::net::IpAddr| self.trusted_proxies.iter().any(|n| n.contains(ip));
         if self.trusted_proxies.is_empty() || !trusted(&peer) {
             return peer;
@@ -111,7 +114,8 @@ impl Listen {
                 }
                 let ip = hop
                     .parse::<std::net::IpAddr>()
-                    .or_else(|_| hop.parse::<std::net::SocketAddr>().map(|a| a.ip()));
+                    .or_else(|_| hop.parse::<std::net::SocketAddr>().map(|a| a.ip()))
+                    .map(|ip| ip.to_canonical());
                 match ip {
                     Ok(ip) => {
                         client = ip;

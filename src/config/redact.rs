@@ -177,14 +177,32 @@ pub fn urlencoding_decode(s: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// A query with every value replaced: `apiKey=REMOVED&token=REMOVED`.
+/// A query with every value replaced: `apiKey=REMOVED&token=REMOVED`. An element without
+/// `=` may be a bare token (`?eyJhbGci...`): it is replaced whole.
 pub fn query_names(query: &str) -> String {
     let names: Vec<String> = query
         .split('&')
         .map(|pair| match pair.split_once('=') {
             Some((k, _)) => format!("{k}=REMOVED"),
-            None => pair.to_string(),
+            None if pair.is_empty() => String::new(),
+            None => "REMOVED".to_string(),
         })
         .collect();
     names.join("&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_keep_their_names_only() {
+        assert_eq!(query_names("apiKey=k1&token=t"), "apiKey=REMOVED&token=REMOVED");
+        assert_eq!(query_names("eyJhbGciOiJIUzI1NiJ9"), "REMOVED");
+        assert_eq!(query_names("a=1&&SECRET"), "a=REMOVED&&REMOVED");
+        assert_eq!(
+            scrub_urls_in("see https://u:p@h/x?SECRET&k=v#f"),
+            "see https://h/x?REMOVED&k=REMOVED"
+        );
+    }
 }

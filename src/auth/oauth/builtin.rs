@@ -555,7 +555,7 @@ impl Issuer {
             ));
         }
         if !known {
-            tracing::info!(client_id = ?client_id, reason = "bad_client_credentials", "oauth token request refused");
+            tracing::info!(client_id = %crate::util::Escaped(&client_id), reason = "bad_client_credentials", "oauth token request refused");
             return Err(OAuthError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
@@ -612,7 +612,7 @@ impl Issuer {
                             crate::auth::Failure::Rejected { reason, .. } => reason.as_str(),
                             _ => "rejected",
                         };
-                        tracing::info!(client_id = ?client_id, reason, "oauth password grant refused");
+                        tracing::info!(client_id = %crate::util::Escaped(&client_id), reason, "oauth password grant refused");
                         Err(OAuthError::new(
                             StatusCode::BAD_REQUEST,
                             "invalid_grant",
@@ -649,7 +649,7 @@ impl Issuer {
                             .and_then(|e| e.standing(true));
                         if let Err(reason) = standing {
                             self.revoke_family(family, client_id).await?;
-                            tracing::info!(client_id = ?client_id, reason = reason.as_str(), "oauth refresh refused; family revoked");
+                            tracing::info!(client_id = %crate::util::Escaped(&client_id), reason = reason.as_str(), "oauth refresh refused; family revoked");
                             return Err(OAuthError::new(
                                 StatusCode::BAD_REQUEST,
                                 "invalid_grant",
@@ -665,7 +665,7 @@ impl Issuer {
                         self.respond(&sub, &client, old_scope, Some(plan)).await
                     }
                     Err(why) => {
-                        tracing::info!(client_id = ?client_id, reason = "bad_refresh_token", detail = why, "oauth refresh refused");
+                        tracing::info!(client_id = %crate::util::Escaped(&client_id), reason = "bad_refresh_token", detail = why, "oauth refresh refused");
                         Err(OAuthError::new(
                             StatusCode::BAD_REQUEST,
                             "invalid_grant",
@@ -796,7 +796,7 @@ impl Issuer {
             let taken = self.shared.refresh.take(token, client_id, self.limits);
             if taken.as_ref().err() == Some(&REUSED_UNREVOKED) {
                 self.table_full.with_label_values(&["revocations", "total"]).inc();
-                tracing::error!(client_id = ?client_id, "oauth: a reused refresh token's family cannot be revoked: the revocation table is full");
+                tracing::error!(client_id = %crate::util::Escaped(&client_id), "oauth: a reused refresh token's family cannot be revoked: the revocation table is full");
             }
             return Ok(taken);
         };
@@ -885,7 +885,7 @@ impl Issuer {
         if self.shared.store.is_none() {
             self.table_full.with_label_values(&["revocations", limit]).inc();
         }
-        tracing::warn!(client_id = ?client, limit, "oauth: revocation refused: the revocation table is full");
+        tracing::warn!(client_id = %crate::util::Escaped(&client), limit, "oauth: revocation refused: the revocation table is full");
         answer
     }
 
@@ -949,7 +949,7 @@ impl Issuer {
                 return Err(not_yours());
             }
             self.revoke_family(family, &client_id).await?;
-            tracing::info!(client_id = ?client_id, "oauth: refresh token family revoked");
+            tracing::info!(client_id = %crate::util::Escaped(&client_id), "oauth: refresh token family revoked");
             return Ok(json(StatusCode::OK, "{}".into()));
         }
         // An access token of this issuer (signature checked; expired ones need nothing).
@@ -972,7 +972,7 @@ impl Issuer {
                     .insert(claims.jti.clone(), claims.exp, &client_id, self.limits)
                     .map_err(|e| self.refused(e, &client_id))?,
             }
-            tracing::info!(client_id = ?client_id, "oauth: access token revoked");
+            tracing::info!(client_id = %crate::util::Escaped(&client_id), "oauth: access token revoked");
         }
         Ok(json(StatusCode::OK, "{}".into()))
     }
