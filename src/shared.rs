@@ -581,7 +581,7 @@ end
 local fam = redis.call('GET', KEYS[2])
 if not fam then return 0 end
 if fam ~= ARGV[2] then return -1 end
-redis.call('HSET', KEYS[1], 'v', ARGV[1], 'used', '0')
+redis.call('HSET', KEYS[1], 'v', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 "#,
@@ -595,6 +595,7 @@ return 1
             expires_at,
             family_ends_at,
             grant: fields.to_string(),
+            spent: false,
         };
         let value = self.sign(&key, &record.payload());
         let fam_value = self.family_value(family, family_ends_at);
@@ -678,18 +679,18 @@ return 1
         static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
             redis::Script::new(
                 r#"
-local f = redis.call('HMGET', KEYS[1], 'v', 'used')
-if f[1] ~= ARGV[1] then return 'unknown' end
+local v = redis.call('HGET', KEYS[1], 'v')
+if v ~= ARGV[1] and v ~= ARGV[6] then return 'unknown' end
 local fam = redis.call('GET', KEYS[3])
 if not fam then return 'revoked' end
 if fam ~= ARGV[2] then return 'family' end
-if f[2] ~= '0' then
+if v == ARGV[6] then
   redis.call('DEL', KEYS[3])
   return 'reused'
 end
 if ARGV[5] ~= 'ok' then return ARGV[5] end
-redis.call('HSET', KEYS[1], 'used', '1')
-redis.call('HSET', KEYS[2], 'v', ARGV[3], 'used', '0')
+redis.call('HSET', KEYS[1], 'v', ARGV[6])
+redis.call('HSET', KEYS[2], 'v', ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return 'ok'
 "#,
@@ -710,11 +711,22 @@ return 'ok'
             "ok"
         };
         let exp = now.saturating_add(ttl_secs).min(record.family_ends_at);
+        // A used token's record says so under its MAC: rewriting the flag back is a
+        // forgery, not a fresh token.
+        let spent = self.sign(
+            &key,
+            &RefreshRecord {
+                spent: true,
+                ..record.clone()
+            }
+            .payload(),
+        );
         let next_key = self.refresh_name(next);
         let next_value = self.sign(
             &next_key,
             &RefreshRecord {
                 expires_at: exp,
+                spent: false,
                 ..record.clone()
             }
             .payload(),
@@ -735,6 +747,7 @@ return 'ok'
                     .arg(next_value)
                     .arg(ttl_ms)
                     .arg(verdict)
+                    .arg(spent)
                     .invoke_async(&mut c)
                     .await
             })
@@ -1169,6 +1182,9 @@ struct RefreshRecord {
     #[serde(rename = "fend")]
     family_ends_at: u64,
     grant: String,
+    /// Used: rotated once already (a second use is a reuse, which revokes the family).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    spent: bool,
 }
 
 impl RefreshRecord {

@@ -655,6 +655,22 @@ async fn refresh_grants_tampered_in_redis_give_no_token() {
     );
     procs[1].logs_when(|l| l.contains("failed its integrity check")).await;
 
+    // A used token's standing written back to unused: the used state is under the MAC,
+    // so neither a `used` field nor a flag rewritten in the record gives a fresh token;
+    // the reuse revokes the family, its newer token included.
+    let (_, rt, key) = login_keyed(&redis, a).await;
+    let (s, body) = refresh(b, &rt).await;
+    assert_eq!(s, 200, "{body}");
+    let newer = body["refresh_token"].as_str().unwrap().to_string();
+    let spent = hget(&redis, &key, "v");
+    assert!(spent.contains(r#""spent":true"#), "{spent}");
+    hset(&redis, &key, &[("used", "0")]);
+    hset(&redis, &key, &[("v", &spent.replace(r#","spent":true"#, ""))]);
+    refused(refresh(b, &rt).await);
+    hset(&redis, &key, &[("v", &spent)]);
+    refused(refresh(b, &rt).await);
+    refused(refresh(procs[2].addr, &newer).await);
+
     // Untouched grants rotate as before, for their own user.
     let (_, rt, _) = login_keyed(&redis, a).await;
     let (s, body) = refresh(b, &rt).await;

@@ -187,6 +187,16 @@ impl TokenSource {
             }
             match store.try_lock(name, FETCH_LOCK).await {
                 Ok(true) => {
+                    // Another replica may have stored its token and let go of the lock
+                    // between our read and our lock: read again before fetching.
+                    if let Ok(Some((v, left))) = store.get_sealed(name).await {
+                        if left > Duration::from_secs(1) {
+                            if let Some(t) = read(v) {
+                                store.unlock(name).await;
+                                return Ok((t, Some(left)));
+                            }
+                        }
+                    }
                     let r = self.fetch_counted().await;
                     if let Ok((token, lifetime)) = &r {
                         // Stored for the others until shortly before expiry (an endless
