@@ -399,8 +399,19 @@ integration = "b/apikey"
         f'address = "127.0.0.1:{gw}"',
         f'address = "127.0.0.1:{gw_tls}"\ntls = {{ cert = "{work}/tls.crt", key = "{work}/tls.key" }}'))
     tls_proc = start([portcullis, "serve", "--config", f"{work}/portcullis-tls.toml"], 0, env=env)
+    # The same gateway with `[runtime] model = "per_core"` (one worker: a single-threaded
+    # runtime with its own socket and upstream pool).
+    gw_pc, gw_pc_tls = free_port(), free_port()
+    per_core = conf.replace("worker_threads = 1", 'worker_threads = 1\nmodel = "per_core"')
+    open(f"{work}/portcullis-pc.toml", "w").write(per_core.replace(f"127.0.0.1:{gw}", f"127.0.0.1:{gw_pc}"))
+    open(f"{work}/portcullis-pc-tls.toml", "w").write(per_core.replace(
+        f'address = "127.0.0.1:{gw}"',
+        f'address = "127.0.0.1:{gw_pc_tls}"\ntls = {{ cert = "{work}/tls.crt", key = "{work}/tls.key" }}'))
+    pids["portcullis-pc"] = start([portcullis, "serve", "--config", f"{work}/portcullis-pc.toml"], 0, env=env)
+    tls_pc_proc = start([portcullis, "serve", "--config", f"{work}/portcullis-pc-tls.toml"], 0, env=env)
     for s in scenarios:
         ports[s]["portcullis"] = gw_tls if s == "tls" else gw
+        ports[s]["portcullis-pc"] = gw_pc_tls if s == "tls" else gw_pc
     for name, proc in list(pids.items()):
         for s in scenarios:
             if name in ports[s]:
@@ -410,14 +421,15 @@ integration = "b/apikey"
         port = ports[s][proxy]
         scheme = "https" if s == "tls" else "http"
         path = {"none": "/none", "basic": "/basic", "apikey": "/apikey", "jwt": "/jwt", "post1m": "/none",
-                "tls": "/none"}[s] if proxy == "portcullis" else "/x"
+                "tls": "/none"}[s] if proxy.startswith("portcullis") else "/x"
         hdrs = {"basic": [basic], "apikey": [apikey], "jwt": [bearer]}.get(s, [])
         lua = f"{work}/post.lua" if s == "post1m" else None
-        pid = tls_proc.pid if (proxy == "portcullis" and s == "tls") else worker_pid(pids[proxy])
+        tls_pid = {"portcullis": tls_proc.pid, "portcullis-pc": tls_pc_proc.pid}
+        pid = tls_pid[proxy] if (proxy in tls_pid and s == "tls") else worker_pid(pids[proxy])
         return f"{scheme}://127.0.0.1:{port}{path}", hdrs, lua, pid
 
     results = {}
-    order = ["upstream", "nginx", "haproxy", "envoy", "portcullis"]
+    order = ["upstream", "nginx", "haproxy", "envoy", "portcullis", "portcullis-pc"]
     for s in scenarios:
         for proxy in order:
             if proxy == "upstream":

@@ -241,8 +241,17 @@ fn serve(path: PathBuf, format: LogFormat) -> anyhow::Result<()> {
     }
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
-    if let Some(n) = config.runtime.worker_threads {
-        rt.worker_threads(n);
+    match config.runtime.model {
+        // The inbound workers run runtimes of their own (`run`): this one serves the
+        // other listeners, reloads and signals.
+        config::RuntimeModel::PerCore => {
+            rt.worker_threads(1);
+        }
+        config::RuntimeModel::Shared => {
+            if let Some(n) = config.runtime.worker_threads {
+                rt.worker_threads(n);
+            }
+        }
     }
     let rt = rt.build().context("cannot start the tokio runtime")?;
     rt.block_on(async move {

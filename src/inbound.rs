@@ -63,13 +63,29 @@ pub const REFUSALS_KEPT: usize = 100;
 pub struct Env {
     pub metrics: Metrics,
     /// Span export (`[tracing] otlp_endpoint`), when on.
-    pub telemetry: Option<crate::telemetry::Telemetry>,
+    pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
     pub client: upstream::Client,
     /// For `h2c://` upstreams (HTTP/2 by prior knowledge).
     pub h2c: upstream::Client,
     /// HTTP/1.1 only, for upgrades (which HTTP/2 to the upstream cannot carry).
     pub h1: upstream::Client,
-    pub refusals: Refusals,
+    pub refusals: Arc<Refusals>,
+}
+
+impl Env {
+    /// The environment of one per-core worker: the same metrics, span export and refusal
+    /// ring, and upstream clients of its own, whose pooled connections are driven by the
+    /// worker's runtime (made where they are first used).
+    pub fn for_worker(&self) -> Env {
+        Env {
+            metrics: self.metrics.clone(),
+            telemetry: self.telemetry.clone(),
+            client: upstream::client(),
+            h2c: upstream::h2c_client(),
+            h1: upstream::h1_client(),
+            refusals: self.refusals.clone(),
+        }
+    }
 }
 
 /// The last [`REFUSALS_KEPT`] refusals, newest last.

@@ -72,8 +72,10 @@ pub fn reload(state: &State, path: &Path, trigger: &'static str) -> Result<(), S
             {
                 return Err(m);
             }
-            if current.config.runtime.worker_threads != loaded.config.runtime.worker_threads {
-                tracing::warn!("runtime.worker_threads changed: takes effect at the next restart");
+            if current.config.runtime.worker_threads != loaded.config.runtime.worker_threads
+                || current.config.runtime.model != loaded.config.runtime.model
+            {
+                tracing::warn!("[runtime] changed: takes effect at the next restart");
             }
             if current.config.tracing != loaded.config.tracing {
                 tracing::warn!("[tracing] changed: takes effect at the next restart");

@@ -1,12 +1,13 @@
 //! The composition root: which handler each listener serves, over the process state.
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use crate::server::listener::ConnSettings;
-use crate::server::{self, Bound, Shutdown};
+use crate::server::{self, Bound, Inbound, Shutdown};
 use crate::state::State;
 use crate::{admin, egress, inbound};
 
@@ -25,20 +26,45 @@ pub async fn run(state: Arc<State>, bound: Bound, shutdown: Shutdown) {
             }
         }
     };
-    let inbound_handler = {
-        let state = state.clone();
-        let env = state.env.clone();
-        move |req, conn| inbound::handle(env.clone(), state.gateway(), req, conn)
-    };
-    loops.spawn(server::listener::serve(
-        bound.inbound,
-        "inbound",
-        inbound_settings,
-        inbound_handler,
-        state.metrics.clone(),
-        tracker.clone(),
-        shutdown.clone(),
-    ));
+    let grace = || state.gateway().config.limits.shutdown_timeout;
+    let mut workers = Vec::new();
+    match bound.inbound {
+        Inbound::One(listener) => {
+            let handler = {
+                let state = state.clone();
+                let env = state.env.clone();
+                move |req, conn| inbound::handle(env.clone(), state.gateway(), req, conn)
+            };
+            loops.spawn(server::listener::serve(
+                listener,
+                "inbound",
+                inbound_settings,
+                handler,
+                state.metrics.clone(),
+                tracker.clone(),
+                shutdown.clone(),
+                Arc::new(AtomicUsize::new(0)),
+            ));
+        }
+        Inbound::PerCore { sockets, .. } => {
+            // One place count for all workers: max_connections is the listener's.
+            let active = Arc::new(AtomicUsize::new(0));
+            for (i, socket) in sockets.into_iter().enumerate() {
+                let state = state.clone();
+                let settings = inbound_settings.clone();
+                let shutdown = shutdown.clone();
+                let active = active.clone();
+                let (done, finished) = tokio::sync::oneshot::channel::<()>();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("portcullis-worker-{i}"))
+                    .spawn(move || worker(state, socket, settings, shutdown, active, done));
+                match spawned {
+                    Ok(_) => workers.push(finished),
+                    Err(e) => tracing::error!(worker = i, error = %e, "cannot start an inbound worker thread"),
+                }
+            }
+        }
+    }
     if let Some(admin) = bound.admin {
         let handler = {
             let state = state.clone();
@@ -66,10 +92,14 @@ pub async fn run(state: Arc<State>, bound: Bound, shutdown: Shutdown) {
     }
     state.set_ready(true);
     while loops.join_next().await.is_some() {}
+    // Per-core workers stop accepting on the same signal and drain their own
+    // connections within the same grace period.
+    for w in workers {
+        let _ = w.await;
+    }
     state.set_ready(false);
     tracker.close();
-    let grace = state.gateway().config.limits.shutdown_timeout;
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(grace(), tracker.wait()).await.is_err() {
         tracing::warn!(
             open = tracker.len(),
             "shutdown_timeout passed with requests in flight; closing them"
@@ -77,6 +107,58 @@ pub async fn run(state: Arc<State>, bound: Bound, shutdown: Shutdown) {
     } else {
         tracing::info!("all connections finished");
     }
+}
+
+/// One per-core worker: a single-threaded runtime serving its own inbound socket with its
+/// own upstream clients; after `shutdown` it drains its connections for up to
+/// `shutdown_timeout`, then says it is `done`.
+fn worker<S>(
+    state: Arc<State>,
+    socket: std::net::TcpListener,
+    settings: S,
+    shutdown: Shutdown,
+    active: Arc<AtomicUsize>,
+    done: tokio::sync::oneshot::Sender<()>,
+) where
+    S: Fn() -> ConnSettings + Send + Sync + 'static,
+{
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start an inbound worker's runtime");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match TcpListener::from_std(socket) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "an inbound worker cannot listen");
+                return;
+            }
+        };
+        let env = Arc::new(state.env.for_worker());
+        let handler = {
+            let state = state.clone();
+            move |req, conn| inbound::handle(env.clone(), state.gateway(), req, conn)
+        };
+        let tracker = TaskTracker::new();
+        server::listener::serve(
+            listener,
+            "inbound",
+            settings,
+            handler,
+            state.metrics.clone(),
+            tracker.clone(),
+            shutdown,
+            active,
+        )
+        .await;
+        tracker.close();
+        let grace = state.gateway().config.limits.shutdown_timeout;
+        let _ = tokio::time::timeout(grace, tracker.wait()).await;
+    });
+    let _ = done.send(());
 }
 
 /// A loopback-side listener (admin, egress): plain HTTP with the inbound limits.
@@ -107,5 +189,6 @@ where
         state.metrics.clone(),
         tracker.clone(),
         shutdown.clone(),
+        Arc::new(AtomicUsize::new(0)),
     )
 }

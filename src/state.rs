@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 
 use crate::auth;
 use crate::config::Config;
-use crate::inbound::{BuildError, Env, Gateway, RefusalRecord, Refusals};
+use crate::inbound::{BuildError, Env, Gateway, RefusalRecord};
 use crate::metrics::Metrics;
 use crate::upstream;
 use crate::util::unix_now;
@@ -74,9 +74,9 @@ impl State {
         let random_assertion_key = rand::random();
         let client = upstream::client();
         let telemetry = match &config.tracing.otlp_endpoint {
-            Some(endpoint) => {
-                Some(crate::telemetry::Telemetry::start(&config.tracing, endpoint).map_err(BuildError::Tracing)?)
-            }
+            Some(endpoint) => Some(Arc::new(
+                crate::telemetry::Telemetry::start(&config.tracing, endpoint).map_err(BuildError::Tracing)?,
+            )),
             None => None,
         };
         let gw = Gateway::build(config, &metrics, &random_assertion_key, &lasting, &client)?;
@@ -100,7 +100,7 @@ impl State {
                 client: client.clone(),
                 h2c: upstream::h2c_client(),
                 h1: upstream::h1_client(),
-                refusals: Refusals::default(),
+                refusals: Arc::default(),
             }),
             reload_status: std::sync::Mutex::new(Some(loaded)),
             ready: AtomicBool::new(false),

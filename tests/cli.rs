@@ -658,7 +658,7 @@ auth = ["basic", "api_key"]
         "",
     );
     assert!(
-        out.contains("POST /login/x?apiKey=REMOVED&token=REMOVED&flag from"),
+        out.contains("POST /login/x?apiKey=REMOVED&token=REMOVED&REMOVED from"),
         "{out}"
     );
     let (code, out, _) = run(

@@ -281,6 +281,20 @@ pub enum OtlpProtocol {
 #[derive(Debug, Clone, Default)]
 pub struct Runtime {
     pub worker_threads: Option<usize>,
+    pub model: RuntimeModel,
+}
+
+/// How the inbound listener's work is spread over threads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RuntimeModel {
+    /// One work-stealing runtime of `worker_threads` threads serves every listener.
+    #[default]
+    Shared,
+    /// `worker_threads` workers, each a single-threaded runtime with its own inbound
+    /// socket on the same address (`SO_REUSEPORT`) and its own upstream connection pool:
+    /// nothing crosses threads on a request's path. The other listeners and the control
+    /// plane (reload, signals) run on one more thread.
+    PerCore,
 }
 
 #[derive(Debug, Clone)]

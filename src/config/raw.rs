@@ -130,6 +130,7 @@ pub struct Tracing {
 #[derive(Debug, Default, Deserialize)]
 pub struct Runtime {
     pub worker_threads: Option<Spanned<i64>>,
+    pub model: Option<Str>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -304,6 +304,20 @@ impl Validator<'_> {
                 .and_then(|r| r.worker_threads.as_ref())
                 .and_then(|n| self.count(n, 1, 1024, "runtime.worker_threads"))
                 .map(|n| n as usize),
+            model: match raw.runtime.as_ref().and_then(|r| r.model.as_ref()) {
+                None => RuntimeModel::default(),
+                Some(m) => match m.get_ref().as_str() {
+                    "shared" => RuntimeModel::Shared,
+                    "per_core" => RuntimeModel::PerCore,
+                    other => {
+                        self.error(
+                            sp(m),
+                            format!("runtime.model `{other}`: expected \"shared\" or \"per_core\""),
+                        );
+                        RuntimeModel::default()
+                    }
+                },
+            },
         };
         let auth = self.auth_settings(raw.auth.as_ref());
         let assertion = self.assertion(raw.assertion.as_ref());

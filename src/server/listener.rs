@@ -97,7 +97,10 @@ pub struct ConnSettings {
     pub tls: Option<TlsAcceptor>,
 }
 
-/// Serves `listener` until `shutdown` fires; connections run on `tracker`.
+/// Serves `listener` until `shutdown` fires; connections run on `tracker`. `active`
+/// counts the listener's places in `max_connections`: one counter for every socket of
+/// the listener (the per-core workers share it).
+#[allow(clippy::too_many_arguments)]
 pub async fn serve<S, H, F>(
     listener: TcpListener,
     name: &'static str,
@@ -106,12 +109,12 @@ pub async fn serve<S, H, F>(
     metrics: Metrics,
     tracker: TaskTracker,
     mut shutdown: Shutdown,
+    active: Arc<AtomicUsize>,
 ) where
     S: Fn() -> ConnSettings + Send + Sync + 'static,
     H: Fn(Request<Incoming>, Arc<ConnInfo>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let active = Arc::new(AtomicUsize::new(0));
     let gauge = metrics.connections_active.with_label_values(&[name]);
     let rejected = metrics.connections_rejected.with_label_values(&[name]);
     loop {
@@ -600,11 +603,26 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
 
 /// Binds a TCP listener with a large backlog.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    socket(addr, false)?.listen(1024)
+}
+
+/// A listening socket on `addr` that other sockets of this process may bind too
+/// (`SO_REUSEPORT`: the kernel spreads new connections over them). It listens from here
+/// on, so no connection is refused before its worker starts; the worker registers it
+/// with its own runtime (`TcpListener::from_std`).
+pub fn bind_shared(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    socket(addr, true)?.listen(1024)?.into_std()
+}
+
+fn socket(addr: SocketAddr, shared: bool) -> io::Result<tokio::net::TcpSocket> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
     socket.set_reuseaddr(true)?;
+    if shared {
+        socket.set_reuseport(true)?;
+    }
     socket.bind(addr)?;
-    socket.listen(1024)
+    Ok(socket)
 }

@@ -1,0 +1,179 @@
+//! `[runtime] model = "per_core"`: inbound workers, each a single-threaded runtime with
+//! its own socket on the listen address and its own upstream pool, behave as one gateway:
+//! every connection is served whichever worker the kernel gives it to, the lockout table,
+//! `max_connections`, metrics and reloads are shared, and a shutdown drains them all.
+
+mod support;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn per_core(upstream: &str, password: &str) -> String {
+    config(&format!(
+        r#"
+[runtime]
+model = "per_core"
+worker_threads = 2
+
+[limits]
+max_connections = 6
+drain_delay = "0s"
+
+[lockout]
+max_failures = 3
+window = "1h"
+duration = "1h"
+
+[[users]]
+name = "svc"
+roles = ["rest"]
+password_hash = "{hash}"
+
+[[plans]]
+name = "p"
+upstream = "{upstream}"
+access = {{ all = true }}
+
+[[plans.integrations]]
+name = "i"
+path = "/i/*"
+methods = ["GET"]
+auth = "basic"
+"#,
+        hash = argon2_hash(password),
+    ))
+}
+
+/// One request on a connection of its own, kept open: the status and the stream.
+async fn on_new_connection(addr: std::net::SocketAddr, user: &str, pw: &str) -> (u16, TcpStream) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "GET /i/x HTTP/1.1\r\nHost: gw\r\nAuthorization: {}\r\n\r\n",
+        basic(user, pw)
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout(PATIENCE, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_core_workers_serve_as_one_gateway() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &per_core(&up.url(), "svc-pw"));
+    let p = Process::start(&path, &[]);
+    let admin = p.admin.unwrap();
+    let metric = |series: &'static str| async move {
+        let text = client()
+            .get(format!("http://{admin}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metric_value(&text, series)
+    };
+    // Two worker threads (thread names are cut to 15 bytes).
+    let pid = p.child.id();
+    let workers = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+            .filter(|name| name.starts_with("portcullis-work"))
+            .count()
+    };
+    assert!(
+        eventually(PATIENCE, || {
+            let n = workers();
+            async move { n == 2 }
+        })
+        .await
+    );
+
+    // Every connection is served, whichever worker takes it, with the principal headers.
+    for _ in 0..12 {
+        let (status, _) = on_new_connection(p.addr, "svc", "svc-pw").await;
+        assert_eq!(status, 200);
+    }
+    let seen = up.seen();
+    assert_eq!(seen.len(), 12);
+    assert!(seen.iter().all(|s| s.headers["x-portcullis-user"] == "svc"));
+    assert!(!seen.iter().any(|s| s.headers.contains_key("authorization")));
+
+    // One lockout table: three failures on three connections lock the pair out on
+    // every worker.
+    for _ in 0..3 {
+        assert_eq!(on_new_connection(p.addr, "svc", "wrong").await.0, 401);
+    }
+    for _ in 0..4 {
+        assert_eq!(on_new_connection(p.addr, "svc", "svc-pw").await.0, 429);
+    }
+    let failures = metric(r#"portcullis_auth_failures_total{auth_method="basic",reason="bad_password"}"#).await;
+    assert_eq!(failures, 3.0);
+
+    // One max_connections for the listener: six held connections, the seventh is closed
+    // at accept, whichever worker it lands on.
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        let mut s = TcpStream::connect(p.addr).await.unwrap();
+        s.write_all(b"GET /nowhere HTTP/1.1\r\nHost: gw\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 404"));
+        held.push(s);
+    }
+    let ok = eventually(PATIENCE, || async {
+        metric(r#"portcullis_connections_active{listener="inbound"}"#).await == 6.0
+    })
+    .await;
+    assert!(ok, "six connections in the shared count");
+    let mut extra = TcpStream::connect(p.addr).await.unwrap();
+    let _ = extra.write_all(b"GET /nowhere HTTP/1.1\r\nHost: gw\r\n\r\n").await;
+    let mut buf = [0u8; 64];
+    let r = tokio::time::timeout(PATIENCE, extra.read(&mut buf))
+        .await
+        .expect("closed, not hanging");
+    assert!(matches!(r, Ok(0) | Err(_)), "a seventh connection was served");
+    assert_eq!(
+        metric(r#"portcullis_connections_rejected_total{listener="inbound"}"#).await,
+        1.0
+    );
+    drop(held);
+
+    // A reload reaches every worker: the new user's password works on new connections.
+    let rotated = per_core(&up.url(), "svc-pw").replace("name = \"svc\"", "name = \"svc2\"");
+    std::fs::write(&path, rotated).unwrap();
+    p.signal("HUP");
+    let reloaded = eventually(PATIENCE, || async {
+        metric(r#"portcullis_config_reloads_total{outcome="success"}"#).await >= 1.0
+    })
+    .await;
+    assert!(reloaded);
+    for _ in 0..6 {
+        let (status, _) = on_new_connection(p.addr, "svc2", "svc-pw").await;
+        assert_eq!(status, 200);
+    }
+
+    // Shutdown drains every worker and the process exits cleanly.
+    p.signal("TERM");
+    let mut child = p;
+    let exited = eventually(PATIENCE, || {
+        let done = child.child.try_wait().unwrap().is_some();
+        async move { done }
+    })
+    .await;
+    assert!(exited, "the gateway did not exit after SIGTERM");
+    let status = child.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
