@@ -152,6 +152,7 @@ impl Refusal {
             Refusal::Rejected { .. } => MSG_REJECTED,
             Refusal::Forbidden { .. } => MSG_FORBIDDEN,
             Refusal::LockedOut { .. } => "Too many failed attempts; try again later",
+            Refusal::BadGateway("upgrade_refused") => "Upstream service refused the WebSocket upgrade",
             Refusal::BadGateway(_) => "Upstream service unreachable",
             Refusal::Unavailable(_) => "Authorization service unavailable",
             Refusal::GatewayTimeout => "Upstream service timed out",
