@@ -435,3 +435,31 @@ async fn a_client_copy_of_another_header_family_never_decides() {
     assert_eq!(subrequest(fa, "/api/items", &forged).await.status(), 401);
     assert_eq!(subrequest(fa, "/public", &[]).await.status(), 200);
 }
+
+/// The client a forward-auth decision is about is the trusted ingress's
+/// `X-Forwarded-For` (every line, rightmost untrusted hop): one client's failures lock
+/// it out, not another client behind the same ingress, and a line of its own does not
+/// give it a fresh budget.
+#[tokio::test]
+async fn lockout_follows_the_client_the_ingress_names() {
+    let (_dir, p) = start("");
+    let fa = forward_auth_addr(&p).await;
+    let ask = |xff: Vec<&'static str>, pw: &'static str| async move {
+        let mut r = client()
+            .get(format!("http://{fa}/"))
+            .header("x-forwarded-method", "GET")
+            .header("x-forwarded-uri", "/api/items")
+            .header("authorization", basic("alice", pw));
+        for line in xff {
+            r = r.header("x-forwarded-for", line);
+        }
+        r.send().await.unwrap().status().as_u16()
+    };
+    for i in 0..3 {
+        let own: &'static str = ["10.0.0.1", "10.0.0.2", "10.0.0.3"][i];
+        assert_eq!(ask(vec![own, "198.51.100.7"], "wrong").await, 401);
+    }
+    assert_eq!(ask(vec!["198.51.100.7"], "alice-pw").await, 429);
+    assert_eq!(ask(vec!["203.0.113.99", "198.51.100.7"], "alice-pw").await, 429);
+    assert_eq!(ask(vec!["198.51.100.8"], "alice-pw").await, 200);
+}

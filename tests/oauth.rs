@@ -1369,3 +1369,52 @@ async fn cached_builtin_tokens_end_at_their_exp_and_check_the_user_on_every_use(
     assert_eq!(bearer_status(&gw, "/events", &alice).await, 401);
     gw.stop().await;
 }
+
+/// A refresh token is its client's: another client presenting it (with its own valid
+/// credentials) is refused, and the token is not spent by the attempt: its owner still
+/// rotates it once, and a second use by the owner is the reuse that revokes the family.
+#[tokio::test]
+async fn another_clients_refresh_token_is_refused_and_not_spent() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&builtin_config(&up)).await;
+    let (s, body) = token_request(
+        &gw,
+        &[
+            ("grant_type", "password"),
+            ("username", "alice"),
+            ("password", "alice-pw"),
+        ],
+        Some(("jira", "jira-client-secret")),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    let rt = body["refresh_token"].as_str().unwrap().to_string();
+    let refresh = |client: (&'static str, &'static str)| {
+        let rt = rt.clone();
+        let gw = &gw;
+        async move {
+            token_request(
+                gw,
+                &[("grant_type", "refresh_token"), ("refresh_token", &rt)],
+                Some(client),
+            )
+            .await
+        }
+    };
+    let (s, body) = refresh(("svc-client", "svc-client-secret")).await;
+    assert_eq!(s, 400, "{body}");
+    assert!(body.get("access_token").is_none());
+    let (s, body) = refresh(("jira", "jira-client-secret")).await;
+    assert_eq!(s, 200, "the other client's attempt spent the token: {body}");
+    let newer = body["refresh_token"].as_str().unwrap().to_string();
+    let (s, _) = refresh(("jira", "jira-client-secret")).await;
+    assert_eq!(s, 400);
+    let (s, _) = token_request(
+        &gw,
+        &[("grant_type", "refresh_token"), ("refresh_token", &newer)],
+        Some(("jira", "jira-client-secret")),
+    )
+    .await;
+    assert_eq!(s, 400, "the reuse revoked the family");
+    gw.stop().await;
+}
