@@ -1271,3 +1271,45 @@ auth = {{ type = "signature", key_id = "k", algorithm = "hmac-sha256", key = {{ 
     // Still a config that `check` understands (with secrets gone, only hashes are missing).
     assert_eq!(v["users"][0]["name"].as_str(), Some("u"));
 }
+
+/// A local caller cannot aim the egress port elsewhere: the target is always the
+/// endpoint's `base_url` plus the path, whatever `Host` or absolute-form target it
+/// sends, and the inbound path rules hold for the egress path.
+#[tokio::test]
+async fn callers_cannot_name_another_host_or_bend_the_path() {
+    let t = target(None, basic_target("svc", "svc-pw")).await;
+    let eg = Egress::start(&format!(
+        r#"
+[[endpoints]]
+name = "pre"
+base_url = "http://{a}/api"
+auth = {{ type = "basic", username = "svc", password = "svc-pw", preemptive = true }}
+"#,
+        a = t.addr
+    ))
+    .await;
+    let status = |out: &str| out.split(' ').nth(1).and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
+    for head in [
+        "GET /pre/items HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n".to_string(),
+        "GET http://evil.example/pre/items HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n".to_string(),
+    ] {
+        let out = raw(eg.addr, head.as_bytes()).await;
+        assert_eq!(status(&out), 200, "{out}");
+        let last = t.last();
+        assert_eq!(last.uri, "/api/items");
+        assert_eq!(last.headers["host"], t.addr.to_string().as_str());
+    }
+    let before = t.count();
+    for path in [
+        "/pre/../items",
+        "/pre/%2e%2e/items",
+        "/pre/a%2fb",
+        "/pre//items",
+        "/pre/x;y",
+    ] {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: egress\r\nConnection: close\r\n\r\n");
+        let out = raw(eg.addr, head.as_bytes()).await;
+        assert_eq!(status(&out), 400, "{path}: {out}");
+    }
+    assert_eq!(t.count(), before, "a bent path reached the target");
+}
