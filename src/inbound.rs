@@ -549,6 +549,7 @@ async fn handle_inner(
         // No upgrade was asked of the upstream: a 101 would leave client and gateway
         // speaking different protocols on one connection.
         if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            ctx.close = true;
             return Err(Refusal::BadGateway("upgrade_refused"));
         }
         headers::remove_hop_by_hop(resp.headers_mut());
@@ -895,14 +896,43 @@ fn check_head(limits: &crate::config::Limits, parts: &Parts) -> Result<(), Refus
     if parts.headers.len() > limits.max_headers || headers::size(&parts.headers) > limits.max_header_bytes {
         return Err(Refusal::HeadersTooLarge);
     }
+    let bad = |m: &'static str| Err(Refusal::BadRequest(m.into()));
     let mut hosts = parts.headers.get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (Some(_), Some(_)) => Err(Refusal::BadRequest("more than one Host header".into())),
+    let host = match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => return bad("more than one Host header"),
         (None, _) if parts.version == Version::HTTP_11 => {
-            Err(Refusal::BadRequest("an HTTP/1.1 request needs a Host header".into()))
+            return bad("an HTTP/1.1 request needs a Host header");
         }
-        _ => Ok(()),
+        (host, _) => host,
+    };
+    // RFC 9112 section 3.2: a Host that is not `host[:port]` is a 400; and the authority
+    // of an absolute-form target or of HTTP/2's `:authority` must be the Host's, so that
+    // the `X-Forwarded-Host` the service reads is the authority the client addressed.
+    if let Some(h) = host.filter(|h| !h.is_empty()) {
+        let text = h.to_str().unwrap_or("");
+        let after_host = text.rfind(']').map_or(text, |i| &text[i + 1..]);
+        let port_ok = after_host
+            .split_once(':')
+            .is_none_or(|(_, p)| p.is_empty() || p.parse::<u16>().is_ok());
+        let valid = !text.is_empty()
+            && port_ok
+            && !text
+                .bytes()
+                .any(|b| matches!(b, b'@' | b'/' | b'?' | b'#' | b',' | b' '))
+            && http::uri::Authority::try_from(text).is_ok();
+        if !valid {
+            return bad("the Host header is not a host and port");
+        }
+        if let Some(a) = parts.uri.authority() {
+            if !a.as_str().eq_ignore_ascii_case(h.to_str().unwrap_or("")) {
+                return bad("the request target's authority and the Host header differ");
+            }
+        }
     }
+    if parts.uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return bad("the request target's authority has user info");
+    }
+    Ok(())
 }
 
 /// Every check before forwarding: the route index and the principal (none for `auth = "none"`).

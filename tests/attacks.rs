@@ -1443,6 +1443,8 @@ async fn every_forwarded_for_line_counts() {
         "::ffff:198.51.100.7",
         "::ffff:c633:6407",
         "[::ffff:198.51.100.7]:4711",
+        "[::ffff:198.51.100.7]",
+        "::ffff:198.51.100.7%eth0",
         "198.51.100.7:4711",
     ] {
         let head = format!(
@@ -1614,8 +1616,10 @@ auth = "none"
     assert!(up.seen().is_empty());
 }
 
-/// RFC 9112 section 3.2: an HTTP/1.1 request without `Host`, or with two, is a 400, so the
-/// `X-Forwarded-Host` an upstream builds links from is never a second, chosen `Host`.
+/// RFC 9112 section 3.2: an HTTP/1.1 request without `Host`, with two, with one that is
+/// not `host[:port]`, or whose target names another authority (HTTP/2: `:authority`) is a
+/// 400, so the `X-Forwarded-Host` an upstream builds links from is the authority the
+/// client addressed.
 #[tokio::test]
 async fn a_request_with_two_hosts_or_none_is_refused() {
     let up = Upstream::start().await;
@@ -1628,7 +1632,29 @@ async fn a_request_with_two_hosts_or_none_is_refused() {
         assert_eq!(status_of(&out), 400, "{out}");
         assert!(out.contains("\"code\":400"), "{out}");
     }
+    // A Host that is not host[:port], or an absolute-form target naming another
+    // authority than the Host: never copied into the upstream's X-Forwarded-Host.
+    for host in [
+        "a.example, b.example",
+        "u@a.example",
+        "a.example:99999",
+        "a .example",
+        "a.example/x",
+    ] {
+        let head = format!("GET /public/x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        assert_eq!(h1(gw.addr, &head).await, 400, "{host}");
+    }
+    let other = "GET http://evil.example/public/x HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n";
+    assert_eq!(h1(gw.addr, other).await, 400);
+    // HTTP/2: `:authority` and `host` that disagree.
+    let mut fields = pseudo("GET", "/public/x");
+    fields.push(("host", "evil.example"));
+    assert!(matches!(h2_raw(gw.addr, &fields).await, H2Answer::Response));
     assert!(up.seen().is_empty());
+    // The same authority in both places is one request.
+    let same = "GET http://a.example/public/x HTTP/1.1\r\nHost: A.example\r\nConnection: close\r\n\r\n";
+    assert_eq!(h1(gw.addr, same).await, 200);
+    assert_eq!(up.last().headers["x-forwarded-host"], "A.example");
     // HTTP/1.0 has no Host requirement.
     assert_eq!(h1(gw.addr, "GET /public/x HTTP/1.0\r\n\r\n").await, 200);
     gw.stop().await;

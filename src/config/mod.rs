@@ -112,23 +112,38 @@ impl Listen {
                 if hop.is_empty() {
                     continue;
                 }
-                let ip = hop
-                    .parse::<std::net::IpAddr>()
-                    .or_else(|_| hop.parse::<std::net::SocketAddr>().map(|a| a.ip()))
-                    .map(|ip| ip.to_canonical());
+                let ip = hop_address(hop).map(|ip| ip.to_canonical());
                 match ip {
-                    Ok(ip) => {
+                    Some(ip) => {
                         client = ip;
                         if !trusted(&ip) {
                             return client;
                         }
                     }
-                    Err(_) => return client,
+                    None => return client,
                 }
             }
         }
         client
     }
+}
+
+/// One `X-Forwarded-For` element as an address: `a.b.c.d`, an IPv6 address, either with a
+/// port (`a.b.c.d:p`, `[v6]:p`), a bracketed IPv6 address without one, and an IPv6 zone
+/// (`fe80::1%eth0`, as Go proxies write link-local clients) dropped.
+fn hop_address(hop: &str) -> Option<std::net::IpAddr> {
+    if let Ok(ip) = hop.parse::<std::net::IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(a) = hop.parse::<std::net::SocketAddr>() {
+        return Some(a.ip());
+    }
+    let bare = hop
+        .strip_prefix('[')
+        .and_then(|h| h.split_once(']'))
+        .map_or(hop, |(h, _)| h);
+    let bare = bare.split_once('%').map_or(bare, |(ip, _)| ip);
+    bare.parse::<std::net::Ipv6Addr>().ok().map(std::net::IpAddr::V6)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

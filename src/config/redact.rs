@@ -177,15 +177,24 @@ pub fn urlencoding_decode(s: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// A query with every value replaced: `apiKey=REMOVED&token=REMOVED`. An element without
-/// `=` may be a bare token (`?eyJhbGci...`): it is replaced whole.
+/// A query with every value replaced: `apiKey=REMOVED&token=REMOVED`. Elements are
+/// split at `&` and `;`. A name is kept only when it reads as a parameter name (short,
+/// plain characters, few digits): a bare element, or a name that looks like a token
+/// (`?eyJhbGci...=`), may be the secret itself and is replaced whole.
 pub fn query_names(query: &str) -> String {
+    let plain = |n: &str| {
+        !n.is_empty()
+            && n.len() <= 32
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'[' | b']'))
+            && n.bytes().filter(u8::is_ascii_digit).count() < 6
+    };
     let names: Vec<String> = query
-        .split('&')
+        .split(['&', ';'])
         .map(|pair| match pair.split_once('=') {
-            Some((k, _)) => format!("{k}=REMOVED"),
+            Some((k, _)) if plain(k) => format!("{k}=REMOVED"),
             None if pair.is_empty() => String::new(),
-            None => "REMOVED".to_string(),
+            _ => "REMOVED".to_string(),
         })
         .collect();
     names.join("&")
@@ -200,6 +209,9 @@ mod tests {
         assert_eq!(query_names("apiKey=k1&token=t"), "apiKey=REMOVED&token=REMOVED");
         assert_eq!(query_names("eyJhbGciOiJIUzI1NiJ9"), "REMOVED");
         assert_eq!(query_names("a=1&&SECRET"), "a=REMOVED&&REMOVED");
+        assert_eq!(query_names("demo-url-key-alice-7f3a9c2e51b84d06="), "REMOVED");
+        assert_eq!(query_names("k7f3a9c2e51b8=1;x=2"), "REMOVED&x=REMOVED");
+        assert_eq!(query_names("a+b=1"), "REMOVED");
         assert_eq!(
             scrub_urls_in("see https://u:p@h/x?SECRET&k=v#f"),
             "see https://h/x?REMOVED&k=REMOVED"

@@ -224,7 +224,15 @@ impl Validator<'_> {
             None => Some(SocketAddr::from(([127, 0, 0, 1], 9903))),
         });
         let forward_auth_ingress = match raw.forward_auth.as_ref().and_then(|a| a.get_ref().ingress.as_ref()) {
-            None => Ingress::Detect,
+            None => {
+                if let Some(fa) = &raw.forward_auth {
+                    self.warn(
+                        Some(fa.span()),
+                        "[forward_auth] has no `ingress`: \"detect\" believes X-Original-* or X-Forwarded-* whenever the subrequest's own target is no route; behind Envoy, or an ingress that passes client headers on, name it (\"nginx\", \"traefik\", \"envoy\")",
+                    );
+                }
+                Ingress::Detect
+            }
             Some(i) => match i.get_ref().as_str() {
                 "detect" => Ingress::Detect,
                 "nginx" => Ingress::Nginx,
