@@ -1,0 +1,266 @@
+//! Refresh-token families: issue, rotate atomically, revoke.
+
+use super::*;
+
+impl Store {
+    fn refresh_name(&self, token: &str) -> String {
+        self.name("rt", &[token.as_bytes()])
+    }
+
+    fn family_name(&self, family: &str) -> String {
+        self.plain_name("rf", family)
+    }
+
+    /// A family's stored value: its end, signed for its name. Deterministic, so the
+    /// scripts compare it with what they find.
+    fn family_value(&self, family: &str, ends_at: u64) -> String {
+        self.sign(&self.family_name(family), &ends_at.to_string())
+    }
+
+    /// Stores a refresh token (by its keyed hash) with its grant `fields`, in `family`
+    /// (created when `new_family`, ending at `family_ends_at`, unix seconds). The grant,
+    /// its client, expiry and family are one signed record.
+    pub async fn refresh_issue(&self, r: NewRefresh<'_>) -> Result<Issued, Unavailable> {
+        let NewRefresh {
+            token,
+            family,
+            family_ends_at,
+            new_family,
+            client,
+            expires_at,
+            grant: fields,
+            ttl,
+        } = r;
+        static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+            redis::Script::new(
+                r#"
+if ARGV[3] == '1' then
+  redis.call('SET', KEYS[2], ARGV[2], 'EXAT', ARGV[5], 'NX')
+end
+local fam = redis.call('GET', KEYS[2])
+if not fam then return 0 end
+if fam ~= ARGV[2] then return -1 end
+redis.call('HSET', KEYS[1], 'v', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+"#,
+            )
+        });
+        let key = self.refresh_name(token);
+        let fam = self.family_name(family);
+        let record = RefreshRecord {
+            family: family.to_string(),
+            client: client.to_string(),
+            expires_at,
+            family_ends_at,
+            grant: fields.to_string(),
+            spent: false,
+        };
+        let value = self.sign(&key, &record.payload());
+        let fam_value = self.family_value(family, family_ends_at);
+        let mut c = self.conn();
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        let fam_name = fam.clone();
+        let created: i64 = self
+            .run("refresh", async move {
+                SCRIPT
+                    .key(key)
+                    .key(fam)
+                    .arg(value)
+                    .arg(fam_value)
+                    .arg(if new_family { "1" } else { "0" })
+                    .arg(ttl_ms)
+                    .arg(family_ends_at.max(1))
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(match created {
+            1 => Issued::Stored,
+            -1 => {
+                self.forgery("family", &fam_name);
+                Issued::FamilyForged
+            }
+            _ => Issued::FamilyGone,
+        })
+    }
+
+    /// The signed record stored under a refresh token's name, checked: `Ok(None)` when
+    /// there is none, `Err(())` when it fails its integrity check (counted).
+    async fn refresh_record(&self, key: &str) -> Result<Result<Option<(Vec<u8>, RefreshRecord)>, ()>, Unavailable> {
+        let mut c = self.conn();
+        let k = key.to_string();
+        let (raw, exists): (Option<Vec<u8>>, bool) = self
+            .run("refresh", async move {
+                redis::pipe()
+                    .cmd("HGET")
+                    .arg(&k)
+                    .arg("v")
+                    .cmd("EXISTS")
+                    .arg(&k)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let raw = match (raw, exists) {
+            (Some(raw), _) => raw,
+            (None, false) => return Ok(Ok(None)),
+            // Something is stored under the name, but not a sealed record (the format of
+            // an older version, or a forgery).
+            (None, true) => {
+                self.forgery("refresh", key);
+                return Ok(Err(()));
+            }
+        };
+        let record = self.verify("refresh", key, &raw).and_then(RefreshRecord::parse);
+        Ok(match record {
+            Some(r) => Ok(Some((raw, r))),
+            None => Err(()),
+        })
+    }
+
+    /// Rotates a refresh token, atomically: of two replicas taking one token at once,
+    /// exactly one gets the grant and its `next` token is stored in the same step; the
+    /// other finds the token used, which revokes the family. `next` keeps the grant and
+    /// lives `ttl_secs`, never past the family's end.
+    ///
+    /// The record is read and its MAC checked here first; the script then acts only if
+    /// the record (compared byte for byte) and the family's signed value are still the
+    /// ones checked, so nothing unchecked is ever copied into the next token.
+    pub async fn refresh_take(
+        &self,
+        token: &str,
+        client: &str,
+        now: u64,
+        next: &str,
+        ttl_secs: u64,
+    ) -> Result<Taken, Unavailable> {
+        static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+            redis::Script::new(
+                r#"
+local v = redis.call('HGET', KEYS[1], 'v')
+if v ~= ARGV[1] and v ~= ARGV[6] then return 'unknown' end
+local fam = redis.call('GET', KEYS[3])
+if not fam then return 'revoked' end
+if fam ~= ARGV[2] then return 'family' end
+if v == ARGV[6] then
+  redis.call('DEL', KEYS[3])
+  return 'reused'
+end
+if ARGV[5] ~= 'ok' then return ARGV[5] end
+redis.call('HSET', KEYS[1], 'v', ARGV[6])
+redis.call('HSET', KEYS[2], 'v', ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return 'ok'
+"#,
+            )
+        });
+        let key = self.refresh_name(token);
+        let (raw, record) = match self.refresh_record(&key).await? {
+            Ok(Some(found)) => found,
+            Ok(None) => return Ok(Taken::Unknown),
+            Err(()) => return Ok(Taken::Forged),
+        };
+        // Decided from the checked record; the script still detects a reuse first.
+        let verdict = if record.expires_at <= now || record.family_ends_at <= now {
+            "expired"
+        } else if record.client != client {
+            "client"
+        } else {
+            "ok"
+        };
+        let exp = now.saturating_add(ttl_secs).min(record.family_ends_at);
+        // A used token's record says so under its MAC: rewriting the flag back is a
+        // forgery, not a fresh token.
+        let spent = self.sign(
+            &key,
+            &RefreshRecord {
+                spent: true,
+                ..record.clone()
+            }
+            .payload(),
+        );
+        let next_key = self.refresh_name(next);
+        let next_value = self.sign(
+            &next_key,
+            &RefreshRecord {
+                expires_at: exp,
+                spent: false,
+                ..record.clone()
+            }
+            .payload(),
+        );
+        let fam = self.family_name(&record.family);
+        let fam_value = self.family_value(&record.family, record.family_ends_at);
+        let ttl_ms = exp.saturating_sub(now).max(1).saturating_mul(1000);
+        let mut c = self.conn();
+        let fam_name = fam.clone();
+        let outcome: String = self
+            .run("refresh", async move {
+                SCRIPT
+                    .key(key)
+                    .key(next_key)
+                    .key(fam)
+                    .arg(raw)
+                    .arg(fam_value)
+                    .arg(next_value)
+                    .arg(ttl_ms)
+                    .arg(verdict)
+                    .arg(spent)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(match outcome.as_str() {
+            "ok" => Taken::Granted {
+                family: record.family,
+                fields: record.grant,
+                family_ends_at: record.family_ends_at,
+            },
+            "reused" => Taken::Reused,
+            "revoked" => Taken::Revoked,
+            "expired" => Taken::Expired,
+            "client" => Taken::OtherClient,
+            "family" => {
+                self.forgery("family", &fam_name);
+                Taken::Forged
+            }
+            _ => Taken::Unknown,
+        })
+    }
+
+    /// The family and client of a refresh token, without taking it (for revocation).
+    pub async fn refresh_peek(&self, token: &str) -> Result<Peeked, Unavailable> {
+        let key = self.refresh_name(token);
+        Ok(match self.refresh_record(&key).await? {
+            Ok(Some((_, r))) => Peeked::Found {
+                family: r.family,
+                client: r.client,
+            },
+            Ok(None) => Peeked::Unknown,
+            Err(()) => Peeked::Forged,
+        })
+    }
+
+    /// Deletes what is stored under a refresh token (a forged record, on revocation).
+    pub async fn refresh_forget(&self, token: &str) -> Result<(), Unavailable> {
+        let key = self.refresh_name(token);
+        let mut c = self.conn();
+        self.run("refresh", async move {
+            redis::cmd("DEL").arg(key).query_async::<i64>(&mut c).await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Revokes a whole family, on every replica at once (they read it from Redis).
+    pub async fn refresh_revoke_family(&self, family: &str) -> Result<(), Unavailable> {
+        let fam = self.family_name(family);
+        let mut c = self.conn();
+        self.run("refresh", async move {
+            redis::cmd("DEL").arg(fam).query_async::<i64>(&mut c).await
+        })
+        .await
+        .map(|_| ())
+    }
+}
