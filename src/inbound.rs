@@ -69,6 +69,9 @@ pub struct Env {
     pub h2c: upstream::Client,
     /// HTTP/1.1 only, for upgrades (which HTTP/2 to the upstream cannot carry).
     pub h1: upstream::Client,
+    /// `http://` upstreams over this thread's pool, driven in the request's task
+    /// ([`upstream::h1`]): the per-core workers' path.
+    pub in_task: bool,
     pub refusals: Arc<Refusals>,
 }
 
@@ -83,6 +86,7 @@ impl Env {
             client: upstream::client(),
             h2c: upstream::h2c_client(),
             h1: upstream::h1_client(),
+            in_task: true,
             refusals: self.refusals.clone(),
         }
     }
@@ -145,7 +149,7 @@ pub struct Route {
     integration_value: HeaderValue,
     pub upstream: Upstream,
     /// `host:port` of the upstream (no user info), for the access log.
-    upstream_addr: String,
+    upstream_addr: Arc<str>,
     access: Rule,
     senders: Rule,
     pub auth: Vec<AuthMethod>,
@@ -224,7 +228,7 @@ impl Gateway {
                     integration_value: HeaderValue::from_str(&integ.name)
                         .unwrap_or_else(|_| HeaderValue::from_static("")),
                     upstream: plan.upstream.clone(),
-                    upstream_addr,
+                    upstream_addr: upstream_addr.into(),
                     access: plan.access.clone(),
                     senders: integ.senders.clone(),
                     auth: integ.auth.clone(),
@@ -528,7 +532,7 @@ async fn handle_inner(
     ctx.upstream_started = Some(started);
     // An upgrade goes over HTTP/1.1 even to an upstream that would pick HTTP/2 by ALPN.
     let client = if upgrade.is_some() { Some(&env.h1) } else { None };
-    let sent = tokio::time::timeout_at(until, send(env, client, &route.upstream, req)).await;
+    let sent = tokio::time::timeout_at(until, send(env, client, route, req)).await;
     let elapsed = started.elapsed();
     ctx.upstream_elapsed = Some(elapsed);
     route.metrics.upstream.observe(elapsed.as_secs_f64());
@@ -1157,15 +1161,30 @@ impl std::fmt::Display for SendError {
     }
 }
 
-/// Sends `req` to its upstream: by `client` when given, else by the pooled client its
-/// scheme calls for.
+/// Sends `req` to its route's upstream: by `client` when given, else by this thread's
+/// in-task pool (per-core workers, `http://`), else by the pooled client its scheme calls
+/// for.
 async fn send(
     env: &Env,
     client: Option<&upstream::Client>,
-    upstream: &Upstream,
+    route: &Route,
     req: Request<Body>,
 ) -> Result<Response<Body>, SendError> {
-    match upstream {
+    if let (true, None, Upstream::Http { scheme, h2c: false, .. }) = (env.in_task, client, &route.upstream) {
+        if *scheme == http::uri::Scheme::HTTP {
+            return upstream::h1::send(&route.upstream_addr, req)
+                .await
+                .map_err(|e| SendError {
+                    reason: if e.connect {
+                        "upstream_unreachable"
+                    } else {
+                        "upstream_error"
+                    },
+                    source: Box::new(e),
+                });
+        }
+    }
+    match &route.upstream {
         Upstream::Echo => upstream::echo(req).await.map_err(|source| SendError {
             reason: "upstream_error",
             source,
@@ -1261,7 +1280,7 @@ fn finish(env: &Env, gw: &Gateway, ctx: &Ctx) {
         user_agent = ctx.user_agent.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
         bytes_in = ctx.bytes_in,
         bytes_out = ctx.bytes_out,
-        upstream = route.map_or("", |r| r.upstream_addr.as_str()),
+        upstream = route.map_or("", |r| &*r.upstream_addr),
         trace_id = %hex::encode(ctx.trace.trace),
         "request"
     );

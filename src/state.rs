@@ -100,6 +100,7 @@ impl State {
                 client: client.clone(),
                 h2c: upstream::h2c_client(),
                 h1: upstream::h1_client(),
+                in_task: false,
                 refusals: Arc::default(),
             }),
             reload_status: std::sync::Mutex::new(Some(loaded)),

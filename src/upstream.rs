@@ -1,6 +1,8 @@
 //! Upstream side: the pooled HTTP client, the builtin echo upstream, and request bodies
 //! held to `max_body_bytes` while they stream.
 
+pub mod h1;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -177,3 +177,70 @@ async fn per_core_workers_serve_as_one_gateway() {
     let status = child.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// An HTTP/1.1 upstream that counts the connections it accepts; `keep_alive = false`
+/// closes each connection after its response.
+async fn counting_upstream(keep_alive: bool) -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    let n = http_body_util::BodyExt::collect(req.into_body())
+                        .await
+                        .map(|b| b.to_bytes().len())
+                        .unwrap_or(0);
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                        bytes::Bytes::from(format!("read {n}")),
+                    )))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(keep_alive)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+fn one_worker(upstream: &str) -> String {
+    per_core(upstream, "svc-pw").replace("worker_threads = 2", "worker_threads = 1")
+}
+
+/// A worker's upstream connections live in its own pool and are reused, request after
+/// request; bodies stream both ways; an upstream that closes after each answer costs a
+/// new connection each time, never a failed request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workers_upstream_connections_are_pooled_and_reused() {
+    for keep_alive in [true, false] {
+        let (up, accepted) = counting_upstream(keep_alive).await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_config(dir.path(), &one_worker(&format!("http://{up}")));
+        let p = Process::start(&path, &[]);
+        let c = client();
+        for i in 0..20 {
+            let body = vec![b'x'; if i % 2 == 0 { 0 } else { 256 * 1024 }];
+            let len = body.len();
+            let r = c
+                .get(format!("http://{}/i/x", p.addr))
+                .header("authorization", basic("svc", "svc-pw"))
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "request {i}");
+            assert_eq!(r.text().await.unwrap(), format!("read {len}"));
+        }
+        let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
+        if keep_alive {
+            assert_eq!(n, 1, "twenty sequential requests reuse one upstream connection");
+        } else {
+            assert_eq!(n, 20);
+        }
+    }
+}

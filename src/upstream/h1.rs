@@ -1,0 +1,267 @@
+//! HTTP/1.1 to `http://` upstreams for the per-core workers: a pool per thread, and each
+//! connection driven inside the task of the request using it. No connection task, no
+//! pool lock, no hand-off to another thread: the request's task writes the request, reads
+//! the response head, and its response body (polled by the inbound connection) reads the
+//! rest; then the connection goes back to this thread's pool.
+//!
+//! The rules of the shared client stay: an idle connection is reused for at most
+//! [`IDLE_TIMEOUT`], at most [`MAX_IDLE_PER_HOST`] wait per upstream, and a request is
+//! retried once on a new connection only when a reused one had closed before the
+//! request was written (never after).
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body::{Body as _, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{Connection, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::error::{Body, BoxError};
+
+/// How long an idle connection may wait in the pool.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept per upstream, per thread.
+pub const MAX_IDLE_PER_HOST: usize = 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+type Conn = Connection<TokioIo<TcpStream>, Body>;
+
+/// A connection and the sender of its requests.
+struct Pooled {
+    send: SendRequest<Body>,
+    /// `None` once the connection future has finished (closed).
+    conn: Option<Conn>,
+}
+
+struct Idle {
+    pooled: Pooled,
+    since: Instant,
+}
+
+thread_local! {
+    static POOL: RefCell<HashMap<Arc<str>, VecDeque<Idle>>> = RefCell::new(HashMap::new());
+}
+
+/// Why the upstream gave no response: `connect` when no connection could be made.
+#[derive(Debug)]
+pub struct Error {
+    pub connect: bool,
+    pub source: BoxError,
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.source.fmt(f)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl Pooled {
+    /// Drives the connection's I/O; `false` once it has closed.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Some(conn) = self.conn.as_mut() {
+            if Pin::new(conn).poll(cx).is_ready() {
+                self.conn = None;
+            }
+        }
+        self.conn.is_some()
+    }
+
+    /// Whether a pooled connection can take a request now. Cheap flags first; only a
+    /// connection that does not say it is ready gets a turn to find out. One that closed
+    /// unseen gives the request back unwritten, and [`send`] retries it.
+    fn usable(&mut self) -> bool {
+        if self.send.is_closed() {
+            return false;
+        }
+        if self.send.is_ready() {
+            return true;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        self.drive(&mut cx) && matches!(self.send.poll_ready(&mut cx), Poll::Ready(Ok(())))
+    }
+}
+
+/// An idle connection to `authority` from this thread's pool, if one is still usable.
+fn checkout(authority: &str) -> Option<Pooled> {
+    POOL.with(|p| {
+        let mut pool = p.borrow_mut();
+        let idle = pool.get_mut(authority)?;
+        // The most recently used first: its peer is the least likely to have closed it.
+        while let Some(mut i) = idle.pop_back() {
+            if i.since.elapsed() < IDLE_TIMEOUT && i.pooled.usable() {
+                return Some(i.pooled);
+            }
+        }
+        None
+    })
+}
+
+/// Gives a connection whose exchange is complete back to this thread's pool.
+fn checkin(authority: &Arc<str>, pooled: Pooled) {
+    let now = Instant::now();
+    POOL.with(|p| {
+        let mut pool = p.borrow_mut();
+        let idle = match pool.get_mut(&**authority) {
+            Some(idle) => idle,
+            None => pool.entry(authority.clone()).or_default(),
+        };
+        // The oldest wait at the front: expired ones leave from there, and the oldest
+        // goes when the upstream's share is full.
+        while idle
+            .front()
+            .is_some_and(|i| now.duration_since(i.since) >= IDLE_TIMEOUT || idle.len() >= MAX_IDLE_PER_HOST)
+        {
+            idle.pop_front();
+        }
+        idle.push_back(Idle { pooled, since: now });
+    })
+}
+
+async fn connect(authority: &str) -> Result<Pooled, Error> {
+    let failed = |source: BoxError| Error { connect: true, source };
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority))
+        .await
+        .map_err(|_| failed("connect timed out".into()))?
+        .map_err(|e| failed(e.into()))?;
+    let _ = stream.set_nodelay(true);
+    // As the shared client: TCP keep-alive probes find a peer that vanished while idle.
+    let _ = socket2::SockRef::from(&stream)
+        .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)));
+    let (send, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| failed(e.into()))?;
+    Ok(Pooled { send, conn: Some(conn) })
+}
+
+/// Sends `req` (absolute URI, `Host` set) to `authority` (`host:port`) over a connection
+/// of this thread's pool, driven in this task.
+pub async fn send(authority: &Arc<str>, mut req: Request<Body>) -> Result<Response<Body>, Error> {
+    // HTTP/1.1 to an origin: the request target is the path and query.
+    let target = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    *req.uri_mut() = Uri::from(target);
+    let mut req = Some(req);
+    loop {
+        let (mut pooled, reused) = match checkout(authority) {
+            Some(p) => (p, true),
+            None => (connect(&**authority).await?, false),
+        };
+        let Some(r) = req.take() else {
+            return Err(Error {
+                connect: false,
+                source: "request lost before sending".into(),
+            });
+        };
+        let mut sent = std::pin::pin!(pooled.send.try_send_request(r));
+        let outcome = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = sent.as_mut().poll(cx) {
+                return Poll::Ready(r);
+            }
+            pooled.drive(cx);
+            sent.as_mut().poll(cx)
+        })
+        .await;
+        match outcome {
+            Ok(resp) => {
+                let authority = authority.clone();
+                return Ok(resp.map(|body| {
+                    http_body_util::BodyExt::boxed_unsync(Driven {
+                        body,
+                        pooled: Some(pooled),
+                        authority,
+                    })
+                }));
+            }
+            Err(mut e) => {
+                // A reused connection that had closed before the request was written:
+                // the request comes back untouched, and one new connection is tried.
+                match e.take_message() {
+                    Some(r) if reused => req = Some(r),
+                    _ => {
+                        return Err(Error {
+                            connect: false,
+                            source: e.into_error().into(),
+                        })
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A response body that drives its connection while it is read, and gives the
+/// connection back to the pool once the body has ended. Dropped early, the connection
+/// goes with it (its state is unknown).
+struct Driven {
+    body: Incoming,
+    pooled: Option<Pooled>,
+    authority: Arc<str>,
+}
+
+impl Driven {
+    /// The exchange is over: the connection goes back to the pool, after one more turn
+    /// that lets it settle into keep-alive (or notice a close).
+    fn release(&mut self, cx: Option<&mut Context<'_>>) {
+        if let Some(mut p) = self.pooled.take() {
+            let noop = Context::from_waker(std::task::Waker::noop());
+            let mut noop = noop;
+            let alive = match cx {
+                Some(cx) => p.drive(cx),
+                None => p.drive(&mut noop),
+            };
+            if alive && !p.send.is_closed() {
+                checkin(&self.authority, p);
+            }
+        }
+    }
+}
+
+impl Drop for Driven {
+    fn drop(&mut self) {
+        // A body read to its end whose last (empty) frame nobody asked for: the
+        // connection is still good. Any other early drop takes the connection along.
+        if self.body.is_end_stream() {
+            self.release(None);
+        }
+    }
+}
+
+impl http_body::Body for Driven {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Some(p) = this.pooled.as_mut() {
+            p.drive(cx);
+        }
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None)) || this.body.is_end_stream() {
+            this.release(Some(cx));
+        }
+        frame.map_err(BoxError::from)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
