@@ -159,7 +159,7 @@ pub async fn send(authority: &Arc<str>, mut req: Request<Body>) -> Result<Respon
     loop {
         let (mut pooled, reused) = match checkout(authority) {
             Some(p) => (p, true),
-            None => (connect(&**authority).await?, false),
+            None => (connect(authority).await?, false),
         };
         let Some(r) = req.take() else {
             return Err(Error {
