@@ -10,9 +10,14 @@ Each proxy runs with one worker thread pinned with `taskset` to core 0; wrk (one
 and the fixed upstream (nginx answering a small body) share core 1. For each proxy and
 scenario it reports requests/s, p50 and p99 latency, the proxy's CPU microseconds per
 request (utime+stime from /proc/PID/stat before and after the run, for the proxy process
-alone), its RSS under load (the largest VmRSS sampled during the run) and its peak RSS
-(VmHWM, which includes one-off peaks such as an argon2id check in the warm-up), as medians
-of `--reps` runs, and ratios to nginx. The
+alone, all its threads), then the same split into user and system µs/req (utime and
+stime, fields 14 and 15), system calls per request (`perf stat -e raw_syscalls:sys_enter
+-p PID`, all the process's threads, started just before the load and counting slightly
+longer than it, so its window covers the whole load; blank, with a note on stderr, when
+perf is missing or not permitted), its RSS under load (the largest VmRSS sampled during
+the run) and its peak RSS (VmHWM, which includes one-off peaks such as an argon2id check
+in the warm-up), as medians of `--reps` runs, and ratios to nginx (req/s and total CPU).
+Every per-request figure is divided by the number of requests the load tool reported. The
 upstream alone (no proxy) is the ceiling.
 
 Scenarios: `none` (small GET, no auth), `basic` (cached Basic: nginx auth_basic, HAProxy
@@ -85,9 +90,80 @@ def stop_all():
 
 
 def cpu_ticks(pid):
-    """utime+stime of a process and all its threads (fields 14 and 15 of stat)."""
+    """(utime, stime) of a process, all its threads together (fields 14 and 15 of stat)."""
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
+    return int(fields[11]), int(fields[12])
+
+
+# System calls: `perf stat -e raw_syscalls:sys_enter -p PID` beside the load. perf needs
+# ~50 ms to attach, so it starts PERF_LEAD s before the load and counts for the load's
+# duration plus PERF_LEAD + PERF_TAIL: its window covers the whole load (an idle proxy
+# makes next to no system calls, so the margin adds nothing measurable).
+PERF_LEAD, PERF_TAIL = 0.2, 0.3
+PERF = {"ok": None}
+
+
+def perf_note(why):
+    if PERF["ok"] is not False:
+        print(f"note: syscalls/req left blank: {why}", file=sys.stderr)
+    PERF["ok"] = False
+
+
+def perf_count(path):
+    """The raw_syscalls:sys_enter count from a `perf stat -x,` output file, or None."""
+    try:
+        for line in open(path):
+            f = line.strip().split(",")
+            if len(f) > 2 and f[2] == "raw_syscalls:sys_enter":
+                return int(f[0]) if f[0].isdigit() else None
+    except OSError:
+        pass
+    return None
+
+
+def perf_probe(work):
+    """Whether perf can count system calls here (installed and permitted)."""
+    if not shutil.which("perf"):
+        return perf_note("perf is not installed")
+    out = f"{work}/probe.perf"
+    try:
+        r = subprocess.run(["perf", "stat", "-e", "raw_syscalls:sys_enter", "-x,", "-o", out, "--", "true"],
+                           capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return perf_note(f"perf stat failed ({e})")
+    if r.returncode != 0 or perf_count(out) is None:
+        why = (r.stderr.strip().splitlines() or ["no count"])[0]
+        return perf_note(f"perf stat -e raw_syscalls:sys_enter is not permitted or not supported ({why})")
+    PERF["ok"] = True
+
+
+def perf_start(pid, secs, work):
+    if not PERF["ok"]:
+        return None
+    fd, out = tempfile.mkstemp(dir=work, suffix=".perf")
+    os.close(fd)
+    p = subprocess.Popen(["taskset", "-c", "1", "perf", "stat", "-e", "raw_syscalls:sys_enter", "-p", str(pid),
+                          "-x,", "-o", out, "--", "sleep", f"{secs + PERF_LEAD + PERF_TAIL:.1f}"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    PROCS.append(p)
+    time.sleep(PERF_LEAD)
+    return p, out
+
+
+def perf_finish(handle, secs):
+    if handle is None:
+        return None
+    p, out = handle
+    try:
+        _, err = p.communicate(timeout=secs + 30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        err = "perf did not finish"
+    PROCS.remove(p)
+    n = perf_count(out)
+    if n is None:
+        perf_note(f"perf stat gave no count ({(err or '').strip()[:120]})")
+    return n
 
 
 def peak_rss_kib(pid, field="VmHWM"):
@@ -131,7 +207,7 @@ def wrk(url, secs, headers, lua=None, conns=32):
             "errors": int(non2xx.group(1)) if non2xx else 0}
 
 
-def measure(pid, url, secs, headers, lua=None):
+def measure(pid, url, secs, headers, lua=None, work=None):
     # RSS under load: the largest VmRSS sampled while wrk runs (VmHWM would also count
     # one-off peaks before the run, such as the argon2id check of the warm-up request).
     samples, done = [], threading.Event()
@@ -142,6 +218,7 @@ def measure(pid, url, secs, headers, lua=None):
 
     t = threading.Thread(target=sample)
     t.start()
+    perf = perf_start(pid, secs, work)
     before = cpu_ticks(pid)
     try:
         r = wrk(url, secs, headers, lua)
@@ -149,7 +226,12 @@ def measure(pid, url, secs, headers, lua=None):
         done.set()
         t.join()
     after = cpu_ticks(pid)
-    r["cpu_us"] = (after - before) / TICK * 1e6 / max(r["total"], 1)
+    syscalls = perf_finish(perf, secs)
+    per_req = lambda ticks: ticks / TICK * 1e6 / max(r["total"], 1)
+    r["user_us"] = per_req(after[0] - before[0])
+    r["sys_us"] = per_req(after[1] - before[1])
+    r["cpu_us"] = r["user_us"] + r["sys_us"]
+    r["syscalls"] = syscalls / max(r["total"], 1) if syscalls is not None else None
     r["rss_kib"] = peak_rss_kib(pid)
     r["load_rss_kib"] = max(samples, default=peak_rss_kib(pid, "VmRSS"))
     return r
@@ -187,6 +269,7 @@ def main():
 
 
 def run(args, scenarios, work, portcullis, nginx, haproxy, envoy):
+    perf_probe(work)
     # TLS material and credentials.
     openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
             "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
@@ -438,22 +521,29 @@ integration = "b/apikey"
                     runs = [wrk(url, args.secs, hdrs, lua) for _ in range(args.reps)]
                     for r in runs:
                         r["cpu_us"], r["rss_kib"], r["load_rss_kib"] = 0.0, 0, 0
+                        r["user_us"] = r["sys_us"] = r["syscalls"] = None
                     results[(s, proxy)] = runs
                 continue
             if proxy not in ports[s]:
                 continue
             url, hdrs, lua, pid = target(proxy, s)
             wrk(url, 1, hdrs, lua)  # warm up: caches, pools, TLS sessions
-            results[(s, proxy)] = [measure(pid, url, args.secs, hdrs, lua) for _ in range(args.reps)]
+            results[(s, proxy)] = [measure(pid, url, args.secs, hdrs, lua, work) for _ in range(args.reps)]
             print(f"{s:7} {proxy:10} " + " ".join(f"{r['rps']:.0f}" for r in results[(s, proxy)]), file=sys.stderr)
 
     lines = [f"Pinned harness, {args.reps} runs of {args.secs} s each (medians); proxies on core 0 with one worker, "
              "wrk (1 thread, 32 connections) and the upstream on core 1.", "",
-             "| scenario | proxy | req/s | vs nginx | p50 ms | p99 ms | CPU µs/req | vs nginx | RSS under load MiB | peak RSS MiB | non-2xx |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| scenario | proxy | req/s | vs nginx | p50 ms | p99 ms | CPU µs/req | vs nginx | user µs/req | sys µs/req "
+             "| syscalls/req | RSS under load MiB | peak RSS MiB | non-2xx |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in scenarios:
         base = results.get((s, "nginx"))
         med = lambda runs, k: statistics.median(r[k] for r in runs)
+
+        def opt(runs, k, fmt):
+            # Blank where it was not measured (the upstream row; syscalls without perf).
+            vals = [r[k] for r in runs if r.get(k) is not None]
+            return format(statistics.median(vals), fmt) if len(vals) == len(runs) else ""
         for proxy in order:
             runs = results.get((s, proxy))
             if not runs:
@@ -462,7 +552,8 @@ integration = "b/apikey"
             vs_rps = f"{rps / med(base, 'rps'):.2f}" if base else ""
             vs_cpu = f"{cpu / med(base, 'cpu_us'):.2f}" if base and proxy != "upstream" else ""
             lines.append(f"| {s} | {proxy} | {rps:.0f} | {vs_rps} | {med(runs, 'p50'):.3f} | {med(runs, 'p99'):.3f} | "
-                         f"{cpu:.1f} | {vs_cpu} | {max(r['load_rss_kib'] for r in runs) / 1024:.1f} | "
+                         f"{cpu:.1f} | {vs_cpu} | {opt(runs, 'user_us', '.1f')} | {opt(runs, 'sys_us', '.1f')} | "
+                         f"{opt(runs, 'syscalls', '.2f')} | {max(r['load_rss_kib'] for r in runs) / 1024:.1f} | "
                          f"{max(r['rss_kib'] for r in runs) / 1024:.1f} | "
                          f"{max(r['errors'] for r in runs)} |")
     text = "\n".join(lines) + "\n"
