@@ -26,6 +26,17 @@ validated locally: Portcullis jwt mode, Envoy jwt_authn), `post1m` (a streamed 1
 `tls` (small GET over TLS keep-alive). A proxy that has no equivalent for a scenario is
 left out of that row.
 
+post1m's upstream reads the whole body before it answers, so every proxy must deliver all
+of it: a second server of the upstream nginx (same worker, core 1) with
+`proxy_request_buffering on` and a 2 MiB `client_body_buffer_size` reads the full 1 MiB
+into memory, and only then proxies a body-less request (`proxy_pass_request_body off`) to
+the `return 200` server. (The plain `return 200` answers from the head and discards the
+body, so a proxy could see its answer early.) At start the harness proves it: with half
+the body sent the reading server stays silent, it answers 200 after the rest, and its log
+counts the body in `$request_length`. All proxies (and the `upstream` row) of post1m use
+it; nginx keeps `proxy_request_buffering off` and HAProxy `http-reuse always`, each
+streaming as its documentation describes.
+
 Everything listens on 127.0.0.1, every run is bounded by --secs, and the script ends only
 the processes it started.
 """
@@ -237,6 +248,47 @@ def measure(pid, url, secs, headers, lua=None, work=None):
     return r
 
 
+def check_reading_upstream(work, up, up_read):
+    """Show that post1m's upstream reads the whole body before it answers: with half of a
+    1 MiB body sent it stays silent, it answers 200 once the rest arrives, and its log
+    counts the body in $request_length. The plain upstream, for contrast, answers from the
+    head alone. Fails loudly otherwise."""
+    body = b"x" * 1048576
+    head = (f"POST /x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+            "X-Bench-Check: 1\r\nConnection: close\r\n\r\n").encode()
+
+    def answer(sock, timeout):
+        sock.settimeout(timeout)
+        try:
+            return sock.recv(4096)
+        except socket.timeout:
+            return b""
+
+    with socket.create_connection(("127.0.0.1", up)) as c:
+        c.sendall(head)
+        plain = answer(c, 1.0).split(b"\r\n", 1)[0].decode(errors="replace")
+    with socket.create_connection(("127.0.0.1", up_read)) as c:
+        c.sendall(head + body[:len(body) // 2])
+        early = answer(c, 0.5)
+        if early:
+            raise RuntimeError(f"post1m upstream answered before the whole body: {early[:80]!r}")
+        c.sendall(body[len(body) // 2:])
+        status = answer(c, 10.0).split(b"\r\n", 1)[0].decode(errors="replace")
+    if not status.startswith("HTTP/1.1 200"):
+        raise RuntimeError(f"post1m upstream did not answer 200 after the body: {status!r}")
+    logged, end = "", time.time() + 5
+    while not logged and time.time() < end:
+        logged = open(f"{work}/read.log").read().strip() if os.path.exists(f"{work}/read.log") else ""
+        time.sleep(0.05)
+    fields = logged.split()
+    if len(fields) < 4 or int(fields[0]) < len(body) or fields[2] != "200":
+        raise RuntimeError(f"post1m upstream log does not show the whole body read: {logged!r}")
+    print(f"post1m upstream check: plain upstream answered {plain or 'nothing'!r} from the head alone; the "
+          f"reading upstream stayed silent at half the body and answered {status!r} after all of it "
+          f"(logged request_length={fields[0]} content_length={fields[1]} status={fields[2]} "
+          f"inner upstream_status={fields[3]})", file=sys.stderr)
+
+
 def openssl(*args, cwd):
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
@@ -302,17 +354,32 @@ def run(args, scenarios, work, portcullis, nginx, haproxy, envoy):
     bearer = f"Authorization: Bearer {jwt}"
     open(f"{work}/post.lua", "w").write(LUA_POST)
 
-    # The fixed upstream: nginx, one worker, on core 1.
-    up = free_port()
+    # The fixed upstream: nginx, one worker, on core 1. `up` answers at once (`return 200`
+    # answers from the head and discards the body). `up_read` is the upstream of post1m: it
+    # reads the WHOLE body into memory before it answers (proxy_request_buffering on, a
+    # 2 MiB client_body_buffer_size), then asks `up` for the answer without the body.
+    # Requests carrying `X-Bench-Check: 1` are logged, for check_reading_upstream.
+    up, up_read = free_port(), free_port()
     open(f"{work}/upstream.conf", "w").write(f"""
 daemon off; worker_processes 1; pid {work}/up.pid; error_log {work}/up.err warn;
 events {{ worker_connections 4096; }}
 http {{ access_log off; client_max_body_size 8m;
+  map $http_x_bench_check $bench_check {{ default 0; "1" 1; }}
+  log_format check '$request_length $content_length $status $upstream_status';
+  upstream inner {{ server 127.0.0.1:{up}; keepalive 16; }}
   server {{ listen 127.0.0.1:{up}; keepalive_requests 1000000;
-    location / {{ client_body_buffer_size 2m; return 200 "ok\\n"; }} }} }}
+    location / {{ client_body_buffer_size 2m; return 200 "ok\\n"; }} }}
+  server {{ listen 127.0.0.1:{up_read}; keepalive_requests 1000000;
+    access_log {work}/read.log check if=$bench_check;
+    location / {{ client_body_buffer_size 2m; proxy_request_buffering on;
+      proxy_pass_request_body off; proxy_set_header Content-Length "";
+      proxy_http_version 1.1; proxy_set_header Connection ""; proxy_pass http://inner; }} }} }}
 """)
     start([nginx, "-c", f"{work}/upstream.conf"], 1)
     wait_port(up)
+    wait_port(up_read)
+    if "post1m" in scenarios:
+        check_reading_upstream(work, up, up_read)
 
     ports = {s: {} for s in scenarios}
     pids = {}
@@ -329,8 +396,9 @@ http {{ access_log off; client_max_body_size 8m;
         if s == "jwt":
             continue
         tls = f"ssl; ssl_certificate {work}/tls.crt; ssl_certificate_key {work}/tls.key;" if s == "tls" else ";"
+        pool = "upread" if s == "post1m" else "up"
         servers.append(f"""server {{ listen 127.0.0.1:{p[s]} {tls} keepalive_requests 1000000;
-          location / {{ {auth} proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
+          location / {{ {auth} proxy_pass http://{pool}; proxy_http_version 1.1; proxy_set_header Connection "";
             proxy_request_buffering off; proxy_buffering off; }} }}""")
         ports[s]["nginx"] = p[s]
     open(f"{work}/nginx.conf", "w").write(f"""
@@ -338,6 +406,7 @@ daemon off; worker_processes 1; pid {work}/px.pid; error_log {work}/px.err warn;
 events {{ worker_connections 4096; }}
 http {{ access_log off; client_max_body_size 8m;
   upstream up {{ server 127.0.0.1:{up}; keepalive 64; }}
+  upstream upread {{ server 127.0.0.1:{up_read}; keepalive 64; }}
   {"".join(servers)} }}
 """)
     pids["nginx"] = start([nginx, "-c", f"{work}/nginx.conf"], 0)
@@ -354,7 +423,8 @@ http {{ access_log off; client_max_body_size 8m;
             rule = "http-request auth realm bench unless { http_auth(users) }"
         if s == "apikey":
             rule = f'http-request deny deny_status 401 unless {{ req.hdr(authorization) -m str "{apikey.split(": ", 1)[1]}" }}'
-        fronts.append(f"frontend f_{s}\n  mode http\n  {bind}\n  {rule}\n  default_backend up\n")
+        backend = "upread" if s == "post1m" else "up"
+        fronts.append(f"frontend f_{s}\n  mode http\n  {bind}\n  {rule}\n  default_backend {backend}\n")
         ports[s]["haproxy"] = p[s]
     open(f"{work}/combined.pem", "w").write(open(f"{work}/tls.crt").read() + open(f"{work}/tls.key").read())
     open(f"{work}/haproxy.cfg", "w").write(f"""
@@ -372,6 +442,9 @@ userlist users
 backend up
   http-reuse always
   server s1 127.0.0.1:{up}
+backend upread
+  http-reuse always
+  server s1 127.0.0.1:{up_read}
 {"".join(fronts)}
 """)
     pids["haproxy"] = start([haproxy, "-db", "-f", f"{work}/haproxy.cfg"], 0)
@@ -402,7 +475,8 @@ backend up
                     "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                     "stat_prefix": s, "http_filters": filters,
                     "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"],
-                                                        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "up"}}]}]}}}]}]}
+                                                        "routes": [{"match": {"prefix": "/"}, "route": {
+                                                            "cluster": "upread" if s == "post1m" else "up"}}]}]}}}]}]}
             if s == "tls":
                 listener["filter_chains"][0]["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
@@ -410,9 +484,10 @@ backend up
                                                                   "private_key": {"filename": f"{work}/tls.key"}}]}}}
             listeners.append(listener)
             ports[s]["envoy"] = p[s]
-        cfg = {"static_resources": {"listeners": listeners, "clusters": [{
-            "name": "up", "type": "STATIC", "load_assignment": {"cluster_name": "up", "endpoints": [{"lb_endpoints": [
-                {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": up}}}}]}]}}]}}
+        cluster = lambda name, port: {
+            "name": name, "type": "STATIC", "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}
+        cfg = {"static_resources": {"listeners": listeners, "clusters": [cluster("up", up), cluster("upread", up_read)]}}
         open(f"{work}/envoy.json", "w").write(json.dumps(cfg))
         pids["envoy"] = start([envoy, "-c", f"{work}/envoy.json", "--concurrency", "1", "-l", "error",
                                "--base-id", str(os.getpid() % 60000)], 0)
@@ -468,6 +543,16 @@ path = "/jwt"
 methods = ["GET"]
 auth = "oauth"
 senders = {{ all = true }}
+[[plans]]
+name = "r"
+upstream = "http://127.0.0.1:{up_read}"
+access = {{ all = true }}
+[[plans.integrations]]
+name = "post"
+path = "/post"
+methods = ["POST"]
+auth = "none"
+senders = {{ all = true }}
 [[api_keys]]
 key = "{apikey_id}"
 secret_hash = "{key_hash}"
@@ -503,7 +588,7 @@ integration = "b/apikey"
     def target(proxy, s):
         port = ports[s][proxy]
         scheme = "https" if s == "tls" else "http"
-        path = {"none": "/none", "basic": "/basic", "apikey": "/apikey", "jwt": "/jwt", "post1m": "/none",
+        path = {"none": "/none", "basic": "/basic", "apikey": "/apikey", "jwt": "/jwt", "post1m": "/post",
                 "tls": "/none"}[s] if proxy.startswith("portcullis") else "/x"
         hdrs = {"basic": [basic], "apikey": [apikey], "jwt": [bearer]}.get(s, [])
         lua = f"{work}/post.lua" if s == "post1m" else None
@@ -517,7 +602,8 @@ integration = "b/apikey"
         for proxy in order:
             if proxy == "upstream":
                 if s in ("none", "post1m"):
-                    url, hdrs, lua = f"http://127.0.0.1:{up}/x", [], (f"{work}/post.lua" if s == "post1m" else None)
+                    url, hdrs, lua = (f"http://127.0.0.1:{up_read}/x", [], f"{work}/post.lua") if s == "post1m" \
+                        else (f"http://127.0.0.1:{up}/x", [], None)
                     runs = [wrk(url, args.secs, hdrs, lua) for _ in range(args.reps)]
                     for r in runs:
                         r["cpu_us"], r["rss_kib"], r["load_rss_kib"] = 0.0, 0, 0
