@@ -10,16 +10,18 @@ Each proxy runs with one worker thread pinned with `taskset` to core 0; wrk (one
 h2load for h2tls) and the fixed upstream (nginx answering a small body) share core 1. For
 each proxy and scenario it reports requests/s, p50 and p99 latency, the proxy's CPU
 microseconds per request (utime+stime from /proc/PID/stat before and after the run, for
-the proxy process alone, all its threads), then the same split into user and system µs/req (utime and
-stime, fields 14 and 15), system calls per request (`perf stat -e raw_syscalls:sys_enter
--p PID`, all the process's threads, started just before the load and counting slightly
-longer than it, so its window covers the whole load; blank, with a note on stderr, when
-perf is missing or not permitted; while it counts, the enabled tracepoint adds some 30 ns
-to every system call on the machine, under 1% of the small GET's CPU per request), its RSS under load (the largest VmRSS sampled during
-the run) and its peak RSS (VmHWM, which includes one-off peaks such as an argon2id check
-in the warm-up), as medians of `--reps` runs, and ratios to nginx (req/s and total CPU).
-Every per-request figure is divided by the number of requests the load tool reported. The
-upstream alone (no proxy) is the ceiling.
+the proxy process alone, all its threads), then the same split into user and system µs/req
+(utime and stime, fields 14 and 15), system calls per request (`perf stat -e
+raw_syscalls:sys_enter -p PID`, all the process's threads, started just before the load
+and counting slightly longer than it, so its window covers the whole load; blank, with a
+note on stderr, when perf is missing or not permitted; while it counts, the enabled
+tracepoint adds some 30 ns to every system call on the machine, under 1% of the small
+GET's CPU per request; the margin also counts the proxy's few idle system calls), its RSS
+under load (the largest VmRSS sampled during the run) and its peak RSS (VmHWM, which
+includes one-off peaks such as an argon2id check in the warm-up), as medians of `--reps`
+runs, and ratios to nginx (req/s and total CPU). Every per-request figure is divided by
+the number of requests the load tool reported. The upstream alone (no proxy) is the
+ceiling.
 
 Scenarios: `none` (small GET, no auth), `basic` (cached Basic: nginx auth_basic, HAProxy
 userlist, Envoy basic_auth), `apikey` (a static credential header check), `jwt` (a JWT
@@ -116,11 +118,11 @@ def cpu_ticks(pid):
     return int(fields[11]), int(fields[12])
 
 
-# System calls: `perf stat -e raw_syscalls:sys_enter -p PID` beside the load. perf needs
-# ~50 ms to attach, so it starts PERF_LEAD s before the load and counts for the load's
-# duration plus PERF_LEAD + PERF_TAIL: its window covers the whole load (an idle proxy
-# makes next to no system calls, so the margin adds nothing measurable).
-PERF_LEAD, PERF_TAIL = 0.2, 0.3
+# System calls: `perf stat -e raw_syscalls:sys_enter -p PID` beside the load. perf takes
+# some 50 ms to attach, so it starts PERF_LEAD s before the load and counts for the load's
+# duration plus PERF_LEAD + PERF_TAIL: its window covers the whole load, connects and
+# closes included, like the CPU figures (the margin also counts the proxy's few idle calls).
+PERF_LEAD, PERF_TAIL = 0.1, 0.2
 PERF = {"ok": None}
 
 
