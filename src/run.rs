@@ -9,7 +9,7 @@ use tokio_util::task::TaskTracker;
 use crate::server::listener::ConnSettings;
 use crate::server::{self, Bound, Inbound, Shutdown};
 use crate::state::State;
-use crate::{admin, egress, inbound};
+use crate::{admin, egress, inbound, upstream};
 
 /// Serves until `shutdown` fires, then waits up to `shutdown_timeout` for the requests in
 /// flight to finish.
@@ -138,6 +138,9 @@ fn worker<S>(
             }
         };
         let env = Arc::new(state.env.for_worker());
+        // Idle upstream connections of this worker's pool that expired, or that their
+        // upstream closed, leave it even when no request goes to that upstream again.
+        let sweeper = tokio::spawn(upstream::h1::sweep_every(upstream::h1::IDLE_TIMEOUT / 4));
         let handler = {
             let state = state.clone();
             move |req, conn| inbound::handle(env.clone(), state.gateway(), req, conn)
@@ -157,6 +160,7 @@ fn worker<S>(
         tracker.close();
         let grace = state.gateway().config.limits.shutdown_timeout;
         let _ = tokio::time::timeout(grace, tracker.wait()).await;
+        sweeper.abort();
     });
     let _ = done.send(());
 }

@@ -244,3 +244,47 @@ async fn a_workers_upstream_connections_are_pooled_and_reused() {
         }
     }
 }
+
+/// An upstream that reads each request head, counts it, and closes without answering.
+async fn hanging_up_upstream() -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, heads)
+}
+
+/// A request the upstream received is never sent again: an upstream that hangs up
+/// after reading it gives the client a 502 `upstream_error`, and the upstream saw it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_upstream_read_is_not_retried() {
+    let (up, heads) = hanging_up_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &one_worker(&format!("http://{up}")));
+    let p = Process::start(&path, &[]);
+    let r = client()
+        .get(format!("http://{}/i/x", p.addr))
+        .header("authorization", basic("svc", "svc-pw"))
+        .send()
+        .await
+        .unwrap();
+    error_body(r, 502).await;
+    p.logs_when(|l| l.contains(r#""reason":"upstream_error""#)).await;
+    assert_eq!(heads.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

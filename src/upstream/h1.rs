@@ -77,18 +77,16 @@ impl Pooled {
         self.conn.is_some()
     }
 
-    /// Whether a pooled connection can take a request now. Cheap flags first; only a
-    /// connection that does not say it is ready gets a turn to find out. One that closed
-    /// unseen gives the request back unwritten, and [`send`] retries it.
+    /// Whether a pooled connection can take a request now. One that closed unseen
+    /// gives the request back unwritten, and [`send`] retries it.
     fn usable(&mut self) -> bool {
-        if self.send.is_closed() {
+        // A turn for the connection first: a close from its upstream is seen only when
+        // it reads (tokio answers from its readiness flags, no system call when idle).
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if !self.drive(&mut cx) || self.send.is_closed() {
             return false;
         }
-        if self.send.is_ready() {
-            return true;
-        }
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        self.drive(&mut cx) && matches!(self.send.poll_ready(&mut cx), Poll::Ready(Ok(())))
+        self.send.is_ready() || matches!(self.send.poll_ready(&mut cx), Poll::Ready(Ok(())))
     }
 }
 
@@ -105,6 +103,29 @@ fn checkout(authority: &str) -> Option<Pooled> {
         }
         None
     })
+}
+
+/// Drops the idle connections of this thread's pool that waited past [`IDLE_TIMEOUT`]
+/// or that their upstream closed, and the upstreams left with none.
+pub fn sweep() {
+    let now = Instant::now();
+    POOL.with(|p| {
+        let mut pool = p.borrow_mut();
+        for idle in pool.values_mut() {
+            idle.retain_mut(|i| now.duration_since(i.since) < IDLE_TIMEOUT && i.pooled.usable());
+        }
+        pool.retain(|_, idle| !idle.is_empty());
+    })
+}
+
+/// Runs [`sweep`] on this thread every `period`, for as long as the task lives.
+pub async fn sweep_every(period: Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        sweep();
+    }
 }
 
 /// Gives a connection whose exchange is complete back to this thread's pool.
@@ -263,5 +284,67 @@ impl http_body::Body for Driven {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn idle(authority: &str) -> usize {
+        POOL.with(|p| p.borrow().get(authority).map_or(0, VecDeque::len))
+    }
+
+    /// An upstream that answers one request per connection with keep-alive, then closes
+    /// the connection once `close` fires.
+    async fn upstream(close: tokio::sync::watch::Receiver<bool>) -> Arc<str> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let mut close = close.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(Bytes::from("ok"))))
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = close.wait_for(|c| *c) => {}
+                    }
+                });
+            }
+        });
+        addr.to_string().into()
+    }
+
+    async fn get(authority: &Arc<str>) -> String {
+        let req = Request::get(format!("http://{authority}/x"))
+            .body(crate::error::full(Bytes::new()))
+            .unwrap();
+        let resp = send(authority, req).await.unwrap();
+        String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    }
+
+    /// A connection goes back to the pool when its response body ends, is reused by the
+    /// next request, and leaves the pool on a sweep once its upstream has closed it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn pooled_connections_are_reused_and_swept_once_closed() {
+        let (close, closed) = tokio::sync::watch::channel(false);
+        let authority = upstream(closed).await;
+        assert_eq!(get(&authority).await, "ok");
+        assert_eq!(idle(&authority), 1);
+        assert_eq!(get(&authority).await, "ok");
+        assert_eq!(idle(&authority), 1, "the second request reused the pooled connection");
+        sweep();
+        assert_eq!(idle(&authority), 1, "a live connection stays");
+        close.send(true).unwrap();
+        // The upstream's FIN reaches this side when the runtime next polls its sockets:
+        // sweep until it has (long before the idle timeout would have).
+        while idle(&authority) > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            sweep();
+        }
     }
 }
