@@ -555,6 +555,7 @@ max_body_bytes = 8388608
 max_connections = 100000
 [runtime]
 worker_threads = 1
+model = "shared"
 [lockout]
 max_failures = 1000000
 [[users]]
@@ -621,7 +622,7 @@ integration = "b/apikey"
     # The same gateway with `[runtime] model = "per_core"` (one worker: a single-threaded
     # runtime with its own socket and upstream pool).
     gw_pc, gw_pc_tls = free_port(), free_port()
-    per_core = conf.replace("worker_threads = 1", 'worker_threads = 1\nmodel = "per_core"')
+    per_core = conf.replace('model = "shared"', 'model = "per_core"')
     open(f"{work}/portcullis-pc.toml", "w").write(per_core.replace(f"127.0.0.1:{gw}", f"127.0.0.1:{gw_pc}"))
     open(f"{work}/portcullis-pc-tls.toml", "w").write(per_core.replace(
         f'address = "127.0.0.1:{gw}"',

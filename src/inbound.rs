@@ -1189,21 +1189,21 @@ async fn send(
             reason: "upstream_error",
             source,
         }),
-        Upstream::Http { h2c, .. } => match client
-            .unwrap_or(if *h2c { &env.h2c } else { &env.client })
-            .request(req)
-            .await
-        {
-            Ok(resp) => Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync())),
-            Err(e) => Err(SendError {
-                reason: if e.is_connect() {
-                    "upstream_unreachable"
-                } else {
-                    "upstream_error"
-                },
-                source: Box::new(e),
-            }),
-        },
+        // Boxed: hyper-util's request future (with its connector's) is several KB; inline,
+        // it would size every request's future, moved on each hand-over.
+        Upstream::Http { h2c, .. } => {
+            match Box::pin(client.unwrap_or(if *h2c { &env.h2c } else { &env.client }).request(req)).await {
+                Ok(resp) => Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync())),
+                Err(e) => Err(SendError {
+                    reason: if e.is_connect() {
+                        "upstream_unreachable"
+                    } else {
+                        "upstream_error"
+                    },
+                    source: Box::new(e),
+                }),
+            }
+        }
     }
 }
 

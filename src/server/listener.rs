@@ -367,7 +367,10 @@ async fn serve_connection<I, H, F>(
                 activity: activity.clone(),
                 answered: false,
             };
-            let resp = handler(req, info).await;
+            // The pipeline's future is several KB: boxed, so that this future stays small
+            // and hyper's service plumbing moves a few words at each hand-over, not the
+            // pipeline's whole state.
+            let resp = Box::pin(handler(req, info)).await;
             in_flight.answered = true;
             Ok::<_, Infallible>(resp)
         }
