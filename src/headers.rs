@@ -19,6 +19,7 @@ const PORTCULLIS_PREFIX: &str = "x-portcullis-";
 /// Hop-by-hop headers (RFC 9110 section 7.6.1, plus the legacy `Keep-Alive` and
 /// `Proxy-Connection`, and `HTTP2-Settings`, which belongs to an h2c upgrade of one
 /// connection): they describe one connection and are never forwarded.
+/// `Connection` comes first: [`remove_hop_by_hop`] reads its bit as bit 0.
 const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("http2-settings"),
@@ -30,34 +31,66 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
+const TE_INDEX: usize = 6;
 
 /// Removes the hop-by-hop headers and every header named in `Connection`.
+///
+/// One pass over the names finds what is there: most messages carry none of these, or
+/// only `Connection` (most responses), and a removal per listed name would hash each of
+/// them. A name listed in `Connection` is matched against the names present, so no
+/// token becomes a header name of its own.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Names listed in Connection are hop-by-hop too (RFC 9110 section 7.6.1).
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for n in named {
-            headers.remove(n);
+    // Bit i: HOP_BY_HOP[i] is present; the bit after them: `Upgrade`.
+    let upgrade_bit = 1u16 << HOP_BY_HOP.len();
+    let mut present = 0u16;
+    for k in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            present |= 1 << i;
+        } else if k == header::UPGRADE {
+            present |= upgrade_bit;
         }
+    }
+    if present == 0 {
+        return;
+    }
+    // Names listed in Connection are hop-by-hop too (RFC 9110 section 7.6.1).
+    let mut named: Vec<HeaderName> = Vec::new();
+    if present & 1 != 0 {
+        let listed = headers.get_all(header::CONNECTION);
+        let in_connection = |name: &HeaderName| {
+            listed
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
+        };
+        named.extend(
+            headers
+                .keys()
+                .filter(|k| !HOP_BY_HOP.contains(k) && *k != header::UPGRADE && in_connection(k))
+                .cloned(),
+        );
+    }
+    for n in named {
+        headers.remove(n);
     }
     // `TE: trailers` says the client takes trailers (gRPC needs it); Portcullis streams
     // trailers back, so that one value goes on. Nothing else of TE does.
-    let trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
-    for n in &HOP_BY_HOP {
-        headers.remove(n);
+    let trailers = present & (1 << TE_INDEX) != 0
+        && headers
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    for (i, n) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(n);
+        }
     }
-    headers.remove(header::UPGRADE);
+    if present & upgrade_bit != 0 {
+        headers.remove(header::UPGRADE);
+    }
     if trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
@@ -207,6 +240,8 @@ mod tests {
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {
+        assert_eq!(HOP_BY_HOP[0], header::CONNECTION);
+        assert_eq!(HOP_BY_HOP[TE_INDEX], header::TE);
         let mut h = HeaderMap::new();
         h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret-Hop"));
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
@@ -224,6 +259,26 @@ mod tests {
         h.insert(header::TE, HeaderValue::from_static("gzip"));
         remove_hop_by_hop(&mut h);
         assert!(h.is_empty());
+        // Every line of Connection counts, names match in any case, and a token that
+        // names no header present removes nothing else.
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("close"));
+        h.append(header::CONNECTION, HeaderValue::from_static(" X-A ,, x-b"));
+        for n in ["x-a", "x-b", "x-c", "close-not", "proxy-connection", "http2-settings"] {
+            h.insert(n, HeaderValue::from_static("1"));
+        }
+        h.insert(header::TRAILER, HeaderValue::from_static("x"));
+        h.insert(header::PROXY_AUTHORIZATION, HeaderValue::from_static("Basic x"));
+        remove_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["close-not", "x-c"]);
+        // A message without any keeps every header.
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("a"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
     }
 
     #[test]
