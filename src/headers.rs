@@ -37,8 +37,7 @@ const TE_INDEX: usize = 6;
 ///
 /// One pass over the names finds what is there: most messages carry none of these, or
 /// only `Connection` (most responses), and a removal per listed name would hash each of
-/// them. A name listed in `Connection` is matched against the names present, so no
-/// token becomes a header name of its own.
+/// them.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Bit i: HOP_BY_HOP[i] is present; the bit after them: `Upgrade`.
     let upgrade_bit = 1u16 << HOP_BY_HOP.len();
@@ -53,23 +52,25 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     if present == 0 {
         return;
     }
-    // Names listed in Connection are hop-by-hop too (RFC 9110 section 7.6.1).
+    // Names listed in Connection are hop-by-hop too (RFC 9110 section 7.6.1). A token
+    // that is itself a hop-by-hop name (`keep-alive`, the usual one) goes anyway.
     let mut named: Vec<HeaderName> = Vec::new();
     if present & 1 != 0 {
-        let listed = headers.get_all(header::CONNECTION);
-        let in_connection = |name: &HeaderName| {
-            listed
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
-        };
-        named.extend(
-            headers
-                .keys()
-                .filter(|k| !HOP_BY_HOP.contains(k) && *k != header::UPGRADE && in_connection(k))
-                .cloned(),
-        );
+        for t in headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+        {
+            let t = t.trim();
+            let known = HOP_BY_HOP.iter().chain([&header::UPGRADE]).any(|h| h.as_str().eq_ignore_ascii_case(t));
+            if t.is_empty() || known {
+                continue;
+            }
+            if let Ok(n) = HeaderName::from_bytes(t.as_bytes()) {
+                named.push(n);
+            }
+        }
     }
     for n in named {
         headers.remove(n);
