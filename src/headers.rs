@@ -63,7 +63,10 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
             .flat_map(|v| v.split(','))
         {
             let t = t.trim();
-            let known = HOP_BY_HOP.iter().chain([&header::UPGRADE]).any(|h| h.as_str().eq_ignore_ascii_case(t));
+            let known = HOP_BY_HOP
+                .iter()
+                .chain([&header::UPGRADE])
+                .any(|h| h.as_str().eq_ignore_ascii_case(t));
             if t.is_empty() || known {
                 continue;
             }

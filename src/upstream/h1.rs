@@ -10,7 +10,7 @@
 //! request was written (never after).
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -48,7 +48,9 @@ struct Idle {
 }
 
 thread_local! {
-    static POOL: RefCell<HashMap<Arc<str>, VecDeque<Idle>>> = RefCell::new(HashMap::new());
+    /// Per upstream (`host:port`), its idle connections. A handful of upstreams: a list
+    /// searched by pointer first (every route's key is one `Arc`) costs less than hashing.
+    static POOL: RefCell<Vec<(Arc<str>, VecDeque<Idle>)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Why the upstream gave no response: `connect` when no connection could be made.
@@ -91,10 +93,16 @@ impl Pooled {
 }
 
 /// An idle connection to `authority` from this thread's pool, if one is still usable.
-fn checkout(authority: &str) -> Option<Pooled> {
+fn entry<'p>(pool: &'p mut [(Arc<str>, VecDeque<Idle>)], authority: &Arc<str>) -> Option<&'p mut VecDeque<Idle>> {
+    pool.iter_mut()
+        .find(|(k, _)| Arc::ptr_eq(k, authority) || **k == **authority)
+        .map(|(_, idle)| idle)
+}
+
+fn checkout(authority: &Arc<str>) -> Option<Pooled> {
     POOL.with(|p| {
         let mut pool = p.borrow_mut();
-        let idle = pool.get_mut(authority)?;
+        let idle = entry(&mut pool, authority)?;
         // The most recently used first: its peer is the least likely to have closed it.
         while let Some(mut i) = idle.pop_back() {
             if i.since.elapsed() < IDLE_TIMEOUT && i.pooled.usable() {
@@ -111,10 +119,10 @@ pub fn sweep() {
     let now = Instant::now();
     POOL.with(|p| {
         let mut pool = p.borrow_mut();
-        for idle in pool.values_mut() {
+        for (_, idle) in pool.iter_mut() {
             idle.retain_mut(|i| now.duration_since(i.since) < IDLE_TIMEOUT && i.pooled.usable());
         }
-        pool.retain(|_, idle| !idle.is_empty());
+        pool.retain(|(_, idle)| !idle.is_empty());
     })
 }
 
@@ -133,10 +141,17 @@ fn checkin(authority: &Arc<str>, pooled: Pooled) {
     let now = Instant::now();
     POOL.with(|p| {
         let mut pool = p.borrow_mut();
-        let idle = match pool.get_mut(&**authority) {
-            Some(idle) => idle,
-            None => pool.entry(authority.clone()).or_default(),
+        let at = match pool
+            .iter()
+            .position(|(k, _)| Arc::ptr_eq(k, authority) || **k == **authority)
+        {
+            Some(at) => at,
+            None => {
+                pool.push((authority.clone(), VecDeque::new()));
+                pool.len() - 1
+            }
         };
+        let idle = &mut pool[at].1;
         // The oldest wait at the front: expired ones leave from there, and the oldest
         // goes when the upstream's share is full.
         while idle
@@ -293,7 +308,12 @@ mod tests {
     use http_body_util::BodyExt;
 
     fn idle(authority: &str) -> usize {
-        POOL.with(|p| p.borrow().get(authority).map_or(0, VecDeque::len))
+        POOL.with(|p| {
+            p.borrow()
+                .iter()
+                .find(|(k, _)| &**k == authority)
+                .map_or(0, |(_, i)| i.len())
+        })
     }
 
     /// An upstream that answers one request per connection with keep-alive, then closes
