@@ -288,3 +288,45 @@ async fn a_request_the_upstream_read_is_not_retried() {
     p.logs_when(|l| l.contains(r#""reason":"upstream_error""#)).await;
     assert_eq!(heads.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+/// Per-core sockets share their address by SO_REUSEPORT, which another process of the
+/// same user could join: a second gateway on an address a first one serves (either
+/// model) is refused at start, and the first keeps every connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_gateway_cannot_join_the_address_of_the_first() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &one_worker(&up.url()));
+    let first = Process::start(&path, &[]);
+    for model in ["per_core", "shared"] {
+        let taken = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("model = \"per_core\"", &format!("model = \"{model}\""))
+            .replace("127.0.0.1:0", &first.addr.to_string());
+        assert!(taken.contains(&first.addr.to_string()), "{taken}");
+        let second_path = dir.path().join(format!("second-{model}.toml"));
+        std::fs::write(&second_path, taken).unwrap();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(bin())
+                .args(["serve", "--config"])
+                .arg(&second_path)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(
+            !out.status.success(),
+            "{model}: a second gateway started on a taken address"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("cannot bind inbound listener"), "{model}: {err}");
+    }
+    let r = client()
+        .get(format!("http://{}/i/x", first.addr))
+        .header("authorization", basic("svc", "svc-pw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

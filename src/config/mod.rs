@@ -303,12 +303,12 @@ pub struct Runtime {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum RuntimeModel {
     /// One work-stealing runtime of `worker_threads` threads serves every listener.
-    #[default]
     Shared,
-    /// `worker_threads` workers, each a single-threaded runtime with its own inbound
+    /// The default. `worker_threads` workers, each a single-threaded runtime with its own inbound
     /// socket on the same address (`SO_REUSEPORT`) and its own upstream connection pool:
     /// nothing crosses threads on a request's path. The other listeners and the control
     /// plane (reload, signals) run on one more thread.
+    #[default]
     PerCore,
 }
 

@@ -36,11 +36,15 @@ impl Bound {
                         format!("cannot bind inbound listener on {}: {e}", config.listen.address),
                     )
                 };
-                let first = listener::bind_shared(config.listen.address).map_err(cannot)?;
-                // Port 0 picked a port: the other workers bind that one.
-                let addr = first.local_addr().map_err(cannot)?;
-                let mut sockets = vec![first];
-                for _ in 1..workers(config) {
+                // SO_REUSEPORT would let these sockets join another process's on the same
+                // address (an old instance, with its old credentials, taking half the
+                // connections). A plain bind first fails if anyone holds the address; it
+                // also picks the port when the address says 0.
+                let addr = listener::bind(config.listen.address)
+                    .and_then(|probe| probe.local_addr())
+                    .map_err(cannot)?;
+                let mut sockets = Vec::new();
+                for _ in 0..workers(config) {
                     sockets.push(listener::bind_shared(addr).map_err(cannot)?);
                 }
                 Inbound::PerCore { addr, sockets }
