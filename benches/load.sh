@@ -8,12 +8,17 @@
 # Debian's archive and cannot be fetched here, so it is left out (say so in reports).
 #
 # Usage: bash benches/load.sh [seconds per run, default 10] [connections, default 64]
+# WORKERS=N (default 1) runs the proxying nginx with N worker processes (`reuseport`, as
+# nginx's docs advise for several workers) and Portcullis with N per-core workers; the
+# origin is a separate nginx with one worker. Nothing is pinned: every process shares
+# the machine's cores, as a sidecar does.
 # Needs: nginx, wrk (apt-get install nginx-light wrk). Talks to 127.0.0.1 only, stops by
 # itself, and kills only the processes it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
 conns="${2:-64}"
+workers="${WORKERS:-1}"
 for t in nginx wrk; do
   command -v "$t" >/dev/null || { echo "missing $t: apt-get install -y nginx-light wrk" >&2; exit 1; }
 done
@@ -30,9 +35,24 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 origin=$(free_port); proxy=$(free_port); gw=$(free_port)
 
-cat > "$work/nginx.conf" <<NGINX
+cat > "$work/origin.conf" <<NGINX
 daemon off;
 worker_processes 1;
+pid $work/origin.pid;
+error_log $work/origin-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  server {
+    listen 127.0.0.1:$origin;
+    keepalive_requests 1000000;
+    location / { return 200 "ok\n"; }
+  }
+}
+NGINX
+cat > "$work/nginx.conf" <<NGINX
+daemon off;
+worker_processes $workers;
 pid $work/nginx.pid;
 error_log $work/error.log warn;
 events { worker_connections 4096; }
@@ -40,11 +60,8 @@ http {
   access_log off;
   upstream origin { server 127.0.0.1:$origin; keepalive 128; }
   server {
-    listen 127.0.0.1:$origin;
-    location / { return 200 "ok\n"; }
-  }
-  server {
-    listen 127.0.0.1:$proxy;
+    listen 127.0.0.1:$proxy reuseport;
+    keepalive_requests 1000000;
     location / {
       proxy_pass http://origin;
       proxy_http_version 1.1;
@@ -54,6 +71,8 @@ http {
   }
 }
 NGINX
+nginx -c "$work/origin.conf" -p "$work" &
+pids+=($!)
 nginx -c "$work/nginx.conf" -p "$work" &
 pids+=($!)
 
@@ -63,7 +82,7 @@ cat > "$work/portcullis.toml" <<TOML
 [listen]
 address = "127.0.0.1:$gw"
 [runtime]
-worker_threads = 1
+worker_threads = $workers
 [[users]]
 name = "load"
 roles = ["rest"]
@@ -110,7 +129,7 @@ run() { # name url [header]
   printf '%-34s %12s req/s   p50 %8s   p99 %8s\n' "$1" "$rps" "$p50" "$p99"
   echo "$rps" > "$work/$1.rps"
 }
-echo "wrk -t2 -c$conns -d${secs}s on $(nproc) cores, $(date -u +%F)"
+echo "wrk -t2 -c$conns -d${secs}s on $(nproc) cores, $workers proxy worker(s), $(date -u +%F)"
 run origin-direct "http://127.0.0.1:$origin/open"
 run nginx-proxy "http://127.0.0.1:$proxy/open"
 run portcullis-none "http://127.0.0.1:$gw/open"

@@ -330,3 +330,71 @@ async fn a_second_gateway_cannot_join_the_address_of_the_first() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// An upstream that answers every request with its response followed at once by a
+/// second, unsolicited one (`smuggled`), on a connection it keeps open.
+async fn lying_upstream() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    got.clear();
+                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirstHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A pooled connection is never handed on with a response nobody asked for: whatever
+/// an upstream sends after its answer, the next request, another user's included, gets
+/// its own answer, never the unsolicited one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_an_upstream_sends_after_its_answer_reach_no_one() {
+    let up = lying_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = one_worker(&format!("http://{up}")).replace(
+        "[[plans]]",
+        &format!(
+            "[[users]]\nname = \"other\"\nroles = [\"rest\"]\npassword_hash = \"{}\"\n\n[[plans]]",
+            argon2_hash("other-pw")
+        ),
+    );
+    let path = write_config(dir.path(), &config);
+    let p = Process::start(&path, &[]);
+    // A fresh client each time: a new client connection, the same upstream pool.
+    for i in 0..12 {
+        let (user, pw) = if i % 2 == 0 {
+            ("svc", "svc-pw")
+        } else {
+            ("other", "other-pw")
+        };
+        let r = client()
+            .get(format!("http://{}/i/{i}", p.addr))
+            .header("authorization", basic(user, pw))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body = r.text().await.unwrap();
+        assert!(
+            !body.contains("smuggled"),
+            "request {i} ({user}) got the unsolicited answer"
+        );
+        assert!(status == 200 && body == "first", "request {i}: {status} {body}");
+    }
+}
