@@ -32,6 +32,7 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::TRANSFER_ENCODING,
 ];
 const TE_INDEX: usize = 6;
+const TE_CODING_INDEX: usize = 8;
 
 /// Removes the hop-by-hop headers and every header named in `Connection`.
 ///
@@ -94,6 +95,12 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
     if present & upgrade_bit != 0 {
         headers.remove(header::UPGRADE);
+    }
+    // A message framed by Transfer-Encoding and also carrying Content-Length is framed by
+    // the former; the length goes too (RFC 9112 section 6.3), or the next hop would cut
+    // the body at it.
+    if present & (1 << TE_CODING_INDEX) != 0 {
+        headers.remove(header::CONTENT_LENGTH);
     }
     if trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -246,6 +253,7 @@ mod tests {
     fn hop_by_hop_and_connection_named_headers_go() {
         assert_eq!(HOP_BY_HOP[0], header::CONNECTION);
         assert_eq!(HOP_BY_HOP[TE_INDEX], header::TE);
+        assert_eq!(HOP_BY_HOP[TE_CODING_INDEX], header::TRANSFER_ENCODING);
         let mut h = HeaderMap::new();
         h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret-Hop"));
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
@@ -277,6 +285,12 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort();
         assert_eq!(left, ["close-not", "x-c"]);
+        // Transfer-Encoding and Content-Length together: the length goes with the coding.
+        let mut h = HeaderMap::new();
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        remove_hop_by_hop(&mut h);
+        assert!(h.is_empty());
         // A message without any keeps every header.
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("a"));

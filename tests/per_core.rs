@@ -398,3 +398,140 @@ async fn bytes_an_upstream_sends_after_its_answer_reach_no_one() {
         assert!(status == 200 && body == "first", "request {i}: {status} {body}");
     }
 }
+
+/// An upstream that parses requests one after another without reading any body (so a
+/// body's bytes are read as the next request), answers each with its request line,
+/// answers as HTTP/1.0 with keep-alive when `http10`, and hangs up, unanswered, on a
+/// request for `/i/smuggled`. Every request line it parsed is recorded.
+async fn careless_upstream(http10: bool) -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let end = loop {
+                        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&got[..end]).to_string();
+                    got.drain(..end);
+                    let line = head.lines().next().unwrap_or("").to_string();
+                    log.lock().unwrap().push(line.clone());
+                    if line.contains("/i/smuggled") {
+                        return;
+                    }
+                    let answer = format!(
+                        "{} 200 OK\r\n{}Content-Length: {}\r\n\r\n{line}",
+                        if http10 { "HTTP/1.0" } else { "HTTP/1.1" },
+                        if http10 { "Connection: keep-alive\r\n" } else { "" },
+                        line.len()
+                    );
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+fn two_users(upstream: &str) -> String {
+    one_worker(upstream)
+        .replace("methods = [\"GET\"]", "methods = [\"GET\", \"POST\"]")
+        .replace(
+            "[[plans]]",
+            &format!(
+                "[[users]]\nname = \"other\"\nroles = [\"rest\"]\npassword_hash = \"{}\"\n\n[[plans]]",
+                argon2_hash("other-pw")
+            ),
+        )
+}
+
+/// An upstream that answers before it has read a request's body leaves the rest of the
+/// body to write: it is written on that request's connection, which is pooled only
+/// after, never in front of the next client's request. Here the rest of one user's body
+/// is itself a request (for an upstream that does not read bodies); the next user still
+/// gets the answer to his own request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_the_upstream_answered_early_is_never_sent_ahead_of_another_request() {
+    let (up, seen) = careless_upstream(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &two_users(&format!("http://{up}")));
+    let p = Process::start(&path, &[]);
+    let tail = b"GET /i/smuggled HTTP/1.1\r\nHost: up\r\nX-Portcullis-User: other\r\n\r\n".to_vec();
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    let head = format!(
+        "POST /i/a HTTP/1.1\r\nHost: gw\r\nAuthorization: {}\r\nContent-Length: {}\r\n\r\n",
+        basic("svc", "svc-pw"),
+        20 + tail.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&[b'P'; 20]).await.unwrap();
+    // The upstream answers from the head; the client reads that answer in full.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(b"\r\n\r\nPOST /i/a HTTP/1.1") {
+        match tokio::time::timeout(PATIENCE, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            other => panic!("no early answer: {other:?} {}", String::from_utf8_lossy(&got)),
+        }
+    }
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    // Then the rest of the body, then another user's request.
+    s.write_all(&tail).await.unwrap();
+    let r = client()
+        .get(format!("http://{}/i/mine", p.addr))
+        .header("authorization", basic("other", "other-pw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "GET /i/mine HTTP/1.1");
+    drop(s);
+    assert!(seen.lock().unwrap().iter().any(|l| l == "GET /i/mine HTTP/1.1"));
+}
+
+/// After an HTTP/1.0 answer a connection is not reused: the next request, another
+/// user's chunked upload included, goes out as HTTP/1.1 on a connection of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http10_answer_does_not_downgrade_the_next_request() {
+    let (up, seen) = careless_upstream(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &two_users(&format!("http://{up}")));
+    let p = Process::start(&path, &[]);
+    let c = client();
+    let r = c
+        .get(format!("http://{}/i/first", p.addr))
+        .header("authorization", basic("svc", "svc-pw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "GET /i/first HTTP/1.1");
+    let chunks = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"x"))]);
+    let r = client()
+        .post(format!("http://{}/i/upload", p.addr))
+        .header("authorization", basic("other", "other-pw"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "POST /i/upload HTTP/1.1");
+    // (The upstream reads no body: the chunks it reads as lines of their own.)
+    let seen = seen.lock().unwrap();
+    assert!(seen.iter().any(|l| l == "POST /i/upload HTTP/1.1"), "{seen:?}");
+    assert!(!seen.iter().any(|l| l.ends_with("HTTP/1.0")), "{seen:?}");
+}

@@ -215,11 +215,16 @@ pub async fn send(authority: &Arc<str>, mut req: Request<Body>) -> Result<Respon
         match outcome {
             Ok(resp) => {
                 let authority = authority.clone();
+                // After an HTTP/1.0 answer hyper would write the connection's next
+                // requests as HTTP/1.0 (no chunked bodies): such a connection is not
+                // reused.
+                let reuse = resp.version() == http::Version::HTTP_11;
                 return Ok(resp.map(|body| {
                     http_body_util::BodyExt::boxed_unsync(Driven {
                         body,
                         pooled: Some(pooled),
                         authority,
+                        reuse,
                     })
                 }));
             }
@@ -247,23 +252,47 @@ struct Driven {
     body: Incoming,
     pooled: Option<Pooled>,
     authority: Arc<str>,
+    /// Whether the connection may serve another request once this exchange is over.
+    reuse: bool,
 }
 
 impl Driven {
-    /// The exchange is over: the connection goes back to the pool, after one more turn
-    /// that lets it settle into keep-alive (or notice a close).
+    /// The response is over: the connection goes back to the pool, after one more turn
+    /// that lets it settle into keep-alive (or notice a close), once the request is over
+    /// too. An upstream may answer before it has read the whole request body; the rest
+    /// of the body is still this request's to write, so until it is written the
+    /// connection stays out of the pool, driven by a task of its own. Pooled earlier, it
+    /// would write this client's remaining bytes in front of the next client's request.
     fn release(&mut self, cx: Option<&mut Context<'_>>) {
-        if let Some(mut p) = self.pooled.take() {
-            let noop = Context::from_waker(std::task::Waker::noop());
-            let mut noop = noop;
-            let alive = match cx {
-                Some(cx) => p.drive(cx),
-                None => p.drive(&mut noop),
-            };
-            if alive && !p.send.is_closed() {
-                checkin(&self.authority, p);
-            }
+        let Some(mut p) = self.pooled.take() else {
+            return;
+        };
+        let mut noop = Context::from_waker(std::task::Waker::noop());
+        let cx = cx.unwrap_or(&mut noop);
+        if !self.reuse || !p.drive(cx) || p.send.is_closed() {
+            return;
         }
+        if p.send.is_ready() || matches!(p.send.poll_ready(cx), Poll::Ready(Ok(()))) {
+            checkin(&self.authority, p);
+            return;
+        }
+        // Outside a runtime (the worker is stopping) the connection just closes.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let authority = self.authority.clone();
+        runtime.spawn(async move {
+            let idle = std::future::poll_fn(|cx| {
+                if !p.drive(cx) {
+                    return Poll::Ready(false);
+                }
+                p.send.poll_ready(cx).map(|r| r.is_ok())
+            });
+            // The request body's own deadlines end a stalled body well before this.
+            if let Ok(true) = tokio::time::timeout(IDLE_TIMEOUT, idle).await {
+                checkin(&authority, p);
+            }
+        });
     }
 }
 
