@@ -535,3 +535,39 @@ async fn an_http10_answer_does_not_downgrade_the_next_request() {
     assert!(seen.iter().any(|l| l == "POST /i/upload HTTP/1.1"), "{seen:?}");
     assert!(!seen.iter().any(|l| l.ends_with("HTTP/1.0")), "{seen:?}");
 }
+
+/// An upstream answer framed by `Transfer-Encoding: chunked` that also says
+/// `Content-Length: 5` is forwarded whole: the length goes with the coding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_with_both_framings_is_forwarded_whole() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nf\r\nthe whole body.\r\n0\r\n\r\n";
+                let _ = stream.write_all(answer).await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &one_worker(&format!("http://{up}")));
+    let p = Process::start(&path, &[]);
+    let r = client()
+        .get(format!("http://{}/i/x", p.addr))
+        .header("authorization", basic("svc", "svc-pw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("content-length").is_none(), "{:?}", r.headers());
+    assert_eq!(r.text().await.unwrap(), "the whole body.");
+}
