@@ -245,28 +245,56 @@ async fn a_workers_upstream_connections_are_pooled_and_reused() {
     }
 }
 
-/// An upstream that reads each request head, counts it, and closes without answering.
-async fn hanging_up_upstream() -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+/// A raw TCP upstream on 127.0.0.1: `on_head` is called with each request head (the
+/// bytes up to the blank line) read off a connection and the connection itself, and
+/// returns whether to read the next head. No body is read: its bytes are read as heads.
+async fn raw_upstream<F>(on_head: F) -> std::net::SocketAddr
+where
+    F: Fn(String, &mut TcpStream) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>
+        + Send
+        + Sync
+        + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let heads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = heads.clone();
+    let on_head = std::sync::Arc::new(on_head);
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
-            let count = count.clone();
+            let on_head = on_head.clone();
             tokio::spawn(async move {
                 let mut got = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                let mut buf = [0u8; 4096];
+                loop {
+                    let end = loop {
+                        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&got[..end]).to_string();
+                    got.drain(..end);
+                    if !on_head(head, &mut stream).await {
+                        return;
                     }
                 }
-                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             });
         }
     });
+    addr
+}
+
+/// An upstream that reads each request head, counts it, and closes without answering.
+async fn hanging_up_upstream() -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let heads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = heads.clone();
+    let addr = raw_upstream(move |_, _| {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async { false })
+    })
+    .await;
     (addr, heads)
 }
 
@@ -334,30 +362,13 @@ async fn a_second_gateway_cannot_join_the_address_of_the_first() {
 /// An upstream that answers every request with its response followed at once by a
 /// second, unsolicited one (`smuggled`), on a connection it keeps open.
 async fn lying_upstream() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => got.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    got.clear();
-                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirstHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled";
-                    if stream.write_all(answer).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
+    raw_upstream(|_, stream| {
+        Box::pin(async move {
+            let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirstHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled";
+            stream.write_all(answer).await.is_ok()
+        })
+    })
+    .await
 }
 
 /// A pooled connection is never handed on with a response nobody asked for: whatever
@@ -404,46 +415,25 @@ async fn bytes_an_upstream_sends_after_its_answer_reach_no_one() {
 /// answers as HTTP/1.0 with keep-alive when `http10`, and hangs up, unanswered, on a
 /// request for `/i/smuggled`. Every request line it parsed is recorded.
 async fn careless_upstream(http10: bool) -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let log = log.clone();
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    let end = loop {
-                        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break i + 4;
-                        }
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => got.extend_from_slice(&buf[..n]),
-                        }
-                    };
-                    let head = String::from_utf8_lossy(&got[..end]).to_string();
-                    got.drain(..end);
-                    let line = head.lines().next().unwrap_or("").to_string();
-                    log.lock().unwrap().push(line.clone());
-                    if line.contains("/i/smuggled") {
-                        return;
-                    }
-                    let answer = format!(
-                        "{} 200 OK\r\n{}Content-Length: {}\r\n\r\n{line}",
-                        if http10 { "HTTP/1.0" } else { "HTTP/1.1" },
-                        if http10 { "Connection: keep-alive\r\n" } else { "" },
-                        line.len()
-                    );
-                    if stream.write_all(answer.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    let addr = raw_upstream(move |head, stream| {
+        let line = head.lines().next().unwrap_or("").to_string();
+        log.lock().unwrap().push(line.clone());
+        Box::pin(async move {
+            if line.contains("/i/smuggled") {
+                return false;
+            }
+            let answer = format!(
+                "{} 200 OK\r\n{}Content-Length: {}\r\n\r\n{line}",
+                if http10 { "HTTP/1.0" } else { "HTTP/1.1" },
+                if http10 { "Connection: keep-alive\r\n" } else { "" },
+                line.len()
+            );
+            stream.write_all(answer.as_bytes()).await.is_ok()
+        })
+    })
+    .await;
     (addr, seen)
 }
 
@@ -540,24 +530,13 @@ async fn an_http10_answer_does_not_downgrade_the_next_request() {
 /// `Content-Length: 5` is forwarded whole: the length goes with the coding.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_with_both_framings_is_forwarded_whole() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nf\r\nthe whole body.\r\n0\r\n\r\n";
-                let _ = stream.write_all(answer).await;
-            });
-        }
-    });
+    let up = raw_upstream(|_, stream| {
+        Box::pin(async move {
+            let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nf\r\nthe whole body.\r\n0\r\n\r\n";
+            stream.write_all(answer).await.is_ok()
+        })
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), &one_worker(&format!("http://{up}")));
     let p = Process::start(&path, &[]);
