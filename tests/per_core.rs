@@ -208,6 +208,24 @@ async fn counting_upstream(keep_alive: bool) -> (std::net::SocketAddr, std::sync
     (addr, accepted)
 }
 
+/// The real binary on `config`, with the directory holding the file.
+fn start(config: &str) -> (tempfile::TempDir, Process) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), config);
+    let p = Process::start(&path, &[]);
+    (dir, p)
+}
+
+/// `GET path` through the gateway as `user`, on a new client connection.
+async fn get_as(p: &Process, path: &str, user: &str, pw: &str) -> reqwest::Response {
+    client()
+        .get(format!("http://{}{path}", p.addr))
+        .header("authorization", basic(user, pw))
+        .send()
+        .await
+        .unwrap()
+}
+
 fn one_worker(upstream: &str) -> String {
     per_core(upstream, "svc-pw").replace("worker_threads = 2", "worker_threads = 1")
 }
@@ -303,15 +321,8 @@ async fn hanging_up_upstream() -> (std::net::SocketAddr, std::sync::Arc<std::syn
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_the_upstream_read_is_not_retried() {
     let (up, heads) = hanging_up_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), &one_worker(&format!("http://{up}")));
-    let p = Process::start(&path, &[]);
-    let r = client()
-        .get(format!("http://{}/i/x", p.addr))
-        .header("authorization", basic("svc", "svc-pw"))
-        .send()
-        .await
-        .unwrap();
+    let (_dir, p) = start(&one_worker(&format!("http://{up}")));
+    let r = get_as(&p, "/i/x", "svc", "svc-pw").await;
     error_body(r, 502).await;
     p.logs_when(|l| l.contains(r#""reason":"upstream_error""#)).await;
     assert_eq!(heads.load(std::sync::atomic::Ordering::SeqCst), 1);
@@ -457,9 +468,7 @@ fn two_users(upstream: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_the_upstream_answered_early_is_never_sent_ahead_of_another_request() {
     let (up, seen) = careless_upstream(false).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), &two_users(&format!("http://{up}")));
-    let p = Process::start(&path, &[]);
+    let (_dir, p) = start(&two_users(&format!("http://{up}")));
     let tail = b"GET /i/smuggled HTTP/1.1\r\nHost: up\r\nX-Portcullis-User: other\r\n\r\n".to_vec();
     let mut s = TcpStream::connect(p.addr).await.unwrap();
     let head = format!(
@@ -481,12 +490,7 @@ async fn a_body_the_upstream_answered_early_is_never_sent_ahead_of_another_reque
     assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
     // Then the rest of the body, then another user's request.
     s.write_all(&tail).await.unwrap();
-    let r = client()
-        .get(format!("http://{}/i/mine", p.addr))
-        .header("authorization", basic("other", "other-pw"))
-        .send()
-        .await
-        .unwrap();
+    let r = get_as(&p, "/i/mine", "other", "other-pw").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "GET /i/mine HTTP/1.1");
     drop(s);
@@ -498,9 +502,7 @@ async fn a_body_the_upstream_answered_early_is_never_sent_ahead_of_another_reque
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http10_answer_does_not_downgrade_the_next_request() {
     let (up, seen) = careless_upstream(true).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), &two_users(&format!("http://{up}")));
-    let p = Process::start(&path, &[]);
+    let (_dir, p) = start(&two_users(&format!("http://{up}")));
     let c = client();
     let r = c
         .get(format!("http://{}/i/first", p.addr))
@@ -537,15 +539,8 @@ async fn an_answer_with_both_framings_is_forwarded_whole() {
         })
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), &one_worker(&format!("http://{up}")));
-    let p = Process::start(&path, &[]);
-    let r = client()
-        .get(format!("http://{}/i/x", p.addr))
-        .header("authorization", basic("svc", "svc-pw"))
-        .send()
-        .await
-        .unwrap();
+    let (_dir, p) = start(&one_worker(&format!("http://{up}")));
+    let r = get_as(&p, "/i/x", "svc", "svc-pw").await;
     assert_eq!(r.status(), 200);
     assert!(r.headers().get("content-length").is_none(), "{:?}", r.headers());
     assert_eq!(r.text().await.unwrap(), "the whole body.");
