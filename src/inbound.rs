@@ -464,17 +464,13 @@ async fn handle_inner(
         parts.extensions.insert(cert.clone());
     }
     if let Some(issuer) = gw.auth.oauth.as_ref().and_then(|o| o.issuer()) {
-        let path = parts.uri.path();
-        if path == builtin::TOKEN_PATH || path == builtin::JWKS_PATH || path == builtin::REVOKE_PATH {
+        if let Some(endpoint) = builtin::endpoint(parts.uri.path()) {
             // The issuer's endpoints are routes of the pipeline too: their refusals are
             // counted, logged and shown like any other, under their own labels.
-            ctx.endpoint = Some(match path {
-                builtin::TOKEN_PATH => "oauth_token",
-                builtin::REVOKE_PATH => "oauth_revoke",
-                _ => "oauth_jwks",
-            });
+            ctx.endpoint = Some(endpoint);
             ctx.auth_method = Some(AuthMethod::OAuth);
-            return oauth_endpoint(gw, issuer, ctx.client, &parts, body).await;
+            let timeout = gw.config.limits.request_timeout;
+            return issuer.serve(&gw.auth, &parts, body, ctx.client, timeout).await;
         }
     }
     let permit = match decide(gw, ctx, &mut parts).await {
@@ -837,60 +833,6 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<T> {
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
-}
-
-/// The builtin issuer's endpoints: `POST /oauth/token` and `GET /oauth/jwks.json`.
-async fn oauth_endpoint(
-    gw: &Gateway,
-    issuer: &builtin::Issuer,
-    client: std::net::IpAddr,
-    parts: &Parts,
-    body: Incoming,
-) -> Result<Response<Body>, Refusal> {
-    let path = parts.uri.path();
-    if path == builtin::JWKS_PATH {
-        upstream::drain(body);
-        return match parts.method {
-            http::Method::GET | http::Method::HEAD => Ok(issuer.jwks()),
-            _ => Err(Refusal::MethodNotAllowed(vec![http::Method::GET, http::Method::HEAD])),
-        };
-    }
-    if parts.method != http::Method::POST {
-        upstream::drain(body);
-        return Err(Refusal::MethodNotAllowed(vec![http::Method::POST]));
-    }
-    let form_type = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
-    if !form_type {
-        upstream::drain(body);
-        return Err(crate::error::OAuthError::new(
-            http::StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "the token request must be application/x-www-form-urlencoded",
-            None,
-            "malformed_token_request",
-        )
-        .into());
-    }
-    const MAX_FORM: usize = 64 * 1024;
-    let form = match tokio::time::timeout(
-        gw.config.limits.request_timeout,
-        http_body_util::Limited::new(body, MAX_FORM).collect(),
-    )
-    .await
-    {
-        Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(_)) => return Err(Refusal::PayloadTooLarge),
-        Err(_) => return Err(Refusal::BadRequest("token request body timed out".into())),
-    };
-    let authorization = parts.headers.get_all(header::AUTHORIZATION);
-    if path == builtin::REVOKE_PATH {
-        return Ok(issuer.revoke(&gw.auth, authorization, &form, client).await?);
-    }
-    Ok(issuer.token(&gw.auth, authorization, &form, client).await?)
 }
 
 /// The head's own checks: within `max_headers` and `max_header_bytes`, and one valid

@@ -14,12 +14,17 @@ use bytes::{Bytes, BytesMut};
 use http::{Request, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::error::{full, Body, BoxError};
+
+/// A request body the pipeline reads: hyper's `Incoming` from a listener, or any body a
+/// test drives the pipeline with in process.
+pub trait RequestBody: HttpBody<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static {}
+
+impl<B: HttpBody<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static> RequestBody for B {}
 
 /// The pooled client used for every upstream, plain or TLS (web PKI roots).
 pub type Client = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Body>;
@@ -170,7 +175,7 @@ pub struct TooLarge;
 pub enum BodyError {
     TooLarge,
     Timeout,
-    Client(hyper::Error),
+    Client(BoxError),
 }
 
 /// Largest unknown-length body held back before forwarding, to learn its size first.
@@ -234,14 +239,14 @@ impl BodyTiming {
 /// counted, and is cut with an error the moment it passes the limit, so the upstream never
 /// receives a complete over-limit request. Every body, whatever its framing, is cut when it
 /// sends nothing for `timing.idle` or is not complete by `timing.until` (`Timeout`, 408).
-pub async fn limit_body(
-    body: Incoming,
+pub async fn limit_body<B: RequestBody>(
+    body: B,
     limit: u64,
     declared: Option<u64>,
     timing: BodyTiming,
 ) -> Result<(Body, Overflow), BodyError> {
     if body.is_end_stream() {
-        return Ok((body.map_err(BoxError::from).boxed_unsync(), Overflow::default()));
+        return Ok((body.map_err(Into::into).boxed_unsync(), Overflow::default()));
     }
     let overflow = Overflow::tracking();
     if declared.is_some_and(|n| limit > 0 && n > limit) {
@@ -277,7 +282,7 @@ pub async fn limit_body(
                 ended = true;
                 break;
             }
-            Some(Err(e)) => return Err(BodyError::Client(e)),
+            Some(Err(e)) => return Err(BodyError::Client(e.into())),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
                     if !ticket.grow(data.len() as u64, timing.spool_max) {
@@ -300,7 +305,7 @@ pub async fn limit_body(
     }
     if ended {
         overflow.set(FINISHED);
-        let body = Prefixed {
+        let body = Prefixed::<B> {
             prefix: Some(held.freeze()),
             keep_trailers: false,
             rest: None,
@@ -318,7 +323,7 @@ pub async fn limit_body(
 }
 
 /// `prefix` (already read), then the rest of `body`, without a limit.
-pub fn prefixed(prefix: Bytes, body: Incoming) -> Body {
+pub fn prefixed<B: RequestBody>(prefix: Bytes, body: B) -> Body {
     Prefixed {
         prefix: Some(prefix),
         keep_trailers: true,
@@ -333,11 +338,11 @@ pub fn prefixed(prefix: Bytes, body: Incoming) -> Body {
 }
 
 /// Held bytes first, then the rest of the client's body, cut past the limit or its time.
-struct Prefixed {
+struct Prefixed<B> {
     prefix: Option<Bytes>,
     /// Inbound bodies drop the client's trailers; egress passes a local service's on.
     keep_trailers: bool,
-    rest: Option<Incoming>,
+    rest: Option<B>,
     remaining: u64,
     overflow: Overflow,
     /// Fires at the body's next deadline (idle, or the whole request's).
@@ -347,7 +352,7 @@ struct Prefixed {
     ticket: Option<SpoolTicket>,
 }
 
-impl HttpBody for Prefixed {
+impl<B: RequestBody> HttpBody for Prefixed<B> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -397,7 +402,7 @@ impl HttpBody for Prefixed {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => {
                 self.rest = None;
                 self.timer = None;
@@ -431,7 +436,7 @@ impl HttpBody for Prefixed {
 /// Reads and discards what is left of a refused request's body, within bounds, so the
 /// client reads our answer instead of a reset connection (the "lingering close" of
 /// nginx); past the bounds the connection is simply closed.
-pub fn drain(body: Incoming) {
+pub fn drain<B: RequestBody>(body: B) {
     if body.is_end_stream() {
         return;
     }

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::{Shared, TokenFacts, Verdict, VerifiedTokens};
 use crate::auth::{Auth, Reason, UserEntry};
 use crate::config::{self, SecretHash};
-use crate::error::{full, Body, OAuthError};
+use crate::error::{full, Body, OAuthError, Refusal};
 use crate::shared::{RevocationLimits, RevokeRefused};
 
 pub use crate::config::keys::SigningKey;
@@ -345,6 +345,17 @@ pub struct Issuer {
 pub use crate::config::{JWKS_PATH, REVOKE_PATH, TOKEN_PATH};
 pub const DEFAULT_ISSUER: &str = "portcullis";
 
+/// The issuer's own endpoint at `path`, by the label its requests are logged and counted
+/// under (`integration` of the access log and `portcullis_requests_total`).
+pub fn endpoint(path: &str) -> Option<&'static str> {
+    match path {
+        TOKEN_PATH => Some("oauth_token"),
+        REVOKE_PATH => Some("oauth_revoke"),
+        JWKS_PATH => Some("oauth_jwks"),
+        _ => None,
+    }
+}
+
 impl Issuer {
     pub fn new(
         cfg: &config::OAuth,
@@ -498,6 +509,61 @@ impl Issuer {
         header.kid = Some(self.key.kid.clone());
         header.typ = Some("at+jwt".into());
         jsonwebtoken::encode(&header, &claims, &self.key.encoding).map_err(|e| e.to_string())
+    }
+
+    /// Answers a request to one of the issuer's [`endpoint`]s: `GET /oauth/jwks.json`,
+    /// `POST /oauth/token` and `POST /oauth/revoke` (a form of at most 64 KiB, read
+    /// within `timeout`). The pipeline calls it in place of a route; the refusals are
+    /// counted, logged and shown like any other.
+    pub async fn serve<B: crate::upstream::RequestBody>(
+        &self,
+        auth: &Auth,
+        parts: &http::request::Parts,
+        body: B,
+        client: IpAddr,
+        timeout: Duration,
+    ) -> Result<Response<Body>, Refusal> {
+        use http::Method;
+        use http_body_util::BodyExt;
+        const MAX_FORM: usize = 64 * 1024;
+        let path = parts.uri.path();
+        if path == JWKS_PATH {
+            crate::upstream::drain(body);
+            return match parts.method {
+                Method::GET | Method::HEAD => Ok(self.jwks()),
+                _ => Err(Refusal::MethodNotAllowed(vec![Method::GET, Method::HEAD])),
+            };
+        }
+        if parts.method != Method::POST {
+            crate::upstream::drain(body);
+            return Err(Refusal::MethodNotAllowed(vec![Method::POST]));
+        }
+        let form_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
+        if !form_type {
+            crate::upstream::drain(body);
+            return Err(OAuthError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "the token request must be application/x-www-form-urlencoded",
+                None,
+                "malformed_token_request",
+            )
+            .into());
+        }
+        let form = match tokio::time::timeout(timeout, http_body_util::Limited::new(body, MAX_FORM).collect()).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(_)) => return Err(Refusal::PayloadTooLarge),
+            Err(_) => return Err(Refusal::BadRequest("token request body timed out".into())),
+        };
+        let authorization = parts.headers.get_all(header::AUTHORIZATION);
+        if path == REVOKE_PATH {
+            return Ok(self.revoke(auth, authorization, &form, client).await?);
+        }
+        Ok(self.token(auth, authorization, &form, client).await?)
     }
 
     pub fn jwks(&self) -> Response<Body> {
