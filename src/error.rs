@@ -93,14 +93,31 @@ impl OAuthError {
             reason,
         }
     }
+}
 
-    fn into_response(self) -> Response<Body> {
-        let body = serde_json::json!({"error": self.error, "error_description": self.description}).to_string();
-        let mut resp = Response::new(full(body));
-        *resp.status_mut() = self.status;
-        let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+impl Answer for OAuthError {
+    fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    fn reason(&self) -> &'static str {
+        self.reason
+    }
+
+    fn message(&self) -> Cow<'static, str> {
+        self.description.clone()
+    }
+
+    /// RFC 6749 section 5.2: `{"error": ..., "error_description": ...}`.
+    fn body(&self) -> Option<Vec<u8>> {
+        Some(
+            serde_json::json!({"error": self.error, "error_description": self.description})
+                .to_string()
+                .into_bytes(),
+        )
+    }
+
+    fn headers(&self, h: &mut http::HeaderMap) {
         h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
         if self.status == StatusCode::UNAUTHORIZED {
             h.insert(
@@ -111,7 +128,6 @@ impl OAuthError {
         if let Some(r) = self.retry_after {
             h.insert(header::RETRY_AFTER, HeaderValue::from(r.as_secs().max(1)));
         }
-        resp
     }
 }
 
@@ -121,8 +137,37 @@ impl From<OAuthError> for Refusal {
     }
 }
 
-impl Refusal {
-    pub fn status(&self) -> StatusCode {
+/// What every refusal of every listener has: a status, a precise reason for the log and
+/// the metrics (never sent), the message the client reads, and headers of its own. One
+/// function, [`answer`], turns any of them into the contract's response.
+pub trait Answer {
+    fn status(&self) -> StatusCode;
+    /// The precise reason for the log line; never sent to the client.
+    fn reason(&self) -> &'static str;
+    /// What the client is told.
+    fn message(&self) -> Cow<'static, str>;
+    /// Headers the answer carries beyond the contract's (challenges, `Allow`, `Retry-After`).
+    fn headers(&self, _h: &mut http::HeaderMap) {}
+    /// A body another standard fixes instead of the contract's JSON (RFC 6749 token errors).
+    fn body(&self) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+/// The contract's answer: `{"code","reason","message","request_id"}` (or the body the
+/// answer's standard fixes) as JSON, `Cache-Control: no-store`, `X-Request-Id`, and the
+/// answer's own headers.
+pub fn answer<A: Answer + ?Sized>(a: &A, request_id: &HeaderValue) -> Response<Body> {
+    let mut resp = match a.body() {
+        Some(body) => json_response(a.status(), body, request_id),
+        None => json_error(a.status(), &a.message(), request_id),
+    };
+    a.headers(resp.headers_mut());
+    resp
+}
+
+impl Answer for Refusal {
+    fn status(&self) -> StatusCode {
         match self {
             Refusal::BadRequest(_) | Refusal::Invalid { .. } => StatusCode::BAD_REQUEST,
             Refusal::NotFound => StatusCode::NOT_FOUND,
@@ -140,8 +185,7 @@ impl Refusal {
         }
     }
 
-    /// What the client is told.
-    pub fn message(&self) -> Cow<'static, str> {
+    fn message(&self) -> Cow<'static, str> {
         Cow::Borrowed(match self {
             Refusal::BadRequest(m) | Refusal::Invalid { message: m, .. } => return m.clone(),
             Refusal::NotFound => "No integration matches this path",
@@ -161,6 +205,70 @@ impl Refusal {
         })
     }
 
+    fn reason(&self) -> &'static str {
+        match self {
+            Refusal::BadRequest(_) => "bad_request",
+            Refusal::Invalid { reason, .. } => reason,
+            Refusal::NotFound => "no_route",
+            Refusal::MethodNotAllowed(_) => "method_not_allowed",
+            Refusal::PayloadTooLarge => "body_too_large",
+            Refusal::HeadersTooLarge => "headers_too_large",
+            Refusal::Missing { .. } => "no_credentials",
+            Refusal::Rejected { reason, .. } | Refusal::Forbidden { reason, .. } => reason,
+            Refusal::LockedOut { .. } => "locked_out",
+            Refusal::BadGateway(r) | Refusal::Unavailable(r) => r,
+            Refusal::GatewayTimeout => "upstream_timeout",
+            Refusal::BodyTimeout => "body_timeout",
+            Refusal::OAuth(e) => e.reason,
+        }
+    }
+
+    fn headers(&self, h: &mut http::HeaderMap) {
+        match self {
+            Refusal::MethodNotAllowed(methods) => {
+                let allow = methods.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ");
+                if let Ok(v) = HeaderValue::from_str(&allow) {
+                    h.insert(header::ALLOW, v);
+                }
+            }
+            Refusal::Missing { challenges } | Refusal::Rejected { challenges, .. } => {
+                for c in challenges {
+                    h.append(header::WWW_AUTHENTICATE, c.clone());
+                }
+            }
+            Refusal::Forbidden { challenge: Some(c), .. } => {
+                h.insert(header::WWW_AUTHENTICATE, c.clone());
+            }
+            Refusal::LockedOut { retry_after } => {
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            }
+            Refusal::PayloadTooLarge | Refusal::HeadersTooLarge | Refusal::BodyTimeout => {
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Refusal::Unavailable(_) => {
+                // Overload and identity-provider outages pass: ask for a retry shortly.
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Refusal::OAuth(e) => e.headers(h),
+            Refusal::BadRequest(_)
+            | Refusal::Invalid { .. }
+            | Refusal::NotFound
+            | Refusal::Forbidden { challenge: None, .. }
+            | Refusal::BadGateway(_)
+            | Refusal::GatewayTimeout => {}
+        }
+    }
+
+    fn body(&self) -> Option<Vec<u8>> {
+        match self {
+            Refusal::OAuth(e) => e.body(),
+            _ => None,
+        }
+    }
+}
+
+impl Refusal {
     /// The `outcome` label of `portcullis_requests_total`.
     pub fn outcome(&self) -> Outcome {
         match self {
@@ -188,31 +296,12 @@ impl Refusal {
         }
     }
 
-    /// The precise reason for the log line; never sent to the client.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Refusal::BadRequest(_) => "bad_request",
-            Refusal::Invalid { reason, .. } => reason,
-            Refusal::NotFound => "no_route",
-            Refusal::MethodNotAllowed(_) => "method_not_allowed",
-            Refusal::PayloadTooLarge => "body_too_large",
-            Refusal::HeadersTooLarge => "headers_too_large",
-            Refusal::Missing { .. } => "no_credentials",
-            Refusal::Rejected { reason, .. } | Refusal::Forbidden { reason, .. } => reason,
-            Refusal::LockedOut { .. } => "locked_out",
-            Refusal::BadGateway(r) | Refusal::Unavailable(r) => r,
-            Refusal::GatewayTimeout => "upstream_timeout",
-            Refusal::BodyTimeout => "body_timeout",
-            Refusal::OAuth(e) => e.reason,
-        }
-    }
-
     /// The refusal as gRPC answers it (a Trailers-Only response): HTTP 200 with
     /// `grpc-status` and `grpc-message`; 401 is UNAUTHENTICATED (16), 403
     /// PERMISSION_DENIED (7), 429 and 413/431 RESOURCE_EXHAUSTED (8), 502/503/504
     /// UNAVAILABLE (14), 404/405 UNIMPLEMENTED (12), 408 DEADLINE_EXCEEDED (4), other 400s
     /// INVALID_ARGUMENT (3). `WWW-Authenticate` and `Retry-After` are kept.
-    pub fn into_grpc_response(self) -> Response<Body> {
+    pub fn into_grpc_response(&self) -> Response<Body> {
         let status = self.status();
         let code: u16 = match status.as_u16() {
             401 => 16,
@@ -225,7 +314,8 @@ impl Refusal {
             _ => 2,
         };
         let message = self.message();
-        let plain = self.into_response(&HeaderValue::from_static(""));
+        let mut own = http::HeaderMap::new();
+        self.headers(&mut own);
         let mut resp = Response::new(full(Bytes::new()));
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
@@ -245,56 +335,9 @@ impl Refusal {
             h.insert("grpc-message", v);
         }
         for name in [header::WWW_AUTHENTICATE, header::RETRY_AFTER] {
-            for v in plain.headers().get_all(&name) {
+            for v in own.get_all(&name) {
                 h.append(name.clone(), v.clone());
             }
-        }
-        resp
-    }
-
-    /// The JSON response, with `X-Request-Id` and the status's own headers.
-    pub fn into_response(self, request_id: &HeaderValue) -> Response<Body> {
-        if let Refusal::OAuth(e) = self {
-            let mut resp = e.into_response();
-            resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
-            return resp;
-        }
-        let status = self.status();
-        let mut resp = json_error(status, &self.message(), request_id);
-        let h = resp.headers_mut();
-        match self {
-            Refusal::MethodNotAllowed(methods) => {
-                let allow = methods.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ");
-                if let Ok(v) = HeaderValue::from_str(&allow) {
-                    h.insert(header::ALLOW, v);
-                }
-            }
-            Refusal::Missing { challenges } | Refusal::Rejected { challenges, .. } => {
-                for c in challenges {
-                    h.append(header::WWW_AUTHENTICATE, c);
-                }
-            }
-            Refusal::Forbidden { challenge: Some(c), .. } => {
-                h.insert(header::WWW_AUTHENTICATE, c);
-            }
-            Refusal::LockedOut { retry_after } => {
-                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-                h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-            }
-            Refusal::PayloadTooLarge | Refusal::HeadersTooLarge | Refusal::BodyTimeout => {
-                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            Refusal::Unavailable(_) => {
-                // Overload and identity-provider outages pass: ask for a retry shortly.
-                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            }
-            Refusal::BadRequest(_)
-            | Refusal::Invalid { .. }
-            | Refusal::NotFound
-            | Refusal::Forbidden { challenge: None, .. }
-            | Refusal::BadGateway(_)
-            | Refusal::GatewayTimeout
-            | Refusal::OAuth(_) => {}
         }
         resp
     }
@@ -315,8 +358,12 @@ pub fn json_error(status: StatusCode, message: &str, request_id: &HeaderValue) -
         message,
         request_id: request_id.to_str().unwrap_or(""),
     };
-    let json = serde_json::to_vec(&body).unwrap_or_default();
-    let mut resp = Response::new(full(json));
+    json_response(status, serde_json::to_vec(&body).unwrap_or_default(), request_id)
+}
+
+/// A JSON answer: `status`, `body`, `Cache-Control: no-store` and `X-Request-Id`.
+fn json_response(status: StatusCode, body: Vec<u8>, request_id: &HeaderValue) -> Response<Body> {
+    let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -337,10 +384,10 @@ mod tests {
     #[tokio::test]
     async fn body_and_headers_follow_the_contract() {
         let id = HeaderValue::from_static("req-1");
-        let resp = Refusal::Missing {
+        let refusal = Refusal::Missing {
             challenges: vec![HeaderValue::from_static("Basic realm=\"portcullis\"")],
-        }
-        .into_response(&id);
+        };
+        let resp = answer(&refusal, &id);
         assert_eq!(resp.status(), 401);
         assert_eq!(resp.headers()["x-request-id"], "req-1");
         assert_eq!(resp.headers()["www-authenticate"], "Basic realm=\"portcullis\"");
@@ -352,12 +399,35 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_token_endpoint_error_keeps_its_rfc_6749_body() {
+        let e = OAuthError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "client authentication failed",
+            None,
+            "bad_client_credentials",
+        );
+        let resp = answer(&Refusal::from(e), &HeaderValue::from_static("req-2"));
+        assert_eq!(resp.status(), 401);
+        assert_eq!(resp.headers()["x-request-id"], "req-2");
+        assert_eq!(resp.headers()["cache-control"], "no-store");
+        assert_eq!(resp.headers()["pragma"], "no-cache");
+        assert_eq!(resp.headers()["www-authenticate"], "Basic realm=\"portcullis\"");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"error":"invalid_client","error_description":"client authentication failed"})
+        );
+    }
+
     #[test]
     fn locked_out_rounds_retry_after_up() {
-        let resp = Refusal::LockedOut {
+        let refusal = Refusal::LockedOut {
             retry_after: Duration::from_millis(1500),
-        }
-        .into_response(&HeaderValue::from_static("x"));
+        };
+        let resp = answer(&refusal, &HeaderValue::from_static("x"));
         assert_eq!(resp.headers()["retry-after"], "2");
     }
 }

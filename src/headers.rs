@@ -245,9 +245,81 @@ pub fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
+/// The request's id: the client's `X-Request-Id` when it is one to keep
+/// ([`valid_request_id`]), else a fresh one. Inbound and egress take it the same way.
+pub fn request_id(h: &http::HeaderMap) -> HeaderValue {
+    match h.get(X_REQUEST_ID) {
+        Some(v) if valid_request_id(v) => v.clone(),
+        _ => new_request_id(),
+    }
+}
+
+/// An authority as `host[:port]`, never with its user info: how the access log, spans,
+/// `explain`, the admin page and a `Host` header name an upstream or a URL's server, so
+/// that a password in a URL cannot reach any of them.
+pub struct HostPort<'a> {
+    pub host: &'a str,
+    pub port: Option<u16>,
+}
+
+impl<'a> HostPort<'a> {
+    /// The host, and the port when the authority names one.
+    pub fn of(a: &'a http::uri::Authority) -> Self {
+        HostPort {
+            host: a.host(),
+            port: a.port_u16(),
+        }
+    }
+
+    /// The host and always a port: the authority's, else `default`.
+    pub fn with_port(a: &'a http::uri::Authority, default: u16) -> Self {
+        HostPort {
+            host: a.host(),
+            port: Some(a.port_u16().unwrap_or(default)),
+        }
+    }
+
+    /// The host, and the port unless it is `default` (what a client puts in `Host`).
+    pub fn without_default(a: &'a http::uri::Authority, default: u16) -> Self {
+        HostPort {
+            host: a.host(),
+            port: a.port_u16().filter(|p| *p != default),
+        }
+    }
+}
+
+impl std::fmt::Display for HostPort<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.port {
+            Some(p) => write!(f, "{}:{p}", self.host),
+            None => f.write_str(self.host),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_and_port_never_show_user_info() {
+        let a: http::uri::Authority = "user:secret@example.com:8443".parse().unwrap();
+        assert_eq!(HostPort::of(&a).to_string(), "example.com:8443");
+        assert_eq!(HostPort::without_default(&a, 8443).to_string(), "example.com");
+        let plain: http::uri::Authority = "u:p@[::1]".parse().unwrap();
+        assert_eq!(HostPort::with_port(&plain, 443).to_string(), "[::1]:443");
+        assert_eq!(HostPort::of(&plain).to_string(), "[::1]");
+    }
+
+    #[test]
+    fn a_client_request_id_is_kept_only_when_plain() {
+        let mut h = http::HeaderMap::new();
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("abc-1"));
+        assert_eq!(request_id(&h), "abc-1");
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("a b"));
+        assert_ne!(request_id(&h), "a b");
+        assert_eq!(request_id(&h).len(), 32);
+    }
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod egress;
 pub mod error;
+pub mod gateway;
 pub mod headers;
 pub mod inbound;
 pub mod metrics;

@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 
 use crate::auth;
 use crate::config::Config;
-use crate::inbound::{BuildError, Env, Gateway, RefusalRecord};
+use crate::gateway::{BuildError, Env, Gateway, RefusalRecord};
 use crate::metrics::Metrics;
 use crate::upstream;
 use crate::util::unix_now;

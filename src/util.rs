@@ -25,6 +25,46 @@ pub fn unix_now() -> u64 {
         .as_secs()
 }
 
+/// A request's context that must be finished (logged, counted) exactly once.
+pub trait Finishing {
+    fn finish(&mut self);
+}
+
+/// Finishes its request's context exactly once: when the request completes
+/// ([`Finish::complete`]), or when its future is dropped first (the client reset or went
+/// away, shutdown passed its grace period). Inbound and egress both hold one per request.
+pub struct Finish<T: Finishing>(Option<T>);
+
+impl<T: Finishing> Default for Finish<T> {
+    fn default() -> Self {
+        Finish(None)
+    }
+}
+
+impl<T: Finishing> Finish<T> {
+    /// Starts guarding `t`, and lends it for the request to fill in.
+    pub fn start(&mut self, t: T) -> &mut T {
+        self.0.insert(t)
+    }
+
+    /// Finishes now and gives the finished context back.
+    pub fn complete(mut self) -> Option<T> {
+        let mut t = self.0.take();
+        if let Some(t) = t.as_mut() {
+            t.finish();
+        }
+        t
+    }
+}
+
+impl<T: Finishing> Drop for Finish<T> {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.as_mut() {
+            t.finish();
+        }
+    }
+}
+
 /// Text a client or peer controls (a certificate name, a header, a claim, a path, a
 /// library's error about what a peer sent), made safe to put into a log line or an error
 /// message: control characters (C0, DEL, C1), the Unicode line and paragraph separators

@@ -22,12 +22,13 @@ const LAYERS: &[(&str, u32)] = &[
     ("authz", 5),
     ("route", 5),
     ("egress", 6),
-    ("inbound", 7),
-    ("state", 8),
-    ("admin", 9),
-    ("reload", 9),
-    ("run", 10),
-    ("cli", 11),
+    ("gateway", 7),
+    ("inbound", 8),
+    ("state", 9),
+    ("admin", 10),
+    ("reload", 10),
+    ("run", 11),
+    ("cli", 12),
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {

@@ -190,21 +190,26 @@ fn code_reasons() -> BTreeSet<String> {
         let text = std::fs::read_to_string(&f).unwrap();
         // Reason tables: the match arms of `Reason::as_str`, `Refusal::reason` and
         // `EgressError::reason`.
-        let tables = ["impl Reason {", "impl Refusal {", "impl EgressError {"];
+        let tables = [
+            "impl Reason {",
+            "impl Answer for Refusal {",
+            "impl Answer for EgressError {",
+        ];
         for head in [
             "pub fn as_str(self) -> &'static str {",
-            "pub fn reason(&self) -> &'static str {",
+            "fn reason(&self) -> &'static str {",
         ] {
-            let Some(i) = text.find(head) else { continue };
-            let owner = text[..i].rfind("\nimpl ").map(|k| &text[k + 1..i]);
-            if !owner.is_some_and(|o| tables.iter().any(|t| o.starts_with(t))) {
-                continue;
-            }
-            {
-                let body = &text[i..];
-                let end = body.find("\n    }\n").unwrap_or(body.len());
-                for l in body[..end].lines().filter(|l| l.contains("=>")) {
-                    out.extend(literals(l).into_iter().filter(|s| snake(s)));
+            for (i, _) in text.match_indices(head) {
+                let owner = text[..i].rfind("\nimpl ").map(|k| &text[k + 1..i]);
+                if !owner.is_some_and(|o| tables.iter().any(|t| o.starts_with(t))) {
+                    continue;
+                }
+                {
+                    let body = &text[i..];
+                    let end = body.find("\n    }\n").unwrap_or(body.len());
+                    for l in body[..end].lines().filter(|l| l.contains("=>")) {
+                        out.extend(literals(l).into_iter().filter(|s| snake(s)));
+                    }
                 }
             }
         }
