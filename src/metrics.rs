@@ -82,174 +82,147 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// A metric's name and help text.
+type Desc = (&'static str, &'static str);
+
+const REQUESTS: Desc = (
+    "portcullis_requests_total",
+    "Inbound requests by plan, integration, auth method and outcome.",
+);
+const AUTH_FAILURES: Desc = (
+    "portcullis_auth_failures_total",
+    "Refused credentials by auth method and precise reason.",
+);
+const REQUEST_DURATION: Desc = (
+    "portcullis_request_duration_seconds",
+    "Time from request head to response head, by plan and integration.",
+);
+const UPSTREAM_DURATION: Desc = (
+    "portcullis_upstream_duration_seconds",
+    "Time the upstream took to answer with its response head, by plan.",
+);
+const CACHE_REQUESTS: Desc = (
+    "portcullis_cache_requests_total",
+    "Credential and token cache lookups by cache and result (hit/miss).",
+);
+const CACHE_ENTRIES: Desc = ("portcullis_cache_entries", "Entries in each cache.");
+const EGRESS_REQUESTS: Desc = (
+    "portcullis_egress_requests_total",
+    "Egress calls by endpoint and response status.",
+);
+const EGRESS_TOKEN_FETCHES: Desc = (
+    "portcullis_egress_token_fetches_total",
+    "OAuth2 token fetches for egress endpoints by outcome.",
+);
+const SHARED_ERRORS: Desc = ("portcullis_shared_errors_total", "Commands to the shared store (Redis) that failed or timed out, by operation (lockout, refresh, revoke, agree, egress, publish, subscribe).");
+const SHARED_INTEGRITY_FAILURES: Desc = ("portcullis_shared_integrity_failures_total", "Values read from the shared store (Redis) that failed their integrity check and were refused, by kind (refresh, family, revocation, event, agreed, egress).");
+const TABLE_FULL: Desc = ("portcullis_table_full_total", "Requests refused because a bounded security table was full, by table (revocations, lockout, remote_locks) and limit (total, per_client).");
+const CONFIG_RELOADS: Desc = (
+    "portcullis_config_reloads_total",
+    "Config reloads by outcome (success/failure).",
+);
+const CONFIG_LAST_RELOAD_SUCCESS: Desc = (
+    "portcullis_config_last_reload_success_timestamp_seconds",
+    "Unix time of the last successful config load.",
+);
+const CONFIG_LAST_RELOAD_SUCCESSFUL: Desc = (
+    "portcullis_config_last_reload_successful",
+    "1 if the last config load succeeded, 0 if the newest file was refused (the previous config still runs).",
+);
+const CONNECTIONS_ACTIVE: Desc = ("portcullis_connections_active", "Open connections by listener.");
+const CONNECTIONS_REJECTED: Desc = (
+    "portcullis_connections_rejected_total",
+    "Connections closed at accept because max_connections was reached.",
+);
+const TLS_HANDSHAKE_FAILURES: Desc = (
+    "portcullis_tls_handshake_failures_total",
+    "Failed or timed-out TLS handshakes.",
+);
+const TLS_CERTIFICATE_EXPIRY: Desc = (
+    "portcullis_tls_certificate_expiry_timestamp_seconds",
+    "Unix time at which the inbound TLS certificate in use stops being valid (0: no TLS).",
+);
+const HASH_QUEUE: Desc = (
+    "portcullis_hash_queue",
+    "argon2id checks waiting for a worker of the pool.",
+);
+const HASH_OVERLOADED: Desc = (
+    "portcullis_hash_overloaded_total",
+    "argon2id checks refused (503 overloaded): queue full or queue deadline passed.",
+);
+const CLIENT_CLOSED: Desc = (
+    "portcullis_client_closed_total",
+    "Requests whose client closed or reset before the response (logged as 499).",
+);
+const H2_RESET_ABUSE: Desc = (
+    "portcullis_h2_reset_abuse_total",
+    "HTTP/2 connections closed for resetting too many streams before their response.",
+);
+const MALFORMED_HEADS: Desc = (
+    "portcullis_malformed_requests_total",
+    "HTTP/1.1 request heads refused by the parser before routing (431, 414, 400), by listener and reason.",
+);
+
+/// Registers metrics as they are made. Names are static and distinct and labels fixed,
+/// so making and registering cannot fail.
+struct Reg(Registry);
+
+impl Reg {
+    fn add<T: prometheus::core::Collector + Clone + 'static>(&self, c: T) -> T {
+        self.0.register(Box::new(c.clone())).expect("metric registers once");
+        c
+    }
+
+    fn counter(&self, (name, help): Desc, labels: &[&str]) -> IntCounterVec {
+        self.add(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+
+    fn hist(&self, (name, help): Desc, labels: &[&str]) -> HistogramVec {
+        let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+        self.add(HistogramVec::new(opts, labels).expect("valid metric"))
+    }
+
+    fn gauge_vec(&self, (name, help): Desc, labels: &[&str]) -> IntGaugeVec {
+        self.add(IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+
+    fn gauge(&self, (name, help): Desc) -> IntGauge {
+        self.add(IntGauge::new(name, help).expect("valid metric"))
+    }
+
+    fn int_counter(&self, (name, help): Desc) -> IntCounter {
+        self.add(IntCounter::new(name, help).expect("valid metric"))
+    }
+}
+
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new();
-        fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
-            // Names are static and distinct, so registration cannot fail.
-            r.register(Box::new(c.clone())).expect("metric registers once");
-            c
-        }
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            reg(
-                &registry,
-                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
-            )
-        };
-        let hist = |name: &str, help: &str, labels: &[&str]| {
-            reg(
-                &registry,
-                HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels)
-                    .expect("valid metric"),
-            )
-        };
+        let r = Reg(Registry::new());
         let m = Metrics {
-            requests: counter(
-                "portcullis_requests_total",
-                "Inbound requests by plan, integration, auth method and outcome.",
-                &["plan", "integration", "auth_method", "outcome"],
-            ),
-            auth_failures: counter(
-                "portcullis_auth_failures_total",
-                "Refused credentials by auth method and precise reason.",
-                &["auth_method", "reason"],
-            ),
-            request_duration: hist(
-                "portcullis_request_duration_seconds",
-                "Time from request head to response head, by plan and integration.",
-                &["plan", "integration"],
-            ),
-            upstream_duration: hist(
-                "portcullis_upstream_duration_seconds",
-                "Time the upstream took to answer with its response head, by plan.",
-                &["plan"],
-            ),
-            cache_requests: counter(
-                "portcullis_cache_requests_total",
-                "Credential and token cache lookups by cache and result (hit/miss).",
-                &["cache", "result"],
-            ),
-            cache_entries: reg(
-                &registry,
-                IntGaugeVec::new(
-                    Opts::new("portcullis_cache_entries", "Entries in each cache."),
-                    &["cache"],
-                )
-                .expect("valid metric"),
-            ),
-            egress_requests: counter(
-                "portcullis_egress_requests_total",
-                "Egress calls by endpoint and response status.",
-                &["endpoint", "status"],
-            ),
-            egress_token_fetches: counter(
-                "portcullis_egress_token_fetches_total",
-                "OAuth2 token fetches for egress endpoints by outcome.",
-                &["endpoint", "outcome"],
-            ),
-            shared_errors: counter(
-                "portcullis_shared_errors_total",
-                "Commands to the shared store (Redis) that failed or timed out, by operation (lockout, refresh, revoke, agree, egress, publish, subscribe).",
-                &["op"],
-            ),
-            shared_integrity_failures: counter(
-                "portcullis_shared_integrity_failures_total",
-                "Values read from the shared store (Redis) that failed their integrity check and were refused, by kind (refresh, family, revocation, event, agreed, egress).",
-                &["kind"],
-            ),
-            table_full: counter(
-                "portcullis_table_full_total",
-                "Requests refused because a bounded security table was full, by table (revocations, lockout, remote_locks) and limit (total, per_client).",
-                &["table", "limit"],
-            ),
-            config_reloads: counter(
-                "portcullis_config_reloads_total",
-                "Config reloads by outcome (success/failure).",
-                &["outcome"],
-            ),
-            config_last_reload_success: reg(
-                &registry,
-                IntGauge::new(
-                    "portcullis_config_last_reload_success_timestamp_seconds",
-                    "Unix time of the last successful config load.",
-                )
-                .expect("valid metric"),
-            ),
-            config_last_reload_successful: reg(
-                &registry,
-                IntGauge::new(
-                    "portcullis_config_last_reload_successful",
-                    "1 if the last config load succeeded, 0 if the newest file was refused (the previous config still runs).",
-                )
-                .expect("valid metric"),
-            ),
-            connections_active: reg(
-                &registry,
-                IntGaugeVec::new(
-                    Opts::new("portcullis_connections_active", "Open connections by listener."),
-                    &["listener"],
-                )
-                .expect("valid metric"),
-            ),
-            connections_rejected: counter(
-                "portcullis_connections_rejected_total",
-                "Connections closed at accept because max_connections was reached.",
-                &["listener"],
-            ),
-            tls_handshake_failures: reg(
-                &registry,
-                IntCounter::new(
-                    "portcullis_tls_handshake_failures_total",
-                    "Failed or timed-out TLS handshakes.",
-                )
-                .expect("valid metric"),
-            ),
-            tls_certificate_expiry: reg(
-                &registry,
-                IntGauge::new(
-                    "portcullis_tls_certificate_expiry_timestamp_seconds",
-                    "Unix time at which the inbound TLS certificate in use stops being valid (0: no TLS).",
-                )
-                .expect("valid metric"),
-            ),
-            hash_queue: reg(
-                &registry,
-                IntGauge::new(
-                    "portcullis_hash_queue",
-                    "argon2id checks waiting for a worker of the pool.",
-                )
-                .expect("valid metric"),
-            ),
-            hash_overloaded: reg(
-                &registry,
-                IntCounter::new(
-                    "portcullis_hash_overloaded_total",
-                    "argon2id checks refused (503 overloaded): queue full or queue deadline passed.",
-                )
-                .expect("valid metric"),
-            ),
-            client_closed: reg(
-                &registry,
-                IntCounter::new(
-                    "portcullis_client_closed_total",
-                    "Requests whose client closed or reset before the response (logged as 499).",
-                )
-                .expect("valid metric"),
-            ),
-            h2_reset_abuse: reg(
-                &registry,
-                IntCounter::new(
-                    "portcullis_h2_reset_abuse_total",
-                    "HTTP/2 connections closed for resetting too many streams before their response.",
-                )
-                .expect("valid metric"),
-            ),
-            malformed_heads: counter(
-                "portcullis_malformed_requests_total",
-                "HTTP/1.1 request heads refused by the parser before routing (431, 414, 400), by listener and reason.",
-                &["listener", "reason"],
-            ),
-            registry,
+            requests: r.counter(REQUESTS, &["plan", "integration", "auth_method", "outcome"]),
+            auth_failures: r.counter(AUTH_FAILURES, &["auth_method", "reason"]),
+            request_duration: r.hist(REQUEST_DURATION, &["plan", "integration"]),
+            upstream_duration: r.hist(UPSTREAM_DURATION, &["plan"]),
+            cache_requests: r.counter(CACHE_REQUESTS, &["cache", "result"]),
+            cache_entries: r.gauge_vec(CACHE_ENTRIES, &["cache"]),
+            egress_requests: r.counter(EGRESS_REQUESTS, &["endpoint", "status"]),
+            egress_token_fetches: r.counter(EGRESS_TOKEN_FETCHES, &["endpoint", "outcome"]),
+            shared_errors: r.counter(SHARED_ERRORS, &["op"]),
+            shared_integrity_failures: r.counter(SHARED_INTEGRITY_FAILURES, &["kind"]),
+            table_full: r.counter(TABLE_FULL, &["table", "limit"]),
+            config_reloads: r.counter(CONFIG_RELOADS, &["outcome"]),
+            config_last_reload_success: r.gauge(CONFIG_LAST_RELOAD_SUCCESS),
+            config_last_reload_successful: r.gauge(CONFIG_LAST_RELOAD_SUCCESSFUL),
+            connections_active: r.gauge_vec(CONNECTIONS_ACTIVE, &["listener"]),
+            connections_rejected: r.counter(CONNECTIONS_REJECTED, &["listener"]),
+            tls_handshake_failures: r.int_counter(TLS_HANDSHAKE_FAILURES),
+            tls_certificate_expiry: r.gauge(TLS_CERTIFICATE_EXPIRY),
+            hash_queue: r.gauge(HASH_QUEUE),
+            hash_overloaded: r.int_counter(HASH_OVERLOADED),
+            client_closed: r.int_counter(CLIENT_CLOSED),
+            h2_reset_abuse: r.int_counter(H2_RESET_ABUSE),
+            malformed_heads: r.counter(MALFORMED_HEADS, &["listener", "reason"]),
+            registry: r.0,
         };
         for outcome in ["success", "failure"] {
             m.config_reloads.with_label_values(&[outcome]);

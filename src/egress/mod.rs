@@ -306,3 +306,60 @@ impl Endpoint {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+
+    use super::*;
+
+    /// An egress call whose caller goes away while the target holds the answer back is
+    /// logged and counted once, as 499.
+    #[tokio::test]
+    async fn a_call_whose_caller_goes_away_is_counted_once_as_499() {
+        // A target that accepts and never answers.
+        let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = target.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((s, _)) = target.accept().await {
+                open.push(s);
+            }
+        });
+        let text = format!(
+            "[listen]\naddress = \"127.0.0.1:0\"\n\n[egress]\naddress = \"127.0.0.1:0\"\n\n\
+             [[endpoints]]\nname = \"slow\"\nbase_url = \"http://{addr}/api\"\nauth = {{ type = \"none\" }}\n"
+        );
+        let config = match config::parse(std::path::Path::new("egress.toml"), &text) {
+            Ok(l) => l.config,
+            Err(e) => panic!("{e}"),
+        };
+        let metrics = crate::metrics::Metrics::new();
+        let egress = Egress::new(&config.endpoints, &metrics, None).unwrap();
+        let signer = Signer::new(&[1; 32], Duration::from_secs(60));
+        let conn = Arc::new(ConnInfo::new(
+            "127.0.0.1:5000".parse().unwrap(),
+            "127.0.0.1:9902".parse().unwrap(),
+            false,
+        ));
+        let req = Request::get("/slow/x")
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap();
+        let mut call = Box::pin(handle(&egress, &signer, req, conn));
+        let polled = std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx).is_ready())).await;
+        assert!(!polled, "the target never answers");
+        drop(call);
+        let text = metrics.render();
+        assert!(
+            text.contains("portcullis_egress_requests_total{endpoint=\"slow\",status=\"499\"} 1"),
+            "{text}"
+        );
+        assert_eq!(
+            egress.endpoints["slow"]
+                .last_status
+                .load(std::sync::atomic::Ordering::Relaxed),
+            499
+        );
+        held.abort();
+    }
+}

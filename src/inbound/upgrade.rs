@@ -3,8 +3,7 @@
 //! upstream's 101 proves it read that key, the tunnel between the two (bounded by
 //! `upgrade_idle_timeout` and `upgrade_max_lifetime`).
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::request::Parts;
@@ -14,6 +13,7 @@ use super::ctx::Ctx;
 use crate::authz::Permit;
 use crate::error::{Body, Refusal};
 use crate::gateway::Gateway;
+use crate::server::activity::{Observed, Stamp};
 use crate::server::listener::ConnInfo;
 
 /// RFC 8441: a WebSocket over HTTP/2 arrives as an extended CONNECT (`:protocol`
@@ -266,17 +266,14 @@ async fn tunnel(
             return;
         }
     };
-    let activity = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let start = Instant::now();
-    let mut client = Watched {
-        io: hyper_util::rt::TokioIo::new(client),
-        activity: activity.clone(),
-        start,
+    let stamp = Stamp::default();
+    let mut client = Observed {
+        inner: hyper_util::rt::TokioIo::new(client),
+        observer: stamp.clone(),
     };
-    let mut upstream = Watched {
-        io: hyper_util::rt::TokioIo::new(upstream),
-        activity: activity.clone(),
-        start,
+    let mut upstream = Observed {
+        inner: hyper_util::rt::TokioIo::new(upstream),
+        observer: stamp.clone(),
     };
     let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
     tokio::pin!(copy);
@@ -291,67 +288,11 @@ async fn tunnel(
                 return;
             }
             _ = tokio::time::sleep(check) => {
-                let last = Duration::from_millis(activity.load(std::sync::atomic::Ordering::Relaxed));
-                if start.elapsed().saturating_sub(last) >= idle {
+                if stamp.idle_for() >= idle {
                     tracing::info!(request_id = ?request_id, "upgraded connection idle for upgrade_idle_timeout; closed");
                     return;
                 }
             }
         }
-    }
-}
-
-/// An upgraded stream that notes when it last moved a byte (ms since `start`).
-struct Watched<T> {
-    io: T,
-    activity: Arc<std::sync::atomic::AtomicU64>,
-    start: Instant,
-}
-
-impl<T> Watched<T> {
-    fn touch(&self) {
-        self.activity.store(
-            self.start.elapsed().as_millis() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-    }
-}
-
-impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<T> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.touch();
-        }
-        r
-    }
-}
-
-impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<T> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

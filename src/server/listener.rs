@@ -9,11 +9,9 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::header;
 use http::{Request, Response};
@@ -21,12 +19,13 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
+use super::activity::{Activity, InFlight, Observed, Observer};
 use super::shutdown::Shutdown;
 use crate::config::Limits;
 use crate::error::Body;
@@ -144,10 +143,9 @@ pub async fn serve<S, H, F>(
         };
         gauge.inc();
         let local = stream.local_addr().unwrap_or(remote);
+        let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let shutdown = shutdown.clone();
-        let tls_failures = metrics.tls_handshake_failures.clone();
-        let abuse = metrics.h2_reset_abuse.clone();
         let refused = Refused {
             listener: name,
             malformed: metrics.malformed_heads.clone(),
@@ -159,66 +157,70 @@ pub async fn serve<S, H, F>(
             rejected: rejected.clone(),
             max: settings.limits.max_connections,
         };
+        let mut info = ConnInfo::new(remote, local, settings.tls.is_some());
+        info.places = Some(places);
+        let accounting = Accounting {
+            abuse: metrics.h2_reset_abuse.clone(),
+            guard: Some(guard),
+            refused,
+        };
+        let tls_failures = metrics.tls_handshake_failures.clone();
         tracker.spawn(async move {
-            // The connection's place in max_connections goes with its socket: to the HTTP
-            // connection, and on to an upgraded tunnel if there is one.
-            let guard = Some(guard);
-            let _ = stream.set_nodelay(true);
-            match settings.tls {
+            let limits = &settings.limits;
+            match settings.tls.clone() {
                 Some(acceptor) => {
-                    match tokio::time::timeout(settings.limits.header_read_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                            let mut info = ConnInfo::new(remote, local, true);
-                            info.places = Some(places);
-                            info.client_cert = tls
-                                .get_ref()
-                                .1
-                                .peer_certificates()
-                                .and_then(|c| c.first())
-                                .map(|leaf| super::tls::ClientCert::from_der(leaf.as_ref()))
-                                .map(Arc::new);
-                            let info = Arc::new(info);
-                            serve_connection(
-                                tls,
-                                info,
-                                &settings.limits,
-                                h2,
-                                handler,
-                                shutdown,
-                                Accounting { abuse, guard, refused },
-                            )
-                            .await
-                        }
-                        Ok(Err(e)) => {
-                            tls_failures.inc();
-                            tracing::debug!(listener = name, %remote, error = %crate::util::Escaped(&e), "TLS handshake failed");
-                        }
-                        Err(_) => {
-                            tls_failures.inc();
-                            tracing::debug!(listener = name, %remote, "TLS handshake timed out");
-                        }
+                    if let Some((tls, info, h2)) = handshake(acceptor, stream, info, limits, name, &tls_failures).await
+                    {
+                        serve_connection(tls, info, limits, h2, handler, shutdown, accounting).await
                     }
                 }
-                None => {
-                    let mut info = ConnInfo::new(remote, local, false);
-                    info.places = Some(places);
-                    let info = Arc::new(info);
-                    serve_connection(
-                        stream,
-                        info,
-                        &settings.limits,
-                        false,
-                        handler,
-                        shutdown,
-                        Accounting { abuse, guard, refused },
-                    )
-                    .await
-                }
+                None => serve_connection(stream, Arc::new(info), limits, false, handler, shutdown, accounting).await,
             }
         });
     }
     tracing::info!(listener = name, "stopped accepting");
+}
+
+/// The TLS handshake of an accepted connection, within `header_read_timeout`: the
+/// stream, what the handler learns of the connection (with the client certificate the
+/// handshake verified), and whether ALPN chose HTTP/2. A failure is counted and logged,
+/// and ends the connection.
+async fn handshake(
+    acceptor: TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    mut info: ConnInfo,
+    limits: &Limits,
+    name: &'static str,
+    failures: &prometheus::IntCounter,
+) -> Option<(
+    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    Arc<ConnInfo>,
+    bool,
+)> {
+    let remote = info.remote;
+    match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => {
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            info.client_cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|leaf| super::tls::ClientCert::from_der(leaf.as_ref()))
+                .map(Arc::new);
+            Some((tls, Arc::new(info), h2))
+        }
+        Ok(Err(e)) => {
+            failures.inc();
+            tracing::debug!(listener = name, %remote, error = %crate::util::Escaped(&e), "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            failures.inc();
+            tracing::debug!(listener = name, %remote, "TLS handshake timed out");
+            None
+        }
+    }
 }
 
 /// What a connection counts against: the rapid-reset counter, and its place in
@@ -275,6 +277,23 @@ impl Refused {
     }
 }
 
+/// A connection's observer: its [`Activity`], and its place in `max_connections`, held
+/// as long as its socket (an upgraded tunnel's too).
+struct Conn {
+    activity: Arc<Activity>,
+    _place: Option<ConnGuard>,
+}
+
+impl Observer for Conn {
+    fn read(&self, bytes: &[u8]) {
+        self.activity.read(bytes);
+    }
+
+    fn wrote(&self) {
+        self.activity.touch();
+    }
+}
+
 /// One place in `max_connections`, given back on drop.
 pub struct ConnGuard {
     active: Arc<AtomicUsize>,
@@ -299,30 +318,8 @@ fn read_buf_size(limits: &Limits) -> usize {
     (limits.max_header_bytes + 16 * 1024).max(8192)
 }
 
-async fn serve_connection<I, H, F>(
-    io: I,
-    info: Arc<ConnInfo>,
-    limits: &Limits,
-    h2: bool,
-    handler: H,
-    mut shutdown: Shutdown,
-    accounting: Accounting,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    H: Fn(Request<Incoming>, Arc<ConnInfo>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
-{
-    let activity = Arc::new(Activity::new(
-        limits.header_read_timeout,
-        h2,
-        limits.h2_max_pending_resets,
-    ));
-    let Accounting { abuse, guard, refused } = accounting;
-    let io = TokioIo::new(Tracked {
-        inner: io,
-        activity: activity.clone(),
-        _guard: guard,
-    });
+/// hyper's HTTP/1.1 and HTTP/2 settings for a connection under `limits`.
+fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -352,12 +349,28 @@ async fn serve_connection<I, H, F>(
         // RFC 8441: WebSockets over HTTP/2 (extended CONNECT); the pipeline lets them
         // through only where an integration allows WebSocket upgrades.
         .enable_connect_protocol();
-    let info_remote = info.remote;
-    let svc_activity = activity.clone();
+    builder
+}
+
+/// The connection's service: each request counted in flight (and as abandoned when
+/// hyper drops it before its answer), its credentials marked sensitive, then the handler.
+fn service<H, F>(
+    handler: H,
+    info: Arc<ConnInfo>,
+    activity: Arc<Activity>,
+) -> TowerToHyperService<
+    tower_http::sensitive_headers::SetSensitiveRequestHeaders<
+        impl tower::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible, Future: Send> + Clone,
+    >,
+>
+where
+    H: Fn(Request<Incoming>, Arc<ConnInfo>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
     let handle = tower::service_fn(move |req: Request<Incoming>| {
         let handler = handler.clone();
         let info = info.clone();
-        let activity = svc_activity.clone();
+        let activity = activity.clone();
         async move {
             activity.in_flight.fetch_add(1, Ordering::AcqRel);
             activity.head_arrived();
@@ -383,7 +396,38 @@ async fn serve_connection<I, H, F>(
             header::COOKIE,
         ]))
         .service(handle);
-    let svc = TowerToHyperService::new(svc);
+    TowerToHyperService::new(svc)
+}
+
+async fn serve_connection<I, H, F>(
+    io: I,
+    info: Arc<ConnInfo>,
+    limits: &Limits,
+    h2: bool,
+    handler: H,
+    mut shutdown: Shutdown,
+    accounting: Accounting,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>, Arc<ConnInfo>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let activity = Arc::new(Activity::new(
+        limits.header_read_timeout,
+        h2,
+        limits.h2_max_pending_resets,
+    ));
+    let Accounting { abuse, guard, refused } = accounting;
+    let io = TokioIo::new(Observed {
+        inner: io,
+        observer: Conn {
+            activity: activity.clone(),
+            _place: guard,
+        },
+    });
+    let builder = http_builder(limits);
+    let info_remote = info.remote;
+    let svc = service(handler, info, activity.clone());
     // With upgrades: an authorized WebSocket upgrade hands the connection to a tunnel.
     let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
@@ -425,182 +469,6 @@ async fn serve_connection<I, H, F>(
                 break;
             }
         }
-    }
-}
-
-/// One request in flight on a connection, for as long as its future lives. Dropped
-/// before its answer, it was reset or abandoned by the client: those are counted, and a
-/// connection that abandons more than its budget is closed (the rapid-reset pattern of
-/// CVE-2023-44487, counted as Envoy and nginx count it).
-struct InFlight {
-    activity: Arc<Activity>,
-    answered: bool,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let a = &self.activity;
-        a.in_flight.fetch_sub(1, Ordering::AcqRel);
-        a.touch();
-        if !self.answered && a.premature.fetch_add(1, Ordering::AcqRel) + 1 > a.premature_budget {
-            a.abusive.notify_one();
-        }
-    }
-}
-
-/// When the connection last moved a byte, how many requests it has in flight, and by
-/// when the request head being read must be complete.
-///
-/// The head deadline starts at accept (the first request) and whenever a byte arrives
-/// while no request is in flight (the next request on a keep-alive connection); a request
-/// reaching the service clears it. HTTP/2 connections (by ALPN or the prior-knowledge
-/// preface) carry control frames between requests, so their heads are not timed here.
-struct Activity {
-    start: Instant,
-    last_ms: AtomicU64,
-    in_flight: AtomicUsize,
-    /// Milliseconds since `start`; 0: no head being read.
-    head_deadline_ms: AtomicU64,
-    head_timeout_ms: u64,
-    h2: AtomicBool,
-    first_read: AtomicBool,
-    /// Requests dropped before their answer, and how many the connection may drop.
-    premature: AtomicUsize,
-    premature_budget: usize,
-    abusive: tokio::sync::Notify,
-}
-
-impl Activity {
-    fn new(head_timeout: Duration, h2: bool, premature_budget: usize) -> Self {
-        let head_timeout_ms = (head_timeout.as_millis() as u64).max(1);
-        Self {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-            in_flight: AtomicUsize::new(0),
-            head_deadline_ms: AtomicU64::new(if h2 { 0 } else { head_timeout_ms }),
-            head_timeout_ms,
-            h2: AtomicBool::new(h2),
-            first_read: AtomicBool::new(true),
-            premature: AtomicUsize::new(0),
-            premature_budget,
-            abusive: tokio::sync::Notify::new(),
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
-    }
-
-    fn touch(&self) {
-        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
-    }
-
-    /// Bytes arrived: note the activity, and start timing a new request head if none is
-    /// in flight.
-    fn read(&self, bytes: &[u8]) {
-        self.touch();
-        if self.first_read.swap(false, Ordering::AcqRel) && bytes.starts_with(b"PRI ") {
-            self.h2.store(true, Ordering::Release);
-            self.head_deadline_ms.store(0, Ordering::Release);
-        }
-        if self.h2.load(Ordering::Acquire) || self.in_flight.load(Ordering::Acquire) > 0 {
-            return;
-        }
-        let deadline = self.now_ms() + self.head_timeout_ms;
-        let _ = self
-            .head_deadline_ms
-            .compare_exchange(0, deadline, Ordering::AcqRel, Ordering::Acquire);
-    }
-
-    /// A request head reached the service.
-    fn head_arrived(&self) {
-        self.head_deadline_ms.store(0, Ordering::Release);
-    }
-
-    /// Resolves once a request head has been due for longer than header_read_timeout.
-    async fn head_overdue(&self) {
-        let step = Duration::from_millis((self.head_timeout_ms / 4).max(10));
-        loop {
-            let deadline = self.head_deadline_ms.load(Ordering::Acquire);
-            let now = self.now_ms();
-            if deadline != 0 && now >= deadline {
-                return;
-            }
-            let wait = if deadline != 0 {
-                Duration::from_millis(deadline - now)
-            } else {
-                step
-            };
-            tokio::time::sleep(wait).await;
-        }
-    }
-
-    /// Resolves once nothing has moved for `timeout` and no request is in flight.
-    async fn idle(&self, timeout: Duration) {
-        loop {
-            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let deadline = last + timeout;
-            if Instant::now() >= deadline {
-                if self.in_flight.load(Ordering::Acquire) == 0 {
-                    return;
-                }
-                tokio::time::sleep(timeout.min(Duration::from_secs(1))).await;
-                continue;
-            }
-            tokio::time::sleep_until(deadline.into()).await;
-        }
-    }
-}
-
-/// An IO that records activity on every byte read or written.
-struct Tracked<I> {
-    inner: I,
-    activity: Arc<Activity>,
-    _guard: Option<ConnGuard>,
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.read(&buf.filled()[before..]);
-        }
-        r
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        r
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        r
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Listeners: binding, TLS, limits and shutdown, for any handler. What each listener
 //! serves is wired above, in the `run` module.
 
+pub mod activity;
 pub mod listener;
 pub mod shutdown;
 pub mod tls;
