@@ -27,11 +27,11 @@ pub enum BuildError {
     #[error("oauth: {0}")]
     OAuth(String),
     #[error("egress: {0}")]
-    Egress(String),
+    Egress(#[from] crate::egress::EndpointError),
     #[error("shared store: {0}")]
     Shared(String),
     #[error("tracing: {0}")]
-    Tracing(String),
+    Tracing(#[from] crate::telemetry::StartError),
 }
 
 /// How many refusals the admin page keeps.

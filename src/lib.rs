@@ -1,12 +1,7 @@
 //! Portcullis: an authentication gateway that runs as a sidecar in front of integration
 //! services.
 //!
-//! ```text
-//!            TLS (rustls)              the inbound pipeline (inbound.rs)
-//! client ──> server::listener ──> check path ─> route ─> header hygiene
-//!            limits, timeouts      ─> lockout ─> auth (Principal) ─> authz (Permit)
-//!                                  ─> rewrite headers ─> upstream (streamed) ─> finish
-//! ```
+//! A request's phases, from check head to finish, are charted once, in [`inbound`].
 //!
 //! The modules form layers and imports only point down; `ARCHITECTURE.md` has the table
 //! and `tests/architecture.rs` enforces it.

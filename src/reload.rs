@@ -58,19 +58,34 @@ fn shared_changed(old: &Config, new: &Config) -> Option<String> {
     (!same).then(|| "[shared] changed (backend, url, secret or key_prefix): restart Portcullis to use it".to_string())
 }
 
+/// Why a reload was refused (the running config stays). The texts quote the file's
+/// values without its secrets, and without the user info and query values of its URLs.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file did not load or check.
+    #[error("{0}")]
+    Invalid(String),
+    /// It changes what only a restart changes (a listener's address, the shared store).
+    #[error("{0}")]
+    NeedsRestart(String),
+    /// It checked, but could not become a running gateway.
+    #[error("{0}")]
+    Build(String),
+}
+
 /// Loads `path`, checks it, builds it and swaps it in; or says why not.
-pub fn reload(state: &State, path: &Path, trigger: &'static str) -> Result<(), String> {
+pub fn reload(state: &State, path: &Path, trigger: &'static str) -> Result<(), ReloadError> {
     // What is said about a refused file (log, admin page) quotes its values: without
     // the secrets it writes and the user info and query values of its URLs.
     let redacted = |e: String| config::redact::Redactor::of_file(path).text(&e);
     let result = config::load(path)
-        .map_err(|e| redacted(e.to_string()))
+        .map_err(|e| ReloadError::Invalid(redacted(e.to_string())))
         .and_then(|loaded| {
             let current = state.gateway();
             if let Some(m) = listeners_moved(&current.config, &loaded.config)
                 .or_else(|| shared_changed(&current.config, &loaded.config))
             {
-                return Err(m);
+                return Err(ReloadError::NeedsRestart(m));
             }
             if current.config.runtime.worker_threads != loaded.config.runtime.worker_threads
                 || current.config.runtime.model != loaded.config.runtime.model
@@ -83,7 +98,9 @@ pub fn reload(state: &State, path: &Path, trigger: &'static str) -> Result<(), S
             for w in &loaded.warnings {
                 tracing::warn!("{w}");
             }
-            state.replace(loaded.config).map_err(|e| redacted(e.to_string()))
+            state
+                .replace(loaded.config)
+                .map_err(|e| ReloadError::Build(redacted(e.to_string())))
         });
     let m = &state.metrics;
     match &result {
@@ -105,7 +122,7 @@ pub fn reload(state: &State, path: &Path, trigger: &'static str) -> Result<(), S
         trigger,
         message: match &result {
             Ok(()) => "config reloaded".into(),
-            Err(e) => e.clone(),
+            Err(e) => e.to_string(),
         },
     });
     result

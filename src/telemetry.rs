@@ -90,8 +90,13 @@ fn method_name(m: &http::Method) -> Cow<'static, str> {
     static_method(m).map_or_else(|| Cow::Owned(m.as_str().to_string()), Cow::Borrowed)
 }
 
+/// Why span export cannot start.
+#[derive(Debug, thiserror::Error)]
+#[error("tracing.otlp_endpoint: {0}")]
+pub struct StartError(#[from] opentelemetry_otlp::ExporterBuildError);
+
 impl Telemetry {
-    pub fn start(t: &Tracing, endpoint: &url::Url) -> Result<Self, String> {
+    pub fn start(t: &Tracing, endpoint: &url::Url) -> Result<Self, StartError> {
         let base = endpoint.as_str().trim_end_matches('/');
         let url = if base.ends_with("/v1/traces") {
             base.to_string()
@@ -106,8 +111,7 @@ impl Telemetry {
             })
             .with_endpoint(url)
             .with_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| format!("tracing.otlp_endpoint: {e}"))?;
+            .build()?;
         let mut processor = BatchSpanProcessor::builder(exporter)
             .with_batch_config(
                 BatchConfigBuilder::default()

@@ -73,7 +73,7 @@ pub enum EgressError {
     /// 413: the body is over the largest whose Content-Digest is computed.
     BodyTooLargeToDigest,
     /// 400: the request cannot be signed as configured (the signer's reason).
-    CannotSign(String),
+    CannotSign(signer::SignError),
     /// 502: a signature header could not be formed.
     BadHeader,
     /// 502: the token server gave a token that cannot be a header.
@@ -120,7 +120,7 @@ impl Answer for EgressError {
                 "the body is over {} bytes, the largest whose Content-Digest is computed",
                 signer::DIGEST_LIMIT
             ),
-            EgressError::CannotSign(why) => why.clone(),
+            EgressError::CannotSign(why) => why.to_string(),
             EgressError::BadHeader => "a signature header could not be formed".into(),
             EgressError::BadToken => "the token server gave an unusable token".into(),
             EgressError::TokenServer(why) => why.clone(),

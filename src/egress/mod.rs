@@ -50,6 +50,15 @@ enum Credentials {
     Signature(signer::Signer),
 }
 
+/// Why an endpoint of the config cannot be made ready.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("endpoint `{0}`: {1}")]
+    Tls(String, rustls::Error),
+    #[error("endpoint `{0}`: credentials cannot form a header")]
+    Credentials(String),
+}
+
 /// One endpoint, ready to use.
 pub struct Endpoint {
     pub name: String,
@@ -78,14 +87,14 @@ impl Egress {
         cfg: &[config::Endpoint],
         metrics: &crate::metrics::Metrics,
         store: Option<&Arc<crate::shared::Store>>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, EndpointError> {
         let mut endpoints = HashMap::new();
         for e in cfg {
             let verifier = Arc::new(
                 tls::Verifier::new(e.trust_self_signed, e.pin_sha256)
-                    .map_err(|err| format!("endpoint `{}`: {err}", e.name))?,
+                    .map_err(|err| EndpointError::Tls(e.name.clone(), err))?,
             );
-            let client = tls::client(verifier.clone()).map_err(|err| format!("endpoint `{}`: {err}", e.name))?;
+            let client = tls::client(verifier.clone()).map_err(|err| EndpointError::Tls(e.name.clone(), err))?;
             let credentials = match &e.auth {
                 EndpointAuth::None => Credentials::None,
                 EndpointAuth::Basic {
@@ -98,7 +107,7 @@ impl Egress {
                         "Basic {}",
                         base64::engine::general_purpose::STANDARD.encode(raw)
                     ))
-                    .map_err(|_| format!("endpoint `{}`: credentials cannot form a header", e.name))?;
+                    .map_err(|_| EndpointError::Credentials(e.name.clone()))?;
                     header.set_sensitive(true);
                     Credentials::Basic {
                         header,

@@ -32,13 +32,24 @@ fn authority(uri: &Uri) -> Option<String> {
     })
 }
 
+/// Why a request cannot be signed as configured.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SignError {
+    #[error("the target has no authority")]
+    NoAuthority,
+    #[error("header `{0}` is not text")]
+    NotText(String),
+    #[error("covered header `{0}` is missing from the request")]
+    Missing(String),
+}
+
 /// The value of one covered component (RFC 9421 sections 2.1 and 2.2).
-fn component(name: &str, m: &Message<'_>) -> Result<String, String> {
+fn component(name: &str, m: &Message<'_>) -> Result<String, SignError> {
     let uri = m.uri;
     Ok(match name {
         "@method" => m.method.as_str().to_string(),
         "@target-uri" => uri.to_string(),
-        "@authority" => authority(uri).ok_or("the target has no authority")?,
+        "@authority" => authority(uri).ok_or(SignError::NoAuthority)?,
         "@scheme" => uri.scheme_str().unwrap_or("http").to_ascii_lowercase(),
         "@request-target" => uri.path_and_query().map_or("/".to_string(), |p| p.as_str().to_string()),
         "@path" => match uri.path() {
@@ -53,9 +64,9 @@ fn component(name: &str, m: &Message<'_>) -> Result<String, String> {
                 .iter()
                 .map(|v| v.to_str().map(str::trim))
                 .collect::<Result<_, _>>()
-                .map_err(|_| format!("header `{header}` is not text"))?;
+                .map_err(|_| SignError::NotText(header.to_string()))?;
             if values.is_empty() {
-                return Err(format!("covered header `{header}` is missing from the request"));
+                return Err(SignError::Missing(header.to_string()));
             }
             values.join(", ")
         }
@@ -73,7 +84,7 @@ pub fn params(components: &[String], created: u64, key_id: &str, alg: Option<&st
 }
 
 /// The signature base of RFC 9421 section 2.5.
-pub fn signature_base(components: &[String], m: &Message<'_>, params: &str) -> Result<String, String> {
+pub fn signature_base(components: &[String], m: &Message<'_>, params: &str) -> Result<String, SignError> {
     let mut base = String::new();
     for c in components {
         base.push_str(&format!("\"{c}\": {}\n", component(c, m)?));
@@ -102,7 +113,7 @@ impl Signer {
         self.components.iter().any(|c| c == "content-digest")
     }
 
-    pub fn sign(&self, m: &Message<'_>, created: u64) -> Result<(String, String), String> {
+    pub fn sign(&self, m: &Message<'_>, created: u64) -> Result<(String, String), SignError> {
         let p = params(&self.components, created, &self.key_id, Some(self.key.alg()));
         let base = signature_base(&self.components, m, &p)?;
         let sig = base64::engine::general_purpose::STANDARD.encode(self.key.sign(base.as_bytes()));

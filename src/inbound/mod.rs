@@ -1,32 +1,45 @@
-//! The inbound pipeline: every request runs these phases, top to bottom, once. This chart
-//! is the one the README and ARCHITECTURE.md link to; each phase names the file that
-//! holds it.
+//! The inbound pipeline: every request runs these phases, top to bottom, once. This is
+//! the one phase chart of the project (README.md and ARCHITECTURE.md link here); each
+//! phase names the file that holds it.
 //!
 //! ```text
-//!  phase          refuses with                                         file
-//!  check head     431 headers over max_header_bytes; 400 Host or        decide.rs
-//!                 authority malformed
-//!  (issuer)       the builtin issuer's /oauth/token, /oauth/revoke and  auth::oauth::builtin
-//!                 /oauth/jwks.json answer here, not a route
-//!  route          400 ambiguous path; 404 no integration for the path;  decide.rs
-//!                 405 not for this method
-//!  body limit     413 declared Content-Length over max_body_bytes       decide.rs
-//!  hygiene        strip client-sent X-Portcullis-*                       decide.rs
-//!  authenticate   429 locked out; 401 missing or refused credentials;   decide.rs -> auth
-//!                 503 identity provider unavailable        -> Principal
-//!  authorize      403 plan access AND integration senders  -> Permit    decide.rs -> authz
-//!  body           413 over max_body_bytes; 408 too slow                  forward.rs
-//!  upgrade        400 malformed WebSocket handshake                      upgrade.rs
-//!  rewrite        drop hop-by-hop and consumed credentials              rewrite.rs
-//!                 (Authorization, apiKey); set X-Forwarded-*,
-//!                 X-Request-Id, principal headers and assertion
-//!  forward        stream to the upstream; 413/408 if the streamed body  forward.rs
-//!                 passes its limit or time; 502 unreachable or a 101
-//!                 nobody asked for; 504 no answer within request_timeout
-//!  tunnel         a 101 that proves the upstream read our key opens     upgrade.rs
-//!                 the WebSocket tunnel; anything else is 502
-//!  finish         one access-log line, the metrics and the span, for    ctx.rs
-//!                 every request, also one whose client went away (499)
+//!  phase         what it does; what it refuses                                 file
+//!  check head    431 headers over max_header_bytes; 400 a Host that is not     decide.rs
+//!                host[:port], two Hosts, none on HTTP/1.1, or an authority
+//!                other than the Host's
+//!  (issuer)      the builtin issuer's /oauth/token, /oauth/revoke and          auth::oauth::
+//!                /oauth/jwks.json answer here instead of a route               builtin
+//!  route         400 ambiguous path; unreserved escapes decoded (the decoded   decide.rs
+//!                path is routed and forwarded); 404 no integration for the
+//!                path; 405 not for this method (with Allow); 400 if the path
+//!                read without case or trailing / is another integration's
+//!  body limit    413 declared Content-Length over max_body_bytes               decide.rs
+//!  hygiene       drop client-sent X-Portcullis-* in every spelling, header     decide.rs ->
+//!                names with _ (unless the plan sets underscores_in_headers),  headers
+//!                routing and client-identity overrides (X-Original-URL,
+//!                X-HTTP-Method-Override, Forwarded, X-Real-IP, ...)
+//!  authenticate  429 locked out; 401 missing or refused credentials; 503 an    decide.rs ->
+//!                identity provider unavailable                  -> Principal   auth
+//!  authorize     403 plan access AND integration senders        -> Permit      decide.rs ->
+//!                                                                              authz
+//!  body          413 a body over max_body_bytes; 408 one that stalls past      forward.rs
+//!                body_read_timeout or request_timeout; trailers dropped
+//!  upgrade       400 a malformed WebSocket handshake, or one the integration   upgrade.rs
+//!                does not allow (RFC 8441 extended CONNECT)
+//!  rewrite       drop hop-by-hop headers (and those named in Connection), the  rewrite.rs
+//!                consumed Authorization (a Bearer token too, unless
+//!                forward_token = true), every apiKey query parameter; set
+//!                X-Forwarded-For (appended), -Proto, -Host, X-Request-Id, the
+//!                trace, X-Portcullis-* and the signed assertion
+//!  forward       stream to the upstream (pooled, or the generation's service); forward.rs
+//!                413/408 if the streamed body passes its limit or its time;
+//!                502 unreachable, or a 101 nobody asked for; 504 no response
+//!                head within request_timeout
+//!  tunnel        a 101 that proves the upstream read the gateway's own key     upgrade.rs
+//!                opens the WebSocket tunnel; anything else is a 502
+//!  finish        one access-log line, the metrics, the refusal ring and the    ctx.rs
+//!                span, for every request, exactly once (499 client_closed
+//!                when the client went away first)
 //! ```
 //!
 //! Forward-auth (`forward_auth.rs`) runs check head through rewrite for the request a
