@@ -245,8 +245,8 @@ impl Gateway {
             router: Router::new_checked(table),
             routes,
             tls,
-            auth: Auth::new(&config, metrics, lasting, client).map_err(BuildError::OAuth)?,
-            egress: crate::egress::Egress::new(&config.endpoints, metrics, lasting.shared.as_ref())
+            auth: Auth::new(&config, metrics, lasting, client).map_err(|e| BuildError::OAuth(e.to_string()))?,
+            egress: crate::egress::Egress::new(&config.endpoints, metrics, &lasting.shared.egress)
                 .map_err(BuildError::Egress)?
                 .with_head_limits(config.limits.max_headers, config.limits.max_header_bytes),
             signer: Signer::new(key, config.assertion.ttl),

@@ -72,7 +72,7 @@ impl Egress {
     pub fn new(
         cfg: &[config::Endpoint],
         metrics: &crate::metrics::Metrics,
-        store: Option<&Arc<crate::shared::Store>>,
+        tokens: &Arc<dyn crate::shared::EgressTokens>,
     ) -> Result<Self, String> {
         let mut endpoints = HashMap::new();
         for e in cfg {
@@ -121,7 +121,7 @@ impl Egress {
                     },
                     client.clone(),
                     metrics,
-                    store,
+                    tokens,
                 ))),
                 EndpointAuth::Principal => Credentials::Principal,
                 EndpointAuth::Signature {

@@ -1,6 +1,298 @@
-//! Refresh-token families: issue, rotate atomically, revoke.
+//! [`RefreshFamilies`]: the builtin issuer's refresh tokens, stored only by a hash, in
+//! families: each use rotates a token (the next one stored in the same atomic step),
+//! presenting a used one again revokes its family, and a family ends at a fixed time
+//! however often it is rotated. In memory, a bounded cache of tokens and a [`Table`] of
+//! revoked families; in Redis, signed records under keyed names, changed by scripts.
 
-use super::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::revocation::{count_full, RevocationLimits, RevokeRefused, Table};
+use super::store::Store;
+use super::{Answer, Unavailable};
+use crate::config::SecretHash;
+
+/// A refresh token to store: its family (new, or continued by a rotation), its client,
+/// when it expires (unix seconds), what it grants, and how long Redis keeps it.
+pub struct NewRefresh<'a> {
+    pub token: &'a str,
+    pub family: &'a str,
+    pub family_ends_at: u64,
+    pub new_family: bool,
+    pub client: &'a str,
+    pub expires_at: u64,
+    pub grant: &'a str,
+    pub ttl: Duration,
+}
+
+/// Storing a refresh token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Issued {
+    Stored,
+    /// The family is gone (revoked meanwhile, or ended): no token was stored.
+    FamilyGone,
+    /// The family's stored value failed its integrity check: no token was stored.
+    FamilyForged,
+}
+
+/// What taking a refresh token did, atomically, in Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Taken {
+    /// The token was active and is now used: its grant (`fields` as stored) and family.
+    Granted {
+        family: String,
+        fields: String,
+        family_ends_at: u64,
+    },
+    Unknown,
+    Expired,
+    /// Issued to another client: refused, and not marked used.
+    OtherClient,
+    Revoked,
+    /// The token had been used already: its family is now revoked everywhere.
+    Reused,
+    /// The token had been used already, and its family could not be revoked: the
+    /// memory table of revoked families is full (counted, logged).
+    ReusedUnrevoked,
+    /// The stored grant (or its family's value) failed its integrity check: refused,
+    /// counted, nothing changed.
+    Forged,
+}
+
+/// What a refresh token names, read without taking it (for revocation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peeked {
+    Found {
+        family: String,
+        family_ends_at: u64,
+        client: String,
+    },
+    Unknown,
+    /// The stored grant failed its integrity check (counted): it can never be used.
+    Forged,
+}
+
+/// A rotation: take `token` for `client` at `now`, storing `next` (same grant, living
+/// `ttl_secs`, never past the family's end) when it is granted.
+#[derive(Debug, Clone, Copy)]
+pub struct Rotation<'a> {
+    pub token: &'a str,
+    pub client: &'a str,
+    pub now: u64,
+    pub next: &'a str,
+    pub ttl_secs: u64,
+    /// Bounds of the table of revoked families (a reuse revokes one).
+    pub limits: RevocationLimits,
+}
+
+/// Refresh tokens and their families.
+pub trait RefreshFamilies: Send + Sync {
+    /// Stores a new refresh token (by its hash) with its grant, in its family (created
+    /// when `new_family`).
+    fn issue<'a>(&'a self, r: NewRefresh<'a>) -> Answer<'a, Result<Issued, Unavailable>>;
+    /// Rotates a token, atomically: of two takers of one token, exactly one is granted
+    /// (and its `next` stored), the other finds a reuse, which revokes the family.
+    fn take<'a>(&'a self, r: Rotation<'a>) -> Answer<'a, Result<Taken, Unavailable>>;
+    /// What a token names, without taking it (for revocation).
+    fn peek<'a>(&'a self, token: &'a str) -> Answer<'a, Result<Peeked, Unavailable>>;
+    /// Deletes what is stored under a token (a forged record, on revocation).
+    fn forget<'a>(&'a self, token: &'a str) -> Answer<'a, Result<(), Unavailable>>;
+    /// Revokes every token of `family` (ending at `ends_at`, issued to `client`).
+    fn revoke_family<'a>(
+        &'a self,
+        family: &'a str,
+        ends_at: u64,
+        client: &'a str,
+        limits: RevocationLimits,
+    ) -> Answer<'a, Result<(), RevokeRefused>>;
+}
+
+/// One refresh token in memory.
+#[derive(Clone)]
+struct Held {
+    family: Arc<str>,
+    family_ends_at: u64,
+    client: Arc<str>,
+    grant: Arc<str>,
+    expires_at: u64,
+    /// Rotated once already: a second use is a reuse.
+    used: bool,
+}
+
+/// Refresh tokens in this process, by SHA-256, with rotation and reuse detection;
+/// bounded.
+///
+/// An evicted token only stops working (it is unknown, so refused). Revoked families are
+/// a security table: kept until the family ends, never evicted, bounded by
+/// `oauth.max_revocations` (with the access-token revocations' per-client share); a full
+/// one refuses.
+pub struct MemoryRefresh {
+    tokens: moka::sync::Cache<[u8; 32], Held>,
+    revoked: Table<Arc<str>>,
+    full: Option<prometheus::IntCounterVec>,
+}
+
+impl MemoryRefresh {
+    pub fn new(full: Option<prometheus::IntCounterVec>) -> Self {
+        MemoryRefresh {
+            tokens: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(Duration::from_secs(90 * 86400))
+                .build(),
+            revoked: Table::default(),
+            full,
+        }
+    }
+
+    fn id(token: &str) -> [u8; 32] {
+        *SecretHash::of(token.as_bytes()).bytes()
+    }
+
+    /// What taking `held` answers; `Granted` marks it used.
+    fn verdict(&self, held: &Held, r: &Rotation<'_>) -> Taken {
+        if held.used {
+            return match self
+                .revoked
+                .insert(held.family.clone(), held.family_ends_at, &held.client, r.limits)
+            {
+                Ok(()) => Taken::Reused,
+                Err(_) => {
+                    // The reused token is refused whatever happens; the family's other
+                    // token then lives on: counted and logged.
+                    if let Some(full) = &self.full {
+                        full.with_label_values(&["revocations", "total"]).inc();
+                    }
+                    tracing::error!(client_id = %crate::util::Escaped(&r.client), "oauth: a reused refresh token's family cannot be revoked: the revocation table is full");
+                    Taken::ReusedUnrevoked
+                }
+            };
+        }
+        if self.revoked.contains(&*held.family) {
+            Taken::Revoked
+        } else if r.now >= held.expires_at || r.now >= held.family_ends_at {
+            Taken::Expired
+        } else if &*held.client != r.client {
+            Taken::OtherClient
+        } else {
+            Taken::Granted {
+                family: held.family.to_string(),
+                fields: held.grant.to_string(),
+                family_ends_at: held.family_ends_at,
+            }
+        }
+    }
+}
+
+impl RefreshFamilies for MemoryRefresh {
+    fn issue<'a>(&'a self, r: NewRefresh<'a>) -> Answer<'a, Result<Issued, Unavailable>> {
+        let issued = if !r.new_family && self.revoked.contains(r.family) {
+            Issued::FamilyGone
+        } else {
+            let held = Held {
+                family: Arc::from(r.family),
+                family_ends_at: r.family_ends_at,
+                client: Arc::from(r.client),
+                grant: Arc::from(r.grant),
+                expires_at: r.expires_at,
+                used: false,
+            };
+            self.tokens.insert(Self::id(r.token), held);
+            Issued::Stored
+        };
+        Box::pin(std::future::ready(Ok(issued)))
+    }
+
+    fn take<'a>(&'a self, r: Rotation<'a>) -> Answer<'a, Result<Taken, Unavailable>> {
+        use moka::ops::compute::Op;
+        let mut outcome = Taken::Unknown;
+        let mut next = None;
+        self.tokens.entry(Self::id(r.token)).and_compute_with(|current| {
+            let Some(entry) = current else { return Op::Nop };
+            let held = entry.into_value();
+            outcome = self.verdict(&held, &r);
+            if !matches!(outcome, Taken::Granted { .. }) {
+                return Op::Nop;
+            }
+            next = Some(Held {
+                expires_at: r.now.saturating_add(r.ttl_secs).min(held.family_ends_at),
+                ..held.clone()
+            });
+            Op::Put(Held { used: true, ..held })
+        });
+        if let Some(held) = next {
+            self.tokens.insert(Self::id(r.next), held);
+        }
+        Box::pin(std::future::ready(Ok(outcome)))
+    }
+
+    /// A used token names nothing here (its family is revoked only by a reuse).
+    fn peek<'a>(&'a self, token: &'a str) -> Answer<'a, Result<Peeked, Unavailable>> {
+        let peeked = match self.tokens.get(&Self::id(token)) {
+            Some(held) if !held.used => Peeked::Found {
+                family: held.family.to_string(),
+                family_ends_at: held.family_ends_at,
+                client: held.client.to_string(),
+            },
+            Some(_) | None => Peeked::Unknown,
+        };
+        Box::pin(std::future::ready(Ok(peeked)))
+    }
+
+    fn forget<'a>(&'a self, token: &'a str) -> Answer<'a, Result<(), Unavailable>> {
+        self.tokens.invalidate(&Self::id(token));
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Takes a place in the bounded table: a full table refuses (counted), never forgets
+    /// an older family.
+    fn revoke_family<'a>(
+        &'a self,
+        family: &'a str,
+        ends_at: u64,
+        client: &'a str,
+        limits: RevocationLimits,
+    ) -> Answer<'a, Result<(), RevokeRefused>> {
+        let kept = self.revoked.insert(Arc::from(family), ends_at, client, limits);
+        if let Err(why) = kept {
+            count_full(self.full.as_ref(), why);
+        }
+        Box::pin(std::future::ready(kept))
+    }
+}
+
+impl RefreshFamilies for Store {
+    fn issue<'a>(&'a self, r: NewRefresh<'a>) -> Answer<'a, Result<Issued, Unavailable>> {
+        Box::pin(self.refresh_issue(r))
+    }
+
+    fn take<'a>(&'a self, r: Rotation<'a>) -> Answer<'a, Result<Taken, Unavailable>> {
+        Box::pin(self.refresh_take(r.token, r.client, r.now, r.next, r.ttl_secs))
+    }
+
+    fn peek<'a>(&'a self, token: &'a str) -> Answer<'a, Result<Peeked, Unavailable>> {
+        Box::pin(self.refresh_peek(token))
+    }
+
+    fn forget<'a>(&'a self, token: &'a str) -> Answer<'a, Result<(), Unavailable>> {
+        Box::pin(self.del("refresh", self.refresh_name(token)))
+    }
+
+    /// Deletes the family, on every replica at once (they read it from Redis): it needs
+    /// no room.
+    fn revoke_family<'a>(
+        &'a self,
+        family: &'a str,
+        _ends_at: u64,
+        _client: &'a str,
+        _limits: RevocationLimits,
+    ) -> Answer<'a, Result<(), RevokeRefused>> {
+        Box::pin(async move {
+            self.del("refresh", self.family_name(family))
+                .await
+                .map_err(|_| RevokeRefused::Unavailable)
+        })
+    }
+}
 
 impl Store {
     fn refresh_name(&self, token: &str) -> String {
@@ -20,7 +312,7 @@ impl Store {
     /// Stores a refresh token (by its keyed hash) with its grant `fields`, in `family`
     /// (created when `new_family`, ending at `family_ends_at`, unix seconds). The grant,
     /// its client, expiry and family are one signed record.
-    pub async fn refresh_issue(&self, r: NewRefresh<'_>) -> Result<Issued, Unavailable> {
+    async fn refresh_issue(&self, r: NewRefresh<'_>) -> Result<Issued, Unavailable> {
         let NewRefresh {
             token,
             family,
@@ -58,64 +350,48 @@ return 1
         };
         let value = self.sign(&key, &record.payload());
         let fam_value = self.family_value(family, family_ends_at);
-        let mut c = self.conn();
-        let ttl_ms = ttl.as_millis().max(1) as u64;
-        let fam_name = fam.clone();
-        let created: i64 = self
-            .run("refresh", async move {
-                SCRIPT
-                    .key(key)
-                    .key(fam)
-                    .arg(value)
-                    .arg(fam_value)
-                    .arg(if new_family { "1" } else { "0" })
-                    .arg(ttl_ms)
-                    .arg(family_ends_at.max(1))
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await?;
+        let mut script = SCRIPT.key(key);
+        script
+            .key(&fam)
+            .arg(value)
+            .arg(fam_value)
+            .arg(if new_family { "1" } else { "0" })
+            .arg(ttl.as_millis().max(1) as u64)
+            .arg(family_ends_at.max(1));
+        let created: i64 = self.invoke("refresh", script).await?;
         Ok(match created {
             1 => Issued::Stored,
             -1 => {
-                self.forgery("family", &fam_name);
+                self.forgery("family", &fam);
                 Issued::FamilyForged
             }
             _ => Issued::FamilyGone,
         })
     }
 
-    /// The signed record stored under a refresh token's name, checked: `Ok(None)` when
-    /// there is none, `Err(())` when it fails its integrity check (counted).
-    async fn refresh_record(&self, key: &str) -> Result<Result<Option<(Vec<u8>, RefreshRecord)>, ()>, Unavailable> {
+    /// The signed record stored under a refresh token's name, checked (a record that
+    /// fails its integrity check is counted).
+    async fn refresh_record(&self, key: &str) -> Result<Record, Unavailable> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGET").arg(key).arg("v").cmd("EXISTS").arg(key);
         let mut c = self.conn();
-        let k = key.to_string();
         let (raw, exists): (Option<Vec<u8>>, bool) = self
-            .run("refresh", async move {
-                redis::pipe()
-                    .cmd("HGET")
-                    .arg(&k)
-                    .arg("v")
-                    .cmd("EXISTS")
-                    .arg(&k)
-                    .query_async(&mut c)
-                    .await
-            })
+            .run("refresh", async move { pipe.query_async(&mut c).await })
             .await?;
         let raw = match (raw, exists) {
             (Some(raw), _) => raw,
-            (None, false) => return Ok(Ok(None)),
+            (None, false) => return Ok(Record::Absent),
             // Something is stored under the name, but not a sealed record (the format of
             // an older version, or a forgery).
             (None, true) => {
                 self.forgery("refresh", key);
-                return Ok(Err(()));
+                return Ok(Record::Forged);
             }
         };
         let record = self.verify("refresh", key, &raw).and_then(RefreshRecord::parse);
         Ok(match record {
-            Some(r) => Ok(Some((raw, r))),
-            None => Err(()),
+            Some(r) => Record::Found(raw, r),
+            None => Record::Forged,
         })
     }
 
@@ -127,7 +403,7 @@ return 1
     /// The record is read and its MAC checked here first; the script then acts only if
     /// the record (compared byte for byte) and the family's signed value are still the
     /// ones checked, so nothing unchecked is ever copied into the next token.
-    pub async fn refresh_take(
+    async fn refresh_take(
         &self,
         token: &str,
         client: &str,
@@ -157,9 +433,9 @@ return 'ok'
         });
         let key = self.refresh_name(token);
         let (raw, record) = match self.refresh_record(&key).await? {
-            Ok(Some(found)) => found,
-            Ok(None) => return Ok(Taken::Unknown),
-            Err(()) => return Ok(Taken::Forged),
+            Record::Found(raw, record) => (raw, record),
+            Record::Absent => return Ok(Taken::Unknown),
+            Record::Forged => return Ok(Taken::Forged),
         };
         // Decided from the checked record; the script still detects a reuse first.
         let verdict = if record.expires_at <= now || record.family_ends_at <= now {
@@ -193,24 +469,17 @@ return 'ok'
         let fam = self.family_name(&record.family);
         let fam_value = self.family_value(&record.family, record.family_ends_at);
         let ttl_ms = exp.saturating_sub(now).max(1).saturating_mul(1000);
-        let mut c = self.conn();
-        let fam_name = fam.clone();
-        let outcome: String = self
-            .run("refresh", async move {
-                SCRIPT
-                    .key(key)
-                    .key(next_key)
-                    .key(fam)
-                    .arg(raw)
-                    .arg(fam_value)
-                    .arg(next_value)
-                    .arg(ttl_ms)
-                    .arg(verdict)
-                    .arg(spent)
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await?;
+        let mut script = SCRIPT.key(key);
+        script
+            .key(next_key)
+            .key(&fam)
+            .arg(raw)
+            .arg(fam_value)
+            .arg(next_value)
+            .arg(ttl_ms)
+            .arg(verdict)
+            .arg(spent);
+        let outcome: String = self.invoke("refresh", script).await?;
         Ok(match outcome.as_str() {
             "ok" => Taken::Granted {
                 family: record.family,
@@ -222,7 +491,7 @@ return 'ok'
             "expired" => Taken::Expired,
             "client" => Taken::OtherClient,
             "family" => {
-                self.forgery("family", &fam_name);
+                self.forgery("family", &fam);
                 Taken::Forged
             }
             _ => Taken::Unknown,
@@ -230,37 +499,53 @@ return 'ok'
     }
 
     /// The family and client of a refresh token, without taking it (for revocation).
-    pub async fn refresh_peek(&self, token: &str) -> Result<Peeked, Unavailable> {
+    async fn refresh_peek(&self, token: &str) -> Result<Peeked, Unavailable> {
         let key = self.refresh_name(token);
         Ok(match self.refresh_record(&key).await? {
-            Ok(Some((_, r))) => Peeked::Found {
+            Record::Found(_, r) => Peeked::Found {
                 family: r.family,
+                family_ends_at: r.family_ends_at,
                 client: r.client,
             },
-            Ok(None) => Peeked::Unknown,
-            Err(()) => Peeked::Forged,
+            Record::Absent => Peeked::Unknown,
+            Record::Forged => Peeked::Forged,
         })
+    }
+}
+
+/// A refresh token's grant as stored (signed, under the token's keyed name): whom it
+/// names and for which client, its family and when it and its family end.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct RefreshRecord {
+    #[serde(rename = "fam")]
+    family: String,
+    client: String,
+    #[serde(rename = "exp")]
+    expires_at: u64,
+    #[serde(rename = "fend")]
+    family_ends_at: u64,
+    grant: String,
+    /// Used: rotated once already (a second use is a reuse, which revokes the family).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    spent: bool,
+}
+
+impl RefreshRecord {
+    fn payload(&self) -> String {
+        // Serializing a struct of strings and integers cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// Deletes what is stored under a refresh token (a forged record, on revocation).
-    pub async fn refresh_forget(&self, token: &str) -> Result<(), Unavailable> {
-        let key = self.refresh_name(token);
-        let mut c = self.conn();
-        self.run("refresh", async move {
-            redis::cmd("DEL").arg(key).query_async::<i64>(&mut c).await
-        })
-        .await
-        .map(|_| ())
+    fn parse(payload: &str) -> Option<RefreshRecord> {
+        serde_json::from_str(payload).ok()
     }
+}
 
-    /// Revokes a whole family, on every replica at once (they read it from Redis).
-    pub async fn refresh_revoke_family(&self, family: &str) -> Result<(), Unavailable> {
-        let fam = self.family_name(family);
-        let mut c = self.conn();
-        self.run("refresh", async move {
-            redis::cmd("DEL").arg(fam).query_async::<i64>(&mut c).await
-        })
-        .await
-        .map(|_| ())
-    }
+/// What is stored under a refresh token's name.
+enum Record {
+    Absent,
+    /// Something that is not a record whose MAC holds (counted).
+    Forged,
+    /// The record as stored (compared byte for byte by the rotation script) and read.
+    Found(Vec<u8>, RefreshRecord),
 }
