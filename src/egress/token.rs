@@ -24,20 +24,6 @@ use tokio::sync::Mutex;
 use crate::config::{OAuthGrant, Secret};
 use crate::shared::EgressTokens;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn absurd_lifetimes_are_clamped_not_overflowed() {
-        let at = refresh_time(Duration::from_secs(u64::MAX));
-        assert!(at <= Instant::now() + MAX_LIFETIME);
-        let at = refresh_time(Duration::MAX);
-        assert!(at > Instant::now());
-        let at = refresh_time(Duration::ZERO);
-        assert!(at <= Instant::now());
-    }
-}
 use crate::upstream::OAuthHttp;
 
 type Client = BasicClient<EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
@@ -79,7 +65,8 @@ fn refresh_time(lifetime: Duration) -> Instant {
 }
 
 /// A failed fetch, with the token server's RFC 6749 error when it gave one.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
 pub struct FetchError(pub String);
 
 pub struct Settings<'a> {
@@ -274,5 +261,20 @@ impl TokenSource {
             Ok(Ok(r)) => r,
         };
         Ok((Arc::from(resp.access_token().secret().as_str()), resp.expires_in()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absurd_lifetimes_are_clamped_not_overflowed() {
+        let at = refresh_time(Duration::from_secs(u64::MAX));
+        assert!(at <= Instant::now() + MAX_LIFETIME);
+        let at = refresh_time(Duration::MAX);
+        assert!(at > Instant::now());
+        let at = refresh_time(Duration::ZERO);
+        assert!(at <= Instant::now());
     }
 }

@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use super::store::Store;
 use super::{Answer, Incomplete, Unavailable};
+use crate::config::Lockout as Settings;
+
+/// A failure counted, or the store could not answer.
+pub type Counted = Result<Recorded, Unavailable>;
 
 /// A failed login recorded across replicas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,12 +33,7 @@ pub trait Lockouts: Send + Sync {
     /// How long the pair stays locked, as every replica knows it.
     fn locked<'a>(&'a self, subject: &'a str, client: IpAddr) -> Answer<'a, Result<Option<Duration>, Unavailable>>;
     /// Counts a failure for the pair, locking it at `max_failures`.
-    fn record_failure<'a>(
-        &'a self,
-        subject: &'a str,
-        client: IpAddr,
-        settings: &'a crate::config::Lockout,
-    ) -> Answer<'a, Result<Recorded, Unavailable>>;
+    fn record_failure<'a>(&'a self, subject: &'a str, client: IpAddr, settings: &'a Settings) -> Answer<'a, Counted>;
     /// A verified password clears the pair's count (a lock stays until it ends).
     fn record_success<'a>(&'a self, subject: &'a str, client: IpAddr) -> Answer<'a, ()>;
 }
@@ -57,8 +56,8 @@ impl Lockouts for NoSharedLockout {
         &'a self,
         _subject: &'a str,
         _client: IpAddr,
-        _settings: &'a crate::config::Lockout,
-    ) -> Answer<'a, Result<Recorded, Unavailable>> {
+        _settings: &'a Settings,
+    ) -> Answer<'a, Counted> {
         Box::pin(std::future::ready(Ok(Recorded::Counted)))
     }
 
@@ -80,12 +79,7 @@ impl Lockouts for Store {
         Box::pin(Store::locked(self, subject, client))
     }
 
-    fn record_failure<'a>(
-        &'a self,
-        subject: &'a str,
-        client: IpAddr,
-        settings: &'a crate::config::Lockout,
-    ) -> Answer<'a, Result<Recorded, Unavailable>> {
+    fn record_failure<'a>(&'a self, subject: &'a str, client: IpAddr, settings: &'a Settings) -> Answer<'a, Counted> {
         Box::pin(Store::record_failure(self, subject, client, settings))
     }
 

@@ -69,10 +69,12 @@ mod store;
 use std::sync::Arc;
 
 pub use egress::{EgressTokens, NoEgressSharing};
-pub use keys::{Keys, OwnKeys};
-pub use lockout::{Lockouts, NoSharedLockout, Recorded};
+pub use keys::{Agreed, Keys, OwnKeys};
+pub use lockout::{Counted, Lockouts, NoSharedLockout, Recorded};
 pub use refresh::{Issued, MemoryRefresh, NewRefresh, Peeked, RefreshFamilies, Rotation, Taken};
-pub use revocation::{MemoryRevocations, RevocationLimits, Revocations, RevokeRefused, Standing, Table};
+pub use revocation::{
+    Kept, MemoryRevocations, Revocation, RevocationLimits, Revocations, RevokeRefused, Standing, Table,
+};
 pub use store::Store;
 
 use crate::config::SharedBackend;

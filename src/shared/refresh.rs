@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::revocation::{count_full, RevocationLimits, RevokeRefused, Table};
+use super::revocation::{count_full, Kept, Revocation, RevocationLimits, RevokeRefused, Table};
 use super::store::Store;
 use super::{Answer, Unavailable};
 use crate::config::SecretHash;
@@ -97,14 +97,8 @@ pub trait RefreshFamilies: Send + Sync {
     fn peek<'a>(&'a self, token: &'a str) -> Answer<'a, Result<Peeked, Unavailable>>;
     /// Deletes what is stored under a token (a forged record, on revocation).
     fn forget<'a>(&'a self, token: &'a str) -> Answer<'a, Result<(), Unavailable>>;
-    /// Revokes every token of `family` (ending at `ends_at`, issued to `client`).
-    fn revoke_family<'a>(
-        &'a self,
-        family: &'a str,
-        ends_at: u64,
-        client: &'a str,
-        limits: RevocationLimits,
-    ) -> Answer<'a, Result<(), RevokeRefused>>;
+    /// Revokes every token of the family `r.key` (issued to `r.client`).
+    fn revoke_family<'a>(&'a self, r: Revocation<'a>) -> Answer<'a, Kept>;
 }
 
 /// One refresh token in memory.
@@ -245,14 +239,8 @@ impl RefreshFamilies for MemoryRefresh {
 
     /// Takes a place in the bounded table: a full table refuses (counted), never forgets
     /// an older family.
-    fn revoke_family<'a>(
-        &'a self,
-        family: &'a str,
-        ends_at: u64,
-        client: &'a str,
-        limits: RevocationLimits,
-    ) -> Answer<'a, Result<(), RevokeRefused>> {
-        let kept = self.revoked.insert(Arc::from(family), ends_at, client, limits);
+    fn revoke_family<'a>(&'a self, r: Revocation<'a>) -> Answer<'a, Kept> {
+        let kept = self.revoked.insert(Arc::from(r.key), r.ends_at, r.client, r.limits);
         if let Err(why) = kept {
             count_full(self.full.as_ref(), why);
         }
@@ -279,15 +267,9 @@ impl RefreshFamilies for Store {
 
     /// Deletes the family, on every replica at once (they read it from Redis): it needs
     /// no room.
-    fn revoke_family<'a>(
-        &'a self,
-        family: &'a str,
-        _ends_at: u64,
-        _client: &'a str,
-        _limits: RevocationLimits,
-    ) -> Answer<'a, Result<(), RevokeRefused>> {
+    fn revoke_family<'a>(&'a self, r: Revocation<'a>) -> Answer<'a, Kept> {
         Box::pin(async move {
-            self.del("refresh", self.family_name(family))
+            self.del("refresh", self.family_name(r.key))
                 .await
                 .map_err(|_| RevokeRefused::Unavailable)
         })

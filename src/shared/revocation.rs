@@ -40,19 +40,26 @@ pub struct RevocationLimits {
     pub per_client: u64,
 }
 
+/// An entry to revoke: an access token's `jti`, or a refresh family's id, until
+/// `ends_at` (unix seconds), for `client`, within `limits`.
+#[derive(Debug, Clone, Copy)]
+pub struct Revocation<'a> {
+    pub key: &'a str,
+    pub ends_at: u64,
+    pub client: &'a str,
+    pub limits: RevocationLimits,
+}
+
+/// A revocation kept, or why not.
+pub type Kept = Result<(), RevokeRefused>;
+
 /// Revoked access tokens.
 pub trait Revocations: Send + Sync {
     /// The bound of this replica's mirror of the table (`oauth.max_revocations`).
     fn set_cap(&self, total: u64);
-    /// Revokes `jti` until `exp` (unix seconds), for `client`: kept, or refused (a full
-    /// table never drops a revocation in force).
-    fn revoke<'a>(
-        &'a self,
-        jti: &'a str,
-        exp: u64,
-        client: &'a str,
-        limits: RevocationLimits,
-    ) -> Answer<'a, Result<(), RevokeRefused>>;
+    /// Revokes the access token `r.key` (its `jti`) until its `exp`: kept, or refused
+    /// (a full table never drops a revocation in force).
+    fn revoke<'a>(&'a self, r: Revocation<'a>) -> Answer<'a, Kept>;
     /// Whether `jti` is revoked, as this replica knows it.
     fn standing(&self, jti: &str) -> Standing;
 }
@@ -89,14 +96,8 @@ impl Revocations for MemoryRevocations {
     /// The table is bounded by the limits given with each revocation.
     fn set_cap(&self, _total: u64) {}
 
-    fn revoke<'a>(
-        &'a self,
-        jti: &'a str,
-        exp: u64,
-        client: &'a str,
-        limits: RevocationLimits,
-    ) -> Answer<'a, Result<(), RevokeRefused>> {
-        let kept = self.table.insert(jti.to_string(), exp, client, limits);
+    fn revoke<'a>(&'a self, r: Revocation<'a>) -> Answer<'a, Kept> {
+        let kept = self.table.insert(r.key.to_string(), r.ends_at, r.client, r.limits);
         if let Err(why) = kept {
             count_full(self.full.as_ref(), why);
         }
@@ -198,14 +199,8 @@ impl Revocations for Store {
         self.set_revocation_cap(total);
     }
 
-    fn revoke<'a>(
-        &'a self,
-        jti: &'a str,
-        exp: u64,
-        client: &'a str,
-        limits: RevocationLimits,
-    ) -> Answer<'a, Result<(), RevokeRefused>> {
-        Box::pin(self.revoke_jti(jti, exp, client, limits))
+    fn revoke<'a>(&'a self, r: Revocation<'a>) -> Answer<'a, Kept> {
+        Box::pin(self.revoke_jti(r.key, r.ends_at, r.client, r.limits))
     }
 
     fn standing(&self, jti: &str) -> Standing {

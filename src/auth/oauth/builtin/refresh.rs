@@ -15,7 +15,7 @@ use super::token::invalid_grant;
 use super::{now, random_token, unavailable, Issuer};
 use crate::auth::Auth;
 use crate::error::{Body, OAuthError};
-use crate::shared::{Issued, NewRefresh, Rotation, Taken};
+use crate::shared::{Issued, NewRefresh, Revocation, Rotation, Taken};
 
 /// A refresh-token family: every token rotated from one sign-in. It ends at `ends_at`
 /// (unix seconds) however often it is rotated.
@@ -187,7 +187,12 @@ impl Issuer {
         self.shared
             .backend
             .refresh
-            .revoke_family(&family.id, family.ends_at, client, self.limits)
+            .revoke_family(Revocation {
+                key: &family.id,
+                ends_at: family.ends_at,
+                client,
+                limits: self.limits,
+            })
             .await
             .map_err(|e| self.refused(e, client, "refresh_unavailable"))
     }

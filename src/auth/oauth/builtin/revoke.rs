@@ -11,7 +11,7 @@ use super::form::invalid_request;
 use super::refresh::Family;
 use super::{json, now, unavailable, Issuer};
 use crate::error::{Body, OAuthError};
-use crate::shared::{Peeked, RevokeRefused};
+use crate::shared::{Peeked, Revocation, RevokeRefused};
 
 impl Issuer {
     /// Revokes the token of the form for the authenticated `client_id`. Unknown and
@@ -77,7 +77,12 @@ impl Issuer {
             self.shared
                 .backend
                 .revocations
-                .revoke(&claims.jti, claims.exp, &client_id, self.limits)
+                .revoke(Revocation {
+                    key: &claims.jti,
+                    ends_at: claims.exp,
+                    client: &client_id,
+                    limits: self.limits,
+                })
                 .await
                 .map_err(|e| self.refused(e, &client_id, "revocation_unavailable"))?;
             tracing::info!(client_id = %crate::util::Escaped(&client_id), "oauth: access token revoked");
