@@ -3,7 +3,7 @@
 //! revoked access tokens, its generated signing key, and egress OAuth2 tokens.
 //!
 //! One trait per concern — [`Lockouts`], [`RefreshFamilies`], [`Revocations`], [`Keys`],
-//! [`EgressTokens`] — each with two implementations side by side in its file: the memory
+//! [`EgressTokens`] — each with two implementations side by side in its file (or folder): the memory
 //! one (this process alone) and the Redis one (on [`Store`]). [`Backend`] holds one of
 //! each, chosen once at start from `[shared] backend`; the code that uses them (the
 //! builtin issuer, the lockout, egress tokens) calls one API and never asks which.
@@ -13,7 +13,7 @@
 //! | `store.rs` | the Redis connection, one command under the timeout, keyed names, MACs, sealing, the mirrors |
 //! | `events.rs` | the events channel: locks and revocations announced by other replicas |
 //! | `lockout.rs` | [`Lockouts`]: nothing to share alone; counters and locks in Redis |
-//! | `refresh.rs` | [`RefreshFamilies`]: refresh tokens, rotation, reuse detection, family revocation |
+//! | `refresh/` | [`RefreshFamilies`]: refresh tokens, rotation, reuse detection, family revocation (`memory.rs`, `redis.rs`) |
 //! | `revocation.rs` | [`Revocations`]: revoked access tokens; the bounded [`Table`] both memory tables use |
 //! | `keys.rs` | [`Keys`]: the signing key every replica agrees on |
 //! | `egress.rs` | [`EgressTokens`]: egress tokens sealed in Redis, one fetch among replicas |
@@ -169,5 +169,56 @@ impl Backend {
                 Backend::redis(store)
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+    use std::time::Duration;
+
+    use futures_util::FutureExt;
+
+    use super::*;
+
+    /// Alone, nothing is shared: no lock comes from elsewhere, every failure is only
+    /// counted by the lockout's own table, the egress lock is always this replica's and
+    /// nothing is stored, and the proposed key is the key.
+    #[test]
+    fn the_memory_backend_shares_nothing_and_never_fails() {
+        let b = Backend::default();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let settings = crate::config::Lockout {
+            max_failures: 1,
+            window: Duration::from_secs(60),
+            duration: Duration::from_secs(60),
+            max_entries_per_address: 10,
+        };
+        assert_eq!(b.lockouts.announced("alice", ip), Ok(None));
+        assert_eq!(b.lockouts.locked("alice", ip).now_or_never().unwrap(), Ok(None));
+        for _ in 0..3 {
+            let counted = b
+                .lockouts
+                .record_failure("alice", ip, &settings)
+                .now_or_never()
+                .unwrap();
+            assert_eq!(counted, Ok(Recorded::Counted));
+        }
+        assert!(b.egress.get("t").now_or_never().unwrap().unwrap().is_none());
+        assert_eq!(
+            b.egress.try_lock("t", Duration::from_secs(1)).now_or_never().unwrap(),
+            Ok(true)
+        );
+        b.egress
+            .set("t", b"token", Duration::from_secs(60))
+            .now_or_never()
+            .unwrap()
+            .unwrap();
+        assert!(
+            b.egress.get("t").now_or_never().unwrap().unwrap().is_none(),
+            "nothing kept"
+        );
+        let agreed = b.keys.agree("k", b"proposal").now_or_never().unwrap().unwrap();
+        assert_eq!(&agreed[..], b"proposal");
     }
 }

@@ -359,3 +359,48 @@ return 'ok'
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    use super::*;
+
+    fn revoke(r: &MemoryRevocations, jti: &str, ends_at: u64, client: &str, total: u64, per_client: u64) -> Kept {
+        r.revoke(Revocation {
+            key: jti,
+            ends_at,
+            client,
+            limits: RevocationLimits { total, per_client },
+        })
+        .now_or_never()
+        .unwrap()
+    }
+
+    #[test]
+    fn a_full_table_refuses_counts_and_keeps_what_it_holds() {
+        let full = prometheus::IntCounterVec::new(prometheus::Opts::new("full", "full"), &["table", "limit"]).unwrap();
+        let r = MemoryRevocations::new(Some(full.clone()));
+        let end = crate::util::unix_now() + 3600;
+        assert_eq!(revoke(&r, "j1", end, "a", 2, 1), Ok(()));
+        assert_eq!(revoke(&r, "j2", end, "a", 2, 1), Err(RevokeRefused::ClientFull));
+        assert_eq!(full.with_label_values(&["revocations", "per_client"]).get(), 1);
+        assert_eq!(revoke(&r, "j2", end, "b", 2, 1), Ok(()));
+        assert_eq!(revoke(&r, "j3", end, "c", 2, 1), Err(RevokeRefused::Full));
+        assert_eq!(full.with_label_values(&["revocations", "total"]).get(), 1);
+        assert_eq!(revoke(&r, "j1", end, "a", 2, 1), Ok(()), "held already");
+        assert_eq!(r.standing("j1"), Standing::Revoked);
+        assert_eq!(r.standing("j2"), Standing::Revoked);
+        assert_eq!(r.standing("j3"), Standing::Clear);
+    }
+
+    #[test]
+    fn an_ended_revocation_leaves_and_gives_its_place_back() {
+        let r = MemoryRevocations::new(None);
+        let now = crate::util::unix_now();
+        assert_eq!(revoke(&r, "old", now - 10, "a", 1, 1), Ok(()));
+        assert_eq!(r.standing("old"), Standing::Clear, "ended");
+        assert_eq!(revoke(&r, "new", now + 3600, "a", 1, 1), Ok(()));
+        assert_eq!(r.standing("new"), Standing::Revoked);
+    }
+}
