@@ -11,7 +11,9 @@
 //! cannot be counted must not be answered). A pair that already has an entry is
 //! unaffected, and so is a credential found in a cache of verified ones.
 //!
-//! With a shared store (`[shared] backend = "redis"`), failures are also counted in Redis
+//! What other replicas count comes through [`crate::shared::Lockouts`], chosen once at
+//! start: alone ([`crate::shared::NoSharedLockout`]) nothing comes, and this table
+//! decides. With Redis (`[shared] backend = "redis"`), failures are also counted in Redis
 //! so that `max_failures` holds across every replica: a verification that costs time
 //! (argon2) first asks Redis whether the pair is locked, and every failure is counted
 //! there. Locks are announced to all replicas, so the fast paths (a cached password, an
