@@ -150,11 +150,11 @@ impl TokenSource {
 
     /// The token the replicas share, or one fetch among all of them.
     async fn fetch_shared(&self) -> Result<(Arc<str>, Option<Duration>), FetchError> {
-        let (store, name) = (&self.shared, self.name.as_str());
+        let (shared, name) = (&self.shared, self.name.as_str());
         let read = |v: zeroize::Zeroizing<Vec<u8>>| std::str::from_utf8(&v).ok().map(Arc::<str>::from);
         let deadline = Instant::now() + FETCH_LOCK;
         loop {
-            match store.get(name).await {
+            match shared.get(name).await {
                 Ok(Some((v, left))) if left > Duration::from_secs(1) => {
                     if let Some(t) = read(v) {
                         return Ok((t, Some(left)));
@@ -164,14 +164,14 @@ impl TokenSource {
                 // Redis cannot answer: fetch for this replica alone.
                 Err(_) => return self.fetch_counted().await,
             }
-            match store.try_lock(name, FETCH_LOCK).await {
+            match shared.try_lock(name, FETCH_LOCK).await {
                 Ok(true) => {
                     // Another replica may have stored its token and let go of the lock
                     // between our read and our lock: read again before fetching.
-                    if let Ok(Some((v, left))) = store.get(name).await {
+                    if let Ok(Some((v, left))) = shared.get(name).await {
                         if left > Duration::from_secs(1) {
                             if let Some(t) = read(v) {
-                                store.unlock(name).await;
+                                shared.unlock(name).await;
                                 return Ok((t, Some(left)));
                             }
                         }
@@ -183,10 +183,10 @@ impl TokenSource {
                         let keep =
                             refresh_time(lifetime.unwrap_or(MAX_LIFETIME)).saturating_duration_since(Instant::now());
                         if !keep.is_zero() {
-                            let _ = store.set(name, token.as_bytes(), keep).await;
+                            let _ = shared.set(name, token.as_bytes(), keep).await;
                         }
                     }
-                    store.unlock(name).await;
+                    shared.unlock(name).await;
                     return r;
                 }
                 Ok(false) if Instant::now() < deadline => {

@@ -102,3 +102,34 @@ pub(super) fn form_decode(raw: &[u8]) -> Option<String> {
     }
     String::from_utf8(out).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_decoding_is_strict() {
+        assert_eq!(form_decode(b"a+b%20c%2B").as_deref(), Some("a b c+"));
+        assert_eq!(
+            form_decode(b"%4a%4A").as_deref(),
+            Some("JJ"),
+            "either case of hex digit"
+        );
+        for bad in [&b"%zz"[..], b"%4", b"%", b"%g0", b"%ff", b"%c3%28"] {
+            assert_eq!(form_decode(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn a_name_twice_or_in_another_case_is_refused() {
+        assert!(parse_form(b"grant_type=password&grant%5Ftype=password").is_err());
+        assert!(parse_form(b"Grant_Type=password").is_err());
+        assert!(
+            parse_form(b"scope=&scope=a").is_err(),
+            "a repeat is refused even when empty"
+        );
+        let params = parse_form(b"grant_type=client_credentials&scope=&x-custom=1").unwrap();
+        assert_eq!(params.get("grant_type").map(String::as_str), Some("client_credentials"));
+        assert!(!params.contains_key("scope"), "an empty value is omitted");
+    }
+}
