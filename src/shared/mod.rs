@@ -3,9 +3,9 @@
 //! revoked access tokens, its generated signing key, and egress OAuth2 tokens.
 //!
 //! One trait per concern — [`Lockouts`], [`RefreshFamilies`], [`Revocations`], [`Keys`],
-//! [`EgressTokens`] — each with two implementations side by side in its file (or folder): the memory
-//! one (this process alone) and the Redis one (on [`Store`]). [`Backend`] holds one of
-//! each, chosen once at start from `[shared] backend`; the code that uses them (the
+//! [`EgressTokens`] — each with two implementations side by side in its file (or
+//! folder): the memory one (this process alone) and the Redis one (on [`Store`]).
+//! [`Backend`] holds one of each, chosen once at start from `[shared] backend`; the code that uses them (the
 //! builtin issuer, the lockout, egress tokens) calls one API and never asks which.
 //!
 //! | file | owns |
@@ -21,9 +21,7 @@
 //! The memory side keeps its bounds: a full table refuses, it never drops an entry in
 //! force. The rest of this note is about the Redis side.
 //!
-//! What lives here: lockout counters and locks, the builtin issuer's refresh-token
-//! families and revoked access tokens, the issuer's generated signing key, and egress
-//! OAuth2 tokens. Nothing secret is stored in clear: key names are keyed hashes
+//! Nothing secret is stored in clear: key names are keyed hashes
 //! (HMAC-SHA256 under `shared.secret`) of what they describe, refresh tokens are stored
 //! by such a hash, and secret values (a signing key, an egress token) are sealed with
 //! AES-256-GCM under a key derived from the same secret.
