@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::store::Store;
-use super::{Answer, Unavailable};
+use super::{Pending, Unavailable};
 
 /// A sealed value and how long it still lives.
 pub type SealedToken = (zeroize::Zeroizing<Vec<u8>>, Duration);
@@ -16,12 +16,12 @@ pub trait EgressTokens: Send + Sync {
     /// identify; it reveals nothing of them.
     fn name(&self, parts: &[&[u8]]) -> String;
     /// The token stored under `name`, with its remaining lifetime.
-    fn get<'a>(&'a self, name: &'a str) -> Answer<'a, Result<Option<SealedToken>, Unavailable>>;
-    fn set<'a>(&'a self, name: &'a str, plain: &'a [u8], ttl: Duration) -> Answer<'a, Result<(), Unavailable>>;
-    fn delete<'a>(&'a self, name: &'a str) -> Answer<'a, ()>;
+    fn get<'a>(&'a self, name: &'a str) -> Pending<'a, Result<Option<SealedToken>, Unavailable>>;
+    fn set<'a>(&'a self, name: &'a str, plain: &'a [u8], ttl: Duration) -> Pending<'a, Result<(), Unavailable>>;
+    fn delete<'a>(&'a self, name: &'a str) -> Pending<'a, ()>;
     /// A short lock (`true`: this replica holds it, and fetches).
-    fn try_lock<'a>(&'a self, name: &'a str, ttl: Duration) -> Answer<'a, Result<bool, Unavailable>>;
-    fn unlock<'a>(&'a self, name: &'a str) -> Answer<'a, ()>;
+    fn try_lock<'a>(&'a self, name: &'a str, ttl: Duration) -> Pending<'a, Result<bool, Unavailable>>;
+    fn unlock<'a>(&'a self, name: &'a str) -> Pending<'a, ()>;
 }
 
 /// This process alone: nothing is stored, and the lock is always this replica's, so a
@@ -33,23 +33,23 @@ impl EgressTokens for NoEgressSharing {
         String::new()
     }
 
-    fn get<'a>(&'a self, _name: &'a str) -> Answer<'a, Result<Option<SealedToken>, Unavailable>> {
+    fn get<'a>(&'a self, _name: &'a str) -> Pending<'a, Result<Option<SealedToken>, Unavailable>> {
         Box::pin(std::future::ready(Ok(None)))
     }
 
-    fn set<'a>(&'a self, _name: &'a str, _plain: &'a [u8], _ttl: Duration) -> Answer<'a, Result<(), Unavailable>> {
+    fn set<'a>(&'a self, _name: &'a str, _plain: &'a [u8], _ttl: Duration) -> Pending<'a, Result<(), Unavailable>> {
         Box::pin(std::future::ready(Ok(())))
     }
 
-    fn delete<'a>(&'a self, _name: &'a str) -> Answer<'a, ()> {
+    fn delete<'a>(&'a self, _name: &'a str) -> Pending<'a, ()> {
         Box::pin(std::future::ready(()))
     }
 
-    fn try_lock<'a>(&'a self, _name: &'a str, _ttl: Duration) -> Answer<'a, Result<bool, Unavailable>> {
+    fn try_lock<'a>(&'a self, _name: &'a str, _ttl: Duration) -> Pending<'a, Result<bool, Unavailable>> {
         Box::pin(std::future::ready(Ok(true)))
     }
 
-    fn unlock<'a>(&'a self, _name: &'a str) -> Answer<'a, ()> {
+    fn unlock<'a>(&'a self, _name: &'a str) -> Pending<'a, ()> {
         Box::pin(std::future::ready(()))
     }
 }
@@ -61,7 +61,7 @@ impl EgressTokens for Store {
 
     /// The sealed value and its `PTTL`; a value that does not open is counted and
     /// answered as none.
-    fn get<'a>(&'a self, name: &'a str) -> Answer<'a, Result<Option<SealedToken>, Unavailable>> {
+    fn get<'a>(&'a self, name: &'a str) -> Pending<'a, Result<Option<SealedToken>, Unavailable>> {
         Box::pin(async move {
             let mut pipe = redis::pipe();
             pipe.cmd("GET").arg(name).cmd("PTTL").arg(name);
@@ -75,7 +75,7 @@ impl EgressTokens for Store {
         })
     }
 
-    fn set<'a>(&'a self, name: &'a str, plain: &'a [u8], ttl: Duration) -> Answer<'a, Result<(), Unavailable>> {
+    fn set<'a>(&'a self, name: &'a str, plain: &'a [u8], ttl: Duration) -> Pending<'a, Result<(), Unavailable>> {
         Box::pin(async move {
             let mut cmd = redis::cmd("SET");
             cmd.arg(name)
@@ -86,14 +86,14 @@ impl EgressTokens for Store {
         })
     }
 
-    fn delete<'a>(&'a self, name: &'a str) -> Answer<'a, ()> {
+    fn delete<'a>(&'a self, name: &'a str) -> Pending<'a, ()> {
         Box::pin(async move {
             let _ = self.del("egress", name.to_string()).await;
         })
     }
 
     /// `SET NAME:lock 1 NX PX ttl`.
-    fn try_lock<'a>(&'a self, name: &'a str, ttl: Duration) -> Answer<'a, Result<bool, Unavailable>> {
+    fn try_lock<'a>(&'a self, name: &'a str, ttl: Duration) -> Pending<'a, Result<bool, Unavailable>> {
         Box::pin(async move {
             let mut cmd = redis::cmd("SET");
             cmd.arg(format!("{name}:lock"))
@@ -106,7 +106,7 @@ impl EgressTokens for Store {
         })
     }
 
-    fn unlock<'a>(&'a self, name: &'a str) -> Answer<'a, ()> {
+    fn unlock<'a>(&'a self, name: &'a str) -> Pending<'a, ()> {
         Box::pin(async move {
             let _ = self.del("egress", format!("{name}:lock")).await;
         })

@@ -3,7 +3,7 @@
 //! others read its value, sealed.
 
 use super::store::Store;
-use super::{Answer, Unavailable};
+use super::{Pending, Unavailable};
 
 /// The agreed value, or the store could not answer (or its value did not open).
 pub type Agreed = Result<zeroize::Zeroizing<Vec<u8>>, Unavailable>;
@@ -12,7 +12,7 @@ pub type Agreed = Result<zeroize::Zeroizing<Vec<u8>>, Unavailable>;
 pub trait Keys: Send + Sync {
     /// The value every replica holds under `kind`: the one already agreed, or
     /// `proposal` when there is none yet.
-    fn agree<'a>(&'a self, kind: &'a str, proposal: &'a [u8]) -> Answer<'a, Agreed>;
+    fn agree<'a>(&'a self, kind: &'a str, proposal: &'a [u8]) -> Pending<'a, Agreed>;
 
     /// Who agrees on it, for the log line that names the key.
     fn agreed_by(&self) -> &'static str;
@@ -23,7 +23,7 @@ pub trait Keys: Send + Sync {
 pub struct OwnKeys;
 
 impl Keys for OwnKeys {
-    fn agree<'a>(&'a self, _kind: &'a str, proposal: &'a [u8]) -> Answer<'a, Agreed> {
+    fn agree<'a>(&'a self, _kind: &'a str, proposal: &'a [u8]) -> Pending<'a, Agreed> {
         Box::pin(std::future::ready(Ok(zeroize::Zeroizing::new(proposal.to_vec()))))
     }
 
@@ -36,7 +36,7 @@ impl Keys for Store {
     /// The sealed value under `kind`: `SET NX` then `GET`, so the first writer wins; a
     /// value that does not open (another `shared.secret`, a forgery) is counted and
     /// answered as unavailable.
-    fn agree<'a>(&'a self, kind: &'a str, proposal: &'a [u8]) -> Answer<'a, Agreed> {
+    fn agree<'a>(&'a self, kind: &'a str, proposal: &'a [u8]) -> Pending<'a, Agreed> {
         Box::pin(async move {
             let name = self.plain_name("agreed", kind);
             let sealed = self.seal(&name, proposal);

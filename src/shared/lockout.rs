@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use super::store::Store;
-use super::{Answer, Incomplete, Unavailable};
+use super::{Incomplete, Pending, Unavailable};
 use crate::config::Lockout as Settings;
 
 /// A failure counted, or the store could not answer.
@@ -31,11 +31,11 @@ pub trait Lockouts: Send + Sync {
     /// `Err(Incomplete)`: more were announced than this replica holds, so it cannot tell.
     fn announced(&self, subject: &str, client: IpAddr) -> Result<Option<Duration>, Incomplete>;
     /// How long the pair stays locked, as every replica knows it.
-    fn locked<'a>(&'a self, subject: &'a str, client: IpAddr) -> Answer<'a, Result<Option<Duration>, Unavailable>>;
+    fn locked<'a>(&'a self, subject: &'a str, client: IpAddr) -> Pending<'a, Result<Option<Duration>, Unavailable>>;
     /// Counts a failure for the pair, locking it at `max_failures`.
-    fn record_failure<'a>(&'a self, subject: &'a str, client: IpAddr, settings: &'a Settings) -> Answer<'a, Counted>;
+    fn record_failure<'a>(&'a self, subject: &'a str, client: IpAddr, settings: &'a Settings) -> Pending<'a, Counted>;
     /// A verified password clears the pair's count (a lock stays until it ends).
-    fn record_success<'a>(&'a self, subject: &'a str, client: IpAddr) -> Answer<'a, ()>;
+    fn record_success<'a>(&'a self, subject: &'a str, client: IpAddr) -> Pending<'a, ()>;
 }
 
 /// This process alone: no other replica counts, locks or announces anything.
@@ -48,7 +48,7 @@ impl Lockouts for NoSharedLockout {
         Ok(None)
     }
 
-    fn locked<'a>(&'a self, _subject: &'a str, _client: IpAddr) -> Answer<'a, Result<Option<Duration>, Unavailable>> {
+    fn locked<'a>(&'a self, _subject: &'a str, _client: IpAddr) -> Pending<'a, Result<Option<Duration>, Unavailable>> {
         Box::pin(std::future::ready(Ok(None)))
     }
 
@@ -57,11 +57,11 @@ impl Lockouts for NoSharedLockout {
         _subject: &'a str,
         _client: IpAddr,
         _settings: &'a Settings,
-    ) -> Answer<'a, Counted> {
+    ) -> Pending<'a, Counted> {
         Box::pin(std::future::ready(Ok(Recorded::Counted)))
     }
 
-    fn record_success<'a>(&'a self, _subject: &'a str, _client: IpAddr) -> Answer<'a, ()> {
+    fn record_success<'a>(&'a self, _subject: &'a str, _client: IpAddr) -> Pending<'a, ()> {
         Box::pin(std::future::ready(()))
     }
 }
@@ -75,15 +75,15 @@ impl Lockouts for Store {
         self.announced_lock(subject, client)
     }
 
-    fn locked<'a>(&'a self, subject: &'a str, client: IpAddr) -> Answer<'a, Result<Option<Duration>, Unavailable>> {
+    fn locked<'a>(&'a self, subject: &'a str, client: IpAddr) -> Pending<'a, Result<Option<Duration>, Unavailable>> {
         Box::pin(Store::locked(self, subject, client))
     }
 
-    fn record_failure<'a>(&'a self, subject: &'a str, client: IpAddr, settings: &'a Settings) -> Answer<'a, Counted> {
+    fn record_failure<'a>(&'a self, subject: &'a str, client: IpAddr, settings: &'a Settings) -> Pending<'a, Counted> {
         Box::pin(Store::record_failure(self, subject, client, settings))
     }
 
-    fn record_success<'a>(&'a self, subject: &'a str, client: IpAddr) -> Answer<'a, ()> {
+    fn record_success<'a>(&'a self, subject: &'a str, client: IpAddr) -> Pending<'a, ()> {
         Box::pin(Store::record_success(self, subject, client))
     }
 }

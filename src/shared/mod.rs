@@ -80,7 +80,7 @@ use crate::metrics::Metrics;
 
 /// What an operation of a backend answers: a boxed future, so that the traits can be
 /// used as `dyn` objects (one is chosen at start).
-pub type Answer<'a, T> = futures_util::future::BoxFuture<'a, T>;
+pub type Pending<'a, T> = futures_util::future::BoxFuture<'a, T>;
 
 /// Redis did not answer in time, or answered an error: the caller decides what failing
 /// closed or open means for its operation.

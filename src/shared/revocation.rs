@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use hmac::Mac;
 
 use super::store::Store;
-use super::{Answer, Unavailable};
+use super::{Pending, Unavailable};
 
 /// Why an access token could not be revoked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +59,7 @@ pub trait Revocations: Send + Sync {
     fn set_cap(&self, total: u64);
     /// Revokes the access token `r.key` (its `jti`) until its `exp`: kept, or refused
     /// (a full table never drops a revocation in force).
-    fn revoke<'a>(&'a self, r: Revocation<'a>) -> Answer<'a, Kept>;
+    fn revoke<'a>(&'a self, r: Revocation<'a>) -> Pending<'a, Kept>;
     /// Whether `jti` is revoked, as this replica knows it.
     fn standing(&self, jti: &str) -> Standing;
 }
@@ -96,7 +96,7 @@ impl Revocations for MemoryRevocations {
     /// The table is bounded by the limits given with each revocation.
     fn set_cap(&self, _total: u64) {}
 
-    fn revoke<'a>(&'a self, r: Revocation<'a>) -> Answer<'a, Kept> {
+    fn revoke<'a>(&'a self, r: Revocation<'a>) -> Pending<'a, Kept> {
         let kept = self.table.insert(r.key.to_string(), r.ends_at, r.client, r.limits);
         if let Err(why) = kept {
             count_full(self.full.as_ref(), why);
@@ -199,7 +199,7 @@ impl Revocations for Store {
         self.set_revocation_cap(total);
     }
 
-    fn revoke<'a>(&'a self, r: Revocation<'a>) -> Answer<'a, Kept> {
+    fn revoke<'a>(&'a self, r: Revocation<'a>) -> Pending<'a, Kept> {
         Box::pin(self.revoke_jti(r.key, r.ends_at, r.client, r.limits))
     }
 

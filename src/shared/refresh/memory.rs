@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::{Issued, NewRefresh, Peeked, RefreshFamilies, Rotation, Taken};
 use crate::config::SecretHash;
 use crate::shared::revocation::{count_full, Kept, Revocation, Table};
-use crate::shared::{Answer, Unavailable};
+use crate::shared::{Pending, Unavailable};
 
 /// One refresh token in memory.
 #[derive(Clone)]
@@ -86,7 +86,7 @@ impl MemoryRefresh {
 }
 
 impl RefreshFamilies for MemoryRefresh {
-    fn issue<'a>(&'a self, r: NewRefresh<'a>) -> Answer<'a, Result<Issued, Unavailable>> {
+    fn issue<'a>(&'a self, r: NewRefresh<'a>) -> Pending<'a, Result<Issued, Unavailable>> {
         let issued = if !r.new_family && self.revoked.contains(r.family) {
             Issued::FamilyGone
         } else {
@@ -104,7 +104,7 @@ impl RefreshFamilies for MemoryRefresh {
         Box::pin(std::future::ready(Ok(issued)))
     }
 
-    fn take<'a>(&'a self, r: Rotation<'a>) -> Answer<'a, Result<Taken, Unavailable>> {
+    fn take<'a>(&'a self, r: Rotation<'a>) -> Pending<'a, Result<Taken, Unavailable>> {
         use moka::ops::compute::Op;
         let mut outcome = Taken::Unknown;
         let mut next = None;
@@ -128,7 +128,7 @@ impl RefreshFamilies for MemoryRefresh {
     }
 
     /// A used token names nothing here (its family is revoked only by a reuse).
-    fn peek<'a>(&'a self, token: &'a str) -> Answer<'a, Result<Peeked, Unavailable>> {
+    fn peek<'a>(&'a self, token: &'a str) -> Pending<'a, Result<Peeked, Unavailable>> {
         let peeked = match self.tokens.get(&Self::id(token)) {
             Some(held) if !held.used => Peeked::Found {
                 family: held.family.to_string(),
@@ -140,14 +140,14 @@ impl RefreshFamilies for MemoryRefresh {
         Box::pin(std::future::ready(Ok(peeked)))
     }
 
-    fn forget<'a>(&'a self, token: &'a str) -> Answer<'a, Result<(), Unavailable>> {
+    fn forget<'a>(&'a self, token: &'a str) -> Pending<'a, Result<(), Unavailable>> {
         self.tokens.invalidate(&Self::id(token));
         Box::pin(std::future::ready(Ok(())))
     }
 
     /// Takes a place in the bounded table: a full table refuses (counted), never forgets
     /// an older family.
-    fn revoke_family<'a>(&'a self, r: Revocation<'a>) -> Answer<'a, Kept> {
+    fn revoke_family<'a>(&'a self, r: Revocation<'a>) -> Pending<'a, Kept> {
         let kept = self.revoked.insert(Arc::from(r.key), r.ends_at, r.client, r.limits);
         if let Err(why) = kept {
             count_full(self.full.as_ref(), why);

@@ -12,7 +12,7 @@ mod redis;
 use std::time::Duration;
 
 use super::revocation::{Kept, Revocation, RevocationLimits};
-use super::{Answer, Unavailable};
+use super::{Pending, Unavailable};
 
 pub use memory::MemoryRefresh;
 
@@ -93,14 +93,14 @@ pub struct Rotation<'a> {
 pub trait RefreshFamilies: Send + Sync {
     /// Stores a new refresh token (by its hash) with its grant, in its family (created
     /// when `new_family`).
-    fn issue<'a>(&'a self, r: NewRefresh<'a>) -> Answer<'a, Result<Issued, Unavailable>>;
+    fn issue<'a>(&'a self, r: NewRefresh<'a>) -> Pending<'a, Result<Issued, Unavailable>>;
     /// Rotates a token, atomically: of two takers of one token, exactly one is granted
     /// (and its `next` stored), the other finds a reuse, which revokes the family.
-    fn take<'a>(&'a self, r: Rotation<'a>) -> Answer<'a, Result<Taken, Unavailable>>;
+    fn take<'a>(&'a self, r: Rotation<'a>) -> Pending<'a, Result<Taken, Unavailable>>;
     /// What a token names, without taking it (for revocation).
-    fn peek<'a>(&'a self, token: &'a str) -> Answer<'a, Result<Peeked, Unavailable>>;
+    fn peek<'a>(&'a self, token: &'a str) -> Pending<'a, Result<Peeked, Unavailable>>;
     /// Deletes what is stored under a token (a forged record, on revocation).
-    fn forget<'a>(&'a self, token: &'a str) -> Answer<'a, Result<(), Unavailable>>;
+    fn forget<'a>(&'a self, token: &'a str) -> Pending<'a, Result<(), Unavailable>>;
     /// Revokes every token of the family `r.key` (issued to `r.client`).
-    fn revoke_family<'a>(&'a self, r: Revocation<'a>) -> Answer<'a, Kept>;
+    fn revoke_family<'a>(&'a self, r: Revocation<'a>) -> Pending<'a, Kept>;
 }

@@ -5,28 +5,28 @@
 use super::{Issued, NewRefresh, Peeked, RefreshFamilies, Rotation, Taken};
 use crate::shared::revocation::{Kept, Revocation, RevokeRefused};
 use crate::shared::store::Store;
-use crate::shared::{Answer, Unavailable};
+use crate::shared::{Pending, Unavailable};
 
 impl RefreshFamilies for Store {
-    fn issue<'a>(&'a self, r: NewRefresh<'a>) -> Answer<'a, Result<Issued, Unavailable>> {
+    fn issue<'a>(&'a self, r: NewRefresh<'a>) -> Pending<'a, Result<Issued, Unavailable>> {
         Box::pin(self.refresh_issue(r))
     }
 
-    fn take<'a>(&'a self, r: Rotation<'a>) -> Answer<'a, Result<Taken, Unavailable>> {
+    fn take<'a>(&'a self, r: Rotation<'a>) -> Pending<'a, Result<Taken, Unavailable>> {
         Box::pin(self.refresh_take(r.token, r.client, r.now, r.next, r.ttl_secs))
     }
 
-    fn peek<'a>(&'a self, token: &'a str) -> Answer<'a, Result<Peeked, Unavailable>> {
+    fn peek<'a>(&'a self, token: &'a str) -> Pending<'a, Result<Peeked, Unavailable>> {
         Box::pin(self.refresh_peek(token))
     }
 
-    fn forget<'a>(&'a self, token: &'a str) -> Answer<'a, Result<(), Unavailable>> {
+    fn forget<'a>(&'a self, token: &'a str) -> Pending<'a, Result<(), Unavailable>> {
         Box::pin(self.del("refresh", self.refresh_name(token)))
     }
 
     /// Deletes the family, on every replica at once (they read it from Redis): it needs
     /// no room.
-    fn revoke_family<'a>(&'a self, r: Revocation<'a>) -> Answer<'a, Kept> {
+    fn revoke_family<'a>(&'a self, r: Revocation<'a>) -> Pending<'a, Kept> {
         Box::pin(async move {
             self.del("refresh", self.family_name(r.key))
                 .await
