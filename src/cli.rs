@@ -402,7 +402,11 @@ fn endpoint_test(path: PathBuf, name: &str) -> ExitCode {
         }
     };
     let metrics = crate::metrics::Metrics::new();
-    let egress = match crate::egress::Egress::new(&loaded.config.endpoints, &metrics, None) {
+    let egress = match crate::egress::Egress::new(
+        &loaded.config.endpoints,
+        &metrics,
+        &crate::shared::Backend::memory(&metrics).egress,
+    ) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("portcullis: {e}");

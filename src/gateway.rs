@@ -25,11 +25,13 @@ pub enum BuildError {
     #[error("TLS: {0}")]
     Tls(String),
     #[error("oauth: {0}")]
-    OAuth(String),
+    OAuth(#[from] crate::auth::oauth::BuildError),
     #[error("egress: {0}")]
     Egress(#[from] crate::egress::EndpointError),
     #[error("shared store: {0}")]
-    Shared(String),
+    Shared(#[from] crate::shared::SharedError),
+    #[error("shared store: {0}")]
+    SigningKey(#[from] crate::auth::oauth::KeyError),
     #[error("tracing: {0}")]
     Tracing(#[from] crate::telemetry::StartError),
 }
@@ -236,8 +238,8 @@ impl Gateway {
             router: Router::new_checked(table),
             routes,
             tls,
-            auth: Auth::new(&config, metrics, lasting, client).map_err(BuildError::OAuth)?,
-            egress: crate::egress::Egress::new(&config.endpoints, metrics, lasting.shared.as_ref())
+            auth: Auth::new(&config, metrics, lasting, client)?,
+            egress: crate::egress::Egress::new(&config.endpoints, metrics, &lasting.shared.egress)
                 .map_err(BuildError::Egress)?
                 .with_head_limits(config.limits.max_headers, config.limits.max_header_bytes),
             signer: Signer::new(key, config.assertion.ttl),

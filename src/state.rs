@@ -46,28 +46,23 @@ impl State {
     /// issuer without a `signing_key`, the signing key agreed by every replica.
     pub async fn start(config: Config) -> Result<Arc<Self>, BuildError> {
         let metrics = Metrics::new();
-        let store = match &config.shared {
-            crate::config::SharedBackend::Memory => None,
-            crate::config::SharedBackend::Redis(settings) => {
-                let store = crate::shared::Store::connect(settings, &metrics).map_err(BuildError::Shared)?;
-                store.listen().await;
-                Some(store)
-            }
-        };
-        let lasting = auth::Lasting::with_store(store);
+        let shared = crate::shared::Backend::start(&config.shared, &metrics).await?;
+        let lasting = auth::Lasting::with_backend(shared);
         let agree = config
             .oauth
             .as_ref()
             .is_some_and(|o| o.mode == crate::config::OAuthMode::Builtin && o.signing_key.is_none());
         if agree {
-            lasting.oauth.agree_signing_key().await.map_err(BuildError::Shared)?;
+            lasting.oauth.agree_signing_key().await?;
         }
         Self::build(config, metrics, lasting)
     }
 
     /// The process state with in-process shared state only (`[shared]` is not consulted).
     pub fn new(config: Config) -> Result<Arc<Self>, BuildError> {
-        Self::build(config, Metrics::new(), auth::Lasting::default())
+        let metrics = Metrics::new();
+        let lasting = auth::Lasting::with_backend(crate::shared::Backend::memory(&metrics));
+        Self::build(config, metrics, lasting)
     }
 
     fn build(config: Config, metrics: Metrics, lasting: auth::Lasting) -> Result<Arc<Self>, BuildError> {

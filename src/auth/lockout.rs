@@ -11,7 +11,9 @@
 //! cannot be counted must not be answered). A pair that already has an entry is
 //! unaffected, and so is a credential found in a cache of verified ones.
 //!
-//! With a shared store (`[shared] backend = "redis"`), failures are also counted in Redis
+//! What other replicas count comes through [`crate::shared::Lockouts`], chosen once at
+//! start: alone ([`crate::shared::NoSharedLockout`]) nothing comes, and this table
+//! decides. With Redis (`[shared] backend = "redis"`), failures are also counted in Redis
 //! so that `max_failures` holds across every replica: a verification that costs time
 //! (argon2) first asks Redis whether the pair is locked, and every failure is counted
 //! there. Locks are announced to all replicas, so the fast paths (a cached password, an
@@ -30,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config;
-use crate::shared::{Recorded, Store};
+use crate::shared::{Lockouts, NoSharedLockout, Recorded};
 
 #[derive(Debug)]
 struct Counter {
@@ -176,7 +178,7 @@ pub struct Lockout {
     table: moka::sync::Cache<u64, Arc<Entry>>,
     room: Arc<Room>,
     hasher: std::collections::hash_map::RandomState,
-    shared: Option<Arc<Store>>,
+    shared: Arc<dyn Lockouts>,
 }
 
 /// Carries the table across config generations, so a reload does not forgive failures.
@@ -269,28 +271,26 @@ impl Lockout {
                 .build(),
             room,
             hasher: Default::default(),
-            shared: None,
+            shared: Arc::new(NoSharedLockout),
         }
     }
 
-    /// The same table, counting across replicas in `store` as well.
-    pub fn with_shared(mut self, store: Option<Arc<Store>>) -> Self {
-        if let Some(s) = &store {
-            // Room for the locks of a few replicas' tables.
-            s.set_lock_cap(self.room.cap.saturating_mul(4));
-        }
-        self.shared = store;
+    /// The same table, counting across replicas in `shared` as well (alone, nothing is
+    /// shared: [`NoSharedLockout`]).
+    pub fn with_shared(mut self, shared: Arc<dyn Lockouts>) -> Self {
+        // Room for the locks of a few replicas' tables.
+        shared.set_cap(self.room.cap.saturating_mul(4));
+        self.shared = shared;
         self
     }
 
     /// A lock another replica announced. When this replica holds too many announced
     /// locks to tell, every fast path is refused (fail closed) until they end.
     fn announced(&self, subject: &str, client: IpAddr) -> Result<(), Duration> {
-        let Some(s) = &self.shared else { return Ok(()) };
-        match s.announced_lock(subject, client) {
+        match self.shared.announced(subject, client) {
             Ok(Some(left)) => Err(left.min(self.settings.duration)),
             Ok(None) => Ok(()),
-            Err(()) => Err(FULL_RETRY),
+            Err(crate::shared::Incomplete) => Err(FULL_RETRY),
         }
     }
 
@@ -335,8 +335,7 @@ impl Lockout {
     /// Before a verification that takes time: the pair's lock as every replica sees it.
     /// Redis unavailable: the local table decides alone.
     pub async fn check_shared(&self, subject: &str, client: IpAddr) -> Result<(), Duration> {
-        let Some(s) = &self.shared else { return Ok(()) };
-        match s.locked(subject, client).await {
+        match self.shared.locked(subject, client).await {
             Ok(Some(left)) => {
                 let left = left.min(self.settings.duration);
                 self.lock_locally(subject, client, left);
@@ -350,14 +349,13 @@ impl Lockout {
     /// replica had locked the pair already, so the answer is 429); a success after an
     /// argon2 run (`slow`) clears the shared count. A fast success costs no round trip.
     pub async fn record_shared(&self, subject: &str, client: IpAddr, ok: bool, slow: bool) -> Result<(), Duration> {
-        let Some(s) = &self.shared else { return Ok(()) };
         if ok {
             if slow {
-                s.record_success(subject, client).await;
+                self.shared.record_success(subject, client).await;
             }
             return Ok(());
         }
-        match s.record_failure(subject, client, &self.settings).await {
+        match self.shared.record_failure(subject, client, &self.settings).await {
             Ok(Recorded::AlreadyLocked(left)) => {
                 let left = left.min(self.settings.duration);
                 self.lock_locally(subject, client, left);

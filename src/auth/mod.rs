@@ -245,10 +245,9 @@ pub struct RouteRef<'a> {
 /// What authentication keeps from one config generation to the next: the caches of
 /// verified credentials (each entry valid only while what it was verified against is
 /// unchanged), the lockout table, and the builtin issuer's state.
-#[derive(Default)]
 pub struct Lasting {
-    /// The store shared with other replicas (`[shared] backend = "redis"`), if any.
-    pub shared: Option<Arc<crate::shared::Store>>,
+    /// What replicas share (`[shared] backend`): memory or Redis, chosen once at start.
+    pub shared: crate::shared::Backend,
     pub oauth: Arc<oauth::Shared>,
     basic: basic::Carried,
     pub(crate) introspection: oauth::introspection::Carried,
@@ -256,13 +255,23 @@ pub struct Lasting {
     hasher: std::sync::Mutex<Option<Arc<hasher::Hasher>>>,
 }
 
+impl Default for Lasting {
+    /// In memory, counting full tables nowhere (tests, benches).
+    fn default() -> Self {
+        Lasting::with_backend(crate::shared::Backend::default())
+    }
+}
+
 impl Lasting {
-    /// What outlives generations, sharing `store` (Redis) with other replicas when given.
-    pub fn with_store(store: Option<Arc<crate::shared::Store>>) -> Self {
+    /// What outlives generations, on `shared` (this process alone, or Redis).
+    pub fn with_backend(shared: crate::shared::Backend) -> Self {
         Lasting {
-            shared: store.clone(),
-            oauth: Arc::new(oauth::Shared::with_store(store)),
-            ..Default::default()
+            oauth: Arc::new(oauth::Shared::new(shared.clone())),
+            shared,
+            basic: Default::default(),
+            introspection: Default::default(),
+            lockout: Default::default(),
+            hasher: Default::default(),
         }
     }
 
@@ -305,7 +314,7 @@ impl Auth {
         metrics: &Metrics,
         lasting: &Lasting,
         client: &crate::upstream::Client,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, oauth::BuildError> {
         let users: HashMap<String, Arc<UserEntry>> = config
             .users
             .iter()
@@ -346,7 +355,7 @@ impl Auth {
             lockout: lasting
                 .lockout
                 .take(&config.lockout, config.cache.max_entries, metrics)
-                .with_shared(lasting.shared.clone()),
+                .with_shared(lasting.shared.lockouts.clone()),
             users,
         })
     }

@@ -86,7 +86,7 @@ impl Egress {
     pub fn new(
         cfg: &[config::Endpoint],
         metrics: &crate::metrics::Metrics,
-        store: Option<&Arc<crate::shared::Store>>,
+        tokens: &Arc<dyn crate::shared::EgressTokens>,
     ) -> Result<Self, EndpointError> {
         let mut endpoints = HashMap::new();
         for e in cfg {
@@ -135,7 +135,7 @@ impl Egress {
                     },
                     client.clone(),
                     metrics,
-                    store,
+                    tokens,
                 ))),
                 EndpointAuth::Principal => Credentials::Principal,
                 EndpointAuth::Signature {
@@ -344,7 +344,12 @@ mod tests {
             Err(e) => panic!("{e}"),
         };
         let metrics = crate::metrics::Metrics::new();
-        let egress = Egress::new(&config.endpoints, &metrics, None).unwrap();
+        let egress = Egress::new(
+            &config.endpoints,
+            &metrics,
+            &crate::shared::Backend::memory(&metrics).egress,
+        )
+        .unwrap();
         let signer = Signer::new(&[1; 32], Duration::from_secs(60));
         let conn = Arc::new(ConnInfo::new(
             "127.0.0.1:5000".parse().unwrap(),

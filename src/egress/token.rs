@@ -2,11 +2,13 @@
 //! through the oauth2 crate). A token is cached until shortly before it expires;
 //! concurrent callers wait for one fetch; a 401 from the target drops it.
 //!
-//! With a shared store, replicas share the token: a replica without a fresh copy reads
-//! the one in Redis (sealed there); when there is none, one replica takes a short lock
-//! and fetches while the others wait for its result, so N replicas cause one fetch. Each
+//! Every source goes through the backend of [`crate::shared::EgressTokens`] chosen at
+//! start. With Redis, replicas share the token: a replica without a fresh copy reads the
+//! one in Redis (sealed there); when there is none, one replica takes a short lock and
+//! fetches while the others wait for its result, so N replicas cause one fetch. Each
 //! keeps its local copy until shortly before expiry. Redis unavailable: each replica
-//! fetches for itself.
+//! fetches for itself. Alone, the backend holds nothing and the lock is always free, so
+//! the source fetches for itself.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,21 +22,8 @@ use prometheus::IntCounter;
 use tokio::sync::Mutex;
 
 use crate::config::{OAuthGrant, Secret};
+use crate::shared::EgressTokens;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn absurd_lifetimes_are_clamped_not_overflowed() {
-        let at = refresh_time(Duration::from_secs(u64::MAX));
-        assert!(at <= Instant::now() + MAX_LIFETIME);
-        let at = refresh_time(Duration::MAX);
-        assert!(at > Instant::now());
-        let at = refresh_time(Duration::ZERO);
-        assert!(at <= Instant::now());
-    }
-}
 use crate::upstream::OAuthHttp;
 
 type Client = BasicClient<EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
@@ -54,8 +43,9 @@ pub struct TokenSource {
     current: Mutex<Option<Cached>>,
     ok: IntCounter,
     failed: IntCounter,
-    /// The shared store and this token's name there.
-    shared: Option<(Arc<crate::shared::Store>, String)>,
+    /// Where replicas share the token, and its name there.
+    shared: Arc<dyn EgressTokens>,
+    name: String,
 }
 
 /// How long a replica holds the fetch lock, and how long the others wait for its token.
@@ -75,7 +65,8 @@ fn refresh_time(lifetime: Duration) -> Instant {
 }
 
 /// A failed fetch, with the token server's RFC 6749 error when it gave one.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
 pub struct FetchError(pub String);
 
 pub struct Settings<'a> {
@@ -94,22 +85,16 @@ impl TokenSource {
         s: Settings<'_>,
         http: crate::upstream::Client,
         metrics: &crate::metrics::Metrics,
-        store: Option<&Arc<crate::shared::Store>>,
+        shared: &Arc<dyn EgressTokens>,
     ) -> Self {
-        let shared = store.map(|st| {
-            let scopes = s.scopes.join(" ");
-            let name = st.name(
-                "egress-token",
-                &[
-                    s.endpoint.as_bytes(),
-                    s.token_url.as_str().as_bytes(),
-                    s.client_id.as_bytes(),
-                    s.username.unwrap_or("").as_bytes(),
-                    scopes.as_bytes(),
-                ],
-            );
-            (st.clone(), name)
-        });
+        let scopes = s.scopes.join(" ");
+        let name = shared.name(&[
+            s.endpoint.as_bytes(),
+            s.token_url.as_str().as_bytes(),
+            s.client_id.as_bytes(),
+            s.username.unwrap_or("").as_bytes(),
+            scopes.as_bytes(),
+        ]);
         let mut client = BasicClient::new(ClientId::new(s.client_id.to_string()))
             .set_token_uri(TokenUrl::from_url(s.token_url.clone()));
         if let Some(secret) = s.client_secret {
@@ -125,7 +110,8 @@ impl TokenSource {
             current: Mutex::new(None),
             ok: metrics.egress_token_fetches.with_label_values(&[s.endpoint, "success"]),
             failed: metrics.egress_token_fetches.with_label_values(&[s.endpoint, "failure"]),
-            shared,
+            shared: shared.clone(),
+            name,
         }
     }
 
@@ -137,11 +123,7 @@ impl TokenSource {
                 return Ok((c.token.clone(), false));
             }
         }
-        let fetched = match &self.shared {
-            Some((store, name)) => self.fetch_shared(store, name).await,
-            None => self.fetch_counted().await,
-        };
-        match fetched {
+        match self.fetch_shared().await {
             Ok((token, lifetime)) => {
                 let refresh_at = lifetime.map(refresh_time);
                 *current = Some(Cached {
@@ -166,16 +148,13 @@ impl TokenSource {
         r
     }
 
-    /// The token in the shared store, or one fetch among all replicas.
-    async fn fetch_shared(
-        &self,
-        store: &crate::shared::Store,
-        name: &str,
-    ) -> Result<(Arc<str>, Option<Duration>), FetchError> {
+    /// The token the replicas share, or one fetch among all of them.
+    async fn fetch_shared(&self) -> Result<(Arc<str>, Option<Duration>), FetchError> {
+        let (shared, name) = (&self.shared, self.name.as_str());
         let read = |v: zeroize::Zeroizing<Vec<u8>>| std::str::from_utf8(&v).ok().map(Arc::<str>::from);
         let deadline = Instant::now() + FETCH_LOCK;
         loop {
-            match store.get_sealed(name).await {
+            match shared.get(name).await {
                 Ok(Some((v, left))) if left > Duration::from_secs(1) => {
                     if let Some(t) = read(v) {
                         return Ok((t, Some(left)));
@@ -185,14 +164,14 @@ impl TokenSource {
                 // Redis cannot answer: fetch for this replica alone.
                 Err(_) => return self.fetch_counted().await,
             }
-            match store.try_lock(name, FETCH_LOCK).await {
+            match shared.try_lock(name, FETCH_LOCK).await {
                 Ok(true) => {
                     // Another replica may have stored its token and let go of the lock
                     // between our read and our lock: read again before fetching.
-                    if let Ok(Some((v, left))) = store.get_sealed(name).await {
+                    if let Ok(Some((v, left))) = shared.get(name).await {
                         if left > Duration::from_secs(1) {
                             if let Some(t) = read(v) {
-                                store.unlock(name).await;
+                                shared.unlock(name).await;
                                 return Ok((t, Some(left)));
                             }
                         }
@@ -204,10 +183,10 @@ impl TokenSource {
                         let keep =
                             refresh_time(lifetime.unwrap_or(MAX_LIFETIME)).saturating_duration_since(Instant::now());
                         if !keep.is_zero() {
-                            let _ = store.set_sealed(name, token.as_bytes(), keep).await;
+                            let _ = shared.set(name, token.as_bytes(), keep).await;
                         }
                     }
-                    store.unlock(name).await;
+                    shared.unlock(name).await;
                     return r;
                 }
                 Ok(false) if Instant::now() < deadline => {
@@ -224,12 +203,10 @@ impl TokenSource {
         let mut current = self.current.lock().await;
         if current.as_ref().is_some_and(|c| &*c.token == used) {
             *current = None;
-            if let Some((store, name)) = &self.shared {
-                // Only if the shared copy is the refused one.
-                if let Ok(Some((v, _))) = store.get_sealed(name).await {
-                    if &v[..] == used.as_bytes() {
-                        store.delete(name).await;
-                    }
+            // Only if the shared copy is the refused one.
+            if let Ok(Some((v, _))) = self.shared.get(&self.name).await {
+                if &v[..] == used.as_bytes() {
+                    self.shared.delete(&self.name).await;
                 }
             }
         }
@@ -284,5 +261,20 @@ impl TokenSource {
             Ok(Ok(r)) => r,
         };
         Ok((Arc::from(resp.access_token().secret().as_str()), resp.expires_in()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absurd_lifetimes_are_clamped_not_overflowed() {
+        let at = refresh_time(Duration::from_secs(u64::MAX));
+        assert!(at <= Instant::now() + MAX_LIFETIME);
+        let at = refresh_time(Duration::MAX);
+        assert!(at > Instant::now());
+        let at = refresh_time(Duration::ZERO);
+        assert!(at <= Instant::now());
     }
 }

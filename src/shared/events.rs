@@ -1,19 +1,23 @@
 //! Events from other replicas: the subscriber and what it applies.
 
-use super::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::store::Store;
+use super::SharedError;
 
 impl Store {
     /// Subscribes to the events channel, then reads the revocations back from Redis
     /// (subscribed first, so none announced meanwhile falls between the two).
-    async fn subscribe(&self) -> Result<redis::aio::PubSub, String> {
+    async fn subscribe(&self) -> Result<redis::aio::PubSub, SharedError> {
         let mut ps = tokio::time::timeout(self.timeout * 4, self.client.get_async_pubsub())
             .await
-            .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| e.to_string())?;
-        ps.subscribe(self.events_channel()).await.map_err(|e| e.to_string())?;
-        self.load_revocations()
+            .map_err(|_| SharedError::ConnectTimedOut)?
+            .map_err(SharedError::Subscribe)?;
+        ps.subscribe(self.events_channel())
             .await
-            .map_err(|_| "cannot read the revocations".to_string())?;
+            .map_err(SharedError::Subscribe)?;
+        self.load_revocations().await.map_err(|_| SharedError::Revocations)?;
         Ok(ps)
     }
 

@@ -1,8 +1,27 @@
-//! State shared by replicas, on Redis or Valkey (`[shared] backend = "redis"`).
+//! State that outlives a request and, with `[shared] backend = "redis"`, is shared by
+//! replicas: lockout counts and locks, the builtin issuer's refresh-token families and
+//! revoked access tokens, its generated signing key, and egress OAuth2 tokens.
 //!
-//! What lives here: lockout counters and locks, the builtin issuer's refresh-token
-//! families and revoked access tokens, the issuer's generated signing key, and egress
-//! OAuth2 tokens. Nothing secret is stored in clear: key names are keyed hashes
+//! One trait per concern — [`Lockouts`], [`RefreshFamilies`], [`Revocations`], [`Keys`],
+//! [`EgressTokens`] — each with two implementations side by side in its file (or
+//! folder): the memory one (this process alone) and the Redis one (on [`Store`]).
+//! [`Backend`] holds one of each, chosen once at start from `[shared] backend`; the code that uses them (the
+//! builtin issuer, the lockout, egress tokens) calls one API and never asks which.
+//!
+//! | file | owns |
+//! | --- | --- |
+//! | `store.rs` | the Redis connection, one command under the timeout, keyed names, MACs, sealing, the mirrors |
+//! | `events.rs` | the events channel: locks and revocations announced by other replicas |
+//! | `lockout.rs` | [`Lockouts`]: nothing to share alone; counters and locks in Redis |
+//! | `refresh/` | [`RefreshFamilies`]: refresh tokens, rotation, reuse detection, family revocation (`memory.rs`, `redis.rs`) |
+//! | `revocation.rs` | [`Revocations`]: revoked access tokens; the bounded [`Table`] both memory tables use |
+//! | `keys.rs` | [`Keys`]: the signing key every replica agrees on |
+//! | `egress.rs` | [`EgressTokens`]: egress tokens sealed in Redis, one fetch among replicas |
+//!
+//! The memory side keeps its bounds: a full table refuses, it never drops an entry in
+//! force. The rest of this note is about the Redis side.
+//!
+//! Nothing secret is stored in clear: key names are keyed hashes
 //! (HMAC-SHA256 under `shared.secret`) of what they describe, refresh tokens are stored
 //! by such a hash, and secret values (a signing key, an egress token) are sealed with
 //! AES-256-GCM under a key derived from the same secret.
@@ -37,440 +56,167 @@
 //! the channel was down, or made before this replica started, is not missed for good.
 //! Until the first read succeeds, this replica answers its builtin tokens with 503.
 
+mod egress;
 mod events;
+mod keys;
 mod lockout;
 mod refresh;
 mod revocation;
-mod sealed;
+mod store;
 
-use std::collections::HashMap;
-use std::future::Future;
-use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
-use hmac::Mac;
-use redis::aio::ConnectionManager;
-use ring::aead;
+pub use egress::{EgressTokens, NoEgressSharing};
+pub use keys::{Agreed, Keys, OwnKeys};
+pub use lockout::{Counted, Lockouts, NoSharedLockout, Recorded};
+pub use refresh::{Issued, MemoryRefresh, NewRefresh, Peeked, RefreshFamilies, Rotation, Taken};
+pub use revocation::{
+    Kept, MemoryRevocations, Revocation, RevocationLimits, Revocations, RevokeRefused, Standing, Table,
+};
+pub use store::Store;
 
-use crate::config::RedisSettings;
+use crate::config::SharedBackend;
 use crate::metrics::Metrics;
 
-type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+/// What an operation of a backend answers: a boxed future, so that the traits can be
+/// used as `dyn` objects (one is chosen at start).
+pub type Pending<'a, T> = futures_util::future::BoxFuture<'a, T>;
 
 /// Redis did not answer in time, or answered an error: the caller decides what failing
 /// closed or open means for its operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the shared store (Redis) did not answer")]
 pub struct Unavailable;
 
-/// A failed login recorded across replicas.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recorded {
-    /// Counted; the pair is not locked.
-    Counted,
-    /// This failure reached `max_failures`: the pair is locked for this long.
-    LockedNow(Duration),
-    /// The pair was already locked (by any replica) for this long.
-    AlreadyLocked(Duration),
+/// More entries were announced than a bounded mirror holds: its readers cannot tell, and
+/// fail closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("more entries were announced than this replica holds")]
+pub struct Incomplete;
+
+/// Why the shared store could not be set up or followed.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedError {
+    #[error("shared.url is not UTF-8")]
+    UrlNotUtf8,
+    #[error("shared.url: {0}")]
+    Url(#[source] redis::RedisError),
+    #[error("cannot derive the shared value key")]
+    ValueKey,
+    #[error("connect timed out")]
+    ConnectTimedOut,
+    #[error("{0}")]
+    Subscribe(#[source] redis::RedisError),
+    #[error("cannot read the revocations")]
+    Revocations,
 }
 
-/// A refresh token to store: its family (new, or continued by a rotation), its client,
-/// when it expires (unix seconds), what it grants, and how long Redis keeps it.
-pub struct NewRefresh<'a> {
-    pub token: &'a str,
-    pub family: &'a str,
-    pub family_ends_at: u64,
-    pub new_family: bool,
-    pub client: &'a str,
-    pub expires_at: u64,
-    pub grant: &'a str,
-    pub ttl: Duration,
+/// One implementation of each concern, chosen once at start (`[shared] backend`).
+#[derive(Clone)]
+pub struct Backend {
+    pub lockouts: Arc<dyn Lockouts>,
+    pub refresh: Arc<dyn RefreshFamilies>,
+    pub revocations: Arc<dyn Revocations>,
+    pub keys: Arc<dyn Keys>,
+    pub egress: Arc<dyn EgressTokens>,
 }
 
-/// Storing a refresh token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Issued {
-    Stored,
-    /// The family is gone (revoked meanwhile, or ended): no token was stored.
-    FamilyGone,
-    /// The family's stored value failed its integrity check: no token was stored.
-    FamilyForged,
-}
-
-/// What taking a refresh token did, atomically, in Redis.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Taken {
-    /// The token was active and is now used: its grant (`fields` as stored) and family.
-    Granted {
-        family: String,
-        fields: String,
-        family_ends_at: u64,
-    },
-    Unknown,
-    Expired,
-    /// Issued to another client: refused, and not marked used.
-    OtherClient,
-    Revoked,
-    /// The token had been used already: its family is now revoked everywhere.
-    Reused,
-    /// The stored grant (or its family's value) failed its integrity check: refused,
-    /// counted, nothing changed.
-    Forged,
-}
-
-/// What a refresh token names, read without taking it (for revocation).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Peeked {
-    Found {
-        family: String,
-        client: String,
-    },
-    Unknown,
-    /// The stored grant failed its integrity check (counted): it can never be used.
-    Forged,
-}
-
-/// Why an access token could not be revoked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RevokeRefused {
-    Unavailable,
-    /// The table of live revocations is full (`oauth.max_revocations`).
-    Full,
-    /// This client's share of it is full (`oauth.max_revocations_per_client`).
-    ClientFull,
-}
-
-/// Whether an access token is revoked, as this replica knows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Standing {
-    Clear,
-    Revoked,
-    /// This replica cannot tell: it has not yet read the revocations from Redis, or more
-    /// were announced than its table holds. The caller fails closed.
-    Unknown,
-}
-
-/// Bounds of the revocation table, from `[oauth]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RevocationLimits {
-    pub total: u64,
-    pub per_client: u64,
-}
-
-/// Entries announced by other replicas (revocations, locks), each until a unix ms time:
-/// bounded, and never dropped while in force. When one cannot be kept, the mirror says
-/// so until that entry would have ended, and its readers fail closed meanwhile.
-struct Mirror {
-    entries: HashMap<String, u64>,
-    cap: usize,
-    /// Unix ms until which an entry that could not be kept may be in force.
-    overflow_until: u64,
-}
-
-impl Mirror {
-    fn new(cap: usize) -> Self {
-        Mirror {
-            entries: HashMap::new(),
-            cap,
-            overflow_until: 0,
-        }
-    }
-
-    /// Keeps `key` until `until_ms`; `false` when it could not (full of live entries).
-    fn insert(&mut self, key: &str, until_ms: u64, now_ms: u64) -> bool {
-        if let Some(u) = self.entries.get_mut(key) {
-            *u = (*u).max(until_ms);
-            return true;
-        }
-        if self.entries.len() >= self.cap {
-            self.entries.retain(|_, u| *u > now_ms);
-        }
-        if self.entries.len() >= self.cap {
-            self.overflow_until = self.overflow_until.max(until_ms);
-            return false;
-        }
-        self.entries.insert(key.to_string(), until_ms);
-        true
-    }
-
-    /// `Err(())`: the mirror is incomplete now; else until when `key` is in force.
-    fn get(&self, key: &str, now_ms: u64) -> Result<Option<u64>, ()> {
-        if self.overflow_until > now_ms {
-            return Err(());
-        }
-        Ok(self.entries.get(key).copied().filter(|u| *u > now_ms))
+impl Default for Backend {
+    /// The memory backend, counting its full tables nowhere (tests, benches).
+    fn default() -> Self {
+        Backend::memory_counting(None)
     }
 }
 
-/// Default bound of the mirrors until a config generation sets them.
-const DEFAULT_MIRROR_CAP: usize = 100_000;
+impl Backend {
+    /// This process alone: refresh families and revocations in bounded tables here
+    /// (full tables counted in `portcullis_table_full_total`), nothing else to share.
+    pub fn memory(metrics: &Metrics) -> Self {
+        Backend::memory_counting(Some(metrics.table_full.clone()))
+    }
 
-pub struct Store {
-    conns: Vec<ConnectionManager>,
-    next: AtomicUsize,
-    client: redis::Client,
-    prefix: String,
-    names: [u8; 32],
-    integrity: [u8; 32],
-    values: aead::LessSafeKey,
-    timeout: Duration,
-    errors: prometheus::IntCounterVec,
-    forged: prometheus::IntCounterVec,
-    full: prometheus::IntCounterVec,
-    /// Locks announced by other replicas, by key name, until when (unix ms).
-    remote_locks: Mutex<Mirror>,
-    /// Revoked access-token ids, announced by any replica or read back from Redis.
-    revoked: Mutex<Mirror>,
-    /// The revocations were read from Redis at least once since start.
-    synced: AtomicBool,
-    /// Unix ms until which some announced lock or revocation may still be in force: the
-    /// fast path skips the hashing and lookups entirely when it has passed.
-    announced_until: AtomicU64,
-    last_warning: AtomicU64,
-    last_forgery: AtomicU64,
+    fn memory_counting(full: Option<prometheus::IntCounterVec>) -> Self {
+        Backend {
+            lockouts: Arc::new(NoSharedLockout),
+            refresh: Arc::new(MemoryRefresh::new(full.clone())),
+            revocations: Arc::new(MemoryRevocations::new(full)),
+            keys: Arc::new(OwnKeys),
+            egress: Arc::new(NoEgressSharing),
+        }
+    }
+
+    /// Every concern in `store`.
+    pub fn redis(store: Arc<Store>) -> Self {
+        Backend {
+            lockouts: store.clone(),
+            refresh: store.clone(),
+            revocations: store.clone(),
+            keys: store.clone(),
+            egress: store,
+        }
+    }
+
+    /// The backend `[shared]` names: with Redis, connected lazily (a replica starts while
+    /// Redis is down) and following the events channel.
+    pub async fn start(config: &SharedBackend, metrics: &Metrics) -> Result<Self, SharedError> {
+        Ok(match config {
+            SharedBackend::Memory => Backend::memory(metrics),
+            SharedBackend::Redis(settings) => {
+                let store = Store::connect(settings, metrics)?;
+                store.listen().await;
+                Backend::redis(store)
+            }
+        })
+    }
 }
 
-const EVENTS: &str = "events";
-/// Sealed values start with this: a value of another format (an older version's) is
-/// refused like a forged one.
-const SEALED: &str = "v1.";
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+    use std::time::Duration;
 
-impl Store {
-    /// Connection managers are made lazily: a replica starts even when Redis is down, and
-    /// connects (and reconnects) on use.
-    pub fn connect(s: &RedisSettings, metrics: &Metrics) -> Result<Arc<Store>, String> {
-        let url = std::str::from_utf8(s.url.expose()).map_err(|_| "shared.url is not UTF-8".to_string())?;
-        let client = redis::Client::open(url).map_err(|e| format!("shared.url: {e}"))?;
-        let cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(s.connect_timeout))
-            .set_response_timeout(Some(s.command_timeout))
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(5))
-            .set_number_of_retries(3);
-        let conns = (0..s.pool_size.max(1))
-            .map(|_| client.get_connection_manager_lazy(cfg.clone()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("shared.url: {e}"))?;
-        let derive = |label: &[u8]| -> [u8; 32] {
-            let mut mac = <HmacSha256 as Mac>::new_from_slice(s.secret.expose()).expect("HMAC takes any key length");
-            mac.update(label);
-            mac.finalize().into_bytes().into()
+    use futures_util::FutureExt;
+
+    use super::*;
+
+    /// Alone, nothing is shared: no lock comes from elsewhere, every failure is only
+    /// counted by the lockout's own table, the egress lock is always this replica's and
+    /// nothing is stored, and the proposed key is the key.
+    #[test]
+    fn the_memory_backend_shares_nothing_and_never_fails() {
+        let b = Backend::default();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let settings = crate::config::Lockout {
+            max_failures: 1,
+            window: Duration::from_secs(60),
+            duration: Duration::from_secs(60),
+            max_entries_per_address: 10,
         };
-        let values = aead::LessSafeKey::new(
-            aead::UnboundKey::new(&aead::AES_256_GCM, &derive(b"portcullis shared: values"))
-                .map_err(|_| "cannot derive the shared value key".to_string())?,
+        assert_eq!(b.lockouts.announced("alice", ip), Ok(None));
+        assert_eq!(b.lockouts.locked("alice", ip).now_or_never().unwrap(), Ok(None));
+        for _ in 0..3 {
+            let counted = b
+                .lockouts
+                .record_failure("alice", ip, &settings)
+                .now_or_never()
+                .unwrap();
+            assert_eq!(counted, Ok(Recorded::Counted));
+        }
+        assert!(b.egress.get("t").now_or_never().unwrap().unwrap().is_none());
+        assert_eq!(
+            b.egress.try_lock("t", Duration::from_secs(1)).now_or_never().unwrap(),
+            Ok(true)
         );
-        Ok(Arc::new(Store {
-            conns,
-            next: AtomicUsize::new(0),
-            client,
-            prefix: s.key_prefix.clone(),
-            names: derive(b"portcullis shared: names"),
-            integrity: derive(b"portcullis shared: integrity"),
-            values,
-            timeout: s.command_timeout,
-            errors: metrics.shared_errors.clone(),
-            forged: metrics.shared_integrity_failures.clone(),
-            full: metrics.table_full.clone(),
-            remote_locks: Mutex::new(Mirror::new(DEFAULT_MIRROR_CAP)),
-            revoked: Mutex::new(Mirror::new(DEFAULT_MIRROR_CAP)),
-            synced: AtomicBool::new(false),
-            announced_until: AtomicU64::new(0),
-            last_warning: AtomicU64::new(0),
-            last_forgery: AtomicU64::new(0),
-        }))
-    }
-
-    fn conn(&self) -> ConnectionManager {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
-        self.conns[i].clone()
-    }
-
-    /// Runs one command (or script) under the command timeout; a failure is counted and
-    /// logged (at most once per second).
-    async fn run<T>(&self, op: &'static str, f: impl Future<Output = redis::RedisResult<T>>) -> Result<T, Unavailable> {
-        let err = match tokio::time::timeout(self.timeout + Duration::from_millis(50), f).await {
-            Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "timed out".to_string(),
-        };
-        self.errors.with_label_values(&[op]).inc();
-        let now = crate::util::unix_now();
-        if self.last_warning.swap(now, Ordering::Relaxed) != now {
-            tracing::warn!(op, error = %crate::util::Escaped(&err), "shared store (Redis) unavailable");
-        }
-        Err(Unavailable)
-    }
-
-    /// `PREFIX` `kind` `:` hex(HMAC(names key, parts)): the name reveals nothing of what
-    /// it describes.
-    pub fn name(&self, kind: &str, parts: &[&[u8]]) -> String {
-        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.names).expect("HMAC takes any key length");
-        mac.update(kind.as_bytes());
-        for p in parts {
-            mac.update(&(p.len() as u64).to_be_bytes());
-            mac.update(p);
-        }
-        format!("{}{kind}:{}", self.prefix, hex::encode(mac.finalize().into_bytes()))
-    }
-
-    fn plain_name(&self, kind: &str, id: &str) -> String {
-        format!("{}{kind}:{id}", self.prefix)
-    }
-
-    fn integrity_mac(&self, name: &str, payload: &str) -> HmacSha256 {
-        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.integrity).expect("HMAC takes any key length");
-        mac.update(&(name.len() as u64).to_be_bytes());
-        mac.update(name.as_bytes());
-        mac.update(payload.as_bytes());
-        mac
-    }
-
-    /// `v1.` hex(HMAC(integrity key, name, payload)) `.` payload: deterministic, so a
-    /// script can compare a stored value with the one expected.
-    pub fn sign(&self, name: &str, payload: &str) -> String {
-        let tag = hex::encode(self.integrity_mac(name, payload).finalize().into_bytes());
-        format!("{SEALED}{tag}.{payload}")
-    }
-
-    /// The payload of a value stored under `name`, when its MAC holds (compared in
-    /// constant time); else `None`, counted under `kind` and logged.
-    pub fn verify<'v>(&self, kind: &'static str, name: &str, value: &'v [u8]) -> Option<&'v str> {
-        let checked = (|| {
-            let text = std::str::from_utf8(value).ok()?;
-            let rest = text.strip_prefix(SEALED)?;
-            let (tag, payload) = rest.split_once('.')?;
-            let tag = hex::decode(tag).ok()?;
-            self.integrity_mac(name, payload).verify_slice(&tag).ok()?;
-            Some(payload)
-        })();
-        if checked.is_none() {
-            self.forgery(kind, name);
-        }
-        checked
-    }
-
-    /// Counts and logs (at most once per second) a value that failed its integrity check.
-    fn forgery(&self, kind: &'static str, name: &str) {
-        self.forged.with_label_values(&[kind]).inc();
-        let now = crate::util::unix_now();
-        if self.last_forgery.swap(now, Ordering::Relaxed) != now {
-            tracing::error!(
-                kind,
-                key = %name,
-                "a value in the shared store failed its integrity check and was refused: written by something without shared.secret, or by a replica with another secret"
-            );
-        }
-    }
-
-    /// AES-256-GCM with a random nonce, bound to the key name it is stored under.
-    pub fn seal(&self, name: &str, plain: &[u8]) -> Vec<u8> {
-        let nonce: [u8; 12] = rand::random();
-        let mut buf = plain.to_vec();
-        self.values
-            .seal_in_place_append_tag(
-                aead::Nonce::assume_unique_for_key(nonce),
-                aead::Aad::from(name.as_bytes()),
-                &mut buf,
-            )
-            .expect("AES-GCM sealing of a small value");
-        let mut out = nonce.to_vec();
-        out.extend_from_slice(&buf);
-        out
-    }
-
-    pub fn open(&self, name: &str, sealed: &[u8]) -> Option<zeroize::Zeroizing<Vec<u8>>> {
-        if sealed.len() < 12 + aead::AES_256_GCM.tag_len() {
-            return None;
-        }
-        let (nonce, rest) = sealed.split_at(12);
-        let mut buf = zeroize::Zeroizing::new(rest.to_vec());
-        let nonce = aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
-        let n = self
-            .values
-            .open_in_place(nonce, aead::Aad::from(name.as_bytes()), &mut buf)
-            .ok()?
-            .len();
-        buf.truncate(n);
-        Some(buf)
-    }
-
-    /// [`Store::open`], counting and logging a value that does not open under `kind`.
-    fn open_checked(&self, kind: &'static str, name: &str, sealed: &[u8]) -> Option<zeroize::Zeroizing<Vec<u8>>> {
-        let opened = self.open(name, sealed);
-        if opened.is_none() {
-            self.forgery(kind, name);
-        }
-        opened
-    }
-
-    fn events_channel(&self) -> String {
-        self.plain_name(EVENTS, "all")
-    }
-
-    /// Publishes one event, signed for the channel.
-    async fn publish(&self, event: &str) {
-        let channel = self.events_channel();
-        let message = self.sign(&channel, event);
-        let mut c = self.conn();
-        let _ = self
-            .run("publish", async move {
-                redis::cmd("PUBLISH")
-                    .arg(channel)
-                    .arg(message)
-                    .query_async::<i64>(&mut c)
-                    .await
-            })
-            .await;
-    }
-
-    fn announce_until(&self, until_ms: u64) {
-        self.announced_until.fetch_max(until_ms, Ordering::Relaxed);
-    }
-
-    fn nothing_announced(&self) -> bool {
-        let now_ms = crate::util::unix_now_ms();
-        self.announced_until.load(Ordering::Relaxed) < now_ms
-    }
-
-    /// The bounds of the mirrors: the revocation table of `[oauth]`, and room for the
-    /// locks of the lockout tables of several replicas.
-    pub fn set_revocation_cap(&self, cap: u64) {
-        let mut m = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
-        m.cap = usize::try_from(cap).unwrap_or(usize::MAX);
-    }
-
-    pub fn set_lock_cap(&self, cap: u64) {
-        let mut m = self.remote_locks.lock().unwrap_or_else(|p| p.into_inner());
-        m.cap = usize::try_from(cap).unwrap_or(usize::MAX);
-    }
-}
-
-/// A refresh token's grant as stored (signed, under the token's keyed name): whom it
-/// names and for which client, its family and when it and its family end.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct RefreshRecord {
-    #[serde(rename = "fam")]
-    family: String,
-    client: String,
-    #[serde(rename = "exp")]
-    expires_at: u64,
-    #[serde(rename = "fend")]
-    family_ends_at: u64,
-    grant: String,
-    /// Used: rotated once already (a second use is a reuse, which revokes the family).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    spent: bool,
-}
-
-impl RefreshRecord {
-    fn payload(&self) -> String {
-        // Serializing a struct of strings and integers cannot fail.
-        serde_json::to_string(self).unwrap_or_default()
-    }
-
-    fn parse(payload: &str) -> Option<RefreshRecord> {
-        serde_json::from_str(payload).ok()
+        b.egress
+            .set("t", b"token", Duration::from_secs(60))
+            .now_or_never()
+            .unwrap()
+            .unwrap();
+        assert!(
+            b.egress.get("t").now_or_never().unwrap().unwrap().is_none(),
+            "nothing kept"
+        );
+        let agreed = b.keys.agree("k", b"proposal").now_or_never().unwrap().unwrap();
+        assert_eq!(&agreed[..], b"proposal");
     }
 }

@@ -130,6 +130,11 @@ pub struct Introspector {
 #[error("{0}")]
 pub struct CallError(String);
 
+/// `oauth.mode = "introspection"` without an `introspection_url`.
+#[derive(Debug, thiserror::Error)]
+#[error("oauth.mode = \"introspection\" needs introspection_url")]
+pub struct NoIntrospectionUrl;
+
 impl Introspector {
     pub fn new(
         cfg: &config::OAuth,
@@ -137,11 +142,8 @@ impl Introspector {
         http: crate::upstream::Client,
         carried: &Carried,
         metrics: &crate::metrics::Metrics,
-    ) -> Result<Self, String> {
-        let url = cfg
-            .introspection_url
-            .as_ref()
-            .ok_or("oauth.mode = \"introspection\" needs introspection_url")?;
+    ) -> Result<Self, NoIntrospectionUrl> {
+        let url = cfg.introspection_url.as_ref().ok_or(NoIntrospectionUrl)?;
         let mut client = oauth2::Client::new(ClientId::new(cfg.client_id.clone().unwrap_or_default()))
             .set_introspection_url(IntrospectionUrl::from_url(url.clone()));
         if let Some(s) = &cfg.client_secret {

@@ -71,8 +71,29 @@ fn parse_alg(name: &str) -> Option<Algorithm> {
 }
 
 /// Parses a JWKS document into usable asymmetric keys.
-fn parse_jwks(bytes: &[u8]) -> Result<HashMap<String, Arc<Key>>, String> {
-    let set: JwkSet = serde_json::from_slice(bytes).map_err(|e| format!("invalid JWKS: {e}"))?;
+/// Why a JWKS could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    #[error("oauth.mode = \"jwt\" needs jwks_url or jwks_file")]
+    NoSource,
+    #[error("cannot read {path}: {error}")]
+    Read { path: String, error: String },
+    #[error("invalid JWKS: {0}")]
+    Invalid(#[source] serde_json::Error),
+    #[error("{0}")]
+    Request(#[source] http::Error),
+    #[error("JWKS fetch failed: {0}")]
+    Fetch(String),
+    #[error("JWKS fetch answered {0}")]
+    Status(http::StatusCode),
+    #[error("JWKS body: {0}")]
+    Body(String),
+    #[error("JWKS fetch timed out")]
+    TimedOut,
+}
+
+fn parse_jwks(bytes: &[u8]) -> Result<HashMap<String, Arc<Key>>, JwksError> {
+    let set: JwkSet = serde_json::from_slice(bytes).map_err(JwksError::Invalid)?;
     let mut out = HashMap::new();
     for jwk in &set.keys {
         let family: Vec<Algorithm> = match &jwk.algorithm {
@@ -141,18 +162,20 @@ fn thumbprint(params: &AlgorithmParameters) -> Option<String> {
 }
 
 impl Jwt {
-    pub fn new(cfg: &config::OAuth, cache: &config::Cache, client: crate::upstream::Client) -> Result<Self, String> {
+    pub fn new(cfg: &config::OAuth, cache: &config::Cache, client: crate::upstream::Client) -> Result<Self, JwksError> {
         let mut keys = Keys::default();
         let source = match (&cfg.jwks_url, &cfg.jwks_file) {
             (_, Some(file)) => {
-                let bytes = config::secret::read_file(file, config::FileKind::Jwks)
-                    .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+                let bytes = config::secret::read_file(file, config::FileKind::Jwks).map_err(|e| JwksError::Read {
+                    path: file.display().to_string(),
+                    error: e.to_string(),
+                })?;
                 keys.by_kid = parse_jwks(&bytes)?;
                 keys.fetched = Some(Instant::now());
                 Source::File
             }
             (Some(url), None) => Source::Url(url.clone()),
-            (None, None) => return Err("oauth.mode = \"jwt\" needs jwks_url or jwks_file".into()),
+            (None, None) => return Err(JwksError::NoSource),
         };
         let algorithms = if cfg.algorithms.is_empty() {
             vec![Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA]
@@ -177,11 +200,11 @@ impl Jwt {
         })
     }
 
-    async fn fetch(&self, url: &url::Url) -> Result<HashMap<String, Arc<Key>>, String> {
+    async fn fetch(&self, url: &url::Url) -> Result<HashMap<String, Arc<Key>>, JwksError> {
         let req = http::Request::get(url.as_str())
             .header(http::header::ACCEPT, "application/json")
             .body(crate::error::full(bytes::Bytes::new()))
-            .map_err(|e| e.to_string())?;
+            .map_err(JwksError::Request)?;
         // One deadline for the whole exchange, body included: a server that trickles its
         // answer cannot hold the refresh.
         let exchange = async {
@@ -189,20 +212,28 @@ impl Jwt {
                 .client
                 .request(req)
                 .await
-                .map_err(|e| format!("JWKS fetch failed: {e}"))?;
+                .map_err(|e| JwksError::Fetch(e.to_string()))?;
             if !resp.status().is_success() {
-                return Err(format!("JWKS fetch answered {}", resp.status()));
+                return Err(JwksError::Status(resp.status()));
             }
             http_body_util::Limited::new(resp.into_body(), 1024 * 1024)
                 .collect()
                 .await
-                .map_err(|e| format!("JWKS body: {e}"))
+                .map_err(|e| JwksError::Body(e.to_string()))
                 .map(|b| b.to_bytes())
         };
         let body = tokio::time::timeout(Duration::from_secs(5), exchange)
             .await
-            .map_err(|_| "JWKS fetch timed out".to_string())??;
+            .map_err(|_| JwksError::TimedOut)??;
         parse_jwks(&body)
+    }
+
+    /// Whether the keys should be fetched now: stale, or `force`d (an unknown kid), and
+    /// the last attempt old enough.
+    fn due(&self, k: &Keys, force: bool) -> bool {
+        let stale = k.fetched.is_none_or(|t| t.elapsed() >= self.refresh_after);
+        let may_retry = k.last_attempt.is_none_or(|t| t.elapsed() >= self.refetch_interval);
+        may_retry && (stale || force)
     }
 
     /// Refetches the JWKS if allowed now (`force`: an unknown kid; else: stale keys).
@@ -210,13 +241,8 @@ impl Jwt {
         let Source::Url(url) = &self.source else { return Ok(()) };
         // The common case takes no lock that a refresh holds: fresh keys, or a refetch
         // not yet allowed, are answered from a read of the key set.
-        {
-            let k = self.keys.read().await;
-            let stale = k.fetched.is_none_or(|t| t.elapsed() >= self.refresh_after);
-            let may_retry = k.last_attempt.is_none_or(|t| t.elapsed() >= self.refetch_interval);
-            if !(may_retry && (stale || force)) {
-                return Ok(());
-            }
+        if !self.due(&*self.keys.read().await, force) {
+            return Ok(());
         }
         // Only one refresh at a time; a verification that finds one running uses the keys
         // it has rather than wait, unless it has none.
@@ -225,13 +251,8 @@ impl Jwt {
             Err(_) if !self.keys.read().await.by_kid.is_empty() => return Ok(()),
             Err(_) => self.fetching.lock().await,
         };
-        {
-            let k = self.keys.read().await;
-            let stale = k.fetched.is_none_or(|t| t.elapsed() >= self.refresh_after);
-            let may_retry = k.last_attempt.is_none_or(|t| t.elapsed() >= self.refetch_interval);
-            if !(may_retry && (stale || force)) {
-                return Ok(());
-            }
+        if !self.due(&*self.keys.read().await, force) {
+            return Ok(());
         }
         let result = self.fetch(url).await;
         let mut k = self.keys.write().await;

@@ -37,42 +37,59 @@ impl From<Reason> for Verdict {
     }
 }
 
-/// What outlives a config generation: the builtin signing key, refresh tokens and
-/// revoked access tokens, and the store shared with other replicas when there is one.
-#[derive(Default)]
+/// What outlives a config generation: the builtin signing key, and the backend that
+/// keeps refresh-token families and revoked access tokens (this process alone, or Redis
+/// shared with other replicas).
 pub struct Shared {
-    generated_key: std::sync::OnceLock<Arc<builtin::SigningKey>>,
-    pub refresh: builtin::RefreshStore,
-    pub(crate) revoked: builtin::Revoked,
-    pub(crate) store: Option<Arc<crate::shared::Store>>,
+    pub(super) generated_key: std::sync::OnceLock<Arc<builtin::SigningKey>>,
+    pub(crate) backend: crate::shared::Backend,
+}
+
+/// Why the builtin issuer's signing key could not be made or agreed on.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{0}")]
+    Key(String),
+    #[error("cannot agree on the builtin issuer's signing key through the shared store (Redis unavailable, or shared.secret differs between replicas); configure oauth.signing_key or retry")]
+    Unavailable,
 }
 
 impl Shared {
-    pub fn with_store(store: Option<Arc<crate::shared::Store>>) -> Self {
+    pub fn new(backend: crate::shared::Backend) -> Self {
         Shared {
-            store,
-            ..Default::default()
+            generated_key: Default::default(),
+            backend,
         }
     }
 
-    /// With a shared store and no `signing_key`, every replica signs with one generated
-    /// key, agreed through the store (sealed there), so that a token from one passes on
-    /// all. Without a store this does nothing (the key is made on first use).
-    pub async fn agree_signing_key(&self) -> Result<(), String> {
-        let Some(store) = &self.store else { return Ok(()) };
+    /// Without a `signing_key`, every replica signs with one generated key, agreed
+    /// through the backend (sealed in Redis), so that a token from one passes on all.
+    pub async fn agree_signing_key(&self) -> Result<(), KeyError> {
         if self.generated_key.get().is_some() {
             return Ok(());
         }
-        let fresh = builtin::SigningKey::generate_pkcs8()?;
-        let der = store
-            .agree("oauth-signing-key", || fresh.to_vec())
+        let fresh = builtin::SigningKey::generate_pkcs8().map_err(|e| KeyError::Key(e.to_string()))?;
+        let keys = &self.backend.keys;
+        let der = keys
+            .agree("oauth-signing-key", &fresh)
             .await
-            .map_err(|_| "cannot agree on the builtin issuer's signing key through the shared store (Redis unavailable, or shared.secret differs between replicas); configure oauth.signing_key or retry".to_string())?;
-        let key = Arc::new(builtin::SigningKey::from_pkcs8(&der)?);
-        tracing::info!(kid = %key.kid, "oauth: signing with the key agreed by all replicas through the shared store");
+            .map_err(|_| KeyError::Unavailable)?;
+        let key = Arc::new(builtin::SigningKey::from_pkcs8(&der).map_err(|e| KeyError::Key(e.to_string()))?);
+        tracing::info!(kid = %key.kid, agreed_by = keys.agreed_by(), "oauth: no signing_key configured; signing with a generated Ed25519 key agreed by {}", keys.agreed_by());
         let _ = self.generated_key.set(key);
         Ok(())
     }
+}
+
+/// Why the `[oauth]` authenticator could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Issuer(#[from] builtin::IssuerError),
+    #[error(transparent)]
+    Jwks(#[from] jwt::JwksError),
+    #[error(transparent)]
+    Introspection(#[from] introspection::NoIntrospectionUrl),
 }
 
 pub enum OAuth {
@@ -88,9 +105,9 @@ impl OAuth {
         lasting: &crate::auth::Lasting,
         client: &crate::upstream::Client,
         metrics: &Metrics,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, BuildError> {
         Ok(match cfg.mode {
-            OAuthMode::Builtin => OAuth::Builtin(Box::new(builtin::Issuer::new(cfg, cache, &lasting.oauth, metrics)?)),
+            OAuthMode::Builtin => OAuth::Builtin(Box::new(builtin::Issuer::new(cfg, cache, &lasting.oauth)?)),
             OAuthMode::Jwt => OAuth::Jwt(Box::new(jwt::Jwt::new(cfg, cache, client.clone())?)),
             OAuthMode::Introspection => OAuth::Introspection(Box::new(introspection::Introspector::new(
                 cfg,

@@ -1,6 +1,39 @@
-//! Refresh-token families: issue, rotate atomically, revoke.
+//! Refresh tokens in Redis: signed records under keyed names, a family's signed end,
+//! and scripts that issue and rotate atomically (of two replicas taking one token,
+//! exactly one is granted).
 
-use super::*;
+use super::{Issued, NewRefresh, Peeked, RefreshFamilies, Rotation, Taken};
+use crate::shared::revocation::{Kept, Revocation, RevokeRefused};
+use crate::shared::store::Store;
+use crate::shared::{Pending, Unavailable};
+
+impl RefreshFamilies for Store {
+    fn issue<'a>(&'a self, r: NewRefresh<'a>) -> Pending<'a, Result<Issued, Unavailable>> {
+        Box::pin(self.refresh_issue(r))
+    }
+
+    fn take<'a>(&'a self, r: Rotation<'a>) -> Pending<'a, Result<Taken, Unavailable>> {
+        Box::pin(self.refresh_take(r.token, r.client, r.now, r.next, r.ttl_secs))
+    }
+
+    fn peek<'a>(&'a self, token: &'a str) -> Pending<'a, Result<Peeked, Unavailable>> {
+        Box::pin(self.refresh_peek(token))
+    }
+
+    fn forget<'a>(&'a self, token: &'a str) -> Pending<'a, Result<(), Unavailable>> {
+        Box::pin(self.del("refresh", self.refresh_name(token)))
+    }
+
+    /// Deletes the family, on every replica at once (they read it from Redis): it needs
+    /// no room.
+    fn revoke_family<'a>(&'a self, r: Revocation<'a>) -> Pending<'a, Kept> {
+        Box::pin(async move {
+            self.del("refresh", self.family_name(r.key))
+                .await
+                .map_err(|_| RevokeRefused::Unavailable)
+        })
+    }
+}
 
 impl Store {
     fn refresh_name(&self, token: &str) -> String {
@@ -20,7 +53,7 @@ impl Store {
     /// Stores a refresh token (by its keyed hash) with its grant `fields`, in `family`
     /// (created when `new_family`, ending at `family_ends_at`, unix seconds). The grant,
     /// its client, expiry and family are one signed record.
-    pub async fn refresh_issue(&self, r: NewRefresh<'_>) -> Result<Issued, Unavailable> {
+    async fn refresh_issue(&self, r: NewRefresh<'_>) -> Result<Issued, Unavailable> {
         let NewRefresh {
             token,
             family,
@@ -58,64 +91,48 @@ return 1
         };
         let value = self.sign(&key, &record.payload());
         let fam_value = self.family_value(family, family_ends_at);
-        let mut c = self.conn();
-        let ttl_ms = ttl.as_millis().max(1) as u64;
-        let fam_name = fam.clone();
-        let created: i64 = self
-            .run("refresh", async move {
-                SCRIPT
-                    .key(key)
-                    .key(fam)
-                    .arg(value)
-                    .arg(fam_value)
-                    .arg(if new_family { "1" } else { "0" })
-                    .arg(ttl_ms)
-                    .arg(family_ends_at.max(1))
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await?;
+        let mut script = SCRIPT.key(key);
+        script
+            .key(&fam)
+            .arg(value)
+            .arg(fam_value)
+            .arg(if new_family { "1" } else { "0" })
+            .arg(ttl.as_millis().max(1) as u64)
+            .arg(family_ends_at.max(1));
+        let created: i64 = self.invoke("refresh", script).await?;
         Ok(match created {
             1 => Issued::Stored,
             -1 => {
-                self.forgery("family", &fam_name);
+                self.forgery("family", &fam);
                 Issued::FamilyForged
             }
             _ => Issued::FamilyGone,
         })
     }
 
-    /// The signed record stored under a refresh token's name, checked: `Ok(None)` when
-    /// there is none, `Err(())` when it fails its integrity check (counted).
-    async fn refresh_record(&self, key: &str) -> Result<Result<Option<(Vec<u8>, RefreshRecord)>, ()>, Unavailable> {
+    /// The signed record stored under a refresh token's name, checked (a record that
+    /// fails its integrity check is counted).
+    async fn refresh_record(&self, key: &str) -> Result<Record, Unavailable> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGET").arg(key).arg("v").cmd("EXISTS").arg(key);
         let mut c = self.conn();
-        let k = key.to_string();
         let (raw, exists): (Option<Vec<u8>>, bool) = self
-            .run("refresh", async move {
-                redis::pipe()
-                    .cmd("HGET")
-                    .arg(&k)
-                    .arg("v")
-                    .cmd("EXISTS")
-                    .arg(&k)
-                    .query_async(&mut c)
-                    .await
-            })
+            .run("refresh", async move { pipe.query_async(&mut c).await })
             .await?;
         let raw = match (raw, exists) {
             (Some(raw), _) => raw,
-            (None, false) => return Ok(Ok(None)),
+            (None, false) => return Ok(Record::Absent),
             // Something is stored under the name, but not a sealed record (the format of
             // an older version, or a forgery).
             (None, true) => {
                 self.forgery("refresh", key);
-                return Ok(Err(()));
+                return Ok(Record::Forged);
             }
         };
         let record = self.verify("refresh", key, &raw).and_then(RefreshRecord::parse);
         Ok(match record {
-            Some(r) => Ok(Some((raw, r))),
-            None => Err(()),
+            Some(r) => Record::Found(raw, r),
+            None => Record::Forged,
         })
     }
 
@@ -127,7 +144,7 @@ return 1
     /// The record is read and its MAC checked here first; the script then acts only if
     /// the record (compared byte for byte) and the family's signed value are still the
     /// ones checked, so nothing unchecked is ever copied into the next token.
-    pub async fn refresh_take(
+    async fn refresh_take(
         &self,
         token: &str,
         client: &str,
@@ -157,9 +174,9 @@ return 'ok'
         });
         let key = self.refresh_name(token);
         let (raw, record) = match self.refresh_record(&key).await? {
-            Ok(Some(found)) => found,
-            Ok(None) => return Ok(Taken::Unknown),
-            Err(()) => return Ok(Taken::Forged),
+            Record::Found(raw, record) => (raw, record),
+            Record::Absent => return Ok(Taken::Unknown),
+            Record::Forged => return Ok(Taken::Forged),
         };
         // Decided from the checked record; the script still detects a reuse first.
         let verdict = if record.expires_at <= now || record.family_ends_at <= now {
@@ -193,24 +210,17 @@ return 'ok'
         let fam = self.family_name(&record.family);
         let fam_value = self.family_value(&record.family, record.family_ends_at);
         let ttl_ms = exp.saturating_sub(now).max(1).saturating_mul(1000);
-        let mut c = self.conn();
-        let fam_name = fam.clone();
-        let outcome: String = self
-            .run("refresh", async move {
-                SCRIPT
-                    .key(key)
-                    .key(next_key)
-                    .key(fam)
-                    .arg(raw)
-                    .arg(fam_value)
-                    .arg(next_value)
-                    .arg(ttl_ms)
-                    .arg(verdict)
-                    .arg(spent)
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await?;
+        let mut script = SCRIPT.key(key);
+        script
+            .key(next_key)
+            .key(&fam)
+            .arg(raw)
+            .arg(fam_value)
+            .arg(next_value)
+            .arg(ttl_ms)
+            .arg(verdict)
+            .arg(spent);
+        let outcome: String = self.invoke("refresh", script).await?;
         Ok(match outcome.as_str() {
             "ok" => Taken::Granted {
                 family: record.family,
@@ -222,7 +232,7 @@ return 'ok'
             "expired" => Taken::Expired,
             "client" => Taken::OtherClient,
             "family" => {
-                self.forgery("family", &fam_name);
+                self.forgery("family", &fam);
                 Taken::Forged
             }
             _ => Taken::Unknown,
@@ -230,37 +240,53 @@ return 'ok'
     }
 
     /// The family and client of a refresh token, without taking it (for revocation).
-    pub async fn refresh_peek(&self, token: &str) -> Result<Peeked, Unavailable> {
+    async fn refresh_peek(&self, token: &str) -> Result<Peeked, Unavailable> {
         let key = self.refresh_name(token);
         Ok(match self.refresh_record(&key).await? {
-            Ok(Some((_, r))) => Peeked::Found {
+            Record::Found(_, r) => Peeked::Found {
                 family: r.family,
+                family_ends_at: r.family_ends_at,
                 client: r.client,
             },
-            Ok(None) => Peeked::Unknown,
-            Err(()) => Peeked::Forged,
+            Record::Absent => Peeked::Unknown,
+            Record::Forged => Peeked::Forged,
         })
+    }
+}
+
+/// A refresh token's grant as stored (signed, under the token's keyed name): whom it
+/// names and for which client, its family and when it and its family end.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct RefreshRecord {
+    #[serde(rename = "fam")]
+    family: String,
+    client: String,
+    #[serde(rename = "exp")]
+    expires_at: u64,
+    #[serde(rename = "fend")]
+    family_ends_at: u64,
+    grant: String,
+    /// Used: rotated once already (a second use is a reuse, which revokes the family).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    spent: bool,
+}
+
+impl RefreshRecord {
+    fn payload(&self) -> String {
+        // Serializing a struct of strings and integers cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// Deletes what is stored under a refresh token (a forged record, on revocation).
-    pub async fn refresh_forget(&self, token: &str) -> Result<(), Unavailable> {
-        let key = self.refresh_name(token);
-        let mut c = self.conn();
-        self.run("refresh", async move {
-            redis::cmd("DEL").arg(key).query_async::<i64>(&mut c).await
-        })
-        .await
-        .map(|_| ())
+    fn parse(payload: &str) -> Option<RefreshRecord> {
+        serde_json::from_str(payload).ok()
     }
+}
 
-    /// Revokes a whole family, on every replica at once (they read it from Redis).
-    pub async fn refresh_revoke_family(&self, family: &str) -> Result<(), Unavailable> {
-        let fam = self.family_name(family);
-        let mut c = self.conn();
-        self.run("refresh", async move {
-            redis::cmd("DEL").arg(fam).query_async::<i64>(&mut c).await
-        })
-        .await
-        .map(|_| ())
-    }
+/// What is stored under a refresh token's name.
+enum Record {
+    Absent,
+    /// Something that is not a record whose MAC holds (counted).
+    Forged,
+    /// The record as stored (compared byte for byte by the rotation script) and read.
+    Found(Vec<u8>, RefreshRecord),
 }
