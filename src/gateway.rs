@@ -23,7 +23,7 @@ use crate::upstream;
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error("TLS: {0}")]
-    Tls(String),
+    Tls(#[from] rustls::Error),
     #[error("oauth: {0}")]
     OAuth(#[from] crate::auth::oauth::BuildError),
     #[error("egress: {0}")]
@@ -181,7 +181,7 @@ impl Gateway {
                     .tls_certificate_expiry
                     .set(crate::config::keys::not_after(&key).unwrap_or(0));
                 let cfg = crate::server::tls::server_config(key, config.listen.client_verifier.clone())
-                    .map_err(|e| BuildError::Tls(e.to_string()))?;
+                    ?;
                 Some(TlsAcceptor::from(cfg))
             }
             None => {
