@@ -180,8 +180,7 @@ impl Gateway {
                 metrics
                     .tls_certificate_expiry
                     .set(crate::config::keys::not_after(&key).unwrap_or(0));
-                let cfg = crate::server::tls::server_config(key, config.listen.client_verifier.clone())
-                    ?;
+                let cfg = crate::server::tls::server_config(key, config.listen.client_verifier.clone())?;
                 Some(TlsAcceptor::from(cfg))
             }
             None => {

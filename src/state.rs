@@ -103,6 +103,12 @@ impl State {
         }))
     }
 
+    /// The clock of lockouts and token lifetimes: a test moves it forward instead of
+    /// waiting.
+    pub fn clock(&self) -> &crate::util::Clock {
+        &self.lasting.clock
+    }
+
     /// The config generation serving new requests.
     pub fn gateway(&self) -> Arc<Gateway> {
         self.current.load_full()

@@ -25,6 +25,35 @@ pub fn unix_now() -> u64 {
         .as_secs()
 }
 
+/// The clock every expiry that decides identity or standing reads (the lockout, the
+/// builtin issuer's tokens and refresh families): the system's, plus an offset that only
+/// a test moves ([`Clock::advance`]), so a test passes a lockout or a lifetime without
+/// waiting for it. One per process state; clones share it.
+#[derive(Clone, Debug, Default)]
+pub struct Clock(Arc<std::sync::atomic::AtomicU64>);
+
+impl Clock {
+    fn offset(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.0.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Now, for durations.
+    pub fn instant(&self) -> std::time::Instant {
+        std::time::Instant::now() + self.offset()
+    }
+
+    /// Seconds since the Unix epoch.
+    pub fn unix(&self) -> u64 {
+        unix_now() + self.offset().as_secs()
+    }
+
+    /// Moves this clock forward by `by` (tests).
+    pub fn advance(&self, by: std::time::Duration) {
+        self.0
+            .fetch_add(by.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// A request's context that must be finished (logged, counted) exactly once.
 pub trait Finishing {
     fn finish(&mut self);

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use crate::config;
 use crate::shared::{Lockouts, NoSharedLockout, Recorded};
+use crate::util::Clock;
 
 #[derive(Debug)]
 struct Counter {
@@ -179,6 +180,8 @@ pub struct Lockout {
     room: Arc<Room>,
     hasher: std::collections::hash_map::RandomState,
     shared: Arc<dyn Lockouts>,
+    /// The process state's clock (tests move it past a lock).
+    clock: Clock,
 }
 
 /// Carries the table across config generations, so a reload does not forgive failures.
@@ -188,7 +191,13 @@ pub struct Carried(Mutex<Option<(u64, Lockout)>>);
 impl Carried {
     /// The lockout for a new generation: the running table with the new settings, unless
     /// the table's own shape (capacity, idle time) changed.
-    pub fn take(&self, settings: &config::Lockout, max_entries: u64, metrics: &crate::metrics::Metrics) -> Lockout {
+    pub fn take(
+        &self,
+        settings: &config::Lockout,
+        max_entries: u64,
+        metrics: &crate::metrics::Metrics,
+        clock: &Clock,
+    ) -> Lockout {
         let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let idle = settings.window.max(settings.duration);
         if let Some((cap, old)) = slot.as_ref() {
@@ -198,13 +207,15 @@ impl Carried {
                     .store(settings.max_entries_per_address, Ordering::Relaxed);
                 let l = Lockout {
                     settings: settings.clone(),
+                    clock: clock.clone(),
                     ..old.clone()
                 };
                 *slot = Some((max_entries, l.clone()));
                 return l;
             }
         }
-        let l = Lockout::build(settings, max_entries, Some(metrics.table_full.clone()));
+        let mut l = Lockout::build(settings, max_entries, Some(metrics.table_full.clone()));
+        l.clock = clock.clone();
         *slot = Some((max_entries, l.clone()));
         l
     }
@@ -215,13 +226,14 @@ pub struct Attempt {
     counter: Arc<Entry>,
     settings: config::Lockout,
     settled: bool,
+    clock: Clock,
 }
 
 impl Attempt {
     /// Records the outcome: a failure counts (and may lock), a success clears the count.
     pub fn finish(mut self, ok: bool) {
         self.settled = true;
-        let now = Instant::now();
+        let now = self.clock.instant();
         let mut c = self.counter.counter.lock().unwrap_or_else(|p| p.into_inner());
         c.in_flight = c.in_flight.saturating_sub(1);
         c.roll(now, self.settings.window);
@@ -272,6 +284,7 @@ impl Lockout {
             room,
             hasher: Default::default(),
             shared: Arc::new(NoSharedLockout),
+            clock: Clock::default(),
         }
     }
 
@@ -372,7 +385,7 @@ impl Lockout {
     /// Records a lock Redis reported, for at most `duration` (a value in Redis cannot
     /// lock a pair longer than this replica's settings would).
     fn lock_locally(&self, subject: &str, client: IpAddr, left: Duration) {
-        let now = Instant::now();
+        let now = self.clock.instant();
         // Without room the lock still holds in Redis and is answered now.
         let Ok(entry) = self.entry(self.key(subject, client), client, now) else {
             return;
@@ -396,7 +409,7 @@ impl Lockout {
             return Ok(());
         };
         let c = e.counter.lock().unwrap_or_else(|p| p.into_inner());
-        c.locked(Instant::now()).map_or(Ok(()), Err)
+        c.locked(self.clock.instant()).map_or(Ok(()), Err)
     }
 
     /// Reserves a place in the budget before a verification that takes time (argon2):
@@ -404,7 +417,7 @@ impl Lockout {
     /// running already reach `max_failures`. However many guesses arrive at once, at most
     /// `max_failures` are verified per window.
     pub fn begin(&self, subject: &str, client: IpAddr) -> Result<Attempt, Duration> {
-        let now = Instant::now();
+        let now = self.clock.instant();
         let counter = self.entry(self.key(subject, client), client, now)?;
         {
             let mut c = counter.counter.lock().unwrap_or_else(|p| p.into_inner());
@@ -415,6 +428,7 @@ impl Lockout {
             counter,
             settings: self.settings.clone(),
             settled: false,
+            clock: self.clock.clone(),
         })
     }
 
@@ -423,7 +437,7 @@ impl Lockout {
     /// so a guess past the budget, right or wrong, tells the client nothing.
     pub fn settle(&self, subject: &str, client: IpAddr, ok: bool) -> Result<(), Duration> {
         self.announced(subject, client)?;
-        let now = Instant::now();
+        let now = self.clock.instant();
         let key = self.key(subject, client);
         let entry = if ok {
             // A success with no record is the hot path: a read, no write. Unless the
@@ -499,7 +513,10 @@ mod tests {
         // Another address and another user are not affected.
         assert!(l.check("alice", "127.0.0.2".parse().unwrap()).is_ok());
         assert!(l.check("bob", ip).is_ok());
-        std::thread::sleep(Duration::from_millis(200));
+        // The lock holds until its clock passes `duration`, not a moment before.
+        l.clock.advance(Duration::from_millis(140));
+        assert!(l.check("alice", ip).is_err());
+        l.clock.advance(Duration::from_millis(20));
         assert!(l.check("alice", ip).is_ok());
     }
 

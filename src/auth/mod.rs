@@ -253,6 +253,8 @@ pub struct Lasting {
     pub(crate) introspection: oauth::introspection::Carried,
     lockout: lockout::Carried,
     hasher: std::sync::Mutex<Option<Arc<hasher::Hasher>>>,
+    /// The clock of lockouts and token lifetimes (tests move it).
+    pub clock: crate::util::Clock,
 }
 
 impl Default for Lasting {
@@ -265,8 +267,10 @@ impl Default for Lasting {
 impl Lasting {
     /// What outlives generations, on `shared` (this process alone, or Redis).
     pub fn with_backend(shared: crate::shared::Backend) -> Self {
+        let clock = crate::util::Clock::default();
         Lasting {
-            oauth: Arc::new(oauth::Shared::new(shared.clone())),
+            oauth: Arc::new(oauth::Shared::new(shared.clone(), clock.clone())),
+            clock,
             shared,
             basic: Default::default(),
             introspection: Default::default(),
@@ -354,7 +358,7 @@ impl Auth {
             cert_users,
             lockout: lasting
                 .lockout
-                .take(&config.lockout, config.cache.max_entries, metrics)
+                .take(&config.lockout, config.cache.max_entries, metrics, &lasting.clock)
                 .with_shared(lasting.shared.lockouts.clone()),
             users,
         })

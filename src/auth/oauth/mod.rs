@@ -43,6 +43,8 @@ impl From<Reason> for Verdict {
 pub struct Shared {
     pub(super) generated_key: std::sync::OnceLock<Arc<builtin::SigningKey>>,
     pub(crate) backend: crate::shared::Backend,
+    /// The process state's clock, for token and family lifetimes.
+    pub(crate) clock: crate::util::Clock,
 }
 
 /// Why the builtin issuer's signing key could not be made or agreed on.
@@ -55,10 +57,11 @@ pub enum KeyError {
 }
 
 impl Shared {
-    pub fn new(backend: crate::shared::Backend) -> Self {
+    pub fn new(backend: crate::shared::Backend, clock: crate::util::Clock) -> Self {
         Shared {
             generated_key: Default::default(),
             backend,
+            clock,
         }
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use jsonwebtoken::{Algorithm, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use super::{now, random_token, Issuer};
+use super::{random_token, Issuer};
 use crate::auth::oauth::{TokenFacts, Verdict, VerifiedTokens};
 use crate::auth::{Reason, UserEntry};
 use crate::shared::Standing;
@@ -94,7 +94,7 @@ impl Issuer {
         if claims.iss != self.issuer {
             return Err(Reason::WrongIssuer.into());
         }
-        if claims.iat > now().saturating_add(self.leeway.as_secs()) {
+        if claims.iat > self.now().saturating_add(self.leeway.as_secs()) {
             return Err(Reason::TokenNotYetValid.into());
         }
         if !self.clients.contains_key(&claims.client_id) {
@@ -122,7 +122,7 @@ impl Issuer {
         grant: &str,
         scope: Option<&str>,
     ) -> Result<String, jsonwebtoken::errors::Error> {
-        let iat = now();
+        let iat = self.now();
         let claims = Claims {
             iss: self.issuer.clone(),
             sub: sub.to_string(),

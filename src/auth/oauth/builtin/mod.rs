@@ -32,7 +32,7 @@ mod token;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 use http::{header, HeaderValue, Response, StatusCode};
@@ -170,11 +170,11 @@ fn random_token() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
+impl Issuer {
+    /// Unix seconds on the process state's clock.
+    fn now(&self) -> u64 {
+        self.shared.clock.unix()
+    }
 }
 
 /// The token store (the shared backend) cannot answer: 503, retry shortly.

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::form::invalid_request;
 use super::token::invalid_grant;
-use super::{now, random_token, unavailable, Issuer};
+use super::{random_token, unavailable, Issuer};
 use crate::auth::Auth;
 use crate::error::{Body, OAuthError};
 use crate::shared::{Issued, NewRefresh, Revocation, Rotation, Taken};
@@ -27,10 +27,11 @@ pub struct Family {
 }
 
 impl Family {
-    pub fn new(max_lifetime: Duration) -> Self {
+    /// A new family, sign-in at `now` (unix seconds).
+    pub fn new(max_lifetime: Duration, now: u64) -> Self {
         Family {
             id: format!("{:016x}", rand::random::<u64>()),
-            ends_at: now().saturating_add(max_lifetime.as_secs()),
+            ends_at: now.saturating_add(max_lifetime.as_secs()),
         }
     }
 }
@@ -103,13 +104,16 @@ impl Issuer {
         scope: Option<Arc<str>>,
     ) -> Result<String, OAuthError> {
         let token = random_token();
-        let expires_at = now().saturating_add(self.refresh_ttl.as_secs()).min(family.ends_at);
+        let expires_at = self
+            .now()
+            .saturating_add(self.refresh_ttl.as_secs())
+            .min(family.ends_at);
         let grant = serde_json::to_string(&StoredGrant {
             sub: sub.to_string(),
             scope: scope.map(|s| s.to_string()),
         })
         .map_err(|_| unavailable("refresh_unavailable"))?;
-        let ttl = Duration::from_secs(expires_at.saturating_sub(now()).max(1));
+        let ttl = Duration::from_secs(expires_at.saturating_sub(self.now()).max(1));
         let stored = self
             .shared
             .backend
@@ -145,7 +149,7 @@ impl Issuer {
             .take(Rotation {
                 token,
                 client: client_id,
-                now: now(),
+                now: self.now(),
                 next: &next,
                 ttl_secs: self.refresh_ttl.as_secs().max(1),
                 limits: self.limits,

@@ -9,7 +9,7 @@ use http::{Response, StatusCode};
 
 use super::form::invalid_request;
 use super::refresh::Family;
-use super::{json, now, unavailable, Issuer};
+use super::{json, unavailable, Issuer};
 use crate::error::{Body, OAuthError};
 use crate::shared::{Peeked, Revocation, RevokeRefused};
 
@@ -67,7 +67,7 @@ impl Issuer {
         }
         // An access token of this issuer (signature checked; expired ones need nothing).
         if let Some(claims) = self.claims_ignoring_time(token) {
-            if claims.exp < now() {
+            if claims.exp < self.now() {
                 return Ok(json(StatusCode::OK, "{}".into()));
             }
             if claims.client_id != client_id {

@@ -67,7 +67,7 @@ impl Issuer {
         };
         match auth.basic.verify(user, password, &auth.lockout, ip).await {
             Ok(p) => {
-                let family = Family::new(self.refresh_max_lifetime);
+                let family = Family::new(self.refresh_max_lifetime, self.now());
                 self.respond(&p.user, client, scope, Refreshing::New(family)).await
             }
             Err(Failure::LockedOut { retry_after, .. }) => Err(OAuthError::new(
