@@ -194,7 +194,7 @@ async fn lockout_refuses_even_the_right_password_until_it_ends() {
     let resp = try_pw("alice-pw").await.unwrap();
     assert_eq!(resp.status(), 429);
     let retry: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
-    assert!((1..=1).contains(&retry), "{retry}");
+    assert_eq!(retry, 1);
     error_body(resp, 429).await;
     // Another user from the same address is not locked.
     let resp = c
@@ -204,6 +204,9 @@ async fn lockout_refuses_even_the_right_password_until_it_ends() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 403);
+    // TODO(issue 25): waits 1.1 s of wall clock for the 1 s lockout to end. The lockout
+    // table reads `std::time::Instant::now()`; polling would add `locked_out` requests
+    // (counted below). Needs a clock the test can advance (`auth::Clock`, see issue 25).
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert_eq!(try_pw("alice-pw").await.unwrap().status(), 200, "the lockout ends");
     let m = gw.metrics().await;

@@ -199,7 +199,18 @@ roles_claim = "roles"
         .send()
         .await
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let refused = eventually(PATIENCE, || async {
+        client()
+            .post(intro.url("/events"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 401
+    })
+    .await;
+    assert!(refused, "the revoked token is refused once its cached answer expires");
     assert_401(
         client()
             .post(intro.url("/events"))

@@ -390,6 +390,9 @@ async fn token_endpoint_errors_follow_rfc_6749_and_the_lockout() {
     assert_eq!(resp.status(), 405);
     let resp = client().post(gw.url("/oauth/token")).body("{}").send().await.unwrap();
     assert_eq!(resp.status(), 400);
+    // TODO(issue 25): waits 2.1 s of wall clock for the 2 s lockout to end. The lockout
+    // table reads `std::time::Instant::now()`; ending it without waiting needs a clock
+    // the test can advance (see the report: `auth::Clock` in `auth::Lasting`).
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let (s, _) = token_request(&gw, &pw("alice", "alice-pw"), jira).await;
     assert_eq!(s, 200, "the lockout ends");
@@ -925,7 +928,14 @@ async fn jwt_attacks_are_refused() {
     // The attacker's key server: it must never be asked anything.
     let evil = TestServer::start(Arc::new(|_, _| (200, "{\"keys\":[]}".into())), Duration::ZERO).await;
     let attacker = format!("http://{}/jwks", evil.addr);
+    // The unknown kid comes first: its fetch is the first one, so no refetch is allowed
+    // for the rest of the test and the count of fetches does not depend on timing.
     let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "unknown kid",
+            sign(Algorithm::RS256, "rsa-9", &idp.rsa_key, &c(serde_json::json!({}))),
+            "unknown_kid",
+        ),
         ("alg none", none_token, "malformed_token"),
         ("HS256 with the RSA public key", hs_pub, "alg_not_allowed"),
         ("HS256 with a JWKS oct key", hs_oct, "alg_not_allowed"),
@@ -945,11 +955,6 @@ async fn jwt_attacks_are_refused() {
             "wrong iss",
             rs(serde_json::json!({"iss": "https://evil.test"})),
             "wrong_issuer",
-        ),
-        (
-            "unknown kid",
-            sign(Algorithm::RS256, "rsa-9", &idp.rsa_key, &c(serde_json::json!({}))),
-            "unknown_kid",
         ),
         ("known kid, other key", known_kid_other_key, "bad_signature"),
         ("tampered payload", tampered, "bad_signature"),
@@ -997,8 +1002,8 @@ async fn jwt_attacks_are_refused() {
         assert_eq!(metric_value(&m, &failures(reason, "oauth")), n, "{reason}\n{m}");
     }
     assert_eq!(evil.hits(), 0, "jku/x5u are never fetched");
-    // The only JWKS fetches: the first one and at most one refetch for the unknown kid.
-    assert!((1..=2).contains(&idp.server.hits()), "{}", idp.server.hits());
+    // The only JWKS fetch: the first one, for the unknown kid (which allows no refetch).
+    assert_eq!(idp.server.hits(), 1);
     gw.stop().await;
 }
 
@@ -1013,7 +1018,14 @@ async fn an_unknown_kid_refetches_the_jwks_at_most_once_per_interval() {
     // Within the interval of the first fetch, an unknown kid causes no fetch at all.
     assert_eq!(bearer_status(&gw, "/events", &rotated).await, 401);
     assert_eq!(idp.server.hits(), 1);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Once the interval is over, the next unknown kid refetches: wait for that fetch (each
+    // request before it is within the interval and fetches nothing).
+    let refetched = eventually(PATIENCE, || async {
+        assert_eq!(bearer_status(&gw, "/events", &rotated).await, 401);
+        idp.server.hits() >= 2
+    })
+    .await;
+    assert!(refetched, "the unknown kid is refetched after the interval");
     for _ in 0..5 {
         assert_eq!(bearer_status(&gw, "/events", &rotated).await, 401);
     }
@@ -1029,8 +1041,13 @@ async fn an_unknown_kid_refetches_the_jwks_at_most_once_per_interval() {
         k["kid"] = "rsa-2".into();
         j["keys"].as_array_mut().unwrap().push(k);
     }
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert_eq!(bearer_status(&gw, "/events", &rotated).await, 200);
+    // Within the interval the kid stays unknown without a fetch; after it, one refetch
+    // finds the new key.
+    let found = eventually(PATIENCE, || async {
+        bearer_status(&gw, "/events", &rotated).await == 200
+    })
+    .await;
+    assert!(found, "the rotated key is found after the interval");
     assert_eq!(idp.server.hits(), 3);
     gw.stop().await;
 }
