@@ -162,8 +162,10 @@ fn hpack(name: &str, value: &str) -> Vec<u8> {
 
 #[derive(Debug, PartialEq, Eq)]
 enum H2Answer {
-    /// A HEADERS frame came back for the stream: a response.
-    Response,
+    /// A HEADERS frame came back for the stream: a response, with its status when the
+    /// block starts with an indexed `:status` of HPACK's static table (200, 204, 206,
+    /// 304, 400, 404, 500).
+    Response(Option<u16>),
     /// The stream was reset with this error code.
     Reset(u32),
     /// The connection was ended with this error code.
@@ -193,7 +195,7 @@ async fn h2_raw(addr: SocketAddr, fields: &[(&str, &str)]) -> H2Answer {
             }
             let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
             match head[3] {
-                0x1 if stream == 1 => return H2Answer::Response,
+                0x1 if stream == 1 => return H2Answer::Response(indexed_status(&payload)),
                 0x3 if stream == 1 => return H2Answer::Reset(u32::from_be_bytes(payload[..4].try_into().unwrap())),
                 0x7 => return H2Answer::GoAway(u32::from_be_bytes(payload[4..8].try_into().unwrap())),
                 0x4 if head[4] & 0x1 == 0 => {
@@ -205,6 +207,16 @@ async fn h2_raw(addr: SocketAddr, fields: &[(&str, &str)]) -> H2Answer {
         }
     };
     tokio::time::timeout(PATIENCE, read).await.expect("the server answers")
+}
+
+/// The status of a response header block that starts with an indexed static `:status`.
+fn indexed_status(block: &[u8]) -> Option<u16> {
+    let statuses = [200, 204, 206, 304, 400, 404, 500];
+    let first = *block.first()?;
+    (first & 0x80 != 0)
+        .then(|| usize::from(first & 0x7f))
+        .and_then(|i| i.checked_sub(8))
+        .and_then(|i| statuses.get(i).copied())
 }
 
 fn pseudo<'a>(method: &'a str, path: &'a str) -> Vec<(&'a str, &'a str)> {
@@ -286,7 +298,7 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
         ("x-portcullis-user", "admin"),
         ("x-original-url", "/secret/x"),
     ]);
-    assert_eq!(h2_raw(gw.addr, &fields).await, H2Answer::Response);
+    assert_eq!(h2_raw(gw.addr, &fields).await, H2Answer::Response(Some(200)));
     let seen = up.last();
     assert_eq!(up.seen().len(), before + 1);
     assert!(seen.headers.get("x_portcullis_user").is_none());
@@ -295,10 +307,8 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
     // Upper-case names are malformed in HTTP/2: the stream is refused, nothing forwarded.
     let mut fields = pseudo("GET", "/public/h2");
     fields.push(("X-Portcullis-User", "admin"));
-    assert!(matches!(
-        h2_raw(gw.addr, &fields).await,
-        H2Answer::Reset(_) | H2Answer::GoAway(_)
-    ));
+    // (h2 treats a malformed field block as a connection error: GOAWAY PROTOCOL_ERROR.)
+    assert_eq!(h2_raw(gw.addr, &fields).await, H2Answer::GoAway(1));
     assert_eq!(up.seen().len(), before + 1);
     gw.stop().await;
 }
@@ -374,10 +384,7 @@ async fn path_tricks_never_route_around_authentication() {
         }
         // The same over HTTP/2.
         let answer = h2_raw(gw.addr, &pseudo("GET", path)).await;
-        assert!(
-            matches!(answer, H2Answer::Response | H2Answer::Reset(_) | H2Answer::GoAway(_)),
-            "{path}: {answer:?}"
-        );
+        assert_eq!(answer, H2Answer::Response(Some(400)), "{path}");
     }
     // An encoded letter is the letter: `/%73ecret` is the secret integration.
     assert_eq!(
@@ -425,7 +432,7 @@ async fn repeated_or_conflicting_credentials_are_refused_on_every_method() {
                 "{method} /secret/x HTTP/1.1\r\nHost: gw\r\nAuthorization: {first}\r\nAuthorization: {second}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
             );
             let status = h1(gw.addr, &head).await;
-            assert!(status == 400 || status == 401, "{method}: {status}");
+            assert_eq!(status, 401, "{method}");
         }
         // A header credential and a URL key together.
         let head = format!(
@@ -492,7 +499,7 @@ async fn malformed_credentials_are_refused() {
     ] {
         let head = format!("GET /secret/x HTTP/1.1\r\nHost: gw\r\nAuthorization: {value}\r\nConnection: close\r\n\r\n");
         let status = h1(gw.addr, &head).await;
-        assert!(status == 401 || status == 400, "{value}: {status}");
+        assert_eq!(status, 401, "{value}");
     }
     // A valid user whose roles fail the rules is 403, never 200.
     let head = format!(
@@ -983,6 +990,9 @@ async fn a_refresh_family_ends_at_its_absolute_lifetime() {
     assert_eq!(status, 200, "{doc}");
     let rotated = doc["refresh_token"].as_str().unwrap().to_string();
     // ...and not past it, however recently the token was rotated.
+    // TODO(issue 25): waits 6.1 s of wall clock for the 5 s family lifetime. The builtin
+    // issuer reads `SystemTime::now()` and its refresh tokens are opaque handles, so no
+    // expired one can be minted; needs a clock the test can advance (see issue 25).
     tokio::time::sleep(std::time::Duration::from_millis(6100)).await;
     let (status, doc) = token_request(&gw, &format!("grant_type=refresh_token&refresh_token={rotated}")).await;
     assert_eq!(status, 400, "{doc}");
@@ -1061,7 +1071,14 @@ async fn cached_jwt_decisions_never_outlive_the_token_or_the_user() {
     let short = token("alice", now + 5);
     assert_eq!(get(short.clone()).await, 200);
     assert_eq!(get(short.clone()).await, 200);
-    tokio::time::sleep(std::time::Duration::from_millis(6100)).await;
+    // Wait for the refusal, not for time: the cache's own ttl is 60 s, so a decision
+    // that outlived the token would still be served when the 30 s bound is reached.
+    let refused = eventually(std::time::Duration::from_secs(30), || {
+        let status = get(short.clone());
+        async move { status.await == 401 }
+    })
+    .await;
+    assert!(refused, "a cached decision outlived its token");
     assert_eq!(get(short).await, 401);
     // A cached token of a user disabled by a reload is refused at once.
     let long = token("mallory", now + 3600);
@@ -1547,14 +1564,10 @@ async fn refusals_of_the_parser_are_counted_and_the_gateways_carry_the_json_body
     // A request target over the parser's 64 KiB: 414, counted as uri_too_long.
     let long = format!("GET /public/{} HTTP/1.1\r\nHost: gw\r\n\r\n", "a".repeat(70 * 1024));
     let out = raw(gw.addr, long.as_bytes()).await;
-    assert!(matches!(status_of(&out), 414 | 431), "{out}");
+    assert_eq!(status_of(&out), 414, "{out}");
     let series = "portcullis_malformed_requests_total{listener=\"inbound\",reason=\"uri_too_long\"}";
-    let too_large = "portcullis_malformed_requests_total{listener=\"inbound\",reason=\"headers_too_large\"}";
     assert!(
-        eventually(PATIENCE, || async {
-            gw.metric(series).await + gw.metric(too_large).await >= 2.0
-        })
-        .await,
+        eventually(PATIENCE, || gw.metric_at_least(series, 1.0)).await,
         "{}",
         gw.metrics().await
     );
@@ -1649,7 +1662,7 @@ async fn a_request_with_two_hosts_or_none_is_refused() {
     // HTTP/2: `:authority` and `host` that disagree.
     let mut fields = pseudo("GET", "/public/x");
     fields.push(("host", "evil.example"));
-    assert!(matches!(h2_raw(gw.addr, &fields).await, H2Answer::Response));
+    assert_eq!(h2_raw(gw.addr, &fields).await, H2Answer::Response(Some(400)));
     assert!(up.seen().is_empty());
     // The same authority in both places is one request.
     let same = "GET http://a.example/public/x HTTP/1.1\r\nHost: A.example\r\nConnection: close\r\n\r\n";

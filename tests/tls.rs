@@ -90,7 +90,7 @@ async fn a_stalled_tls_handshake_is_cut_off() {
     let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
         .await
         .expect("server closes");
-    assert!(matches!(n, Ok(0) | Err(_)));
+    assert!(matches!(n, Ok(0)), "closed with FIN, nothing sent: {n:?}");
     gw.stop().await;
 }
 
@@ -164,14 +164,14 @@ async fn max_connections_is_a_hard_cap() {
         let n = s.read(&mut buf).await.unwrap();
         assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     }
-    // The third is closed at once, before it is served.
+    // The third is closed at accept, before it could send anything: an orderly close
+    // (a request written first could turn it into a reset, depending on timing).
     let mut c = TcpStream::connect(gw.addr).await.unwrap();
-    let _ = c.write_all(req).await;
     let mut buf = [0u8; 64];
     let r = tokio::time::timeout(PATIENCE, c.read(&mut buf))
         .await
         .expect("closed, not hanging");
-    assert!(matches!(r, Ok(0) | Err(_)), "third connection was served");
+    assert!(matches!(r, Ok(0)), "third connection was not closed at accept: {r:?}");
     assert_eq!(
         gw.metric(r#"portcullis_connections_rejected_total{listener="inbound"}"#)
             .await,
@@ -209,7 +209,7 @@ async fn idle_connections_are_closed() {
     let r = tokio::time::timeout(PATIENCE, s.read(&mut buf))
         .await
         .expect("idle connection closed");
-    assert!(matches!(r, Ok(0) | Err(_)));
+    assert!(matches!(r, Ok(0)), "closed with FIN, nothing sent: {r:?}");
     gw.stop().await;
 }
 
@@ -289,13 +289,16 @@ async fn keep_alive_outlives_header_read_timeout_until_idle_timeout() {
         let n = s.read(&mut buf).await.unwrap();
         assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
         // Idle for over three times header_read_timeout: the connection is still usable.
+        // TODO(issue 25): a wait for something not to happen needs time to pass; the
+        // per-core workers run runtimes of their own, which `tokio::time::pause` in the
+        // test cannot reach. Needs a hook to build those runtimes paused (see issue 25).
         tokio::time::sleep(Duration::from_millis(1000)).await;
     }
     // Past idle_timeout it is closed.
     let r = tokio::time::timeout(PATIENCE, s.read(&mut buf))
         .await
         .expect("closed at idle_timeout");
-    assert!(matches!(r, Ok(0) | Err(_)));
+    assert!(matches!(r, Ok(0)), "closed with FIN, nothing sent: {r:?}");
     gw.stop().await;
 
     // A connection that never sends a head is closed at header_read_timeout, long before
@@ -308,6 +311,6 @@ async fn keep_alive_outlives_header_read_timeout_until_idle_timeout() {
     let r = tokio::time::timeout(PATIENCE, silent.read(&mut buf))
         .await
         .expect("silent connection closed at header_read_timeout");
-    assert!(matches!(r, Ok(0) | Err(_)));
+    assert!(matches!(r, Ok(0)), "closed with FIN, nothing sent: {r:?}");
     gw.stop().await;
 }
