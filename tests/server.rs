@@ -72,13 +72,13 @@ async fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), &cfg(&up.url()));
     let mut gw = Process::start(&path, &[]);
-    let url = format!("http://{}/open/slow/1000", gw.addr);
+    let url = format!("http://{}/open/gate/x", gw.addr);
     let inflight = tokio::spawn(async move { client().get(url).send().await.map(|r| r.status().as_u16()) });
     // The request is in flight once the upstream has it.
     assert!(
         eventually(PATIENCE, || {
-            let up = up.clone();
-            async move { !up.seen().is_empty() }
+            let seen = !up.seen().is_empty();
+            async move { seen }
         })
         .await
     );
@@ -92,6 +92,8 @@ async fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
         .await,
         "still accepting after SIGTERM"
     );
+    // Only now may the upstream answer: the request was in flight all along.
+    up.open_gate();
     assert_eq!(inflight.await.unwrap().unwrap(), 200, "the request in flight finished");
     let status = tokio::task::spawn_blocking(move || gw.child.wait())
         .await

@@ -285,6 +285,8 @@ pub struct Seen {
 pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// Opens `/gate/` requests (see [`Upstream::open_gate`]).
+    gate: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Upstream {
@@ -300,35 +302,51 @@ impl Upstream {
         self.seen().pop().expect("upstream saw a request")
     }
 
+    /// Lets every `/gate/` request, waiting or still to come, be answered.
+    pub fn open_gate(&self) {
+        self.gate.send_replace(true);
+    }
+
     /// Starts an HTTP/1.1 upstream on 127.0.0.1:0. Paths:
     /// `/download/N` streams N bytes; `/slow/MS` answers after MS milliseconds;
+    /// `/gate/...` answers once the test calls [`Upstream::open_gate`];
     /// anything else reads the body (counting, not keeping it) and answers JSON.
     pub async fn start() -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let rec = seen.clone();
+        let (gate, opened) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
                 let rec = rec.clone();
+                let opened = opened.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| respond(req, rec.clone()));
+                    let svc = hyper::service::service_fn(move |req| respond(req, rec.clone(), opened.clone()));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
                 });
             }
         });
-        Upstream { addr, seen }
+        Upstream {
+            addr,
+            seen,
+            gate: Arc::new(gate),
+        }
     }
 }
 
 type UpBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
-async fn respond(req: Request<Incoming>, rec: Arc<Mutex<Vec<Seen>>>) -> Result<Response<UpBody>, Infallible> {
+async fn respond(
+    req: Request<Incoming>,
+    rec: Arc<Mutex<Vec<Seen>>>,
+    mut opened: tokio::sync::watch::Receiver<bool>,
+) -> Result<Response<UpBody>, Infallible> {
     let path = req.uri().path().to_string();
     let index = {
         let mut v = rec.lock().unwrap();
@@ -352,6 +370,9 @@ async fn respond(req: Request<Incoming>, rec: Arc<Mutex<Vec<Seen>>>) -> Result<R
     }
     if let Some((_, ms)) = path.rsplit_once("/slow/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+    }
+    if path.contains("/gate/") {
+        let _ = opened.wait_for(|open| *open).await;
     }
     let mut body = req.into_body();
     let mut n = 0u64;
