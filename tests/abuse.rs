@@ -15,43 +15,25 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn cfg(upstream: &str, limits: &str, auth: &str) -> String {
-    config(&format!(
-        r#"
-[limits]
-{limits}
-
-[auth]
-{auth}
-
-[lockout]
-max_failures = 1000000
-
-[[users]]
-name = "svc"
-roles = ["rest"]
-password_hash = "{hash}"
-
-[[plans]]
-name = "p"
-upstream = "{upstream}"
-access = {{ roles = ["rest"] }}
-
-[[plans.integrations]]
-name = "open"
-path = "/open/*"
-methods = ["GET", "POST"]
-auth = "none"
-senders = {{ all = true }}
-
-[[plans.integrations]]
-name = "login"
-path = "/login/*"
-methods = ["GET", "POST"]
-auth = "basic"
-senders = {{ roles = ["rest"] }}
-"#,
-        hash = argon2_hash("svc-pw"),
-    ))
+    Config::new()
+        .section_toml("limits", limits)
+        .section_toml("auth", auth)
+        .section("lockout", |s| s.set("max_failures", 1000000))
+        .user("svc", |u| u.roles(["rest"]).password_hash(&argon2_hash("svc-pw")))
+        .plan("p", |p| {
+            p.upstream(upstream)
+                .access_roles(["rest"])
+                .integration("open", |i| {
+                    i.path("/open/*").methods(["GET", "POST"]).auth("none").senders_all()
+                })
+                .integration("login", |i| {
+                    i.path("/login/*")
+                        .methods(["GET", "POST"])
+                        .auth("basic")
+                        .senders_roles(["rest"])
+                })
+        })
+        .to_toml()
 }
 
 fn status_of(out: &str) -> u16 {

@@ -24,88 +24,57 @@ const UNDERSCORED_IDENTITY: [&str; 5] = [
     "x_portcullis-assertion",
 ];
 
+/// Users, two plans and an API key; `extra` (TOML text) merged in.
 fn cfg(upstream: &str, extra: &str) -> String {
+    base(upstream).toml(extra).to_toml()
+}
+
+fn base(upstream: &str) -> Config {
     let pw = |name: &str| argon2_hash(&format!("{name}-pw"));
-    config(&format!(
-        r#"
-[lockout]
-max_failures = 3
-window = "1h"
-duration = "1h"
-
-[[users]]
-name = "alice"
-roles = ["rest"]
-password_hash = "{alice}"
-url_key_hash = "{alice_url}"
-
-[[users]]
-name = "mallory"
-roles = ["guest"]
-password_hash = "{mallory}"
-
-[[plans]]
-name = "p"
-upstream = "{upstream}"
-access = {{ roles = ["rest"] }}
-
-[[plans.integrations]]
-name = "public"
-path = "/public/*"
-methods = ["GET", "POST"]
-auth = "none"
-senders = {{ all = true }}
-
-[[plans.integrations]]
-name = "secret"
-path = "/secret/*"
-methods = ["GET", "POST", "PUT", "DELETE", "PATCH"]
-auth = ["basic", "url_key"]
-senders = {{ roles = ["rest"] }}
-
-[[plans.integrations]]
-name = "key"
-path = "/key"
-methods = ["GET"]
-auth = ["api_key", "url_key"]
-senders = {{ roles = ["rest"] }}
-
-[[plans]]
-name = "legacy"
-upstream = "{upstream}"
-access = {{ roles = ["rest"] }}
-underscores_in_headers = true
-
-[[plans.integrations]]
-name = "cgi"
-path = "/cgi"
-methods = ["GET"]
-auth = "basic"
-senders = {{ roles = ["rest"] }}
-
-[[api_keys]]
-key = "k_alice"
-secret_hash = "{key_secret}"
-user = "alice"
-integration = "p/key"
-
-{extra}
-"#,
-        alice = pw("alice"),
-        mallory = pw("mallory"),
-        alice_url = sha256_hex(ALICE_URL_KEY),
-        key_secret = sha256_hex(ALICE_KEY_SECRET),
-    ))
+    let rest = || roles(["rest"]);
+    Config::new()
+        .section("lockout", |s| {
+            s.set("max_failures", 3).set("window", "1h").set("duration", "1h")
+        })
+        .user("alice", |u| {
+            u.roles(["rest"])
+                .password_hash(&pw("alice"))
+                .set("url_key_hash", sha256_hex(ALICE_URL_KEY))
+        })
+        .user("mallory", |u| u.roles(["guest"]).password_hash(&pw("mallory")))
+        .plan("p", |p| {
+            p.upstream(upstream)
+                .access(rest())
+                .integration("public", |i| {
+                    i.path("/public/*").methods(["GET", "POST"]).auth("none").senders_all()
+                })
+                .integration("secret", |i| {
+                    i.path("/secret/*")
+                        .methods(["GET", "POST", "PUT", "DELETE", "PATCH"])
+                        .auths(["basic", "url_key"])
+                        .senders(rest())
+                })
+                .integration("key", |i| {
+                    i.path("/key")
+                        .methods(["GET"])
+                        .auths(["api_key", "url_key"])
+                        .senders(rest())
+                })
+        })
+        .plan("legacy", |p| {
+            p.upstream(upstream)
+                .access(rest())
+                .set("underscores_in_headers", true)
+                .integration("cgi", |i| i.path("/cgi").methods(["GET"]).auth("basic").senders(rest()))
+        })
+        .api_key("k_alice", &sha256_hex(ALICE_KEY_SECRET), "alice", "p/key")
 }
 
 /// [`cfg`] behind ingresses at `proxies` (`[listen] trusted_proxies`).
 fn behind(upstream: &str, proxies: &str) -> String {
-    let toml = cfg(upstream, "").replace(
-        "[listen]\naddress = \"127.0.0.1:0\"",
-        &format!("[listen]\naddress = \"127.0.0.1:0\"\ntrusted_proxies = {proxies}"),
-    );
-    assert!(toml.contains("trusted_proxies"));
-    toml
+    base(upstream)
+        .section_toml("listen", &format!("trusted_proxies = {proxies}"))
+        .to_toml()
 }
 
 fn status_of(out: &str) -> u16 {
@@ -608,32 +577,21 @@ fn unix_now() -> i64 {
 async fn jwt_gateway(up: &Upstream, idp: &Issuer, leeway: &str) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("jwks.json"), idp.jwks()).unwrap();
-    let extra = format!(
-        r#"
-[oauth]
-mode = "jwt"
-issuer = "https://idp.test"
-audience = "portcullis"
-jwks_file = "{}"
-leeway = "{leeway}"
-username_claim = "sub"
-
-[[plans]]
-name = "api"
-upstream = "{}"
-access = {{ all = true }}
-
-[[plans.integrations]]
-name = "bearer"
-path = "/bearer"
-methods = ["GET"]
-auth = "oauth"
-senders = {{ all = true }}
-"#,
-        dir.path().join("jwks.json").display(),
-        up.url()
-    );
-    Gateway::start_in(dir, &cfg(&up.url(), &extra)).await
+    let config = base(&up.url())
+        .section("oauth", |s| {
+            s.set("mode", "jwt")
+                .set("issuer", "https://idp.test")
+                .set("audience", "portcullis")
+                .set("jwks_file", dir.path().join("jwks.json").display().to_string())
+                .set("leeway", leeway)
+                .set("username_claim", "sub")
+        })
+        .plan("api", |p| {
+            p.upstream(&up.url()).access_all().integration("bearer", |i| {
+                i.path("/bearer").methods(["GET"]).auth("oauth").senders_all()
+            })
+        });
+    Gateway::start_in(dir, &config.to_toml()).await
 }
 
 #[tokio::test]
@@ -780,40 +738,33 @@ async fn jwt_header_and_claim_tricks_are_refused() {
 // === 5. bearer tokens are not forwarded, unless asked ===
 
 fn builtin_extra(upstream: &str, extra_oauth: &str) -> String {
-    format!(
-        r#"
-[oauth]
-mode = "builtin"
-access_token_ttl = "5m"
-refresh_token_ttl = "1h"
-{extra_oauth}
-
-[[oauth.clients]]
-client_id = "snow"
-client_secret_hash = "{client}"
-
-[[plans]]
-name = "api"
-upstream = "{upstream}"
-access = {{ roles = ["rest"] }}
-
-[[plans.integrations]]
-name = "bearer"
-path = "/bearer"
-methods = ["GET"]
-auth = "oauth"
-senders = {{ roles = ["rest"] }}
-
-[[plans.integrations]]
-name = "raw"
-path = "/raw"
-methods = ["GET"]
-auth = "oauth"
-senders = {{ roles = ["rest"] }}
-forward_token = true
-"#,
-        client = sha256_hex("snow-secret"),
-    )
+    let rest = || roles(["rest"]);
+    Config::bare()
+        .section("oauth", |s| {
+            s.set("mode", "builtin")
+                .set("access_token_ttl", "5m")
+                .set("refresh_token_ttl", "1h")
+                .merge_toml(extra_oauth)
+                .entry("clients", |c| {
+                    c.set("client_id", "snow")
+                        .set("client_secret_hash", sha256_hex("snow-secret"))
+                })
+        })
+        .plan("api", |p| {
+            p.upstream(upstream)
+                .access(rest())
+                .integration("bearer", |i| {
+                    i.path("/bearer").methods(["GET"]).auth("oauth").senders(rest())
+                })
+                .integration("raw", |i| {
+                    i.path("/raw")
+                        .methods(["GET"])
+                        .auth("oauth")
+                        .senders(rest())
+                        .set("forward_token", true)
+                })
+        })
+        .to_toml()
 }
 
 async fn token_request(gw: &Gateway, form: &str) -> (u16, serde_json::Value) {
@@ -1225,33 +1176,20 @@ fn ws_accept(key: &str) -> String {
 }
 
 fn ws_config(upstream: &str) -> String {
-    config(&format!(
-        r#"
-[[users]]
-name = "alice"
-roles = ["rest"]
-password_hash = "{alice}"
-
-[[plans]]
-name = "live"
-upstream = "{upstream}"
-access = {{ all = true }}
-
-[[plans.integrations]]
-name = "feed"
-path = "/feed"
-methods = ["GET"]
-auth = "basic"
-upgrades = ["websocket"]
-
-[[plans.integrations]]
-name = "plain"
-path = "/plain"
-methods = ["GET"]
-auth = "basic"
-"#,
-        alice = argon2_hash("alice-pw"),
-    ))
+    Config::new()
+        .user("alice", |u| u.roles(["rest"]).password_hash(&argon2_hash("alice-pw")))
+        .plan("live", |p| {
+            p.upstream(upstream)
+                .access_all()
+                .integration("feed", |i| {
+                    i.path("/feed")
+                        .methods(["GET"])
+                        .auth("basic")
+                        .set("upgrades", vec!["websocket"])
+                })
+                .integration("plain", |i| i.path("/plain").methods(["GET"]).auth("basic"))
+        })
+        .to_toml()
 }
 
 /// RFC 6455's sample key and the accept it calls for.

@@ -109,72 +109,39 @@ fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
-const ROUTES: &str = r#"
-[[users]]
-name = "alice"
-roles = ["rest"]
-password_hash = "ALICE_HASH"
-
-[[users]]
-name = "svc-client"
-roles = ["rest"]
-
-[[users]]
-name = "frozen"
-roles = ["rest"]
-disabled = true
-
-[[plans]]
-name = "api"
-upstream = "UPSTREAM"
-access = { roles = ["rest"] }
-
-[[plans.integrations]]
-name = "events"
-path = "/events"
-methods = ["GET", "POST"]
-auth = "oauth"
-
-[[plans.integrations]]
-name = "admin"
-path = "/admin"
-methods = ["GET"]
-auth = "oauth"
-senders = { roles = ["admin"] }
-"#;
-
-fn routes(up: &Upstream) -> String {
-    ROUTES
-        .replace("ALICE_HASH", &argon2_hash("alice-pw"))
-        .replace("UPSTREAM", &up.url())
+/// Users (alice, the client svc-client, frozen) and the `api` plan behind `up`.
+fn routes(config: Config, up: &Upstream) -> Config {
+    config
+        .user("alice", |u| u.roles(["rest"]).password_hash(&argon2_hash("alice-pw")))
+        .user("svc-client", |u| u.roles(["rest"]))
+        .user("frozen", |u| u.roles(["rest"]).set("disabled", true))
+        .plan("api", |p| {
+            p.upstream(&up.url())
+                .access_roles(["rest"])
+                .integration("events", |i| i.path("/events").methods(["GET", "POST"]).auth("oauth"))
+                .integration("admin", |i| {
+                    i.path("/admin").methods(["GET"]).auth("oauth").senders_roles(["admin"])
+                })
+        })
 }
 
 // === builtin ===
 
 fn builtin_config(up: &Upstream) -> String {
-    config(&format!(
-        r#"
-[lockout]
-max_failures = 3
-window = "1m"
-duration = "2s"
-
-[oauth]
-mode = "builtin"
-access_token_ttl = "2m"
-
-[[oauth.clients]]
-client_id = "jira"
-client_secret_hash = "{jira}"
-
-[[oauth.clients]]
-client_id = "svc-client"
-client_secret_hash = "{svc}"
-{routes}"#,
-        jira = sha256_hex("jira-client-secret"),
-        svc = sha256_hex("svc-client-secret"),
-        routes = routes(up)
-    ))
+    let client = |id: &'static str, secret: &'static str| {
+        move |c: Table| c.set("client_id", id).set("client_secret_hash", sha256_hex(secret))
+    };
+    let config = Config::new()
+        .section("lockout", |s| {
+            s.set("max_failures", 3).set("window", "1m").set("duration", "2s")
+        })
+        .section("oauth", |s| {
+            s.set("mode", "builtin")
+                .set("access_token_ttl", "2m")
+                .entry("clients", client("jira", "jira-client-secret"))
+                .entry("clients", client("svc-client", "svc-client-secret"))
+        });
+    routes(config, up).to_toml()
 }
 
 async fn oauth_http(req: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, std::io::Error> {
@@ -788,24 +755,19 @@ async fn idp() -> Idp {
 }
 
 fn jwt_config(up: &Upstream, idp: &Idp) -> String {
-    config(&format!(
-        r#"
-[cache]
-negative_ttl = "2s"
-
-[oauth]
-mode = "jwt"
-issuer = "{ISSUER}"
-audience = "portcullis"
-jwks_url = "http://{}/jwks"
-username_claim = "preferred_username"
-roles_claim = "groups"
-leeway = "5s"
-algorithms = ["RS256", "EdDSA"]
-{}"#,
-        idp.server.addr,
-        routes(up)
-    ))
+    let config = Config::new()
+        .section("cache", |s| s.set("negative_ttl", "2s"))
+        .section("oauth", |s| {
+            s.set("mode", "jwt")
+                .set("issuer", ISSUER)
+                .set("audience", "portcullis")
+                .set("jwks_url", format!("http://{}/jwks", idp.server.addr))
+                .set("username_claim", "preferred_username")
+                .set("roles_claim", "groups")
+                .set("leeway", "5s")
+                .set("algorithms", vec!["RS256", "EdDSA"])
+        });
+    routes(config, up).to_toml()
 }
 
 fn claims(extra: serde_json::Value) -> serde_json::Value {
@@ -1087,21 +1049,16 @@ fn introspection_handler() -> Handler {
 }
 
 fn introspection_config(up: &Upstream, server: SocketAddr) -> String {
-    config(&format!(
-        r#"
-[cache]
-ttl = "60s"
-negative_ttl = "60s"
-
-[oauth]
-mode = "introspection"
-introspection_url = "http://{server}/introspect"
-client_id = "portcullis"
-client_secret = {{ env = "HOME" }}
-roles_claim = "roles"
-{}"#,
-        routes(up)
-    ))
+    let config = Config::new()
+        .section("cache", |s| s.set("ttl", "60s").set("negative_ttl", "60s"))
+        .section("oauth", |s| {
+            s.set("mode", "introspection")
+                .set("introspection_url", format!("http://{server}/introspect"))
+                .set("client_id", "portcullis")
+                .set("client_secret", table([("env", "HOME".into())]))
+                .set("roles_claim", "roles")
+        });
+    routes(config, up).to_toml()
 }
 
 #[tokio::test]

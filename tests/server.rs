@@ -5,29 +5,15 @@ mod support;
 use support::*;
 
 fn cfg(upstream: &str) -> String {
-    config(&format!(
-        r#"
-[limits]
-shutdown_timeout = "10s"
-
-[[plans]]
-name = "p"
-upstream = "{upstream}"
-access = {{ all = true }}
-
-[[plans.integrations]]
-name = "open"
-path = "/open/*"
-methods = ["GET"]
-auth = "none"
-
-[[plans.integrations]]
-name = "locked"
-path = "/locked"
-methods = ["GET"]
-auth = "basic"
-"#
-    ))
+    Config::new()
+        .section("limits", |s| s.set("shutdown_timeout", "10s"))
+        .plan("p", |p| {
+            p.upstream(upstream)
+                .access_all()
+                .integration("open", |i| i.path("/open/*").methods(["GET"]).auth("none"))
+                .integration("locked", |i| i.path("/locked").methods(["GET"]).auth("basic"))
+        })
+        .to_toml()
 }
 
 #[tokio::test]

@@ -10,14 +10,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn tls_config(cert: &Cert, limits: &str) -> String {
-    tls_config_plain(limits).replace(
-        "address = \"127.0.0.1:0\"\n\n[admin]",
-        &format!(
-            "address = \"127.0.0.1:0\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n\n[admin]",
-            cert.cert_path.display(),
-            cert.key_path.display()
-        ),
-    )
+    let tls = table([
+        ("cert", cert.cert_path.display().to_string().into()),
+        ("key", cert.key_path.display().to_string().into()),
+    ]);
+    plain(limits).section("listen", |s| s.set("tls", tls)).to_toml()
 }
 
 #[tokio::test]
@@ -133,23 +130,16 @@ async fn a_client_trickling_its_headers_is_cut_off() {
 }
 
 fn tls_config_plain(limits: &str) -> String {
-    config(&format!(
-        r#"
-[limits]
-{limits}
+    plain(limits).to_toml()
+}
 
-[[plans]]
-name = "p"
-upstream = "builtin:echo"
-access = {{ all = true }}
-
-[[plans.integrations]]
-name = "open"
-path = "/open/*"
-methods = ["GET", "POST"]
-auth = "none"
-"#
-    ))
+/// The echo upstream on `/open/*`, with `limits` (TOML lines of `[limits]`).
+fn plain(limits: &str) -> Config {
+    Config::new().section_toml("limits", limits).plan("p", |p| {
+        p.upstream("builtin:echo")
+            .access_all()
+            .integration("open", |i| i.path("/open/*").methods(["GET", "POST"]).auth("none"))
+    })
 }
 
 #[tokio::test]

@@ -39,38 +39,25 @@ async fn call(python: &str, url: String, auth: Option<String>, wait_close: bool)
 /// Alice (role `ws`) and two integrations of the WebSocket server on `port`: `/feed`
 /// with `upgrades = ["websocket"]`, `/plain` without; `limits` goes in `[limits]`.
 fn feeds(port: u16, limits: &str) -> String {
-    config(&format!(
-        r#"
-[limits]
-{limits}
-
-[[users]]
-name = "alice"
-roles = ["ws"]
-password_hash = "{alice}"
-
-[[plans]]
-name = "live"
-upstream = "http://127.0.0.1:{port}"
-access = {{ all = true }}
-
-[[plans.integrations]]
-name = "feed"
-path = "/feed"
-methods = ["GET"]
-auth = "basic"
-senders = {{ roles = ["ws"] }}
-upgrades = ["websocket"]
-
-[[plans.integrations]]
-name = "plain"
-path = "/plain"
-methods = ["GET"]
-auth = "basic"
-senders = {{ roles = ["ws"] }}
-"#,
-        alice = argon2_hash("alice-pw"),
-    ))
+    let ws = || roles(["ws"]);
+    Config::new()
+        .section_toml("limits", limits)
+        .user("alice", |u| u.roles(["ws"]).password_hash(&argon2_hash("alice-pw")))
+        .plan("live", |p| {
+            p.upstream(&format!("http://127.0.0.1:{port}"))
+                .access_all()
+                .integration("feed", |i| {
+                    i.path("/feed")
+                        .methods(["GET"])
+                        .auth("basic")
+                        .senders(ws())
+                        .set("upgrades", vec!["websocket"])
+                })
+                .integration("plain", |i| {
+                    i.path("/plain").methods(["GET"]).auth("basic").senders(ws())
+                })
+        })
+        .to_toml()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
