@@ -2,7 +2,7 @@
 //! JWT issuer (a JWKS server on 127.0.0.1) with every attack refused, and RFC 7662
 //! introspection (cache, single flight, fail closed).
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -6,7 +6,7 @@
 //! Without `redis-server` the tests print SKIPPED (they fail under
 //! PORTCULLIS_REQUIRE_TOOLS=1, as `.ci/run` sets after installing it).
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

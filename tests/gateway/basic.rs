@@ -1,7 +1,7 @@
 //! `basic`: argon2id passwords, the verified-credential cache, refusals, the assertion,
 //! and header hygiene.
 
-mod support;
+use crate::support;
 
 use support::*;
 

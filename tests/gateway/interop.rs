@@ -5,7 +5,7 @@
 //! `.ci/run` installs Authlib and sets PORTCULLIS_REQUIRE_INTEROP=1, which makes a missing
 //! Python or Authlib a failure; elsewhere the test says it was skipped.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

@@ -3,7 +3,7 @@
 //! loopback), in the caller's trace; refused requests are traced too; a collector that
 //! is down changes nothing for requests.
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};

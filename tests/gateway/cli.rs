@@ -2,7 +2,7 @@
 //! asks the running server whatever the file now says; `explain`, `check`, `export` and
 //! the other subcommands never print a secret.
 
-mod support;
+use crate::support;
 
 use std::io::Write;
 use std::process::{Command, Stdio};

@@ -3,7 +3,7 @@
 //! every connection is served whichever worker the kernel gives it to, the lockout table,
 //! `max_connections`, metrics and reloads are shared, and a shutdown drains them all.
 
-mod support;
+use crate::support;
 
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

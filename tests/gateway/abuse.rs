@@ -2,7 +2,7 @@
 //! trickled bodies, reset HTTP/2 streams, rapid resets, and a mixed soak. Each test says
 //! what happened (statuses, log lines, metrics, peak RSS), never how fast.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,6 +1,6 @@
 //! Proxying: headers, request ids, errors, streaming and memory, limits.
 
-mod support;
+use crate::support;
 
 use support::*;
 

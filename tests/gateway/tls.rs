@@ -1,7 +1,7 @@
 //! TLS termination (rustls, rcgen certificates made here), HTTP/2 by ALPN, and the
 //! connection limits: slow headers, handshake timeout, max_connections.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! a newline, ANSI colour and OSC title sequences and a Unicode line separator; a client
 //! certificate with such a subject; such a path; such an OAuth client_id and user name.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

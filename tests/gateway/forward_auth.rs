@@ -5,7 +5,7 @@
 //! Without nginx the nginx test prints SKIPPED (it fails under
 //! PORTCULLIS_REQUIRE_TOOLS=1, as `.ci/run` sets after installing it).
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};

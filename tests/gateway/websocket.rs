@@ -7,7 +7,7 @@
 //! Without `websockets` the test prints SKIPPED (it fails under
 //! PORTCULLIS_REQUIRE_INTEROP=1, as `.ci/run` sets after installing it in its venv).
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 

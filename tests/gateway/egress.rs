@@ -1,6 +1,6 @@
 //! Egress: endpoints signed per type, initiators and callers, TLS trust, the CLI.
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

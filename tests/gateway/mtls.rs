@@ -2,7 +2,7 @@
 //! certificate made by the `openssl` command line as operators make them: a CA, clients
 //! named by SAN or only by CN, a client of another CA, and one revoked in a CRL.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

@@ -1,6 +1,6 @@
 //! The process: admin endpoints, graceful shutdown on SIGTERM, and the demo config.
 
-mod support;
+use crate::support;
 
 use support::*;
 

@@ -1,7 +1,7 @@
 //! Reload without restart: under load, refused when bad, rotated passwords and
 //! certificates, SIGHUP and file changes.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! raw HTTP/1.1 bytes, hand-framed HTTP/2 and hyper's HTTP/2 client, and asserts both the
 //! answer the attacker got and what the recording upstream did and did not receive.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 

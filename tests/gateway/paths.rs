@@ -1,7 +1,7 @@
 //! Path tricks: every ambiguous path is 400 JSON before routing or authentication, and
 //! the path routing sees is exactly the path the upstream gets.
 
-mod support;
+use crate::support;
 
 use support::*;
 
