@@ -5,6 +5,11 @@ use crate::support;
 use support::*;
 
 fn cfg(upstream: &str) -> String {
+    base(upstream).to_toml()
+}
+
+/// An open and a locked route on `upstream`, a 10 s shutdown timeout.
+fn base(upstream: &str) -> Config {
     Config::new()
         .section("limits", |s| s.set("shutdown_timeout", "10s"))
         .plan("p", |p| {
@@ -13,7 +18,6 @@ fn cfg(upstream: &str) -> String {
                 .integration("open", |i| i.path("/open/*").methods(["GET"]).auth("none"))
                 .integration("locked", |i| i.path("/locked").methods(["GET"]).auth("basic"))
         })
-        .to_toml()
 }
 
 #[tokio::test]
@@ -56,7 +60,10 @@ async fn nothing_reaches_an_upstream_without_authentication() {
 async fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), &cfg(&up.url()));
+    // No drain delay: the listener closes at once (the delay has a test of its own below),
+    // while the request stays in flight until the test opens the gate.
+    let config = base(&up.url()).section("limits", |s| s.set("drain_delay", "0s"));
+    let path = write_config(dir.path(), &config.to_toml());
     let mut gw = Process::start(&path, &[]);
     let url = format!("http://{}/open/gate/x", gw.addr);
     let inflight = tokio::spawn(async move { client().get(url).send().await.map(|r| r.status().as_u16()) });
@@ -219,10 +226,9 @@ async fn sigterm_first_turns_readyz_503_while_serving_then_drains() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(
         dir.path(),
-        &cfg(&up.url()).replace(
-            "shutdown_timeout = \"10s\"",
-            "shutdown_timeout = \"10s\"\ndrain_delay = \"1h\"",
-        ),
+        &base(&up.url())
+            .section("limits", |s| s.set("drain_delay", "1h"))
+            .to_toml(),
     );
     let mut gw = Process::start(&path, &[]);
     let admin = gw.admin.unwrap();
