@@ -276,6 +276,27 @@ async fn rapid_reset_closes_the_connection() {
     gw.stop().await;
 }
 
+/// Asserts that `p` counted exactly `refused` unknown-user refusals and `overloaded`
+/// refusals of a full hash queue: what the bad logins' 401s and 503s said they were.
+async fn assert_counted(p: &Process, refused: f64, overloaded: f64) {
+    let admin = p.admin.expect("admin listener");
+    let counted = eventually(PATIENCE, || async {
+        let m = reqwest::get(format!("http://{admin}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metric_value(&m, &failures("unknown_user", "basic")) == refused
+            && metric_value(&m, "portcullis_hash_overloaded_total") == overloaded
+    })
+    .await;
+    assert!(
+        counted,
+        "{refused} refused and {overloaded} overloaded answers, counted otherwise"
+    );
+}
+
 async fn flood(addr: SocketAddr, n: usize, prefix: &str) -> Vec<(u16, bool)> {
     let tasks: Vec<_> = (0..n)
         .map(|i| {
@@ -329,22 +350,7 @@ async fn a_bad_login_flood_stays_within_the_pool_bound() {
             }
         }
     }
-    let admin = gw.admin.expect("admin listener");
-    let counted = eventually(PATIENCE, || async {
-        let m = reqwest::get(format!("http://{admin}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        metric_value(&m, &failures("unknown_user", "basic")) == refused
-            && metric_value(&m, "portcullis_hash_overloaded_total") == overloaded
-    })
-    .await;
-    assert!(
-        counted,
-        "{refused} refused and {overloaded} overloaded answers, counted otherwise"
-    );
+    assert_counted(&gw, refused, overloaded).await;
     let peak = gw.peak_rss_kib();
     // Two workers of 19 MiB each, plus the base and room for 200 connections.
     let bound = base + 2 * 19 * 1024 + 40 * 1024;
@@ -467,26 +473,11 @@ async fn soak_mixed_traffic_with_a_reload() {
         assert_eq!(n, 1, "{id} logged {n} times");
     }
     assert!(logs.contains("config reloaded"), "the reload did not happen");
-    let admin = gw.admin.expect("admin listener");
     let (refused, overloaded) = (
         refused.load(Ordering::Relaxed) as f64,
         overloaded.load(Ordering::Relaxed) as f64,
     );
-    let counted = eventually(PATIENCE, || async {
-        let m = reqwest::get(format!("http://{admin}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        metric_value(&m, &failures("unknown_user", "basic")) == refused
-            && metric_value(&m, "portcullis_hash_overloaded_total") == overloaded
-    })
-    .await;
-    assert!(
-        counted,
-        "{refused} refused and {overloaded} overloaded bad logins, counted otherwise"
-    );
+    assert_counted(&gw, refused, overloaded).await;
     let peak = gw.peak_rss_kib();
     assert!(peak < 160 * 1024, "peak RSS {peak} KiB");
 }
