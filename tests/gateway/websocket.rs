@@ -82,7 +82,8 @@ async fn websocket_upgrades_pass_only_when_authorized_and_allowed() {
     // No `upgrades` on the integration: the Upgrade header is dropped, so the server
     // sees a plain GET and the handshake fails.
     let plain = call(&py, url("/plain"), Some(basic("alice", "alice-pw")), false).await;
-    assert_ne!(plain["status"], 101, "{plain}");
+    // (The peer answers a plain GET on its WebSocket path 426 Upgrade Required.)
+    assert_eq!(plain["status"], 426, "{plain}");
 
     // An idle tunnel is closed after upgrade_idle_timeout.
     let idle = call(&py, url("/feed"), Some(basic("alice", "alice-pw")), true).await;
