@@ -4,10 +4,15 @@
 //! (CI runs more than the default); a failure prints the shrunk input, which then becomes
 //! a regression case in `regressions()` below or in the module's unit tests.
 
+#[path = "support/builder.rs"]
+#[allow(dead_code)]
+mod builder;
+
 use std::net::IpAddr;
 use std::path::Path;
 
 use base64::Engine;
+use builder::Config;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
 use portcullis::auth::{url_key, Auth, Failure, RouteRef};
 use portcullis::config::{AuthMethod, PathPattern};
@@ -217,36 +222,24 @@ fn router_lenient_probe(path: &str) -> Result<Match<'static>, ()> {
 
 fn fuzz_auth() -> Auth {
     let pw = portcullis::auth::basic::hash_password("right-pw").unwrap();
-    let toml = format!(
-        r#"
-[listen]
-address = "127.0.0.1:0"
-[lockout]
-max_failures = 1000000
-[[users]]
-name = "alice"
-roles = ["rest"]
-password_hash = "{pw}"
-url_key_hash = "{url}"
-[[plans]]
-name = "p"
-upstream = "builtin:echo"
-access = {{ all = true }}
-[[plans.integrations]]
-name = "i"
-path = "/i"
-methods = ["GET"]
-auth = ["basic", "api_key", "url_key"]
-senders = {{ all = true }}
-[[api_keys]]
-key = "k1"
-secret_hash = "{sec}"
-user = "alice"
-integration = "p/i"
-"#,
-        url = sha("url-key-0123456789abcdef"),
-        sec = sha("key-secret-0123456789"),
-    );
+    let toml = Config::bare()
+        .section("listen", |s| s.set("address", "127.0.0.1:0"))
+        .section("lockout", |s| s.set("max_failures", 1000000))
+        .user("alice", |u| {
+            u.roles(["rest"])
+                .password_hash(&pw)
+                .set("url_key_hash", sha("url-key-0123456789abcdef"))
+        })
+        .plan("p", |p| {
+            p.upstream("builtin:echo").access_all().integration("i", |i| {
+                i.path("/i")
+                    .methods(["GET"])
+                    .auths(["basic", "api_key", "url_key"])
+                    .senders_all()
+            })
+        })
+        .api_key("k1", &sha("key-secret-0123456789"), "alice", "p/i")
+        .to_toml();
     let cfg = portcullis::config::parse(Path::new("fuzz.toml"), &toml).unwrap().config;
     Auth::new(
         &cfg,

@@ -156,7 +156,7 @@ mod tests {
             ClientCert::from_der(&cert(&[], &["cn"], Some(vec![0x30, 0x00]))).names,
             Names::Unreadable(_)
         ));
-        // No SAN: the CN (several CNs: tests/mtls.rs, rcgen keeps one per type).
+        // No SAN: the CN (several CNs: tests/gateway/mtls.rs, rcgen keeps one per type).
         assert_eq!(
             ClientCert::from_der(&cert(&[], &["one"], None)).names,
             Names::Usable(vec!["one".into()])

@@ -1,4 +1,4 @@
-"""A real gRPC peer for tests/grpc.rs (grpcio, generic handlers, no generated code).
+"""A real gRPC peer for tests/gateway/grpc.rs (grpcio, generic handlers, no generated code).
 
     grpc_peer.py server      -> prints the port, serves /demo.Echo/Say until stdin closes
     grpc_peer.py call ADDR [AUTHORIZATION]

@@ -1,4 +1,4 @@
-"""A real WebSocket peer for tests/websocket.rs (PyPI `websockets`).
+"""A real WebSocket peer for tests/gateway/websocket.rs (PyPI `websockets`).
 
     ws_peer.py server            -> prints the port; each connection first gets a JSON
                                     message naming the headers it arrived with, then

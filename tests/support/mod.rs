@@ -21,6 +21,10 @@ use tokio::net::{TcpListener, TcpStream};
 use portcullis::server::{shutdown, Bound};
 use portcullis::state::State;
 
+mod builder;
+#[allow(unused_imports)]
+pub use builder::{all, roles, rule, table, Config, Integration, Plan, Table, User, ASSERTION_KEY};
+
 // === gateway in process ===
 
 pub struct Gateway {
@@ -109,23 +113,10 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// A minimal config around `plans`, with an admin listener, all on port 0.
+/// A minimal config around `extra` (TOML text), with an admin listener, all on port 0:
+/// [`Config::new`] with `extra` merged in.
 pub fn config(extra: &str) -> String {
-    format!(
-        r#"
-[listen]
-address = "127.0.0.1:0"
-
-[admin]
-address = "127.0.0.1:0"
-
-[assertion]
-key = "test-assertion-key-0123456789abcdef"
-ttl = "5m"
-
-{extra}
-"#
-    )
+    Config::new().toml(extra).to_toml()
 }
 
 // === the real binary ===
@@ -285,6 +276,8 @@ pub struct Seen {
 pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// Opens `/gate/` requests (see [`Upstream::open_gate`]).
+    gate: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Upstream {
@@ -300,35 +293,51 @@ impl Upstream {
         self.seen().pop().expect("upstream saw a request")
     }
 
+    /// Lets every `/gate/` request, waiting or still to come, be answered.
+    pub fn open_gate(&self) {
+        self.gate.send_replace(true);
+    }
+
     /// Starts an HTTP/1.1 upstream on 127.0.0.1:0. Paths:
     /// `/download/N` streams N bytes; `/slow/MS` answers after MS milliseconds;
+    /// `/gate/...` answers once the test calls [`Upstream::open_gate`];
     /// anything else reads the body (counting, not keeping it) and answers JSON.
     pub async fn start() -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let rec = seen.clone();
+        let (gate, opened) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
                 let rec = rec.clone();
+                let opened = opened.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| respond(req, rec.clone()));
+                    let svc = hyper::service::service_fn(move |req| respond(req, rec.clone(), opened.clone()));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
                 });
             }
         });
-        Upstream { addr, seen }
+        Upstream {
+            addr,
+            seen,
+            gate: Arc::new(gate),
+        }
     }
 }
 
 type UpBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
-async fn respond(req: Request<Incoming>, rec: Arc<Mutex<Vec<Seen>>>) -> Result<Response<UpBody>, Infallible> {
+async fn respond(
+    req: Request<Incoming>,
+    rec: Arc<Mutex<Vec<Seen>>>,
+    mut opened: tokio::sync::watch::Receiver<bool>,
+) -> Result<Response<UpBody>, Infallible> {
     let path = req.uri().path().to_string();
     let index = {
         let mut v = rec.lock().unwrap();
@@ -352,6 +361,9 @@ async fn respond(req: Request<Incoming>, rec: Arc<Mutex<Vec<Seen>>>) -> Result<R
     }
     if let Some((_, ms)) = path.rsplit_once("/slow/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+    }
+    if path.contains("/gate/") {
+        let _ = opened.wait_for(|open| *open).await;
     }
     let mut body = req.into_body();
     let mut n = 0u64;
@@ -524,7 +536,6 @@ pub fn http2_client_executor() -> TokioExecutor {
 
 // === the authentication fixture ===
 
-pub const ASSERTION_KEY: &str = "test-assertion-key-0123456789abcdef";
 pub const ALICE_URL_KEY: &str = "alice-url-key-4f1c9e2ab7d35608";
 pub const CAROL_URL_KEY: &str = "carol-url-key-0a9b8c7d6e5f4321";
 pub const ALICE_KEY_SECRET: &str = "alice-key-secret-9f8e7d6c5b4a";
@@ -536,112 +547,65 @@ pub const CAROL_KEY_SECRET: &str = "carol-key-secret-1a2b3c4d5e6f";
 /// bob (expired password), carol (disabled; url key; key k_carol), dave (no plan
 /// access), erin (plan access but not a sender of /restricted), nopass (no password).
 pub fn auth_config(upstream: &str, lockout: &str) -> String {
-    let user = |name: &str, roles: &str, extra: &str| {
-        format!(
-            "[[users]]\nname = \"{name}\"\nroles = [{roles}]\npassword_hash = \"{}\"\n{extra}\n",
-            argon2_hash(&format!("{name}-pw"))
-        )
-    };
-    let mut users = String::new();
-    users += &user(
-        "alice",
-        "\"rest\", \"sender\"",
-        &format!("url_key_hash = \"{}\"", sha256_hex(ALICE_URL_KEY)),
-    );
-    users += &user(
-        "bob",
-        "\"rest\", \"sender\"",
-        "password_expires_at = \"2020-01-01T00:00:00Z\"",
-    );
-    users += &user(
-        "carol",
-        "\"rest\", \"sender\"",
-        &format!("disabled = true\nurl_key_hash = \"{}\"", sha256_hex(CAROL_URL_KEY)),
-    );
-    users += &user("dave", "\"other\", \"sender\"", "");
-    users += &user("erin", "\"rest\"", "");
-    users += "[[users]]\nname = \"nopass\"\nroles = [\"rest\"]\n\n";
-    config(&format!(
-        r#"
-[lockout]
-{lockout}
-
-{users}
-
-[[plans]]
-name = "inc"
-upstream = "{upstream}"
-access = {{ roles = ["rest"] }}
-
-[[plans.integrations]]
-name = "basic"
-path = "/basic"
-methods = ["GET", "POST"]
-auth = "basic"
-senders = {{ roles = ["sender"] }}
-
-[[plans.integrations]]
-name = "key"
-path = "/key"
-methods = ["POST"]
-auth = "api_key"
-senders = {{ roles = ["sender"] }}
-
-[[plans.integrations]]
-name = "key2"
-path = "/key2"
-methods = ["POST"]
-auth = "api_key"
-senders = {{ roles = ["sender"] }}
-
-[[plans.integrations]]
-name = "url"
-path = "/url"
-methods = ["POST"]
-auth = "url_key"
-senders = {{ roles = ["sender"] }}
-
-[[plans.integrations]]
-name = "multi"
-path = "/multi"
-methods = ["GET"]
-auth = ["basic", "api_key"]
-senders = {{ roles = ["sender"] }}
-
-[[plans.integrations]]
-name = "restricted"
-path = "/restricted"
-methods = ["GET"]
-auth = "basic"
-senders = {{ roles = ["sender"], users = ["nobody"] }}
-
-[[plans.integrations]]
-name = "bearer"
-path = "/bearer"
-methods = ["GET"]
-auth = "oauth"
-
-[[api_keys]]
-key = "k_alice"
-secret_hash = "{alice_secret}"
-user = "alice"
-integration = "inc/key"
-
-[[api_keys]]
-key = "k_multi"
-secret_hash = "{alice_secret}"
-user = "alice"
-integration = "inc/multi"
-
-[[api_keys]]
-key = "k_carol"
-secret_hash = "{carol_secret}"
-user = "carol"
-integration = "inc/key"
-"#,
-        alice_secret = sha256_hex(ALICE_KEY_SECRET),
-        carol_secret = sha256_hex(CAROL_KEY_SECRET),
-    ))
+    let pw = |name: &str| argon2_hash(&format!("{name}-pw"));
+    let senders = || roles(["sender"]);
+    Config::new()
+        .section_toml("lockout", lockout)
+        .user("alice", |u| {
+            u.roles(["rest", "sender"])
+                .password_hash(&pw("alice"))
+                .set("url_key_hash", sha256_hex(ALICE_URL_KEY))
+        })
+        .user("bob", |u| {
+            u.roles(["rest", "sender"])
+                .password_hash(&pw("bob"))
+                .set("password_expires_at", "2020-01-01T00:00:00Z")
+        })
+        .user("carol", |u| {
+            u.roles(["rest", "sender"])
+                .password_hash(&pw("carol"))
+                .set("disabled", true)
+                .set("url_key_hash", sha256_hex(CAROL_URL_KEY))
+        })
+        .user("dave", |u| u.roles(["other", "sender"]).password_hash(&pw("dave")))
+        .user("erin", |u| u.roles(["rest"]).password_hash(&pw("erin")))
+        .user("nopass", |u| u.roles(["rest"]))
+        .plan("inc", |p| {
+            p.upstream(upstream)
+                .access_roles(["rest"])
+                .integration("basic", |i| {
+                    i.path("/basic")
+                        .methods(["GET", "POST"])
+                        .auth("basic")
+                        .senders(senders())
+                })
+                .integration("key", |i| {
+                    i.path("/key").methods(["POST"]).auth("api_key").senders(senders())
+                })
+                .integration("key2", |i| {
+                    i.path("/key2").methods(["POST"]).auth("api_key").senders(senders())
+                })
+                .integration("url", |i| {
+                    i.path("/url").methods(["POST"]).auth("url_key").senders(senders())
+                })
+                .integration("multi", |i| {
+                    i.path("/multi")
+                        .methods(["GET"])
+                        .auths(["basic", "api_key"])
+                        .senders(senders())
+                })
+                .integration("restricted", |i| {
+                    i.path("/restricted")
+                        .methods(["GET"])
+                        .auth("basic")
+                        .senders(rule(r#"{ roles = ["sender"], users = ["nobody"] }"#))
+                })
+                .integration("bearer", |i| i.path("/bearer").methods(["GET"]).auth("oauth"))
+        })
+        .api_key("k_alice", &sha256_hex(ALICE_KEY_SECRET), "alice", "inc/key")
+        .api_key("k_multi", &sha256_hex(ALICE_KEY_SECRET), "alice", "inc/multi")
+        .api_key("k_carol", &sha256_hex(CAROL_KEY_SECRET), "carol", "inc/key")
+        .to_toml()
 }
 
 /// Asserts a 401 with the contract's message and a challenge.

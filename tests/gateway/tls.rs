@@ -1,7 +1,7 @@
 //! TLS termination (rustls, rcgen certificates made here), HTTP/2 by ALPN, and the
 //! connection limits: slow headers, handshake timeout, max_connections.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
@@ -10,14 +10,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn tls_config(cert: &Cert, limits: &str) -> String {
-    tls_config_plain(limits).replace(
-        "address = \"127.0.0.1:0\"\n\n[admin]",
-        &format!(
-            "address = \"127.0.0.1:0\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n\n[admin]",
-            cert.cert_path.display(),
-            cert.key_path.display()
-        ),
-    )
+    let tls = table([
+        ("cert", cert.cert_path.display().to_string().into()),
+        ("key", cert.key_path.display().to_string().into()),
+    ]);
+    plain(limits).section("listen", |s| s.set("tls", tls)).to_toml()
 }
 
 #[tokio::test]
@@ -90,7 +87,7 @@ async fn a_stalled_tls_handshake_is_cut_off() {
     let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
         .await
         .expect("server closes");
-    assert!(matches!(n, Ok(0) | Err(_)));
+    assert!(matches!(n, Ok(0)), "closed with FIN, nothing sent: {n:?}");
     gw.stop().await;
 }
 
@@ -133,23 +130,16 @@ async fn a_client_trickling_its_headers_is_cut_off() {
 }
 
 fn tls_config_plain(limits: &str) -> String {
-    config(&format!(
-        r#"
-[limits]
-{limits}
+    plain(limits).to_toml()
+}
 
-[[plans]]
-name = "p"
-upstream = "builtin:echo"
-access = {{ all = true }}
-
-[[plans.integrations]]
-name = "open"
-path = "/open/*"
-methods = ["GET", "POST"]
-auth = "none"
-"#
-    ))
+/// The echo upstream on `/open/*`, with `limits` (TOML lines of `[limits]`).
+fn plain(limits: &str) -> Config {
+    Config::new().section_toml("limits", limits).plan("p", |p| {
+        p.upstream("builtin:echo")
+            .access_all()
+            .integration("open", |i| i.path("/open/*").methods(["GET", "POST"]).auth("none"))
+    })
 }
 
 #[tokio::test]
@@ -164,14 +154,14 @@ async fn max_connections_is_a_hard_cap() {
         let n = s.read(&mut buf).await.unwrap();
         assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     }
-    // The third is closed at once, before it is served.
+    // The third is closed at accept, before it could send anything: an orderly close
+    // (a request written first could turn it into a reset, depending on timing).
     let mut c = TcpStream::connect(gw.addr).await.unwrap();
-    let _ = c.write_all(req).await;
     let mut buf = [0u8; 64];
     let r = tokio::time::timeout(PATIENCE, c.read(&mut buf))
         .await
         .expect("closed, not hanging");
-    assert!(matches!(r, Ok(0) | Err(_)), "third connection was served");
+    assert!(matches!(r, Ok(0)), "third connection was not closed at accept: {r:?}");
     assert_eq!(
         gw.metric(r#"portcullis_connections_rejected_total{listener="inbound"}"#)
             .await,
@@ -209,7 +199,7 @@ async fn idle_connections_are_closed() {
     let r = tokio::time::timeout(PATIENCE, s.read(&mut buf))
         .await
         .expect("idle connection closed");
-    assert!(matches!(r, Ok(0) | Err(_)));
+    assert!(matches!(r, Ok(0)), "closed with FIN, nothing sent: {r:?}");
     gw.stop().await;
 }
 
@@ -279,7 +269,7 @@ async fn keep_alive_outlives_header_read_timeout_until_idle_timeout() {
     // idle_timeout is far longer than header_read_timeout, and than any stall of a slow
     // machine between two requests.
     let gw = Gateway::start(&tls_config_plain(
-        "header_read_timeout = \"300ms\"\nidle_timeout = \"5s\"",
+        "header_read_timeout = \"250ms\"\nidle_timeout = \"5s\"",
     ))
     .await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
@@ -289,13 +279,15 @@ async fn keep_alive_outlives_header_read_timeout_until_idle_timeout() {
         let n = s.read(&mut buf).await.unwrap();
         assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
         // Idle for over three times header_read_timeout: the connection is still usable.
-        tokio::time::sleep(Duration::from_millis(1000)).await;
+        // A wait for something not to happen needs the server's time to pass (its
+        // per-core workers run runtimes of their own): under a second, on purpose.
+        tokio::time::sleep(Duration::from_millis(800)).await;
     }
     // Past idle_timeout it is closed.
     let r = tokio::time::timeout(PATIENCE, s.read(&mut buf))
         .await
         .expect("closed at idle_timeout");
-    assert!(matches!(r, Ok(0) | Err(_)));
+    assert!(matches!(r, Ok(0)), "closed with FIN, nothing sent: {r:?}");
     gw.stop().await;
 
     // A connection that never sends a head is closed at header_read_timeout, long before
@@ -308,6 +300,6 @@ async fn keep_alive_outlives_header_read_timeout_until_idle_timeout() {
     let r = tokio::time::timeout(PATIENCE, silent.read(&mut buf))
         .await
         .expect("silent connection closed at header_read_timeout");
-    assert!(matches!(r, Ok(0) | Err(_)));
+    assert!(matches!(r, Ok(0)), "closed with FIN, nothing sent: {r:?}");
     gw.stop().await;
 }

@@ -6,7 +6,7 @@
 //! Without `redis-server` the tests print SKIPPED (they fail under
 //! PORTCULLIS_REQUIRE_TOOLS=1, as `.ci/run` sets after installing it).
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -100,32 +100,28 @@ impl Drop for Redis {
 const SHARED_SECRET: &str = "a-shared-secret-of-at-least-32-bytes-0123";
 
 /// Writes one replica's config (every replica listens on its own ephemeral ports).
+/// Replica `n`'s config file: listeners on port 0, the shared store on `redis`, and
+/// `body` (TOML text) merged in.
 fn replica(dir: &std::path::Path, n: usize, redis: &Redis, body: &str) -> PathBuf {
     let path = dir.join(format!("replica-{n}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-[listen]
-address = "127.0.0.1:0"
-
-[admin]
-address = "127.0.0.1:0"
-
-[shared]
-backend = "redis"
-url = "{url}"
-key_prefix = "pc-test:"
-secret = "{SHARED_SECRET}"
-command_timeout = "2s"
-
-{body}
-"#,
-            url = redis.url()
-        ),
-    )
-    .unwrap();
+    let config = listeners()
+        .section("shared", |s| {
+            s.set("backend", "redis")
+                .set("url", redis.url())
+                .set("key_prefix", "pc-test:")
+                .set("secret", SHARED_SECRET)
+                .set("command_timeout", "2s")
+        })
+        .toml(body);
+    std::fs::write(&path, config.to_toml()).unwrap();
     path
+}
+
+/// Inbound and admin listeners on port 0, and nothing else.
+fn listeners() -> Config {
+    Config::bare()
+        .section("listen", |s| s.set("address", "127.0.0.1:0"))
+        .section("admin", |s| s.set("address", "127.0.0.1:0"))
 }
 
 fn replicas(redis: &Redis, body: &str) -> (tempfile::TempDir, Vec<Process>) {
@@ -153,31 +149,25 @@ async fn metric_of(p: &Process, series: &str) -> f64 {
 }
 
 fn basic_config(upstream: &str, max_failures: u32) -> String {
-    format!(
-        r#"
-[lockout]
-max_failures = {max_failures}
-window = "10m"
-duration = "10m"
+    body(upstream, max_failures, |p| p).to_toml()
+}
 
-[[users]]
-name = "alice"
-roles = ["rest"]
-password_hash = "{hash}"
-
-[[plans]]
-name = "p"
-upstream = "{upstream}"
-access = {{ roles = ["rest"] }}
-
-[[plans.integrations]]
-name = "login"
-path = "/login"
-methods = ["GET"]
-auth = "basic"
-"#,
-        hash = argon2_hash("alice-pw")
-    )
+/// A lockout, user alice and plan `p` with a Basic route `/login`; `more` adds to the plan.
+fn body(upstream: &str, max_failures: u32, more: impl FnOnce(Plan) -> Plan) -> Config {
+    Config::bare()
+        .section("lockout", |s| {
+            s.set("max_failures", i64::from(max_failures))
+                .set("window", "10m")
+                .set("duration", "10m")
+        })
+        .user("alice", |u| u.roles(["rest"]).password_hash(&argon2_hash("alice-pw")))
+        .plan("p", |p| {
+            more(
+                p.upstream(upstream)
+                    .access_roles(["rest"])
+                    .integration("login", |i| i.path("/login").methods(["GET"]).auth("basic")),
+            )
+        })
 }
 
 async fn status(addr: SocketAddr, path: &str, user: &str, pw: &str) -> u16 {
@@ -220,30 +210,24 @@ async fn failures_spread_over_replicas_lock_out_after_max_failures_in_total() {
 }
 
 fn oauth_config(upstream: &str) -> String {
-    format!(
-        r#"
-[oauth]
-mode = "builtin"
-access_token_ttl = "10m"
+    oauth_body(upstream).to_toml()
+}
 
-[[oauth.clients]]
-client_id = "jira"
-client_secret_hash = "{jira}"
-
-[[oauth.clients]]
-client_id = "other"
-client_secret_hash = "{other}"
-{users}
-[[plans.integrations]]
-name = "events"
-path = "/events"
-methods = ["GET"]
-auth = "oauth"
-"#,
-        jira = sha256_hex("jira-secret"),
-        other = sha256_hex("other-secret"),
-        users = basic_config(upstream, 100),
-    )
+/// The builtin issuer with clients jira and other, and an OAuth route `/events`.
+fn oauth_body(upstream: &str) -> Config {
+    let client = |id: &'static str, secret: &'static str| {
+        move |c: Table| c.set("client_id", id).set("client_secret_hash", sha256_hex(secret))
+    };
+    Config::bare()
+        .section("oauth", |s| {
+            s.set("mode", "builtin")
+                .set("access_token_ttl", "10m")
+                .entry("clients", client("jira", "jira-secret"))
+                .entry("clients", client("other", "other-secret"))
+        })
+        .merge(body(upstream, 100, |p| {
+            p.integration("events", |i| i.path("/events").methods(["GET"]).auth("oauth"))
+        }))
 }
 
 async fn form(addr: SocketAddr, path: &str, client: (&str, &str), fields: &[(&str, &str)]) -> (u16, serde_json::Value) {
@@ -394,27 +378,23 @@ async fn fifty_egress_calls_over_three_replicas_fetch_one_token() {
     let up = Upstream::start().await;
     let fetches = Arc::new(AtomicUsize::new(0));
     let tokens = token_server(fetches.clone()).await;
-    let body = format!(
-        r#"
-[egress]
-address = "127.0.0.1:0"
-
-[[endpoints]]
-name = "api"
-base_url = "{up}"
-auth = {{ type = "oauth2", grant = "client_credentials", token_url = "http://{tokens}/token", client_id = "egress-client", client_secret = "egress-secret" }}
-
-[[plans]]
-name = "p"
-upstream = "builtin:echo"
-[[plans.integrations]]
-name = "open"
-path = "/open"
-methods = ["GET"]
-auth = "none"
-"#,
-        up = up.url()
-    );
+    let auth = table([
+        ("type", "oauth2".into()),
+        ("grant", "client_credentials".into()),
+        ("token_url", format!("http://{tokens}/token").into()),
+        ("client_id", "egress-client".into()),
+        ("client_secret", "egress-secret".into()),
+    ]);
+    let body = Config::bare()
+        .section("egress", |s| s.set("address", "127.0.0.1:0"))
+        .entry("endpoints", |e| {
+            e.set("name", "api").set("base_url", up.url()).set("auth", auth)
+        })
+        .plan("p", |p| {
+            p.upstream("builtin:echo")
+                .integration("open", |i| i.path("/open").methods(["GET"]).auth("none"))
+        })
+        .to_toml();
     let (_dir, procs) = replicas(&redis, &body);
     let mut addrs = Vec::new();
     for p in &procs {
@@ -547,11 +527,11 @@ fn hset(redis: &Redis, key: &str, fields: &[(&str, &str)]) {
 }
 
 fn two_users_config(upstream: &str) -> String {
-    format!(
-        "{}\n[[users]]\nname = \"mallory\"\nroles = [\"rest\"]\npassword_hash = \"{}\"\n",
-        oauth_config(upstream),
-        argon2_hash("mallory-pw")
-    )
+    oauth_body(upstream)
+        .user("mallory", |u| {
+            u.roles(["rest"]).password_hash(&argon2_hash("mallory-pw"))
+        })
+        .to_toml()
 }
 
 /// A refresh grant whose subject, MAC, key name, format or family was changed in Redis
@@ -757,10 +737,11 @@ async fn forged_events_and_revocations_are_refused_and_a_late_replica_knows_ever
 }
 
 fn revocation_limits(upstream: &str) -> String {
-    oauth_config(upstream).replace(
-        "access_token_ttl = \"10m\"",
-        "access_token_ttl = \"10m\"\nmax_revocations = 3\nmax_revocations_per_client = 2",
-    )
+    oauth_body(upstream)
+        .section("oauth", |s| {
+            s.set("max_revocations", 3).set("max_revocations_per_client", 2)
+        })
+        .to_toml()
 }
 
 async fn login_as(addr: SocketAddr, client: (&str, &str)) -> String {
@@ -845,14 +826,7 @@ async fn a_full_revocation_table_refuses_with_503_and_each_client_has_its_share(
     // In one process (no shared store).
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("memory.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n{}",
-            revocation_limits(&up.url())
-        ),
-    )
-    .unwrap();
+    std::fs::write(&path, listeners().toml(&revocation_limits(&up.url())).to_toml()).unwrap();
     let p = Process::start(&path, &[]);
     fill_revocations(&[&p]).await;
 
@@ -883,17 +857,12 @@ async fn a_full_lockout_table_refuses_what_it_cannot_count_and_each_address_has_
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lockout.toml");
-    let body = basic_config(&up.url(), 5).replace(
-        "duration = \"10m\"",
-        "duration = \"10m\"\nmax_entries_per_address = 2\n\n[cache]\nmax_entries = 4",
-    );
-    std::fs::write(
-        &path,
-        format!(
-            "[listen]\naddress = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n[admin]\naddress = \"127.0.0.1:0\"\n{body}"
-        ),
-    )
-    .unwrap();
+    let config = listeners()
+        .section("listen", |s| s.set("trusted_proxies", vec!["127.0.0.1/32"]))
+        .merge(body(&up.url(), 5, |p| p))
+        .section("lockout", |s| s.set("max_entries_per_address", 2))
+        .section("cache", |s| s.set("max_entries", 4));
+    std::fs::write(&path, config.to_toml()).unwrap();
     let p = Process::start(&path, &[]);
     let addr = p.addr;
     // 2001:db8::1 and 2001:db8::2 are one /64: their share is 2.

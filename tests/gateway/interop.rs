@@ -5,7 +5,7 @@
 //! `.ci/run` installs Authlib and sets PORTCULLIS_REQUIRE_INTEROP=1, which makes a missing
 //! Python or Authlib a failure; elsewhere the test says it was skipped.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -61,23 +61,20 @@ fn start_authlib() -> Option<Authlib> {
     Some(Authlib { child, port })
 }
 
-const ROUTES: &str = r#"
-[[users]]
-name = "snow"
-roles = ["rest"]
-
-[[plans]]
-name = "api"
-upstream = "UPSTREAM"
-access = { roles = ["rest"] }
-
-[[plans.integrations]]
-name = "events"
-path = "/events"
-methods = ["POST"]
-auth = "oauth"
-senders = { roles = ["integration"] }
-"#;
+/// User snow and the `api` plan behind `upstream`, for a gateway `config`.
+fn routes(config: Config, upstream: &str) -> String {
+    config
+        .user("snow", |u| u.roles(["rest"]))
+        .plan("api", |p| {
+            p.upstream(upstream).access_roles(["rest"]).integration("events", |i| {
+                i.path("/events")
+                    .methods(["POST"])
+                    .auth("oauth")
+                    .senders_roles(["integration"])
+            })
+        })
+        .to_toml()
+}
 
 async fn fetch_token(port: u16, id: &str, secret: &str) -> String {
     let v: serde_json::Value = client()
@@ -97,23 +94,21 @@ async fn fetch_token(port: u16, id: &str, secret: &str) -> String {
 async fn authlib_tokens_pass_by_jwt_and_by_introspection() {
     let Some(authlib) = start_authlib() else { return };
     let up = Upstream::start().await;
-    let routes = ROUTES.replace("UPSTREAM", &up.url());
     let token = fetch_token(authlib.port, "snow", "snow-secret").await;
 
     // JWT: checked against Authlib's JWKS.
-    let jwt = Gateway::start(&config(&format!(
-        r#"
-[oauth]
-mode = "jwt"
-issuer = "https://authlib.interop.test"
-audience = "portcullis"
-jwks_url = "http://127.0.0.1:{port}/jwks.json"
-roles_claim = "roles"
-algorithms = ["RS256"]
-allowed_client_ids = ["snow"]
-{routes}"#,
-        port = authlib.port
-    )))
+    let jwt = Gateway::start(&routes(
+        Config::new().section("oauth", |s| {
+            s.set("mode", "jwt")
+                .set("issuer", "https://authlib.interop.test")
+                .set("audience", "portcullis")
+                .set("jwks_url", format!("http://127.0.0.1:{}/jwks.json", authlib.port))
+                .set("roles_claim", "roles")
+                .set("algorithms", vec!["RS256"])
+                .set("allowed_client_ids", vec!["snow"])
+        }),
+        &up.url(),
+    ))
     .await;
     let resp = client()
         .post(jwt.url("/events"))
@@ -158,21 +153,21 @@ allowed_client_ids = ["snow"]
     std::fs::write(dir.path().join("client-secret"), "portcullis-secret\n").unwrap();
     let intro = Gateway::start_in(
         dir,
-        &config(&format!(
-            r#"
-[cache]
-negative_ttl = "1s"
-ttl = "1s"
-
-[oauth]
-mode = "introspection"
-introspection_url = "http://127.0.0.1:{port}/introspect"
-client_id = "portcullis"
-client_secret = {{ file = "{{dir}}/client-secret" }}
-roles_claim = "roles"
-{routes}"#,
-            port = authlib.port
-        )),
+        &routes(
+            Config::new()
+                .section("cache", |s| s.set("negative_ttl", "1s").set("ttl", "1s"))
+                .section("oauth", |s| {
+                    s.set("mode", "introspection")
+                        .set(
+                            "introspection_url",
+                            format!("http://127.0.0.1:{}/introspect", authlib.port),
+                        )
+                        .set("client_id", "portcullis")
+                        .set("client_secret", table([("file", "{dir}/client-secret".into())]))
+                        .set("roles_claim", "roles")
+                }),
+            &up.url(),
+        ),
     )
     .await;
     let resp = client()
@@ -199,7 +194,18 @@ roles_claim = "roles"
         .send()
         .await
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let refused = eventually(PATIENCE, || async {
+        client()
+            .post(intro.url("/events"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 401
+    })
+    .await;
+    assert!(refused, "the revoked token is refused once its cached answer expires");
     assert_401(
         client()
             .post(intro.url("/events"))

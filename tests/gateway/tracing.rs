@@ -3,7 +3,7 @@
 //! loopback), in the caller's trace; refused requests are traced too; a collector that
 //! is down changes nothing for requests.
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -87,30 +87,15 @@ fn attr(span: &serde_json::Value, key: &str) -> serde_json::Value {
 }
 
 fn cfg(upstream: &str, endpoint: &str, protocol: &str) -> String {
-    config(&format!(
-        r#"
-[tracing]
-otlp_endpoint = "{endpoint}"
-{protocol}
-
-[[users]]
-name = "alice"
-roles = ["rest"]
-password_hash = "{hash}"
-
-[[plans]]
-name = "p"
-upstream = "{upstream}"
-access = {{ all = true }}
-
-[[plans.integrations]]
-name = "i"
-path = "/i"
-methods = ["GET"]
-auth = "basic"
-"#,
-        hash = argon2_hash("alice-pw"),
-    ))
+    Config::new()
+        .section("tracing", |s| s.set("otlp_endpoint", endpoint).merge_toml(protocol))
+        .user("alice", |u| u.roles(["rest"]).password_hash(&argon2_hash("alice-pw")))
+        .plan("p", |p| {
+            p.upstream(upstream)
+                .access_all()
+                .integration("i", |i| i.path("/i").methods(["GET"]).auth("basic"))
+        })
+        .to_toml()
 }
 
 /// Alice's GET of `/i`, in the caller's trace `traceparent` when given; must be 200.

@@ -2,7 +2,7 @@
 //! asks the running server whatever the file now says; `explain`, `check`, `export` and
 //! the other subcommands never print a secret.
 
-mod support;
+use crate::support;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -329,31 +329,21 @@ integration = "p/login"
 }
 
 /// A config for `health`: the admin listener at `admin`, `extra` appended.
+/// A config whose admin listener is at `admin`, with `extra` appended as text (some tests
+/// append malformed TOML on purpose).
 fn health_cfg(admin: &str, extra: &str) -> String {
-    format!(
-        r#"
-[listen]
-address = "127.0.0.1:0"
-
-[admin]
-address = "{admin}"
-
-[assertion]
-key = {{ file = "{{dir}}/assertion-key" }}
-
-[[plans]]
-name = "p"
-upstream = "builtin:echo"
-access = {{ all = true }}
-
-[[plans.integrations]]
-name = "open"
-path = "/open"
-methods = ["GET"]
-auth = "none"
-{extra}
-"#
-    )
+    let config = Config::bare()
+        .section("listen", |s| s.set("address", "127.0.0.1:0"))
+        .section("admin", |s| s.set("address", admin))
+        .section("assertion", |s| {
+            s.set("key", table([("file", "{dir}/assertion-key".into())]))
+        })
+        .plan("p", |p| {
+            p.upstream("builtin:echo")
+                .access_all()
+                .integration("open", |i| i.path("/open").methods(["GET"]).auth("none"))
+        });
+    format!("{}{extra}\n", config.to_toml())
 }
 
 /// `health --config F` reads only `[admin] address`: after edits the running server

@@ -1,33 +1,21 @@
 //! Proxying: headers, request ids, errors, streaming and memory, limits.
 
-mod support;
+use crate::support;
 
 use support::*;
 
 fn public(upstream: &str, extra_limits: &str) -> String {
-    config(&format!(
-        r#"
-[limits]
-{extra_limits}
-
-[[plans]]
-name = "p"
-upstream = "{upstream}"
-access = {{ all = true }}
-
-[[plans.integrations]]
-name = "open"
-path = "/open/*"
-methods = ["GET", "POST", "PUT"]
-auth = "none"
-
-[[plans.integrations]]
-name = "exact"
-path = "/exact"
-methods = ["POST"]
-auth = "none"
-"#
-    ))
+    Config::new()
+        .section_toml("limits", extra_limits)
+        .plan("p", |p| {
+            p.upstream(upstream)
+                .access_all()
+                .integration("open", |i| {
+                    i.path("/open/*").methods(["GET", "POST", "PUT"]).auth("none")
+                })
+                .integration("exact", |i| i.path("/exact").methods(["POST"]).auth("none"))
+        })
+        .to_toml()
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! `portcullis check`: every error as FILE:LINE:COL: message, exit 1; warnings exit 0.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 

@@ -2,9 +2,10 @@
 //! trickled bodies, reset HTTP/2 streams, rapid resets, and a mixed soak. Each test says
 //! what happened (statuses, log lines, metrics, peak RSS), never how fast.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,43 +15,25 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn cfg(upstream: &str, limits: &str, auth: &str) -> String {
-    config(&format!(
-        r#"
-[limits]
-{limits}
-
-[auth]
-{auth}
-
-[lockout]
-max_failures = 1000000
-
-[[users]]
-name = "svc"
-roles = ["rest"]
-password_hash = "{hash}"
-
-[[plans]]
-name = "p"
-upstream = "{upstream}"
-access = {{ roles = ["rest"] }}
-
-[[plans.integrations]]
-name = "open"
-path = "/open/*"
-methods = ["GET", "POST"]
-auth = "none"
-senders = {{ all = true }}
-
-[[plans.integrations]]
-name = "login"
-path = "/login/*"
-methods = ["GET", "POST"]
-auth = "basic"
-senders = {{ roles = ["rest"] }}
-"#,
-        hash = argon2_hash("svc-pw"),
-    ))
+    Config::new()
+        .section_toml("limits", limits)
+        .section_toml("auth", auth)
+        .section("lockout", |s| s.set("max_failures", 1000000))
+        .user("svc", |u| u.roles(["rest"]).password_hash(&argon2_hash("svc-pw")))
+        .plan("p", |p| {
+            p.upstream(upstream)
+                .access_roles(["rest"])
+                .integration("open", |i| {
+                    i.path("/open/*").methods(["GET", "POST"]).auth("none").senders_all()
+                })
+                .integration("login", |i| {
+                    i.path("/login/*")
+                        .methods(["GET", "POST"])
+                        .auth("basic")
+                        .senders_roles(["rest"])
+                })
+        })
+        .to_toml()
 }
 
 fn status_of(out: &str) -> u16 {
@@ -113,17 +96,28 @@ async fn a_trickled_body_is_cut_at_request_timeout() {
     s.write_all(b"POST /open/x HTTP/1.1\r\nHost: gw\r\nContent-Length: 100000\r\n\r\n")
         .await
         .unwrap();
+    // One byte every 50 ms, until the answer starts: a byte sent after it would meet a
+    // closed socket, and its reset could discard the answer before the test reads it.
+    let mut first = Vec::new();
     let trickle = async {
+        let mut buf = [0u8; 4096];
         for _ in 0..10_000 {
             if s.write_all(b"x").await.is_err() {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            match tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await {
+                Err(_) => {}
+                Ok(Ok(n)) => {
+                    first.extend_from_slice(&buf[..n]);
+                    break;
+                }
+                Ok(Err(_)) => break,
+            }
         }
     };
     let _ = tokio::time::timeout(PATIENCE, trickle).await;
-    let out = read_to_close(&mut s).await;
-    assert!(out.is_empty() || status_of(&out) == 408, "{out}");
+    let out = String::from_utf8_lossy(&first).into_owned() + &read_to_close(&mut s).await;
+    assert_eq!(status_of(&out), 408, "{out}");
     assert!(up.seen().iter().all(|s| !s.complete));
     gw.stop().await;
 }
@@ -282,6 +276,27 @@ async fn rapid_reset_closes_the_connection() {
     gw.stop().await;
 }
 
+/// Asserts that `p` counted exactly `refused` unknown-user refusals and `overloaded`
+/// refusals of a full hash queue: what the bad logins' 401s and 503s said they were.
+async fn assert_counted(p: &Process, refused: f64, overloaded: f64) {
+    let admin = p.admin.expect("admin listener");
+    let counted = eventually(PATIENCE, || async {
+        let m = reqwest::get(format!("http://{admin}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metric_value(&m, &failures("unknown_user", "basic")) == refused
+            && metric_value(&m, "portcullis_hash_overloaded_total") == overloaded
+    })
+    .await;
+    assert!(
+        counted,
+        "{refused} refused and {overloaded} overloaded answers, counted otherwise"
+    );
+}
+
 async fn flood(addr: SocketAddr, n: usize, prefix: &str) -> Vec<(u16, bool)> {
     let tasks: Vec<_> = (0..n)
         .map(|i| {
@@ -318,15 +333,24 @@ async fn a_bad_login_flood_stays_within_the_pool_bound() {
     );
     let gw = Process::start(&path, &[]);
     let base = gw.rss_kib();
+    // Which requests find the queue full depends on timing; what each answer means does
+    // not: every 401 is a refused unknown user, every 503 an overloaded pool (with
+    // Retry-After), and the gateway's counters say exactly that many of each.
+    let (mut refused, mut overloaded) = (0.0, 0.0);
     for round in 0..2 {
         let answers = flood(gw.addr, 200, &format!("nobody{round}")).await;
         for (status, retry) in &answers {
-            assert!(*status == 401 || *status == 503, "{answers:?}");
-            if *status == 503 {
-                assert!(retry, "503 without Retry-After");
+            match status {
+                401 => refused += 1.0,
+                503 => {
+                    assert!(retry, "503 without Retry-After");
+                    overloaded += 1.0;
+                }
+                other => panic!("{other}: {answers:?}"),
             }
         }
     }
+    assert_counted(&gw, refused, overloaded).await;
     let peak = gw.peak_rss_kib();
     // Two workers of 19 MiB each, plus the base and room for 200 connections.
     let bound = base + 2 * 19 * 1024 + 40 * 1024;
@@ -361,6 +385,8 @@ async fn soak_mixed_traffic_with_a_reload() {
     let addr = gw.addr;
     let rounds = 20;
     let mut ids = Vec::new();
+    let refused = std::sync::Arc::new(AtomicU64::new(0));
+    let overloaded = std::sync::Arc::new(AtomicU64::new(0));
     for round in 0..rounds {
         let mut tasks = Vec::new();
         // Good requests, cached Basic, over keep-alive reqwest.
@@ -382,13 +408,20 @@ async fn soak_mixed_traffic_with_a_reload() {
         for i in 0..10 {
             let id = format!("bad-{round}-{i}");
             ids.push(id.clone());
+            let (refused, overloaded) = (refused.clone(), overloaded.clone());
             tasks.push(tokio::spawn(async move {
                 let head = format!(
                     "GET /login/x HTTP/1.1\r\nHost: gw\r\nX-Request-Id: {id}\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
                     basic(&format!("ghost-{id}"), "nope")
                 );
                 let out = raw(addr, head.as_bytes()).await;
-                assert!(matches!(status_of(&out), 401 | 503), "{out}");
+                // Refused, or refused unverified when the hash queue is full: which one
+                // depends on timing; the counters below pin each to its cause.
+                match status_of(&out) {
+                    401 => refused.fetch_add(1, Ordering::Relaxed),
+                    503 => overloaded.fetch_add(1, Ordering::Relaxed),
+                    _ => panic!("{out}"),
+                };
             }));
         }
         // A slow client whose body stalls.
@@ -440,6 +473,11 @@ async fn soak_mixed_traffic_with_a_reload() {
         assert_eq!(n, 1, "{id} logged {n} times");
     }
     assert!(logs.contains("config reloaded"), "the reload did not happen");
+    let (refused, overloaded) = (
+        refused.load(Ordering::Relaxed) as f64,
+        overloaded.load(Ordering::Relaxed) as f64,
+    );
+    assert_counted(&gw, refused, overloaded).await;
     let peak = gw.peak_rss_kib();
     assert!(peak < 160 * 1024, "peak RSS {peak} KiB");
 }

@@ -4,7 +4,7 @@
 //! a newline, ANSI colour and OSC title sequences and a Unicode line separator; a client
 //! certificate with such a subject; such a path; such an OAuth client_id and user name.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -183,54 +183,36 @@ async fn forge_attempts(format: &str) {
     std::fs::write(d.join("evil-ca.crt"), ca.pem()).unwrap();
     let server = self_signed(d, "server");
     let client_pem = format!("{leaf_pem}{leaf_key}");
-    let toml = config(&format!(
-        r#"
-[egress]
-address = "127.0.0.1:0"
-
-[[endpoints]]
-name = "evil"
-base_url = "https://{target}"
-trust_self_signed = true
-
-[[endpoints]]
-name = "strict"
-base_url = "https://{target}"
-
-[oauth]
-mode = "builtin"
-
-[[oauth.clients]]
-client_id = "jira"
-client_secret_hash = "{jira}"
-
-[[users]]
-name = "svc"
-roles = ["rest"]
-cert_names = ["svc.example"]
-
-[[plans]]
-name = "p"
-upstream = "builtin:echo"
-access = {{ roles = ["rest"] }}
-
-[[plans.integrations]]
-name = "m"
-path = "/m"
-methods = ["GET"]
-auth = "mtls"
-"#,
-        jira = sha256_hex("jira-client-secret"),
-    ))
-    .replace(
-        "[listen]\naddress = \"127.0.0.1:0\"",
-        &format!(
-            "[listen]\naddress = \"127.0.0.1:0\"\ntls = {{ cert = \"{}\", key = \"{}\", client_ca = \"{}/evil-ca.crt\", client_auth = \"optional\" }}",
-            server.cert_path.display(),
-            server.key_path.display(),
-            d.display()
-        ),
-    );
+    let tls = table([
+        ("cert", server.cert_path.display().to_string().into()),
+        ("key", server.key_path.display().to_string().into()),
+        ("client_ca", format!("{}/evil-ca.crt", d.display()).into()),
+        ("client_auth", "optional".into()),
+    ]);
+    let toml = Config::new()
+        .section("listen", |s| s.set("tls", tls))
+        .section("egress", |s| s.set("address", "127.0.0.1:0"))
+        .entry("endpoints", |e| {
+            e.set("name", "evil")
+                .set("base_url", format!("https://{target}"))
+                .set("trust_self_signed", true)
+        })
+        .entry("endpoints", |e| {
+            e.set("name", "strict").set("base_url", format!("https://{target}"))
+        })
+        .section("oauth", |s| {
+            s.set("mode", "builtin").entry("clients", |c| {
+                c.set("client_id", "jira")
+                    .set("client_secret_hash", sha256_hex("jira-client-secret"))
+            })
+        })
+        .user("svc", |u| u.roles(["rest"]).set("cert_names", vec!["svc.example"]))
+        .plan("p", |p| {
+            p.upstream("builtin:echo")
+                .access_roles(["rest"])
+                .integration("m", |i| i.path("/m").methods(["GET"]).auth("mtls"))
+        })
+        .to_toml();
     let path = write_config(d, &toml);
     let gw = Run::start(&path, format);
     let inbound = gw.listener("inbound").await;

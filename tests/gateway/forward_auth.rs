@@ -5,54 +5,38 @@
 //! Without nginx the nginx test prints SKIPPED (it fails under
 //! PORTCULLIS_REQUIRE_TOOLS=1, as `.ci/run` sets after installing it).
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 
 use support::*;
 
-fn fa_config(extra: &str) -> String {
-    config(&format!(
-        r#"
-[forward_auth]
-address = "127.0.0.1:0"
+fn fa_config(extra: &str) -> Config {
+    Config::new()
+        .section("forward_auth", |s| s.set("address", "127.0.0.1:0"))
+        .section("lockout", |s| s.set("max_failures", 3))
+        .user("alice", |u| u.roles(["rest"]).password_hash(&argon2_hash("alice-pw")))
+        .user("bob", |u| u.roles(["other"]).password_hash(&argon2_hash("bob-pw")))
+        .plan("app", |p| {
+            p.upstream("http://127.0.0.1:9")
+                .access_all()
+                .integration("api", |i| {
+                    i.path("/api/*")
+                        .methods(["GET", "POST"])
+                        .auth("basic")
+                        .senders_roles(["rest"])
+                })
+                .integration("public", |i| i.path("/public").methods(["GET"]).auth("none"))
+        })
+        .toml(extra)
+}
 
-[lockout]
-max_failures = 3
-
-[[users]]
-name = "alice"
-roles = ["rest"]
-password_hash = "{alice}"
-
-[[users]]
-name = "bob"
-roles = ["other"]
-password_hash = "{bob}"
-
-[[plans]]
-name = "app"
-upstream = "http://127.0.0.1:9"
-access = {{ all = true }}
-
-[[plans.integrations]]
-name = "api"
-path = "/api/*"
-methods = ["GET", "POST"]
-auth = "basic"
-senders = {{ roles = ["rest"] }}
-
-[[plans.integrations]]
-name = "public"
-path = "/public"
-methods = ["GET"]
-auth = "none"
-{extra}
-"#,
-        alice = argon2_hash("alice-pw"),
-        bob = argon2_hash("bob-pw"),
-    ))
+/// `[listen] trusted_proxies`.
+fn trusting(config: Config, proxies: &str) -> String {
+    config
+        .section("listen", |s| s.set("trusted_proxies", vec![proxies]))
+        .to_toml()
 }
 
 async fn forward_auth_addr(p: &Process) -> SocketAddr {
@@ -64,12 +48,10 @@ fn start_ingress(ingress: &str) -> (tempfile::TempDir, Process) {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(
         dir.path(),
-        &fa_config("")
-            .replace("[listen]\n", "[listen]\ntrusted_proxies = [\"127.0.0.1/32\"]\n")
-            .replace(
-                "[forward_auth]\naddress = \"127.0.0.1:0\"\n",
-                &format!("[forward_auth]\naddress = \"127.0.0.1:0\"\ningress = \"{ingress}\"\n"),
-            ),
+        &trusting(
+            fa_config("").section("forward_auth", |s| s.set("ingress", ingress)),
+            "127.0.0.1/32",
+        ),
     );
     let p = Process::start(&path, &[]);
     (dir, p)
@@ -77,10 +59,7 @@ fn start_ingress(ingress: &str) -> (tempfile::TempDir, Process) {
 
 fn start(extra: &str) -> (tempfile::TempDir, Process) {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(
-        dir.path(),
-        &fa_config(extra).replace("[listen]\n", "[listen]\ntrusted_proxies = [\"127.0.0.1/32\"]\n"),
-    );
+    let path = write_config(dir.path(), &trusting(fa_config(extra), "127.0.0.1/32"));
     let p = Process::start(&path, &[]);
     (dir, p)
 }
@@ -158,10 +137,7 @@ async fn traefik_and_envoy_subrequests_get_the_decision_and_the_principal_header
 #[tokio::test]
 async fn untrusted_peers_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(
-        dir.path(),
-        &fa_config("").replace("[listen]\n", "[listen]\ntrusted_proxies = [\"10.0.0.0/8\"]\n"),
-    );
+    let path = write_config(dir.path(), &trusting(fa_config(""), "10.0.0.0/8"));
     let p = Process::start(&path, &[]);
     let fa = forward_auth_addr(&p).await;
     let resp = client()

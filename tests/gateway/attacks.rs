@@ -2,7 +2,7 @@
 //! raw HTTP/1.1 bytes, hand-framed HTTP/2 and hyper's HTTP/2 client, and asserts both the
 //! answer the attacker got and what the recording upstream did and did not receive.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 
@@ -24,88 +24,57 @@ const UNDERSCORED_IDENTITY: [&str; 5] = [
     "x_portcullis-assertion",
 ];
 
+/// Users, two plans and an API key; `extra` (TOML text) merged in.
 fn cfg(upstream: &str, extra: &str) -> String {
+    base(upstream).toml(extra).to_toml()
+}
+
+fn base(upstream: &str) -> Config {
     let pw = |name: &str| argon2_hash(&format!("{name}-pw"));
-    config(&format!(
-        r#"
-[lockout]
-max_failures = 3
-window = "1h"
-duration = "1h"
-
-[[users]]
-name = "alice"
-roles = ["rest"]
-password_hash = "{alice}"
-url_key_hash = "{alice_url}"
-
-[[users]]
-name = "mallory"
-roles = ["guest"]
-password_hash = "{mallory}"
-
-[[plans]]
-name = "p"
-upstream = "{upstream}"
-access = {{ roles = ["rest"] }}
-
-[[plans.integrations]]
-name = "public"
-path = "/public/*"
-methods = ["GET", "POST"]
-auth = "none"
-senders = {{ all = true }}
-
-[[plans.integrations]]
-name = "secret"
-path = "/secret/*"
-methods = ["GET", "POST", "PUT", "DELETE", "PATCH"]
-auth = ["basic", "url_key"]
-senders = {{ roles = ["rest"] }}
-
-[[plans.integrations]]
-name = "key"
-path = "/key"
-methods = ["GET"]
-auth = ["api_key", "url_key"]
-senders = {{ roles = ["rest"] }}
-
-[[plans]]
-name = "legacy"
-upstream = "{upstream}"
-access = {{ roles = ["rest"] }}
-underscores_in_headers = true
-
-[[plans.integrations]]
-name = "cgi"
-path = "/cgi"
-methods = ["GET"]
-auth = "basic"
-senders = {{ roles = ["rest"] }}
-
-[[api_keys]]
-key = "k_alice"
-secret_hash = "{key_secret}"
-user = "alice"
-integration = "p/key"
-
-{extra}
-"#,
-        alice = pw("alice"),
-        mallory = pw("mallory"),
-        alice_url = sha256_hex(ALICE_URL_KEY),
-        key_secret = sha256_hex(ALICE_KEY_SECRET),
-    ))
+    let rest = || roles(["rest"]);
+    Config::new()
+        .section("lockout", |s| {
+            s.set("max_failures", 3).set("window", "1h").set("duration", "1h")
+        })
+        .user("alice", |u| {
+            u.roles(["rest"])
+                .password_hash(&pw("alice"))
+                .set("url_key_hash", sha256_hex(ALICE_URL_KEY))
+        })
+        .user("mallory", |u| u.roles(["guest"]).password_hash(&pw("mallory")))
+        .plan("p", |p| {
+            p.upstream(upstream)
+                .access(rest())
+                .integration("public", |i| {
+                    i.path("/public/*").methods(["GET", "POST"]).auth("none").senders_all()
+                })
+                .integration("secret", |i| {
+                    i.path("/secret/*")
+                        .methods(["GET", "POST", "PUT", "DELETE", "PATCH"])
+                        .auths(["basic", "url_key"])
+                        .senders(rest())
+                })
+                .integration("key", |i| {
+                    i.path("/key")
+                        .methods(["GET"])
+                        .auths(["api_key", "url_key"])
+                        .senders(rest())
+                })
+        })
+        .plan("legacy", |p| {
+            p.upstream(upstream)
+                .access(rest())
+                .set("underscores_in_headers", true)
+                .integration("cgi", |i| i.path("/cgi").methods(["GET"]).auth("basic").senders(rest()))
+        })
+        .api_key("k_alice", &sha256_hex(ALICE_KEY_SECRET), "alice", "p/key")
 }
 
 /// [`cfg`] behind ingresses at `proxies` (`[listen] trusted_proxies`).
 fn behind(upstream: &str, proxies: &str) -> String {
-    let toml = cfg(upstream, "").replace(
-        "[listen]\naddress = \"127.0.0.1:0\"",
-        &format!("[listen]\naddress = \"127.0.0.1:0\"\ntrusted_proxies = {proxies}"),
-    );
-    assert!(toml.contains("trusted_proxies"));
-    toml
+    base(upstream)
+        .section_toml("listen", &format!("trusted_proxies = {proxies}"))
+        .to_toml()
 }
 
 fn status_of(out: &str) -> u16 {
@@ -162,8 +131,10 @@ fn hpack(name: &str, value: &str) -> Vec<u8> {
 
 #[derive(Debug, PartialEq, Eq)]
 enum H2Answer {
-    /// A HEADERS frame came back for the stream: a response.
-    Response,
+    /// A HEADERS frame came back for the stream: a response, with its status when the
+    /// block starts with an indexed `:status` of HPACK's static table (200, 204, 206,
+    /// 304, 400, 404, 500).
+    Response(Option<u16>),
     /// The stream was reset with this error code.
     Reset(u32),
     /// The connection was ended with this error code.
@@ -193,7 +164,7 @@ async fn h2_raw(addr: SocketAddr, fields: &[(&str, &str)]) -> H2Answer {
             }
             let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
             match head[3] {
-                0x1 if stream == 1 => return H2Answer::Response,
+                0x1 if stream == 1 => return H2Answer::Response(indexed_status(&payload)),
                 0x3 if stream == 1 => return H2Answer::Reset(u32::from_be_bytes(payload[..4].try_into().unwrap())),
                 0x7 => return H2Answer::GoAway(u32::from_be_bytes(payload[4..8].try_into().unwrap())),
                 0x4 if head[4] & 0x1 == 0 => {
@@ -205,6 +176,16 @@ async fn h2_raw(addr: SocketAddr, fields: &[(&str, &str)]) -> H2Answer {
         }
     };
     tokio::time::timeout(PATIENCE, read).await.expect("the server answers")
+}
+
+/// The status of a response header block that starts with an indexed static `:status`.
+fn indexed_status(block: &[u8]) -> Option<u16> {
+    let statuses = [200, 204, 206, 304, 400, 404, 500];
+    let first = *block.first()?;
+    (first & 0x80 != 0)
+        .then(|| usize::from(first & 0x7f))
+        .and_then(|i| i.checked_sub(8))
+        .and_then(|i| statuses.get(i).copied())
 }
 
 fn pseudo<'a>(method: &'a str, path: &'a str) -> Vec<(&'a str, &'a str)> {
@@ -286,7 +267,7 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
         ("x-portcullis-user", "admin"),
         ("x-original-url", "/secret/x"),
     ]);
-    assert_eq!(h2_raw(gw.addr, &fields).await, H2Answer::Response);
+    assert_eq!(h2_raw(gw.addr, &fields).await, H2Answer::Response(Some(200)));
     let seen = up.last();
     assert_eq!(up.seen().len(), before + 1);
     assert!(seen.headers.get("x_portcullis_user").is_none());
@@ -295,10 +276,8 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
     // Upper-case names are malformed in HTTP/2: the stream is refused, nothing forwarded.
     let mut fields = pseudo("GET", "/public/h2");
     fields.push(("X-Portcullis-User", "admin"));
-    assert!(matches!(
-        h2_raw(gw.addr, &fields).await,
-        H2Answer::Reset(_) | H2Answer::GoAway(_)
-    ));
+    // (h2 treats a malformed field block as a connection error: GOAWAY PROTOCOL_ERROR.)
+    assert_eq!(h2_raw(gw.addr, &fields).await, H2Answer::GoAway(1));
     assert_eq!(up.seen().len(), before + 1);
     gw.stop().await;
 }
@@ -374,10 +353,7 @@ async fn path_tricks_never_route_around_authentication() {
         }
         // The same over HTTP/2.
         let answer = h2_raw(gw.addr, &pseudo("GET", path)).await;
-        assert!(
-            matches!(answer, H2Answer::Response | H2Answer::Reset(_) | H2Answer::GoAway(_)),
-            "{path}: {answer:?}"
-        );
+        assert_eq!(answer, H2Answer::Response(Some(400)), "{path}");
     }
     // An encoded letter is the letter: `/%73ecret` is the secret integration.
     assert_eq!(
@@ -402,11 +378,11 @@ async fn path_tricks_never_route_around_authentication() {
         "{:?}",
         up.seen().iter().map(|s| &s.uri).collect::<Vec<_>>()
     );
-    // HTTP/2 with a :authority and a Host that disagree still routes by :path alone.
+    // HTTP/2 with a :authority and a Host that disagree is refused (400), never routed by
+    // either name.
     let mut fields = pseudo("GET", "/secret/x");
     fields.push(("host", "public"));
-    let answer = h2_raw(gw.addr, &fields).await;
-    assert!(answer != H2Answer::Closed);
+    assert_eq!(h2_raw(gw.addr, &fields).await, H2Answer::Response(Some(400)));
     assert!(up.seen().is_empty());
     gw.stop().await;
 }
@@ -425,7 +401,7 @@ async fn repeated_or_conflicting_credentials_are_refused_on_every_method() {
                 "{method} /secret/x HTTP/1.1\r\nHost: gw\r\nAuthorization: {first}\r\nAuthorization: {second}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
             );
             let status = h1(gw.addr, &head).await;
-            assert!(status == 400 || status == 401, "{method}: {status}");
+            assert_eq!(status, 401, "{method}");
         }
         // A header credential and a URL key together.
         let head = format!(
@@ -492,7 +468,7 @@ async fn malformed_credentials_are_refused() {
     ] {
         let head = format!("GET /secret/x HTTP/1.1\r\nHost: gw\r\nAuthorization: {value}\r\nConnection: close\r\n\r\n");
         let status = h1(gw.addr, &head).await;
-        assert!(status == 401 || status == 400, "{value}: {status}");
+        assert_eq!(status, 401, "{value}");
     }
     // A valid user whose roles fail the rules is 403, never 200.
     let head = format!(
@@ -601,32 +577,21 @@ fn unix_now() -> i64 {
 async fn jwt_gateway(up: &Upstream, idp: &Issuer, leeway: &str) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("jwks.json"), idp.jwks()).unwrap();
-    let extra = format!(
-        r#"
-[oauth]
-mode = "jwt"
-issuer = "https://idp.test"
-audience = "portcullis"
-jwks_file = "{}"
-leeway = "{leeway}"
-username_claim = "sub"
-
-[[plans]]
-name = "api"
-upstream = "{}"
-access = {{ all = true }}
-
-[[plans.integrations]]
-name = "bearer"
-path = "/bearer"
-methods = ["GET"]
-auth = "oauth"
-senders = {{ all = true }}
-"#,
-        dir.path().join("jwks.json").display(),
-        up.url()
-    );
-    Gateway::start_in(dir, &cfg(&up.url(), &extra)).await
+    let config = base(&up.url())
+        .section("oauth", |s| {
+            s.set("mode", "jwt")
+                .set("issuer", "https://idp.test")
+                .set("audience", "portcullis")
+                .set("jwks_file", dir.path().join("jwks.json").display().to_string())
+                .set("leeway", leeway)
+                .set("username_claim", "sub")
+        })
+        .plan("api", |p| {
+            p.upstream(&up.url()).access_all().integration("bearer", |i| {
+                i.path("/bearer").methods(["GET"]).auth("oauth").senders_all()
+            })
+        });
+    Gateway::start_in(dir, &config.to_toml()).await
 }
 
 #[tokio::test]
@@ -773,40 +738,33 @@ async fn jwt_header_and_claim_tricks_are_refused() {
 // === 5. bearer tokens are not forwarded, unless asked ===
 
 fn builtin_extra(upstream: &str, extra_oauth: &str) -> String {
-    format!(
-        r#"
-[oauth]
-mode = "builtin"
-access_token_ttl = "5m"
-refresh_token_ttl = "1h"
-{extra_oauth}
-
-[[oauth.clients]]
-client_id = "snow"
-client_secret_hash = "{client}"
-
-[[plans]]
-name = "api"
-upstream = "{upstream}"
-access = {{ roles = ["rest"] }}
-
-[[plans.integrations]]
-name = "bearer"
-path = "/bearer"
-methods = ["GET"]
-auth = "oauth"
-senders = {{ roles = ["rest"] }}
-
-[[plans.integrations]]
-name = "raw"
-path = "/raw"
-methods = ["GET"]
-auth = "oauth"
-senders = {{ roles = ["rest"] }}
-forward_token = true
-"#,
-        client = sha256_hex("snow-secret"),
-    )
+    let rest = || roles(["rest"]);
+    Config::bare()
+        .section("oauth", |s| {
+            s.set("mode", "builtin")
+                .set("access_token_ttl", "5m")
+                .set("refresh_token_ttl", "1h")
+                .merge_toml(extra_oauth)
+                .entry("clients", |c| {
+                    c.set("client_id", "snow")
+                        .set("client_secret_hash", sha256_hex("snow-secret"))
+                })
+        })
+        .plan("api", |p| {
+            p.upstream(upstream)
+                .access(rest())
+                .integration("bearer", |i| {
+                    i.path("/bearer").methods(["GET"]).auth("oauth").senders(rest())
+                })
+                .integration("raw", |i| {
+                    i.path("/raw")
+                        .methods(["GET"])
+                        .auth("oauth")
+                        .senders(rest())
+                        .set("forward_token", true)
+                })
+        })
+        .to_toml()
 }
 
 async fn token_request(gw: &Gateway, form: &str) -> (u16, serde_json::Value) {
@@ -983,7 +941,8 @@ async fn a_refresh_family_ends_at_its_absolute_lifetime() {
     assert_eq!(status, 200, "{doc}");
     let rotated = doc["refresh_token"].as_str().unwrap().to_string();
     // ...and not past it, however recently the token was rotated.
-    tokio::time::sleep(std::time::Duration::from_millis(6100)).await;
+    // The gateway's clock moves past the family's 5 s, without waiting for them.
+    gw.state.clock().advance(std::time::Duration::from_secs(6));
     let (status, doc) = token_request(&gw, &format!("grant_type=refresh_token&refresh_token={rotated}")).await;
     assert_eq!(status, 400, "{doc}");
     gw.stop().await;
@@ -1061,7 +1020,14 @@ async fn cached_jwt_decisions_never_outlive_the_token_or_the_user() {
     let short = token("alice", now + 5);
     assert_eq!(get(short.clone()).await, 200);
     assert_eq!(get(short.clone()).await, 200);
-    tokio::time::sleep(std::time::Duration::from_millis(6100)).await;
+    // Wait for the refusal, not for time: the cache's own ttl is 60 s, so a decision
+    // that outlived the token would still be served when the 30 s bound is reached.
+    let refused = eventually(std::time::Duration::from_secs(30), || {
+        let status = get(short.clone());
+        async move { status.await == 401 }
+    })
+    .await;
+    assert!(refused, "a cached decision outlived its token");
     assert_eq!(get(short).await, 401);
     // A cached token of a user disabled by a reload is refused at once.
     let long = token("mallory", now + 3600);
@@ -1208,33 +1174,20 @@ fn ws_accept(key: &str) -> String {
 }
 
 fn ws_config(upstream: &str) -> String {
-    config(&format!(
-        r#"
-[[users]]
-name = "alice"
-roles = ["rest"]
-password_hash = "{alice}"
-
-[[plans]]
-name = "live"
-upstream = "{upstream}"
-access = {{ all = true }}
-
-[[plans.integrations]]
-name = "feed"
-path = "/feed"
-methods = ["GET"]
-auth = "basic"
-upgrades = ["websocket"]
-
-[[plans.integrations]]
-name = "plain"
-path = "/plain"
-methods = ["GET"]
-auth = "basic"
-"#,
-        alice = argon2_hash("alice-pw"),
-    ))
+    Config::new()
+        .user("alice", |u| u.roles(["rest"]).password_hash(&argon2_hash("alice-pw")))
+        .plan("live", |p| {
+            p.upstream(upstream)
+                .access_all()
+                .integration("feed", |i| {
+                    i.path("/feed")
+                        .methods(["GET"])
+                        .auth("basic")
+                        .set("upgrades", vec!["websocket"])
+                })
+                .integration("plain", |i| i.path("/plain").methods(["GET"]).auth("basic"))
+        })
+        .to_toml()
 }
 
 /// RFC 6455's sample key and the accept it calls for.
@@ -1547,14 +1500,10 @@ async fn refusals_of_the_parser_are_counted_and_the_gateways_carry_the_json_body
     // A request target over the parser's 64 KiB: 414, counted as uri_too_long.
     let long = format!("GET /public/{} HTTP/1.1\r\nHost: gw\r\n\r\n", "a".repeat(70 * 1024));
     let out = raw(gw.addr, long.as_bytes()).await;
-    assert!(matches!(status_of(&out), 414 | 431), "{out}");
+    assert_eq!(status_of(&out), 414, "{out}");
     let series = "portcullis_malformed_requests_total{listener=\"inbound\",reason=\"uri_too_long\"}";
-    let too_large = "portcullis_malformed_requests_total{listener=\"inbound\",reason=\"headers_too_large\"}";
     assert!(
-        eventually(PATIENCE, || async {
-            gw.metric(series).await + gw.metric(too_large).await >= 2.0
-        })
-        .await,
+        eventually(PATIENCE, || gw.metric_at_least(series, 1.0)).await,
         "{}",
         gw.metrics().await
     );
@@ -1649,7 +1598,7 @@ async fn a_request_with_two_hosts_or_none_is_refused() {
     // HTTP/2: `:authority` and `host` that disagree.
     let mut fields = pseudo("GET", "/public/x");
     fields.push(("host", "evil.example"));
-    assert!(matches!(h2_raw(gw.addr, &fields).await, H2Answer::Response));
+    assert_eq!(h2_raw(gw.addr, &fields).await, H2Answer::Response(Some(400)));
     assert!(up.seen().is_empty());
     // The same authority in both places is one request.
     let same = "GET http://a.example/public/x HTTP/1.1\r\nHost: A.example\r\nConnection: close\r\n\r\n";

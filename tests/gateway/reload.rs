@@ -1,7 +1,7 @@
 //! Reload without restart: under load, refused when bad, rotated passwords and
 //! certificates, SIGHUP and file changes.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -13,28 +13,15 @@ use portcullis::reload;
 use support::*;
 
 fn cfg(upstream: &str, password_hash: &str, ttl: &str) -> String {
-    config(&format!(
-        r#"
-[cache]
-ttl = "{ttl}"
-
-[[users]]
-name = "svc"
-roles = ["rest"]
-password_hash = "{password_hash}"
-
-[[plans]]
-name = "p"
-upstream = "{upstream}"
-access = {{ roles = ["rest"] }}
-
-[[plans.integrations]]
-name = "i"
-path = "/i"
-methods = ["GET"]
-auth = "basic"
-"#
-    ))
+    Config::new()
+        .section("cache", |s| s.set("ttl", ttl))
+        .user("svc", |u| u.roles(["rest"]).password_hash(password_hash))
+        .plan("p", |p| {
+            p.upstream(upstream)
+                .access_roles(["rest"])
+                .integration("i", |i| i.path("/i").methods(["GET"]).auth("basic"))
+        })
+        .to_toml()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,31 +92,20 @@ async fn fifty_reloads_under_steady_traffic_drop_nothing() {
 }
 
 fn two_users(upstream: &str, svc: &str, other: &str, extra_svc: &str) -> String {
-    config(&format!(
-        r#"
-[[users]]
-name = "svc"
-roles = ["rest"]
-password_hash = "{svc}"
-{extra_svc}
-
-[[users]]
-name = "other"
-roles = ["rest"]
-password_hash = "{other}"
-
-[[plans]]
-name = "p"
-upstream = "{upstream}"
-access = {{ roles = ["rest"] }}
-
-[[plans.integrations]]
-name = "i"
-path = "/i"
-methods = ["GET"]
-auth = "basic"
-"#
-    ))
+    Config::new()
+        .user("svc", |u| {
+            let u = u.roles(["rest"]).password_hash(svc);
+            // `extra_svc`: more `key = value` lines of svc.
+            let extra: toml::Table = toml::from_str(extra_svc).unwrap();
+            extra.into_iter().fold(u, |u, (k, v)| u.set(&k, v))
+        })
+        .user("other", |u| u.roles(["rest"]).password_hash(other))
+        .plan("p", |p| {
+            p.upstream(upstream)
+                .access_roles(["rest"])
+                .integration("i", |i| i.path("/i").methods(["GET"]).auth("basic"))
+        })
+        .to_toml()
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! Authorization: plan access AND integration senders, after authentication.
 
-mod support;
+use crate::support;
 
 use support::*;
 

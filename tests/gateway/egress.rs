@@ -1,6 +1,6 @@
 //! Egress: endpoints signed per type, initiators and callers, TLS trust, the CLI.
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -139,24 +139,14 @@ fn sha256_der(pem: &str) -> String {
 }
 
 fn egress_config(endpoints: &str) -> String {
-    config(&format!(
-        r#"
-[egress]
-address = "127.0.0.1:0"
-
-[[plans]]
-name = "p"
-upstream = "builtin:echo"
-
-[[plans.integrations]]
-name = "open"
-path = "/open"
-methods = ["GET"]
-auth = "none"
-
-{endpoints}
-"#
-    ))
+    Config::new()
+        .section("egress", |s| s.set("address", "127.0.0.1:0"))
+        .plan("p", |p| {
+            p.upstream("builtin:echo")
+                .integration("open", |i| i.path("/open").methods(["GET"]).auth("none"))
+        })
+        .toml(endpoints)
+        .to_toml()
 }
 
 struct Egress {

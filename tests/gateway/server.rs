@@ -1,33 +1,23 @@
 //! The process: admin endpoints, graceful shutdown on SIGTERM, and the demo config.
 
-mod support;
+use crate::support;
 
 use support::*;
 
 fn cfg(upstream: &str) -> String {
-    config(&format!(
-        r#"
-[limits]
-shutdown_timeout = "10s"
+    base(upstream).to_toml()
+}
 
-[[plans]]
-name = "p"
-upstream = "{upstream}"
-access = {{ all = true }}
-
-[[plans.integrations]]
-name = "open"
-path = "/open/*"
-methods = ["GET"]
-auth = "none"
-
-[[plans.integrations]]
-name = "locked"
-path = "/locked"
-methods = ["GET"]
-auth = "basic"
-"#
-    ))
+/// An open and a locked route on `upstream`, a 10 s shutdown timeout.
+fn base(upstream: &str) -> Config {
+    Config::new()
+        .section("limits", |s| s.set("shutdown_timeout", "10s"))
+        .plan("p", |p| {
+            p.upstream(upstream)
+                .access_all()
+                .integration("open", |i| i.path("/open/*").methods(["GET"]).auth("none"))
+                .integration("locked", |i| i.path("/locked").methods(["GET"]).auth("basic"))
+        })
 }
 
 #[tokio::test]
@@ -70,15 +60,18 @@ async fn nothing_reaches_an_upstream_without_authentication() {
 async fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), &cfg(&up.url()));
+    // No drain delay: the listener closes at once (the delay has a test of its own below),
+    // while the request stays in flight until the test opens the gate.
+    let config = base(&up.url()).section("limits", |s| s.set("drain_delay", "0s"));
+    let path = write_config(dir.path(), &config.to_toml());
     let mut gw = Process::start(&path, &[]);
-    let url = format!("http://{}/open/slow/1000", gw.addr);
+    let url = format!("http://{}/open/gate/x", gw.addr);
     let inflight = tokio::spawn(async move { client().get(url).send().await.map(|r| r.status().as_u16()) });
     // The request is in flight once the upstream has it.
     assert!(
         eventually(PATIENCE, || {
-            let up = up.clone();
-            async move { !up.seen().is_empty() }
+            let seen = !up.seen().is_empty();
+            async move { seen }
         })
         .await
     );
@@ -92,6 +85,8 @@ async fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
         .await,
         "still accepting after SIGTERM"
     );
+    // Only now may the upstream answer: the request was in flight all along.
+    up.open_gate();
     assert_eq!(inflight.await.unwrap().unwrap(), 200, "the request in flight finished");
     let status = tokio::task::spawn_blocking(move || gw.child.wait())
         .await
@@ -231,10 +226,9 @@ async fn sigterm_first_turns_readyz_503_while_serving_then_drains() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(
         dir.path(),
-        &cfg(&up.url()).replace(
-            "shutdown_timeout = \"10s\"",
-            "shutdown_timeout = \"10s\"\ndrain_delay = \"1h\"",
-        ),
+        &base(&up.url())
+            .section("limits", |s| s.set("drain_delay", "1h"))
+            .to_toml(),
     );
     let mut gw = Process::start(&path, &[]);
     let admin = gw.admin.unwrap();

@@ -4,7 +4,7 @@
 //! `.ci/run` installs Debian's `chromium` and `prometheus` (promtool) and sets
 //! PORTCULLIS_REQUIRE_TOOLS=1, which turns a missing tool into a failure.
 
-mod support;
+use crate::support;
 
 use std::process::{Command, Stdio};
 

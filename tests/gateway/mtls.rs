@@ -2,7 +2,7 @@
 //! certificate made by the `openssl` command line as operators make them: a CA, clients
 //! named by SAN or only by CN, a client of another CA, and one revoked in a CRL.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 
@@ -159,45 +159,29 @@ fn der_sha256_b64(dir: &Path, name: &str) -> String {
 }
 
 fn gateway_config(dir: &Path, upstream: &str, client_auth: &str) -> String {
-    let d = dir.display();
-    config(&format!(
-        r#"
-[[users]]
-name = "svc"
-roles = ["rest"]
-cert_names = ["svc.example"]
-password_hash = "{pw}"
-
-[[users]]
-name = "legacy"
-roles = ["rest"]
-cert_names = ["legacy-client"]
-
-[[plans]]
-name = "p"
-upstream = "{upstream}"
-access = {{ roles = ["rest"] }}
-
-[[plans.integrations]]
-name = "m"
-path = "/m"
-methods = ["GET"]
-auth = "mtls"
-
-[[plans.integrations]]
-name = "b"
-path = "/b"
-methods = ["GET"]
-auth = "basic"
-"#,
-        pw = argon2_hash("svc-pw"),
-    ))
-    .replace(
-        "[listen]\naddress = \"127.0.0.1:0\"",
-        &format!(
-            "[listen]\naddress = \"127.0.0.1:0\"\ntls = {{ cert = \"{d}/server.crt\", key = \"{d}/server.key\", client_ca = \"{d}/ca.crt\", client_auth = \"{client_auth}\", client_crl = \"{d}/ca.crl\" }}"
-        ),
-    )
+    let file = |name: &str| toml::Value::from(dir.join(name).display().to_string());
+    let tls = table([
+        ("cert", file("server.crt")),
+        ("key", file("server.key")),
+        ("client_ca", file("ca.crt")),
+        ("client_auth", client_auth.into()),
+        ("client_crl", file("ca.crl")),
+    ]);
+    Config::new()
+        .section("listen", |s| s.set("tls", tls))
+        .user("svc", |u| {
+            u.roles(["rest"])
+                .set("cert_names", vec!["svc.example"])
+                .password_hash(&argon2_hash("svc-pw"))
+        })
+        .user("legacy", |u| u.roles(["rest"]).set("cert_names", vec!["legacy-client"]))
+        .plan("p", |p| {
+            p.upstream(upstream)
+                .access_roles(["rest"])
+                .integration("m", |i| i.path("/m").methods(["GET"]).auth("mtls"))
+                .integration("b", |i| i.path("/b").methods(["GET"]).auth("basic"))
+        })
+        .to_toml()
 }
 
 fn pki() -> tempfile::TempDir {

@@ -1,6 +1,6 @@
 //! `url_key`: the user's key in `?apiKey=`, removed before forwarding and from the logs.
 
-mod support;
+use crate::support;
 
 use support::*;
 

@@ -5,7 +5,7 @@
 //! Without grpcio the test prints SKIPPED (it fails under PORTCULLIS_REQUIRE_INTEROP=1,
 //! as `.ci/run` sets after installing it in its venv).
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 

@@ -1,31 +1,19 @@
 //! Path tricks: every ambiguous path is 400 JSON before routing or authentication, and
 //! the path routing sees is exactly the path the upstream gets.
 
-mod support;
+use crate::support;
 
 use support::*;
 
 fn cfg(upstream: &str) -> String {
-    config(&format!(
-        r#"
-[[plans]]
-name = "p"
-upstream = "{upstream}"
-access = {{ all = true }}
-
-[[plans.integrations]]
-name = "public"
-path = "/public/*"
-methods = ["GET"]
-auth = "none"
-
-[[plans.integrations]]
-name = "secret"
-path = "/secret/*"
-methods = ["GET"]
-auth = "basic"
-"#
-    ))
+    Config::new()
+        .plan("p", |p| {
+            p.upstream(upstream)
+                .access_all()
+                .integration("public", |i| i.path("/public/*").methods(["GET"]).auth("none"))
+                .integration("secret", |i| i.path("/secret/*").methods(["GET"]).auth("basic"))
+        })
+        .to_toml()
 }
 
 #[tokio::test]

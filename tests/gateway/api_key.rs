@@ -1,6 +1,6 @@
 //! `api_key`: a key bound to one user and ONE integration.
 
-mod support;
+use crate::support;
 
 use support::*;
 
