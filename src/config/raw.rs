@@ -282,24 +282,34 @@ pub enum EndpointAuth {
         #[serde(default = "yes")]
         preemptive: bool,
     },
-    Oauth2 {
-        grant: String,
-        token_url: String,
-        client_id: String,
-        client_secret: Option<Secret>,
-        username: Option<String>,
-        password: Option<Secret>,
-        #[serde(default)]
-        scopes: Vec<String>,
-    },
+    Oauth2(OAuth2Auth),
     Principal,
-    Signature {
-        key_id: String,
-        algorithm: String,
-        key: Secret,
-        #[serde(default)]
-        components: Vec<String>,
-    },
+    Signature(SignatureAuth),
+}
+
+/// `auth = { type = "oauth2", ... }` of an endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth2Auth {
+    pub grant: String,
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret: Option<Secret>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// `auth = { type = "signature", ... }` of an endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignatureAuth {
+    pub key_id: String,
+    pub algorithm: String,
+    pub key: Secret,
+    #[serde(default)]
+    pub components: Vec<String>,
 }
 
 fn yes() -> bool {
