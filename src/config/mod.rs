@@ -4,11 +4,13 @@
 //! [`load`] collects every problem it can find, each with its file, line and column, so
 //! that `portcullis check` reports them all at once; warnings never fail a load.
 
+pub mod export;
 pub mod keys;
 mod raw;
 pub mod redact;
 pub mod secret;
 mod validate;
+pub mod withheld;
 
 use std::net::SocketAddr;
 use std::ops::Range;

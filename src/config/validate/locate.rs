@@ -2,13 +2,13 @@
 //! in the document.
 
 use super::Span;
-#[derive(Debug)]
-pub(super) enum Segment {
+#[derive(Debug, Clone)]
+pub(in crate::config) enum Segment {
     Key(String),
     Index(usize),
 }
 
-pub(super) fn segments(path: &serde_ignored::Path<'_>) -> Vec<Segment> {
+pub(in crate::config) fn segments(path: &serde_ignored::Path<'_>) -> Vec<Segment> {
     use serde_ignored::Path as P;
     let mut out = match path {
         P::Root => return Vec::new(),
@@ -27,7 +27,7 @@ pub(super) fn segments(path: &serde_ignored::Path<'_>) -> Vec<Segment> {
     out
 }
 
-pub(super) fn dotted(segs: &[Segment]) -> String {
+pub(in crate::config) fn dotted(segs: &[Segment]) -> String {
     let mut s = String::new();
     for seg in segs {
         match seg {

@@ -10,7 +10,7 @@
 mod endpoints;
 mod limits;
 mod listen;
-mod locate;
+pub(super) mod locate;
 mod oauth;
 mod plans;
 mod scalars;
