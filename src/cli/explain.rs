@@ -111,7 +111,7 @@ pub(super) fn run(path: PathBuf, client: std::net::IpAddr, headers: &[String], m
     };
     let parts = match request(method, url, headers) {
         Ok(parts) => parts,
-        Err(m) => return fail(m),
+        Err(e) => return fail(e.to_string()),
     };
     let rt = match super::runtime() {
         Ok(rt) => rt,
@@ -141,27 +141,25 @@ pub(super) fn run(path: PathBuf, client: std::net::IpAddr, headers: &[String], m
 
 /// The request `explain` decides on, from its arguments. Errors never quote them: they
 /// may hold secrets.
-fn request(method: &str, url: &str, headers: &[String]) -> Result<http::request::Parts, String> {
+fn request(method: &str, url: &str, headers: &[String]) -> anyhow::Result<http::request::Parts> {
     let uri: http::Uri = match url.parse() {
         Ok(u) => u,
         Err(e) => {
-            return Err(format!(
-                "the URL argument is not a URL ({e}); it is not shown, it may hold secrets"
-            ))
+            anyhow::bail!("the URL argument is not a URL ({e}); it is not shown, it may hold secrets")
         }
     };
     let Ok(method) = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
-        return Err("the METHOD argument is not an HTTP method (the arguments are METHOD then URL)".into());
+        anyhow::bail!("the METHOD argument is not an HTTP method (the arguments are METHOD then URL)");
     };
     let mut builder = http::Request::builder()
         .method(method)
         .uri(uri.path_and_query().map_or("/", |p| p.as_str()));
     for (n, h) in headers.iter().enumerate() {
         let Some((name, value)) = h.split_once(':') else {
-            return Err(format!(
+            anyhow::bail!(
                 "header argument {} is not `Name: value` (not shown: it may hold a secret)",
                 n + 1
-            ));
+            );
         };
         builder = builder.header(name.trim(), value.trim());
     }
@@ -175,7 +173,7 @@ fn request(method: &str, url: &str, headers: &[String]) -> Result<http::request:
     }
     match builder.body(()) {
         Ok(r) => Ok(r.into_parts().0),
-        Err(e) => Err(format!("cannot form the request: {e}")),
+        Err(e) => Err(anyhow::anyhow!("cannot form the request: {e}")),
     }
 }
 

@@ -17,14 +17,14 @@ const DEFAULT_ADMIN: std::net::SocketAddr =
 /// a healthy server into a config it cannot load. A file that is not even TOML is
 /// scanned for its `[admin]` table's `address = "..."` line. `Ok(None)`: no `[admin]`.
 /// Errors never quote the file (it may hold secrets), only its positions.
-fn admin_address(path: &std::path::Path) -> Result<Option<std::net::SocketAddr>, String> {
+fn admin_address(path: &std::path::Path) -> anyhow::Result<Option<std::net::SocketAddr>> {
     // The same file rules as `serve`: a FIFO, a device or a huge file never hangs or
     // fills the health check that runs every few seconds.
     let text = config::secret::read_text(path, config::secret::FileKind::Config)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
     let parse = |s: &str| {
         s.parse::<std::net::SocketAddr>().map_err(|_| {
-            format!(
+            anyhow::anyhow!(
                 "{}: [admin] address is not IP:PORT such as 127.0.0.1:9901",
                 path.display()
             )
@@ -36,9 +36,9 @@ fn admin_address(path: &std::path::Path) -> Result<Option<std::net::SocketAddr>,
             Some(toml::Value::Table(admin)) => match admin.get("address") {
                 None => Ok(Some(DEFAULT_ADMIN)),
                 Some(toml::Value::String(s)) => parse(s).map(Some),
-                Some(_) => Err(format!("{}: [admin] address is not a string", path.display())),
+                Some(_) => Err(anyhow::anyhow!("{}: [admin] address is not a string", path.display())),
             },
-            Some(_) => Err(format!("{}: `admin` is not a table", path.display())),
+            Some(_) => Err(anyhow::anyhow!("{}: `admin` is not a table", path.display())),
         },
         Err(e) => {
             let at = e
@@ -51,7 +51,7 @@ fn admin_address(path: &std::path::Path) -> Result<Option<std::net::SocketAddr>,
                 })
                 .unwrap_or_default();
             let not_toml = |why: &str| {
-                format!(
+                anyhow::anyhow!(
                     "{} is not valid TOML{at}, and {why}; pass --admin ADDRESS",
                     path.display()
                 )

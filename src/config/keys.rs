@@ -2,6 +2,7 @@
 //! key, the builtin issuer's Ed25519 signing key, and egress signature keys. `check` and
 //! `serve` therefore see the same bytes, and the rest of the crate gets parsed keys.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -12,7 +13,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::Sha256;
 
-use super::secret::read_file;
+use super::secret::{read_file, FileError};
 use super::{FileKind, Secret, SecretHash, SignatureAlgorithm, TlsFiles};
 use crate::util::provider;
 
@@ -84,6 +85,31 @@ pub fn load_certified_key(files: &TlsFiles) -> Result<Arc<CertifiedKey>, LoadErr
         })
 }
 
+/// Why the client certificate verifier cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientCaError {
+    #[error("cannot read client_ca `{}`: {source}", path.display())]
+    ReadCa { path: PathBuf, source: FileError },
+    #[error("cannot parse client_ca `{}`: {source}", path.display())]
+    ParseCa {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("no PEM certificate in client_ca `{}`", path.display())]
+    NoCa { path: PathBuf },
+    #[error("client_ca `{}`: {source}", path.display())]
+    AddCa { path: PathBuf, source: rustls::Error },
+    #[error("cannot read client_crl `{}`: {source}", path.display())]
+    ReadCrl { path: PathBuf, source: FileError },
+    #[error("cannot parse client_crl `{}`: {source}", path.display())]
+    ParseCrl {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("client certificates: {0}")]
+    Build(rustls::server::VerifierBuilderError),
+}
+
 /// The verifier of client certificates: they must chain to `ca` (PEM bundle, within
 /// [`FileKind::Tls`]'s limit) and not be in `crl` (PEM, within [`FileKind::Crl`]'s);
 /// `required` refuses a handshake without one.
@@ -91,32 +117,36 @@ pub fn client_verifier(
     ca: &std::path::Path,
     crl: Option<&std::path::Path>,
     required: bool,
-) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, ClientCaError> {
+    let path = || ca.to_path_buf();
     let mut roots = rustls::RootCertStore::empty();
-    let ca_pem = read_file(ca, FileKind::Tls).map_err(|e| format!("cannot read client_ca `{}`: {e}", ca.display()))?;
+    let ca_pem = read_file(ca, FileKind::Tls).map_err(|source| ClientCaError::ReadCa { path: path(), source })?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&ca_pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("cannot parse client_ca `{}`: {e}", ca.display()))?;
+        .map_err(|source| ClientCaError::ParseCa { path: path(), source })?;
     if certs.is_empty() {
-        return Err(format!("no PEM certificate in client_ca `{}`", ca.display()));
+        return Err(ClientCaError::NoCa { path: path() });
     }
     for c in certs {
-        roots.add(c).map_err(|e| format!("client_ca `{}`: {e}", ca.display()))?;
+        roots
+            .add(c)
+            .map_err(|source| ClientCaError::AddCa { path: path(), source })?;
     }
     let mut b = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
     if let Some(crl) = crl {
+        let path = || crl.to_path_buf();
         let crl_pem =
-            read_file(crl, FileKind::Crl).map_err(|e| format!("cannot read client_crl `{}`: {e}", crl.display()))?;
+            read_file(crl, FileKind::Crl).map_err(|source| ClientCaError::ReadCrl { path: path(), source })?;
         let crls: Vec<rustls_pki_types::CertificateRevocationListDer<'static>> =
             rustls_pki_types::CertificateRevocationListDer::pem_slice_iter(&crl_pem)
                 .collect::<Result<_, _>>()
-                .map_err(|e| format!("cannot parse client_crl `{}`: {e}", crl.display()))?;
+                .map_err(|source| ClientCaError::ParseCrl { path: path(), source })?;
         b = b.with_crls(crls);
     }
     if !required {
         b = b.allow_unauthenticated();
     }
-    b.build().map_err(|e| format!("client certificates: {e}"))
+    b.build().map_err(ClientCaError::Build)
 }
 
 /// When the leaf certificate of `key` stops being valid, in Unix seconds.

@@ -46,147 +46,75 @@ const fn count<R, C>(
     }
 }
 
-// The `as` conversions below are lossless: each value is within its row's bounds.
+/// A row of a table: `key: duration`, or `key: count(MIN, MAX) as TYPE` (the `as` is
+/// lossless: the value is within the row's bounds).
+macro_rules! row {
+    ($section:literal, $key:ident: duration) => {
+        duration(
+            concat!($section, ".", stringify!($key)),
+            |r| r.$key.as_ref(),
+            |c, d| c.$key = d,
+        )
+    };
+    ($section:literal, $key:ident: count($min:expr, $max:expr) as $t:ty) => {
+        count(
+            concat!($section, ".", stringify!($key)),
+            ($min, $max),
+            |r| r.$key.as_ref(),
+            |c, n| c.$key = n as $t,
+        )
+    };
+}
 
-/// `[limits]`, in the order its errors are reported.
-const LIMITS: &[Bound<raw::Limits, Limits>] = &[
-    duration(
-        "limits.header_read_timeout",
-        |l| l.header_read_timeout.as_ref(),
-        |c, d| c.header_read_timeout = d,
-    ),
-    duration(
-        "limits.request_timeout",
-        |l| l.request_timeout.as_ref(),
-        |c, d| c.request_timeout = d,
-    ),
-    duration(
-        "limits.idle_timeout",
-        |l| l.idle_timeout.as_ref(),
-        |c, d| c.idle_timeout = d,
-    ),
-    duration(
-        "limits.shutdown_timeout",
-        |l| l.shutdown_timeout.as_ref(),
-        |c, d| c.shutdown_timeout = d,
-    ),
-    duration(
-        "limits.drain_delay",
-        |l| l.drain_delay.as_ref(),
-        |c, d| c.drain_delay = d,
-    ),
-    count(
-        "limits.max_header_bytes",
-        (1024, 16 * 1024 * 1024),
-        |l| l.max_header_bytes.as_ref(),
-        |c, n| c.max_header_bytes = n as usize,
-    ),
-    count(
-        "limits.max_headers",
-        (8, 1000),
-        |l| l.max_headers.as_ref(),
-        |c, n| c.max_headers = n as usize,
-    ),
-    count(
-        "limits.max_body_bytes",
-        (0, i64::MAX),
-        |l| l.max_body_bytes.as_ref(),
-        |c, n| c.max_body_bytes = n,
-    ),
-    count(
-        "limits.max_connections",
-        (1, 10_000_000),
-        |l| l.max_connections.as_ref(),
-        |c, n| c.max_connections = n as usize,
-    ),
-    duration(
-        "limits.body_read_timeout",
-        |l| l.body_read_timeout.as_ref(),
-        |c, d| c.body_read_timeout = d,
-    ),
-    count(
-        "limits.max_spool_bytes",
-        (0, i64::MAX),
-        |l| l.max_spool_bytes.as_ref(),
-        |c, n| c.max_spool_bytes = n,
-    ),
-    count(
-        "limits.h2_max_concurrent_streams",
-        (1, 10_000),
-        |l| l.h2_max_concurrent_streams.as_ref(),
-        |c, n| c.h2_max_concurrent_streams = n as u32,
-    ),
-    count(
-        "limits.h2_max_pending_resets",
-        (1, 100_000),
-        |l| l.h2_max_pending_resets.as_ref(),
-        |c, n| c.h2_max_pending_resets = n as usize,
-    ),
-    duration(
-        "limits.upgrade_idle_timeout",
-        |l| l.upgrade_idle_timeout.as_ref(),
-        |c, d| c.upgrade_idle_timeout = d,
-    ),
-    duration(
-        "limits.upgrade_max_lifetime",
-        |l| l.upgrade_max_lifetime.as_ref(),
-        |c, d| c.upgrade_max_lifetime = d,
-    ),
+/// The table of a section: its keys in the order their errors are reported.
+macro_rules! table {
+    ($section:literal: $($key:ident: $kind:ident $(($min:expr, $max:expr) as $t:ty)?,)*) => {
+        &[$(row!($section, $key: $kind $(($min, $max) as $t)?)),*]
+    };
+}
+
+#[rustfmt::skip]
+const LIMITS: &[Bound<raw::Limits, Limits>] = table!["limits":
+    header_read_timeout: duration,
+    request_timeout: duration,
+    idle_timeout: duration,
+    shutdown_timeout: duration,
+    drain_delay: duration,
+    max_header_bytes: count(1024, 16 * 1024 * 1024) as usize,
+    max_headers: count(8, 1000) as usize,
+    max_body_bytes: count(0, i64::MAX) as u64,
+    max_connections: count(1, 10_000_000) as usize,
+    body_read_timeout: duration,
+    max_spool_bytes: count(0, i64::MAX) as u64,
+    h2_max_concurrent_streams: count(1, 10_000) as u32,
+    h2_max_pending_resets: count(1, 100_000) as usize,
+    upgrade_idle_timeout: duration,
+    upgrade_max_lifetime: duration,
 ];
 
 /// `[auth]`: the argon2id verification pool.
-const AUTH: &[Bound<raw::AuthSection, AuthSettings>] = &[
-    count(
-        "auth.hash_workers",
-        (1, 256),
-        |a| a.hash_workers.as_ref(),
-        |c, n| c.hash_workers = n as usize,
-    ),
-    count(
-        "auth.hash_queue",
-        (1, 1_000_000),
-        |a| a.hash_queue.as_ref(),
-        |c, n| c.hash_queue = n as usize,
-    ),
-    duration(
-        "auth.hash_queue_timeout",
-        |a| a.hash_queue_timeout.as_ref(),
-        |c, d| c.hash_queue_timeout = d,
-    ),
+#[rustfmt::skip]
+const AUTH: &[Bound<raw::AuthSection, AuthSettings>] = table!["auth":
+    hash_workers: count(1, 256) as usize,
+    hash_queue: count(1, 1_000_000) as usize,
+    hash_queue_timeout: duration,
 ];
 
 /// `[cache]`: credential verdicts.
-const CACHE: &[Bound<raw::Cache, Cache>] = &[
-    duration("cache.ttl", |c| c.ttl.as_ref(), |c, d| c.ttl = d),
-    duration(
-        "cache.negative_ttl",
-        |c| c.negative_ttl.as_ref(),
-        |c, d| c.negative_ttl = d,
-    ),
-    count(
-        "cache.max_entries",
-        (1, i64::MAX),
-        |c| c.max_entries.as_ref(),
-        |c, n| c.max_entries = n,
-    ),
+#[rustfmt::skip]
+const CACHE: &[Bound<raw::Cache, Cache>] = table!["cache":
+    ttl: duration,
+    negative_ttl: duration,
+    max_entries: count(1, i64::MAX) as u64,
 ];
 
 /// `[lockout]`: failed attempts per user and address.
-const LOCKOUT: &[Bound<raw::Lockout, Lockout>] = &[
-    count(
-        "lockout.max_failures",
-        (1, 1_000_000),
-        |l| l.max_failures.as_ref(),
-        |c, n| c.max_failures = n as u32,
-    ),
-    duration("lockout.window", |l| l.window.as_ref(), |c, d| c.window = d),
-    duration("lockout.duration", |l| l.duration.as_ref(), |c, d| c.duration = d),
-    count(
-        "lockout.max_entries_per_address",
-        (1, i64::MAX),
-        |l| l.max_entries_per_address.as_ref(),
-        |c, n| c.max_entries_per_address = n,
-    ),
+#[rustfmt::skip]
+const LOCKOUT: &[Bound<raw::Lockout, Lockout>] = table!["lockout":
+    max_failures: count(1, 1_000_000) as u32,
+    window: duration,
+    duration: duration,
+    max_entries_per_address: count(1, i64::MAX) as u64,
 ];
 
 impl Validator<'_> {

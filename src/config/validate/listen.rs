@@ -142,8 +142,8 @@ impl Validator<'_> {
                 .extend(f.client_crl.iter().map(|c| (c.clone(), super::FileKind::Crl)));
             match keys::client_verifier(ca, f.client_crl.as_deref(), f.client_auth_required) {
                 Ok(v) => Some(v),
-                Err(m) => {
-                    self.error(r.tls.as_ref().and_then(|t| sp(&t.get_ref().cert)), m);
+                Err(e) => {
+                    self.error(r.tls.as_ref().and_then(|t| sp(&t.get_ref().cert)), e.to_string());
                     None
                 }
             }
