@@ -152,22 +152,24 @@ pub enum Secret {
     File(FileRef),
 }
 
-/// [`Secret`] as serde reads it.
-#[derive(Deserialize)]
-#[serde(untagged, rename = "Secret")]
-enum SecretForm {
-    Literal(String),
-    Env(EnvRef),
-    File(FileRef),
+/// [`Secret`] as serde reads it (of the same name: serde's messages quote it).
+mod form {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    pub enum Secret {
+        Literal(String),
+        Env(super::EnvRef),
+        File(super::FileRef),
+    }
 }
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         super::withheld::note_secret();
-        Ok(match SecretForm::deserialize(d)? {
-            SecretForm::Literal(s) => Secret::Literal(s),
-            SecretForm::Env(e) => Secret::Env(e),
-            SecretForm::File(f) => Secret::File(f),
+        Ok(match form::Secret::deserialize(d)? {
+            form::Secret::Literal(s) => Secret::Literal(s),
+            form::Secret::Env(e) => Secret::Env(e),
+            form::Secret::File(f) => Secret::File(f),
         })
     }
 }
