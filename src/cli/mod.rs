@@ -2,7 +2,7 @@
 //! `urlkey`, `endpoint test`, `health`, `explain` and `export`.
 //!
 //! This file holds the clap definitions, [`run`], logging and the one step every
-//! subcommand that reads a config takes ([`load_config`]: the config, or its diagnostics
+//! subcommand that reads a config takes (`load_config`: the config, or its diagnostics
 //! printed without secrets). Each subcommand lives in a file of its own. `anyhow` is
 //! used here and nowhere else in the crate.
 

@@ -1,12 +1,10 @@
 //! What `portcullis export` never prints, marked by type in the raw config: a field of
-//! type [`Withheld`] (every secret, hash and key id), and every [`raw::Secret`] however
+//! type [`Withheld`] (every secret, hash and key id), and every `raw::Secret` however
 //! it is reached. While [`record`] runs, deserialising notes where each withheld value is
 //! (its span in the text) and counts secrets that no `Withheld` field holds: the export
 //! removes the former and refuses to print at all when there is one of the latter. So a
 //! new secret field is withheld by its type, or the export fails closed; it is never
 //! printed by mistake.
-//!
-//! [`raw::Secret`]: super::raw::Secret
 
 use std::cell::RefCell;
 use std::ops::{Deref, Range};
