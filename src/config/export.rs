@@ -460,4 +460,19 @@ client_secret = "W-NO-MODE"
         assert!(out.contains("name = \"u\"") && out.contains("127.0.0.1:0"), "{out}");
         assert!(matches!(export("a = ["), Err(ExportError::NotToml)));
     }
+
+    /// A file that is not TOML exports nothing, and the error quotes none of it (a TOML
+    /// parser's error shows the line, which may be a secret's).
+    #[test]
+    fn a_file_that_is_not_toml_is_not_quoted() {
+        for text in [
+            "[assertion]\nkey = \"W-SECRET\" trailing",
+            "password = W-BARE",
+            "[[users]\nW-X",
+        ] {
+            let e = export(text).expect_err("not TOML");
+            assert!(matches!(e, ExportError::NotToml), "{e}");
+            assert!(!e.to_string().contains("W-"), "{e}");
+        }
+    }
 }
