@@ -212,11 +212,7 @@ fn upstream_text(u: &Upstream) -> String {
             base_path,
             ..
         } => {
-            let host = authority.host();
-            match authority.port_u16() {
-                Some(p) => format!("{scheme}://{host}:{p}{base_path}"),
-                None => format!("{scheme}://{host}{base_path}"),
-            }
+            format!("{scheme}://{}{base_path}", crate::headers::HostPort::of(authority))
         }
     }
 }

@@ -80,6 +80,8 @@ fn code_keys() -> BTreeSet<String> {
         ("OAuth", &["oauth"]),
         ("OAuthClient", &["oauth.clients"]),
         ("Endpoint", &["endpoints"]),
+        ("OAuth2Auth", &["endpoints.auth"]),
+        ("SignatureAuth", &["endpoints.auth"]),
     ];
     let mut keys = BTreeSet::new();
     let mut current: Option<&[&str]> = None;

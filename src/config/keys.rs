@@ -2,6 +2,7 @@
 //! key, the builtin issuer's Ed25519 signing key, and egress signature keys. `check` and
 //! `serve` therefore see the same bytes, and the rest of the crate gets parsed keys.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -12,25 +13,41 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::Sha256;
 
-use super::secret::read_file;
+use super::secret::{read_file, FileError};
 use super::{FileKind, Secret, SecretHash, SignatureAlgorithm, TlsFiles};
 use crate::util::provider;
 
 // === inbound TLS ===
 
 /// Which of the two files could not be used, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LoadError {
+    #[error("{0}")]
     Cert(String),
+    #[error("{0}")]
     Key(String),
 }
 
-impl std::fmt::Display for LoadError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            LoadError::Cert(m) | LoadError::Key(m) => f.write_str(m),
-        }
-    }
+/// Why a signing or signature key cannot be made or used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot generate an Ed25519 key")]
+    Generate,
+    #[error("oauth.signing_key is not a PKCS#8 PEM private key: {0}")]
+    SigningKeyPem(rustls_pki_types::pem::Error),
+    #[error("oauth.signing_key is not an Ed25519 key")]
+    SigningKeyNotEd25519,
+    /// The public half does not make a JWK (ring made it: not expected).
+    #[error("{0}")]
+    PublicKey(jsonwebtoken::errors::Error),
+    #[error("signature key is not valid base64: {0}")]
+    SignatureBase64(base64::DecodeError),
+    #[error("hmac-sha256 signature key is shorter than 16 bytes")]
+    HmacTooShort,
+    #[error("ed25519 signature key is not a PKCS#8 PEM private key: {0}")]
+    SignaturePem(rustls_pki_types::pem::Error),
+    #[error("ed25519 signature key is not an Ed25519 key")]
+    SignatureNotEd25519,
 }
 
 /// Reads a PEM certificate chain and private key (each a plain file within
@@ -61,6 +78,31 @@ pub fn load_certified_key(files: &TlsFiles) -> Result<Arc<CertifiedKey>, LoadErr
         })
 }
 
+/// Why the client certificate verifier cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientCaError {
+    #[error("cannot read client_ca `{}`: {source}", path.display())]
+    ReadCa { path: PathBuf, source: FileError },
+    #[error("cannot parse client_ca `{}`: {source}", path.display())]
+    ParseCa {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("no PEM certificate in client_ca `{}`", path.display())]
+    NoCa { path: PathBuf },
+    #[error("client_ca `{}`: {source}", path.display())]
+    AddCa { path: PathBuf, source: rustls::Error },
+    #[error("cannot read client_crl `{}`: {source}", path.display())]
+    ReadCrl { path: PathBuf, source: FileError },
+    #[error("cannot parse client_crl `{}`: {source}", path.display())]
+    ParseCrl {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("client certificates: {0}")]
+    Build(rustls::server::VerifierBuilderError),
+}
+
 /// The verifier of client certificates: they must chain to `ca` (PEM bundle, within
 /// [`FileKind::Tls`]'s limit) and not be in `crl` (PEM, within [`FileKind::Crl`]'s);
 /// `required` refuses a handshake without one.
@@ -68,32 +110,36 @@ pub fn client_verifier(
     ca: &std::path::Path,
     crl: Option<&std::path::Path>,
     required: bool,
-) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, ClientCaError> {
+    let path = || ca.to_path_buf();
     let mut roots = rustls::RootCertStore::empty();
-    let ca_pem = read_file(ca, FileKind::Tls).map_err(|e| format!("cannot read client_ca `{}`: {e}", ca.display()))?;
+    let ca_pem = read_file(ca, FileKind::Tls).map_err(|source| ClientCaError::ReadCa { path: path(), source })?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&ca_pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("cannot parse client_ca `{}`: {e}", ca.display()))?;
+        .map_err(|source| ClientCaError::ParseCa { path: path(), source })?;
     if certs.is_empty() {
-        return Err(format!("no PEM certificate in client_ca `{}`", ca.display()));
+        return Err(ClientCaError::NoCa { path: path() });
     }
     for c in certs {
-        roots.add(c).map_err(|e| format!("client_ca `{}`: {e}", ca.display()))?;
+        roots
+            .add(c)
+            .map_err(|source| ClientCaError::AddCa { path: path(), source })?;
     }
     let mut b = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
     if let Some(crl) = crl {
+        let path = || crl.to_path_buf();
         let crl_pem =
-            read_file(crl, FileKind::Crl).map_err(|e| format!("cannot read client_crl `{}`: {e}", crl.display()))?;
+            read_file(crl, FileKind::Crl).map_err(|source| ClientCaError::ReadCrl { path: path(), source })?;
         let crls: Vec<rustls_pki_types::CertificateRevocationListDer<'static>> =
             rustls_pki_types::CertificateRevocationListDer::pem_slice_iter(&crl_pem)
                 .collect::<Result<_, _>>()
-                .map_err(|e| format!("cannot parse client_crl `{}`: {e}", crl.display()))?;
+                .map_err(|source| ClientCaError::ParseCrl { path: path(), source })?;
         b = b.with_crls(crls);
     }
     if !required {
         b = b.allow_unauthenticated();
     }
-    b.build().map_err(|e| format!("client certificates: {e}"))
+    b.build().map_err(ClientCaError::Build)
 }
 
 /// When the leaf certificate of `key` stops being valid, in Unix seconds.
@@ -120,34 +166,32 @@ impl std::fmt::Debug for SigningKey {
 }
 
 impl SigningKey {
-    pub fn generate() -> Result<Self, String> {
+    pub fn generate() -> Result<Self, KeyError> {
         Self::from_pkcs8(&Self::generate_pkcs8()?)
     }
 
     /// A new Ed25519 key as PKCS#8 DER (wiped when dropped).
-    pub fn generate_pkcs8() -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+    pub fn generate_pkcs8() -> Result<zeroize::Zeroizing<Vec<u8>>, KeyError> {
         let rng = ring::rand::SystemRandom::new();
-        let pkcs8 =
-            ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| "cannot generate an Ed25519 key")?;
+        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Generate)?;
         Ok(zeroize::Zeroizing::new(pkcs8.as_ref().to_vec()))
     }
 
-    pub fn from_pem(pem: &[u8]) -> Result<Self, String> {
+    pub fn from_pem(pem: &[u8]) -> Result<Self, KeyError> {
         use rustls_pki_types::pem::PemObject;
-        let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(pem)
-            .map_err(|e| format!("oauth.signing_key is not a PKCS#8 PEM private key: {e}"))?;
+        let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(pem).map_err(KeyError::SigningKeyPem)?;
         Self::from_pkcs8(der.secret_pkcs8_der())
     }
 
-    pub fn from_pkcs8(der: &[u8]) -> Result<Self, String> {
+    pub fn from_pkcs8(der: &[u8]) -> Result<Self, KeyError> {
         let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
-            .map_err(|_| "oauth.signing_key is not an Ed25519 key".to_string())?;
+            .map_err(|_| KeyError::SigningKeyNotEd25519)?;
         let public = pair.public_key().as_ref();
         let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(public);
         let kid = hex::encode(&SecretHash::of(public).bytes()[..8]);
         Ok(SigningKey {
             encoding: jsonwebtoken::EncodingKey::from_ed_der(der),
-            decoding: jsonwebtoken::DecodingKey::from_ed_components(&x).map_err(|e| e.to_string())?,
+            decoding: jsonwebtoken::DecodingKey::from_ed_components(&x).map_err(KeyError::PublicKey)?,
             jwk: serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"}),
             kid,
         })
@@ -164,28 +208,28 @@ pub enum SignatureKey {
 impl SignatureKey {
     /// `hmac-sha256`: the secret's bytes (or `base64:...` for a binary key).
     /// `ed25519`: a PKCS#8 PEM private key.
-    pub fn parse(algorithm: SignatureAlgorithm, secret: &Secret) -> Result<SignatureKey, String> {
+    pub fn parse(algorithm: SignatureAlgorithm, secret: &Secret) -> Result<SignatureKey, KeyError> {
         match algorithm {
             SignatureAlgorithm::HmacSha256 => {
                 let s = secret.expose();
                 let key = match s.strip_prefix(b"base64:") {
                     Some(b) => base64::engine::general_purpose::STANDARD
                         .decode(b)
-                        .map_err(|e| format!("signature key is not valid base64: {e}"))?,
+                        .map_err(KeyError::SignatureBase64)?,
                     None => s.to_vec(),
                 };
                 if key.len() < 16 {
-                    return Err("hmac-sha256 signature key is shorter than 16 bytes".into());
+                    return Err(KeyError::HmacTooShort);
                 }
                 Ok(SignatureKey::Hmac(key))
             }
             SignatureAlgorithm::Ed25519 => {
                 use rustls_pki_types::pem::PemObject;
                 let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(secret.expose())
-                    .map_err(|e| format!("ed25519 signature key is not a PKCS#8 PEM private key: {e}"))?;
+                    .map_err(KeyError::SignaturePem)?;
                 ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der())
                     .map(SignatureKey::Ed25519)
-                    .map_err(|_| "ed25519 signature key is not an Ed25519 key".to_string())
+                    .map_err(|_| KeyError::SignatureNotEd25519)
             }
         }
     }

@@ -3,12 +3,19 @@
 //!
 //! [`load`] collects every problem it can find, each with its file, line and column, so
 //! that `portcullis check` reports them all at once; warnings never fail a load.
+//!
+//! Besides: `keys` parses key material once, `secret` holds secrets, stored hashes and
+//! the one way a file is read, `redact` removes secrets from what is printed about a
+//! config (diagnostics, logs), and `export` prints the config without what the raw
+//! types mark as [`withheld`].
 
+pub mod export;
 pub mod keys;
 mod raw;
 pub mod redact;
 pub mod secret;
 mod validate;
+pub mod withheld;
 
 use std::net::SocketAddr;
 use std::ops::Range;

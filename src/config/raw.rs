@@ -3,9 +3,14 @@
 //! Values whose meaning is checked later (durations, URLs, names, paths) are kept as
 //! `Spanned` strings so that `validate` can point at their line and column. Unknown keys
 //! are not rejected here: `config::load` collects all of them through `serde_ignored`.
+//!
+//! Every secret, stored hash and key id is a [`Withheld`] field (or `shared.url`, a
+//! [`SecretUrl`]): that type, not the key's name, is what keeps it out of `export`.
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use toml::Spanned;
+
+pub use super::withheld::{SecretUrl, Withheld};
 
 pub type Str = Spanned<String>;
 
@@ -45,7 +50,7 @@ pub struct Listen {
 #[derive(Debug, Deserialize)]
 pub struct Tls {
     pub cert: Str,
-    pub key: Str,
+    pub key: Withheld<String>,
     pub client_ca: Option<Str>,
     pub client_auth: Option<Str>,
     pub client_crl: Option<Str>,
@@ -110,9 +115,9 @@ pub struct Lockout {
 #[derive(Debug, Default, Deserialize)]
 pub struct Shared {
     pub backend: Option<Str>,
-    pub url: Option<Spanned<Secret>>,
+    pub url: Option<SecretUrl>,
     pub key_prefix: Option<Str>,
-    pub secret: Option<Spanned<Secret>>,
+    pub secret: Option<Withheld<Secret>>,
     pub connect_timeout: Option<Str>,
     pub command_timeout: Option<Str>,
     pub pool_size: Option<Spanned<i64>>,
@@ -135,17 +140,38 @@ pub struct Runtime {
 
 #[derive(Debug, Default, Deserialize)]
 pub struct Assertion {
-    pub key: Option<Spanned<Secret>>,
+    pub key: Option<Withheld<Secret>>,
     pub ttl: Option<Str>,
 }
 
 /// A secret: a literal string, `{ env = "NAME" }` or `{ file = "path" }`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub enum Secret {
     Literal(String),
     Env(EnvRef),
     File(FileRef),
+}
+
+/// [`Secret`] as serde reads it (of the same name: serde's messages quote it).
+mod form {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    pub enum Secret {
+        Literal(String),
+        Env(super::EnvRef),
+        File(super::FileRef),
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        super::withheld::note_secret();
+        Ok(match form::Secret::deserialize(d)? {
+            form::Secret::Literal(s) => Secret::Literal(s),
+            form::Secret::Env(e) => Secret::Env(e),
+            form::Secret::File(f) => Secret::File(f),
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -165,9 +191,9 @@ pub struct User {
     pub name: Str,
     #[serde(default)]
     pub roles: Vec<Str>,
-    pub password_hash: Option<Str>,
+    pub password_hash: Option<Withheld<String>>,
     pub password_expires_at: Option<Str>,
-    pub url_key_hash: Option<Str>,
+    pub url_key_hash: Option<Withheld<String>>,
     #[serde(default)]
     pub cert_names: Vec<Str>,
     #[serde(default)]
@@ -218,8 +244,9 @@ pub struct Integration {
 
 #[derive(Debug, Deserialize)]
 pub struct ApiKey {
-    pub key: Str,
-    pub secret_hash: Str,
+    /// The key's id: the user part of its Basic credentials.
+    pub key: Withheld<String>,
+    pub secret_hash: Withheld<String>,
     pub user: Str,
     pub integration: Str,
 }
@@ -233,7 +260,7 @@ pub struct OAuth {
     pub jwks_file: Option<Str>,
     pub introspection_url: Option<Str>,
     pub client_id: Option<Str>,
-    pub client_secret: Option<Spanned<Secret>>,
+    pub client_secret: Option<Withheld<Secret>>,
     pub username_claim: Option<Str>,
     pub roles_claim: Option<Str>,
     #[serde(default)]
@@ -247,7 +274,7 @@ pub struct OAuth {
     pub algorithm: Option<Str>,
     #[serde(default)]
     pub algorithms: Vec<Str>,
-    pub signing_key: Option<Spanned<Secret>>,
+    pub signing_key: Option<Withheld<Secret>>,
     #[serde(default)]
     pub clients: Vec<Spanned<OAuthClient>>,
 }
@@ -255,7 +282,7 @@ pub struct OAuth {
 #[derive(Debug, Deserialize)]
 pub struct OAuthClient {
     pub client_id: Str,
-    pub client_secret_hash: Str,
+    pub client_secret_hash: Withheld<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -266,7 +293,8 @@ pub struct Endpoint {
     pub trust_self_signed: bool,
     pub pin_sha256: Option<Str>,
     pub callers: Option<Spanned<Rule>>,
-    pub auth: Option<Spanned<EndpointAuth>>,
+    /// Credentials: withheld whole by export, which sets `type = "none"` in their place.
+    pub auth: Option<Withheld<EndpointAuth>>,
     pub timeout: Option<Str>,
 }
 
@@ -282,24 +310,34 @@ pub enum EndpointAuth {
         #[serde(default = "yes")]
         preemptive: bool,
     },
-    Oauth2 {
-        grant: String,
-        token_url: String,
-        client_id: String,
-        client_secret: Option<Secret>,
-        username: Option<String>,
-        password: Option<Secret>,
-        #[serde(default)]
-        scopes: Vec<String>,
-    },
+    Oauth2(OAuth2Auth),
     Principal,
-    Signature {
-        key_id: String,
-        algorithm: String,
-        key: Secret,
-        #[serde(default)]
-        components: Vec<String>,
-    },
+    Signature(SignatureAuth),
+}
+
+/// `auth = { type = "oauth2", ... }` of an endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth2Auth {
+    pub grant: String,
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret: Option<Secret>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// `auth = { type = "signature", ... }` of an endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignatureAuth {
+    pub key_id: String,
+    pub algorithm: String,
+    pub key: Secret,
+    #[serde(default)]
+    pub components: Vec<String>,
 }
 
 fn yes() -> bool {

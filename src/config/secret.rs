@@ -163,6 +163,18 @@ impl Secret {
     pub fn ct_eq(&self, other: &[u8]) -> bool {
         self.0.ct_eq(other).into()
     }
+
+    /// HTTP Basic credentials (RFC 7617): base64 of `username:password`, what follows
+    /// `Basic ` in an `Authorization` header. The one place they are encoded: egress sends
+    /// them, `endpoint test` keeps them out of what it prints.
+    pub fn basic(username: &str, password: &Secret) -> Secret {
+        use base64::Engine;
+        let mut raw = zeroize::Zeroizing::new(Vec::with_capacity(username.len() + 1 + password.0.len()));
+        raw.extend_from_slice(username.as_bytes());
+        raw.push(b':');
+        raw.extend_from_slice(&password.0);
+        Secret::new(base64::engine::general_purpose::STANDARD.encode(&raw[..]))
+    }
 }
 
 impl std::fmt::Debug for Secret {
@@ -171,22 +183,29 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// Why a stored hash was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HashError {
+    #[error("a stored hash must start with `sha256:`")]
+    Prefix,
+    #[error("`sha256:` must be followed by 64 lowercase hex digits")]
+    Digits,
+}
+
 /// A stored `sha256:` hash of a random secret (API secrets, URL keys, client secrets).
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretHash([u8; 32]);
 
 impl SecretHash {
     /// Parses `sha256:` followed by 64 lowercase hex digits.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let hex_part = text
-            .strip_prefix("sha256:")
-            .ok_or_else(|| "a stored hash must start with `sha256:`".to_string())?;
+    pub fn parse(text: &str) -> Result<Self, HashError> {
+        let hex_part = text.strip_prefix("sha256:").ok_or(HashError::Prefix)?;
         if hex_part.len() != 64 || !hex_part.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err("`sha256:` must be followed by 64 lowercase hex digits".into());
+            return Err(HashError::Digits);
         }
         let mut out = [0u8; 32];
         // Checked just above: 64 lowercase hex digits decode into exactly 32 bytes.
-        hex::decode_to_slice(hex_part, &mut out).map_err(|e| e.to_string())?;
+        hex::decode_to_slice(hex_part, &mut out).map_err(|_| HashError::Digits)?;
         Ok(Self(out))
     }
 
@@ -230,9 +249,16 @@ mod tests {
     }
 
     #[test]
+    fn basic_credentials_are_base64_of_user_colon_password() {
+        let b = Secret::basic("svc", &Secret::new("p4ss:word"));
+        assert_eq!(b.expose_str(), "c3ZjOnA0c3M6d29yZA==");
+        assert_eq!(format!("{b:?}"), "Secret(<redacted>)");
+    }
+
+    #[test]
     fn bad_hashes_are_refused() {
-        assert!(SecretHash::parse("md5:abcd").is_err());
-        assert!(SecretHash::parse("sha256:ABCD").is_err());
+        assert_eq!(SecretHash::parse("md5:abcd"), Err(HashError::Prefix));
+        assert_eq!(SecretHash::parse("sha256:ABCD"), Err(HashError::Digits));
         assert!(SecretHash::parse(&format!("sha256:{}", "A".repeat(64))).is_err());
     }
 

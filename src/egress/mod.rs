@@ -25,7 +25,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use bytes::Bytes;
 use http::header::HeaderValue;
 use http::{Request, Response, Uri};
@@ -102,12 +101,9 @@ impl Egress {
                     password,
                     preemptive,
                 } => {
-                    let raw = format!("{username}:{}", password.expose_str());
-                    let mut header = HeaderValue::from_str(&format!(
-                        "Basic {}",
-                        base64::engine::general_purpose::STANDARD.encode(raw)
-                    ))
-                    .map_err(|_| EndpointError::Credentials(e.name.clone()))?;
+                    let credentials = crate::config::Secret::basic(username, password);
+                    let mut header = HeaderValue::from_str(&format!("Basic {}", credentials.expose_str()))
+                        .map_err(|_| EndpointError::Credentials(e.name.clone()))?;
                     header.set_sensitive(true);
                     Credentials::Basic {
                         header,

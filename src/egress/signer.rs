@@ -26,10 +26,8 @@ fn authority(uri: &Uri) -> Option<String> {
         Some("https") => 443,
         _ => 80,
     };
-    Some(match uri.port_u16() {
-        Some(p) if p != default => format!("{host}:{p}"),
-        _ => host,
-    })
+    let port = uri.port_u16().filter(|p| *p != default);
+    Some(crate::headers::HostPort { host: &host, port }.to_string())
 }
 
 /// Why a request cannot be signed as configured.
