@@ -20,6 +20,12 @@ pub const MSG_REJECTED: &str = "User is not authenticated";
 pub const MSG_FORBIDDEN: &str =
     "UNAUTHORIZED_ACCESS_ERROR: User does not have the permission to access this service/functionality.";
 
+/// The status a request whose client went away is logged with (nginx's 499).
+pub const CLIENT_CLOSED: StatusCode = match StatusCode::from_u16(499) {
+    Ok(s) => s,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
+
 /// A request Portcullis answers itself instead of forwarding.
 #[derive(Debug, Clone)]
 pub enum Refusal {
@@ -61,6 +67,9 @@ pub enum Refusal {
     /// 408: the request body stalled past `body_read_timeout`, or the whole request
     /// past `request_timeout`.
     BodyTimeout,
+    /// 499 (logged; the client rarely reads it): the client closed or reset before its
+    /// request body was all sent.
+    ClientClosed,
     /// A refusal of the builtin issuer's token endpoint: an RFC 6749 section 5.2 body.
     OAuth(Box<OAuthError>),
 }
@@ -181,6 +190,7 @@ impl Answer for Refusal {
             Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             Refusal::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Refusal::ClientClosed => CLIENT_CLOSED,
             Refusal::OAuth(e) => e.status,
         }
     }
@@ -201,6 +211,7 @@ impl Answer for Refusal {
             Refusal::Unavailable(_) => "Authorization service unavailable",
             Refusal::GatewayTimeout => "Upstream service timed out",
             Refusal::BodyTimeout => "Request body not received in time",
+            Refusal::ClientClosed => "Client closed the request",
             Refusal::OAuth(e) => return e.description.clone(),
         })
     }
@@ -219,6 +230,7 @@ impl Answer for Refusal {
             Refusal::BadGateway(r) | Refusal::Unavailable(r) => r,
             Refusal::GatewayTimeout => "upstream_timeout",
             Refusal::BodyTimeout => "body_timeout",
+            Refusal::ClientClosed => "client_closed",
             Refusal::OAuth(e) => e.reason,
         }
     }
@@ -243,7 +255,7 @@ impl Answer for Refusal {
                 let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
                 h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
             }
-            Refusal::PayloadTooLarge | Refusal::HeadersTooLarge | Refusal::BodyTimeout => {
+            Refusal::PayloadTooLarge | Refusal::HeadersTooLarge | Refusal::BodyTimeout | Refusal::ClientClosed => {
                 h.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             Refusal::Unavailable(_) => {
@@ -279,6 +291,7 @@ impl Refusal {
             | Refusal::PayloadTooLarge
             | Refusal::HeadersTooLarge
             | Refusal::BodyTimeout => Outcome::BadRequest,
+            Refusal::ClientClosed => Outcome::ClientClosed,
             Refusal::Missing { .. } | Refusal::Rejected { .. } => Outcome::Unauthenticated,
             Refusal::Forbidden { .. } => Outcome::Forbidden,
             Refusal::LockedOut { .. } => Outcome::LockedOut,
@@ -310,6 +323,8 @@ impl Refusal {
             502..=504 => 14,
             404 | 405 => 12,
             408 => 4,
+            // CANCELLED: the client went away.
+            499 => 1,
             400..=499 => 3,
             _ => 2,
         };

@@ -240,7 +240,7 @@ impl Gateway {
             auth: Auth::new(&config, metrics, lasting, client)?,
             egress: crate::egress::Egress::new(&config.endpoints, metrics, &lasting.shared.egress)
                 .map_err(BuildError::Egress)?
-                .with_head_limits(config.limits.max_headers, config.limits.max_header_bytes),
+                .with_limits(&config.limits),
             signer: Signer::new(key, config.assertion.ttl),
             upstreams: Upstreams::Network,
             config,

@@ -254,6 +254,17 @@ pub fn request_id(h: &http::HeaderMap) -> HeaderValue {
     }
 }
 
+/// Whether a `Content-Type` is gRPC's (`application/grpc`, `application/grpc+proto`,
+/// with parameters or not; media types ignore case). gRPC-Web (`application/grpc-web`)
+/// is another protocol and is not.
+pub fn is_grpc(content_type: &HeaderValue) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    let v = content_type.as_bytes().trim_ascii();
+    v.len() >= GRPC.len()
+        && v[..GRPC.len()].eq_ignore_ascii_case(GRPC)
+        && matches!(v.get(GRPC.len()), None | Some(b'+' | b';' | b' ' | b'\t'))
+}
+
 /// An authority as `host[:port]`, never with its user info: how the access log, spans,
 /// `explain`, the admin page and a `Host` header name an upstream or a URL's server, so
 /// that a password in a URL cannot reach any of them.
@@ -300,6 +311,26 @@ impl std::fmt::Display for HostPort<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_is_known_by_its_media_type_in_any_case() {
+        for yes in [
+            "application/grpc",
+            "application/GRPC",
+            "Application/grpc+proto",
+            "application/grpc; charset=x",
+        ] {
+            assert!(is_grpc(&HeaderValue::from_static(yes)), "{yes}");
+        }
+        for no in [
+            "application/grpcfoo",
+            "application/grpc-web+proto",
+            "application/json",
+            "application/grp",
+        ] {
+            assert!(!is_grpc(&HeaderValue::from_static(no)), "{no}");
+        }
+    }
 
     #[test]
     fn host_and_port_never_show_user_info() {

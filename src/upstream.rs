@@ -123,11 +123,12 @@ pub async fn echo(req: Request<Body>) -> Result<Response<Body>, BoxError> {
 /// A body that was complete on arrival (most GETs) shares one static, already finished
 /// state instead of allocating its own.
 #[derive(Debug, Clone, Default)]
-pub struct Overflow(Option<Arc<[AtomicBool; 3]>>);
+pub struct Overflow(Option<Arc<[AtomicBool; 4]>>);
 
 const OVER_LIMIT: usize = 0;
 const TIMED_OUT: usize = 1;
 const FINISHED: usize = 2;
+const CLIENT_GONE: usize = 3;
 
 impl Overflow {
     fn tracking() -> Self {
@@ -148,6 +149,11 @@ impl Overflow {
     /// The body stalled or was still arriving when its time was up.
     pub fn timed_out(&self) -> bool {
         self.get(TIMED_OUT)
+    }
+
+    /// The client's body broke off: it closed or reset before sending all of it.
+    pub fn client_gone(&self) -> bool {
+        self.get(CLIENT_GONE)
     }
 
     /// Whether the client's body was read to its end (always, for a body held whole).
@@ -402,7 +408,13 @@ impl<B: RequestBody> HttpBody for Prefixed<B> {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => {
+                let e: BoxError = e.into();
+                if client_gone(&e) {
+                    self.overflow.set(CLIENT_GONE);
+                }
+                Poll::Ready(Some(Err(e)))
+            }
             Poll::Ready(None) => {
                 self.rest = None;
                 self.timer = None;
@@ -431,6 +443,29 @@ impl<B: RequestBody> HttpBody for Prefixed<B> {
         hint.set_lower(lower);
         hint
     }
+}
+
+/// Whether a request body's error means the client broke off (closed or reset the
+/// connection or the stream before the end), not that it sent something malformed: a
+/// body that stops is the client going away, a parse error is a bad request.
+pub fn client_gone(e: &BoxError) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            return !(h.is_parse() || h.is_user() || h.is_timeout());
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// Reads and discards what is left of a refused request's body, within bounds, so the

@@ -143,7 +143,10 @@ proptest! {
         }
         if let url_key::Found::One(k) = url_key::find(Some(&q)) {
             prop_assert!(!k.is_empty());
-            let values: Vec<String> = url::form_urlencoded::parse(q.as_bytes())
+            // Pairs are split on `&` and on `;` (which some servers split on too).
+            let values: Vec<String> = q
+                .split(['&', ';'])
+                .flat_map(|pair| url::form_urlencoded::parse(pair.as_bytes()))
                 .filter(|(n, _)| n == url_key::PARAM)
                 .map(|(_, v)| v.into_owned())
                 .collect();

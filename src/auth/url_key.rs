@@ -51,10 +51,14 @@ fn pair_name_is_param(pair: &str) -> Option<String> {
     (name == PARAM).then(|| value.into_owned())
 }
 
+/// What separates the pairs of a query: `&`, and `;`, which some servers split on too
+/// (older Rack, Python's `cgi`), so a key behind a `;` is found and removed as well.
+const SEPARATORS: [char; 2] = ['&', ';'];
+
 pub fn find(query: Option<&str>) -> Found {
     let Some(q) = query else { return Found::None };
     let mut found: Option<String> = None;
-    for pair in q.split('&') {
+    for pair in q.split(SEPARATORS) {
         if let Some(v) = pair_name_is_param(pair) {
             match &found {
                 Some(prev) if *prev != v => return Found::Ambiguous,
@@ -69,14 +73,27 @@ pub fn find(query: Option<&str>) -> Found {
     }
 }
 
-/// The query without any [`PARAM`] pair, other pairs byte for byte; `None` if nothing
-/// is left.
+/// The query without any [`PARAM`] pair (pairs split on `&` and `;`), other pairs and
+/// the separators between them byte for byte; `None` if nothing is left.
 pub fn strip(query: &str) -> Option<String> {
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| !pair.is_empty() && pair_name_is_param(pair).is_none())
-        .collect();
-    (!kept.is_empty()).then(|| kept.join("&"))
+    let mut out = String::with_capacity(query.len());
+    let mut start = 0;
+    let mut before = "";
+    let ends = query
+        .match_indices(SEPARATORS)
+        .chain(std::iter::once((query.len(), "")));
+    for (end, sep) in ends {
+        let pair = &query[start..end];
+        if !pair.is_empty() && pair_name_is_param(pair).is_none() {
+            if !out.is_empty() {
+                out.push_str(before);
+            }
+            out.push_str(pair);
+        }
+        before = sep;
+        start = end + sep.len();
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// Whether the query may hold the parameter at all (cheap pre-check for the hot path).
@@ -96,6 +113,9 @@ mod tests {
         assert_eq!(find(Some("apiKey=k1&apiKey=k2")), Found::Ambiguous);
         assert_eq!(find(Some("apiKey=")), Found::Ambiguous);
         assert_eq!(find(Some("apikey=k1")), Found::None);
+        // `;` separates pairs too: a key behind one is found, two different are ambiguous.
+        assert_eq!(find(Some("x=1;apiKey=k1")), Found::One("k1".into()));
+        assert_eq!(find(Some("apiKey=k1&x=1;apiKey=k2")), Found::Ambiguous);
         assert_eq!(find(None), Found::None);
     }
 
@@ -104,5 +124,8 @@ mod tests {
         assert_eq!(strip("a=1&apiKey=k&b=%20x&api%4bey=k"), Some("a=1&b=%20x".into()));
         assert_eq!(strip("apiKey=k"), None);
         assert_eq!(strip("a=1"), Some("a=1".into()));
+        assert_eq!(strip("apiKey=k&x=1;apiKey=k"), Some("x=1".into()));
+        assert_eq!(strip("a=1;apiKey=k;b=2&c=3"), Some("a=1;b=2&c=3".into()));
+        assert_eq!(strip("a=1&&apiKey=k;;b"), Some("a=1;b".into()));
     }
 }

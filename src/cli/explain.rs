@@ -163,9 +163,16 @@ fn request(method: &str, url: &str, headers: &[String]) -> anyhow::Result<http::
         };
         builder = builder.header(name.trim(), value.trim());
     }
-    // The Host a client would send: the URL's host and port, never its user info.
-    if let Some(a) = uri.authority() {
-        builder = builder.header(http::header::HOST, crate::headers::HostPort::of(a).to_string());
+    // The Host a client would send: the URL's host and port, never its user info; for a
+    // bare path without a Host argument, `localhost` (every HTTP/1.1 client sends one).
+    let host_given = headers.iter().any(|h| {
+        h.split_once(':')
+            .is_some_and(|(n, _)| n.trim().eq_ignore_ascii_case("host"))
+    });
+    match uri.authority() {
+        Some(a) => builder = builder.header(http::header::HOST, crate::headers::HostPort::of(a).to_string()),
+        None if !host_given => builder = builder.header(http::header::HOST, "localhost"),
+        None => {}
     }
     match builder.body(()) {
         Ok(r) => Ok(r.into_parts().0),
@@ -208,6 +215,13 @@ fn print(e: &crate::inbound::Explanation, request: &str, found: &[String], known
         (None, None) => {}
     }
     match &e.decision {
+        Ok(_) if e.endpoint.is_some() => {
+            println!(
+                "decision     answered by the builtin OAuth issuer itself (`{}`): no route, nothing forwarded; explain does not run its grants",
+                e.endpoint.unwrap_or("")
+            );
+            ExitCode::SUCCESS
+        }
         Ok(upstream) => {
             println!("decision     allowed: forwarded to {upstream}");
             ExitCode::SUCCESS

@@ -16,12 +16,13 @@ use super::{signer, token, Call, Credentials, Egress, Endpoint, REPLAY_LIMIT};
 use crate::assertion::{Claims, Signer};
 use crate::error::{full, Body, BoxError, Refusal};
 use crate::headers;
-use crate::upstream::RequestBody;
+use crate::upstream::{BodyError, BodyTiming, Overflow, RequestBody};
 
 /// A request body that can be sent more than once, or only once.
 pub(super) enum Payload {
     Held(Bytes),
-    Stream(Body),
+    /// Streamed, with what tells how the caller's side of it ended.
+    Stream(Body, Overflow),
 }
 
 impl Payload {
@@ -31,8 +32,8 @@ impl Payload {
                 *self = Payload::Held(b.clone());
                 Some(full(b))
             }
-            Payload::Stream(s) => {
-                *self = Payload::Stream(full(Bytes::new()));
+            Payload::Stream(s, o) => {
+                *self = Payload::Stream(full(Bytes::new()), o);
                 Some(s)
             }
         }
@@ -41,23 +42,36 @@ impl Payload {
     fn replayable(&self) -> bool {
         matches!(self, Payload::Held(_))
     }
+
+    /// Why a call whose streamed body failed did not complete, when the caller's side
+    /// says: its body stalled or ran past its time (408), or it went away (499).
+    fn caller_fault(&self) -> Option<Refusal> {
+        match self {
+            Payload::Stream(_, o) if o.timed_out() => Some(Refusal::BodyTimeout),
+            Payload::Stream(_, o) if o.client_gone() => Some(Refusal::ClientClosed),
+            _ => None,
+        }
+    }
 }
 
 /// Reads up to `limit` bytes: the whole body if it fits, else the held part and the rest.
-async fn hold<B: RequestBody>(body: B, limit: usize) -> Result<Payload, BoxError> {
+async fn hold(body: Body, overflow: &Overflow, limit: usize) -> Result<Payload, BoxError> {
     let mut body = body;
     let mut held = BytesMut::new();
     while held.len() <= limit {
         match body.frame().await {
             None => return Ok(Payload::Held(held.freeze())),
             Some(frame) => {
-                if let Ok(data) = frame.map_err(Into::into)?.into_data() {
+                if let Ok(data) = frame?.into_data() {
                     held.extend_from_slice(&data);
                 }
             }
         }
     }
-    Ok(Payload::Stream(crate::upstream::prefixed(held.freeze(), body)))
+    Ok(Payload::Stream(
+        crate::upstream::prefixed(held.freeze(), body),
+        overflow.clone(),
+    ))
 }
 
 /// The egress phases after the call's context exists: admit (head limits, path,
@@ -87,7 +101,7 @@ pub(super) async fn handle<B: RequestBody>(
     h.insert(headers::X_REQUEST_ID, call.request_id.clone());
     parts.uri = target;
     parts.version = http::Version::HTTP_11;
-    let mut payload = payload(&endpoint, body).await?;
+    let mut payload = payload(&endpoint, body, egress.body_timing(call.started)).await?;
     endpoint
         .dispatch(&mut parts, &mut payload, assertion)
         .await
@@ -124,7 +138,12 @@ fn admit(
         .cloned()
         .ok_or_else(|| EgressError::UnknownEndpoint(name.to_string()))?;
     call.endpoint = Some(endpoint.clone());
-    let assertion = parts.headers.get(headers::X_PORTCULLIS_ASSERTION);
+    // One assertion or none: two are refused, never resolved by picking one.
+    let mut all = parts.headers.get_all(headers::X_PORTCULLIS_ASSERTION).iter();
+    let assertion = all.next();
+    if all.next().is_some() {
+        return Err(forbidden("assertion_invalid"));
+    }
     let claims: Option<Claims> = match assertion {
         None => None,
         Some(v) => match v.to_str().ok().map(|t| signer.verify(t)) {
@@ -152,20 +171,39 @@ fn admit(
 /// The body as the endpoint's scheme needs it: held whole to be digested (signatures
 /// covering `content-digest`) or to be sent again (a Basic challenge, an OAuth2 token
 /// refresh), else streamed.
-async fn payload<B: RequestBody>(endpoint: &Endpoint, body: B) -> Result<Payload, Fail> {
-    let unreadable = || Fail::Refusal(Refusal::BadRequest("request body could not be read".into()));
+/// Every body, held or streamed, is bounded by `body_read_timeout` and `request_timeout`
+/// (`timing`), as inbound.
+async fn payload<B: RequestBody>(endpoint: &Endpoint, body: B, timing: BodyTiming) -> Result<Payload, Fail> {
+    let (body, overflow) = match crate::upstream::limit_body(body, 0, None, timing).await {
+        Ok(x) => x,
+        Err(BodyError::Timeout) => return Err(Refusal::BodyTimeout.into()),
+        Err(BodyError::Client(e)) if crate::upstream::client_gone(&e) => return Err(Refusal::ClientClosed.into()),
+        Err(_) => return Err(Refusal::BadRequest("request body could not be read".into()).into()),
+    };
+    // A held body that could not be read: the caller's delay, its leaving, or its bytes.
+    let unreadable = |overflow: &Overflow| {
+        Fail::Refusal(if overflow.timed_out() {
+            Refusal::BodyTimeout
+        } else if overflow.client_gone() {
+            Refusal::ClientClosed
+        } else {
+            Refusal::BadRequest("request body could not be read".into())
+        })
+    };
     let needs_replay = matches!(
         endpoint.credentials,
         Credentials::Basic { preemptive: false, .. } | Credentials::OAuth2(_)
     );
     match &endpoint.credentials {
-        Credentials::Signature(s) if s.covers_digest() => match hold(body, signer::DIGEST_LIMIT).await {
+        Credentials::Signature(s) if s.covers_digest() => match hold(body, &overflow, signer::DIGEST_LIMIT).await {
             Ok(p @ Payload::Held(_)) => Ok(p),
-            Ok(Payload::Stream(_)) => Err(EgressError::BodyTooLargeToDigest.into()),
-            Err(_) => Err(unreadable()),
+            Ok(Payload::Stream(..)) => Err(EgressError::BodyTooLargeToDigest.into()),
+            Err(_) => Err(unreadable(&overflow)),
         },
-        _ if needs_replay => hold(body, REPLAY_LIMIT).await.map_err(|_| unreadable()),
-        _ => Ok(Payload::Stream(body.map_err(Into::into).boxed_unsync())),
+        _ if needs_replay => hold(body, &overflow, REPLAY_LIMIT)
+            .await
+            .map_err(|_| unreadable(&overflow)),
+        _ => Ok(Payload::Stream(body, overflow)),
     }
 }
 
@@ -294,7 +332,10 @@ async fn send(
     *head.version_mut() = parts.version;
     *head.headers_mut() = parts.headers.clone();
     match tokio::time::timeout(endpoint.timeout, endpoint.client.request(head)).await {
-        Err(_) => Err(Refusal::GatewayTimeout.into()),
+        Err(_) => Err(payload.caller_fault().unwrap_or(Refusal::GatewayTimeout).into()),
+        Ok(Err(_)) if payload.caller_fault().is_some() => {
+            Err(payload.caller_fault().unwrap_or(Refusal::ClientClosed).into())
+        }
         Ok(Err(e)) => {
             let detail = error_chain(&e);
             tracing::warn!(endpoint = %endpoint.name, error = %detail, "egress: target unreachable");

@@ -79,6 +79,9 @@ pub struct Egress {
     /// `[limits] max_headers` and `max_header_bytes` for a caller's request head (the
     /// parser holds more, so that the refusal is ours: JSON, X-Request-Id, logged).
     head_limits: (usize, usize),
+    /// `[limits] body_read_timeout` and `request_timeout` for a caller's request body
+    /// (none until [`Egress::with_limits`]).
+    body_timeouts: (Duration, Duration),
 }
 
 impl Egress {
@@ -163,13 +166,30 @@ impl Egress {
             endpoints,
             requests: metrics.egress_requests.clone(),
             head_limits: (usize::MAX, usize::MAX),
+            body_timeouts: (Duration::MAX, Duration::MAX),
         })
     }
 
-    /// The request-head limits of `[limits]` for callers of the egress port.
-    pub fn with_head_limits(mut self, max_headers: usize, max_header_bytes: usize) -> Self {
-        self.head_limits = (max_headers, max_header_bytes);
+    /// The limits of `[limits]` for callers of the egress port: the request head's size,
+    /// and the body's `body_read_timeout` and `request_timeout`, as inbound.
+    pub fn with_limits(mut self, limits: &config::Limits) -> Self {
+        self.head_limits = (limits.max_headers, limits.max_header_bytes);
+        self.body_timeouts = (limits.body_read_timeout, limits.request_timeout);
         self
+    }
+
+    /// How a caller's request body that started at `started` is timed.
+    fn body_timing(&self, started: Instant) -> crate::upstream::BodyTiming {
+        let (idle, whole) = self.body_timeouts;
+        let now = tokio::time::Instant::now();
+        let until = tokio::time::Instant::from_std(started)
+            .checked_add(whole)
+            .unwrap_or(now + Duration::from_secs(86400 * 365));
+        crate::upstream::BodyTiming {
+            idle: idle.min(Duration::from_secs(86400 * 365)),
+            until,
+            spool_max: u64::MAX,
+        }
     }
 }
 

@@ -24,6 +24,9 @@ pub struct Explanation {
     /// `Ok(upstream URL)` when the request would be forwarded; else the refusal:
     /// status, reason, the message the client would get.
     pub decision: Result<String, (u16, &'static str, String)>,
+    /// The builtin issuer's endpoint that answers the request itself (`oauth_token`,
+    /// `oauth_revoke`, `oauth_jwks`), when the path names one: no route, nothing forwarded.
+    pub endpoint: Option<&'static str>,
 }
 
 /// The decision for one request head, from `client`.
@@ -37,7 +40,23 @@ pub async fn explain(gw: &Gateway, mut parts: Parts, client: std::net::IpAddr) -
         parts.version,
         trace,
     );
-    let decided = super::decide::decide(gw, &mut ctx, &mut parts).await;
+    // The phases of `admit`, in its order, then the upgrade's own checks.
+    let decided = async {
+        super::decide::check_head(&gw.config.limits, &parts)?;
+        super::upgrade::extended_connect(&mut parts)?;
+        if gw.auth.oauth.as_ref().and_then(|o| o.issuer()).is_some() {
+            if let Some(endpoint) = crate::auth::oauth::builtin::endpoint(&crate::path::normalize(parts.uri.path())) {
+                ctx.endpoint = Some(endpoint);
+                return Ok(None);
+            }
+        }
+        let permit = super::decide::decide(gw, &mut ctx, &mut parts).await?;
+        if gw.routes()[permit.route()].websocket && super::upgrade::websocket_requested(&parts) {
+            super::upgrade::handshake(&parts)?;
+        }
+        Ok::<_, crate::error::Refusal>(Some(permit))
+    }
+    .await;
     let route = ctx.route.map(|i| &gw.routes()[i]);
     let mut out = Explanation {
         route: route.map(|r| {
@@ -56,9 +75,11 @@ pub async fn explain(gw: &Gateway, mut parts: Parts, client: std::net::IpAddr) -
             .zip(ctx.auth_method)
             .map(|(p, m)| (p.to_string(), m)),
         decision: Err((0, "", String::new())),
+        endpoint: ctx.endpoint,
     };
     out.decision = match decided {
-        Ok(permit) => {
+        Ok(None) => Ok(String::new()),
+        Ok(Some(permit)) => {
             out.principal = permit.principal().cloned();
             let r = &gw.routes()[permit.route()];
             match &r.upstream {

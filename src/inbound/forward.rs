@@ -61,6 +61,7 @@ pub(super) async fn limit_body<B: RequestBody>(
         Ok(x) => Ok(x),
         Err(BodyError::TooLarge) => Err(Refusal::PayloadTooLarge),
         Err(BodyError::Timeout) => Err(Refusal::BodyTimeout),
+        Err(BodyError::Client(e)) if upstream::client_gone(&e) => Err(Refusal::ClientClosed),
         Err(BodyError::Client(_)) => Err(Refusal::BadRequest("request body could not be read".into())),
     }
 }
@@ -98,6 +99,9 @@ pub(super) async fn forward(
         Err(_) if overflow.timed_out() || !overflow.finished() => Err(Refusal::BodyTimeout),
         Err(_) => Err(Refusal::GatewayTimeout),
         Ok(Err(_)) if overflow.happened() => Err(Refusal::PayloadTooLarge),
+        // The upstream call failed because the client's body broke off: the client's
+        // leaving, not the upstream's fault.
+        Ok(Err(_)) if overflow.client_gone() => Err(Refusal::ClientClosed),
         Ok(Err(_)) if overflow.timed_out() => Err(Refusal::BodyTimeout),
         Ok(Err(e)) => {
             tracing::debug!(request_id = ?ctx.request_id, error = %crate::util::Escaped(&e), "upstream request failed");

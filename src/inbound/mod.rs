@@ -134,7 +134,7 @@ async fn serve<B: RequestBody>(
         && req
             .headers()
             .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+            .is_some_and(crate::headers::is_grpc);
     let inner = match mode {
         Mode::Proxy => handle_inner(&env, &gw, &conn, ctx, req).await,
         Mode::ForwardAuth => forward_auth::handle(&gw, &conn, ctx, req).await,
@@ -265,7 +265,8 @@ async fn admit<'g>(
         parts.extensions.insert(cert.clone());
     }
     if let Some(issuer) = gw.auth.oauth.as_ref().and_then(|o| o.issuer()) {
-        if let Some(endpoint) = builtin::endpoint(parts.uri.path()) {
+        // Matched as routes are: with escapes of unreserved characters decoded.
+        if let Some(endpoint) = builtin::endpoint(&crate::path::normalize(parts.uri.path())) {
             // The issuer's endpoints are routes of the pipeline too: their refusals are
             // counted, logged and shown like any other, under their own labels.
             ctx.endpoint = Some(endpoint);

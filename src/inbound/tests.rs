@@ -311,3 +311,43 @@ async fn a_body_over_the_limit_is_refused_before_the_upstream_sees_it() {
     assert_eq!(ctx.refusal.map(|(_, r)| r), Some("body_too_large"));
     assert!(seen.lock().unwrap().is_empty());
 }
+
+/// A body that sends `hello`, then fails as a reset connection does.
+struct Broken(bool);
+
+impl http_body::Body for Broken {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        if self.0 {
+            return std::task::Poll::Ready(Some(Err(std::io::Error::from(std::io::ErrorKind::ConnectionReset))));
+        }
+        self.0 = true;
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(b"hello")))))
+    }
+}
+
+#[tokio::test]
+async fn a_body_that_breaks_off_is_the_client_leaving_not_the_upstream_failing() {
+    for limit in ["max_body_bytes = 0", "max_body_bytes = 1024"] {
+        let (seen, upstream) = recording();
+        let (p, env) = pipeline(config(limit), upstream);
+        let req = Request::post("/inc/a?apiKey=".to_string() + KEY)
+            .header("host", "gw.example")
+            .body(Broken(false))
+            .unwrap();
+        let resp = p.clone().oneshot(req).await.unwrap();
+        let ctx = resp.extensions().get::<Ctx>().cloned().unwrap();
+        assert_eq!(resp.status().as_u16(), 499, "{limit}");
+        assert_eq!(ctx.refusal, Some((Outcome::ClientClosed, "client_closed")), "{limit}");
+        assert!(seen.lock().unwrap().is_empty(), "{limit}");
+        assert!(
+            env.metrics.render().contains("portcullis_client_closed_total 1"),
+            "{limit}"
+        );
+    }
+}

@@ -179,6 +179,21 @@ fn tokens(h: &http::HeaderMap, name: header::HeaderName) -> impl Iterator<Item =
 /// An HTTP/1.1 WebSocket upgrade checked (RFC 6455 section 4.2.1: one `Sec-WebSocket-Key`
 /// of 16 bytes, version 13) and turned into the upgrade the upstream gets.
 fn h1_upgrade(parts: &mut Parts) -> Result<Upgrade, Refusal> {
+    let accept = handshake(parts)?;
+    let client = parts
+        .extensions
+        .remove::<hyper::upgrade::OnUpgrade>()
+        .ok_or_else(|| Refusal::BadRequest("this connection cannot be upgraded".into()))?;
+    Ok(Upgrade {
+        side: Side::H1 { client, accept },
+        key: websocket_key(),
+    })
+}
+
+/// The client's side of an HTTP/1.1 WebSocket handshake checked (RFC 6455 section
+/// 4.2.1: one `Sec-WebSocket-Key` of 16 bytes, version 13), and the
+/// `Sec-WebSocket-Accept` that answers it. `explain` runs it too.
+pub(super) fn handshake(parts: &Parts) -> Result<HeaderValue, Refusal> {
     let bad = |m: &'static str| Refusal::BadRequest(m.into());
     let one = |name: header::HeaderName| {
         let mut all = parts.headers.get_all(name).into_iter();
@@ -196,16 +211,8 @@ fn h1_upgrade(parts: &mut Parts) -> Result<Upgrade, Refusal> {
     if one(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes().trim_ascii() != b"13") {
         return Err(bad("a WebSocket upgrade needs Sec-WebSocket-Version: 13"));
     }
-    let accept = HeaderValue::from_str(&websocket_accept(client_key.to_str().unwrap_or("")))
-        .map_err(|_| bad("the WebSocket key cannot be answered"))?;
-    let client = parts
-        .extensions
-        .remove::<hyper::upgrade::OnUpgrade>()
-        .ok_or_else(|| bad("this connection cannot be upgraded"))?;
-    Ok(Upgrade {
-        side: Side::H1 { client, accept },
-        key: websocket_key(),
-    })
+    HeaderValue::from_str(&websocket_accept(client_key.to_str().unwrap_or("")))
+        .map_err(|_| bad("the WebSocket key cannot be answered"))
 }
 
 /// An RFC 8441 WebSocket turned into the HTTP/1.1 upgrade request the upstream expects,
@@ -241,7 +248,7 @@ fn websocket_accept(key: &str) -> String {
 
 /// Whether an HTTP/1.1 request asks for a WebSocket upgrade: a GET with `Connection`
 /// naming `upgrade` and `Upgrade` naming `websocket` among whatever else it offers.
-fn websocket_requested(parts: &Parts) -> bool {
+pub(super) fn websocket_requested(parts: &Parts) -> bool {
     parts.version == Version::HTTP_11
         && parts.method == http::Method::GET
         && tokens(&parts.headers, header::CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade"))

@@ -481,3 +481,68 @@ async fn soak_mixed_traffic_with_a_reload() {
     let peak = gw.peak_rss_kib();
     assert!(peak < 160 * 1024, "peak RSS {peak} KiB");
 }
+
+/// A loopback upstream that accepts one connection, says when a request head has
+/// arrived, and never answers (the socket stays open until the test ends).
+async fn silent_upstream() -> (String, tokio::sync::oneshot::Receiver<()>, tokio::task::JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        let mut tx = Some(tx);
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+        std::future::pending::<()>().await;
+    });
+    (url, rx, task)
+}
+
+/// A client that goes away in the middle of its request body, whatever the framing, is
+/// finished once as 499 `client_closed`: never as the upstream's fault (502) nor as a
+/// bad request, and `portcullis_client_closed_total` counts it.
+#[tokio::test]
+async fn a_client_that_leaves_mid_body_is_client_closed_not_an_upstream_error() {
+    for body in [
+        "Content-Length: 1000\r\n\r\nhello",
+        "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    ] {
+        let (url, head_arrived, upstream) = silent_upstream().await;
+        // No body limit: the body streams at once, so the upstream sees the head.
+        let gw = Gateway::start(&cfg(&url, "max_body_bytes = 0", "")).await;
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(format!("POST /open/x HTTP/1.1\r\nHost: x\r\n{body}").as_bytes())
+            .await
+            .unwrap();
+        head_arrived.await.unwrap();
+        drop(s);
+        let finished = eventually(PATIENCE, || async {
+            gw.metric("portcullis_client_closed_total").await >= 1.0
+        })
+        .await;
+        assert!(finished, "{body}: {}", gw.metrics().await);
+        let m = gw.metrics().await;
+        let series = |outcome: &str| {
+            format!(
+                r#"portcullis_requests_total{{auth_method="none",integration="open",outcome="{outcome}",plan="p"}}"#
+            )
+        };
+        assert_eq!(metric_value(&m, &series("client_closed")), 1.0, "{body}");
+        assert_eq!(metric_value(&m, &series("upstream_error")), 0.0, "{body}");
+        assert_eq!(metric_value(&m, &series("bad_request")), 0.0, "{body}");
+        assert_eq!(metric_value(&m, "portcullis_client_closed_total"), 1.0, "{body}");
+        gw.stop().await;
+        upstream.abort();
+    }
+}

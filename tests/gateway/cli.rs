@@ -808,3 +808,80 @@ fn health_refuses_special_and_huge_config_files() {
         assert!(err.contains(says), "{}: {err}", path.display());
     }
 }
+
+/// `explain` runs what the server runs before a route: the head's checks, the builtin
+/// issuer's own endpoints (also spelled with escapes), and the WebSocket handshake's
+/// checks on an integration that allows upgrades, so it agrees with the server.
+#[test]
+fn explain_agrees_with_the_server_on_heads_issuer_endpoints_and_upgrades() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &config(&format!(
+            r#"
+[oauth]
+mode = "builtin"
+
+[[oauth.clients]]
+client_id = "c1"
+client_secret_hash = "{secret}"
+
+[[users]]
+name = "alice"
+roles = ["rest"]
+password_hash = "{alice}"
+
+[[plans]]
+name = "p"
+upstream = "http://127.0.0.1:9"
+access = {{ all = true }}
+
+[[plans.integrations]]
+name = "ws"
+path = "/ws/*"
+methods = ["GET"]
+auth = "basic"
+upgrades = ["websocket"]
+"#,
+            secret = sha256_hex("c1-secret"),
+            alice = argon2_hash("alice-pw"),
+        )),
+    );
+    let cfg = path.to_str().unwrap();
+    let auth = format!("Authorization: {}", basic("alice", "alice-pw"));
+    let explain = |args: &[&str]| {
+        let mut all = vec!["explain", "--config", cfg];
+        all.extend_from_slice(args);
+        run(&all, "")
+    };
+    for target in ["/oauth/token", "/oauth/%74oken", "/oauth/jwks.json", "/oauth/revoke"] {
+        let (code, out, _) = explain(&["POST", target]);
+        assert_eq!(code, 0, "{target}: {out}");
+        assert!(
+            out.contains("answered by the builtin OAuth issuer itself"),
+            "{target}: {out}"
+        );
+    }
+    let upgrade = ["Connection: Upgrade", "Upgrade: websocket", "Sec-WebSocket-Version: 13"];
+    let mut args = vec!["GET", "/ws/feed", "-H", &auth];
+    for h in upgrade {
+        args.extend(["-H", h]);
+    }
+    let good_key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==";
+    let (code, out, _) = explain(&[&args[..], &["-H", good_key]].concat());
+    assert_eq!(code, 0, "{out}");
+    let (code, out, _) = explain(&[&args[..], &["-H", "Sec-WebSocket-Key: AAAA"]].concat());
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("400 bad_request"), "{out}");
+    // Two Host headers: the head's own check refuses before any route.
+    let (code, out, _) = explain(&[
+        "GET",
+        "http://gw.example/ws/feed",
+        "-H",
+        &auth,
+        "-H",
+        "Host: other.example",
+    ]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("400 bad_request"), "{out}");
+}

@@ -822,10 +822,24 @@ base_url = "http://{a}"
     assert_eq!(call("asuser", Some(ops.clone())).await.unwrap().status(), 200);
     assert_eq!(t.last().headers["x-portcullis-assertion"], ops.as_str());
     assert_eq!(call("asuser", None).await.unwrap().status(), 403);
+    // Two assertions, in either order, valid or not, are refused: none is picked.
+    let bob = eg.assertion("bob", &["dev"]);
+    for (first, second) in [(&ops, &bob), (&bob, &ops), (&ops, &ops)] {
+        for ep in ["ops", "asuser", "open"] {
+            let resp = c
+                .get(eg.url(&format!("/{ep}/x")))
+                .header("x-portcullis-assertion", first.as_str())
+                .header("x-portcullis-assertion", second.as_str())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(message(resp, 403).await, FORBIDDEN, "{ep}");
+        }
+    }
     let m = eg.gw.metrics().await;
     assert_eq!(
         metric_value(&m, r#"portcullis_egress_requests_total{endpoint="ops",status="403"}"#),
-        4.0
+        7.0
     );
     eg.gw.stop().await;
 }
@@ -1302,4 +1316,70 @@ auth = {{ type = "basic", username = "svc", password = "svc-pw", preemptive = tr
         assert_eq!(status(&out), 400, "{path}: {out}");
     }
     assert_eq!(t.count(), before, "a bent path reached the target");
+}
+
+/// The caller's request body on the egress port is timed as inbound: one that stalls
+/// past `body_read_timeout` is a 408, held (a Basic challenge may need it again) or
+/// streamed; a caller that leaves in the middle of its body is finished once as 499.
+#[tokio::test]
+async fn caller_bodies_are_timed_and_a_caller_that_leaves_is_499() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A target that accepts, reads and never answers.
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let t = target.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = target.accept().await {
+            open.push(s);
+        }
+    });
+    let eg = Egress::start(&format!(
+        r#"
+[limits]
+body_read_timeout = "300ms"
+
+[[endpoints]]
+name = "stream"
+base_url = "http://{t}"
+auth = {{ type = "none" }}
+
+[[endpoints]]
+name = "held"
+base_url = "http://{t}"
+auth = {{ type = "basic", username = "u", password = "p", preemptive = false }}
+"#
+    ))
+    .await;
+    for ep in ["stream", "held"] {
+        let mut s = tokio::net::TcpStream::connect(eg.addr).await.unwrap();
+        s.write_all(format!("POST /{ep}/x HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nhello").as_bytes())
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(PATIENCE, s.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{ep}: {answer}");
+    }
+    // A caller that leaves mid-body: 499, counted once for its endpoint.
+    let mut s = tokio::net::TcpStream::connect(eg.addr).await.unwrap();
+    s.write_all(b"POST /held/x HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nhello")
+        .await
+        .unwrap();
+    s.shutdown().await.unwrap();
+    drop(s);
+    let series = r#"portcullis_egress_requests_total{endpoint="held",status="499"}"#;
+    let counted = eventually(PATIENCE, || async { eg.gw.metric(series).await >= 1.0 }).await;
+    assert!(counted, "{}", eg.gw.metrics().await);
+    let m = eg.gw.metrics().await;
+    assert_eq!(metric_value(&m, series), 1.0);
+    assert_eq!(
+        metric_value(&m, r#"portcullis_egress_requests_total{endpoint="held",status="400"}"#),
+        0.0
+    );
+    for ep in ["stream", "held"] {
+        let s408 = format!(r#"portcullis_egress_requests_total{{endpoint="{ep}",status="408"}}"#);
+        assert_eq!(metric_value(&m, &s408), 1.0, "{ep}");
+    }
+    eg.gw.stop().await;
+    held.abort();
 }

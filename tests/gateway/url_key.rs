@@ -19,6 +19,12 @@ async fn the_key_authenticates_and_never_reaches_the_upstream() {
             format!("api%4Bey={ALICE_URL_KEY}&apiKey={ALICE_URL_KEY}&z"),
             "/url?z".to_string(),
         ),
+        // `;` separates pairs for some upstreams: a key behind one goes too.
+        (
+            format!("apiKey={ALICE_URL_KEY}&x=1;apiKey={ALICE_URL_KEY}"),
+            "/url?x=1".to_string(),
+        ),
+        (format!("a=1;api%4bey={ALICE_URL_KEY};b=2"), "/url?a=1;b=2".to_string()),
     ] {
         let resp = c.post(gw.url(&format!("/url?{query}"))).send().await.unwrap();
         assert_eq!(resp.status(), 200, "{query}");
@@ -44,6 +50,11 @@ async fn wrong_missing_disabled_and_ambiguous_keys_are_refused() {
         REJECTED,
     )
     .await;
+    assert_401(
+        post(format!("?apiKey={ALICE_URL_KEY}&x=1;apiKey=other")).await.unwrap(),
+        REJECTED,
+    )
+    .await;
     // Basic credentials are no credentials on a url_key route.
     let resp = c
         .post(gw.url("/url"))
@@ -58,7 +69,7 @@ async fn wrong_missing_disabled_and_ambiguous_keys_are_refused() {
         ("no_credentials", 2.0),
         ("bad_url_key", 1.0),
         ("user_disabled", 1.0),
-        ("ambiguous_credentials", 1.0),
+        ("ambiguous_credentials", 2.0),
     ] {
         assert_eq!(metric_value(&m, &failures(reason, "url_key")), n, "{reason}");
     }

@@ -153,7 +153,9 @@ impl Issuer {
         }
         let form = match tokio::time::timeout(timeout, http_body_util::Limited::new(body, MAX_FORM).collect()).await {
             Ok(Ok(b)) => b.to_bytes(),
-            Ok(Err(_)) => return Err(Refusal::PayloadTooLarge),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(Refusal::PayloadTooLarge),
+            Ok(Err(e)) if crate::upstream::client_gone(&e) => return Err(Refusal::ClientClosed),
+            Ok(Err(_)) => return Err(Refusal::BadRequest("token request body could not be read".into())),
             Err(_) => return Err(Refusal::BadRequest("token request body timed out".into())),
         };
         let authorization = parts.headers.get_all(header::AUTHORIZATION);
