@@ -292,8 +292,10 @@ impl Finishing for Call {
             None => (499, "client_closed"),
         };
         let name = self.endpoint.as_ref().map_or("", |e| e.name.as_str());
+        // Refused before an endpoint was named: counted under `endpoint=""` (one label
+        // value, whatever the caller sent).
+        self.requests.with_label_values(&[name, &status.to_string()]).inc();
         if let Some(e) = &self.endpoint {
-            self.requests.with_label_values(&[name, &status.to_string()]).inc();
             e.last_status.store(status, std::sync::atomic::Ordering::Relaxed);
         }
         tracing::info!(

@@ -1380,6 +1380,14 @@ auth = {{ type = "basic", username = "u", password = "p", preemptive = false }}
         let s408 = format!(r#"portcullis_egress_requests_total{{endpoint="{ep}",status="408"}}"#);
         assert_eq!(metric_value(&m, &s408), 1.0, "{ep}");
     }
+    // A call refused before it names an endpoint is counted too, under one label value.
+    let resp = client().get(eg.url("/no-such-endpoint/x")).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    let m = eg.gw.metrics().await;
+    assert_eq!(
+        metric_value(&m, r#"portcullis_egress_requests_total{endpoint="",status="404"}"#),
+        1.0
+    );
     eg.gw.stop().await;
     held.abort();
 }
