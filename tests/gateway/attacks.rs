@@ -947,6 +947,9 @@ async fn at_once(gw: &Arc<Gateway>, guesses: Vec<(Channel, String)>) -> Vec<(Cha
     answers
 }
 
+/// The password of guess `i` on channel `c`.
+type Guesses = fn(usize, usize) -> String;
+
 /// Basic, the password grant and forward-auth's Basic verify the same password under the
 /// same lockout: guesses on all of them at once share one budget per (user, client
 /// address), so at most `max_failures` are answered "wrong password" per window whatever
@@ -971,7 +974,7 @@ async fn concurrent_guesses_on_every_password_channel_share_one_budget() {
             .map(|method| metric_value(m, &failures("bad_password", method)))
             .sum::<f64>()
     };
-    let rounds: [(&str, fn(usize, usize) -> String); 3] = [
+    let rounds: [(&str, Guesses); 3] = [
         ("the same four guesses on every channel", |_, i| format!("guess-{i}")),
         ("distinct guesses per channel", |c, i| format!("guess-{c}-{i}")),
         ("the same guess on every request", |_, _| "guess".to_string()),
