@@ -530,6 +530,31 @@ async fn after_a_redis_restart_no_replica_accepts_a_token_revoked_meanwhile() {
     assert!(lost >= 1.0, "the lost subscription is counted");
 }
 
+/// An events subscription that goes quiet without closing (here: Redis pauses every
+/// client) is found by its unanswered PING: the replica fails closed for builtin tokens
+/// (503) instead of trusting a mirror it no longer hears, and vouches for them again
+/// once it has resubscribed and read the revocations back.
+#[tokio::test]
+async fn a_subscription_that_goes_quiet_fails_closed_until_it_answers_again() {
+    let Some(redis) = Redis::start() else { return };
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = Process::start(&replica(dir.path(), 0, &redis, &oauth_config(&up.url())), &[]);
+    let (access, _) = login(p.addr).await;
+    assert_eq!(bearer(p.addr, &access).await, 200);
+    // Long enough for a PING to go unanswered past command_timeout (2 s here).
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(6000)
+        .arg("ALL")
+        .query(&mut redis_conn(&redis))
+        .unwrap();
+    let closed = eventually(PATIENCE, || async { bearer(p.addr, &access).await == 503 }).await;
+    assert!(closed, "a quiet subscription is found and builtin tokens fail closed");
+    let open = eventually(PATIENCE, || async { bearer(p.addr, &access).await == 200 }).await;
+    assert!(open, "resubscribed and caught up, the token passes again");
+}
+
 // === attack: whoever can write to Redis without shared.secret ===
 //
 // attacker move -> test that refutes it
