@@ -164,8 +164,10 @@ impl Basic {
             }
             cache.invalidate(&id).await;
         }
-        // Concurrent requests with the same credentials share one argon2 run (and one
-        // place in the budget); only a success is stored.
+        // Concurrent requests with the same credentials share one argon2 run; only a
+        // success is stored. A request that shares a failed run still takes its own place
+        // in the budget (below): at most `max_failures` refusals per window, whatever mix
+        // of channels and passwords arrives at once.
         let mut ran = false;
         let result = cache
             .try_get_with(id, async {
@@ -204,7 +206,25 @@ impl Basic {
         } else {
             self.counters.hit();
         }
-        let verified = result.map_err(|f| (*f).clone())?;
+        let verified = match result {
+            Ok(v) => v,
+            // Another request (on any channel: a Basic route, the password grant,
+            // forward-auth) ran the check this one waited on, and it failed. This request
+            // is a guess of its own: it takes its own place in the pair's budget before it
+            // is answered, so every refusal that says "wrong password" counts one failure,
+            // and past `max_failures` the answer is 429 (right or wrong, it tells nothing).
+            Err(f) => match &*f {
+                Failure::Rejected { .. } if !ran => {
+                    lockout.settle(user, client, false).map_err(locked)?;
+                    lockout
+                        .record_shared(user, client, false, false)
+                        .await
+                        .map_err(locked)?;
+                    return Err((*f).clone());
+                }
+                _ => return Err((*f).clone()),
+            },
+        };
         verified.entry.standing(true).map_err(rejected)?;
         Ok(Principal {
             cached: !ran,

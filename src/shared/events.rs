@@ -6,6 +6,10 @@ use std::time::Duration;
 use super::store::Store;
 use super::SharedError;
 
+/// How often the events subscription is asked to answer a PING, so that one that went
+/// quiet without closing is found and made again.
+const LIVENESS: Duration = Duration::from_secs(1);
+
 impl Store {
     /// Subscribes to the events channel, then reads the revocations back from Redis
     /// (subscribed first, so none announced meanwhile falls between the two).
@@ -24,6 +28,13 @@ impl Store {
     /// Subscribes once (so a replica that starts with Redis up knows every revocation
     /// before it serves), then follows the events channel until the process ends,
     /// resubscribing with backoff.
+    ///
+    /// While the subscription is down (lost, or not yet made again) this replica cannot
+    /// hear of new revocations: it stops vouching for its mirror ([`Store::unsynced`]),
+    /// so builtin tokens are answered 503 `revocation_unavailable` until it has
+    /// subscribed again and read every live revocation back. A subscription that goes
+    /// quiet without closing (a half-open connection) is found by a PING every
+    /// [`LIVENESS`] that must be answered within the command timeout.
     pub async fn listen(self: &Arc<Self>) {
         let first = self.subscribe().await;
         let weak = Arc::downgrade(self);
@@ -36,9 +47,10 @@ impl Store {
                     Some(first) => first,
                     None => store.subscribe().await,
                 };
-                let mut ps = match subscribed {
+                let ps = match subscribed {
                     Ok(ps) => ps,
                     Err(e) => {
+                        store.unsynced();
                         store.errors.with_label_values(&["subscribe"]).inc();
                         tracing::debug!(error = %crate::util::Escaped(&e), "shared store: cannot subscribe; retrying");
                         drop(store);
@@ -48,19 +60,42 @@ impl Store {
                     }
                 };
                 backoff = Duration::from_millis(100);
+                let ping_timeout = store.timeout;
                 drop(store);
-                let mut messages = ps.on_message();
+                let (mut sink, mut messages) = ps.split();
+                let mut liveness = tokio::time::interval(LIVENESS);
+                liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 use futures_util::StreamExt;
-                while let Some(msg) = messages.next().await {
-                    let Some(store) = weak.upgrade() else { return };
-                    store.apply(msg.get_payload_bytes());
+                loop {
+                    tokio::select! {
+                        msg = messages.next() => {
+                            let Some(msg) = msg else { break };
+                            let Some(store) = weak.upgrade() else { return };
+                            store.apply(msg.get_payload_bytes());
+                        }
+                        _ = liveness.tick() => {
+                            let pong = tokio::time::timeout(ping_timeout, sink.ping::<redis::Value>()).await;
+                            if !matches!(pong, Ok(Ok(_))) {
+                                break;
+                            }
+                        }
+                    }
                 }
-                if let Some(store) = weak.upgrade() {
-                    store.errors.with_label_values(&["subscribe"]).inc();
-                }
+                // The subscription is lost: what is announced now goes unheard.
+                let Some(store) = weak.upgrade() else { return };
+                store.unsynced();
+                store.errors.with_label_values(&["subscribe"]).inc();
+                tracing::warn!("shared store: events subscription lost; builtin tokens answer 503 until it is back and the revocations are read again");
+                drop(store);
                 tokio::time::sleep(backoff).await;
             }
         });
+    }
+
+    /// This replica no longer hears every revocation: its builtin tokens fail closed
+    /// until [`Store::load_revocations`] succeeds after a new subscription.
+    pub(super) fn unsynced(&self) {
+        self.synced.store(false, std::sync::atomic::Ordering::Release);
     }
 
     /// One event from the channel, applied only when its MAC holds.

@@ -240,8 +240,12 @@ impl Store {
 
     /// Revokes an access token by its `jti` until its `exp` (unix seconds), for `client`:
     /// stored in one table of live revocations, bounded in total and per client (a full
-    /// table refuses, it never drops one), then announced so that every replica refuses
-    /// the token from its next request.
+    /// table refuses, it never drops one), and announced so that every replica refuses
+    /// the token from its next request. Storing and announcing are one script: `Ok` (the
+    /// 200 of `POST /oauth/revoke`) means the revocation is in Redis and was published
+    /// on the events channel; a replica that was not subscribed then fails closed until
+    /// it has read the table again (see `events.rs`). A revocation already stored is
+    /// announced again.
     async fn revoke_jti(
         &self,
         jti: &str,
@@ -255,7 +259,10 @@ impl Store {
 local now = tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-if redis.call('ZSCORE', KEYS[1], ARGV[2]) then return 'ok' end
+if redis.call('ZSCORE', KEYS[1], ARGV[2]) then
+  redis.call('PUBLISH', ARGV[7], ARGV[8])
+  return 'ok'
+end
 if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then return 'per_client' end
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 'total' end
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
@@ -265,6 +272,7 @@ for i = 1, 2 do
     redis.call('EXPIREAT', KEYS[i], ARGV[3])
   end
 end
+redis.call('PUBLISH', ARGV[7], ARGV[8])
 return 'ok'
 "#,
             )
@@ -273,6 +281,8 @@ return 'ok'
         let table = self.revocations_name();
         let by_client = self.name("revoked-by", &[client.as_bytes()]);
         let member = self.revocation_member(jti, exp);
+        let channel = self.events_channel();
+        let event = self.sign(&channel, &format!("jti {jti} {exp}"));
         let mut script = SCRIPT.key(table);
         script
             .key(by_client)
@@ -281,7 +291,9 @@ return 'ok'
             .arg(exp)
             .arg(limits.total)
             .arg(limits.per_client)
-            .arg(jti);
+            .arg(jti)
+            .arg(channel)
+            .arg(event);
         let outcome: String = self
             .invoke("revoke", script)
             .await
@@ -298,7 +310,6 @@ return 'ok'
             }
         }
         self.note_revoked(jti, exp);
-        self.publish(&format!("jti {jti} {exp}")).await;
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 use crate::support;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -880,6 +881,133 @@ async fn parallel_guesses_never_exceed_the_lockout_budget() {
     assert_eq!(statuses.iter().filter(|s| **s == 401).count(), 3, "{statuses:?}");
     assert!(up.seen().is_empty());
     gw.stop().await;
+}
+
+/// The three channels that verify alice's password: a Basic route, the password grant,
+/// and a forward-auth subrequest carrying Basic.
+#[derive(Debug, Clone, Copy)]
+enum Channel {
+    Basic,
+    Grant,
+    ForwardAuth,
+}
+
+/// One password for alice on `channel`, on its own connection: the status, and whether
+/// the answer says the password was wrong (401 on a route or forward-auth, 400
+/// `invalid_grant` at the token endpoint; alice exists and has a password, so these are
+/// `bad_password`, which the metric counts by reason).
+async fn guess(gw: &Gateway, channel: Channel, password: String) -> (u16, bool) {
+    let c = client();
+    let req = match channel {
+        Channel::Basic => c
+            .get(gw.url("/secret/x"))
+            .header("authorization", basic("alice", &password)),
+        Channel::ForwardAuth => c
+            .get(format!(
+                "http://{}/",
+                gw.forward_auth.expect("[forward_auth] configured")
+            ))
+            .header("x-forwarded-method", "GET")
+            .header("x-forwarded-uri", "/secret/x")
+            .header("x-forwarded-host", "app.example")
+            .header("x-forwarded-proto", "https")
+            .header("authorization", basic("alice", &password)),
+        Channel::Grant => c
+            .post(gw.url("/oauth/token"))
+            .basic_auth("snow", Some("snow-secret"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("grant_type=password&username=alice&password={password}")),
+    };
+    let resp = req.header("connection", "close").send().await.unwrap();
+    let status = resp.status().as_u16();
+    let doc: serde_json::Value = resp.json().await.unwrap_or_default();
+    let wrong = match channel {
+        Channel::Basic | Channel::ForwardAuth => status == 401,
+        Channel::Grant => status == 400 && doc["error"] == "invalid_grant",
+    };
+    (status, wrong)
+}
+
+/// All `guesses` at once, each a (channel, password).
+async fn at_once(gw: &Arc<Gateway>, guesses: Vec<(Channel, String)>) -> Vec<(Channel, u16, bool)> {
+    let tasks: Vec<_> = guesses
+        .into_iter()
+        .map(|(channel, pw)| {
+            let gw = gw.clone();
+            tokio::spawn(async move {
+                let (s, wrong) = guess(&gw, channel, pw).await;
+                (channel, s, wrong)
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    answers
+}
+
+/// The password of guess `i` on channel `c`.
+type Guesses = fn(usize, usize) -> String;
+
+/// Basic, the password grant and forward-auth's Basic verify the same password under the
+/// same lockout: guesses on all of them at once share one budget per (user, client
+/// address), so at most `max_failures` are answered "wrong password" per window whatever
+/// the mix: distinct guesses per channel, or the same guesses on every channel (which
+/// share an argon2 run, and must each still take a place in the budget), fresh or right
+/// after a lock ends. The rest are 429, and so is the right password once locked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_guesses_on_every_password_channel_share_one_budget() {
+    let up = Upstream::start().await;
+    let config = base(&up.url())
+        .section_toml("listen", r#"trusted_proxies = ["127.0.0.1/32"]"#)
+        .section("forward_auth", |s| {
+            s.set("address", "127.0.0.1:0").set("ingress", "traefik")
+        })
+        .toml(&builtin_extra(&up.url(), ""))
+        .to_toml();
+    let gw = Arc::new(Gateway::start(&config).await);
+    let channels = [Channel::Basic, Channel::Grant, Channel::ForwardAuth];
+    let wrong_metric = |m: &str| {
+        ["basic", "oauth"]
+            .iter()
+            .map(|method| metric_value(m, &failures("bad_password", method)))
+            .sum::<f64>()
+    };
+    let rounds: [(&str, Guesses); 3] = [
+        ("the same four guesses on every channel", |_, i| format!("guess-{i}")),
+        ("distinct guesses per channel", |c, i| format!("guess-{c}-{i}")),
+        ("the same guess on every request", |_, _| "guess".to_string()),
+    ];
+    for (n, (round, password)) in rounds.iter().enumerate() {
+        let guesses = channels
+            .iter()
+            .enumerate()
+            .flat_map(|(c, ch)| (0..4).map(move |i| (*ch, password(c, i))))
+            .collect();
+        let answers = at_once(&gw, guesses).await;
+        let wrong = answers.iter().filter(|(_, _, w)| *w).count();
+        let throttled = answers.iter().filter(|(_, s, _)| *s == 429).count();
+        assert_eq!(wrong, 3, "{round}: {answers:?}");
+        assert_eq!(throttled, 9, "{round}: {answers:?}");
+        let counted = wrong_metric(&gw.metrics().await);
+        assert_eq!(counted, 3.0 * (n + 1) as f64, "{round}: portcullis_auth_failures_total");
+        // Locked on every channel, even with the right password.
+        for ch in channels {
+            assert_eq!(guess(&gw, ch, "alice-pw".into()).await.0, 429, "{round}: {ch:?}");
+        }
+        // The lock ends (the gateway's clock moves past the hour): a new window.
+        gw.state.clock().advance(std::time::Duration::from_secs(3601));
+    }
+    for ch in channels {
+        assert_ne!(guess(&gw, ch, "alice-pw".into()).await.0, 429, "the lock ends: {ch:?}");
+    }
+    assert_eq!(
+        up.seen().len(),
+        1,
+        "only the right password, on the Basic route, reached the upstream"
+    );
+    Arc::into_inner(gw).unwrap().stop().await;
 }
 
 // === 7. tokens do not outlive their user ===

@@ -316,6 +316,47 @@ auth = "oauth"
     c.has(13, 10, "oauth.leeway may be at most 5m");
 }
 
+/// An endpoint's `callers` rule is checked against the `[[users]]` entries like every
+/// other rule: a user that exists is no warning (so `--strict` accepts it), one that does
+/// not is a positioned warning (and `--strict` refuses it).
+#[test]
+fn endpoint_callers_are_checked_against_the_users() {
+    let endpoint = |callers: &str| {
+        format!(
+            "{BASE}senders = {{ roles = [\"r\"] }}\n\n[egress]\naddress = \"127.0.0.1:0\"\n\n[[endpoints]]\nname = \"e2\"\nbase_url = \"https://svc.test/api\"\ncallers = {{ users = [\"{callers}\"] }}\n"
+        )
+    };
+    let strict = |toml: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_config(dir.path(), toml);
+        let out = Command::new(bin())
+            .args(["check", "--strict", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let known = endpoint("u1");
+    let c = check(&known);
+    assert_eq!(c.code, 0, "{}", c.stderr);
+    assert!(!c.stderr.contains("not a [[users]] entry"), "{}", c.stderr);
+    let (code, stderr) = strict(&known);
+    assert_eq!(code, Some(0), "--strict accepts a caller that is a user: {stderr}");
+
+    let unknown = endpoint("ghost");
+    let c = check(&unknown);
+    assert_eq!(c.code, 0, "{}", c.stderr);
+    let line = unknown.lines().position(|l| l.starts_with("callers")).unwrap() + 1;
+    c.has(
+        line,
+        22,
+        "warning: callers of endpoint `e2` names `ghost`, which is not a [[users]] entry",
+    );
+    let (code, stderr) = strict(&unknown);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("refused by --strict"), "{stderr}");
+}
+
 /// Upgrades reach the service over HTTP/1.1: an `h2c://` plan cannot carry them, and
 /// they use GET.
 #[test]

@@ -436,7 +436,13 @@ async fn redis_down_keeps_requests_flowing_and_fails_rotation_closed_until_it_re
 
     redis.stop();
     assert_eq!(status(p.addr, "/login", "alice", "alice-pw").await, 200, "cached Basic");
-    assert_eq!(bearer(p.addr, &access).await, 200, "verified access token");
+    // Without its events subscription this replica cannot hear of revocations: its
+    // builtin tokens fail closed (503 revocation_unavailable) until Redis is back.
+    let closed = eventually(PATIENCE, || async { bearer(p.addr, &access).await == 503 }).await;
+    assert!(
+        closed,
+        "a builtin token is answered 503 while revocations cannot be heard"
+    );
     assert_eq!(
         status(p.addr, "/login", "alice", "wrong").await,
         401,
@@ -470,6 +476,83 @@ async fn redis_down_keeps_requests_flowing_and_fails_rotation_closed_until_it_re
     let (_, rt2) = login(p.addr).await;
     let (s, body) = refresh(p.addr, &rt2).await;
     assert_eq!(s, 200, "{body}");
+    // Resubscribed and the revocations read again: the old token passes once more.
+    let open = eventually(PATIENCE, || async { bearer(p.addr, &access).await == 200 }).await;
+    assert!(open, "the replica vouches for its builtin tokens again once caught up");
+}
+
+/// A replica that lost its events subscription (Redis restarted) cannot know of the
+/// revocations made meanwhile on another: from the moment replica A answers 200 to a
+/// revocation, replica B never answers 200 for that token. It answers 503
+/// `revocation_unavailable` until it has resubscribed and read every live revocation
+/// back, then 401 `token_revoked`.
+#[tokio::test]
+async fn after_a_redis_restart_no_replica_accepts_a_token_revoked_meanwhile() {
+    let Some(mut redis) = Redis::start() else { return };
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let procs: Vec<Process> = (0..2)
+        .map(|n| Process::start(&replica(dir.path(), n, &redis, &oauth_config(&up.url())), &[]))
+        .collect();
+    let (a, b) = (procs[0].addr, procs[1].addr);
+    let (access, _) = login(a).await;
+    let (other, _) = login(a).await;
+    assert_eq!(bearer(b, &access).await, 200, "a token of A passes on B");
+
+    redis.stop();
+    redis.run();
+    // A reconnects by itself; the first revocation it answers 200 is in Redis.
+    let revoked = eventually(PATIENCE, || async {
+        form(a, "/oauth/revoke", ("jira", "jira-secret"), &[("token", &access)])
+            .await
+            .0
+            == 200
+    })
+    .await;
+    assert!(revoked, "A revokes once Redis is back");
+    let seen = std::sync::Mutex::new(Vec::new());
+    let refused = eventually(PATIENCE, || async {
+        let s = bearer(b, &access).await;
+        seen.lock().unwrap().push(s);
+        s == 401
+    })
+    .await;
+    let seen = seen.into_inner().unwrap();
+    assert!(refused, "B refuses the revoked token once caught up: {seen:?}");
+    assert!(
+        seen.iter().all(|s| *s == 503 || *s == 401),
+        "B never accepts the revoked token, it answers 503 until it knows: {seen:?}"
+    );
+    // Caught up, B still accepts what was not revoked; A refuses the revoked one too.
+    assert_eq!(bearer(b, &other).await, 200, "other tokens pass again on B");
+    assert_eq!(bearer(a, &access).await, 401);
+    let lost = metric_of(&procs[1], "portcullis_shared_errors_total{op=\"subscribe\"}").await;
+    assert!(lost >= 1.0, "the lost subscription is counted");
+}
+
+/// An events subscription that goes quiet without closing (here: Redis pauses every
+/// client) is found by its unanswered PING: the replica fails closed for builtin tokens
+/// (503) instead of trusting a mirror it no longer hears, and vouches for them again
+/// once it has resubscribed and read the revocations back.
+#[tokio::test]
+async fn a_subscription_that_goes_quiet_fails_closed_until_it_answers_again() {
+    let Some(redis) = Redis::start() else { return };
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = Process::start(&replica(dir.path(), 0, &redis, &oauth_config(&up.url())), &[]);
+    let (access, _) = login(p.addr).await;
+    assert_eq!(bearer(p.addr, &access).await, 200);
+    // Long enough for a PING to go unanswered past command_timeout (2 s here).
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(6000)
+        .arg("ALL")
+        .query(&mut redis_conn(&redis))
+        .unwrap();
+    let closed = eventually(PATIENCE, || async { bearer(p.addr, &access).await == 503 }).await;
+    assert!(closed, "a quiet subscription is found and builtin tokens fail closed");
+    let open = eventually(PATIENCE, || async { bearer(p.addr, &access).await == 200 }).await;
+    assert!(open, "resubscribed and caught up, the token passes again");
 }
 
 // === attack: whoever can write to Redis without shared.secret ===

@@ -30,6 +30,8 @@ pub use builder::{all, roles, rule, table, Config, Integration, Plan, Table, Use
 pub struct Gateway {
     pub addr: SocketAddr,
     pub admin: Option<SocketAddr>,
+    /// The `[forward_auth]` listener, when configured.
+    pub forward_auth: Option<SocketAddr>,
     pub state: Arc<State>,
     trigger: shutdown::Trigger,
     task: tokio::task::JoinHandle<()>,
@@ -57,12 +59,14 @@ impl Gateway {
         let bound = Bound::bind(&loaded.config).unwrap();
         let addr = bound.inbound_addr();
         let admin = bound.admin_addr();
+        let forward_auth = bound.forward_auth_addr();
         let state = State::start(loaded.config).await.unwrap();
         let (trigger, sd) = shutdown::channel();
         let task = tokio::spawn(portcullis::run::run(state.clone(), bound, sd));
         Gateway {
             addr,
             admin,
+            forward_auth,
             state,
             trigger,
             task,

@@ -2,7 +2,7 @@
 
 use super::*;
 impl Validator<'_> {
-    pub(super) fn endpoints(&mut self, raw_eps: &[Spanned<raw::Endpoint>]) -> Vec<Endpoint> {
+    pub(super) fn endpoints(&mut self, raw_eps: &[Spanned<raw::Endpoint>], users: &[User]) -> Vec<Endpoint> {
         let mut seen = HashMap::new();
         let mut out = Vec::new();
         for e in raw_eps {
@@ -24,7 +24,7 @@ impl Validator<'_> {
             let callers = r
                 .callers
                 .as_ref()
-                .map(|c| self.rule(Some(c), &[], &format!("callers of endpoint `{name}`"), Rule::All));
+                .map(|c| self.rule(Some(c), users, &format!("callers of endpoint `{name}`"), Rule::All));
             let auth = match &r.auth {
                 None => EndpointAuth::None,
                 Some(a) => self.endpoint_auth(a, &name),

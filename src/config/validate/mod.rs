@@ -135,7 +135,7 @@ impl Validator<'_> {
         if oauth.as_ref().is_some_and(|o| o.mode == OAuthMode::Builtin) {
             self.reserved_paths(&raw.plans, &plans);
         }
-        let endpoints = self.endpoints(&raw.endpoints);
+        let endpoints = self.endpoints(&raw.endpoints, &users);
         Config {
             file: self.file.clone(),
             watched: std::mem::take(&mut self.watched),
