@@ -31,7 +31,8 @@ pub use export::export_text;
     about = "An authentication gateway for integration services"
 )]
 struct Cli {
-    /// Log format of `serve`.
+    /// How the gateway writes its log lines (access, egress, events): one text line or
+    /// one JSON object per event. Only `serve` logs; other subcommands print plain text.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
     #[command(subcommand)]
@@ -54,6 +55,7 @@ enum Command {
     },
     /// Validate the config: exit 0, or 1 with every error as FILE:LINE:COL: message.
     Check {
+        /// Config file to check; defaults to $PORTCULLIS_CONFIG, else config/portcullis.toml.
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Fail on warnings too (fail-open defaults, plain-http identity servers), for CI
@@ -65,16 +67,26 @@ enum Command {
     HashPassword,
     /// Make an API key and secret for one user and ONE integration.
     Keygen {
+        /// The user the key authenticates as (a `[[users]]` name).
         #[arg(long)]
         user: String,
-        /// PLAN/INTEGRATION
+        /// The one integration the key is good for, as PLAN/INTEGRATION.
         #[arg(long)]
         integration: String,
+        /// A config to check `--user` and `--integration` against (refused if it has
+        /// no such user or integration); without it the names are not checked.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
     /// Make a URL key for a user.
     Urlkey {
+        /// The user the key authenticates as (a `[[users]]` name).
         #[arg(long)]
         user: String,
+        /// A config to check `--user` against (refused if it has no such user); without
+        /// it the name is not checked.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
     /// Egress endpoints.
     Endpoint {
@@ -92,6 +104,7 @@ enum Command {
         /// The admin listener's address, instead of the config's `[admin] address`.
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
+        /// Ask `/readyz` (serving traffic) instead of `/healthz` (alive).
         #[arg(long)]
         ready: bool,
     },
@@ -99,6 +112,8 @@ enum Command {
     /// route, the auth methods, the credentials found, and the decision with its reason
     /// and the fix. Passwords are checked for real (argon2id); secrets are never printed.
     Explain {
+        /// Config whose routes and credentials decide; defaults to $PORTCULLIS_CONFIG,
+        /// else config/portcullis.toml.
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// The client address the request comes from (lockout and logs use it).
@@ -114,6 +129,7 @@ enum Command {
     },
     /// Print the config with every secret removed, safe to attach to a support ticket.
     Export {
+        /// Config to print; defaults to $PORTCULLIS_CONFIG, else config/portcullis.toml.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -125,6 +141,8 @@ enum EndpointCommand {
     Test {
         /// The endpoint's name.
         name: String,
+        /// Config that defines the endpoint; defaults to $PORTCULLIS_CONFIG, else
+        /// config/portcullis.toml.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -142,8 +160,18 @@ pub fn run() -> ExitCode {
         Command::Serve { config } => serve::run(config_path(config), cli.log_format),
         Command::Check { config, strict } => check::run(config_path(config), strict),
         Command::HashPassword => exit(credentials::hash_password()),
-        Command::Keygen { user, integration } => exit(credentials::keygen(&user, &integration)),
-        Command::Urlkey { user } => exit(credentials::urlkey(&user)),
+        Command::Keygen {
+            user,
+            integration,
+            config,
+        } => match known_names(config.as_deref(), &user, Some(&integration)) {
+            Ok(()) => exit(credentials::keygen(&user, &integration)),
+            Err(code) => code,
+        },
+        Command::Urlkey { user, config } => match known_names(config.as_deref(), &user, None) {
+            Ok(()) => exit(credentials::urlkey(&user)),
+            Err(code) => code,
+        },
         Command::Endpoint {
             command: EndpointCommand::Test { name, config },
         } => endpoint_test::run(config_path(config), &name),
@@ -178,6 +206,39 @@ fn load_config(path: &Path) -> Result<config::Loaded, ExitCode> {
         print_diagnostics(path, &errors.0);
         ExitCode::FAILURE
     })
+}
+
+/// With `--config`, the user (and the integration, PLAN/INTEGRATION) a credential is made
+/// for must be in it: a key for a name no config has would never work.
+fn known_names(config: Option<&Path>, user: &str, integration: Option<&str>) -> Result<(), ExitCode> {
+    let Some(path) = config else {
+        return Ok(());
+    };
+    let loaded = load_config(path)?;
+    let c = &loaded.config;
+    let mut missing = Vec::new();
+    if !c.users.iter().any(|u| u.name == user) {
+        missing.push(format!("no [[users]] entry is named `{}`", crate::util::Escaped(user)));
+    }
+    if let Some(want) = integration {
+        let found = c
+            .plans
+            .iter()
+            .any(|p| p.integrations.iter().any(|i| format!("{}/{}", p.name, i.name) == want));
+        if !found {
+            missing.push(format!(
+                "no integration is `{}` (PLAN/INTEGRATION)",
+                crate::util::Escaped(want)
+            ));
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    for m in missing {
+        eprintln!("portcullis: {}: {m}", path.display());
+    }
+    Err(ExitCode::FAILURE)
 }
 
 /// The single-threaded runtime of the subcommands that make a few requests (`endpoint
@@ -283,5 +344,35 @@ mod log_tests {
         assert!(out.contains("debug=\"x\\nFORGED"), "{out}");
         assert!(out.contains("text=\"x\\nFORGED"), "{out}");
         assert!(out.contains("peer=x\\nFORGED"), "{out}");
+    }
+}
+
+#[cfg(test)]
+mod manners {
+    use clap::CommandFactory;
+
+    /// Every flag and argument of every subcommand says what it does (`--help`).
+    #[test]
+    fn every_flag_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(format!("{path} {} (no description)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "portcullis", &mut missing);
+        assert!(missing.is_empty(), "without help: {missing:?}");
     }
 }

@@ -255,6 +255,19 @@ fn syntax_and_type_errors_have_positions() {
     let c = check("[listen]\naddress = 8080\n");
     assert_eq!(c.code, 1);
     c.has(2, 11, "invalid type");
+    // Types in words, not Rust's names for them.
+    for (value, words) in [
+        ("\"many\"", "expected an integer"),
+        ("1.5", "expected an integer"),
+        ("[1]", "expected an integer"),
+    ] {
+        let c = check(&format!(
+            "[listen]\naddress = \"127.0.0.1:0\"\n\n[limits]\nmax_headers = {value}\n"
+        ));
+        assert_eq!(c.code, 1, "{value}");
+        c.has(5, 15, words);
+        assert!(!c.stderr.contains("i64"), "{}", c.stderr);
+    }
 }
 
 #[test]

@@ -885,3 +885,58 @@ upgrades = ["websocket"]
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("400 bad_request"), "{out}");
 }
+
+/// With `--config`, `keygen` and `urlkey` refuse a user or an integration that config
+/// does not have (a key for it would never work), and make the key for names it has.
+#[test]
+fn keygen_and_urlkey_check_their_names_against_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &config(
+            r#"
+[[users]]
+name = "svc"
+roles = ["r"]
+
+[[plans]]
+name = "p"
+upstream = "builtin:echo"
+access = { all = true }
+
+[[plans.integrations]]
+name = "keyed"
+path = "/k"
+methods = ["GET"]
+auth = "api_key"
+"#,
+        ),
+    );
+    let cfg = path.to_str().unwrap();
+    let (code, out, err) = run(
+        &["keygen", "--user", "svc", "--integration", "p/keyed", "--config", cfg],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("integration = \"p/keyed\""), "{out}");
+    for (user, integration, says) in [
+        ("nobody", "p/keyed", "no [[users]] entry is named `nobody`"),
+        ("svc", "p/other", "no integration is `p/other`"),
+        ("svc", "q/keyed", "no integration is `q/keyed`"),
+    ] {
+        let (code, out, err) = run(
+            &["keygen", "--user", user, "--integration", integration, "--config", cfg],
+            "",
+        );
+        assert_eq!(code, 1, "{user} {integration}");
+        assert!(err.contains(says), "{err}");
+        assert!(!out.contains("API secret"), "no key is made: {out}");
+    }
+    let (code, out, _) = run(&["urlkey", "--user", "svc", "--config", cfg], "");
+    assert_eq!(code, 0);
+    assert!(out.contains("url_key_hash"), "{out}");
+    let (code, out, err) = run(&["urlkey", "--user", "nobody", "--config", cfg], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("no [[users]] entry is named `nobody`"), "{err}");
+    assert!(!out.contains("URL key:"), "{out}");
+}

@@ -56,7 +56,7 @@ pub(super) fn run(file: &Path, text: &str) -> Result<Loaded, Errors> {
     let raw = match parsed {
         Ok(raw) => raw,
         Err(e) => {
-            v.error(e.span(), e.message().trim().to_string());
+            v.error(e.span(), in_words(e.message().trim()));
             return Err(Errors(v.errors));
         }
     };
@@ -69,6 +69,36 @@ pub(super) fn run(file: &Path, text: &str) -> Result<Loaded, Errors> {
     } else {
         Err(Errors(v.errors))
     }
+}
+
+/// A type error as an operator reads it: "expected an integer", not "expected i64".
+fn in_words(message: &str) -> String {
+    const WORDS: [(&str, &str); 13] = [
+        ("expected i64", "expected an integer"),
+        ("expected i32", "expected an integer"),
+        ("expected u64", "expected a whole number, 0 or more"),
+        ("expected u32", "expected a whole number, 0 or more"),
+        ("expected u16", "expected a whole number, 0 or more"),
+        ("expected u8", "expected a whole number, 0 or more"),
+        ("expected usize", "expected a whole number, 0 or more"),
+        ("expected f64", "expected a number"),
+        ("expected f32", "expected a number"),
+        ("expected a borrowed string", "expected a string"),
+        ("expected a sequence", "expected a list (`[...]`)"),
+        ("expected a map", "expected a table"),
+        ("expected struct ", "expected a table: "),
+    ];
+    let mut out = message.to_string();
+    for (code, words) in WORDS {
+        if let Some(i) = out.find(code) {
+            let end = i + code.len();
+            // Whole words only: `expected u8` must not rewrite `expected u80`.
+            if code.ends_with(' ') || !out[end..].starts_with(|c: char| c.is_ascii_alphanumeric()) {
+                out.replace_range(i..end, words);
+            }
+        }
+    }
+    out
 }
 
 struct Validator<'a> {
