@@ -940,3 +940,38 @@ auth = "api_key"
     assert!(err.contains("no [[users]] entry is named `nobody`"), "{err}");
     assert!(!out.contains("URL key:"), "{out}");
 }
+
+/// `portcullis endpoint test` works on the demo's own endpoint: its base URL and its
+/// credentials reach a route of the demo that answers them (the demo config, with its
+/// listeners on ephemeral ports and the endpoint pointed at the one the gateway got).
+#[tokio::test]
+async fn endpoint_test_works_on_the_demo_endpoint() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let demo = std::fs::read_to_string(format!("{root}/config/portcullis.toml"))
+        .unwrap()
+        .replace("\"config/tls/", &format!("\"{root}/config/tls/"));
+    let ephemeral = ["127.0.0.1:8443", "127.0.0.1:9901", "127.0.0.1:9902"]
+        .iter()
+        .fold(demo.clone(), |t, a| {
+            t.replace(&format!("address = \"{a}\""), "address = \"127.0.0.1:0\"")
+        });
+    let gw = Gateway::start(&ephemeral).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pointed = ephemeral.replace(
+        "https://localhost:8443/",
+        &format!("https://localhost:{}/", gw.addr.port()),
+    );
+    assert_ne!(pointed, ephemeral, "the demo endpoint points at the demo's listener");
+    let path = write_config(dir.path(), &pointed);
+    let out = tokio::task::spawn_blocking(move || {
+        run(
+            &["endpoint", "test", "demo-self", "--config", path.to_str().unwrap()],
+            "",
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.0, 0, "{} {}", out.1, out.2);
+    assert!(out.1.contains("OK: endpoint `demo-self` answered 200"), "{}", out.1);
+    gw.stop().await;
+}
