@@ -54,4 +54,19 @@ for cfg in deploy/portcullis.toml deploy/container/portcullis.toml target/deploy
   in_pod "$cfg" | sed "s#REPLACE-WITH-KEYGEN-KEY#$key#; s#REPLACE-WITH-KEYGEN-SECRET-HASH#$hash#" > target/deploy-check.toml
   "$bin" check --config target/deploy-check.toml
 done
+
+# The systemd unit, as systemd reads it, with the binary path pointed at the one built
+# here: `systemd-analyze verify` must pass without a single warning (an unknown key is
+# only a warning to systemd, and a sandbox setting misspelt is a sandbox missing).
+if command -v systemd-analyze >/dev/null 2>&1; then
+  units=target/deploy-systemd
+  mkdir -p "$units"
+  sed "s#/usr/local/bin/portcullis#$(realpath "$bin")#g" deploy/systemd/portcullis.service > "$units/portcullis.service"
+  if ! verified=$(systemd-analyze verify --man=no "$units/portcullis.service" 2>&1) || [ -n "$verified" ]; then
+    echo "deploy/systemd/portcullis.service: $verified"; exit 1
+  fi
+  echo "systemd unit ok: deploy/systemd/portcullis.service"
+elif [ "${PORTCULLIS_REQUIRE_TOOLS:-}" = 1 ]; then
+  echo "systemd-analyze is missing (apt install systemd)"; exit 1
+fi
 echo "deploy/ ok"
