@@ -42,16 +42,24 @@ if out=$("$bin" check --config target/deploy-check.toml 2>&1); then
   echo "deploy/kubernetes: the placeholders passed portcullis check"; exit 1
 fi
 grep -q "secret_hash" <<<"$out" && grep -q "assertion.key must be at least 32 bytes" <<<"$out" || { echo "$out"; exit 1; }
+# The example production config as shipped: its password hash and API key are
+# placeholders that check refuses, never a working credential (the demo's least of all).
+in_pod deploy/portcullis.toml > target/deploy-check.toml
+if out=$("$bin" check --config target/deploy-check.toml 2>&1); then
+  echo "deploy/portcullis.toml: the placeholders passed portcullis check"; exit 1
+fi
+grep -q "password_hash of user" <<<"$out" && grep -q "secret_hash of api key" <<<"$out" || { echo "$out"; exit 1; }
 echo "placeholders refused: ok"
 
 # With real values in their place, both example configs pass.
 head -c 48 /dev/urandom | base64 | tr -d '\n' > "$secrets/assertion-key"
 printf 'ci-servicenow-password' > "$secrets/servicenow-password"
 keygen=$("$bin" keygen --user servicenow --integration incidents/servicenow)
+password_hash=$(printf 'ci-password-0123456789' | "$bin" hash-password)
 key=$(sed -n 's/^key = "\(.*\)"$/\1/p' <<<"$keygen" | head -1)
 hash=$(sed -n 's/^secret_hash = "\(.*\)"$/\1/p' <<<"$keygen" | head -1)
 for cfg in deploy/portcullis.toml deploy/container/portcullis.toml target/deploy-configmap.toml; do
-  in_pod "$cfg" | sed "s#REPLACE-WITH-KEYGEN-KEY#$key#; s#REPLACE-WITH-KEYGEN-SECRET-HASH#$hash#" > target/deploy-check.toml
+  in_pod "$cfg" | sed "s#REPLACE-WITH-KEYGEN-KEY#$key#; s#REPLACE-WITH-KEYGEN-SECRET-HASH#$hash#; s#REPLACE-WITH-HASH-PASSWORD-OUTPUT#$password_hash#" > target/deploy-check.toml
   "$bin" check --config target/deploy-check.toml
 done
 

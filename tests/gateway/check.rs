@@ -407,3 +407,35 @@ auth = "none"
     c.has(18, 26, "unknown upgrade `h2c`");
     c.has(23, 12, "CONNECT cannot be routed");
 }
+
+/// The demo's credentials are published: any config but the demo's refuses them, at
+/// their positions; the demo itself loads.
+#[test]
+fn the_demos_published_credentials_are_refused_elsewhere() {
+    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/portcullis.toml"))
+        .unwrap()
+        .replace(
+            "\"config/tls/",
+            concat!("\"", env!("CARGO_MANIFEST_DIR"), "/config/tls/"),
+        );
+    let c = check(&demo);
+    assert_eq!(c.code, 0, "{}", c.stderr);
+    let copied = demo.replacen("# Portcullis demo configuration", "# our gateway", 1);
+    let c = check(&copied);
+    assert_eq!(c.code, 1, "{}", c.stderr);
+    for what in [
+        "password_hash of user `jira-integration`",
+        "password_hash of user `alice`",
+        "url_key_hash of user `alice`",
+        "secret_hash of api key `pk_demo_servicenow`",
+        "client_secret_hash of client `demo-client`",
+    ] {
+        assert!(
+            c.stderr
+                .lines()
+                .any(|l| l.contains(what) && l.contains("one of the demo's published credentials")),
+            "{what}: {}",
+            c.stderr
+        );
+    }
+}

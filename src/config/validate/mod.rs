@@ -110,6 +110,21 @@ struct Validator<'a> {
     watched: Vec<(PathBuf, super::FileKind)>,
 }
 
+/// The first line of the demo config (config/portcullis.toml), the one config that may
+/// hold [`DEMO_CREDENTIALS`].
+const DEMO_HEADER: &str = "# Portcullis demo configuration";
+
+/// The stored forms of the demo's credentials, whose secrets README publishes: the
+/// password hashes of `jira-integration` and `alice`, the API key secret's, alice's URL
+/// key's and the OAuth client secret's. A unit test keeps this list equal to the demo's.
+const DEMO_CREDENTIALS: [&str; 5] = [
+    "$argon2id$v=19$m=19456,t=2,p=1$6CowCZFM+RCTr2yzSQgOzw$UfqVqy1VHevKcnXw/0lJckJ/rTxUXgs3b8LljRdwLms",
+    "$argon2id$v=19$m=19456,t=2,p=1$8CLsTvTtCEW4t8hNRykVEQ$wuWSYYgt1J5qjhaEn9joDwZNaGJSz+h3vTM/YckFARg",
+    "sha256:2a0a2af788316df57113bab770a23853f078682285bc131e293588eb1795044d",
+    "sha256:9273e5a40957c1ee7b0d5ed46f459dc096e0aa0aa314913de96e7ae5cc8d7e06",
+    "sha256:4171522f2d144c2e9187db8e62cc3d86df75769529eaf9577889e59b6e146ecb",
+];
+
 /// The longest duration any key accepts.
 const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86400);
 
@@ -129,6 +144,20 @@ impl Validator<'_> {
             column,
             message,
         }
+    }
+
+    /// Refuses one of the demo's published credentials (README prints their secrets)
+    /// anywhere but in the demo config itself, which says so on its first line.
+    fn not_published(&mut self, span: Option<Span>, what: &str, value: &str) {
+        if self.text.starts_with(DEMO_HEADER) || !DEMO_CREDENTIALS.contains(&value) {
+            return;
+        }
+        self.error(
+            span,
+            format!(
+                "{what} is one of the demo's published credentials (README prints its secret): make your own with `portcullis hash-password`, `keygen` or `urlkey`"
+            ),
+        );
     }
 
     fn error(&mut self, span: Option<Span>, message: impl Into<String>) {
@@ -187,6 +216,66 @@ impl Validator<'_> {
             api_keys,
             oauth,
             endpoints,
+        }
+    }
+}
+
+#[cfg(test)]
+mod demo_credentials {
+    use super::*;
+
+    fn demo() -> String {
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/portcullis.toml")).unwrap()
+    }
+
+    /// The list is the demo's: every stored credential of config/portcullis.toml, and
+    /// nothing else.
+    #[test]
+    fn the_list_is_the_demo_configs_credentials() {
+        let text = demo();
+        assert!(text.starts_with(DEMO_HEADER));
+        let mut found: Vec<String> = text
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once('=')?;
+                matches!(
+                    k.trim(),
+                    "password_hash" | "secret_hash" | "url_key_hash" | "client_secret_hash"
+                )
+                .then(|| v.trim().trim_matches('"').to_string())
+            })
+            .collect();
+        found.sort();
+        let mut list: Vec<String> = DEMO_CREDENTIALS.iter().map(|s| s.to_string()).collect();
+        list.sort();
+        assert_eq!(found, list);
+    }
+
+    /// The demo loads; the same file without its header (any other config) is refused at
+    /// each published credential, with its position.
+    #[test]
+    fn published_credentials_are_refused_outside_the_demo() {
+        let text = demo();
+        assert!(run(Path::new("demo.toml"), &text).is_ok());
+        let other = text.replacen(DEMO_HEADER, "# my gateway", 1);
+        let errors = match run(Path::new("mine.toml"), &other) {
+            Err(e) => e.0,
+            Ok(_) => panic!("the demo's credentials were accepted in another config"),
+        };
+        let published: Vec<_> = errors
+            .iter()
+            .filter(|d| d.message.contains("one of the demo's published credentials"))
+            .collect();
+        assert_eq!(published.len(), 5, "{errors:?}");
+        for (d, what) in published.iter().zip([
+            "password_hash of user `jira-integration`",
+            "password_hash of user `alice`",
+            "url_key_hash of user `alice`",
+            "secret_hash of api key `pk_demo_servicenow`",
+            "client_secret_hash of client `demo-client`",
+        ]) {
+            assert!(d.message.starts_with(what), "{}", d.message);
+            assert!(d.line > 1);
         }
     }
 }

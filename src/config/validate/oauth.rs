@@ -224,6 +224,11 @@ impl Validator<'_> {
             let rc = c.get_ref();
             let id = self.principal_word(&rc.client_id, "client_id");
             self.duplicate(&mut seen, &id, rc.client_id.span(), "oauth client");
+            self.not_published(
+                sp(&rc.client_secret_hash),
+                &format!("client_secret_hash of client `{id}`"),
+                rc.client_secret_hash.get_ref(),
+            );
             match SecretHash::parse(rc.client_secret_hash.get_ref()) {
                 Ok(h) => clients.push(OAuthClient {
                     client_id: id,

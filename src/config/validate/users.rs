@@ -10,6 +10,12 @@ impl Validator<'_> {
             let name = self.principal_word(&r.name, "user name");
             self.duplicate(&mut seen, &name, r.name.span(), "user name");
             let roles = r.roles.iter().map(|x| self.principal_word(x, "role")).collect();
+            if let Some(h) = &r.password_hash {
+                self.not_published(sp(h), &format!("password_hash of user `{name}`"), h.get_ref());
+            }
+            if let Some(h) = &r.url_key_hash {
+                self.not_published(sp(h), &format!("url_key_hash of user `{name}`"), h.get_ref());
+            }
             let password_hash = r
                 .password_hash
                 .as_ref()
@@ -115,6 +121,11 @@ impl Validator<'_> {
                 self.error(sp(&r.key), "invalid api key id: use visible ASCII without `:`");
             }
             self.duplicate(&mut seen, &key, r.key.span(), "api key");
+            self.not_published(
+                sp(&r.secret_hash),
+                &format!("secret_hash of api key `{key}`"),
+                r.secret_hash.get_ref(),
+            );
             let secret_hash = match SecretHash::parse(r.secret_hash.get_ref()) {
                 Ok(h) => Some(h),
                 Err(e) => {
