@@ -6,6 +6,29 @@ use prometheus::{
     TextEncoder,
 };
 
+/// What `portcullis --version` and `portcullis_build_info` say of this binary, read by
+/// `build.rs` at build time (`unknown` where it could not tell).
+pub mod build {
+    pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+    /// The abbreviated git commit, or `unknown` (built outside a git checkout).
+    pub const COMMIT: &str = env!("PORTCULLIS_COMMIT");
+    /// `YYYY-MM-DD`: `SOURCE_DATE_EPOCH`, else the commit's date, else the day of the build.
+    pub const DATE: &str = env!("PORTCULLIS_BUILD_DATE");
+    /// The version of the rustc that built it.
+    pub const RUSTC: &str = env!("PORTCULLIS_RUSTC");
+    /// `0.1.0 (commit 9f7f7b9, built 2026-12-05, rustc 1.95.0)`.
+    pub const LONG_VERSION: &str = concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (commit ",
+        env!("PORTCULLIS_COMMIT"),
+        ", built ",
+        env!("PORTCULLIS_BUILD_DATE"),
+        ", rustc ",
+        env!("PORTCULLIS_RUSTC"),
+        ")"
+    );
+}
+
 /// `outcome` label values of `portcullis_requests_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -158,6 +181,10 @@ const H2_RESET_ABUSE: Desc = (
     "portcullis_h2_reset_abuse_total",
     "HTTP/2 connections closed for resetting too many streams before their response.",
 );
+const BUILD_INFO: Desc = (
+    "portcullis_build_info",
+    "Always 1; the labels say which build runs: version, git commit, rustc version.",
+);
 const MALFORMED_HEADS: Desc = (
     "portcullis_malformed_requests_total",
     "HTTP/1.1 request heads refused by the parser before routing (431, 414, 400), by listener and reason.",
@@ -224,6 +251,17 @@ impl Metrics {
             malformed_heads: r.counter(MALFORMED_HEADS, &["listener", "reason"]),
             registry: r.0,
         };
+        let info = IntGaugeVec::new(Opts::new(BUILD_INFO.0, BUILD_INFO.1), &["version", "commit", "rustc"])
+            .expect("valid metric");
+        info.with_label_values(&[build::VERSION, build::COMMIT, build::RUSTC])
+            .set(1);
+        m.registry.register(Box::new(info)).expect("metric registers once");
+        // CPU, memory, file descriptors, threads and start time of this process, read from
+        // /proc at each scrape (the collector exists on Linux only).
+        #[cfg(target_os = "linux")]
+        m.registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("process metrics register once");
         for outcome in ["success", "failure"] {
             m.config_reloads.with_label_values(&[outcome]);
         }
