@@ -6,6 +6,29 @@ use prometheus::{
     TextEncoder,
 };
 
+/// What `portcullis --version` and `portcullis_build_info` say of this binary, read by
+/// `build.rs` at build time (`unknown` where it could not tell).
+pub mod build {
+    pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+    /// The abbreviated git commit, or `unknown` (built outside a git checkout).
+    pub const COMMIT: &str = env!("PORTCULLIS_COMMIT");
+    /// `YYYY-MM-DD`: `SOURCE_DATE_EPOCH`, else the commit's date, else the day of the build.
+    pub const DATE: &str = env!("PORTCULLIS_BUILD_DATE");
+    /// The version of the rustc that built it.
+    pub const RUSTC: &str = env!("PORTCULLIS_RUSTC");
+    /// `0.1.0 (commit 9f7f7b9, built 2026-12-05, rustc 1.95.0)`.
+    pub const LONG_VERSION: &str = concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (commit ",
+        env!("PORTCULLIS_COMMIT"),
+        ", built ",
+        env!("PORTCULLIS_BUILD_DATE"),
+        ", rustc ",
+        env!("PORTCULLIS_RUSTC"),
+        ")"
+    );
+}
+
 /// `outcome` label values of `portcullis_requests_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -23,6 +46,17 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub const ALL: [Outcome; 8] = [
+        Outcome::Allowed,
+        Outcome::Unauthenticated,
+        Outcome::Forbidden,
+        Outcome::LockedOut,
+        Outcome::BadRequest,
+        Outcome::UpstreamError,
+        Outcome::ClientClosed,
+        Outcome::AuthUnavailable,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Allowed => "allowed",
@@ -36,6 +70,36 @@ impl Outcome {
         }
     }
 }
+
+// Label values known before any request, exported at 0 from the start so that a dashboard
+// shows 0 and not "No data" (docs/metrics.md states the bound). The code that counts
+// checks its value against these lists in debug builds.
+
+/// `listener` of the connection and parser counters.
+pub const LISTENERS: [&str; 4] = ["inbound", "admin", "egress", "forward_auth"];
+/// `reason` of `portcullis_malformed_requests_total`.
+pub const MALFORMED_REASONS: [&str; 3] = ["headers_too_large", "uri_too_long", "malformed_request"];
+/// `op` of `portcullis_shared_errors_total`.
+pub const SHARED_OPS: [&str; 7] = [
+    "lockout",
+    "refresh",
+    "revoke",
+    "agree",
+    "egress",
+    "publish",
+    "subscribe",
+];
+/// `kind` of `portcullis_shared_integrity_failures_total`.
+pub const INTEGRITY_KINDS: [&str; 6] = ["refresh", "family", "revocation", "event", "agreed", "egress"];
+/// `(table, limit)` of `portcullis_table_full_total`: the limits each table has.
+pub const FULL_TABLES: [(&str, &str); 6] = [
+    ("revocations", "total"),
+    ("revocations", "per_client"),
+    ("lockout", "total"),
+    ("lockout", "per_client"),
+    ("revocations_mirror", "total"),
+    ("remote_locks", "total"),
+];
 
 /// Every metric of the process. Cheap to share: the vectors are internally `Arc`ed.
 #[derive(Clone)]
@@ -158,10 +222,22 @@ const H2_RESET_ABUSE: Desc = (
     "portcullis_h2_reset_abuse_total",
     "HTTP/2 connections closed for resetting too many streams before their response.",
 );
+const BUILD_INFO: Desc = (
+    "portcullis_build_info",
+    "Always 1; the labels say which build runs: version, git commit, rustc version.",
+);
 const MALFORMED_HEADS: Desc = (
     "portcullis_malformed_requests_total",
     "HTTP/1.1 request heads refused by the parser before routing (431, 414, 400), by listener and reason.",
 );
+
+/// How many labelled series [`Metrics::new`] exports at 0 before any request.
+pub const PRECREATED: usize = 2
+    + LISTENERS.len() * (2 + MALFORMED_REASONS.len())
+    + Outcome::ALL.len()
+    + SHARED_OPS.len()
+    + INTEGRITY_KINDS.len()
+    + FULL_TABLES.len();
 
 /// Registers metrics as they are made. Names are static and distinct and labels fixed,
 /// so making and registering cannot fail.
@@ -224,13 +300,50 @@ impl Metrics {
             malformed_heads: r.counter(MALFORMED_HEADS, &["listener", "reason"]),
             registry: r.0,
         };
-        for outcome in ["success", "failure"] {
-            m.config_reloads.with_label_values(&[outcome]);
-        }
-        for listener in ["inbound", "admin", "egress"] {
-            m.connections_active.with_label_values(&[listener]);
-        }
+        let info = IntGaugeVec::new(Opts::new(BUILD_INFO.0, BUILD_INFO.1), &["version", "commit", "rustc"])
+            .expect("valid metric");
+        info.with_label_values(&[build::VERSION, build::COMMIT, build::RUSTC])
+            .set(1);
+        m.registry.register(Box::new(info)).expect("metric registers once");
+        // CPU, memory, file descriptors, threads and start time of this process, read from
+        // /proc at each scrape (the collector exists on Linux only).
+        #[cfg(target_os = "linux")]
+        m.registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("process metrics register once");
+        m.precreate();
         m
+    }
+
+    /// Exports at 0 every series whose labels are known before any request (a fixed
+    /// number, [`PRECREATED`]): a dashboard or an alert then reads 0, not nothing.
+    /// Series of a configured plan, cache or endpoint are made when its generation is
+    /// built; open-ended labels (statuses, refusal reasons) are not pre-created.
+    fn precreate(&self) {
+        for outcome in ["success", "failure"] {
+            self.config_reloads.with_label_values(&[outcome]);
+        }
+        for listener in LISTENERS {
+            self.connections_active.with_label_values(&[listener]);
+            self.connections_rejected.with_label_values(&[listener]);
+            for reason in MALFORMED_REASONS {
+                self.malformed_heads.with_label_values(&[listener, reason]);
+            }
+        }
+        // Refused before a route was known (what the parser refuses counts here too): one
+        // series per outcome, so "requests by outcome" has every line from the start.
+        for outcome in Outcome::ALL {
+            self.requests.with_label_values(&["", "", "", outcome.as_str()]);
+        }
+        for op in SHARED_OPS {
+            self.shared_errors.with_label_values(&[op]);
+        }
+        for kind in INTEGRITY_KINDS {
+            self.shared_integrity_failures.with_label_values(&[kind]);
+        }
+        for (table, limit) in FULL_TABLES {
+            self.table_full.with_label_values(&[table, limit]);
+        }
     }
 
     /// The Prometheus text exposition of every metric.
@@ -329,5 +442,160 @@ impl CacheCounters {
 
     pub fn set_entries(&self, entries: u64) {
         self.entries.set(entries as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every sample of a fresh registry: (name, sorted `label=value` pairs, value).
+    fn samples(m: &Metrics) -> Vec<(String, Vec<String>, f64)> {
+        let mut out = Vec::new();
+        for family in m.registry().gather() {
+            for metric in family.get_metric() {
+                let labels = metric
+                    .get_label()
+                    .iter()
+                    .map(|l| format!("{}={}", l.name(), l.value()))
+                    .collect();
+                let value = match family.get_field_type() {
+                    prometheus::proto::MetricType::COUNTER => metric.get_counter().get_value(),
+                    prometheus::proto::MetricType::GAUGE => metric.get_gauge().get_value(),
+                    prometheus::proto::MetricType::HISTOGRAM
+                    | prometheus::proto::MetricType::SUMMARY
+                    | prometheus::proto::MetricType::UNTYPED => continue,
+                };
+                out.push((family.name().to_string(), labels, value));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn build_info_is_one_with_the_build_labels() {
+        let s = samples(&Metrics::new());
+        let info: Vec<_> = s.iter().filter(|(n, ..)| n == "portcullis_build_info").collect();
+        assert_eq!(info.len(), 1, "{info:?}");
+        let (_, labels, value) = info[0];
+        assert_eq!(*value, 1.0);
+        assert_eq!(
+            labels,
+            &[
+                format!("commit={}", build::COMMIT),
+                format!("rustc={}", build::RUSTC),
+                format!("version={}", env!("CARGO_PKG_VERSION")),
+            ]
+        );
+        assert!(build::COMMIT == "unknown" || build::COMMIT.chars().all(|c| c.is_ascii_hexdigit()));
+        assert!(build::LONG_VERSION.starts_with(&format!("{} (commit ", build::VERSION)));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn process_metrics_are_exported() {
+        let s = samples(&Metrics::new());
+        let value = |name: &str| {
+            s.iter()
+                .find(|(n, ..)| n == name)
+                .unwrap_or_else(|| panic!("{name} missing"))
+                .2
+        };
+        for name in ["process_cpu_seconds_total", "process_threads"] {
+            value(name);
+        }
+        assert!(value("process_resident_memory_bytes") > 0.0);
+        assert!(value("process_virtual_memory_bytes") >= value("process_resident_memory_bytes"));
+        assert!(value("process_open_fds") > 0.0);
+        assert!(value("process_max_fds") >= value("process_open_fds"));
+        // Started after 2020 and not in the future.
+        let start = value("process_start_time_seconds");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(start > 1.6e9 && start <= now + 1.0, "{start}");
+    }
+
+    #[test]
+    fn known_series_are_zero_from_the_start_and_bounded() {
+        let m = Metrics::new();
+        let s = samples(&m);
+        let zero = |name: &str, labels: &[(&str, &str)]| {
+            let mut want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            want.sort();
+            assert!(
+                s.iter().any(|(n, l, v)| n == name && *l == want && *v == 0.0),
+                "{name}{want:?} not exported at 0"
+            );
+        };
+        for outcome in ["success", "failure"] {
+            zero("portcullis_config_reloads_total", &[("outcome", outcome)]);
+        }
+        for listener in ["inbound", "admin", "egress", "forward_auth"] {
+            zero("portcullis_connections_active", &[("listener", listener)]);
+            zero("portcullis_connections_rejected_total", &[("listener", listener)]);
+            for reason in ["headers_too_large", "uri_too_long", "malformed_request"] {
+                zero(
+                    "portcullis_malformed_requests_total",
+                    &[("listener", listener), ("reason", reason)],
+                );
+            }
+        }
+        for o in Outcome::ALL {
+            let l = [
+                ("plan", ""),
+                ("integration", ""),
+                ("auth_method", ""),
+                ("outcome", o.as_str()),
+            ];
+            zero("portcullis_requests_total", &l);
+        }
+        for op in [
+            "lockout",
+            "refresh",
+            "revoke",
+            "agree",
+            "egress",
+            "publish",
+            "subscribe",
+        ] {
+            zero("portcullis_shared_errors_total", &[("op", op)]);
+        }
+        for kind in ["refresh", "family", "revocation", "event", "agreed", "egress"] {
+            zero("portcullis_shared_integrity_failures_total", &[("kind", kind)]);
+        }
+        for (table, limit) in [
+            ("revocations", "total"),
+            ("revocations", "per_client"),
+            ("lockout", "total"),
+            ("lockout", "per_client"),
+            ("revocations_mirror", "total"),
+            ("remote_locks", "total"),
+        ] {
+            zero("portcullis_table_full_total", &[("table", table), ("limit", limit)]);
+        }
+        // The bound: the labelled portcullis_ series of a fresh registry are exactly the
+        // pre-created ones (build_info aside), and docs/metrics.md states their number.
+        let labelled = s
+            .iter()
+            .filter(|(n, l, _)| n.starts_with("portcullis_") && !l.is_empty() && n != "portcullis_build_info")
+            .count();
+        assert_eq!(labelled, PRECREATED);
+        assert_eq!(PRECREATED, 49);
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md")).unwrap();
+        assert!(
+            doc.contains(&format!("a fixed {PRECREATED} series")),
+            "docs/metrics.md states another bound"
+        );
+    }
+
+    #[test]
+    fn the_rendered_text_has_every_family() {
+        let text = Metrics::new().render();
+        assert!(text.contains("\nportcullis_build_info{"), "{text}");
+        #[cfg(target_os = "linux")]
+        assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
+        assert!(text.contains("portcullis_table_full_total{limit=\"per_client\",table=\"lockout\"} 0"));
     }
 }

@@ -323,3 +323,23 @@ fn the_threat_model_names_only_real_tests() {
         );
     }
 }
+
+/// What the registry really exports, not just what `src/metrics.rs` names: every family of
+/// a fresh registry's text (the process collector's `process_*` too) is in
+/// docs/metrics.md, in backticks.
+#[test]
+fn every_exported_family_is_documented() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let doc = std::fs::read_to_string(format!("{root}/docs/metrics.md")).unwrap();
+    let text = portcullis::metrics::Metrics::new().render();
+    let families: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    assert!(families.contains(&"portcullis_build_info"), "{text}");
+    #[cfg(target_os = "linux")]
+    assert!(families.contains(&"process_resident_memory_bytes"), "{text}");
+    let missing: Vec<_> = families.iter().filter(|f| !doc.contains(&format!("`{f}`"))).collect();
+    assert!(missing.is_empty(), "exported but not in docs/metrics.md: {missing:?}");
+}

@@ -167,6 +167,7 @@ impl Room {
 
     fn count_full(&self, limit: &'static str) {
         if let Some(full) = &self.full {
+            debug_assert!(crate::metrics::FULL_TABLES.contains(&("lockout", limit)));
             full.with_label_values(&["lockout", limit]).inc();
         }
     }

@@ -27,7 +27,7 @@ pub use export::export_text;
 #[derive(Debug, Parser)]
 #[command(
     name = "portcullis",
-    version,
+    version = crate::metrics::build::LONG_VERSION,
     about = "An authentication gateway for integration services"
 )]
 struct Cli {

@@ -114,6 +114,10 @@ pub async fn serve<S, H, F>(
     H: Fn(Request<Incoming>, Arc<ConnInfo>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
+    debug_assert!(
+        crate::metrics::LISTENERS.contains(&name),
+        "listener {name} not pre-created"
+    );
     let gauge = metrics.connections_active.with_label_values(&[name]);
     let rejected = metrics.connections_rejected.with_label_values(&[name]);
     loop {

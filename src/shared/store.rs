@@ -160,6 +160,7 @@ impl Store {
             Ok(Err(e)) => e.to_string(),
             Err(_) => "timed out".to_string(),
         };
+        debug_assert!(crate::metrics::SHARED_OPS.contains(&op), "op {op} not pre-created");
         self.errors.with_label_values(&[op]).inc();
         let now = crate::util::unix_now();
         if self.last_warning.swap(now, Ordering::Relaxed) != now {
@@ -245,6 +246,10 @@ impl Store {
 
     /// Counts and logs (at most once per second) a value that failed its integrity check.
     pub(super) fn forgery(&self, kind: &'static str, name: &str) {
+        debug_assert!(
+            crate::metrics::INTEGRITY_KINDS.contains(&kind),
+            "kind {kind} not pre-created"
+        );
         self.forged.with_label_values(&[kind]).inc();
         let now = crate::util::unix_now();
         if self.last_forgery.swap(now, Ordering::Relaxed) != now {

@@ -159,6 +159,10 @@ async fn metrics_pass_promtool() {
         "portcullis_connections_active",
         "portcullis_tls_handshake_failures_total",
         "portcullis_tls_certificate_expiry_timestamp_seconds",
+        "portcullis_build_info",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_start_time_seconds",
     ] {
         assert!(text.contains(&format!("# TYPE {name}")), "{name} missing");
     }
@@ -182,6 +186,108 @@ async fn metrics_pass_promtool() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    gw.stop().await;
+}
+
+/// A fresh gateway, before any request: which build runs, the process collector's
+/// metrics, and every series of a known label set at 0 (a dashboard shows 0, not
+/// "No data"), including those of the config's own caches and routes.
+#[tokio::test]
+async fn a_fresh_gateway_exports_build_info_process_metrics_and_zeros() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&auth_config(&up.url(), "max_failures = 100")).await;
+    let text = gw.metrics().await;
+    let build = portcullis::metrics::build::LONG_VERSION;
+    let (version, rest) = build.split_once(" (commit ").unwrap();
+    let commit = rest.split(',').next().unwrap();
+    let rustc = rest.rsplit("rustc ").next().unwrap().trim_end_matches(')');
+    let info = format!("portcullis_build_info{{commit=\"{commit}\",rustc=\"{rustc}\",version=\"{version}\"}} 1");
+    assert!(text.lines().any(|l| l == info), "no `{info}` in:\n{text}");
+    assert_eq!(text.matches("\nportcullis_build_info{").count(), 1);
+    for name in [
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "process_max_fds",
+        "process_virtual_memory_bytes",
+        "process_resident_memory_bytes",
+        "process_start_time_seconds",
+    ] {
+        assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
+        if name != "process_cpu_seconds_total" {
+            assert!(metric_value(&text, name) > 0.0, "{name} is 0");
+        }
+    }
+    let zero = |series: String| {
+        assert!(
+            text.lines().any(|l| l == format!("{series} 0")),
+            "`{series} 0` missing:\n{text}"
+        );
+    };
+    for outcome in ["success", "failure"] {
+        zero(format!("portcullis_config_reloads_total{{outcome=\"{outcome}\"}}"));
+    }
+    for listener in ["inbound", "admin", "egress", "forward_auth"] {
+        zero(format!(
+            "portcullis_connections_rejected_total{{listener=\"{listener}\"}}"
+        ));
+        for reason in ["headers_too_large", "uri_too_long", "malformed_request"] {
+            zero(format!(
+                "portcullis_malformed_requests_total{{listener=\"{listener}\",reason=\"{reason}\"}}"
+            ));
+        }
+    }
+    for outcome in [
+        "allowed",
+        "unauthenticated",
+        "forbidden",
+        "locked_out",
+        "bad_request",
+        "upstream_error",
+        "client_closed",
+        "auth_unavailable",
+    ] {
+        zero(format!(
+            "portcullis_requests_total{{auth_method=\"\",integration=\"\",outcome=\"{outcome}\",plan=\"\"}}"
+        ));
+    }
+    for op in [
+        "lockout",
+        "refresh",
+        "revoke",
+        "agree",
+        "egress",
+        "publish",
+        "subscribe",
+    ] {
+        zero(format!("portcullis_shared_errors_total{{op=\"{op}\"}}"));
+    }
+    for kind in ["refresh", "family", "revocation", "event", "agreed", "egress"] {
+        zero(format!("portcullis_shared_integrity_failures_total{{kind=\"{kind}\"}}"));
+    }
+    for (table, limit) in [
+        ("revocations", "total"),
+        ("revocations", "per_client"),
+        ("lockout", "total"),
+        ("lockout", "per_client"),
+        ("revocations_mirror", "total"),
+        ("remote_locks", "total"),
+    ] {
+        zero(format!(
+            "portcullis_table_full_total{{limit=\"{limit}\",table=\"{table}\"}}"
+        ));
+    }
+    for series in [
+        "portcullis_tls_handshake_failures_total",
+        "portcullis_hash_overloaded_total",
+        "portcullis_client_closed_total",
+        "portcullis_h2_reset_abuse_total",
+        // The config's own: the basic credential cache and a route's histogram.
+        "portcullis_cache_requests_total{cache=\"basic\",result=\"hit\"}",
+        "portcullis_cache_requests_total{cache=\"basic\",result=\"miss\"}",
+        "portcullis_request_duration_seconds_count{integration=\"basic\",plan=\"inc\"}",
+    ] {
+        zero(series.to_string());
+    }
     gw.stop().await;
 }
 

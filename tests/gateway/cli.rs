@@ -975,3 +975,67 @@ async fn endpoint_test_works_on_the_demo_endpoint() {
     assert!(out.1.contains("OK: endpoint `demo-self` answered 200"), "{}", out.1);
     gw.stop().await;
 }
+
+/// Runs git in the package's directory: its output, or None without git or a checkout of
+/// this package (an unpacked source tarball, a Docker build context).
+fn git(args: &[&str]) -> Option<String> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let run = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(args)
+            .env("TZ", "UTC")
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let top = run(&["rev-parse", "--show-toplevel"])?;
+    let ours = std::fs::canonicalize(top).ok()? == std::fs::canonicalize(root).ok()?;
+    ours.then(|| run(args)).flatten()
+}
+
+#[test]
+fn version_names_the_commit_the_build_date_and_rustc() {
+    for flag in ["--version", "-V"] {
+        let (code, out, err) = run(&[flag], "");
+        assert_eq!(code, 0, "{err}");
+        let line = out.trim();
+        assert_eq!(line.lines().count(), 1, "{out}");
+        // `portcullis 0.1.0 (commit 9f7f7b9, built 2026-12-05, rustc 1.95.0)`
+        let rest = line
+            .strip_prefix(&format!("portcullis {} (commit ", env!("CARGO_PKG_VERSION")))
+            .unwrap_or_else(|| panic!("{line}"));
+        let (commit, rest) = rest.split_once(", built ").unwrap_or_else(|| panic!("{line}"));
+        let (date, rest) = rest.split_once(", rustc ").unwrap_or_else(|| panic!("{line}"));
+        let rustc = rest.strip_suffix(')').unwrap_or_else(|| panic!("{line}"));
+        assert!(
+            commit == "unknown" || (commit.len() >= 7 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+            "{line}"
+        );
+        let d: Vec<&str> = date.split('-').collect();
+        assert!(
+            d.len() == 3
+                && [4, 2, 2] == [d[0].len(), d[1].len(), d[2].len()]
+                && d.iter().all(|p| p.chars().all(|c| c.is_ascii_digit())),
+            "{line}"
+        );
+        let v: Vec<&str> = rustc.split('.').collect();
+        assert!(
+            v.len() == 3 && v[0] == "1" && v[1].parse::<u32>().unwrap() >= 89,
+            "{line}"
+        );
+        // The binary and the library (portcullis_build_info) say the same.
+        assert_eq!(line, format!("portcullis {}", portcullis::metrics::build::LONG_VERSION));
+        // Built from this checkout: the commit is HEAD's (build.rs reruns when HEAD or its
+        // branch moves), and the date is SOURCE_DATE_EPOCH's or else the commit's.
+        if let Some(head) = git(&["rev-parse", "--short=7", "HEAD"]) {
+            assert_eq!(commit, head, "{line}");
+            if std::env::var("SOURCE_DATE_EPOCH").map_or(true, |v| v.trim().is_empty()) {
+                let day = git(&["log", "-1", "--date=format-local:%Y-%m-%d", "--format=%cd", "HEAD"]);
+                assert_eq!(Some(date.to_string()), day, "{line}");
+            }
+        }
+    }
+}
