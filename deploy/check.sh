@@ -63,6 +63,33 @@ for cfg in deploy/portcullis.toml deploy/container/portcullis.toml target/deploy
   "$bin" check --config target/deploy-check.toml
 done
 
+# Kubernetes: every object of the kustomize base passes `kubernetes-validate --strict`
+# for the oldest (1.29: native sidecars) and the newest version the README names;
+# rendered by `kubectl kustomize` where kubectl is installed, else file by file.
+kv="$(dirname "$py")/kubernetes-validate"
+command -v "$kv" >/dev/null 2>&1 || kv=kubernetes-validate
+if command -v "$kv" >/dev/null 2>&1; then
+  objects=target/deploy-kubernetes.yaml
+  if command -v kubectl >/dev/null 2>&1; then
+    kubectl kustomize deploy/kubernetes > "$objects"
+  else
+    "$py" - <<'PY' > "$objects"
+import pathlib, yaml
+base = pathlib.Path("deploy/kubernetes")
+k = yaml.safe_load((base / "kustomization.yaml").read_text())
+print("\n---\n".join((base / r).read_text() for r in k["resources"]))
+PY
+  fi
+  for version in 1.29.0 1.37.0; do
+    "$kv" --strict --quiet -k "$version" "$objects"
+  done
+  [ "$(ls deploy/kubernetes | grep -v -x -F -f <("$py" -c 'import yaml; print("\n".join(yaml.safe_load(open("deploy/kubernetes/kustomization.yaml"))["resources"]))') | grep -v -x kustomization.yaml)" = "" ] \
+    || { echo "deploy/kubernetes holds a file the kustomization does not list"; exit 1; }
+  echo "kubernetes ok: deploy/kubernetes (1.29 and 1.37)"
+elif [ "${PORTCULLIS_REQUIRE_TOOLS:-}" = 1 ]; then
+  echo "kubernetes-validate is missing (pip install kubernetes-validate)"; exit 1
+fi
+
 # The systemd unit, as systemd reads it, with the binary path pointed at the one built
 # here: `systemd-analyze verify` must pass without a single warning (an unknown key is
 # only a warning to systemd, and a sandbox setting misspelt is a sandbox missing).
