@@ -343,3 +343,35 @@ fn every_exported_family_is_documented() {
     let missing: Vec<_> = families.iter().filter(|f| !doc.contains(&format!("`{f}`"))).collect();
     assert!(missing.is_empty(), "exported but not in docs/metrics.md: {missing:?}");
 }
+
+/// The "did you mean" table names every key of the config model and nothing else (the
+/// endpoint `auth` tables aside: serde lists their keys itself).
+#[test]
+fn the_did_you_mean_table_is_the_config_model() {
+    let code: BTreeSet<String> = code_keys()
+        .into_iter()
+        .filter(|k| !k.starts_with("endpoints.auth."))
+        .collect();
+    let mut table = BTreeSet::new();
+    // Rule tables (`access`, `senders`) are values in the model, not sections of it.
+    for (section, keys) in portcullis::config::KNOWN_KEYS
+        .iter()
+        .filter(|(s, _)| !s.ends_with(".access") && !s.ends_with(".senders"))
+    {
+        for key in *keys {
+            table.insert(if section.is_empty() {
+                key.to_string()
+            } else {
+                format!("{section}.{key}")
+            });
+        }
+    }
+    let sections: BTreeSet<String> = code.iter().map(|k| k.split('.').next().unwrap().to_string()).collect();
+    let code: BTreeSet<String> = code.into_iter().chain(sections).collect();
+    let missing: Vec<_> = code.difference(&table).collect();
+    let stale: Vec<_> = table.difference(&code).collect();
+    assert!(
+        missing.is_empty() && stale.is_empty(),
+        "KNOWN_KEYS lacks {missing:?}, has stale {stale:?}"
+    );
+}

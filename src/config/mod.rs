@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 pub use secret::{FileKind, Secret, SecretHash};
+/// The tables of the config and the keys each accepts (for "did you mean" and the docs test).
+pub use validate::suggest::KNOWN as KNOWN_KEYS;
 
 /// The builtin issuer's token endpoint: reserved when `oauth.mode = "builtin"`.
 pub const TOKEN_PATH: &str = "/oauth/token";

@@ -110,10 +110,18 @@ senders = { roles = ["a"], rolez = ["b"] }
 "#,
     );
     assert_eq!(c.code, 1);
-    c.has(3, 1, "unknown key `listen.adress`");
-    c.has(6, 1, "unknown key `limits.max_body`");
+    c.has(3, 1, "unknown key `listen.adress`: did you mean `address`?");
+    c.has(6, 1, "unknown key `limits.max_body`: did you mean `max_body_bytes`?");
     c.has(11, 1, "unknown key `plans[0].colour`");
-    c.has(18, 28, "unknown key `plans[0].integrations[0].senders.rolez`");
+    assert!(
+        !c.stderr.contains("colour`: did you mean"),
+        "nothing is close to `colour`"
+    );
+    c.has(
+        18,
+        28,
+        "unknown key `plans[0].integrations[0].senders.rolez`: did you mean `roles`?",
+    );
 }
 
 #[test]

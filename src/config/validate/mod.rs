@@ -15,6 +15,7 @@ mod oauth;
 mod plans;
 mod scalars;
 mod shared;
+pub(super) mod suggest;
 mod tracing;
 mod users;
 
@@ -51,7 +52,11 @@ pub(super) fn run(file: &Path, text: &str) -> Result<Loaded, Errors> {
         serde_ignored::deserialize(toml::Deserializer::new(text), |path| unknown.push(segments(&path)));
     for segs in &unknown {
         let span = locate(doc.as_item(), segs);
-        v.error(span, format!("unknown key `{}`", dotted(segs)));
+        let message = match suggest::did_you_mean(segs) {
+            Some(meant) => format!("unknown key `{}`: did you mean `{meant}`?", dotted(segs)),
+            None => format!("unknown key `{}`", dotted(segs)),
+        };
+        v.error(span, message);
     }
     let raw = match parsed {
         Ok(raw) => raw,
