@@ -18,7 +18,7 @@ mod serve;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, redact::Redactor};
 
@@ -31,10 +31,10 @@ pub use export::export_text;
     about = "An authentication gateway for integration services"
 )]
 struct Cli {
-    /// How the gateway writes its log lines (access, egress, events): one text line or
-    /// one JSON object per event. Only `serve` logs; other subcommands print plain text.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
-    log_format: LogFormat,
+    /// Accepted before the subcommand too (`portcullis --log-format json serve`), as
+    /// `serve --log-format`; the other subcommands print plain text and take no log format.
+    #[arg(long, value_enum, hide = true)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -52,6 +52,10 @@ enum Command {
         /// Config file; defaults to $PORTCULLIS_CONFIG, else config/portcullis.toml.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// How the gateway writes its log lines (access, egress, events): one text line or
+        /// one JSON object per event, on stdout. Filter with PORTCULLIS_LOG.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
     },
     /// Validate the config: exit 0, or 1 with every error as FILE:LINE:COL: message.
     Check {
@@ -133,6 +137,12 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Print a shell completion script: `source <(portcullis completions bash)`, or save it
+    /// where your shell loads completions from.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -156,8 +166,23 @@ fn config_path(flag: Option<PathBuf>) -> PathBuf {
 /// Entry point of the binary.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
+    if cli.log_format.is_some() && !matches!(cli.command, Command::Serve { .. }) {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--log-format applies to `serve` only: the other subcommands print plain text",
+            )
+            .exit();
+    }
     match cli.command {
-        Command::Serve { config } => serve::run(config_path(config), cli.log_format),
+        Command::Serve { config, log_format } => serve::run(
+            config_path(config),
+            log_format.or(cli.log_format).unwrap_or(LogFormat::Text),
+        ),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "portcullis", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
         Command::Check { config, strict } => check::run(config_path(config), strict),
         Command::HashPassword => exit(credentials::hash_password()),
         Command::Keygen {

@@ -1039,3 +1039,62 @@ fn version_names_the_commit_the_build_date_and_rustc() {
         }
     }
 }
+
+/// `portcullis completions bash` is a script bash loads, and it completes subcommands and
+/// the flags of the subcommand typed; zsh and fish get their own formats.
+#[test]
+fn completions_complete_subcommands_and_their_flags() {
+    let complete = |words: &str| {
+        let script = format!(
+            "source <('{bin}' completions bash) || exit 9
+             COMP_WORDS=({words}); COMP_CWORD=$(( ${{#COMP_WORDS[@]}} - 1 ))
+             _portcullis portcullis \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"
+             printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            bin = bin()
+        );
+        let out = Command::new("bash").args(["-c", &script]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let subs = complete("portcullis ch");
+    assert_eq!(subs.trim(), "check", "{subs}");
+    let flags = complete("portcullis serve --");
+    assert!(flags.lines().any(|l| l == "--log-format"), "{flags}");
+    assert!(flags.lines().any(|l| l == "--config"), "{flags}");
+    let flags = complete("portcullis check --");
+    assert!(flags.lines().any(|l| l == "--strict"), "{flags}");
+    assert!(
+        !flags.lines().any(|l| l == "--log-format"),
+        "check takes no log format: {flags}"
+    );
+
+    for (shell, marker) in [("zsh", "#compdef portcullis"), ("fish", "complete -c portcullis")] {
+        let out = Command::new(bin()).args(["completions", shell]).output().unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            out.status.success() && text.contains(marker) && text.contains("explain"),
+            "{shell}: {text}"
+        );
+    }
+    let out = Command::new(bin()).args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "an unknown shell is a usage error");
+}
+
+/// `--log-format` is `serve`'s: accepted after it and before it, refused with a clear error
+/// for a subcommand that does not log.
+#[test]
+fn log_format_belongs_to_serve() {
+    let out = Command::new(bin())
+        .args(["--log-format", "json", "check", "--config", "config/portcullis.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--log-format applies to `serve` only"));
+    let out = Command::new(bin())
+        .args(["check", "--log-format", "json", "--config", "config/portcullis.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "check has no --log-format");
+    let help = Command::new(bin()).args(["serve", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--log-format"));
+}
