@@ -14,13 +14,16 @@ bin="$1"
 py="${PORTCULLIS_PYTHON:-python3}"
 manifests() { "$py" deploy/check_manifests.py "$@"; }
 # tool NAME: the copy in $py's venv (pinned by .ci/run) first, else the one on PATH.
+venv_bin=$(dirname "$(command -v "$py")")
 tool() {
-  if [ -x "$(dirname "$py")/$1" ]; then echo "$(dirname "$py")/$1"; else command -v "$1"; fi
+  if [ -x "$venv_bin/$1" ]; then echo "$venv_bin/$1"; else command -v "$1"; fi
 }
 # missing NAME HOW: a tool is absent: fail under PORTCULLIS_REQUIRE_TOOLS, else say so.
 missing() {
+  if [ "${PORTCULLIS_REQUIRE_TOOLS:-}" = 1 ]; then
+    echo "$1 is missing ($2), and PORTCULLIS_REQUIRE_TOOLS=1 requires it"; exit 1
+  fi
   echo "$1 is missing ($2): its checks are skipped"
-  if [ "${PORTCULLIS_REQUIRE_TOOLS:-}" = 1 ]; then exit 1; fi
 }
 
 "$py" - <<'PY'
