@@ -81,6 +81,8 @@ def kubernetes(rendered, out_prefix):
 
     # The config file the container is told to read, from the ConfigMap mounted there.
     args = sidecar.get("args", [])
+    if "--config" not in args[:-1]:
+        fail(f"{rendered}: the {PORTCULLIS_CONTAINER} container's args name no --config")
     config_path = args[args.index("--config") + 1]
     mounts = sorted(sidecar.get("volumeMounts", []), key=lambda m: -len(m["mountPath"]))
 
@@ -170,6 +172,22 @@ def listed(directory, _unused):
         fail(f"{directory} holds files its kustomization.yaml does not name: {', '.join(extra)}")
 
 
+def grafana_mounts(compose_file, here, service):
+    """Each dashboard provider's folder gets at least one dashboard mounted into it."""
+    binds = [v.split(":")[:2] for v in service.get("volumes", []) if isinstance(v, str)]
+    targets = [pathlib.PurePosixPath(t) for _, t in binds]
+    for key, value in (service.get("environment") or {}).items():
+        if key.endswith("_PATH") and pathlib.PurePosixPath(str(value)) not in targets:
+            fail(f"{compose_file}: Grafana's {key} names {value}, which nothing mounts")
+    for source, target in binds:
+        if not target.startswith("/etc/grafana/provisioning/dashboards/"):
+            continue
+        for provider in yaml.safe_load((here / source).read_text()).get("providers", []):
+            folder = pathlib.PurePosixPath(provider["options"]["path"])
+            if not any(t.parent == folder and t.suffix == ".json" for t in targets):
+                fail(f"{compose_file}: Grafana provider {provider['name']} reads {folder}, where no dashboard is mounted")
+
+
 def compose(compose_file, out_dir):
     path = pathlib.Path(compose_file)
     here = path.parent
@@ -210,6 +228,8 @@ def compose(compose_file, out_dir):
                     shutil.copyfile(here / source, dest)
             elif source and source not in named_volumes:
                 fail(f"{compose_file}: service {name} mounts the volume {source}, which is not declared")
+        if name == "grafana":
+            grafana_mounts(compose_file, here, service)
         if name == PORTCULLIS_CONTAINER:
             env = service.get("environment") or {}
             if isinstance(env, list):
