@@ -13,6 +13,8 @@ mod support;
 
 #[path = "docs/defaults.rs"]
 mod defaults;
+#[path = "docs/unknown_keys.rs"]
+mod unknown_keys;
 
 fn metric_names(text: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
