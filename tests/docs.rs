@@ -15,6 +15,8 @@ mod support;
 mod defaults;
 #[path = "docs/unknown_keys.rs"]
 mod unknown_keys;
+#[path = "docs/walkthrough.rs"]
+mod walkthrough;
 
 fn metric_names(text: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
