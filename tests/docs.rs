@@ -11,6 +11,8 @@ use std::collections::BTreeSet;
 #[allow(unused)]
 mod support;
 
+#[path = "docs/assertion.rs"]
+mod assertion;
 #[path = "docs/defaults.rs"]
 mod defaults;
 #[path = "docs/unknown_keys.rs"]
