@@ -3,7 +3,6 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use crate::support::{bin, write_config, Gateway};
 
@@ -159,28 +158,28 @@ fn check_and_serve_refuse_an_unknown_key() {
     }
     let (_, text, key) = variants().swap_remove(1);
     let path = write_config(dir.path(), &text);
-    let mut child = Command::new(bin())
+    let child = Command::new(bin())
         .args(["serve", "--config"])
         .arg(&path)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // It exits on its own; a gateway that started instead is ended after the patience.
-    let deadline = Instant::now() + crate::support::PATIENCE;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
+    // It exits on its own; a gateway that started instead is ended (by its id) after the
+    // patience.
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(crate::support::PATIENCE) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
             panic!("serve started with the unknown key `{key}`");
         }
-        std::thread::sleep(Duration::from_millis(20));
     };
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    let (status, err) = (out.status, String::from_utf8_lossy(&out.stderr).into_owned());
     assert!(!status.success(), "serve exited 0 with `{key}`: {err}");
     assert!(err.contains(key), "serve does not name `{key}`: {err}");
 }

@@ -93,7 +93,7 @@ async fn the_readme_walkthrough_gets_the_statuses_it_documents() {
             std::env::var_os("PORTCULLIS_REQUIRE_TOOLS").is_none(),
             "PORTCULLIS_REQUIRE_TOOLS is set but curl is missing"
         );
-        println!("SKIPPED: curl is not installed");
+        crate::support::skipped("the README walkthrough needs curl");
         return;
     }
 
@@ -171,8 +171,7 @@ async fn the_readme_walkthrough_gets_the_statuses_it_documents() {
         let calls = read("calls").lines().count();
         let status: Option<u16> = read("head")
             .lines()
-            .filter(|l| l.starts_with("HTTP/"))
-            .last()
+            .rfind(|l| l.starts_with("HTTP/"))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|c| c.parse().ok());
         let rc = read("rc").trim().to_string();
