@@ -416,6 +416,56 @@ async fn the_default_jwt_algorithms_are_the_documented_ones() {
     );
 }
 
+/// The builtin issuer's tokens carry the documented default `iss` when `issuer` is not
+/// written: a real gateway's token endpoint, not the constant the check above reads.
+#[tokio::test]
+async fn the_builtin_issuer_signs_with_the_documented_default_iss() {
+    use crate::support::{client, sha256_hex, Gateway};
+    use base64::Engine;
+    let row = rows()
+        .into_iter()
+        .find(|r| r.full() == "oauth.issuer")
+        .expect("oauth.issuer row");
+    let documented = parse_default(&row.default)
+        .unwrap()
+        .into_iter()
+        .find_map(|a| match (a.said, a.context.as_deref()) {
+            (Said::Value(v), Some("builtin")) => Some(v),
+            _ => None,
+        })
+        .expect("oauth.issuer: a default for builtin");
+    let gw = Gateway::start(&format!(
+        "[listen]\naddress = \"127.0.0.1:0\"\n[oauth]\nmode = \"builtin\"\n\
+         [[oauth.clients]]\nclient_id = \"c\"\nclient_secret_hash = \"{}\"\n",
+        sha256_hex("c-secret")
+    ))
+    .await;
+    let token: serde_json::Value = client()
+        .post(gw.url("/oauth/token"))
+        .basic_auth("c", Some("c-secret"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let jwt = token["access_token"].as_str().expect("a token");
+    let payload = jwt.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        claims["iss"].as_str(),
+        documented.as_str(),
+        "oauth.issuer: the builtin default (left, the code's) is not the documented one (right)"
+    );
+    gw.stop().await;
+}
+
 /// The example with each `{ env = "NAME" }` secret written as a literal: what is checked is
 /// the key, not where its secret comes from (the variable is not set in the test).
 fn literal_secrets(v: toml::Value) -> toml::Value {

@@ -17,6 +17,10 @@ fn cert(name: &str) -> String {
 /// untagged enum Secret" (reported to the lead; drop the place from here once it does).
 const UNNAMED: &[&str] = &["a secret table"];
 
+/// Where serde reads a table through an internally tagged enum (an endpoint's `auth`), the
+/// position is the table's, not the key's (`src/config/raw.rs` says why): the line holds.
+const TABLE_COLUMN: &[&str] = &["an endpoint's auth table"];
+
 /// Whether the refusal of `place` must name the key.
 fn named_at(place: &str) -> bool {
     !UNNAMED.contains(&place)
@@ -60,6 +64,7 @@ fn variants() -> Vec<(&'static str, String, &'static str)> {
             format!("{LISTEN}{users}[[plans]]\nname = \"p\"\nupstream = \"builtin:echo\"\naccess = {{ all = true, rols = [\"x\"] }}\n"),
             "rols",
         ),
+        ("an endpoint entry", format!("{LISTEN}{endpoint}timout = \"5s\"\n"), "timout"),
         (
             "an endpoint's auth table",
             format!("{LISTEN}{endpoint}auth = {{ type = \"basic\", username = \"u\", password = \"p\", premptive = true }}\n"),
@@ -131,6 +136,16 @@ fn an_unknown_key_anywhere_is_an_error_at_its_line() {
             named.iter().any(|d| d.line == line),
             "{place}: the error is not at `{key}`'s line {line}: {errors}"
         );
+        if named_at(place) && !TABLE_COLUMN.contains(&place) {
+            // And at its column: where the unknown key (the unknown part of a dotted
+            // one) starts.
+            let l = text.lines().nth(line - 1).unwrap();
+            let column = l[..l.find(key).unwrap()].chars().count() + 1;
+            assert!(
+                named.iter().any(|d| d.line == line && d.column == column),
+                "{place}: the error is not at `{key}`'s column {column}: {errors}"
+            );
+        }
     }
 }
 
