@@ -128,17 +128,7 @@ async fn the_assertion_holds_the_claims_readme_lists_with_their_meaning() {
         b.build().unwrap()
     };
     let url = |p: &str| format!("https://localhost:{}{p}", gw.addr.port());
-    let token: serde_json::Value = https(false)
-        .post(url("/oauth/token"))
-        .basic_auth("cli", Some("cli-secret"))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let bearer = token["access_token"].as_str().expect("a token").to_string();
+    let bearer = crate::client_credentials_token(&https(false), url("/oauth/token"), "cli", "cli-secret").await;
 
     let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
     let mut minted = Vec::new();

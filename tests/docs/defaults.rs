@@ -440,17 +440,7 @@ async fn the_builtin_issuer_signs_with_the_documented_default_iss() {
         sha256_hex("c-secret")
     ))
     .await;
-    let token: serde_json::Value = client()
-        .post(gw.url("/oauth/token"))
-        .basic_auth("c", Some("c-secret"))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let jwt = token["access_token"].as_str().expect("a token");
+    let jwt = crate::client_credentials_token(&client(), gw.url("/oauth/token"), "c", "c-secret").await;
     let payload = jwt.split('.').nth(1).unwrap();
     let claims: serde_json::Value = serde_json::from_slice(
         &base64::engine::general_purpose::URL_SAFE_NO_PAD
