@@ -78,15 +78,10 @@ fn decode(token: &str) -> serde_json::Map<String, serde_json::Value> {
     .claims
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_assertion_holds_the_claims_readme_lists_with_their_meaning() {
-    let documented = documented_claims();
-    assert!(documented.len() >= 10, "{documented:?}");
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_path_buf();
-    let client_der = pki(&d);
-    let up = Upstream::start().await;
-    let file = |name: &str| toml::Value::from(d.join(name).display().to_string());
+/// TLS with optional client certificates (the PKI in `dir`); Basic users alice and bob,
+/// svc by its certificate, the OAuth client cli; one route per method, two for Basic.
+fn config(dir: &std::path::Path, upstream: &str) -> String {
+    let file = |name: &str| toml::Value::from(dir.join(name).display().to_string());
     let tls = table([
         ("cert", file("server.crt")),
         ("key", file("server.key")),
@@ -94,14 +89,14 @@ async fn the_assertion_holds_the_claims_readme_lists_with_their_meaning() {
         ("client_auth", "optional".into()),
     ]);
     let hash = argon2_hash("docs-pw");
-    let toml = Config::new()
+    Config::new()
         .section("listen", |s| s.set("tls", tls))
         .user("alice", |u| u.roles(["rest", "ops"]).password_hash(&hash))
         .user("bob", |u| u.roles(["rest"]).password_hash(&hash))
         .user("svc", |u| u.roles(["rest"]).set("cert_names", vec!["svc.example"]))
         .user("cli", |u| u.roles(["rest"]))
         .plan("p", |p| {
-            p.upstream(&up.url())
+            p.upstream(upstream)
                 .access_roles(["rest"])
                 .integration("basic", |i| i.path("/basic").methods(["GET"]).auth("basic"))
                 .integration("other", |i| i.path("/other").methods(["GET"]).auth("basic"))
@@ -112,7 +107,18 @@ async fn the_assertion_holds_the_claims_readme_lists_with_their_meaning() {
             "[oauth]\nmode = \"builtin\"\n[[oauth.clients]]\nclient_id = \"cli\"\nclient_secret_hash = \"{}\"\n",
             sha256_hex("cli-secret")
         ))
-        .to_toml();
+        .to_toml()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_assertion_holds_the_claims_readme_lists_with_their_meaning() {
+    let documented = documented_claims();
+    assert!(documented.len() >= 10, "{documented:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let client_der = pki(&d);
+    let up = Upstream::start().await;
+    let toml = config(&d, &up.url());
     let gw = Gateway::start(&toml).await;
     let ttl = gw.state.gateway().config.assertion.ttl.as_secs();
     let ca = reqwest::Certificate::from_pem(&std::fs::read(d.join("ca.crt")).unwrap()).unwrap();
@@ -162,14 +168,15 @@ async fn the_assertion_holds_the_claims_readme_lists_with_their_meaning() {
 
     use base64::Engine;
     use sha2::Digest;
-    let thumbprint = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(&client_der));
+    let facts = Facts {
+        before,
+        after,
+        ttl,
+        thumbprint: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(&client_der)),
+    };
     let mut seen = BTreeSet::new();
     let mut jtis: BTreeMap<String, String> = BTreeMap::new();
     for m in &minted {
-        let h = |name: &str| m.headers.get(name).map(|v| v.to_str().unwrap().to_string());
-        let s = |claim: &str| m.claims.get(claim).and_then(|v| v.as_str()).map(str::to_string);
-        let oauth = m.what.contains("OAuth");
-        let mtls = m.what.contains("mTLS");
         for (claim, value) in &m.claims {
             let what = m.what;
             assert!(
@@ -178,70 +185,8 @@ async fn the_assertion_holds_the_claims_readme_lists_with_their_meaning() {
             );
             seen.insert(claim.clone());
         }
-        for claim in documented.keys() {
-            let what = m.what;
-            let has = m.claims.contains_key(claim);
-            let said = &documented[claim];
-            match claim.as_str() {
-                "iss" => assert_eq!(format!("`{}`", m.claims["iss"]), *said, "{what}: iss is not README's"),
-                "sub" => assert_eq!(s("sub"), h("x-portcullis-user"), "{what}"),
-                "roles" => {
-                    let roles: Vec<String> = h("x-portcullis-roles")
-                        .unwrap()
-                        .split(',')
-                        .map(str::to_string)
-                        .collect();
-                    assert_eq!(m.claims["roles"], serde_json::json!(roles), "{what}: roles, a list");
-                }
-                "auth_method" => assert_eq!(s("auth_method"), h("x-portcullis-auth-method"), "{what}"),
-                "plan" => assert_eq!(s("plan"), h("x-portcullis-plan"), "{what}"),
-                "integration" => assert_eq!(s("integration"), h("x-portcullis-integration"), "{what}"),
-                "client_id" => {
-                    assert!(said.starts_with("OAuth only"), "{said}");
-                    assert_eq!(has, oauth, "{what}: client_id is for OAuth only");
-                    assert_eq!(s("client_id"), h("x-portcullis-client-id"), "{what}");
-                    if oauth {
-                        assert_eq!(s("client_id").as_deref(), Some("cli"), "{what}: the token's client");
-                    }
-                }
-                "cnf" => {
-                    assert!(said.starts_with("mTLS only"), "{said}");
-                    assert_eq!(has, mtls, "{what}: cnf is for mTLS only");
-                    if mtls {
-                        assert_eq!(m.claims["cnf"], serde_json::json!({ "x5t#S256": thumbprint }), "{what}");
-                    }
-                }
-                "iat" => {
-                    let iat = m.claims["iat"].as_u64().expect("iat in Unix seconds");
-                    assert!(
-                        (before..=after).contains(&iat),
-                        "{what}: iat {iat} not in {before}..={after}"
-                    );
-                }
-                "exp" => {
-                    let (iat, exp) = (m.claims["iat"].as_u64().unwrap(), m.claims["exp"].as_u64().unwrap());
-                    assert_eq!(exp, iat + ttl, "{what}: exp is iat plus [assertion] ttl");
-                }
-                "jti" => {
-                    let jti = s("jti").expect("jti, a string");
-                    assert!(
-                        jti.len() == 32 && jti.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)),
-                        "{what}: jti `{jti}` is not 32 hex digits"
-                    );
-                    assert_ne!(
-                        Some(jti.clone()),
-                        h("x-request-id"),
-                        "{what}: jti is not the request id"
-                    );
-                    assert!(!jti.contains("docs-request"), "{what}");
-                    // The same jti only for the same assertion (reused): distinct assertions,
-                    // distinct ids.
-                    if let Some(token) = jtis.insert(jti.clone(), m.token.clone()) {
-                        assert_eq!(token, m.token, "{what}: two assertions share jti {jti}");
-                    }
-                }
-                other => panic!("README lists the claim `{other}`, which this test has no check for: add one"),
-            }
+        for (claim, said) in &documented {
+            check_claim(claim, said, m, &facts, &mut jtis);
         }
     }
     let listed: BTreeSet<String> = documented.keys().cloned().collect();
@@ -249,4 +194,90 @@ async fn the_assertion_holds_the_claims_readme_lists_with_their_meaning() {
     // Different principals and routes got different assertions, hence different jtis.
     assert!(jtis.len() >= 5, "{jtis:?}");
     gw.stop().await;
+}
+
+/// What the checks of the claims compare with: the window the requests were sent in, the
+/// configured ttl, the client certificate's SHA-256 (base64url).
+struct Facts {
+    before: u64,
+    after: u64,
+    ttl: u64,
+    thumbprint: String,
+}
+
+/// Checks that `m` holds `claim` as README says (`said`); `jtis` collects the ids seen,
+/// each with its assertion.
+fn check_claim(claim: &str, said: &str, m: &Minted, f: &Facts, jtis: &mut BTreeMap<String, String>) {
+    let what = m.what;
+    let has = m.claims.contains_key(claim);
+    let h = |name: &str| m.headers.get(name).map(|v| v.to_str().unwrap().to_string());
+    let s = |claim: &str| m.claims.get(claim).and_then(|v| v.as_str()).map(str::to_string);
+    let oauth = m.what.contains("OAuth");
+    let mtls = m.what.contains("mTLS");
+    match claim {
+        "iss" => assert_eq!(format!("`{}`", m.claims["iss"]), *said, "{what}: iss is not README's"),
+        "sub" => assert_eq!(s("sub"), h("x-portcullis-user"), "{what}"),
+        "roles" => {
+            let roles: Vec<String> = h("x-portcullis-roles")
+                .unwrap()
+                .split(',')
+                .map(str::to_string)
+                .collect();
+            assert_eq!(m.claims["roles"], serde_json::json!(roles), "{what}: roles, a list");
+        }
+        "auth_method" => assert_eq!(s("auth_method"), h("x-portcullis-auth-method"), "{what}"),
+        "plan" => assert_eq!(s("plan"), h("x-portcullis-plan"), "{what}"),
+        "integration" => assert_eq!(s("integration"), h("x-portcullis-integration"), "{what}"),
+        "client_id" => {
+            assert!(said.starts_with("OAuth only"), "{said}");
+            assert_eq!(has, oauth, "{what}: client_id is for OAuth only");
+            assert_eq!(s("client_id"), h("x-portcullis-client-id"), "{what}");
+            if oauth {
+                assert_eq!(s("client_id").as_deref(), Some("cli"), "{what}: the token's client");
+            }
+        }
+        "cnf" => {
+            assert!(said.starts_with("mTLS only"), "{said}");
+            assert_eq!(has, mtls, "{what}: cnf is for mTLS only");
+            if mtls {
+                assert_eq!(
+                    m.claims["cnf"],
+                    serde_json::json!({ "x5t#S256": f.thumbprint }),
+                    "{what}"
+                );
+            }
+        }
+        "iat" => {
+            let iat = m.claims["iat"].as_u64().expect("iat in Unix seconds");
+            assert!(
+                (f.before..=f.after).contains(&iat),
+                "{what}: iat {iat} not in {}..={}",
+                f.before,
+                f.after
+            );
+        }
+        "exp" => {
+            let (iat, exp) = (m.claims["iat"].as_u64().unwrap(), m.claims["exp"].as_u64().unwrap());
+            assert_eq!(exp, iat + f.ttl, "{what}: exp is iat plus [assertion] ttl");
+        }
+        "jti" => {
+            let jti = s("jti").expect("jti, a string");
+            assert!(
+                jti.len() == 32 && jti.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)),
+                "{what}: jti `{jti}` is not 32 hex digits"
+            );
+            assert_ne!(
+                Some(jti.clone()),
+                h("x-request-id"),
+                "{what}: jti is not the request id"
+            );
+            assert!(!jti.contains("docs-request"), "{what}");
+            // The same jti only for the same assertion (reused): distinct assertions,
+            // distinct ids.
+            if let Some(token) = jtis.insert(jti.clone(), m.token.clone()) {
+                assert_eq!(token, m.token, "{what}: two assertions share jti {jti}");
+            }
+        }
+        other => panic!("README lists the claim `{other}`, which this test has no check for: add one"),
+    }
 }

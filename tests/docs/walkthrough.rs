@@ -80,23 +80,9 @@ fn rewrite(text: &str, ports: &[(&str, String)]) -> String {
     ports.iter().fold(text.to_string(), |t, (from, to)| t.replace(from, to))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_readme_walkthrough_gets_the_statuses_it_documents() {
-    let steps = walkthrough();
-    assert!(steps.iter().filter(|s| s.status.is_some()).count() >= 10, "{steps:?}");
-    let curl_ok = Command::new("curl")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !curl_ok {
-        assert!(
-            std::env::var_os("PORTCULLIS_REQUIRE_TOOLS").is_none(),
-            "PORTCULLIS_REQUIRE_TOOLS is set but curl is missing"
-        );
-        crate::support::skipped("the README walkthrough needs curl");
-        return;
-    }
-
+/// The real binary on the shipped demo config, its listeners on ephemeral ports; each of
+/// the demo's addresses with the one the gateway got; the config's directory.
+async fn demo() -> (Process, [(&'static str, String); 3], tempfile::TempDir) {
     // The shipped demo config, its listeners on ephemeral ports.
     let root = env!("CARGO_MANIFEST_DIR");
     let demo = std::fs::read_to_string(format!("{root}/config/portcullis.toml")).unwrap();
@@ -131,6 +117,27 @@ async fn the_readme_walkthrough_gets_the_statuses_it_documents() {
     std::fs::rename(&next, &path).unwrap();
     gw.signal("HUP");
     gw.logs_when(|l| l.contains("config reloaded")).await;
+    (gw, ports, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_walkthrough_gets_the_statuses_it_documents() {
+    let steps = walkthrough();
+    assert!(steps.iter().filter(|s| s.status.is_some()).count() >= 10, "{steps:?}");
+    let curl_ok = Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !curl_ok {
+        assert!(
+            std::env::var_os("PORTCULLIS_REQUIRE_TOOLS").is_none(),
+            "PORTCULLIS_REQUIRE_TOOLS is set but curl is missing"
+        );
+        crate::support::skipped("the README walkthrough needs curl");
+        return;
+    }
+
+    let (gw, ports, _dir) = demo().await;
 
     // One script: the steps in order (a token the walkthrough gets is used further on),
     // curl recording each response's head, each step's exit status and output in files.
@@ -157,7 +164,7 @@ async fn the_readme_walkthrough_gets_the_statuses_it_documents() {
     let run = Command::new("bash")
         .arg("-c")
         .arg(&script)
-        .current_dir(root)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env_remove("CURL_HOME")
         .env("HOME", out.path())
         .output()
