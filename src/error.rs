@@ -58,6 +58,8 @@ pub enum Refusal {
     },
     /// 429: locked out after repeated failures.
     LockedOut { retry_after: Duration },
+    /// 429: over a plan's or an integration's rate limit.
+    RateLimited { retry_after: Duration },
     /// 502: the upstream (or a token server) could not be reached or answered badly.
     BadGateway(&'static str),
     /// 503: a service needed for the decision (an OAuth server) is unavailable.
@@ -185,7 +187,7 @@ impl Answer for Refusal {
             Refusal::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Refusal::Missing { .. } | Refusal::Rejected { .. } => StatusCode::UNAUTHORIZED,
             Refusal::Forbidden { .. } => StatusCode::FORBIDDEN,
-            Refusal::LockedOut { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::LockedOut { .. } | Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Refusal::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -206,6 +208,7 @@ impl Answer for Refusal {
             Refusal::Rejected { .. } => MSG_REJECTED,
             Refusal::Forbidden { .. } => MSG_FORBIDDEN,
             Refusal::LockedOut { .. } => "Too many failed attempts; try again later",
+            Refusal::RateLimited { .. } => "Too many requests; slow down and retry after the time given",
             Refusal::BadGateway("upgrade_refused") => "Upstream service refused the WebSocket upgrade",
             Refusal::BadGateway(_) => "Upstream service unreachable",
             Refusal::Unavailable(_) => "Authorization service unavailable",
@@ -227,6 +230,7 @@ impl Answer for Refusal {
             Refusal::Missing { .. } => "no_credentials",
             Refusal::Rejected { reason, .. } | Refusal::Forbidden { reason, .. } => reason,
             Refusal::LockedOut { .. } => "locked_out",
+            Refusal::RateLimited { .. } => "rate_limited",
             Refusal::BadGateway(r) | Refusal::Unavailable(r) => r,
             Refusal::GatewayTimeout => "upstream_timeout",
             Refusal::BodyTimeout => "body_timeout",
@@ -251,7 +255,7 @@ impl Answer for Refusal {
             Refusal::Forbidden { challenge: Some(c), .. } => {
                 h.insert(header::WWW_AUTHENTICATE, c.clone());
             }
-            Refusal::LockedOut { retry_after } => {
+            Refusal::LockedOut { retry_after } | Refusal::RateLimited { retry_after } => {
                 let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
                 h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
             }
@@ -295,6 +299,7 @@ impl Refusal {
             Refusal::Missing { .. } | Refusal::Rejected { .. } => Outcome::Unauthenticated,
             Refusal::Forbidden { .. } => Outcome::Forbidden,
             Refusal::LockedOut { .. } => Outcome::LockedOut,
+            Refusal::RateLimited { .. } => Outcome::RateLimited,
             Refusal::BadGateway(_) | Refusal::GatewayTimeout => Outcome::UpstreamError,
             Refusal::Unavailable(_) => Outcome::AuthUnavailable,
             Refusal::OAuth(e) => match e.status {

@@ -12,11 +12,12 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::assertion::Signer;
 use crate::auth::{self, Auth};
-use crate::config::{AuthMethod, Config, Rule, Upstream};
+use crate::config::{AuthMethod, Config, RateKey, RateLimit, Rule, Upstream};
 use crate::error::{Body, BoxError};
 use crate::headers::HostPort;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::route::{Router, Target};
+use crate::shared::{Cell, MemoryRates, Rates};
 use crate::upstream;
 
 /// Why a config could not become a running gateway.
@@ -120,6 +121,8 @@ pub struct Gateway {
     pub egress: crate::egress::Egress,
     /// Where forwarded requests go: the network, or a service of the caller's.
     pub upstreams: Upstreams,
+    /// Where the routes' rate limits count.
+    pub limiter: Limiter,
 }
 
 /// Where the pipeline sends what it forwards. `Network` is every route's own upstream,
@@ -157,6 +160,8 @@ pub struct Route {
     pub(crate) websocket: bool,
     pub(crate) challenges: Vec<HeaderValue>,
     pub(crate) metrics: RouteMetrics,
+    /// The plan's rate limit, then the integration's: each applies.
+    pub(crate) rates: Vec<RouteRate>,
     /// Its names as span attributes, shared by every span.
     pub(crate) span: crate::telemetry::RouteSpan,
 }
@@ -229,6 +234,13 @@ impl Gateway {
                     websocket: integ.websocket,
                     challenges: challenges(&integ.auth),
                     metrics: RouteMetrics::new(metrics, &plan.name, &integ.name),
+                    rates: [("plan", &plan.rate), ("integration", &integ.rate)]
+                        .into_iter()
+                        .filter_map(|(scope, rate)| {
+                            let rate = rate.as_ref()?;
+                            Some(RouteRate::new(scope, rate, &plan.name, &integ.name, metrics))
+                        })
+                        .collect(),
                 });
             }
         }
@@ -242,6 +254,10 @@ impl Gateway {
                 .map_err(BuildError::Egress)?
                 .with_limits(&config.limits),
             signer: Signer::new(key, config.assertion.ttl),
+            limiter: Limiter {
+                shared: lasting.shared.rates.clone(),
+                local: lasting.rate_local.clone(),
+            },
             upstreams: Upstreams::Network,
             config,
         })
@@ -276,4 +292,112 @@ fn challenges(methods: &[AuthMethod]) -> Vec<HeaderValue> {
         ));
     }
     out
+}
+
+// === rate limits ===
+
+/// The budgets a generation counts in: the backend's (memory or Redis), and this
+/// replica's own table for when Redis does not answer. Both outlive generations.
+#[derive(Clone)]
+pub struct Limiter {
+    pub shared: Arc<dyn Rates>,
+    pub local: Arc<MemoryRates>,
+}
+
+/// One limit of a route, resolved when the generation is built.
+pub struct RouteRate {
+    /// `plan` or `integration`: the policy's name in the fields, and where it was set.
+    pub scope: &'static str,
+    pub limit: RateLimit,
+    pub cell: Cell,
+    /// Its `RateLimit-Policy` item.
+    pub policy: String,
+    /// What names its budgets (before the principal or client part).
+    pub prefix: String,
+    pub limited: prometheus::IntCounter,
+    pub local: prometheus::IntCounter,
+}
+
+impl RouteRate {
+    pub fn new(
+        scope: &'static str,
+        limit: &RateLimit,
+        plan: &str,
+        integration: &str,
+        metrics: &crate::metrics::Metrics,
+    ) -> RouteRate {
+        // A plan's budget is the plan's, whichever integration spends it.
+        let owner = if scope == "plan" { "" } else { integration };
+        RouteRate {
+            scope,
+            cell: Cell::of(limit),
+            policy: policy_item(scope, limit),
+            prefix: format!("{scope}\0{plan}\0{owner}\0"),
+            limited: metrics.rate_limited.with_label_values(&[plan, integration]),
+            local: metrics.rate_local.with_label_values(&[plan, integration]),
+            limit: limit.clone(),
+        }
+    }
+
+    /// The budget a request from `client` by `principal` spends.
+    pub fn key(&self, client: std::net::IpAddr, principal: Option<&auth::Principal>) -> String {
+        use std::fmt::Write as _;
+        let mut key = self.prefix.clone();
+        match (self.limit.key, principal) {
+            (RateKey::Integration, _) => {}
+            (RateKey::Principal, Some(p)) => {
+                let _ = write!(key, "principal\0{}", p.user);
+            }
+            (RateKey::Principal, None) | (RateKey::ClientIp, _) => {
+                let _ = write!(key, "ip\0{}", client);
+            }
+        }
+        key
+    }
+}
+
+/// `"plan";q=100;w=1`: the quota per window of whole seconds (a window under a second
+/// is stated per second).
+fn policy_item(scope: &str, limit: &RateLimit) -> String {
+    let window = limit.per.as_secs_f64().ceil().max(1.0);
+    let quota = (limit.requests as f64 * window / limit.per.as_secs_f64()).floor() as u64;
+    format!("\"{scope}\";q={quota};w={window}")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::{RateFail, RateKey};
+
+    fn limit(requests: u64, per: Duration) -> RateLimit {
+        RateLimit {
+            requests,
+            per,
+            burst: 0,
+            key: RateKey::Principal,
+            fail: RateFail::Local,
+        }
+    }
+
+    #[test]
+    fn policies_state_a_quota_per_whole_seconds() {
+        assert_eq!(
+            policy_item("plan", &limit(100, Duration::from_secs(1))),
+            "\"plan\";q=100;w=1"
+        );
+        assert_eq!(
+            policy_item("plan", &limit(10, Duration::from_millis(100))),
+            "\"plan\";q=100;w=1"
+        );
+        assert_eq!(
+            policy_item("integration", &limit(5, Duration::from_secs(3600))),
+            "\"integration\";q=5;w=3600"
+        );
+        assert_eq!(
+            policy_item("plan", &limit(3, Duration::from_millis(1500))),
+            "\"plan\";q=4;w=2"
+        );
+    }
 }

@@ -43,10 +43,12 @@ pub enum Outcome {
     /// What decides a credential could not answer: the identity provider (JWKS,
     /// introspection), the shared token store, or the password pool (503).
     AuthUnavailable,
+    /// Over a plan's or an integration's rate limit (429).
+    RateLimited,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 8] = [
+    pub const ALL: [Outcome; 9] = [
         Outcome::Allowed,
         Outcome::Unauthenticated,
         Outcome::Forbidden,
@@ -55,6 +57,7 @@ impl Outcome {
         Outcome::UpstreamError,
         Outcome::ClientClosed,
         Outcome::AuthUnavailable,
+        Outcome::RateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -67,6 +70,7 @@ impl Outcome {
             Outcome::UpstreamError => "upstream_error",
             Outcome::ClientClosed => "client_closed",
             Outcome::AuthUnavailable => "auth_unavailable",
+            Outcome::RateLimited => "rate_limited",
         }
     }
 }
@@ -80,7 +84,8 @@ pub const LISTENERS: [&str; 4] = ["inbound", "admin", "egress", "forward_auth"];
 /// `reason` of `portcullis_malformed_requests_total`.
 pub const MALFORMED_REASONS: [&str; 3] = ["headers_too_large", "uri_too_long", "malformed_request"];
 /// `op` of `portcullis_shared_errors_total`.
-pub const SHARED_OPS: [&str; 7] = [
+pub const SHARED_OPS: [&str; 8] = [
+    "rate",
     "lockout",
     "refresh",
     "revoke",
@@ -92,7 +97,8 @@ pub const SHARED_OPS: [&str; 7] = [
 /// `kind` of `portcullis_shared_integrity_failures_total`.
 pub const INTEGRITY_KINDS: [&str; 6] = ["refresh", "family", "revocation", "event", "agreed", "egress"];
 /// `(table, limit)` of `portcullis_table_full_total`: the limits each table has.
-pub const FULL_TABLES: [(&str, &str); 6] = [
+pub const FULL_TABLES: [(&str, &str); 7] = [
+    ("rate", "total"),
     ("revocations", "total"),
     ("revocations", "per_client"),
     ("lockout", "total"),
@@ -140,6 +146,8 @@ pub struct Metrics {
     /// Requests refused because a bounded security table (or a client's share of it) was
     /// full, by table and limit (`total`, `per_client`).
     pub table_full: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub rate_local: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -180,7 +188,15 @@ const EGRESS_TOKEN_FETCHES: Desc = (
 );
 const SHARED_ERRORS: Desc = ("portcullis_shared_errors_total", "Commands to the shared store (Redis) that failed or timed out, by operation (lockout, refresh, revoke, agree, egress, publish, subscribe).");
 const SHARED_INTEGRITY_FAILURES: Desc = ("portcullis_shared_integrity_failures_total", "Values read from the shared store (Redis) that failed their integrity check and were refused, by kind (refresh, family, revocation, event, agreed, egress).");
-const TABLE_FULL: Desc = ("portcullis_table_full_total", "Requests refused because a bounded security table was full, by table (revocations, lockout, remote_locks) and limit (total, per_client).");
+const TABLE_FULL: Desc = ("portcullis_table_full_total", "Requests refused because a bounded security table was full, by table (rate, revocations, lockout, remote_locks) and limit (total, per_client).");
+const RATE_LIMITED: Desc = (
+    "portcullis_rate_limited_total",
+    "Requests refused with 429 over a plan's or an integration's rate limit, by plan and integration.",
+);
+const RATE_LOCAL: Desc = (
+    "portcullis_rate_local_total",
+    "Rate-limit steps counted against this replica's share of the budget because the shared store (Redis) did not answer, by plan and integration.",
+);
 const CONFIG_RELOADS: Desc = (
     "portcullis_config_reloads_total",
     "Config reloads by outcome (success/failure).",
@@ -286,6 +302,8 @@ impl Metrics {
             shared_errors: r.counter(SHARED_ERRORS, &["op"]),
             shared_integrity_failures: r.counter(SHARED_INTEGRITY_FAILURES, &["kind"]),
             table_full: r.counter(TABLE_FULL, &["table", "limit"]),
+            rate_limited: r.counter(RATE_LIMITED, &["plan", "integration"]),
+            rate_local: r.counter(RATE_LOCAL, &["plan", "integration"]),
             config_reloads: r.counter(CONFIG_RELOADS, &["outcome"]),
             config_last_reload_success: r.gauge(CONFIG_LAST_RELOAD_SUCCESS),
             config_last_reload_successful: r.gauge(CONFIG_LAST_RELOAD_SUCCESSFUL),
@@ -552,6 +570,7 @@ mod tests {
             zero("portcullis_requests_total", &l);
         }
         for op in [
+            "rate",
             "lockout",
             "refresh",
             "revoke",
@@ -566,6 +585,7 @@ mod tests {
             zero("portcullis_shared_integrity_failures_total", &[("kind", kind)]);
         }
         for (table, limit) in [
+            ("rate", "total"),
             ("revocations", "total"),
             ("revocations", "per_client"),
             ("lockout", "total"),
@@ -582,7 +602,7 @@ mod tests {
             .filter(|(n, l, _)| n.starts_with("portcullis_") && !l.is_empty() && n != "portcullis_build_info")
             .count();
         assert_eq!(labelled, PRECREATED);
-        assert_eq!(PRECREATED, 49);
+        assert_eq!(PRECREATED, 52);
         let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md")).unwrap();
         assert!(
             doc.contains(&format!("a fixed {PRECREATED} series")),

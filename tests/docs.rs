@@ -93,6 +93,7 @@ fn code_keys() -> BTreeSet<String> {
         ("User", &["users"]),
         ("Plan", &["plans"]),
         ("Integration", &["plans.integrations"]),
+        ("Rate", &["plans.rate", "plans.integrations.rate"]),
         ("ApiKey", &["api_keys"]),
         ("OAuth", &["oauth"]),
         ("OAuthClient", &["oauth.clients"]),

@@ -255,6 +255,8 @@ pub struct Lasting {
     hasher: std::sync::Mutex<Option<Arc<hasher::Hasher>>>,
     /// The clock of lockouts and token lifetimes (tests move it).
     pub clock: crate::util::Clock,
+    /// Rate-limit budgets counted here while Redis does not answer (`rate_fail = "local"`).
+    pub rate_local: Arc<crate::shared::MemoryRates>,
 }
 
 impl Default for Lasting {
@@ -270,6 +272,11 @@ impl Lasting {
         let clock = crate::util::Clock::default();
         Lasting {
             oauth: Arc::new(oauth::Shared::new(shared.clone(), clock.clone())),
+            rate_local: Arc::new(crate::shared::MemoryRates::new(
+                crate::shared::RATE_TABLE_CAP,
+                clock.clone(),
+                None,
+            )),
             clock,
             shared,
             basic: Default::default(),

@@ -214,6 +214,20 @@ fn print(e: &crate::inbound::Explanation, request: &str, found: &[String], known
         ),
         (None, None) => {}
     }
+    for (scope, limit, step) in &e.rates {
+        let key = match limit.key {
+            crate::config::RateKey::Principal => "per principal",
+            crate::config::RateKey::ClientIp => "per client IP",
+            crate::config::RateKey::Integration => "shared by every caller",
+        };
+        println!(
+            "rate         {scope}: {} per {}, burst {}, {key}: {} left now (in this process; replicas on Redis share one budget)",
+            limit.requests,
+            humantime::format_duration(limit.per),
+            limit.burst,
+            step.remaining
+        );
+    }
     match &e.decision {
         Ok(_) if e.endpoint.is_some() => {
             println!(

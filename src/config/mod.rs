@@ -367,7 +367,49 @@ pub struct Plan {
     /// Forward request headers whose names contain `_`; off by default, as in nginx,
     /// since CGI-style upstreams read `X_Foo` and `X-Foo` as one header.
     pub underscores_in_headers: bool,
+    /// Requests per principal (or client IP, or in all) through every integration of
+    /// the plan together.
+    pub rate: Option<RateLimit>,
     pub integrations: Vec<Integration>,
+}
+
+/// A rate limit (`rate = { requests, per, burst, key }`), as GCRA counts it: one request
+/// every `interval`, and `burst` more at once from a full budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    pub requests: u64,
+    pub per: Duration,
+    pub burst: u64,
+    pub key: RateKey,
+    /// What happens when the shared store cannot count (`rate_fail`).
+    pub fail: RateFail,
+}
+
+impl RateLimit {
+    /// The emission interval, `per / requests`, in microseconds (at least 1).
+    pub fn interval_us(&self) -> u64 {
+        (self.per.as_micros() as u64 / self.requests.max(1)).max(1)
+    }
+}
+
+/// Whose budget a request spends (`rate.key`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateKey {
+    /// The authenticated principal, qualified by its auth method; the client IP on an
+    /// `auth = "none"` route.
+    Principal,
+    ClientIp,
+    /// One budget for every caller of the integration (or of the plan).
+    Integration,
+}
+
+/// `rate_fail`: Redis unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateFail {
+    /// Count here, against this replica's share of the budget.
+    Local,
+    /// Refuse with 503.
+    Closed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -399,6 +441,8 @@ pub struct Integration {
     pub forward_token: bool,
     /// `upgrades = ["websocket"]`: HTTP/1.1 WebSocket upgrades pass once authorized.
     pub websocket: bool,
+    /// Requests through this integration, in addition to the plan's limit.
+    pub rate: Option<RateLimit>,
 }
 
 /// An integration's path: exact, or `/base/*` (the base itself and everything below it).

@@ -217,8 +217,19 @@ pub struct Plan {
     pub access: Option<Spanned<Rule>>,
     /// Forward request headers whose names contain `_` (dropped by default).
     pub underscores_in_headers: Option<bool>,
+    pub rate: Option<Spanned<Rate>>,
+    pub rate_fail: Option<Str>,
     #[serde(default)]
     pub integrations: Vec<Spanned<Integration>>,
+}
+
+/// `rate = { requests = 100, per = "1s", burst = 20, key = "principal" }`.
+#[derive(Debug, Deserialize)]
+pub struct Rate {
+    pub requests: Spanned<i64>,
+    pub per: Str,
+    pub burst: Option<Spanned<i64>>,
+    pub key: Option<Str>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -240,6 +251,8 @@ pub struct Integration {
     pub forward_token: Option<bool>,
     #[serde(default)]
     pub upgrades: Vec<Str>,
+    pub rate: Option<Spanned<Rate>>,
+    pub rate_fail: Option<Str>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -46,6 +46,8 @@ pub struct Ctx {
     pub cache_hit: Option<bool>,
     /// The client's connection closes after this answer (a refused upgrade).
     pub close: bool,
+    /// `RateLimit-Policy` and `RateLimit` for the answer, when the route has limits.
+    pub rate_fields: Option<(HeaderValue, HeaderValue)>,
 }
 
 impl Ctx {
@@ -103,6 +105,7 @@ impl Ctx {
             upstream_started: None,
             cache_hit: None,
             close: false,
+            rate_fields: None,
         }
     }
 

@@ -27,6 +27,9 @@ pub struct Explanation {
     /// The builtin issuer's endpoint that answers the request itself (`oauth_token`,
     /// `oauth_revoke`, `oauth_jwks`), when the path names one: no route, nothing forwarded.
     pub endpoint: Option<&'static str>,
+    /// The rate limits that apply (the plan's, the integration's) and the budget each has
+    /// left now, looked at without spending it.
+    pub rates: super::rate::Decided,
 }
 
 /// The decision for one request head, from `client`.
@@ -40,6 +43,7 @@ pub async fn explain(gw: &Gateway, mut parts: Parts, client: std::net::IpAddr) -
         parts.version,
         trace,
     );
+    let mut rates = Vec::new();
     // The phases of `admit`, in its order, then the upgrade's own checks.
     let decided = async {
         super::decide::check_head(&gw.config.limits, &parts)?;
@@ -51,6 +55,7 @@ pub async fn explain(gw: &Gateway, mut parts: Parts, client: std::net::IpAddr) -
             }
         }
         let permit = super::decide::decide(gw, &mut ctx, &mut parts).await?;
+        rates = super::rate::limit(gw, &mut ctx, &permit, false).await?;
         if gw.routes()[permit.route()].websocket && super::upgrade::websocket_requested(&parts) {
             super::upgrade::handshake(&parts)?;
         }
@@ -76,7 +81,9 @@ pub async fn explain(gw: &Gateway, mut parts: Parts, client: std::net::IpAddr) -
             .map(|(p, m)| (p.to_string(), m)),
         decision: Err((0, "", String::new())),
         endpoint: ctx.endpoint,
+        rates: Vec::new(),
     };
+    out.rates = rates;
     out.decision = match decided {
         Ok(None) => Ok(String::new()),
         Ok(Some(permit)) => {

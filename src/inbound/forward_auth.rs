@@ -140,6 +140,7 @@ pub(super) async fn handle<B: RequestBody>(
     ctx.uri = uri;
     decide::check_head(&gw.config.limits, &parts)?;
     let permit = decide::decide(gw, ctx, &mut parts).await?;
+    super::rate::limit(gw, ctx, &permit, true).await?;
     // The headers the proxy path would set, made the same way, returned for the ingress.
     rewrite::rewrite(gw, conn, ctx, &mut parts, permit)?;
     let mut resp = Response::new(crate::error::full(bytes::Bytes::new()));

@@ -22,6 +22,9 @@
 //!                identity provider unavailable                  -> Principal   auth
 //!  authorize     403 plan access AND integration senders        -> Permit      decide.rs ->
 //!                                                                              authz
+//!  rate          429 over the plan's or the integration's rate limit (GCRA,     rate.rs
+//!                per principal, client IP or integration, across replicas
+//!                on Redis); 503 the budget cannot be counted
 //!  body          413 a body over max_body_bytes; 408 one that stalls past      forward.rs
 //!                body_read_timeout or request_timeout; trailers dropped
 //!  upgrade       400 a malformed WebSocket handshake, or one the integration   upgrade.rs
@@ -55,6 +58,7 @@ mod decide;
 mod explain;
 mod forward;
 mod forward_auth;
+mod rate;
 mod rewrite;
 mod upgrade;
 
@@ -155,6 +159,11 @@ async fn serve<B: RequestBody>(
     };
     resp.headers_mut()
         .insert(crate::headers::X_REQUEST_ID, ctx.request_id.clone());
+    if let Some((policy, state)) = ctx.rate_fields.take() {
+        // Appended: an upstream's own limits stay in the list beside the gateway's.
+        resp.headers_mut().append(crate::headers::RATELIMIT_POLICY, policy);
+        resp.headers_mut().append(crate::headers::RATELIMIT, state);
+    }
     if ctx.close && ctx.version <= Version::HTTP_11 {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -275,5 +284,6 @@ async fn admit<'g>(
         }
     }
     let permit = decide::decide(gw, ctx, parts).await?;
+    rate::limit(gw, ctx, &permit, true).await?;
     Ok(Admitted::Route { permit, h2_websocket })
 }

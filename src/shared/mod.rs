@@ -17,6 +17,7 @@
 //! | `revocation.rs` | [`Revocations`]: revoked access tokens; the bounded [`Table`] both memory tables use |
 //! | `keys.rs` | [`Keys`]: the signing key every replica agrees on |
 //! | `egress.rs` | [`EgressTokens`]: egress tokens sealed in Redis, one fetch among replicas |
+//! | `rate.rs` | [`Rates`]: rate-limit budgets (GCRA), one script step each in Redis; the replicas seen |
 //!
 //! The memory side keeps its bounds: a full table refuses, it never drops an entry in
 //! force. The rest of this note is about the Redis side.
@@ -60,6 +61,7 @@ mod egress;
 mod events;
 mod keys;
 mod lockout;
+mod rate;
 mod refresh;
 mod revocation;
 mod store;
@@ -69,6 +71,7 @@ use std::sync::Arc;
 pub use egress::{EgressTokens, NoEgressSharing};
 pub use keys::{Agreed, Keys, OwnKeys};
 pub use lockout::{Counted, Lockouts, NoSharedLockout, Recorded};
+pub use rate::{Cell, MemoryRates, RateError, Rates, RedisRates, Step};
 pub use refresh::{Issued, MemoryRefresh, NewRefresh, Peeked, RefreshFamilies, Rotation, Taken};
 pub use revocation::{
     Kept, MemoryRevocations, Revocation, RevocationLimits, Revocations, RevokeRefused, Standing, Table,
@@ -119,7 +122,12 @@ pub struct Backend {
     pub revocations: Arc<dyn Revocations>,
     pub keys: Arc<dyn Keys>,
     pub egress: Arc<dyn EgressTokens>,
+    pub rates: Arc<dyn Rates>,
 }
+
+/// How many rate-limit budgets the memory backend keeps live at once (a budget lives
+/// only until it is full again).
+pub const RATE_TABLE_CAP: usize = 100_000;
 
 impl Default for Backend {
     /// The memory backend, counting its full tables nowhere (tests, benches).
@@ -139,9 +147,14 @@ impl Backend {
         Backend {
             lockouts: Arc::new(NoSharedLockout),
             refresh: Arc::new(MemoryRefresh::new(full.clone())),
-            revocations: Arc::new(MemoryRevocations::new(full)),
+            revocations: Arc::new(MemoryRevocations::new(full.clone())),
             keys: Arc::new(OwnKeys),
             egress: Arc::new(NoEgressSharing),
+            rates: Arc::new(MemoryRates::new(
+                RATE_TABLE_CAP,
+                crate::util::Clock::default(),
+                full.map(|f| f.with_label_values(&["rate", "total"])),
+            )),
         }
     }
 
@@ -152,6 +165,7 @@ impl Backend {
             refresh: store.clone(),
             revocations: store.clone(),
             keys: store.clone(),
+            rates: RedisRates::new(store.clone()),
             egress: store,
         }
     }

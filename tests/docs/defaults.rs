@@ -179,9 +179,12 @@ fn context(section: &str, ctx: Option<&str>) -> Result<String, String> {
         cert("server.crt")
     );
     let users = "[[users]]\nname = \"u\"\n";
+    // With rate limits on both, so that `rate_fail` is read.
     let plans = "[[plans]]\nname = \"p\"\nupstream = \"builtin:echo\"\naccess = { all = true }\n\
+                 rate = { requests = 5, per = \"1s\" }\n\
                  [[plans.integrations]]\nname = \"i\"\npath = \"/i\"\nmethods = [\"GET\"]\n\
-                 auth = [\"basic\", \"api_key\"]\nsenders = { all = true }\n";
+                 auth = [\"basic\", \"api_key\"]\nsenders = { all = true }\n\
+                 rate = { requests = 5, per = \"1s\" }\n";
     let api_key = format!("[[api_keys]]\nkey = \"k\"\nsecret_hash = \"{HASH}\"\nuser = \"u\"\nintegration = \"p/i\"\n");
     let redis = "[shared]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\n\
                  secret = \"0123456789abcdef0123456789abcdef\"\n";
@@ -206,7 +209,9 @@ fn context(section: &str, ctx: Option<&str>) -> Result<String, String> {
         | ("shared", Some("memory")) => format!("{listen}[{section}]\n"),
         ("shared", None | Some("redis")) => format!("{listen}{redis}"),
         ("users", None) => format!("{listen}{users}"),
-        ("plans" | "plans.integrations", None) => format!("{listen}{users}{plans}"),
+        ("plans" | "plans.integrations" | "plans.rate" | "plans.integrations.rate", None) => {
+            format!("{listen}{users}{plans}")
+        }
         ("api_keys", None) => format!("{listen}{users}{plans}{api_key}"),
         ("oauth" | "oauth.clients", None | Some("builtin")) => {
             format!(
@@ -310,6 +315,8 @@ fn absent(key: &str, c: &Config) -> Option<bool> {
         "listen.tls.client_ca" => tls().client_ca.is_none(),
         "listen.tls.client_crl" => tls().client_crl.is_none(),
         "tracing.otlp_endpoint" => c.tracing.otlp_endpoint.is_none(),
+        "plans.rate" => c.plans[0].rate.is_none(),
+        "plans.integrations.rate" => c.plans[0].integrations[0].rate.is_none(),
         "users.password_hash" => user().password_hash.is_none(),
         "users.password_expires_at" => user().password_expires_at.is_none(),
         "users.url_key_hash" => user().url_key_hash.is_none(),

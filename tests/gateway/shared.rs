@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use support::*;
 
-struct Redis {
+pub(crate) struct Redis {
     child: Option<Child>,
     port: u16,
     _dir: tempfile::TempDir,
@@ -25,7 +25,7 @@ struct Redis {
 
 impl Redis {
     /// A fresh `redis-server` on a free loopback port, or `None` (skipped) without one.
-    fn start() -> Option<Redis> {
+    pub(crate) fn start() -> Option<Redis> {
         let found = Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -54,7 +54,7 @@ impl Redis {
     }
 
     /// (Re)starts the server on its port, empty, and waits until it answers PING.
-    fn run(&mut self) {
+    pub(crate) fn run(&mut self) {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "yes"])
@@ -79,14 +79,14 @@ impl Redis {
         }
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 }
@@ -102,7 +102,7 @@ const SHARED_SECRET: &str = "a-shared-secret-of-at-least-32-bytes-0123";
 /// Writes one replica's config (every replica listens on its own ephemeral ports).
 /// Replica `n`'s config file: listeners on port 0, the shared store on `redis`, and
 /// `body` (TOML text) merged in.
-fn replica(dir: &std::path::Path, n: usize, redis: &Redis, body: &str) -> PathBuf {
+pub(crate) fn replica(dir: &std::path::Path, n: usize, redis: &Redis, body: &str) -> PathBuf {
     let path = dir.join(format!("replica-{n}.toml"));
     let config = listeners()
         .section("shared", |s| {
@@ -124,7 +124,7 @@ fn listeners() -> Config {
         .section("admin", |s| s.set("address", "127.0.0.1:0"))
 }
 
-fn replicas(redis: &Redis, body: &str) -> (tempfile::TempDir, Vec<Process>) {
+pub(crate) fn replicas(redis: &Redis, body: &str) -> (tempfile::TempDir, Vec<Process>) {
     let dir = tempfile::tempdir().unwrap();
     let procs = (0..3)
         .map(|n| Process::start(&replica(dir.path(), n, redis, body), &[]))
@@ -136,7 +136,7 @@ fn http() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
-async fn metric_of(p: &Process, series: &str) -> f64 {
+pub(crate) async fn metric_of(p: &Process, series: &str) -> f64 {
     let text = http()
         .get(format!("http://{}/metrics", p.admin.unwrap()))
         .send()

@@ -42,11 +42,13 @@ impl Validator<'_> {
                     ),
                 );
             }
+            let rate = self.rate(r.rate.as_ref(), r.rate_fail.as_ref(), &format!("plan `{name}`"));
             plans.push(Plan {
                 name,
                 upstream,
                 access,
                 underscores_in_headers: r.underscores_in_headers.unwrap_or(false),
+                rate,
                 integrations,
             });
         }
@@ -109,6 +111,11 @@ impl Validator<'_> {
                 format!("integration `{full}` allows websocket upgrades, which reach the upstream over HTTP/1.1, but plan `{name}` has an h2c:// upstream"),
             );
         }
+        let rate = self.rate(
+            ri.rate.as_ref(),
+            ri.rate_fail.as_ref(),
+            &format!("integration `{full}`"),
+        );
         Integration {
             name: iname,
             path,
@@ -117,7 +124,70 @@ impl Validator<'_> {
             senders,
             forward_token,
             websocket,
+            rate,
         }
+    }
+
+    /// A `rate` table and its `rate_fail`, of the plan or integration `what`.
+    fn rate(&mut self, rate: Option<&Spanned<raw::Rate>>, fail_raw: Option<&Str>, what: &str) -> Option<RateLimit> {
+        let fail = match fail_raw {
+            None => RateFail::Local,
+            Some(f) => match f.get_ref().as_str() {
+                "local" => RateFail::Local,
+                "closed" => RateFail::Closed,
+                other => {
+                    self.error(
+                        sp(f),
+                        format!("{what}: rate_fail `{other}`: expected \"local\" or \"closed\""),
+                    );
+                    RateFail::Local
+                }
+            },
+        };
+        let Some(rate) = rate else {
+            if let Some(f) = fail_raw {
+                self.warn(sp(f), format!("{what} sets rate_fail without a rate"));
+            }
+            return None;
+        };
+        let r = rate.get_ref();
+        let requests = self.count(&r.requests, 1, 1_000_000_000, &format!("{what}: rate.requests"));
+        let per = self.duration_of(&r.per, &format!("{what}: rate.per"));
+        let burst = match &r.burst {
+            Some(b) => self.count(b, 0, 1_000_000, &format!("{what}: rate.burst")),
+            None => Some(0),
+        };
+        let key = match r.key.as_ref().map(|k| k.get_ref().as_str()) {
+            None | Some("principal") => Some(RateKey::Principal),
+            Some("client_ip") => Some(RateKey::ClientIp),
+            Some("integration") => Some(RateKey::Integration),
+            Some(other) => {
+                self.error(
+                    r.key.as_ref().map_or(sp(rate), sp),
+                    format!("{what}: rate.key `{other}`: expected \"principal\", \"client_ip\" or \"integration\""),
+                );
+                None
+            }
+        };
+        let (requests, per, burst, key) = (requests?, per?, burst?, key?);
+        // One request per microsecond at most: the counters count in microseconds.
+        if per.is_zero() || per.as_micros() < u128::from(requests) {
+            self.error(
+                sp(&r.per),
+                format!(
+                    "{what}: rate of {requests} per {} is over one request per microsecond",
+                    r.per.get_ref()
+                ),
+            );
+            return None;
+        }
+        Some(RateLimit {
+            requests,
+            per,
+            burst,
+            key,
+            fail,
+        })
     }
 
     pub(super) fn upstream(&mut self, s: &Str) -> Upstream {

@@ -3,6 +3,9 @@
 
 use super::locate::Segment;
 
+/// The keys of a `rate` table.
+const RATE: &[&str] = &["requests", "per", "burst", "key"];
+
 /// The keys of an `access` or `senders` rule.
 const RULE: &[&str] = &["all", "roles", "users"];
 
@@ -94,7 +97,15 @@ pub const KNOWN: &[(&str, &[&str])] = &[
     ),
     (
         "plans",
-        &["name", "upstream", "access", "underscores_in_headers", "integrations"],
+        &[
+            "name",
+            "upstream",
+            "access",
+            "underscores_in_headers",
+            "rate",
+            "rate_fail",
+            "integrations",
+        ],
     ),
     (
         "plans.integrations",
@@ -106,8 +117,12 @@ pub const KNOWN: &[(&str, &[&str])] = &[
             "senders",
             "forward_token",
             "upgrades",
+            "rate",
+            "rate_fail",
         ],
     ),
+    ("plans.rate", RATE),
+    ("plans.integrations.rate", RATE),
     ("plans.access", RULE),
     ("plans.integrations.senders", RULE),
     ("api_keys", &["key", "secret_hash", "user", "integration"]),

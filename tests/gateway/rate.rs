@@ -1,0 +1,317 @@
+//! Rate limits (`rate` on a plan and on an integration): GCRA budgets per principal,
+//! client IP or integration, in memory and across replicas on a real Redis; 429 with
+//! `Retry-After` and the IETF `RateLimit-Policy` / `RateLimit` fields; Redis stopped:
+//! the local share or 503 as `rate_fail` says.
+//!
+//! Every limit here is counted per hour, so no budget refills while a test runs, however
+//! slow the machine: the counts are exact.
+
+use crate::support;
+
+use std::net::SocketAddr;
+
+use support::*;
+
+use super::shared::{metric_of, replica, replicas, Redis};
+
+/// alice and bob (role `rest`) by Basic; plan `p` with `/a` and `/b`; `more` adds to it.
+fn body(upstream: &str, more: impl FnOnce(Plan) -> Plan) -> Config {
+    Config::bare()
+        .user("alice", |u| u.roles(["rest"]).password_hash(&argon2_hash("alice-pw")))
+        .user("bob", |u| u.roles(["rest"]).password_hash(&argon2_hash("bob-pw")))
+        .plan("p", |p| {
+            more(
+                p.upstream(upstream)
+                    .access_roles(["rest"])
+                    .integration("a", |i| i.path("/a").methods(["GET"]).auth("basic"))
+                    .integration("b", |i| i.path("/b").methods(["GET"]).auth("basic")),
+            )
+        })
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+async fn get(addr: SocketAddr, path: &str, user: &str) -> reqwest::Response {
+    http()
+        .get(format!("http://{addr}{path}"))
+        .basic_auth(user, Some(format!("{user}-pw")))
+        .send()
+        .await
+        .unwrap()
+}
+
+fn field(r: &reqwest::Response, name: &str) -> String {
+    let all: Vec<&str> = r.headers().get_all(name).iter().map(|v| v.to_str().unwrap()).collect();
+    all.join(", ")
+}
+
+/// Statuses of `n` requests in turn.
+async fn statuses(addr: SocketAddr, path: &str, user: &str, n: usize) -> Vec<u16> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(get(addr, path, user).await.status().as_u16());
+    }
+    out
+}
+
+/// A plan's limit per principal: a fresh budget passes `burst + 1`, then 429 with
+/// `Retry-After` and the fields; another principal has a budget of its own; refused
+/// credentials spend nothing; the limit spans the plan's integrations.
+#[tokio::test]
+async fn a_plan_limit_passes_burst_plus_one_per_principal_then_429() {
+    let up = Upstream::start().await;
+    let config = body(&up.url(), |p| {
+        p.set("rate", rule(r#"{ requests = 3, per = "1h", burst = 2 }"#))
+    });
+    let gw = Gateway::start(&Config::new().merge(config).to_toml()).await;
+    // Wrong passwords are refused before the rate phase: they spend no budget.
+    for _ in 0..3 {
+        let r = http()
+            .get(gw.url("/a"))
+            .basic_auth("alice", Some("wrong"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        assert!(
+            r.headers().get("ratelimit").is_none(),
+            "no budget shown before authentication"
+        );
+    }
+    let first = get(gw.addr, "/a", "alice").await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(field(&first, "ratelimit-policy"), r#""plan";q=3;w=3600"#);
+    assert!(
+        field(&first, "ratelimit").starts_with(r#""plan";r=2;t="#),
+        "{}",
+        field(&first, "ratelimit")
+    );
+    // The budget is the plan's: /b spends the same one.
+    assert_eq!(statuses(gw.addr, "/b", "alice", 2).await, [200, 200]);
+    let over = get(gw.addr, "/a", "alice").await;
+    assert_eq!(over.status(), 429);
+    let retry: u64 = field(&over, "retry-after").parse().unwrap();
+    assert!((1..=1200).contains(&retry), "one interval (20 min) at most: {retry}");
+    assert!(field(&over, "ratelimit").starts_with(r#""plan";r=0;t="#));
+    let body = error_body(over, 429).await;
+    assert!(!body.to_string().contains("alice"), "{body}");
+    assert_eq!(statuses(gw.addr, "/b", "alice", 2).await, [429, 429]);
+    // bob is another principal.
+    assert_eq!(statuses(gw.addr, "/a", "bob", 4).await, [200, 200, 200, 429]);
+    assert_eq!(up.seen().len(), 6, "exactly 3 + 3 reached the upstream");
+    assert_eq!(
+        gw.metric("portcullis_rate_limited_total{integration=\"a\",plan=\"p\"}")
+            .await
+            + gw.metric("portcullis_rate_limited_total{integration=\"b\",plan=\"p\"}")
+                .await,
+        4.0
+    );
+    assert_eq!(
+        gw.metric(
+            "portcullis_requests_total{auth_method=\"basic\",integration=\"a\",outcome=\"rate_limited\",plan=\"p\"}"
+        )
+        .await,
+        2.0
+    );
+    gw.stop().await;
+}
+
+/// The plan's and the integration's limits both apply, each listed in the fields; `key =
+/// "integration"` is one budget for every caller; `key = "client_ip"` one per address.
+#[tokio::test]
+async fn plan_and_integration_limits_both_apply_with_their_keys() {
+    let up = Upstream::start().await;
+    let config = body(&up.url(), |p| {
+        p.set("rate", rule(r#"{ requests = 100, per = "1h", burst = 99 }"#))
+            .integration("shared", |i| {
+                i.path("/shared").methods(["GET"]).auth("basic").set(
+                    "rate",
+                    rule(r#"{ requests = 2, per = "1h", burst = 1, key = "integration" }"#),
+                )
+            })
+            .integration("byip", |i| {
+                i.path("/byip")
+                    .methods(["GET"])
+                    .auth("basic")
+                    .set("rate", rule(r#"{ requests = 1, per = "1h", key = "client_ip" }"#))
+            })
+    });
+    let gw = Gateway::start(&Config::new().merge(config).to_toml()).await;
+    let r = get(gw.addr, "/shared", "alice").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        field(&r, "ratelimit-policy"),
+        r#""plan";q=100;w=3600, "integration";q=2;w=3600"#
+    );
+    let state = field(&r, "ratelimit");
+    assert!(
+        state.starts_with(r#""plan";r=99;t="#) && state.contains(r#", "integration";r=1;t="#),
+        "{state}"
+    );
+    // One budget for the integration, whoever calls.
+    assert_eq!(get(gw.addr, "/shared", "bob").await.status(), 200);
+    assert_eq!(get(gw.addr, "/shared", "bob").await.status(), 429);
+    assert_eq!(get(gw.addr, "/shared", "alice").await.status(), 429);
+    // By client address: alice and bob come from the same one.
+    assert_eq!(get(gw.addr, "/byip", "alice").await.status(), 200);
+    assert_eq!(get(gw.addr, "/byip", "bob").await.status(), 429);
+    // The plan's budget was spent by every passing request (and by those the integration
+    // refused after it: GCRA steps both, like redis-cell).
+    let plan_left = field(&get(gw.addr, "/a", "alice").await, "ratelimit");
+    assert!(plan_left.starts_with(r#""plan";r="#), "{plan_left}");
+    gw.stop().await;
+}
+
+/// `check` refuses what a limit cannot mean, at its line.
+#[test]
+fn check_refuses_bad_limits() {
+    for (rate, says) in [
+        (r#"{ requests = 0, per = "1s" }"#, "rate.requests must be between 1"),
+        (r#"{ requests = 5, per = "soon" }"#, "invalid duration `soon`"),
+        (
+            r#"{ requests = 5, per = "1s", burst = -1 }"#,
+            "rate.burst must be between 0",
+        ),
+        // (`key` values are withheld from diagnostics like every key named `key`.)
+        (
+            r#"{ requests = 5, per = "1s", key = "user" }"#,
+            "expected \"principal\", \"client_ip\" or \"integration\"",
+        ),
+        (
+            r#"{ requests = 5000000, per = "1s" }"#,
+            "over one request per microsecond",
+        ),
+        (r#"{ requests = 5, per = "1s", burts = 2 }"#, "did you mean `burst`?"),
+        (r#"{ requests = 5 }"#, "per"),
+        (r#"{ requests = "5", per = "1s" }"#, "expected an integer"),
+    ] {
+        let config = Config::new().merge(body("http://127.0.0.1:9", |p| p.set("rate", rule(rate))));
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_config(dir.path(), &config.to_toml());
+        let out = std::process::Command::new(bin())
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{rate}: {err}");
+        assert!(err.contains(says), "{rate}: expected `{says}` in {err}");
+    }
+    let config = Config::new().merge(body("http://127.0.0.1:9", |p| p.set("rate_fail", "open")));
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &config.to_toml());
+    let out = std::process::Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rate_fail `open`"));
+}
+
+/// `explain` names each limit and the budget left, without spending it.
+#[test]
+fn explain_shows_the_limits_and_spends_nothing() {
+    let config = Config::new().merge(body("http://127.0.0.1:9", |p| {
+        p.set("rate", rule(r#"{ requests = 3, per = "1h", burst = 2 }"#))
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &config.to_toml());
+    for _ in 0..5 {
+        let out = std::process::Command::new(bin())
+            .args(["explain", "--config"])
+            .arg(&path)
+            .args([
+                "-H",
+                &format!("Authorization: {}", basic("alice", "alice-pw")),
+                "GET",
+                "/a",
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{text}");
+        assert!(
+            text.contains("rate         plan: 3 per 1h, burst 2, per principal: 3 left now"),
+            "{text}"
+        );
+    }
+}
+
+/// Three replicas on one Redis: a burst spread round-robin passes exactly the budget in
+/// total, and each replica refuses past it.
+#[tokio::test]
+async fn replicas_on_redis_share_one_budget() {
+    let Some(redis) = Redis::start() else { return };
+    let up = Upstream::start().await;
+    let config = body(&up.url(), |p| {
+        p.set("rate", rule(r#"{ requests = 5, per = "1h", burst = 4 }"#))
+    });
+    let (_dir, procs) = replicas(&redis, &config.to_toml());
+    let mut passed = 0;
+    for i in 0..15 {
+        let s = get(procs[i % 3].addr, "/a", "alice").await.status().as_u16();
+        assert!(s == 200 || s == 429, "{s}");
+        passed += usize::from(s == 200);
+    }
+    assert_eq!(passed, 5, "burst 4 passes 5 in total, not 5 per replica");
+    assert_eq!(up.seen().len(), 5);
+    for p in &procs {
+        assert_eq!(get(p.addr, "/a", "alice").await.status(), 429);
+        assert_eq!(get(p.addr, "/a", "bob").await.status(), 200, "bob's budget is his own");
+    }
+    let mut limited = 0.0;
+    for p in &procs {
+        limited += metric_of(p, "portcullis_rate_limited_total{integration=\"a\",plan=\"p\"}").await;
+    }
+    assert_eq!(limited, 13.0);
+}
+
+/// Redis stopped: `rate_fail = "local"` counts against this replica's share (one
+/// replica seen: the whole budget) and says so in a metric; `"closed"` refuses with 503.
+#[tokio::test]
+async fn redis_down_counts_locally_or_refuses_as_configured() {
+    let Some(mut redis) = Redis::start() else { return };
+    let up = Upstream::start().await;
+    let config = body(&up.url(), |p| {
+        p.integration("local", |i| {
+            i.path("/local")
+                .methods(["GET"])
+                .auth("basic")
+                .set("rate", rule(r#"{ requests = 2, per = "1h", burst = 1 }"#))
+        })
+        .integration("closed", |i| {
+            i.path("/closed")
+                .methods(["GET"])
+                .auth("basic")
+                .set("rate", rule(r#"{ requests = 2, per = "1h", burst = 1 }"#))
+                .set("rate_fail", "closed")
+        })
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let p = Process::start(&replica(dir.path(), 0, &redis, &config.to_toml()), &[]);
+    assert_eq!(get(p.addr, "/closed", "alice").await.status(), 200);
+    assert_eq!(
+        get(p.addr, "/local", "alice").await.status(),
+        200,
+        "and the Basic check is cached"
+    );
+    redis.stop();
+    let closed = get(p.addr, "/closed", "alice").await;
+    assert_eq!(closed.status(), 503);
+    assert!(closed.headers().get("retry-after").is_some());
+    // The local table starts fresh: it passes the whole budget (one replica seen), then 429.
+    assert_eq!(statuses(p.addr, "/local", "alice", 3).await, [200, 200, 429]);
+    assert!(metric_of(&p, "portcullis_rate_local_total{integration=\"local\",plan=\"p\"}").await >= 3.0);
+    assert!(metric_of(&p, "portcullis_shared_errors_total{op=\"rate\"}").await >= 1.0);
+    let log = p.logs();
+    assert!(log.contains("rate_unavailable"), "{log}");
+    // Back: Redis decides again (its budget for /closed still has one left).
+    redis.run();
+    let back = eventually(PATIENCE, || async {
+        get(p.addr, "/closed", "alice").await.status() == 200
+    })
+    .await;
+    assert!(back);
+}
