@@ -315,3 +315,66 @@ async fn redis_down_counts_locally_or_refuses_as_configured() {
     .await;
     assert!(back);
 }
+
+/// The moves a caller makes to get a second budget: a spoofed `X-Forwarded-For` (the
+/// peer is not a trusted proxy), a percent-encoded or otherwise spelled path to the same
+/// integration, the same user by another credential (an API key beside the password).
+/// Each spends the one budget it already has.
+#[tokio::test]
+async fn a_second_budget_cannot_be_had_by_spoofing_spelling_or_another_credential() {
+    let up = Upstream::start().await;
+    let secret = "k-secret";
+    let config = Config::new()
+        .merge(body(&up.url(), |p| {
+            p.integration("both", |i| {
+                i.path("/both")
+                    .methods(["GET"])
+                    .auths(["basic", "api_key"])
+                    .set("rate", rule(r#"{ requests = 2, per = "1h", burst = 1 }"#))
+            })
+            .integration("byip", |i| {
+                i.path("/byip")
+                    .methods(["GET"])
+                    .auth("basic")
+                    .set("rate", rule(r#"{ requests = 1, per = "1h", key = "client_ip" }"#))
+            })
+        }))
+        .api_key("alice-key", &sha256_hex(secret), "alice", "p/both");
+    let gw = Gateway::start(&config.to_toml()).await;
+    // One budget of 2 for alice, whether by password or by her API key.
+    assert_eq!(get(gw.addr, "/both", "alice").await.status(), 200);
+    let by_key = http()
+        .get(gw.url("/both"))
+        .basic_auth("alice-key", Some(secret))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_key.status(), 200);
+    let by_key = http()
+        .get(gw.url("/both"))
+        .basic_auth("alice-key", Some(secret))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_key.status(), 429, "the key is alice: her budget is spent");
+    // Another spelling of the path is the same integration, and the same budget.
+    for path in ["/%62oth", "/both?x=1", "/%62%6F%74%68"] {
+        let r = get(gw.addr, path, "alice").await;
+        assert_eq!(r.status(), 429, "{path}");
+    }
+    // Per address: a client-sent X-Forwarded-For from an untrusted peer changes nothing.
+    assert_eq!(get(gw.addr, "/byip", "alice").await.status(), 200);
+    for xff in ["203.0.113.7", "198.51.100.1, 203.0.113.9", "::1"] {
+        let r = http()
+            .get(gw.url("/byip"))
+            .basic_auth("alice", Some("alice-pw"))
+            .header("x-forwarded-for", xff)
+            .header("x-real-ip", xff)
+            .header("forwarded", format!("for={xff}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 429, "{xff}");
+    }
+    gw.stop().await;
+}
