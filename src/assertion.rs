@@ -26,6 +26,9 @@ pub struct Claims {
     pub integration: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
+    /// The OAuth issuer (its configured name) whose token named the principal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_issuer: Option<String>,
     /// RFC 8705 confirmation of a client certificate: `{"x5t#S256": thumbprint}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cnf: Option<serde_json::Value>,
@@ -41,6 +44,7 @@ type Said = (
     Arc<str>,
     Arc<[String]>,
     AuthMethod,
+    Option<Arc<str>>,
     Option<Arc<str>>,
     Option<Arc<str>>,
 );
@@ -79,6 +83,7 @@ impl Signer {
             p.method,
             p.client_id.clone(),
             p.cnf.clone(),
+            p.issuer.clone(),
         );
         if let Some(v) = self.minted.get(&key) {
             return Some(v);
@@ -102,6 +107,7 @@ impl Signer {
             plan: plan.to_string(),
             integration: integration.to_string(),
             client_id: p.client_id.as_ref().map(|c| c.to_string()),
+            token_issuer: p.issuer.as_ref().map(|i| i.to_string()),
             cnf: p.cnf.as_ref().map(|t| serde_json::json!({ "x5t#S256": t.as_ref() })),
             iat: now,
             exp: now + self.ttl.as_secs().max(1),

@@ -29,6 +29,8 @@ pub struct Ctx {
     pub endpoint: Option<&'static str>,
     pub auth_method: Option<AuthMethod>,
     pub principal: Option<Arc<str>>,
+    /// The OAuth issuer (its name) that named the principal.
+    pub issuer: Option<Arc<str>>,
     pub upstream_elapsed: Option<Duration>,
     /// The answer's status; `None` while the request is in flight.
     pub status: Option<u16>,
@@ -91,6 +93,7 @@ impl Ctx {
             endpoint: None,
             auth_method: None,
             principal: None,
+            issuer: None,
             upstream_elapsed: None,
             status: None,
             refusal: None,
@@ -236,6 +239,7 @@ impl Done<'_> {
             integration = self.integration,
             auth_method = self.auth_method,
             principal = ctx.principal.as_deref().unwrap_or(""),
+            issuer = ctx.issuer.as_deref().unwrap_or(""),
             status = self.status,
             reason = self.reason(),
             latency_ms = self.elapsed.as_secs_f64() * 1000.0,
@@ -274,6 +278,7 @@ impl Done<'_> {
             route: self.route.map(|r| &r.span),
             endpoint: ctx.endpoint,
             auth_method: self.auth_method,
+            issuer: ctx.issuer.as_deref(),
             cache_hit: ctx.cache_hit,
             reason: self.reason(),
         });

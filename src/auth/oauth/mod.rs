@@ -13,15 +13,19 @@
 
 pub mod builtin;
 pub mod introspection;
+mod issuers;
+mod jwks;
 pub mod jwt;
+
+pub use issuers::{Kind, Named, OAuth};
+pub use jwks::KeySets;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Principal, Reason, UserEntry};
-use crate::config::{self, AuthMethod, OAuthMode};
-use crate::metrics::Metrics;
+use crate::config::AuthMethod;
 
 /// Why a token gave no principal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,11 +41,12 @@ impl From<Reason> for Verdict {
     }
 }
 
-/// What outlives a config generation: the builtin signing key, and the backend that
-/// keeps refresh-token families and revoked access tokens (this process alone, or Redis
-/// shared with other replicas).
+/// What outlives a config generation: the builtin issuer's generated signing keys, and
+/// the backend that keeps refresh-token families and revoked access tokens (this process
+/// alone, or Redis shared with other replicas).
 pub struct Shared {
-    pub(super) generated_key: std::sync::OnceLock<Arc<builtin::SigningKey>>,
+    /// Generated keys by rotation period (`unix / signing_key_rotation`), the newest two.
+    pub(super) generated: std::sync::Mutex<Vec<(u64, Arc<builtin::SigningKey>)>>,
     pub(crate) backend: crate::shared::Backend,
     /// The process state's clock, for token and family lifetimes.
     pub(crate) clock: crate::util::Clock,
@@ -59,28 +64,65 @@ pub enum KeyError {
 impl Shared {
     pub fn new(backend: crate::shared::Backend, clock: crate::util::Clock) -> Self {
         Shared {
-            generated_key: Default::default(),
+            generated: Default::default(),
             backend,
             clock,
         }
     }
 
-    /// Without a `signing_key`, every replica signs with one generated key, agreed
-    /// through the backend (sealed in Redis), so that a token from one passes on all.
-    pub async fn agree_signing_key(&self) -> Result<(), KeyError> {
-        if self.generated_key.get().is_some() {
-            return Ok(());
+    /// The rotation period now, for keys that rotate every `rotation`.
+    pub(super) fn period(&self, rotation: Duration) -> u64 {
+        self.clock.unix() / rotation.as_secs().max(1)
+    }
+
+    /// Without `signing_keys`, every replica signs with one generated key per rotation
+    /// period, agreed through the backend (sealed in Redis), so that a token from one
+    /// passes on all; the previous period's key is agreed too, so tokens signed with it
+    /// before the rotation keep passing here.
+    pub async fn agree_signing_key(&self, rotation: Duration) -> Result<(), KeyError> {
+        let now = self.period(rotation);
+        for period in [now.saturating_sub(1), now] {
+            self.agree_period(period).await?;
+        }
+        Ok(())
+    }
+
+    /// The agreed key of rotation `period`, agreed once per process.
+    pub(super) async fn agree_period(&self, period: u64) -> Result<Arc<builtin::SigningKey>, KeyError> {
+        if let Some(k) = self.held(period) {
+            return Ok(k);
         }
         let fresh = builtin::SigningKey::generate_pkcs8().map_err(|e| KeyError::Key(e.to_string()))?;
         let keys = &self.backend.keys;
         let der = keys
-            .agree("oauth-signing-key", &fresh)
+            .agree(&format!("oauth-signing-key-{period}"), &fresh)
             .await
             .map_err(|_| KeyError::Unavailable)?;
         let key = Arc::new(builtin::SigningKey::from_pkcs8(&der).map_err(|e| KeyError::Key(e.to_string()))?);
-        tracing::info!(kid = %key.kid, agreed_by = keys.agreed_by(), "oauth: no signing_key configured; signing with a generated Ed25519 key agreed by {}", keys.agreed_by());
-        let _ = self.generated_key.set(key);
-        Ok(())
+        tracing::info!(kid = %key.kid, period, agreed_by = keys.agreed_by(), "oauth: no signing_keys configured; signing with a generated Ed25519 key agreed by {}", keys.agreed_by());
+        Ok(self.hold(period, key))
+    }
+
+    fn held(&self, period: u64) -> Option<Arc<builtin::SigningKey>> {
+        let g = self.generated.lock().unwrap_or_else(|p| p.into_inner());
+        g.iter().find(|(p, _)| *p == period).map(|(_, k)| k.clone())
+    }
+
+    /// Keeps `key` for `period` (the first one kept wins), with the newest two periods.
+    pub(super) fn hold(&self, period: u64, key: Arc<builtin::SigningKey>) -> Arc<builtin::SigningKey> {
+        let mut g = self.generated.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, k)) = g.iter().find(|(p, _)| *p == period) {
+            return k.clone();
+        }
+        g.push((period, key.clone()));
+        g.sort_by(|a, b| b.0.cmp(&a.0));
+        g.truncate(2);
+        key
+    }
+
+    /// The generated keys held now, newest first.
+    pub(super) fn generated_keys(&self) -> Vec<(u64, Arc<builtin::SigningKey>)> {
+        self.generated.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -90,64 +132,9 @@ pub enum BuildError {
     #[error(transparent)]
     Issuer(#[from] builtin::IssuerError),
     #[error(transparent)]
-    Jwks(#[from] jwt::JwksError),
+    Jwks(#[from] jwks::JwksError),
     #[error(transparent)]
     Introspection(#[from] introspection::NoIntrospectionUrl),
-}
-
-pub enum OAuth {
-    Builtin(Box<builtin::Issuer>),
-    Jwt(Box<jwt::Jwt>),
-    Introspection(Box<introspection::Introspector>),
-}
-
-impl OAuth {
-    pub fn new(
-        cfg: &config::OAuth,
-        cache: &config::Cache,
-        lasting: &crate::auth::Lasting,
-        client: &crate::upstream::Client,
-        metrics: &Metrics,
-    ) -> Result<Self, BuildError> {
-        Ok(match cfg.mode {
-            OAuthMode::Builtin => OAuth::Builtin(Box::new(builtin::Issuer::new(cfg, cache, &lasting.oauth)?)),
-            OAuthMode::Jwt => OAuth::Jwt(Box::new(jwt::Jwt::new(cfg, cache, client.clone())?)),
-            OAuthMode::Introspection => OAuth::Introspection(Box::new(introspection::Introspector::new(
-                cfg,
-                cache,
-                client.clone(),
-                &lasting.introspection,
-                metrics,
-            )?)),
-        })
-    }
-
-    pub async fn verify(&self, token: &str, users: &HashMap<String, Arc<UserEntry>>) -> Result<Principal, Verdict> {
-        let (facts, cached) = match self {
-            OAuth::Builtin(i) => i.verify(token, users)?,
-            OAuth::Jwt(j) => j.verify(token).await?,
-            OAuth::Introspection(i) => i.verify(token).await?,
-        };
-        Ok(Principal {
-            cached,
-            ..facts.principal(users)?
-        })
-    }
-
-    pub fn issuer(&self) -> Option<&builtin::Issuer> {
-        match self {
-            OAuth::Builtin(i) => Some(i),
-            OAuth::Jwt(_) | OAuth::Introspection(_) => None,
-        }
-    }
-
-    pub fn clear_caches(&self) {
-        match self {
-            OAuth::Builtin(i) => i.verified.clear(),
-            OAuth::Jwt(j) => j.verified.clear(),
-            OAuth::Introspection(i) => i.clear(),
-        }
-    }
 }
 
 /// The facts a verified token gives, before they meet `[[users]]`.
@@ -189,9 +176,11 @@ impl TokenFacts {
         })
     }
 
-    /// The principal, with the standing of its `[[users]]` entry checked on every call.
-    fn principal(&self, users: &HashMap<String, Arc<UserEntry>>) -> Result<Principal, Verdict> {
-        let entry = users.get(&self.user);
+    /// The principal as issuer `issuer` names it. With `users` (the issuer's tokens meet
+    /// `[[users]]`), the entry of the same name adds its roles, and its standing is
+    /// checked on every call.
+    fn principal(&self, users: Option<&HashMap<String, Arc<UserEntry>>>, issuer: &Arc<str>) -> Result<Principal, Verdict> {
+        let entry = users.and_then(|u| u.get(&self.user));
         if let Some(entry) = entry {
             entry.standing(false)?;
         }
@@ -219,7 +208,8 @@ impl TokenFacts {
             Arc::from(roles),
             AuthMethod::OAuth,
             self.client_id.as_deref().map(Arc::from),
-        );
+        )
+        .with_issuer(issuer.clone());
         self.memo.store(Some(Arc::new((fingerprint, p.clone()))));
         Ok(p)
     }

@@ -189,9 +189,11 @@ impl Validator<'_> {
         let plans = self.plans(&raw.plans, &users);
         self.overlaps(&raw.plans, &plans);
         let api_keys = self.api_keys(&raw.api_keys, &users, &plans);
-        let oauth = raw.oauth.as_ref().map(|o| self.oauth(o));
+        let issuers = raw.oauth.as_ref().map(|o| self.oauth(o)).unwrap_or_default();
+        let mut plans = plans;
+        self.integration_issuers(&raw.plans, &mut plans, &issuers);
         self.client_certificates(&listen, &users, &plans);
-        if oauth.as_ref().is_some_and(|o| o.mode == OAuthMode::Builtin) {
+        if issuers.iter().any(|o| o.mode == OAuthMode::Builtin) {
             self.reserved_paths(&raw.plans, &plans);
         }
         let endpoints = self.endpoints(&raw.endpoints, &users);
@@ -214,7 +216,7 @@ impl Validator<'_> {
             users,
             plans,
             api_keys,
-            oauth,
+            issuers,
             endpoints,
         }
     }

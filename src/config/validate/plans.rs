@@ -109,6 +109,10 @@ impl Validator<'_> {
                 format!("integration `{full}` allows websocket upgrades, which reach the upstream over HTTP/1.1, but plan `{name}` has an h2c:// upstream"),
             );
         }
+        let issuers = ri
+            .issuers
+            .as_ref()
+            .map(|l| l.get_ref().iter().map(|n| n.get_ref().clone()).collect());
         Integration {
             name: iname,
             path,
@@ -117,6 +121,7 @@ impl Validator<'_> {
             senders,
             forward_token,
             websocket,
+            issuers,
         }
     }
 
@@ -290,6 +295,38 @@ impl Validator<'_> {
                             shared.join(", ")
                         ),
                     );
+                }
+            }
+        }
+    }
+
+    /// `issuers` of each integration: names of configured issuers, not empty, on an
+    /// integration that accepts oauth. Repeated names are dropped.
+    pub(super) fn integration_issuers(&mut self, raw_plans: &[Spanned<raw::Plan>], plans: &mut [Plan], issuers: &[OAuth]) {
+        for (p, rp) in plans.iter_mut().zip(raw_plans) {
+            for (i, ri) in p.integrations.iter_mut().zip(&rp.get_ref().integrations) {
+                let Some(list) = &ri.get_ref().issuers else {
+                    continue;
+                };
+                let full = format!("{}/{}", p.name, i.name);
+                if list.get_ref().is_empty() {
+                    self.error(sp(list), format!("integration `{full}`: issuers = [] admits no token; leave it out to accept every issuer"));
+                }
+                if !i.auth.contains(&AuthMethod::OAuth) {
+                    self.error(sp(list), format!("integration `{full}` lists issuers but does not accept oauth"));
+                }
+                for n in list.get_ref() {
+                    if !issuers.iter().any(|o| o.name == *n.get_ref()) {
+                        let known: Vec<&str> = issuers.iter().map(|o| o.name.as_str()).collect();
+                        self.error(
+                            sp(n),
+                            format!("integration `{full}`: unknown issuer `{}` (configured: {})", n.get_ref(), if known.is_empty() { "none".to_string() } else { known.join(", ") }),
+                        );
+                    }
+                }
+                if let Some(names) = &mut i.issuers {
+                    let mut seen = std::collections::HashSet::new();
+                    names.retain(|n| seen.insert(n.clone()));
                 }
             }
         }

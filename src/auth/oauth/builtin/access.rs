@@ -7,7 +7,7 @@ use std::sync::Arc;
 use jsonwebtoken::{Algorithm, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use super::{random_token, Issuer};
+use super::{random_token, Issuer, SigningKey};
 use crate::auth::oauth::{TokenFacts, Verdict, VerifiedTokens};
 use crate::auth::{Reason, UserEntry};
 use crate::shared::Standing;
@@ -39,7 +39,7 @@ impl Issuer {
     /// issued to: a user still present, not disabled, password not expired; a client
     /// still configured. Removing either from the config ends their tokens at once.
     /// With the facts, whether they came from the verified-token cache.
-    pub fn verify(
+    pub async fn verify(
         &self,
         token: &str,
         users: &HashMap<String, Arc<UserEntry>>,
@@ -48,7 +48,7 @@ impl Issuer {
         let (facts, cached) = match self.verified.get(&id) {
             Some(facts) => (facts, true),
             None => {
-                let (facts, exp) = self.check(token)?;
+                let (facts, exp) = self.check(token).await?;
                 self.verified.insert(id, &facts, exp, self.access_ttl);
                 (facts, false)
             }
@@ -68,14 +68,16 @@ impl Issuer {
         Ok((facts, cached))
     }
 
-    fn check(&self, token: &str) -> Result<(Arc<TokenFacts>, u64), Verdict> {
+    async fn check(&self, token: &str) -> Result<(Arc<TokenFacts>, u64), Verdict> {
         let header = crate::auth::oauth::checked_header(token)?;
         if header.alg != Algorithm::EdDSA {
             return Err(Reason::AlgNotAllowed.into());
         }
-        if header.kid.as_deref() != Some(self.key.kid.as_str()) {
-            return Err(Reason::UnknownKid.into());
+        let key = match header.kid.as_deref() {
+            Some(kid) => self.key_of(kid).await,
+            None => None,
         }
+        .ok_or(Reason::UnknownKid)?;
         let mut v = Validation::new(Algorithm::EdDSA);
         v.leeway = self.leeway.as_secs();
         v.validate_nbf = true;
@@ -88,7 +90,7 @@ impl Issuer {
             }
             None => v.validate_aud = false,
         }
-        let claims = jsonwebtoken::decode::<Claims>(token, &self.key.decoding, &v)
+        let claims = jsonwebtoken::decode::<Claims>(token, &key.decoding, &v)
             .map_err(|e| Verdict::Rejected(crate::auth::oauth::reason_of(&e)))?
             .claims;
         if claims.iss != self.issuer {
@@ -117,6 +119,7 @@ impl Issuer {
 
     pub(super) fn mint(
         &self,
+        key: &SigningKey,
         sub: &str,
         client_id: &str,
         grant: &str,
@@ -136,15 +139,17 @@ impl Issuer {
             scope: scope.map(str::to_string),
         };
         let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(self.key.kid.clone());
+        header.kid = Some(key.kid.clone());
         header.typ = Some("at+jwt".into());
-        jsonwebtoken::encode(&header, &claims, &self.key.encoding)
+        jsonwebtoken::encode(&header, &claims, &key.encoding)
     }
 
     /// A token's claims when this issuer signed it, whatever its times.
     pub(super) fn claims_ignoring_time(&self, token: &str) -> Option<Claims> {
         let header = jsonwebtoken::decode_header(token).ok()?;
-        if header.alg != Algorithm::EdDSA || header.kid.as_deref() != Some(self.key.kid.as_str()) {
+        let kid = header.kid.as_deref()?;
+        let key = self.verifying_keys().into_iter().find(|k| k.kid == kid)?;
+        if header.alg != Algorithm::EdDSA {
             return None;
         }
         let mut v = Validation::new(Algorithm::EdDSA);
@@ -152,7 +157,7 @@ impl Issuer {
         v.validate_nbf = false;
         v.validate_aud = false;
         v.required_spec_claims.clear();
-        let claims = jsonwebtoken::decode::<Claims>(token, &self.key.decoding, &v)
+        let claims = jsonwebtoken::decode::<Claims>(token, &key.decoding, &v)
             .ok()?
             .claims;
         (claims.iss == self.issuer).then_some(claims)
