@@ -760,6 +760,7 @@ fn jwt_config(up: &Upstream, idp: &Idp) -> String {
                 .set("issuer", ISSUER)
                 .set("audience", "portcullis")
                 .set("jwks_url", format!("http://{}/jwks", idp.server.addr))
+                .set("jwks_min_refetch", "2s")
                 .set("username_claim", "preferred_username")
                 .set("roles_claim", "groups")
                 .set("leeway", "5s")
