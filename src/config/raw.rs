@@ -34,7 +34,9 @@ pub struct Raw {
     pub plans: Vec<Spanned<Plan>>,
     #[serde(default)]
     pub api_keys: Vec<Spanned<ApiKey>>,
-    pub oauth: Option<Spanned<OAuth>>,
+    /// Not `Spanned`: toml cannot span a table that only `[[oauth.issuers]]` makes (its
+    /// position comes from the document instead).
+    pub oauth: Option<OAuth>,
     #[serde(default)]
     pub endpoints: Vec<Spanned<Endpoint>>,
 }

@@ -23,10 +23,10 @@ use support::*;
 
 // === a tiny HTTP server for JWKS and introspection ===
 
-type Handler = Arc<dyn Fn(String, Vec<u8>) -> (u16, String) + Send + Sync>;
+pub(crate) type Handler = Arc<dyn Fn(String, Vec<u8>) -> (u16, String) + Send + Sync>;
 
-struct TestServer {
-    addr: SocketAddr,
+pub(crate) struct TestServer {
+    pub(crate) addr: SocketAddr,
     hits: Arc<AtomicUsize>,
     task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -34,7 +34,7 @@ struct TestServer {
 impl TestServer {
     /// Serves `handler(path, body)`; every connection closes after one request, so
     /// stopping the server really makes it unreachable.
-    async fn start(handler: Handler, delay: Duration) -> TestServer {
+    pub(crate) async fn start(handler: Handler, delay: Duration) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -75,12 +75,12 @@ impl TestServer {
         }
     }
 
-    fn hits(&self) -> usize {
+    pub(crate) fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
     }
 
     /// Stops accepting: returns once the listening socket is closed.
-    async fn stop(&self) {
+    pub(crate) async fn stop(&self) {
         let task = self.task.lock().unwrap().take();
         if let Some(task) = task {
             task.abort();
@@ -101,11 +101,11 @@ async fn bearer_status(gw: &Gateway, path: &str, token: &str) -> u16 {
         .as_u16()
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
-fn b64(b: &[u8]) -> String {
+pub(crate) fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
@@ -1232,7 +1232,7 @@ async fn jwt_keys_can_come_from_a_jwks_file() {
 
 // === verified-token cache ===
 
-fn replace_config(gw: &Gateway, toml: &str) {
+pub(crate) fn replace_config(gw: &Gateway, toml: &str) {
     let path = write_config(gw.dir.path(), toml);
     gw.state
         .replace(portcullis::config::load(&path).unwrap().config)

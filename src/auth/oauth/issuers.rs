@@ -229,12 +229,7 @@ impl OAuth {
     }
 
     /// Issuer `i`'s verdict on `token`.
-    async fn one(
-        &self,
-        i: usize,
-        token: &str,
-        users: &HashMap<String, Arc<UserEntry>>,
-    ) -> Result<Principal, Verdict> {
+    async fn one(&self, i: usize, token: &str, users: &HashMap<String, Arc<UserEntry>>) -> Result<Principal, Verdict> {
         let named = &self.issuers[i];
         let (facts, cached) = match &named.kind {
             Kind::Builtin(b) => b.verify(token, users).await?,
@@ -271,7 +266,10 @@ mod tests {
             Routed::Bad(Reason::WrongIssuer)
         );
         assert_eq!(route_of(&jwt(h, r#"{"iss":42}"#)), Routed::Bad(Reason::MalformedToken));
-        assert_eq!(route_of(&jwt(h, r#"{"iss":null}"#)), Routed::Bad(Reason::MalformedToken));
+        assert_eq!(
+            route_of(&jwt(h, r#"{"iss":null}"#)),
+            Routed::Bad(Reason::MalformedToken)
+        );
         assert_eq!(route_of(&jwt(h, "not json")), Routed::Bad(Reason::MalformedToken));
         assert_eq!(route_of(&jwt(h, "[1]")), Routed::Bad(Reason::MalformedToken));
         // Not JWTs: opaque.

@@ -46,7 +46,6 @@ pub(super) fn parse_alg(name: &str) -> Option<Algorithm> {
     })
 }
 
-
 /// Why a JWKS could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum JwksError {
@@ -137,7 +136,6 @@ fn thumbprint(params: &AlgorithmParameters) -> Option<String> {
     };
     Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(canonical.as_bytes())))
 }
-
 
 /// Every `jwt` issuer's key set, by (`iss`, `jwks_url`), for the life of the process.
 #[derive(Default)]
@@ -261,7 +259,11 @@ impl KeySet {
             return Ok(self.current(kid, p).unwrap_or_else(|| key.clone()));
         }
         if !self.may_fetch(&s, p) {
-            return Err(if keys.is_some() { Lookup::Unknown } else { Lookup::Unavailable });
+            return Err(if keys.is_some() {
+                Lookup::Unknown
+            } else {
+                Lookup::Unavailable
+            });
         }
         // Single flight: wait for the fetch in progress, or make the one fetch.
         let _one = self.fetching.lock().await;

@@ -81,7 +81,7 @@ impl Jwt {
     /// With the facts, whether they came from the verified-token cache.
     pub async fn verify(&self, token: &str) -> Result<(Arc<TokenFacts>, bool), Verdict> {
         let id = VerifiedTokens::id(token);
-        if let Some(facts) = self.verified.get(&id) {
+        if let Some(facts) = self.verified.get(&id, crate::util::unix_now()) {
             return Ok((facts, true));
         }
         let (facts, exp) = self.check(token).await?;

@@ -179,7 +179,11 @@ impl TokenFacts {
     /// The principal as issuer `issuer` names it. With `users` (the issuer's tokens meet
     /// `[[users]]`), the entry of the same name adds its roles, and its standing is
     /// checked on every call.
-    fn principal(&self, users: Option<&HashMap<String, Arc<UserEntry>>>, issuer: &Arc<str>) -> Result<Principal, Verdict> {
+    fn principal(
+        &self,
+        users: Option<&HashMap<String, Arc<UserEntry>>>,
+        issuer: &Arc<str>,
+    ) -> Result<Principal, Verdict> {
         let entry = users.and_then(|u| u.get(&self.user));
         if let Some(entry) = entry {
             entry.standing(false)?;
@@ -216,18 +220,18 @@ impl TokenFacts {
 }
 
 /// Verified tokens by SHA-256 of the token, each until `min(exp, max_ttl)`: a repeated
-/// bearer costs a lookup, not a signature check. Only successes are kept; bounded.
-pub struct VerifiedTokens(moka::sync::Cache<[u8; 32], (Arc<TokenFacts>, Duration)>);
+/// bearer costs a lookup, not a signature check. Only successes are kept; bounded. An
+/// entry is also never served at or past its `exp` on the clock of the issuer that
+/// checks it (the builtin issuer's is the process state's).
+pub struct VerifiedTokens(moka::sync::Cache<[u8; 32], Verified>);
+
+/// The facts of a verified token, how long the cache keeps them, and the token's `exp`.
+type Verified = (Arc<TokenFacts>, Duration, u64);
 
 struct UntilExp;
 
-impl moka::Expiry<[u8; 32], (Arc<TokenFacts>, Duration)> for UntilExp {
-    fn expire_after_create(
-        &self,
-        _k: &[u8; 32],
-        v: &(Arc<TokenFacts>, Duration),
-        _now: std::time::Instant,
-    ) -> Option<Duration> {
+impl moka::Expiry<[u8; 32], Verified> for UntilExp {
+    fn expire_after_create(&self, _k: &[u8; 32], v: &Verified, _now: std::time::Instant) -> Option<Duration> {
         Some(v.1)
     }
 }
@@ -246,19 +250,17 @@ impl VerifiedTokens {
         *crate::config::SecretHash::of(token.as_bytes()).bytes()
     }
 
-    pub fn get(&self, id: &[u8; 32]) -> Option<Arc<TokenFacts>> {
-        self.0.get(id).map(|v| v.0)
+    /// The facts of a token verified before, unless its `exp` has passed at `now`
+    /// (Unix seconds).
+    pub fn get(&self, id: &[u8; 32], now: u64) -> Option<Arc<TokenFacts>> {
+        self.0.get(id).filter(|v| v.2 > now).map(|v| v.0)
     }
 
     /// Keeps `facts` until the token's `exp` (no leeway), and never longer than `max_ttl`.
     pub fn insert(&self, id: [u8; 32], facts: &Arc<TokenFacts>, exp: u64, max_ttl: Duration) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        let ttl = max_ttl.min(Duration::from_secs(exp.saturating_sub(now)));
+        let ttl = max_ttl.min(Duration::from_secs(exp.saturating_sub(crate::util::unix_now())));
         if !ttl.is_zero() {
-            self.0.insert(id, (facts.clone(), ttl));
+            self.0.insert(id, (facts.clone(), ttl, exp));
         }
     }
 

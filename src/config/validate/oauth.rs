@@ -19,8 +19,10 @@ impl Validator<'_> {
     /// `[oauth]`: one issuer named by its mode, or the issuers of `[[oauth.issuers]]`
     /// (the table then holds nothing else). Names and `issuer` values are unique, and at
     /// most one issuer is builtin.
-    pub(super) fn oauth(&mut self, o: &Spanned<raw::OAuth>) -> Vec<OAuth> {
-        let r = o.get_ref();
+    pub(super) fn oauth(&mut self, r: &raw::OAuth, at: Option<Span>) -> Vec<OAuth> {
+        let at = at
+            .or_else(|| r.mode.as_ref().and_then(sp))
+            .or_else(|| r.issuers.first().and_then(sp));
         if r.issuers.is_empty() {
             if let Some(n) = &r.name {
                 self.error(
@@ -31,11 +33,11 @@ impl Validator<'_> {
             return match &r.mode {
                 Some(m) => {
                     let mode = self.oauth_mode(m);
-                    vec![self.issuer(o, mode.as_str().to_string(), mode, true)]
+                    vec![self.issuer(r, at, mode.as_str().to_string(), mode, true)]
                 }
                 None => {
                     self.error(
-                        sp(o),
+                        at,
                         "[oauth] needs mode (builtin, jwt or introspection), or [[oauth.issuers]]",
                     );
                     Vec::new()
@@ -59,17 +61,26 @@ impl Validator<'_> {
             let name = self.name(n, "issuer");
             self.duplicate(&mut names, &name, n.span(), "issuer name");
             if let Some(nested) = ri.issuers.first() {
-                self.error(sp(nested), format!("issuer `{name}` has issuers of its own: [[oauth.issuers]] do not nest"));
+                self.error(
+                    sp(nested),
+                    format!("issuer `{name}` has issuers of its own: [[oauth.issuers]] do not nest"),
+                );
             }
             let Some(m) = &ri.mode else {
-                self.error(sp(i), format!("issuer `{name}` needs mode: builtin, jwt or introspection"));
+                self.error(
+                    sp(i),
+                    format!("issuer `{name}` needs mode: builtin, jwt or introspection"),
+                );
                 continue;
             };
             let mode = self.oauth_mode(m);
-            let issuer = self.issuer(i, name, mode, false);
+            let issuer = self.issuer(ri, sp(i), name, mode, false);
             let at = ri.issuer.as_ref().map_or_else(|| sp(m), sp);
             if mode == OAuthMode::Builtin && issuers.iter().any(|o| o.mode == OAuthMode::Builtin) {
-                self.error(sp(m), format!("issuer `{}` is a second builtin issuer: at most one", issuer.name));
+                self.error(
+                    sp(m),
+                    format!("issuer `{}` is a second builtin issuer: at most one", issuer.name),
+                );
             }
             if let Some(other) = issuers.iter().find(|o| o.iss().is_some() && o.iss() == issuer.iss()) {
                 self.error(
@@ -88,14 +99,13 @@ impl Validator<'_> {
     }
 
     /// One issuer: `[oauth]` itself (`single`) or one of `[[oauth.issuers]]`.
-    fn issuer(&mut self, o: &Spanned<raw::OAuth>, name: String, mode: OAuthMode, single: bool) -> OAuth {
-        let r = o.get_ref();
+    fn issuer(&mut self, r: &raw::OAuth, at: Option<Span>, name: String, mode: OAuthMode, single: bool) -> OAuth {
         let (max_revocations, max_revocations_per_client) = self.revocation_bounds(r);
         let Sources {
             jwks_url,
             jwks_file,
             introspection_url,
-        } = self.sources(o, mode);
+        } = self.sources(r, at, mode);
         let (client_secret, signing_keys) = self.oauth_keys(r, jwks_file.as_ref());
         let algorithms = self.algorithms(r);
         let clients = self.clients(&r.clients);
@@ -159,14 +169,22 @@ impl Validator<'_> {
     /// `jwks_min_refetch` (at least 1s), `jwks_max_stale`, and `signing_key_rotation`
     /// (at least `access_token_ttl`: the previous key must outlive its tokens).
     fn key_lifetimes(&mut self, r: &raw::OAuth, access_token_ttl: Duration) -> (Duration, Duration, Duration) {
-        let min_refetch = self.duration(r.jwks_min_refetch.as_ref(), Duration::from_secs(30), "oauth.jwks_min_refetch");
+        let min_refetch = self.duration(
+            r.jwks_min_refetch.as_ref(),
+            Duration::from_secs(30),
+            "oauth.jwks_min_refetch",
+        );
         if min_refetch < Duration::from_secs(1) {
             self.error(
                 r.jwks_min_refetch.as_ref().and_then(sp),
                 "oauth.jwks_min_refetch must be at least 1s: each unknown kid could otherwise be a fetch",
             );
         }
-        let max_stale = self.duration(r.jwks_max_stale.as_ref(), Duration::from_secs(86400), "oauth.jwks_max_stale");
+        let max_stale = self.duration(
+            r.jwks_max_stale.as_ref(),
+            Duration::from_secs(86400),
+            "oauth.jwks_max_stale",
+        );
         let rotation = self.duration(
             r.signing_key_rotation.as_ref(),
             Duration::from_secs(30 * 86400),
@@ -218,8 +236,7 @@ impl Validator<'_> {
     }
 
     /// The JWKS URL or file and the introspection URL, and what each mode needs of them.
-    fn sources(&mut self, o: &Spanned<raw::OAuth>, mode: OAuthMode) -> Sources {
-        let r = o.get_ref();
+    fn sources(&mut self, r: &raw::OAuth, at: Option<Span>, mode: OAuthMode) -> Sources {
         let jwks_url = r.jwks_url.as_ref().and_then(|u| self.url(u, "oauth.jwks_url"));
         let jwks_file = r.jwks_file.as_ref().map(|f| PathBuf::from(f.get_ref()));
         self.watched
@@ -230,7 +247,7 @@ impl Validator<'_> {
             .and_then(|u| self.url(u, "oauth.introspection_url"));
         if mode == OAuthMode::Jwt && r.audience.is_none() {
             self.warn(
-                sp(o),
+                at.clone(),
                 "oauth.mode = \"jwt\" without `audience`: tokens the issuer made for any other service are accepted",
             );
         }
@@ -249,16 +266,16 @@ impl Validator<'_> {
         }
         if mode == OAuthMode::Jwt && r.issuer.is_none() {
             self.error(
-                sp(o),
+                at.clone(),
                 "oauth.mode = \"jwt\" needs issuer: tokens of any other issuer must be refused",
             );
         }
         match mode {
             OAuthMode::Jwt if r.jwks_url.is_none() && r.jwks_file.is_none() => {
-                self.error(sp(o), "oauth.mode = \"jwt\" needs jwks_url or jwks_file")
+                self.error(at.clone(), "oauth.mode = \"jwt\" needs jwks_url or jwks_file")
             }
             OAuthMode::Introspection if r.introspection_url.is_none() => {
-                self.error(sp(o), "oauth.mode = \"introspection\" needs introspection_url")
+                self.error(at.clone(), "oauth.mode = \"introspection\" needs introspection_url")
             }
             _ => {}
         }
@@ -420,8 +437,5 @@ fn keys_set(r: &raw::OAuth) -> Vec<(&'static str, Option<Span>)> {
         ("local_users", at(&r.local_users)),
         ("clients", first(&r.clients)),
     ];
-    found
-        .into_iter()
-        .filter_map(|(k, s)| s.map(|s| (k, s)))
-        .collect()
+    found.into_iter().filter_map(|(k, s)| s.map(|s| (k, s))).collect()
 }

@@ -302,7 +302,12 @@ impl Validator<'_> {
 
     /// `issuers` of each integration: names of configured issuers, not empty, on an
     /// integration that accepts oauth. Repeated names are dropped.
-    pub(super) fn integration_issuers(&mut self, raw_plans: &[Spanned<raw::Plan>], plans: &mut [Plan], issuers: &[OAuth]) {
+    pub(super) fn integration_issuers(
+        &mut self,
+        raw_plans: &[Spanned<raw::Plan>],
+        plans: &mut [Plan],
+        issuers: &[OAuth],
+    ) {
         for (p, rp) in plans.iter_mut().zip(raw_plans) {
             for (i, ri) in p.integrations.iter_mut().zip(&rp.get_ref().integrations) {
                 let Some(list) = &ri.get_ref().issuers else {
@@ -310,17 +315,33 @@ impl Validator<'_> {
                 };
                 let full = format!("{}/{}", p.name, i.name);
                 if list.get_ref().is_empty() {
-                    self.error(sp(list), format!("integration `{full}`: issuers = [] admits no token; leave it out to accept every issuer"));
+                    self.error(
+                        sp(list),
+                        format!(
+                            "integration `{full}`: issuers = [] admits no token; leave it out to accept every issuer"
+                        ),
+                    );
                 }
                 if !i.auth.contains(&AuthMethod::OAuth) {
-                    self.error(sp(list), format!("integration `{full}` lists issuers but does not accept oauth"));
+                    self.error(
+                        sp(list),
+                        format!("integration `{full}` lists issuers but does not accept oauth"),
+                    );
                 }
                 for n in list.get_ref() {
                     if !issuers.iter().any(|o| o.name == *n.get_ref()) {
                         let known: Vec<&str> = issuers.iter().map(|o| o.name.as_str()).collect();
                         self.error(
                             sp(n),
-                            format!("integration `{full}`: unknown issuer `{}` (configured: {})", n.get_ref(), if known.is_empty() { "none".to_string() } else { known.join(", ") }),
+                            format!(
+                                "integration `{full}`: unknown issuer `{}` (configured: {})",
+                                n.get_ref(),
+                                if known.is_empty() {
+                                    "none".to_string()
+                                } else {
+                                    known.join(", ")
+                                }
+                            ),
                         );
                     }
                 }

@@ -45,7 +45,7 @@ impl Issuer {
         users: &HashMap<String, Arc<UserEntry>>,
     ) -> Result<(Arc<TokenFacts>, bool), Verdict> {
         let id = VerifiedTokens::id(token);
-        let (facts, cached) = match self.verified.get(&id) {
+        let (facts, cached) = match self.verified.get(&id, self.now()) {
             Some(facts) => (facts, true),
             None => {
                 let (facts, exp) = self.check(token).await?;
@@ -79,8 +79,9 @@ impl Issuer {
         }
         .ok_or(Reason::UnknownKid)?;
         let mut v = Validation::new(Algorithm::EdDSA);
-        v.leeway = self.leeway.as_secs();
-        v.validate_nbf = true;
+        // Times are read on the issuer's clock below, the one that minted them.
+        v.validate_exp = false;
+        v.validate_nbf = false;
         v.set_issuer(&[&self.issuer]);
         v.set_required_spec_claims(&["exp", "iss", "sub"]);
         match &self.audience {
@@ -96,7 +97,11 @@ impl Issuer {
         if claims.iss != self.issuer {
             return Err(Reason::WrongIssuer.into());
         }
-        if claims.iat > self.now().saturating_add(self.leeway.as_secs()) {
+        let (now, leeway) = (self.now(), self.leeway.as_secs());
+        if claims.exp < now.saturating_sub(leeway) {
+            return Err(Reason::TokenExpired.into());
+        }
+        if claims.iat.max(claims.nbf) > now.saturating_add(leeway) {
             return Err(Reason::TokenNotYetValid.into());
         }
         if !self.clients.contains_key(&claims.client_id) {
@@ -157,9 +162,7 @@ impl Issuer {
         v.validate_nbf = false;
         v.validate_aud = false;
         v.required_spec_claims.clear();
-        let claims = jsonwebtoken::decode::<Claims>(token, &key.decoding, &v)
-            .ok()?
-            .claims;
+        let claims = jsonwebtoken::decode::<Claims>(token, &key.decoding, &v).ok()?.claims;
         (claims.iss == self.issuer).then_some(claims)
     }
 }

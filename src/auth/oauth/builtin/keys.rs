@@ -67,11 +67,7 @@ impl Issuer {
     pub(super) async fn signing_key(&self) -> Option<Arc<SigningKey>> {
         match self.configured.first() {
             Some(k) => Some(k.clone()),
-            None => self
-                .shared
-                .agree_period(self.shared.period(self.rotation))
-                .await
-                .ok(),
+            None => self.shared.agree_period(self.shared.period(self.rotation)).await.ok(),
         }
     }
 
