@@ -6,7 +6,7 @@
 //! builtin issuer rotates its signing keys without refusing earlier tokens (checked by
 //! Authlib as a real client too).
 
-use crate::oauth::{b64, now, replace_config, Handler, TestServer};
+use crate::oauth::{b64, jwks_server, now, replace_config, Handler, TestServer};
 use crate::support;
 
 use std::sync::{Arc, Mutex};
@@ -62,16 +62,34 @@ struct Idp {
 
 async fn idp(keys: Vec<serde_json::Value>) -> Idp {
     let jwks = Arc::new(Mutex::new(serde_json::json!({ "keys": keys })));
-    let j = jwks.clone();
-    let server = TestServer::start(
-        Arc::new(move |path, _| match path.as_str() {
-            "/jwks" => (200, j.lock().unwrap().to_string()),
-            _ => (404, "{}".into()),
-        }),
-        Duration::ZERO,
-    )
-    .await;
-    Idp { server, jwks }
+    Idp {
+        server: jwks_server(jwks.clone()).await,
+        jwks,
+    }
+}
+
+/// The status of a GET of `url` with `token`.
+async fn status(url: String, token: String) -> u16 {
+    client()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// The TOML of the plan `api` behind `upstream`: integrations `(name, auth, extra keys)`
+/// at `/NAME`, accepting GET.
+fn plan_toml(upstream: &str, integrations: &[(&str, &str, &str)]) -> String {
+    let mut text = format!("\n[[plans]]\nname = \"api\"\nupstream = \"{upstream}\"\naccess = {{ all = true }}\n");
+    for (name, auth, extra) in integrations {
+        text.push_str(&format!(
+            "\n[[plans.integrations]]\nname = \"{name}\"\npath = \"/{name}\"\nmethods = [\"GET\"]\nauth = \"{auth}\"\n{extra}\n"
+        ));
+    }
+    text
 }
 
 /// Opaque tokens: `opaque-alice` is active for alice, every other one inactive.
@@ -181,50 +199,21 @@ access_token_ttl = "10m"
 client_id = "svc-client"
 client_secret_hash = "{hash}"
 
-[[plans]]
-name = "api"
-upstream = "{upstream}"
-access = {{ all = true }}
-
-[[plans.integrations]]
-name = "any"
-path = "/any"
-methods = ["GET"]
-auth = "oauth"
-
-[[plans.integrations]]
-name = "corp"
-path = "/corp"
-methods = ["GET"]
-auth = "oauth"
-issuers = ["corp"]
-
-[[plans.integrations]]
-name = "builtin"
-path = "/builtin"
-methods = ["GET"]
-auth = "oauth"
-issuers = ["builtin"]
-
-[[plans.integrations]]
-name = "opaque"
-path = "/opaque"
-methods = ["GET"]
-auth = "oauth"
-issuers = ["opaque"]
-
-[[plans.integrations]]
-name = "staff"
-path = "/staff"
-methods = ["GET"]
-auth = "oauth"
-senders = {{ roles = ["staff"] }}
 "#,
         corp = corp.server.addr,
         partner = partner.server.addr,
         introspect = introspect.addr,
         hash = sha256_hex("svc-secret"),
-        upstream = up.url(),
+    ));
+    text.push_str(&plan_toml(
+        &up.url(),
+        &[
+            ("any", "oauth", ""),
+            ("corp", "oauth", r#"issuers = ["corp"]"#),
+            ("builtin", "oauth", r#"issuers = ["builtin"]"#),
+            ("opaque", "oauth", r#"issuers = ["opaque"]"#),
+            ("staff", "oauth", r#"senders = { roles = ["staff"] }"#),
+        ],
     ));
     text
 }
@@ -287,6 +276,22 @@ async fn call(w: &World, path: &str, token: &str) -> (u16, Vec<String>) {
         Vec::new()
     };
     (status, issuers)
+}
+
+/// The kids `GET /oauth/jwks.json` publishes, in order.
+async fn published_kids(gw: &Gateway) -> Vec<String> {
+    let jwks: serde_json::Value = reqwest::get(gw.url("/oauth/jwks.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_string())
+        .collect()
 }
 
 fn kid_of(token: &str) -> String {
@@ -483,17 +488,7 @@ async fn a_key_rotation_at_the_idp_is_one_refetch_for_a_burst() {
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..20 {
             let token = jwt(CORP, "carol", kid, &key.encoding(), serde_json::json!({}));
-            let url = url.clone();
-            set.spawn(async move {
-                client()
-                    .get(url)
-                    .bearer_auth(token)
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            });
+            set.spawn(status(url.clone(), token));
         }
         async move { set.join_all().await }
     };
@@ -548,13 +543,7 @@ async fn the_last_good_keys_serve_while_the_idp_is_down_until_max_stale() {
     // An hour after the last good fetch: refused, 503, nothing forwarded.
     clock.advance(Duration::from_secs(20 * 60));
     let before = w.up.seen().len();
-    let resp = client()
-        .get(w.gw.url("/corp"))
-        .bearer_auth(fresh())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 503);
+    assert_eq!(status(w.gw.url("/corp"), fresh()).await, 503);
     assert_eq!(w.up.seen().len(), before);
     // The other issuers are not affected.
     let partner = jwt(
@@ -585,33 +574,16 @@ async fn builtin_signing_keys_rotate_without_refusing_earlier_tokens() {
     let only_a = r#"signing_keys = [{ file = "{dir}/a.pem" }]"#;
     let b_then_a = r#"signing_keys = [{ file = "{dir}/b.pem" }, { file = "{dir}/a.pem" }]"#;
     let gw = Gateway::start_in(dir, &world_toml(servers, only_a)).await;
-    let jwks_kids = |doc: serde_json::Value| -> Vec<String> {
-        doc["keys"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|k| k["kid"].as_str().unwrap().to_string())
-            .collect()
-    };
     let old = builtin_token(&gw).await;
     let kid_a = kid_of(&old);
     replace_config(&gw, &world_toml(servers, b_then_a));
-    let status = |t: String| {
-        let url = gw.url("/builtin");
-        async move { client().get(url).bearer_auth(t).send().await.unwrap().status().as_u16() }
-    };
+    let status = |t: String| status(gw.url("/builtin"), t);
     assert_eq!(status(old.clone()).await, 200, "a token of the old key still passes");
     let new = builtin_token(&gw).await;
     let kid_b = kid_of(&new);
     assert_ne!(kid_a, kid_b);
     assert_eq!(status(new.clone()).await, 200);
-    let jwks: serde_json::Value = reqwest::get(gw.url("/oauth/jwks.json"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(jwks_kids(jwks), vec![kid_b.clone(), kid_a.clone()]);
+    assert_eq!(published_kids(&gw).await, vec![kid_b.clone(), kid_a.clone()]);
     authlib_verifies(&gw, &[&old, &new], &kid_b).await;
     // A removed: its tokens end (a new generation re-verifies them).
     replace_config(
@@ -683,31 +655,12 @@ async fn the_generated_builtin_key_rotates_and_keeps_the_previous_one() {
     let after = builtin_token(&gw).await;
     assert_ne!(kid_of(&before), kid_of(&after));
     for t in [&before, &after] {
-        let resp = client().get(gw.url("/builtin")).bearer_auth(t).send().await.unwrap();
-        assert_eq!(resp.status(), 200);
+        assert_eq!(status(gw.url("/builtin"), t.clone()).await, 200);
     }
-    let jwks: serde_json::Value = reqwest::get(gw.url("/oauth/jwks.json"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let kids: Vec<&str> = jwks["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["kid"].as_str().unwrap())
-        .collect();
-    assert_eq!(kids, vec![kid_of(&after), kid_of(&before)]);
+    assert_eq!(published_kids(&gw).await, vec![kid_of(&after), kid_of(&before)]);
     // Two rotations later the first key is gone, and so are its tokens.
     clock.advance(Duration::from_secs(period));
-    let resp = client()
-        .get(gw.url("/builtin"))
-        .bearer_auth(&before)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 401);
+    assert_eq!(status(gw.url("/builtin"), before).await, 401);
     gw.stop().await;
 }
 
@@ -716,47 +669,68 @@ async fn the_generated_builtin_key_rotates_and_keeps_the_previous_one() {
 /// unknown issuer or listing none.
 #[tokio::test]
 async fn check_refuses_ambiguous_issuers_at_their_line() {
-    let head = Config::new().to_toml();
+    let jwt = |name: &str, jwks: &str| {
+        format!("\n[[oauth.issuers]]\nname = \"{name}\"\nmode = \"jwt\"\nissuer = \"https://x\"\njwks_url = \"{jwks}\"\naudience = \"p\"\n")
+    };
+    let builtin = |name: &str| format!("\n[[oauth.issuers]]\nname = \"{name}\"\nmode = \"builtin\"\n");
+    let int = |auth: &'static str, issuers: &'static str| plan_toml("builtin:echo", &[("i", auth, issuers)]);
+    // (config, the last line holding this text is the error's, the message)
     let cases = [
         (
-            "[[oauth.issuers]]\nname = \"a\"\nmode = \"jwt\"\nissuer = \"https://x\"\njwks_url = \"https://x/j\"\naudience = \"p\"\n\n[[oauth.issuers]]\nname = \"b\"\nmode = \"jwt\"\nissuer = \"https://x\"\njwks_url = \"https://y/j\"\naudience = \"p\"\n",
-            11,
+            jwt("a", "https://x/j") + &jwt("b", "https://y/j"),
+            "issuer = ",
             "both have issuer `https://x`",
         ),
         (
-            "[[oauth.issuers]]\nname = \"a\"\nmode = \"builtin\"\n\n[[oauth.issuers]]\nname = \"b\"\nmode = \"builtin\"\nissuer = \"other\"\n",
-            7,
+            builtin("a") + &builtin("b") + "issuer = \"other\"\n",
+            "mode = ",
             "second builtin issuer",
         ),
         (
-            "[oauth]\nmode = \"builtin\"\n\n[[oauth.issuers]]\nname = \"a\"\nmode = \"builtin\"\n",
-            2,
+            "[oauth]\nmode = \"jwt\"\n".to_string() + &builtin("a"),
+            "mode = \"jwt\"",
             "oauth.mode is set beside [[oauth.issuers]]",
         ),
-        ("[[oauth.issuers]]\nmode = \"builtin\"\n", 1, "needs a name"),
         (
-            "[[oauth.issuers]]\nname = \"a\"\nmode = \"builtin\"\n\n[[plans]]\nname = \"p\"\nupstream = \"builtin:echo\"\naccess = { all = true }\n\n[[plans.integrations]]\nname = \"i\"\npath = \"/i\"\nmethods = [\"GET\"]\nauth = \"oauth\"\nissuers = [\"a\", \"corp\"]\n",
-            15,
+            "[[oauth.issuers]]\nmode = \"builtin\"\n".to_string(),
+            "[[oauth.issuers]]",
+            "needs a name",
+        ),
+        (
+            builtin("a") + &int("oauth", r#"issuers = ["a", "corp"]"#),
+            "issuers = ",
             "unknown issuer `corp` (configured: a)",
         ),
         (
-            "[[oauth.issuers]]\nname = \"a\"\nmode = \"builtin\"\n\n[[plans]]\nname = \"p\"\nupstream = \"builtin:echo\"\naccess = { all = true }\n\n[[plans.integrations]]\nname = \"i\"\npath = \"/i\"\nmethods = [\"GET\"]\nauth = \"basic\"\nissuers = []\n",
-            15,
+            builtin("a") + &int("basic", "issuers = []"),
+            "issuers = ",
             "issuers = [] admits no token",
         ),
+        (
+            builtin("a") + &int("basic", r#"issuers = ["a"]"#),
+            "issuers = ",
+            "lists issuers but does not accept oauth",
+        ),
     ];
-    let offset = head.lines().count() + 1;
-    for (text, line, message) in cases {
+    for (text, at, message) in cases {
+        let toml = format!("{}\n{text}", Config::new().to_toml());
+        let line = toml
+            .lines()
+            .collect::<Vec<_>>()
+            .iter()
+            .rposition(|l| l.contains(at))
+            .unwrap()
+            + 1;
         let dir = tempfile::tempdir().unwrap();
-        let path = write_config(dir.path(), &format!("{head}\n{text}"));
+        let path = write_config(dir.path(), &toml);
         let errors = match portcullis::config::load(&path) {
             Ok(_) => panic!("accepted:\n{text}"),
             Err(e) => e.to_string(),
         };
-        let at = format!("{}:{}:", path.display(), line + offset);
+        let prefix = format!("{}:{line}:", path.display());
         assert!(
-            errors.lines().any(|l| l.starts_with(&at) && l.contains(message)),
-            "expected `{at}... {message}` in:\n{errors}"
+            errors.lines().any(|l| l.starts_with(&prefix) && l.contains(message)),
+            "expected `{prefix}... {message}` in:\n{errors}"
         );
     }
 }

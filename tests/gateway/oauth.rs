@@ -734,22 +734,25 @@ async fn idp() -> Idp {
         {"kty": "OKP", "crv": "Ed25519", "kid": "ed-1", "alg": "EdDSA", "x": b64(&ed_pub)},
         {"kty": "oct", "kid": "hmac-1", "k": b64(b"a-shared-secret-that-must-never-count")}
     ]})));
-    let j = jwks.clone();
-    let server = TestServer::start(
-        Arc::new(move |path, _| match path.as_str() {
-            "/jwks" => (200, j.lock().unwrap().to_string()),
-            _ => (404, "{}".into()),
-        }),
-        Duration::ZERO,
-    )
-    .await;
     Idp {
-        server,
+        server: jwks_server(jwks.clone()).await,
         rsa_key: EncodingKey::from_rsa_pem(&rsa_pem).unwrap(),
         rsa_pub_pem,
         ed_key: EncodingKey::from_ed_der(ed.as_ref()),
         jwks,
     }
+}
+
+/// A JWKS server answering `GET /jwks` with the document `jwks` holds at the time.
+pub(crate) async fn jwks_server(jwks: Arc<Mutex<serde_json::Value>>) -> TestServer {
+    TestServer::start(
+        Arc::new(move |path, _| match path.as_str() {
+            "/jwks" => (200, jwks.lock().unwrap().to_string()),
+            _ => (404, "{}".into()),
+        }),
+        Duration::ZERO,
+    )
+    .await
 }
 
 fn jwt_config(up: &Upstream, idp: &Idp) -> String {

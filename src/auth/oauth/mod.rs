@@ -115,7 +115,7 @@ impl Shared {
             return k.clone();
         }
         g.push((period, key.clone()));
-        g.sort_by(|a, b| b.0.cmp(&a.0));
+        g.sort_by_key(|e| std::cmp::Reverse(e.0));
         g.truncate(2);
         key
     }
