@@ -6,7 +6,7 @@
 //! builtin issuer rotates its signing keys without refusing earlier tokens (checked by
 //! Authlib as a real client too).
 
-use crate::oauth::{b64, jwks_server, now, replace_config, Handler, TestServer};
+use crate::oauth::{b64, jwks_server, now, replace_config, status_at as status, Handler, TestServer};
 use crate::support;
 
 use std::sync::{Arc, Mutex};
@@ -66,18 +66,6 @@ async fn idp(keys: Vec<serde_json::Value>) -> Idp {
         server: jwks_server(jwks.clone()).await,
         jwks,
     }
-}
-
-/// The status of a GET of `url` with `token`.
-async fn status(url: String, token: String) -> u16 {
-    client()
-        .get(url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
 }
 
 /// The TOML of the plan `api` behind `upstream`: integrations `(name, auth, extra keys)`
@@ -237,6 +225,22 @@ async fn world() -> World {
     }
 }
 
+impl World {
+    fn corp_jwt(&self, user: &str) -> String {
+        jwt(CORP, user, "corp-1", &self.corp_key.encoding(), serde_json::json!({}))
+    }
+
+    fn partner_jwt(&self, user: &str) -> String {
+        jwt(
+            PARTNER,
+            user,
+            "partner-1",
+            &self.partner_key.encoding(),
+            serde_json::json!({}),
+        )
+    }
+}
+
 /// A client_credentials token of the builtin issuer.
 async fn builtin_token(gw: &Gateway) -> String {
     let resp = client()
@@ -306,14 +310,8 @@ fn kid_of(token: &str) -> String {
 #[tokio::test]
 async fn four_issuers_in_one_gateway_and_integrations_that_allow_only_one() {
     let w = world().await;
-    let corp = jwt(CORP, "carol", "corp-1", &w.corp_key.encoding(), serde_json::json!({}));
-    let partner = jwt(
-        PARTNER,
-        "pete",
-        "partner-1",
-        &w.partner_key.encoding(),
-        serde_json::json!({}),
-    );
+    let corp = w.corp_jwt("carol");
+    let partner = w.partner_jwt("pete");
     let builtin = builtin_token(&w.gw).await;
     // Refused by the integrations that do not list their issuer, before anything is
     // fetched or asked.
@@ -443,14 +441,8 @@ async fn a_token_is_never_verified_with_another_issuers_keys() {
 #[tokio::test]
 async fn one_user_name_from_two_issuers_is_two_principals() {
     let w = world().await;
-    let corp = jwt(CORP, "alice", "corp-1", &w.corp_key.encoding(), serde_json::json!({}));
-    let partner = jwt(
-        PARTNER,
-        "alice",
-        "partner-1",
-        &w.partner_key.encoding(),
-        serde_json::json!({}),
-    );
+    let corp = w.corp_jwt("alice");
+    let partner = w.partner_jwt("alice");
     assert_eq!(call(&w, "/staff", &corp).await, (200, vec!["corp".into()]));
     let roles = w.up.last().headers["x-portcullis-roles"].to_str().unwrap().to_string();
     assert_eq!(roles, "ops,staff");
@@ -475,7 +467,7 @@ async fn one_user_name_from_two_issuers_is_two_principals() {
 #[tokio::test]
 async fn a_key_rotation_at_the_idp_is_one_refetch_for_a_burst() {
     let w = world().await;
-    let first = jwt(CORP, "carol", "corp-1", &w.corp_key.encoding(), serde_json::json!({}));
+    let first = w.corp_jwt("carol");
     assert_eq!(call(&w, "/corp", &first).await.0, 200);
     assert_eq!(w.corp.server.hits(), 1);
     let new_key = EdKey::new();
@@ -519,7 +511,7 @@ async fn a_key_rotation_at_the_idp_is_one_refetch_for_a_burst() {
 #[tokio::test]
 async fn the_last_good_keys_serve_while_the_idp_is_down_until_max_stale() {
     let w = world().await;
-    let fresh = || jwt(CORP, "carol", "corp-1", &w.corp_key.encoding(), serde_json::json!({}));
+    let fresh = || w.corp_jwt("carol");
     assert_eq!(call(&w, "/corp", &fresh()).await.0, 200);
     w.corp.server.stop().await;
     let clock = w.gw.state.clock();
@@ -546,13 +538,7 @@ async fn the_last_good_keys_serve_while_the_idp_is_down_until_max_stale() {
     assert_eq!(status(w.gw.url("/corp"), fresh()).await, 503);
     assert_eq!(w.up.seen().len(), before);
     // The other issuers are not affected.
-    let partner = jwt(
-        PARTNER,
-        "pete",
-        "partner-1",
-        &w.partner_key.encoding(),
-        serde_json::json!({}),
-    );
+    let partner = w.partner_jwt("pete");
     assert_eq!(call(&w, "/any", &partner).await, (200, vec!["partner".into()]));
     w.gw.stop().await;
 }

@@ -91,8 +91,13 @@ impl TestServer {
 
 /// The status of a GET with a Bearer token.
 async fn bearer_status(gw: &Gateway, path: &str, token: &str) -> u16 {
+    status_at(gw.url(path), token.to_string()).await
+}
+
+/// The status of a GET of `url` with Bearer `token` (owned: it can be spawned).
+pub(crate) async fn status_at(url: String, token: String) -> u16 {
     client()
-        .get(gw.url(path))
+        .get(url)
         .bearer_auth(token)
         .send()
         .await
