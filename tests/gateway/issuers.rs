@@ -660,6 +660,7 @@ async fn check_refuses_ambiguous_issuers_at_their_line() {
     };
     let builtin = |name: &str| format!("\n[[oauth.issuers]]\nname = \"{name}\"\nmode = \"builtin\"\n");
     let int = |auth: &'static str, issuers: &'static str| plan_toml("builtin:echo", &[("i", auth, issuers)]);
+    let pem = EdKey::new().pem();
     // (config, the last line holding this text is the error's, the message)
     let cases = [
         (
@@ -696,6 +697,41 @@ async fn check_refuses_ambiguous_issuers_at_their_line() {
             builtin("a") + &int("basic", r#"issuers = ["a"]"#),
             "issuers = ",
             "lists issuers but does not accept oauth",
+        ),
+        (
+            "[oauth]\nname = \"x\"\nmode = \"builtin\"\n".to_string(),
+            "name = ",
+            "the single [oauth] table is named by its mode",
+        ),
+        (
+            builtin("a") + "local_users = false\n",
+            "local_users",
+            "local_users cannot be false",
+        ),
+        (
+            builtin("a") + "[[oauth.issuers.issuers]]\nname = \"b\"\nmode = \"builtin\"\n",
+            "[[oauth.issuers.issuers]]",
+            "do not nest",
+        ),
+        (
+            builtin("a") + &format!("signing_key = '''{pem}'''\nsigning_keys = ['''{pem}''']\n"),
+            "signing_keys",
+            "both set",
+        ),
+        (
+            builtin("a") + &format!("signing_keys = ['''{pem}''', '''{pem}''']\n"),
+            "''', '''",
+            "lists the key",
+        ),
+        (
+            builtin("a") + "signing_key_rotation = \"5m\"\n",
+            "signing_key_rotation",
+            "at least access_token_ttl",
+        ),
+        (
+            jwt("a", "https://x/j") + "jwks_min_refetch = \"500ms\"\n",
+            "jwks_min_refetch",
+            "at least 1s",
         ),
     ];
     for (text, at, message) in cases {

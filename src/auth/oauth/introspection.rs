@@ -93,6 +93,12 @@ pub struct Carried(std::sync::Mutex<HashMap<String, ([u8; 32], Verdicts)>>);
 type Verdicts = moka::future::Cache<[u8; 32], Cached>;
 
 impl Carried {
+    /// Forgets the caches of issuers the config no longer has.
+    pub(super) fn keep_only(&self, issuers: &[config::OAuth]) {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        slot.retain(|name, _| issuers.iter().any(|o| o.name == *name));
+    }
+
     fn take(&self, cfg: &config::OAuth, cache: &config::Cache) -> Verdicts {
         let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let shape = shape(cfg, cache);
@@ -276,6 +282,11 @@ impl Introspector {
                 user,
                 super::roles_from(self.roles_claim.as_ref().and_then(|c| extra.get(c))),
                 client_id,
+                // The answer's members, RFC 7662's and the server's own.
+                serde_json::to_value(r)
+                    .ok()
+                    .and_then(|v| v.as_object().cloned())
+                    .unwrap_or_default(),
             ),
             ttl: self.ttl.min(until_exp),
         }

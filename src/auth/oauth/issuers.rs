@@ -102,9 +102,13 @@ impl OAuth {
         metrics: &Metrics,
     ) -> Result<Option<Self>, BuildError> {
         if config.issuers.is_empty() {
+            lasting.jwks.keep_only(&[]);
+            lasting.introspection.keep_only(&[]);
             return Ok(None);
         }
         let cache = &config.cache;
+        lasting.jwks.keep_only(&config.issuers);
+        lasting.introspection.keep_only(&config.issuers);
         let mut issuers = Vec::with_capacity(config.issuers.len());
         let mut by_iss = HashMap::new();
         for (i, cfg) in config.issuers.iter().enumerate() {

@@ -142,6 +142,17 @@ fn thumbprint(params: &AlgorithmParameters) -> Option<String> {
 pub struct KeySets(std::sync::Mutex<HashMap<(String, String), Arc<KeySet>>>);
 
 impl KeySets {
+    /// Forgets the key sets no issuer of the config names (a generation still running
+    /// keeps its own through its `Arc`).
+    pub(super) fn keep_only(&self, issuers: &[crate::config::OAuth]) {
+        let mut sets = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        sets.retain(|(iss, url), _| {
+            issuers.iter().any(|o| {
+                o.issuer.as_deref().unwrap_or("") == iss && o.jwks_url.as_ref().is_some_and(|u| u.as_str() == url)
+            })
+        });
+    }
+
     /// The key set of `iss` at `url`: the one already kept, or a new, empty one.
     pub(super) fn of(&self, iss: &str, url: &url::Url, clock: &Clock) -> Arc<KeySet> {
         let mut sets = self.0.lock().unwrap_or_else(|p| p.into_inner());

@@ -147,13 +147,7 @@ impl Jwt {
             return Err(Reason::ClientNotAllowed.into());
         }
         let exp = claims.get("exp").and_then(|v| v.as_u64()).unwrap_or(0);
-        Ok((
-            TokenFacts::new(
-                user,
-                super::roles_from(self.roles_claim.as_ref().and_then(|c| claims.get(c))),
-                client_id,
-            ),
-            exp,
-        ))
+        let roles = super::roles_from(self.roles_claim.as_ref().and_then(|c| claims.get(c)));
+        Ok((TokenFacts::new(user, roles, client_id, claims), exp))
     }
 }

@@ -143,6 +143,9 @@ pub struct TokenFacts {
     pub user: String,
     pub roles: Vec<String>,
     pub client_id: Option<String>,
+    /// The verified token's claims (a JWT's payload, an introspection answer), for
+    /// policies (`Principal.claims` of the CEL work).
+    pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
     /// The principal last made from these facts, and the fingerprint of the user entry it
     /// was merged with: a cached token reuses it (roles merged and header values built
     /// once) for as long as that entry is unchanged.
@@ -155,14 +158,20 @@ pub struct TokenFacts {
 }
 
 impl TokenFacts {
-    pub fn new(user: String, roles: Vec<String>, client_id: Option<String>) -> Arc<Self> {
-        Self::make(user, roles, client_id, false, None)
+    pub fn new(
+        user: String,
+        roles: Vec<String>,
+        client_id: Option<String>,
+        claims: serde_json::Map<String, serde_json::Value>,
+    ) -> Arc<Self> {
+        Self::make(user, roles, client_id, claims, false, None)
     }
 
     fn make(
         user: String,
         roles: Vec<String>,
         client_id: Option<String>,
+        claims: serde_json::Map<String, serde_json::Value>,
         user_grant: bool,
         jti: Option<String>,
     ) -> Arc<Self> {
@@ -170,6 +179,7 @@ impl TokenFacts {
             user,
             roles,
             client_id,
+            claims: Some(Arc::new(claims)),
             memo: Default::default(),
             user_grant,
             jti,

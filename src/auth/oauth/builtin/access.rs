@@ -112,10 +112,15 @@ impl Issuer {
             GRANT_CLIENT if claims.sub == claims.client_id => false,
             _ => return Err(Reason::MalformedToken.into()),
         };
+        let map = serde_json::to_value(&claims)
+            .ok()
+            .and_then(|v| v.as_object().cloned())
+            .unwrap_or_default();
         let facts = TokenFacts::make(
             claims.sub,
             Vec::new(),
             Some(claims.client_id),
+            map,
             user_grant,
             Some(claims.jti),
         );
