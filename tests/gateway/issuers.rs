@@ -201,6 +201,7 @@ client_secret_hash = "{hash}"
             ("builtin", "oauth", r#"issuers = ["builtin"]"#),
             ("opaque", "oauth", r#"issuers = ["opaque"]"#),
             ("staff", "oauth", r#"senders = { roles = ["staff"] }"#),
+            ("public", "none", ""),
         ],
     ));
     text
@@ -367,8 +368,10 @@ async fn four_issuers_in_one_gateway_and_integrations_that_allow_only_one() {
         (claims["sub"].as_str(), claims["token_issuer"].as_str()),
         (Some("pete"), Some("partner"))
     );
-    // An opaque token no server knows: inactive, and a basic principal never has an issuer.
+    // An opaque token no server knows: inactive.
     assert_eq!(call(&w, "/any", "opaque-nobody").await, (401, vec![]));
+    // Without a principal (a public route), the client's copy is dropped all the same.
+    assert_eq!(call(&w, "/public", "anything").await, (200, vec![]));
     w.gw.stop().await;
 }
 
@@ -648,6 +651,67 @@ async fn the_generated_builtin_key_rotates_and_keeps_the_previous_one() {
     clock.advance(Duration::from_secs(period));
     assert_eq!(status(gw.url("/builtin"), before).await, 401);
     gw.stop().await;
+}
+
+/// With `[shared]`, replicas agree on each period's generated key through Redis: after a
+/// rotation, a token replica A signs with the new key passes on replica B (which agrees
+/// on it at the unknown kid), and so does the one A signed before the rotation.
+#[tokio::test]
+async fn replicas_agree_on_the_rotated_generated_key() {
+    let Some(redis) = crate::shared::Redis::start() else {
+        return;
+    };
+    let up = Upstream::start().await;
+    let toml = format!(
+        r#"{head}
+[shared]
+backend = "redis"
+url = "{url}"
+secret = "{secret}"
+
+[[oauth.issuers]]
+name = "builtin"
+mode = "builtin"
+access_token_ttl = "10m"
+signing_key_rotation = "1h"
+
+[[oauth.issuers.clients]]
+client_id = "svc-client"
+client_secret_hash = "{hash}"
+
+[[users]]
+name = "svc-client"
+{plan}"#,
+        head = Config::new().to_toml(),
+        url = redis.url(),
+        secret = crate::shared::SHARED_SECRET,
+        hash = sha256_hex("svc-secret"),
+        plan = plan_toml(&up.url(), &[("builtin", "oauth", "")]),
+    );
+    let (a, b) = (Gateway::start(&toml).await, Gateway::start(&toml).await);
+    let period = 3600;
+    let to_next = period - a.state.clock().unix() % period;
+    let skip = Duration::from_secs(if to_next > 10 {
+        to_next - 10
+    } else {
+        to_next + period - 10
+    });
+    for gw in [&a, &b] {
+        gw.state.clock().advance(skip);
+    }
+    let before = builtin_token(&a).await;
+    for gw in [&a, &b] {
+        gw.state.clock().advance(Duration::from_secs(20));
+    }
+    let after = builtin_token(&a).await;
+    assert_ne!(kid_of(&before), kid_of(&after));
+    for t in [&after, &before] {
+        assert_eq!(status(b.url("/builtin"), t.clone()).await, 200);
+    }
+    assert_eq!(published_kids(&b).await, vec![kid_of(&after), kid_of(&before)]);
+    assert_eq!(published_kids(&a).await, published_kids(&b).await);
+    a.stop().await;
+    b.stop().await;
 }
 
 /// `check` refuses, at the line: two issuers with one `issuer`, two builtins, a mode

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use support::*;
 
-struct Redis {
+pub(crate) struct Redis {
     child: Option<Child>,
     port: u16,
     _dir: tempfile::TempDir,
@@ -25,7 +25,7 @@ struct Redis {
 
 impl Redis {
     /// A fresh `redis-server` on a free loopback port, or `None` (skipped) without one.
-    fn start() -> Option<Redis> {
+    pub(crate) fn start() -> Option<Redis> {
         let found = Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -86,7 +86,7 @@ impl Redis {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 }
@@ -97,7 +97,7 @@ impl Drop for Redis {
     }
 }
 
-const SHARED_SECRET: &str = "a-shared-secret-of-at-least-32-bytes-0123";
+pub(crate) const SHARED_SECRET: &str = "a-shared-secret-of-at-least-32-bytes-0123";
 
 /// Writes one replica's config (every replica listens on its own ephemeral ports).
 /// Replica `n`'s config file: listeners on port 0, the shared store on `redis`, and
