@@ -13,6 +13,8 @@
 //!   not answer makes it 503 (the token might be its).
 //! - An issuer the integration does not list in `issuers` is `issuer_not_allowed`, before
 //!   any key is fetched or server asked.
+//! - With one issuer (the single `[oauth]` table), every token goes to it, as before
+//!   there were several: it refuses what is not its own with its own reasons.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -193,6 +195,14 @@ impl OAuth {
             self.allowed.get(&format!("{}/{}", route.plan, route.integration))
         };
         let allows = |i: usize| allowed.is_none_or(|set| set.get(i).copied().unwrap_or(false));
+        // One issuer (the single `[oauth]` table): every token is its to judge, as it
+        // always was; nothing to choose, so nothing is decoded to choose.
+        if self.issuers.len() == 1 {
+            if !allows(0) {
+                return Err(Reason::IssuerNotAllowed.into());
+            }
+            return self.one(0, token, users).await;
+        }
         let unrouted = match route_of(token) {
             Routed::Iss(iss) => match self.by_iss.get(&iss) {
                 Some(&i) if allows(i) => return self.one(i, token, users).await,
