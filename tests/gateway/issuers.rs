@@ -653,6 +653,46 @@ async fn the_generated_builtin_key_rotates_and_keeps_the_previous_one() {
     gw.stop().await;
 }
 
+/// The access log of the real binary names the issuer of each principal, and the reason
+/// of a refused issuer.
+#[tokio::test]
+async fn the_access_log_names_the_issuer() {
+    let w = world().await;
+    let path = write_config(
+        w.gw.dir.path(),
+        &world_toml((&w.up, &w.corp, &w.partner, &w.introspect), ""),
+    );
+    let p = Process::start(&path, &[]);
+    for (id, route, token) in [
+        ("issuer-log-1", "/any", w.corp_jwt("carol")),
+        ("issuer-log-2", "/corp", w.partner_jwt("pete")),
+    ] {
+        client()
+            .get(format!("http://{}{route}", p.addr))
+            .bearer_auth(token)
+            .header("x-request-id", id)
+            .send()
+            .await
+            .unwrap();
+    }
+    let logs = p.logs_when(|l| l.contains("issuer-log-2")).await;
+    let line = |id: &str| -> serde_json::Value {
+        let l = logs.lines().find(|l| l.contains(id)).unwrap();
+        serde_json::from_str(l).unwrap()
+    };
+    let ok = line("issuer-log-1");
+    assert_eq!(
+        (ok["principal"].as_str(), ok["issuer"].as_str(), ok["status"].as_u64()),
+        (Some("carol"), Some("corp"), Some(200))
+    );
+    let refused = line("issuer-log-2");
+    assert_eq!(
+        (refused["reason"].as_str(), refused["status"].as_u64()),
+        (Some("issuer_not_allowed"), Some(401))
+    );
+    w.gw.stop().await;
+}
+
 /// With `[shared]`, replicas agree on each period's generated key through Redis: after a
 /// rotation, a token replica A signs with the new key passes on replica B (which agrees
 /// on it at the unknown kid), and so does the one A signed before the rotation.
