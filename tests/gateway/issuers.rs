@@ -693,6 +693,34 @@ async fn the_access_log_names_the_issuer() {
     w.gw.stop().await;
 }
 
+/// The request's span carries `portcullis.issuer`.
+#[tokio::test]
+async fn the_span_names_the_issuer() {
+    let w = world().await;
+    let (addr, bodies) = crate::tracing::collector().await;
+    let mut toml = world_toml((&w.up, &w.corp, &w.partner, &w.introspect), "");
+    toml.push_str(&format!("\n[tracing]\notlp_endpoint = \"http://{addr}\"\n"));
+    let gw = Gateway::start(&toml).await;
+    let trace = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let resp = client()
+        .get(gw.url("/any"))
+        .bearer_auth(w.partner_jwt("pete"))
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let server = || {
+        crate::tracing::spans(&bodies.lock().unwrap())
+            .into_iter()
+            .find(|s| s["traceId"] == trace && s["kind"] == 2)
+    };
+    assert!(eventually(PATIENCE, || async { server().is_some() }).await);
+    assert_eq!(crate::tracing::attr(&server().unwrap(), "portcullis.issuer"), "partner");
+    gw.stop().await;
+    w.gw.stop().await;
+}
+
 /// With `[shared]`, replicas agree on each period's generated key through Redis: after a
 /// rotation, a token replica A signs with the new key passes on replica B (which agrees
 /// on it at the unknown kid), and so does the one A signed before the rotation.
