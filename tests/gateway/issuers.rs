@@ -723,10 +723,11 @@ async fn the_span_names_the_issuer() {
 
 /// With `[shared]`, replicas agree on each period's generated key through Redis: after a
 /// rotation, a token replica A signs with the new key passes on replica B (which agrees
-/// on it at the unknown kid), and so does the one A signed before the rotation.
+/// on it at the unknown kid), and so does the one A signed before the rotation. With
+/// Redis down at a rotation, the previous key signs, until it is too old: 503.
 #[tokio::test]
 async fn replicas_agree_on_the_rotated_generated_key() {
-    let Some(redis) = crate::shared::Redis::start() else {
+    let Some(mut redis) = crate::shared::Redis::start() else {
         return;
     };
     let up = Upstream::start().await;
@@ -778,6 +779,24 @@ name = "svc-client"
     }
     assert_eq!(published_kids(&b).await, vec![kid_of(&after), kid_of(&before)]);
     assert_eq!(published_kids(&a).await, published_kids(&b).await);
+    // Redis down at the next rotation: the previous period's key, which every replica
+    // still verifies, keeps signing; a period later there is none left: 503.
+    redis.stop();
+    a.state.clock().advance(Duration::from_secs(period));
+    assert_eq!(kid_of(&builtin_token(&a).await), kid_of(&after));
+    a.state.clock().advance(Duration::from_secs(period));
+    let resp = client()
+        .post(a.url("/oauth/token"))
+        .basic_auth("svc-client", Some("svc-secret"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+    let refusals: serde_json::Value = reqwest::get(a.admin_url("/refusals")).await.unwrap().json().await.unwrap();
+    assert!(refusals.to_string().contains("signing_key_unavailable"), "{refusals}");
     a.stop().await;
     b.stop().await;
 }

@@ -63,11 +63,19 @@ impl Issuer {
         None
     }
 
-    /// The key that signs now.
+    /// The key that signs now: the first configured one, or the current period's
+    /// generated key; while that cannot be agreed on (Redis down at a new period), the
+    /// previous period's, which every replica still verifies.
     pub(super) async fn signing_key(&self) -> Option<Arc<SigningKey>> {
-        match self.configured.first() {
-            Some(k) => Some(k.clone()),
-            None => self.shared.agree_period(self.shared.period(self.rotation)).await.ok(),
+        if let Some(k) = self.configured.first() {
+            return Some(k.clone());
+        }
+        match self.shared.agree_period(self.shared.period(self.rotation)).await {
+            Ok(k) => Some(k),
+            Err(e) => {
+                tracing::warn!(error = %e, "oauth: cannot agree on this period's signing key; signing with the previous one");
+                self.verifying_keys().into_iter().next()
+            }
         }
     }
 
