@@ -1,15 +1,19 @@
-//! `oauth`: `Authorization: Bearer TOKEN`, in one of three modes.
+//! `oauth`: `Authorization: Bearer TOKEN`, checked by one of the configured issuers
+//! (`[oauth]`, or each of `[[oauth.issuers]]`), each in one of three modes.
 //!
 //! - `builtin`: Portcullis issues the tokens itself (`POST /oauth/token`) and checks
-//!   their EdDSA signature with its own key.
-//! - `jwt`: an external issuer's JWTs, checked against its JWKS (`jwks_url`, cached and
-//!   refetched on an unknown `kid` at most once per `[cache] negative_ttl`, or
-//!   `jwks_file`), with `iss`, `aud`, `exp`, `nbf` and an algorithm allow-list.
+//!   their EdDSA signature with its own keys (`signing_keys`, or generated and rotated).
+//! - `jwt`: an external issuer's JWTs, checked against its JWKS (`jwks_url`, kept for
+//!   the process and refetched on an unknown `kid` at most once per `jwks_min_refetch`,
+//!   or `jwks_file`), with `iss`, `aud`, `exp`, `nbf` and an algorithm allow-list.
 //! - `introspection`: RFC 7662 through the oauth2 crate, results cached; a server that is
 //!   down, slow or erroring fails closed (503).
 //!
-//! Whatever the mode, the principal's roles are those the token carries in `roles_claim`
-//! and those of the `[[users]]` entry of the same name; a disabled user is refused.
+//! `issuers.rs` chooses the one issuer of a token (a JWT by its `iss`) and applies the
+//! integration's `issuers`; `jwks.rs` keeps the JWKS of each `jwt` issuer. The principal
+//! names its issuer. Its roles are those the token carries in `roles_claim` and, for an
+//! issuer with `local_users`, those of the `[[users]]` entry of the same name (a
+//! disabled user is refused).
 
 pub mod builtin;
 pub mod introspection;
