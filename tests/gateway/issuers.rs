@@ -653,6 +653,65 @@ async fn the_generated_builtin_key_rotates_and_keeps_the_previous_one() {
     gw.stop().await;
 }
 
+/// An introspection server that knows the tokens starting with `known`, as user `user`.
+fn knows(known: &'static str, user: &'static str) -> Handler {
+    Arc::new(move |_, body| {
+        let form: std::collections::HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+        let doc = if form.get("token").is_some_and(|t| t.starts_with(known)) {
+            serde_json::json!({"active": true, "sub": user, "exp": now() + 300})
+        } else {
+            serde_json::json!({"active": false})
+        };
+        (200, doc.to_string())
+    })
+}
+
+/// Opaque tokens go to the introspection issuers the integration accepts, in config
+/// order, each answer cached per issuer; the first active answer wins; a server that is
+/// down does not hide another's active answer, but makes "inactive everywhere" a 503.
+#[tokio::test]
+async fn opaque_tokens_ask_the_allowed_introspection_servers_in_order() {
+    let up = Upstream::start().await;
+    let a = TestServer::start(knows("token-of-a", "ann"), Duration::ZERO).await;
+    let b = TestServer::start(knows("token-of-b", "bob"), Duration::ZERO).await;
+    let issuer = |name: &str, addr: std::net::SocketAddr| {
+        format!("\n[[oauth.issuers]]\nname = \"{name}\"\nmode = \"introspection\"\nintrospection_url = \"http://{addr}/introspect\"\nclient_id = \"portcullis\"\nclient_secret = \"s\"\n")
+    };
+    let toml = format!(
+        "{}\n[cache]\nttl = \"60s\"\nnegative_ttl = \"60s\"\n{}{}{}",
+        Config::new().to_toml(),
+        issuer("a", a.addr),
+        issuer("b", b.addr),
+        plan_toml(
+            &up.url(),
+            &[("any", "oauth", ""), ("only-b", "oauth", r#"issuers = ["b"]"#)]
+        ),
+    );
+    let gw = Gateway::start(&toml).await;
+    let get = |path: &str, token: &str| status(gw.url(path), token.to_string());
+    // A's token: A answers first. B's token: A says inactive, then B active.
+    assert_eq!(get("/any", "token-of-a").await, 200);
+    assert_eq!(up.last().headers["x-portcullis-issuer"], "a");
+    assert_eq!((a.hits(), b.hits()), (1, 0));
+    assert_eq!(get("/any", "token-of-b").await, 200);
+    assert_eq!(up.last().headers["x-portcullis-issuer"], "b");
+    assert_eq!((a.hits(), b.hits()), (2, 1));
+    // Each answer is cached by its own issuer: asked again, nobody is called.
+    assert_eq!(get("/any", "token-of-b").await, 200);
+    assert_eq!((a.hits(), b.hits()), (2, 1));
+    // Where only B is accepted, A is never asked: A's token is inactive at B.
+    assert_eq!(get("/only-b", "token-of-a").await, 401);
+    assert_eq!((a.hits(), b.hits()), (2, 2));
+    // A down: B's answer still counts; a token neither knows is 503 (it might be A's).
+    a.stop().await;
+    assert_eq!(get("/any", "token-of-b-2").await, 200);
+    assert_eq!(b.hits(), 3);
+    assert_eq!(get("/any", "token-of-nobody").await, 503);
+    let m = gw.metrics().await;
+    assert_eq!(metric_value(&m, &failures("token_inactive", "oauth")), 1.0, "{m}");
+    gw.stop().await;
+}
+
 /// The access log of the real binary names the issuer of each principal, and the reason
 /// of a refused issuer.
 #[tokio::test]
@@ -795,7 +854,12 @@ name = "svc-client"
     assert_eq!(resp.status(), 503);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "temporarily_unavailable", "{body}");
-    let refusals: serde_json::Value = reqwest::get(a.admin_url("/refusals")).await.unwrap().json().await.unwrap();
+    let refusals: serde_json::Value = reqwest::get(a.admin_url("/refusals"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(refusals.to_string().contains("signing_key_unavailable"), "{refusals}");
     a.stop().await;
     b.stop().await;
