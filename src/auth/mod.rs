@@ -35,6 +35,10 @@ pub struct Principal {
     /// The OAuth issuer (its configured name) whose token named this principal; `None`
     /// for every other method. Two issuers' users of one name are two principals.
     pub issuer: Option<Arc<str>>,
+    /// The name is a `[[users]]` entry's, so rules may name it: every method's but that
+    /// of an OAuth issuer whose users are its own (`local_users = false`), whose
+    /// principals rules match by role only.
+    pub local_user: bool,
     /// The identity as header values, built once where the principal (or the user entry
     /// it comes from) is made; `None` when a name cannot be a header value.
     pub headers: Option<Arc<IdentityHeaders>>,
@@ -78,9 +82,20 @@ impl Principal {
             method,
             client_id,
             issuer: None,
+            local_user: true,
             headers,
-            cnf: None,
             cached: false,
+            cnf: None,
+        }
+    }
+
+    /// The name rules (`access`, `senders`) may match: empty (matching no rule's
+    /// `users`, which are never empty) when it is not a `[[users]]` entry's.
+    pub fn rule_name(&self) -> &str {
+        if self.local_user {
+            &self.user
+        } else {
+            ""
         }
     }
 
@@ -238,6 +253,7 @@ impl UserEntry {
             method,
             client_id: None,
             issuer: None,
+            local_user: true,
             headers: self.headers.clone(),
             cnf: None,
             cached: false,

@@ -202,6 +202,7 @@ client_secret_hash = "{hash}"
             ("opaque", "oauth", r#"issuers = ["opaque"]"#),
             ("staff", "oauth", r#"senders = { roles = ["staff"] }"#),
             ("public", "none", ""),
+            ("alice-only", "oauth", r#"senders = { users = ["alice"] }"#),
         ],
     ));
     text
@@ -440,7 +441,8 @@ async fn a_token_is_never_verified_with_another_issuers_keys() {
 
 /// `alice` of corp (whose users meet `[[users]]`: `local_users = true`) and `alice` of
 /// the partner are two principals: only the first gets the `staff` role of the
-/// `[[users]]` entry, and the upstream is told which issuer named each.
+/// `[[users]]` entry or passes a rule naming `alice`, and the upstream is told which
+/// issuer named each.
 #[tokio::test]
 async fn one_user_name_from_two_issuers_is_two_principals() {
     let w = world().await;
@@ -461,6 +463,16 @@ async fn one_user_name_from_two_issuers_is_two_principals() {
     );
     // The introspection issuer's alice (local_users defaults to false there) neither.
     assert_eq!(call(&w, "/staff", "opaque-alice").await, (403, vec![]));
+    // A rule naming `alice` names the [[users]] entry: corp's alice (local_users), not
+    // the partner's nor the introspection server's.
+    assert_eq!(
+        call(&w, "/alice-only", &w.corp_jwt("alice")).await,
+        (200, vec!["corp".into()])
+    );
+    assert_eq!(call(&w, "/alice-only", &partner).await, (403, vec![]));
+    assert_eq!(call(&w, "/alice-only", "opaque-alice").await, (403, vec![]));
+    let m = w.gw.metrics().await;
+    assert_eq!(metric_value(&m, &failures("not_a_sender", "oauth")), 4.0, "{m}");
     w.gw.stop().await;
 }
 

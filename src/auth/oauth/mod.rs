@@ -228,6 +228,10 @@ impl TokenFacts {
             self.client_id.as_deref().map(Arc::from),
         )
         .with_issuer(issuer.clone());
+        let p = Principal {
+            local_user: users.is_some(),
+            ..p
+        };
         self.memo.store(Some(Arc::new((fingerprint, p.clone()))));
         Ok(p)
     }
