@@ -792,6 +792,50 @@ async fn the_span_names_the_issuer() {
     w.gw.stop().await;
 }
 
+/// At the egress listener, a `callers` rule naming `alice` names the `[[users]]` entry:
+/// the assertion of another issuer's `alice` (`local_user: false`) is refused, the one
+/// of an issuer whose users are `[[users]]` passes, and roles work for both.
+#[tokio::test]
+async fn egress_callers_keep_the_users_of_two_issuers_apart() {
+    use crate::egress::{ok, target, Egress};
+    let t = target(None, ok()).await;
+    let eg = Egress::start(&format!(
+        "\n[[endpoints]]\nname = \"named\"\nbase_url = \"http://{a}\"\ncallers = {{ users = [\"alice\"] }}\n\n[[endpoints]]\nname = \"ops\"\nbase_url = \"http://{a}\"\ncallers = {{ roles = [\"ops\"] }}\n",
+        a = t.addr
+    ))
+    .await;
+    let alice = |issuer: &str, local_user: bool| {
+        let p = portcullis::auth::Principal {
+            local_user,
+            ..portcullis::auth::Principal::new(
+                Arc::from("alice"),
+                Arc::from(vec!["ops".to_string()]),
+                portcullis::config::AuthMethod::OAuth,
+                None,
+            )
+            .with_issuer(Arc::from(issuer))
+        };
+        eg.gw.state.gateway().signer().sign(&p, "p", "i").unwrap()
+    };
+    let call = |ep: &str, assertion: String| {
+        let url = eg.url(&format!("/{ep}/x"));
+        async move {
+            client()
+                .get(url)
+                .header("x-portcullis-assertion", assertion)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(call("named", alice("corp", true)).await, 200);
+    assert_eq!(call("named", alice("partner", false)).await, 403);
+    assert_eq!(call("ops", alice("partner", false)).await, 200);
+    eg.gw.stop().await;
+}
+
 /// With `[shared]`, replicas agree on each period's generated key through Redis: after a
 /// rotation, a token replica A signs with the new key passes on replica B (which agrees
 /// on it at the unknown kid), and so does the one A signed before the rotation. With
