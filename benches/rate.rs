@@ -9,7 +9,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use portcullis::shared::{Cell, MemoryRates, RATE_TABLE_CAP};
+use portcullis::shared::{Budget, Cell, MemoryRates, RATE_TABLE_CAP};
 
 fn bench(c: &mut Criterion) {
     // 1000 requests a second, burst 100: the budget never runs out in the loop below
@@ -20,7 +20,13 @@ fn bench(c: &mut Criterion) {
     };
     let rates = MemoryRates::new(RATE_TABLE_CAP, Default::default(), None);
     // 10 000 live budgets, as for as many principals.
-    let keys: Vec<String> = (0..10_000).map(|i| format!("plan\0p\0\0principal\0user-{i}")).collect();
+    let budget = |name: String| Budget {
+        name,
+        by_address: false,
+    };
+    let keys: Vec<Budget> = (0..10_000)
+        .map(|i| budget(format!("plan\0p\0\0principal\0\0user-{i}")))
+        .collect();
     for k in &keys {
         let _ = rates.step_now(k, cell, true);
     }
@@ -44,7 +50,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             n += 1;
             // Past the cap the table forgets full budgets: the cost of that sweep is in.
-            black_box(fresh.step_now(&format!("plan\0p\0\0principal\0new-{n}"), cell, true))
+            black_box(fresh.step_now(&budget(format!("plan\0p\0\0principal\0\0new-{n}")), cell, true))
         })
     });
     g.finish();

@@ -26,6 +26,13 @@ pub struct Claims {
     pub integration: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
+    /// The OAuth issuer (its configured name) whose token named the principal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_issuer: Option<String>,
+    /// `false` when `sub` is not a `[[users]]` entry's name (a user of an OAuth issuer
+    /// without `local_users`): rules naming users do not match it. Absent: `true`.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub local_user: bool,
     /// RFC 8705 confirmation of a client certificate: `{"x5t#S256": thumbprint}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cnf: Option<serde_json::Value>,
@@ -33,6 +40,14 @@ pub struct Claims {
     pub exp: u64,
     /// A random id of this assertion (one assertion serves several requests).
     pub jti: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// What an assertion says: the route and everything about the principal it carries.
@@ -43,6 +58,8 @@ type Said = (
     AuthMethod,
     Option<Arc<str>>,
     Option<Arc<str>>,
+    Option<Arc<str>>,
+    bool,
 );
 
 #[derive(Clone)]
@@ -79,6 +96,8 @@ impl Signer {
             p.method,
             p.client_id.clone(),
             p.cnf.clone(),
+            p.issuer.clone(),
+            p.local_user,
         );
         if let Some(v) = self.minted.get(&key) {
             return Some(v);
@@ -102,6 +121,8 @@ impl Signer {
             plan: plan.to_string(),
             integration: integration.to_string(),
             client_id: p.client_id.as_ref().map(|c| c.to_string()),
+            token_issuer: p.issuer.as_ref().map(|i| i.to_string()),
+            local_user: p.local_user,
             cnf: p.cnf.as_ref().map(|t| serde_json::json!({ "x5t#S256": t.as_ref() })),
             iat: now,
             exp: now + self.ttl.as_secs().max(1),
@@ -159,6 +180,38 @@ mod tests {
         let mut by_key = principal();
         by_key.method = AuthMethod::ApiKey;
         assert_ne!(s.assertion(&by_key, 0, "p", "i").unwrap(), a);
+    }
+
+    /// The same name from two issuers, or from an issuer and `[[users]]`: two
+    /// assertions, each naming its issuer; one whose name is not a `[[users]]` entry's
+    /// says so (`local_user: false`), the others carry no such claim.
+    #[test]
+    fn the_issuer_and_a_foreign_name_are_part_of_what_an_assertion_says() {
+        let s = Signer::new(b"k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1", Duration::from_secs(60));
+        let local = s.assertion(&principal(), 0, "p", "i").unwrap();
+        let corp = principal().with_issuer(Arc::from("corp"));
+        let partner = Principal {
+            local_user: false,
+            ..principal().with_issuer(Arc::from("partner"))
+        };
+        let (a, b) = (
+            s.assertion(&corp, 0, "p", "i").unwrap(),
+            s.assertion(&partner, 0, "p", "i").unwrap(),
+        );
+        assert!(a != local && b != local && a != b);
+        let (ca, cb) = (
+            s.verify(a.to_str().unwrap()).unwrap(),
+            s.verify(b.to_str().unwrap()).unwrap(),
+        );
+        assert_eq!((ca.token_issuer.as_deref(), ca.local_user), (Some("corp"), true));
+        assert_eq!((cb.token_issuer.as_deref(), cb.local_user), (Some("partner"), false));
+        let payload = |t: &HeaderValue| {
+            use base64::Engine;
+            let part = t.to_str().unwrap().split('.').nth(1).unwrap().to_string();
+            String::from_utf8(base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+        };
+        assert!(!payload(&a).contains("local_user") && payload(&b).contains(r#""local_user":false"#));
+        assert!(!payload(&local).contains("token_issuer"));
     }
 
     #[test]

@@ -39,9 +39,11 @@ pub struct Denied {
 
 /// Checks `p` against the plan's `access` AND the integration's `senders` for `route`.
 pub fn authorize(route: usize, access: &Rule, senders: &Rule, p: Principal) -> Result<Permit, Denied> {
-    let reason = if !access.allows(&p.user, &p.roles) {
+    // A name that is not a `[[users]]` entry's (another issuer's user) matches by role only.
+    let name = p.rule_name();
+    let reason = if !access.allows(name, &p.roles) {
         "no_plan_access"
-    } else if !senders.allows(&p.user, &p.roles) {
+    } else if !senders.allows(name, &p.roles) {
         "not_a_sender"
     } else {
         return Ok(Permit {
@@ -94,5 +96,23 @@ mod tests {
         assert!(Permit::public(0, &[AuthMethod::Basic]).is_none());
         assert!(Permit::public(0, &[AuthMethod::None, AuthMethod::Basic]).is_none());
         assert!(Permit::public(3, &[AuthMethod::None]).is_some_and(|p| p.route() == 3 && p.principal().is_none()));
+    }
+
+    /// Another issuer's `alice` (not a `[[users]]` entry's name) is not matched by a
+    /// rule naming `alice`, only by its roles.
+    #[test]
+    fn names_of_other_issuers_match_by_role_only() {
+        let foreign = Principal {
+            local_user: false,
+            ..p("alice", &["partner"])
+        }
+        .with_issuer(Arc::from("partner"));
+        let by_name = only(&[], &["alice"]);
+        assert_eq!(
+            authorize(0, &by_name, &Rule::All, foreign.clone()).unwrap_err().reason,
+            "no_plan_access"
+        );
+        assert!(authorize(0, &Rule::All, &by_name, p("alice", &[])).is_ok());
+        assert!(authorize(0, &only(&["partner"], &[]), &Rule::All, foreign).is_ok());
     }
 }

@@ -17,7 +17,7 @@ use crate::error::{Body, BoxError};
 use crate::headers::HostPort;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::route::{Router, Target};
-use crate::shared::{Cell, MemoryRates, Rates};
+use crate::shared::{Budget, Cell, MemoryRates, Rates};
 use crate::upstream;
 
 /// Why a config could not become a running gateway.
@@ -339,20 +339,41 @@ impl RouteRate {
         }
     }
 
-    /// The budget a request from `client` by `principal` spends.
-    pub fn key(&self, client: std::net::IpAddr, principal: Option<&auth::Principal>) -> String {
+    /// The budget a request from `client` by `principal` spends: the principal's
+    /// (another issuer's user qualified by the issuer's name: two principals), the
+    /// client's (an IPv4 address, or an IPv6 /64), or the route's.
+    pub fn budget(&self, client: std::net::IpAddr, principal: Option<&auth::Principal>) -> Budget {
         use std::fmt::Write as _;
-        let mut key = self.prefix.clone();
-        match (self.limit.key, principal) {
-            (RateKey::Integration, _) => {}
+        let mut name = self.prefix.clone();
+        let by_address = match (self.limit.key, principal) {
+            (RateKey::Integration, _) => false,
             (RateKey::Principal, Some(p)) => {
-                let _ = write!(key, "principal\0{}", p.user);
+                match (&p.issuer, p.local_user) {
+                    (Some(issuer), false) => {
+                        let _ = write!(name, "principal\0{issuer}\0{}", p.user);
+                    }
+                    _ => {
+                        let _ = write!(name, "principal\0\0{}", p.user);
+                    }
+                }
+                false
             }
             (RateKey::Principal, None) | (RateKey::ClientIp, _) => {
-                let _ = write!(key, "ip\0{}", client);
+                let _ = write!(name, "ip\0{}", crate::util::client_group(client));
+                true
             }
+        };
+        Budget { name, by_address }
+    }
+
+    /// How many callers share one budget: a principal's (0), an address's (1), every
+    /// caller's (2). A request steps the narrower budgets first.
+    pub fn width(&self) -> u8 {
+        match self.limit.key {
+            RateKey::Principal => 0,
+            RateKey::ClientIp => 1,
+            RateKey::Integration => 2,
         }
-        key
     }
 }
 

@@ -15,6 +15,8 @@ pub const X_PORTCULLIS_AUTH_METHOD: HeaderName = HeaderName::from_static("x-port
 pub const X_PORTCULLIS_PLAN: HeaderName = HeaderName::from_static("x-portcullis-plan");
 pub const X_PORTCULLIS_INTEGRATION: HeaderName = HeaderName::from_static("x-portcullis-integration");
 pub const X_PORTCULLIS_CLIENT_ID: HeaderName = HeaderName::from_static("x-portcullis-client-id");
+/// The OAuth issuer (its configured name) whose token named the principal.
+pub const X_PORTCULLIS_ISSUER: HeaderName = HeaderName::from_static("x-portcullis-issuer");
 pub const X_PORTCULLIS_ASSERTION: HeaderName = HeaderName::from_static("x-portcullis-assertion");
 
 const PORTCULLIS_PREFIX: &str = "x-portcullis-";

@@ -148,6 +148,11 @@ pub struct Metrics {
     pub table_full: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub rate_local: IntCounterVec,
+    /// JWKS fetches of `jwt` issuers, by issuer (its name) and result (`ok`, `error`).
+    pub jwks_refreshes: IntCounterVec,
+    /// 1 while an issuer's last JWKS fetch failed (its last good keys serve, up to
+    /// `jwks_max_stale`), else 0.
+    pub jwks_stale: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -247,6 +252,15 @@ const MALFORMED_HEADS: Desc = (
     "HTTP/1.1 request heads refused by the parser before routing (431, 414, 400), by listener and reason.",
 );
 
+const JWKS_REFRESHES: Desc = (
+    "portcullis_jwks_refresh_total",
+    "JWKS fetches of jwt issuers, by issuer name and result (ok, error).",
+);
+const JWKS_STALE: Desc = (
+    "portcullis_jwks_stale",
+    "1 while a jwt issuer's last JWKS fetch failed and its last good keys serve (up to jwks_max_stale), else 0; by issuer name.",
+);
+
 /// How many labelled series [`Metrics::new`] exports at 0 before any request.
 pub const PRECREATED: usize = 2
     + LISTENERS.len() * (2 + MALFORMED_REASONS.len())
@@ -293,6 +307,8 @@ impl Metrics {
         let m = Metrics {
             requests: r.counter(REQUESTS, &["plan", "integration", "auth_method", "outcome"]),
             auth_failures: r.counter(AUTH_FAILURES, &["auth_method", "reason"]),
+            jwks_refreshes: r.counter(JWKS_REFRESHES, &["issuer", "result"]),
+            jwks_stale: r.gauge_vec(JWKS_STALE, &["issuer"]),
             request_duration: r.hist(REQUEST_DURATION, &["plan", "integration"]),
             upstream_duration: r.hist(UPSTREAM_DURATION, &["plan"]),
             cache_requests: r.counter(CACHE_REQUESTS, &["cache", "result"]),

@@ -48,12 +48,8 @@ impl State {
         let metrics = Metrics::new();
         let shared = crate::shared::Backend::start(&config.shared, &metrics).await?;
         let lasting = auth::Lasting::with_backend(shared);
-        let agree = config
-            .oauth
-            .as_ref()
-            .is_some_and(|o| o.mode == crate::config::OAuthMode::Builtin && o.signing_key.is_none());
-        if agree {
-            lasting.oauth.agree_signing_key().await?;
+        if let Some(b) = config.builtin_issuer().filter(|o| o.signing_keys.is_empty()) {
+            lasting.oauth.agree_signing_key(b.signing_key_rotation).await?;
         }
         Self::build(config, metrics, lasting)
     }

@@ -43,6 +43,8 @@ pub struct RequestSpan<'a> {
     pub route: Option<&'a RouteSpan>,
     pub endpoint: Option<&'static str>,
     pub auth_method: &'static str,
+    /// The OAuth issuer (its name) that named the principal.
+    pub issuer: Option<&'a str>,
     /// Whether the credential came from a cache; `None` when none was checked.
     pub cache_hit: Option<bool>,
     pub reason: &'static str,
@@ -174,6 +176,9 @@ impl Telemetry {
         }
         if !r.auth_method.is_empty() {
             attributes.push(KeyValue::new("portcullis.auth_method", r.auth_method));
+        }
+        if let Some(issuer) = r.issuer {
+            attributes.push(KeyValue::new("portcullis.issuer", issuer.to_string()));
         }
         if let Some(hit) = r.cache_hit {
             attributes.push(KeyValue::new("portcullis.cache_hit", hit));

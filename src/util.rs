@@ -167,3 +167,32 @@ mod tests {
         assert_eq!(escaped(&e), "a\\nb");
     }
 }
+
+/// The client an address stands for, as limits count clients: an IPv4 address, or the
+/// /64 of an IPv6 one (one client usually holds a whole /64; an IPv4 address mapped into
+/// IPv6 is that address).
+pub fn client_group(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(a) => a.to_string(),
+        std::net::IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = a.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod group_tests {
+    #[test]
+    fn an_ipv6_client_is_its_64_and_a_mapped_ipv4_its_address() {
+        let g = |s: &str| super::client_group(s.parse().unwrap());
+        assert_eq!(g("2001:db8:1:2::a"), g("2001:db8:1:2:ffff::c"));
+        assert_ne!(g("2001:db8:1:2::a"), g("2001:db8:1:3::a"));
+        assert_eq!(g("::ffff:1.2.3.4"), "1.2.3.4");
+        assert_eq!(g("1.2.3.4"), "1.2.3.4");
+        assert_eq!(g("::1"), "0:0:0:0::/64");
+    }
+}

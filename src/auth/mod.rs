@@ -32,6 +32,13 @@ pub struct Principal {
     pub method: AuthMethod,
     /// The OAuth client the token was issued to, if any.
     pub client_id: Option<Arc<str>>,
+    /// The OAuth issuer (its configured name) whose token named this principal; `None`
+    /// for every other method. Two issuers' users of one name are two principals.
+    pub issuer: Option<Arc<str>>,
+    /// The name is a `[[users]]` entry's, so rules may name it: every method's but that
+    /// of an OAuth issuer whose users are its own (`local_users = false`), whose
+    /// principals rules match by role only.
+    pub local_user: bool,
     /// The identity as header values, built once where the principal (or the user entry
     /// it comes from) is made; `None` when a name cannot be a header value.
     pub headers: Option<Arc<IdentityHeaders>>,
@@ -42,12 +49,13 @@ pub struct Principal {
     pub cached: bool,
 }
 
-/// `X-Portcullis-User`, `-Roles` and `-Client-Id` values.
+/// `X-Portcullis-User`, `-Roles`, `-Client-Id` and `-Issuer` values.
 #[derive(Debug, Clone)]
 pub struct IdentityHeaders {
     pub user: http::HeaderValue,
     pub roles: http::HeaderValue,
     pub client_id: Option<http::HeaderValue>,
+    pub issuer: Option<http::HeaderValue>,
 }
 
 impl IdentityHeaders {
@@ -60,6 +68,7 @@ impl IdentityHeaders {
                 Some(c) => Some(value(c)?),
                 None => None,
             },
+            issuer: None,
         }))
     }
 }
@@ -72,10 +81,34 @@ impl Principal {
             roles,
             method,
             client_id,
+            issuer: None,
+            local_user: true,
             headers,
-            cnf: None,
             cached: false,
+            cnf: None,
         }
+    }
+
+    /// The name rules (`access`, `senders`) may match: empty (matching no rule's
+    /// `users`, which are never empty) when it is not a `[[users]]` entry's.
+    pub fn rule_name(&self) -> &str {
+        if self.local_user {
+            &self.user
+        } else {
+            ""
+        }
+    }
+
+    /// The principal as named by OAuth issuer `name` (`X-Portcullis-Issuer`).
+    pub fn with_issuer(mut self, name: Arc<str>) -> Self {
+        if let Some(h) = &self.headers {
+            let mut h = IdentityHeaders::clone(h);
+            // Issuer names are checked words (letters, digits, `-`, `_`, `.`).
+            h.issuer = http::HeaderValue::from_str(&name).ok();
+            self.headers = Some(Arc::new(h));
+        }
+        self.issuer = Some(name);
+        self
     }
 }
 
@@ -110,6 +143,7 @@ pub enum Reason {
     UntrustedKeyHeader,
     CriticalHeader,
     ClientNotAllowed,
+    IssuerNotAllowed,
 }
 
 impl Reason {
@@ -143,6 +177,7 @@ impl Reason {
             Reason::UntrustedKeyHeader => "untrusted_key_header",
             Reason::CriticalHeader => "critical_header",
             Reason::ClientNotAllowed => "client_not_allowed",
+            Reason::IssuerNotAllowed => "issuer_not_allowed",
         }
     }
 }
@@ -217,6 +252,8 @@ impl UserEntry {
             roles: self.roles.clone(),
             method,
             client_id: None,
+            issuer: None,
+            local_user: true,
             headers: self.headers.clone(),
             cnf: None,
             cached: false,
@@ -251,6 +288,8 @@ pub struct Lasting {
     pub oauth: Arc<oauth::Shared>,
     basic: basic::Carried,
     pub(crate) introspection: oauth::introspection::Carried,
+    /// Every `jwt` issuer's keys, for the life of the process.
+    pub(crate) jwks: oauth::KeySets,
     lockout: lockout::Carried,
     hasher: std::sync::Mutex<Option<Arc<hasher::Hasher>>>,
     /// The clock of lockouts and token lifetimes (tests move it).
@@ -281,6 +320,7 @@ impl Lasting {
             shared,
             basic: Default::default(),
             introspection: Default::default(),
+            jwks: Default::default(),
             lockout: Default::default(),
             hasher: Default::default(),
         }
@@ -347,10 +387,7 @@ impl Auth {
             .flat_map(|u| u.cert_names.iter().map(move |n| (n.clone(), u.name.clone())))
             .filter_map(|(n, name)| users.get(&name).map(|e| (n, e.clone())))
             .collect();
-        let oauth = match &config.oauth {
-            Some(o) => Some(oauth::OAuth::new(o, &config.cache, lasting, client, metrics)?),
-            None => None,
-        };
+        let oauth = oauth::OAuth::new(config, lasting, client, metrics)?;
         Ok(Auth {
             oauth,
             basic: basic::Basic::new(
@@ -436,7 +473,7 @@ impl Auth {
                     if url_key != url_key::Found::None {
                         return Err(ambiguous(AuthMethod::OAuth));
                     }
-                    return self.bearer(token).await;
+                    return self.bearer(token, route).await;
                 }
             }
         }
@@ -513,7 +550,7 @@ impl Auth {
         self.lockout.record_shared(subject, client, false, false).await
     }
 
-    async fn bearer(&self, token: &[u8]) -> Result<Principal, Failure> {
+    async fn bearer(&self, token: &[u8], route: RouteRef<'_>) -> Result<Principal, Failure> {
         let method = AuthMethod::OAuth;
         let Some(oauth) = &self.oauth else {
             return Err(Failure::Rejected {
@@ -527,7 +564,7 @@ impl Auth {
                 reason: Reason::MalformedToken,
             });
         };
-        match oauth.verify(token, &self.users).await {
+        match oauth.verify(token, &self.users, route).await {
             Ok(p) => Ok(p),
             Err(oauth::Verdict::Rejected(reason)) => Err(Failure::Rejected { method, reason }),
             Err(oauth::Verdict::Unavailable(reason)) => Err(Failure::Unavailable { method, reason }),

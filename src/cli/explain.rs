@@ -221,7 +221,7 @@ fn print(e: &crate::inbound::Explanation, request: &str, found: &[String], known
             crate::config::RateKey::Integration => "shared by every caller",
         };
         println!(
-            "rate         {scope}: {} per {}, burst {}, {key}: {} left now (in this process; replicas on Redis share one budget)",
+            "rate         {scope}: {} per {}, burst {}, {key}: {} of a full budget (the server's own budget left is in its answers' RateLimit field)",
             limit.requests,
             humantime::format_duration(limit.per),
             limit.burst,

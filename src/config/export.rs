@@ -446,7 +446,8 @@ key = "k"
 secret_hash = "W-HALF-AN-ENTRY"
 
 [oauth]
-client_secret = "W-NO-MODE"
+mode = 7
+client_secret = "W-BAD-MODE"
 "#;
         let out = export(text).expect("exports");
         assert_withheld(&out);

@@ -10,6 +10,7 @@
 //! types mark as [`withheld`].
 
 pub mod export;
+mod issuers;
 pub mod keys;
 mod raw;
 pub mod redact;
@@ -22,6 +23,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+pub use issuers::{OAuth, OAuthClient, OAuthMode, DEFAULT_BUILTIN_ISSUER};
 pub use secret::{FileKind, Secret, SecretHash};
 /// The tables of the config and the keys each accepts (for "did you mean" and the docs test).
 pub use validate::suggest::KNOWN as KNOWN_KEYS;
@@ -63,8 +65,18 @@ pub struct Config {
     pub users: Vec<User>,
     pub plans: Vec<Plan>,
     pub api_keys: Vec<ApiKey>,
-    pub oauth: Option<OAuth>,
+    /// The OAuth issuers: `[[oauth.issuers]]`, or the one `[oauth]` table (named by its
+    /// mode); empty without `[oauth]`. Names and `issuer` values are unique; at most one
+    /// is builtin.
+    pub issuers: Vec<OAuth>,
     pub endpoints: Vec<Endpoint>,
+}
+
+impl Config {
+    /// The builtin issuer, if one is configured.
+    pub fn builtin_issuer(&self) -> Option<&OAuth> {
+        self.issuers.iter().find(|o| o.mode == OAuthMode::Builtin)
+    }
 }
 
 /// The ingress in front of the forward-auth listener: it decides which headers name the
@@ -386,9 +398,10 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
-    /// The emission interval, `per / requests`, in microseconds (at least 1).
+    /// The emission interval, `per / requests`, in microseconds, rounded up (never a
+    /// faster rate than written; at least 1).
     pub fn interval_us(&self) -> u64 {
-        (self.per.as_micros() as u64 / self.requests.max(1)).max(1)
+        (self.per.as_micros() as u64).div_ceil(self.requests.max(1)).max(1)
     }
 }
 
@@ -443,6 +456,8 @@ pub struct Integration {
     pub websocket: bool,
     /// Requests through this integration, in addition to the plan's limit.
     pub rate: Option<RateLimit>,
+    /// The OAuth issuers (by name) whose tokens it accepts; `None`: every issuer.
+    pub issuers: Option<Vec<String>>,
 }
 
 /// An integration's path: exact, or `/base/*` (the base itself and everything below it).
@@ -527,48 +542,6 @@ pub struct ApiKey {
     pub user: String,
     pub plan: String,
     pub integration: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OAuthMode {
-    Builtin,
-    Jwt,
-    Introspection,
-}
-
-#[derive(Debug, Clone)]
-pub struct OAuth {
-    pub mode: OAuthMode,
-    pub issuer: Option<String>,
-    pub audience: Option<String>,
-    pub jwks_url: Option<url::Url>,
-    pub jwks_file: Option<PathBuf>,
-    pub introspection_url: Option<url::Url>,
-    pub client_id: Option<String>,
-    pub client_secret: Option<Secret>,
-    pub username_claim: String,
-    pub roles_claim: Option<String>,
-    pub allowed_client_ids: Vec<String>,
-    pub leeway: Duration,
-    pub access_token_ttl: Duration,
-    pub refresh_token_ttl: Duration,
-    /// Absolute lifetime of a refresh-token family, however often it is rotated.
-    pub refresh_token_max_lifetime: Duration,
-    /// Builtin: access tokens revoked and not yet expired, at most (the table is never
-    /// emptied early: past the bound a revocation is refused with 503).
-    pub max_revocations: u64,
-    /// Builtin: the share of `max_revocations` one OAuth client may hold.
-    pub max_revocations_per_client: u64,
-    pub algorithms: Vec<String>,
-    /// The builtin issuer's key, parsed from the PEM when the config was loaded.
-    pub signing_key: Option<std::sync::Arc<keys::SigningKey>>,
-    pub clients: Vec<OAuthClient>,
-}
-
-#[derive(Debug, Clone)]
-pub struct OAuthClient {
-    pub client_id: String,
-    pub client_secret_hash: SecretHash,
 }
 
 #[derive(Debug, Clone)]

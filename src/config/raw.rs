@@ -34,7 +34,9 @@ pub struct Raw {
     pub plans: Vec<Spanned<Plan>>,
     #[serde(default)]
     pub api_keys: Vec<Spanned<ApiKey>>,
-    pub oauth: Option<Spanned<OAuth>>,
+    /// Not `Spanned`: toml cannot span a table that only `[[oauth.issuers]]` makes (its
+    /// position comes from the document instead).
+    pub oauth: Option<OAuth>,
     #[serde(default)]
     pub endpoints: Vec<Spanned<Endpoint>>,
 }
@@ -253,6 +255,9 @@ pub struct Integration {
     pub upgrades: Vec<Str>,
     pub rate: Option<Spanned<Rate>>,
     pub rate_fail: Option<Str>,
+    /// The `[[oauth.issuers]]` (by name) whose tokens this integration accepts; every
+    /// issuer when absent.
+    pub issuers: Option<Spanned<Vec<Str>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -264,9 +269,14 @@ pub struct ApiKey {
     pub integration: Str,
 }
 
+/// `[oauth]`, and each of its `[[oauth.issuers]]` (the same keys, plus `name`; an issuer
+/// has no `issuers` of its own).
 #[derive(Debug, Deserialize)]
 pub struct OAuth {
-    pub mode: Str,
+    /// An issuer's name (`[[oauth.issuers]]` only): `integration.issuers`,
+    /// `X-Portcullis-Issuer`.
+    pub name: Option<Str>,
+    pub mode: Option<Str>,
     pub issuer: Option<Str>,
     pub audience: Option<Str>,
     pub jwks_url: Option<Str>,
@@ -288,8 +298,21 @@ pub struct OAuth {
     #[serde(default)]
     pub algorithms: Vec<Str>,
     pub signing_key: Option<Withheld<Secret>>,
+    /// Builtin: the signing keys; the first signs, every one verifies (rotation).
+    #[serde(default)]
+    pub signing_keys: Vec<Withheld<Secret>>,
+    /// Builtin, generated key with `[shared]`: how often the agreed key rotates.
+    pub signing_key_rotation: Option<Str>,
+    /// jwt: an unknown `kid` refetches the JWKS at most once per this, per issuer.
+    pub jwks_min_refetch: Option<Str>,
+    /// jwt: how long the last good JWKS serves while the issuer cannot be reached.
+    pub jwks_max_stale: Option<Str>,
+    /// The `[[users]]` entry of the token's user name adds its roles and standing.
+    pub local_users: Option<Spanned<bool>>,
     #[serde(default)]
     pub clients: Vec<Spanned<OAuthClient>>,
+    #[serde(default)]
+    pub issuers: Vec<Spanned<OAuth>>,
 }
 
 #[derive(Debug, Deserialize)]

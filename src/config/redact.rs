@@ -109,6 +109,14 @@ impl Redactor {
                         }
                         continue;
                     }
+                    if k == "rate" {
+                        // A rate limit's `key` says whose budget (`principal`, ...): a word
+                        // of the config's own, not a key.
+                        for (field, value) in v.as_table().into_iter().flatten().filter(|(f, _)| *f != "key") {
+                            self.collect(value, secret_name(field));
+                        }
+                        continue;
+                    }
                     // A `{ env }` or `{ file }` secret names where it is; nothing to hide.
                     let named_secret = secret_name(k) || k == "value";
                     self.collect(v, named_secret);

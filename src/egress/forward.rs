@@ -158,7 +158,10 @@ fn admit(
     if let Some(rule) = &endpoint.callers {
         match &claims {
             None => return Err(forbidden("no_initiator")),
-            Some(c) if !rule.allows(&c.sub, &c.roles) => return Err(forbidden("not_a_caller")),
+            // Another issuer's user of a `[[users]]` name is matched by role only.
+            Some(c) if !rule.allows(if c.local_user { &c.sub } else { "" }, &c.roles) => {
+                return Err(forbidden("not_a_caller"))
+            }
             Some(_) => {}
         }
     }

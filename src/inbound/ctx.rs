@@ -29,6 +29,8 @@ pub struct Ctx {
     pub endpoint: Option<&'static str>,
     pub auth_method: Option<AuthMethod>,
     pub principal: Option<Arc<str>>,
+    /// The OAuth issuer (its name) that named the principal.
+    pub issuer: Option<Arc<str>>,
     pub upstream_elapsed: Option<Duration>,
     /// The answer's status; `None` while the request is in flight.
     pub status: Option<u16>,
@@ -46,8 +48,10 @@ pub struct Ctx {
     pub cache_hit: Option<bool>,
     /// The client's connection closes after this answer (a refused upgrade).
     pub close: bool,
-    /// `RateLimit-Policy` and `RateLimit` for the answer, when the route has limits.
-    pub rate_fields: Option<(HeaderValue, HeaderValue)>,
+    /// `RateLimit-Policy` for the answer, when the route has limits, and `RateLimit`
+    /// when they were counted.
+    pub rate_policy: Option<HeaderValue>,
+    pub rate_state: Option<HeaderValue>,
 }
 
 impl Ctx {
@@ -93,6 +97,7 @@ impl Ctx {
             endpoint: None,
             auth_method: None,
             principal: None,
+            issuer: None,
             upstream_elapsed: None,
             status: None,
             refusal: None,
@@ -105,7 +110,8 @@ impl Ctx {
             upstream_started: None,
             cache_hit: None,
             close: false,
-            rate_fields: None,
+            rate_policy: None,
+            rate_state: None,
         }
     }
 
@@ -239,6 +245,7 @@ impl Done<'_> {
             integration = self.integration,
             auth_method = self.auth_method,
             principal = ctx.principal.as_deref().unwrap_or(""),
+            issuer = ctx.issuer.as_deref().unwrap_or(""),
             status = self.status,
             reason = self.reason(),
             latency_ms = self.elapsed.as_secs_f64() * 1000.0,
@@ -277,6 +284,7 @@ impl Done<'_> {
             route: self.route.map(|r| &r.span),
             endpoint: ctx.endpoint,
             auth_method: self.auth_method,
+            issuer: ctx.issuer.as_deref(),
             cache_hit: ctx.cache_hit,
             reason: self.reason(),
         });

@@ -107,6 +107,7 @@ pub(super) async fn decide(gw: &Gateway, ctx: &mut Ctx, parts: &mut Parts) -> Re
     };
     ctx.auth_method = Some(principal.method);
     ctx.principal = Some(principal.user.clone());
+    ctx.issuer = principal.issuer.clone();
     ctx.cache_hit = Some(principal.cached);
     authz::authorize(index, &route.access, &route.senders, principal).map_err(|denied| {
         // RFC 6750 section 3.1: a valid token without the rights is insufficient_scope.

@@ -159,9 +159,11 @@ async fn serve<B: RequestBody>(
     };
     resp.headers_mut()
         .insert(crate::headers::X_REQUEST_ID, ctx.request_id.clone());
-    if let Some((policy, state)) = ctx.rate_fields.take() {
-        // Appended: an upstream's own limits stay in the list beside the gateway's.
+    // Appended: an upstream's own limits stay in the list beside the gateway's.
+    if let Some(policy) = ctx.rate_policy.take() {
         resp.headers_mut().append(crate::headers::RATELIMIT_POLICY, policy);
+    }
+    if let Some(state) = ctx.rate_state.take() {
         resp.headers_mut().append(crate::headers::RATELIMIT, state);
     }
     if ctx.close && ctx.version <= Version::HTTP_11 {

@@ -64,6 +64,9 @@ pub(super) fn rewrite<'g>(
             if let Some(c) = &id.client_id {
                 h.insert(headers::X_PORTCULLIS_CLIENT_ID, c.clone());
             }
+            if let Some(i) = &id.issuer {
+                h.insert(headers::X_PORTCULLIS_ISSUER, i.clone());
+            }
             let assertion = gw
                 .signer()
                 .assertion(p, route_index, &route.plan, &route.integration)

@@ -71,7 +71,7 @@ use std::sync::Arc;
 pub use egress::{EgressTokens, NoEgressSharing};
 pub use keys::{Agreed, Keys, OwnKeys};
 pub use lockout::{Counted, Lockouts, NoSharedLockout, Recorded};
-pub use rate::{Cell, MemoryRates, RateError, Rates, RedisRates, Step};
+pub use rate::{Budget, Cell, MemoryRates, RateError, Rates, RedisRates, Step};
 pub use refresh::{Issued, MemoryRefresh, NewRefresh, Peeked, RefreshFamilies, Rotation, Taken};
 pub use revocation::{
     Kept, MemoryRevocations, Revocation, RevocationLimits, Revocations, RevokeRefused, Standing, Table,

@@ -56,6 +56,14 @@ impl Cell {
     }
 }
 
+/// A budget's name, and whether it is a client address's (those fill their own half of
+/// the memory table: a flood of addresses cannot crowd out the principals' budgets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Budget {
+    pub name: String,
+    pub by_address: bool,
+}
+
 /// What one step of a budget decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Step {
@@ -70,11 +78,15 @@ pub struct Step {
 
 impl Step {
     /// One GCRA step from `tat` (None: a fresh budget) at `now`; with `take`, the new TAT
-    /// to store when the request passes. Without `take` (a look, for `explain`),
+    /// to store when the request passes (or, refused, the TAT brought back within the
+    /// limit when it was further ahead). Without `take` (a look, for `explain`),
     /// `remaining` counts the requests that would pass now, this one included.
     pub fn at(tat: Option<u64>, now: u64, cell: Cell, take: bool) -> (Step, Option<u64>) {
-        let tat = tat.unwrap_or(now).max(now);
         let limit = cell.tolerance().saturating_add(cell.interval);
+        // A TAT further ahead than this limit allows was set under another (a reload
+        // lowered `per` or raised `requests`): the new limit decides from now on.
+        let stored = tat.unwrap_or(now);
+        let tat = stored.clamp(now, now.saturating_add(limit));
         let ahead = tat - now;
         if !take {
             let remaining = limit.saturating_sub(ahead) / cell.interval;
@@ -95,7 +107,7 @@ impl Step {
                 retry_after: Duration::from_micros(diff - limit),
                 reset: Duration::from_micros(ahead),
             };
-            return (step, None);
+            return (step, (stored > tat).then_some(tat));
         }
         let step = Step {
             allowed: true,
@@ -125,14 +137,14 @@ impl From<Unavailable> for RateError {
 /// Rate-limit budgets, counted here or in Redis.
 pub trait Rates: Send + Sync {
     /// One step of the budget `key` (with `take`, the request spends it).
-    fn step<'a>(&'a self, key: &'a str, cell: Cell, take: bool) -> Pending<'a, Result<Step, RateError>>;
+    fn step<'a>(&'a self, budget: &'a Budget, cell: Cell, take: bool) -> Pending<'a, Result<Step, RateError>>;
     /// How many replicas share the budgets (1 alone; with Redis, those seen lately).
     fn replicas(&self) -> u64;
 }
 
 const SHARDS: usize = 16;
 
-/// This process's budgets: at most `cap` live at once.
+/// This process's budgets: at most `cap` live at once, half of them clients' addresses.
 pub struct MemoryRates {
     shards: Vec<Mutex<HashMap<Box<str>, u64>>>,
     per_shard: usize,
@@ -158,10 +170,13 @@ impl MemoryRates {
     }
 
     /// One step, in place.
-    pub fn step_now(&self, key: &str, cell: Cell, take: bool) -> Result<Step, RateError> {
+    pub fn step_now(&self, budget: &Budget, cell: Cell, take: bool) -> Result<Step, RateError> {
+        let key = budget.name.as_str();
         let mut h = std::collections::hash_map::DefaultHasher::new();
         key.hash(&mut h);
-        let shard = &self.shards[h.finish() as usize % SHARDS];
+        let half = SHARDS / 2;
+        let base = if budget.by_address { 0 } else { half };
+        let shard = &self.shards[base + h.finish() as usize % half];
         let now = self.now();
         let mut m = shard.lock().unwrap_or_else(|p| p.into_inner());
         let (step, next) = Step::at(m.get(key).copied(), now, cell, take);
@@ -187,8 +202,8 @@ impl MemoryRates {
 }
 
 impl Rates for MemoryRates {
-    fn step<'a>(&'a self, key: &'a str, cell: Cell, take: bool) -> Pending<'a, Result<Step, RateError>> {
-        Box::pin(std::future::ready(self.step_now(key, cell, take)))
+    fn step<'a>(&'a self, budget: &'a Budget, cell: Cell, take: bool) -> Pending<'a, Result<Step, RateError>> {
+        Box::pin(std::future::ready(self.step_now(budget, cell, take)))
     }
 
     fn replicas(&self) -> u64 {
@@ -202,7 +217,6 @@ pub struct RedisRates {
     /// This replica's id among those seen (random per process).
     id: String,
     seen: AtomicU64,
-    last_beat: AtomicU64,
 }
 
 /// How often a replica says it is alive, and how long it counts as seen after.
@@ -210,27 +224,30 @@ const BEAT: Duration = Duration::from_secs(5);
 const SEEN_FOR: Duration = Duration::from_secs(30);
 
 impl RedisRates {
+    /// The budgets on `store`; within a runtime, a task says every [`BEAT`] that this
+    /// replica is alive and counts those seen, for as long as the budgets are in use.
     pub fn new(store: Arc<Store>) -> Arc<Self> {
-        Arc::new(RedisRates {
+        let rates = Arc::new(RedisRates {
             store,
             id: hex::encode(rand::random::<[u8; 16]>()),
             seen: AtomicU64::new(1),
-            last_beat: AtomicU64::new(0),
-        })
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&rates);
+            runtime.spawn(async move {
+                let mut tick = tokio::time::interval(BEAT);
+                loop {
+                    tick.tick().await;
+                    let Some(rates) = weak.upgrade() else { return };
+                    rates.beat().await;
+                }
+            });
+        }
+        rates
     }
 
-    /// Says this replica is alive and counts those seen lately, at most once per [`BEAT`].
+    /// Says this replica is alive and counts those seen in the last [`SEEN_FOR`].
     async fn beat(&self) {
-        let now = crate::util::unix_now();
-        let last = self.last_beat.load(Ordering::Relaxed);
-        if now < last + BEAT.as_secs()
-            || self
-                .last_beat
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
-            return;
-        }
         static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
             redis::Script::new(
                 r#"
@@ -250,23 +267,31 @@ return redis.call('ZCARD', KEYS[1])
         }
     }
 
-    async fn step_redis(&self, key: &str, cell: Cell, take: bool) -> Result<Step, RateError> {
+    async fn step_redis(&self, budget: &Budget, cell: Cell, take: bool) -> Result<Step, RateError> {
         static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
             // Microseconds fit a Lua number (a double) exactly for the next 280 years.
             redis::Script::new(
                 r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
+local tat = tonumber(redis.call('GET', KEYS[1]) or now) or now
 local interval = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2]) + interval
+if tat < now then tat = now end
+local clamped = false
+if tat > now + limit then
+  tat = now + limit
+  clamped = true
+end
 local ahead = tat - now
 if ARGV[3] ~= '1' then
   return {0, ahead}
 end
 local diff = ahead + interval
 if diff > limit then
+  if clamped then
+    redis.call('SET', KEYS[1], string.format('%d', tat), 'PX', math.ceil(limit / 1000) + 1)
+  end
   return {0, ahead}
 end
 redis.call('SET', KEYS[1], string.format('%d', tat + interval), 'PX', math.ceil(diff / 1000) + 1)
@@ -274,7 +299,7 @@ return {1, ahead}
 "#,
             )
         });
-        let name = self.store.name("rate", &[key.as_bytes()]);
+        let name = self.store.name("rate", &[budget.name.as_bytes()]);
         let mut script = SCRIPT.key(name);
         script
             .arg(cell.interval)
@@ -283,8 +308,8 @@ return {1, ahead}
         let (taken, ahead): (u8, u64) = self.store.invoke("rate", script).await?;
         // The step again here, from what Redis decided against its own clock: `ahead` is
         // the TAT before this request, relative to Redis's now.
-        let (step, next) = Step::at(Some(ahead), 0, cell, take);
-        if take && (taken == 1) != next.is_some() {
+        let (step, _) = Step::at(Some(ahead), 0, cell, take);
+        if take && (taken == 1) != step.allowed {
             return Err(RateError::Unavailable);
         }
         Ok(step)
@@ -292,11 +317,8 @@ return {1, ahead}
 }
 
 impl Rates for RedisRates {
-    fn step<'a>(&'a self, key: &'a str, cell: Cell, take: bool) -> Pending<'a, Result<Step, RateError>> {
-        Box::pin(async move {
-            self.beat().await;
-            self.step_redis(key, cell, take).await
-        })
+    fn step<'a>(&'a self, budget: &'a Budget, cell: Cell, take: bool) -> Pending<'a, Result<Step, RateError>> {
+        Box::pin(self.step_redis(budget, cell, take))
     }
 
     fn replicas(&self) -> u64 {
@@ -378,7 +400,7 @@ mod tests {
         };
         let mut refused = 0;
         for i in 0..(4 * SHARDS) {
-            match rates.step_now(&format!("k{i}"), cell, true) {
+            match rates.step_now(&principal(&format!("k{i}")), cell, true) {
                 Ok(step) => assert!(step.allowed),
                 Err(e) => {
                     assert_eq!(e, RateError::Full);
@@ -388,13 +410,67 @@ mod tests {
         }
         assert!(refused > 0, "a full table refuses");
         assert!(
-            !rates.step_now("k0", cell, true).unwrap().allowed,
+            !rates.step_now(&principal("k0"), cell, true).unwrap().allowed,
             "a budget in the table stays spent"
         );
         clock.advance(Duration::from_secs(2));
         for i in 0..(4 * SHARDS) {
-            let _ = rates.step_now(&format!("again{i}"), cell, true);
+            let _ = rates.step_now(&principal(&format!("again{i}")), cell, true);
         }
-        assert!(rates.step_now(&format!("late{}", 0), cell, false).unwrap().allowed);
+        assert!(rates.step_now(&principal("late"), cell, false).unwrap().allowed);
+    }
+
+    fn principal(name: &str) -> Budget {
+        Budget {
+            name: name.to_string(),
+            by_address: false,
+        }
+    }
+
+    /// Addresses fill their own half: a flood of them leaves the principals' budgets room.
+    #[test]
+    fn a_flood_of_addresses_cannot_fill_the_principals_half() {
+        let rates = MemoryRates::new(SHARDS * 4, Default::default(), None);
+        let cell = Cell {
+            interval: SECOND,
+            burst: 0,
+        };
+        let mut full = 0;
+        for i in 0..1000 {
+            let b = Budget {
+                name: format!("ip{i}"),
+                by_address: true,
+            };
+            full += usize::from(rates.step_now(&b, cell, true) == Err(RateError::Full));
+        }
+        assert!(full > 900, "the addresses' half is full");
+        for i in 0..10 {
+            assert!(
+                rates
+                    .step_now(&principal(&format!("p{i}")), cell, true)
+                    .unwrap()
+                    .allowed
+            );
+        }
+    }
+
+    /// A budget spent under a slower limit obeys a faster one at once (a reload raised it).
+    #[test]
+    fn a_raised_limit_applies_to_budgets_spent_under_the_old_one() {
+        let slow = Cell {
+            interval: 3600 * SECOND,
+            burst: 0,
+        };
+        let (_, tat) = Step::at(None, 0, slow, true);
+        let fast = Cell {
+            interval: SECOND / 1000,
+            burst: 10,
+        };
+        let (step, clamped) = Step::at(tat, 0, fast, true);
+        assert!(!step.allowed);
+        assert!(step.retry_after <= Duration::from_millis(1), "{:?}", step.retry_after);
+        assert!(clamped < tat, "the TAT brought back within the new limit is stored");
+        let (step, _) = Step::at(clamped, SECOND / 1000, fast, true);
+        assert!(step.allowed);
     }
 }

@@ -189,7 +189,7 @@ async fn the_assertion_holds_the_claims_readme_lists_with_their_meaning() {
             check_claim(claim, said, m, &facts, &mut jtis);
         }
     }
-    let listed: BTreeSet<String> = documented.keys().cloned().collect();
+    let listed: BTreeSet<String> = documented.keys().filter(|c| *c != "local_user").cloned().collect();
     assert_eq!(seen, listed, "claims README lists that no minted assertion holds");
     // Different principals and routes got different assertions, hence different jtis.
     assert!(jtis.len() >= 5, "{jtis:?}");
@@ -235,6 +235,18 @@ fn check_claim(claim: &str, said: &str, m: &Minted, f: &Facts, jtis: &mut BTreeM
             if oauth {
                 assert_eq!(s("client_id").as_deref(), Some("cli"), "{what}: the token's client");
             }
+        }
+        "token_issuer" => {
+            assert!(said.starts_with("OAuth only"), "{said}");
+            assert_eq!(has, oauth, "{what}: token_issuer is for OAuth only");
+            assert_eq!(s("token_issuer"), h("x-portcullis-issuer"), "{what}");
+        }
+        // Every principal minted here is a `[[users]]` name or a local client; another
+        // issuer's user (`local_user: false`) is minted by the unit test
+        // `assertion::tests::the_issuer_and_a_foreign_name_are_part_of_what_an_assertion_says`.
+        "local_user" => {
+            assert!(said.starts_with("only when"), "{said}");
+            assert!(!has, "{what}: a local principal carries no local_user claim");
         }
         "cnf" => {
             assert!(said.starts_with("mTLS only"), "{said}");

@@ -308,7 +308,7 @@ fn absent(key: &str, c: &Config) -> Option<bool> {
     use portcullis::config::EndpointAuth;
     let tls = || c.listen.tls.as_ref().expect("context with TLS");
     let user = || &c.users[0];
-    let oauth = || c.oauth.as_ref().expect("context with [oauth]");
+    let oauth = || c.issuers.first().expect("context with [oauth]");
     let endpoint = || &c.endpoints[0];
     Some(match key {
         "listen.tls" => c.listen.tls.is_none(),
@@ -316,6 +316,8 @@ fn absent(key: &str, c: &Config) -> Option<bool> {
         "listen.tls.client_crl" => tls().client_crl.is_none(),
         "tracing.otlp_endpoint" => c.tracing.otlp_endpoint.is_none(),
         "plans.rate" => c.plans[0].rate.is_none(),
+        // A lone `[oauth]` is one issuer; `[[oauth.issuers]]` are several.
+        "oauth.issuers" => c.issuers.len() == 1,
         "plans.integrations.rate" => c.plans[0].integrations[0].rate.is_none(),
         "users.password_hash" => user().password_hash.is_none(),
         "users.password_expires_at" => user().password_expires_at.is_none(),
@@ -352,14 +354,14 @@ fn none_context(key: &str) -> Option<&'static str> {
 fn applied_later(key: &str, c: &Config) -> Option<toml::Value> {
     match key {
         "oauth.issuer" => {
-            let o = c.oauth.as_ref()?;
+            let o = c.issuers.first()?;
             let builtin = portcullis::auth::oauth::builtin::DEFAULT_ISSUER;
             o.issuer.is_none().then(|| builtin.into())
         }
         // The jwt verifier applies it when it is built: the checked config holds no list;
         // `the_default_jwt_algorithms_are_the_documented_ones` checks what it applies.
         "oauth.algorithms" => {
-            let o = c.oauth.as_ref()?;
+            let o = c.issuers.first()?;
             o.algorithms.is_empty().then(|| default_jwt_algorithms().into())
         }
         _ => None,
@@ -396,9 +398,17 @@ async fn the_default_jwt_algorithms_are_the_documented_ones() {
         jwks.display()
     );
     let c = load(&text).unwrap();
-    let o = c.oauth.as_ref().unwrap();
+    let o = c.issuers.first().unwrap();
     assert!(o.algorithms.is_empty(), "{:?}", o.algorithms);
-    let jwt = portcullis::auth::oauth::jwt::Jwt::new(o, &c.cache, portcullis::upstream::client()).unwrap();
+    let jwt = portcullis::auth::oauth::jwt::Jwt::new(
+        o,
+        &c.cache,
+        portcullis::upstream::client(),
+        &Default::default(),
+        &Default::default(),
+        &portcullis::metrics::Metrics::new(),
+    )
+    .unwrap();
     let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
     let mut admitted = Vec::new();
     for alg in [
@@ -516,15 +526,26 @@ fn phrase(key: &str, said: &str, c: &Config) -> Option<Result<(), String>> {
             ok(r.is_none(), format!("{r:?}"))
         }
         ("oauth.max_revocations_per_client", "a tenth of `max_revocations`") => {
-            let o = c.oauth.as_ref().unwrap();
+            let o = c.issuers.first().unwrap();
             ok(
                 o.max_revocations_per_client == o.max_revocations / 10,
                 format!("{} of {}", o.max_revocations_per_client, o.max_revocations),
             )
         }
-        ("oauth.signing_key", "generated at start") => {
-            let o = c.oauth.as_ref().unwrap();
-            ok(o.signing_key.is_none(), "a key in the checked config".into())
+        ("oauth.signing_key" | "oauth.signing_keys", "generated") => {
+            let o = c.issuers.first().unwrap();
+            ok(o.signing_keys.is_empty(), "a key in the checked config".into())
+        }
+        ("plans.integrations.issuers", "every issuer") => {
+            let i = &c.plans[0].integrations[0];
+            ok(i.issuers.is_none(), format!("{:?}", i.issuers))
+        }
+        ("oauth.name", "the mode") => {
+            let o = c.issuers.first().unwrap();
+            ok(
+                o.name == o.mode.as_str(),
+                format!("name {} of a {} issuer", o.name, o.mode.as_str()),
+            )
         }
         _ => return None,
     })

@@ -20,17 +20,17 @@ use support::*;
 // === targets ===
 
 #[derive(Clone, Debug)]
-struct Req {
+pub(crate) struct Req {
     method: String,
     uri: String,
     headers: http::HeaderMap,
     body: Bytes,
 }
 
-type Respond = Arc<dyn Fn(&Req) -> (u16, Vec<(&'static str, String)>, String) + Send + Sync>;
+pub(crate) type Respond = Arc<dyn Fn(&Req) -> (u16, Vec<(&'static str, String)>, String) + Send + Sync>;
 
-struct Target {
-    addr: SocketAddr,
+pub(crate) struct Target {
+    pub(crate) addr: SocketAddr,
     seen: Arc<Mutex<Vec<Req>>>,
 }
 
@@ -44,7 +44,7 @@ impl Target {
 }
 
 /// A target on 127.0.0.1, plain or TLS with `cert`, answering with `respond`.
-async fn target(tls: Option<(String, String)>, respond: Respond) -> Target {
+pub(crate) async fn target(tls: Option<(String, String)>, respond: Respond) -> Target {
     target_with(tls, &[&rustls::version::TLS13, &rustls::version::TLS12], respond).await
 }
 
@@ -116,7 +116,7 @@ async fn target_with(
     Target { addr, seen }
 }
 
-fn ok() -> Respond {
+pub(crate) fn ok() -> Respond {
     Arc::new(|_| (200, vec![], "target-ok".into()))
 }
 
@@ -149,13 +149,13 @@ fn egress_config(endpoints: &str) -> String {
         .to_toml()
 }
 
-struct Egress {
-    gw: Gateway,
+pub(crate) struct Egress {
+    pub(crate) gw: Gateway,
     addr: SocketAddr,
 }
 
 impl Egress {
-    async fn start(endpoints: &str) -> Egress {
+    pub(crate) async fn start(endpoints: &str) -> Egress {
         let toml = egress_config(endpoints);
         let dir = tempfile::tempdir().unwrap();
         let path = write_config(dir.path(), &toml);
@@ -175,7 +175,7 @@ impl Egress {
         Egress { gw, addr }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 

@@ -18,6 +18,7 @@ mod egress;
 mod forward_auth;
 mod grpc;
 mod interop;
+mod issuers;
 mod log_injection;
 mod mtls;
 mod oauth;

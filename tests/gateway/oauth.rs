@@ -23,10 +23,10 @@ use support::*;
 
 // === a tiny HTTP server for JWKS and introspection ===
 
-type Handler = Arc<dyn Fn(String, Vec<u8>) -> (u16, String) + Send + Sync>;
+pub(crate) type Handler = Arc<dyn Fn(String, Vec<u8>) -> (u16, String) + Send + Sync>;
 
-struct TestServer {
-    addr: SocketAddr,
+pub(crate) struct TestServer {
+    pub(crate) addr: SocketAddr,
     hits: Arc<AtomicUsize>,
     task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -34,7 +34,7 @@ struct TestServer {
 impl TestServer {
     /// Serves `handler(path, body)`; every connection closes after one request, so
     /// stopping the server really makes it unreachable.
-    async fn start(handler: Handler, delay: Duration) -> TestServer {
+    pub(crate) async fn start(handler: Handler, delay: Duration) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -75,12 +75,12 @@ impl TestServer {
         }
     }
 
-    fn hits(&self) -> usize {
+    pub(crate) fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
     }
 
     /// Stops accepting: returns once the listening socket is closed.
-    async fn stop(&self) {
+    pub(crate) async fn stop(&self) {
         let task = self.task.lock().unwrap().take();
         if let Some(task) = task {
             task.abort();
@@ -91,8 +91,13 @@ impl TestServer {
 
 /// The status of a GET with a Bearer token.
 async fn bearer_status(gw: &Gateway, path: &str, token: &str) -> u16 {
+    status_at(gw.url(path), token.to_string()).await
+}
+
+/// The status of a GET of `url` with Bearer `token` (owned: it can be spawned).
+pub(crate) async fn status_at(url: String, token: String) -> u16 {
     client()
-        .get(gw.url(path))
+        .get(url)
         .bearer_auth(token)
         .send()
         .await
@@ -101,11 +106,11 @@ async fn bearer_status(gw: &Gateway, path: &str, token: &str) -> u16 {
         .as_u16()
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
-fn b64(b: &[u8]) -> String {
+pub(crate) fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
@@ -734,22 +739,25 @@ async fn idp() -> Idp {
         {"kty": "OKP", "crv": "Ed25519", "kid": "ed-1", "alg": "EdDSA", "x": b64(&ed_pub)},
         {"kty": "oct", "kid": "hmac-1", "k": b64(b"a-shared-secret-that-must-never-count")}
     ]})));
-    let j = jwks.clone();
-    let server = TestServer::start(
-        Arc::new(move |path, _| match path.as_str() {
-            "/jwks" => (200, j.lock().unwrap().to_string()),
-            _ => (404, "{}".into()),
-        }),
-        Duration::ZERO,
-    )
-    .await;
     Idp {
-        server,
+        server: jwks_server(jwks.clone()).await,
         rsa_key: EncodingKey::from_rsa_pem(&rsa_pem).unwrap(),
         rsa_pub_pem,
         ed_key: EncodingKey::from_ed_der(ed.as_ref()),
         jwks,
     }
+}
+
+/// A JWKS server answering `GET /jwks` with the document `jwks` holds at the time.
+pub(crate) async fn jwks_server(jwks: Arc<Mutex<serde_json::Value>>) -> TestServer {
+    TestServer::start(
+        Arc::new(move |path, _| match path.as_str() {
+            "/jwks" => (200, jwks.lock().unwrap().to_string()),
+            _ => (404, "{}".into()),
+        }),
+        Duration::ZERO,
+    )
+    .await
 }
 
 fn jwt_config(up: &Upstream, idp: &Idp) -> String {
@@ -760,6 +768,7 @@ fn jwt_config(up: &Upstream, idp: &Idp) -> String {
                 .set("issuer", ISSUER)
                 .set("audience", "portcullis")
                 .set("jwks_url", format!("http://{}/jwks", idp.server.addr))
+                .set("jwks_min_refetch", "2s")
                 .set("username_claim", "preferred_username")
                 .set("roles_claim", "groups")
                 .set("leeway", "5s")
@@ -1231,7 +1240,7 @@ async fn jwt_keys_can_come_from_a_jwks_file() {
 
 // === verified-token cache ===
 
-fn replace_config(gw: &Gateway, toml: &str) {
+pub(crate) fn replace_config(gw: &Gateway, toml: &str) {
     let path = write_config(gw.dir.path(), toml);
     gw.state
         .replace(portcullis::config::load(&path).unwrap().config)

@@ -186,6 +186,11 @@ fn check_refuses_bad_limits() {
         (r#"{ requests = 5, per = "1s", burts = 2 }"#, "did you mean `burst`?"),
         (r#"{ requests = 5 }"#, "per"),
         (r#"{ requests = "5", per = "1s" }"#, "expected an integer"),
+        // The arithmetic of a huge budget over a huge period: refused, not wrapped.
+        (
+            r#"{ requests = 1, per = "3650d", burst = 60000 }"#,
+            "more than 10 years to refill",
+        ),
     ] {
         let config = Config::new().merge(body("http://127.0.0.1:9", |p| p.set("rate", rule(rate))));
         let dir = tempfile::tempdir().unwrap();
@@ -233,7 +238,7 @@ fn explain_shows_the_limits_and_spends_nothing() {
         let text = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(0), "{text}");
         assert!(
-            text.contains("rate         plan: 3 per 1h, burst 2, per principal: 3 left now"),
+            text.contains("rate         plan: 3 per 1h, burst 2, per principal: 3 of a full budget"),
             "{text}"
         );
     }
@@ -376,5 +381,100 @@ async fn a_second_budget_cannot_be_had_by_spoofing_spelling_or_another_credentia
             .unwrap();
         assert_eq!(r.status(), 429, "{xff}");
     }
+    gw.stop().await;
+}
+
+/// An IPv6 client is its /64 (as the lockout counts it): other addresses of it spend its
+/// one budget. And addresses fill only their half of the memory table: principals keep
+/// theirs whatever the addresses do.
+#[tokio::test]
+async fn an_ipv6_client_is_one_address_and_a_flood_of_addresses_spares_the_principals() {
+    let up = Upstream::start().await;
+    let config = Config::new()
+        .section_toml("listen", r#"trusted_proxies = ["127.0.0.1/32"]"#)
+        .merge(body(&up.url(), |p| {
+            p.integration("open", |i| {
+                i.path("/open")
+                    .methods(["GET"])
+                    .auth("none")
+                    .set("rate", rule(r#"{ requests = 1, per = "1h", burst = 1 }"#))
+            })
+        }));
+    let gw = Gateway::start(&config.to_toml()).await;
+    let open = |xff: String| {
+        let url = gw.url("/open");
+        async move {
+            http()
+                .get(url)
+                .header("x-forwarded-for", xff)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(open("2001:db8:1:2::a".into()).await, 200);
+    assert_eq!(open("2001:db8:1:2::b".into()).await, 200);
+    assert_eq!(
+        open("2001:db8:1:2:ffff::c".into()).await,
+        429,
+        "one /64, one budget of 2"
+    );
+    assert_eq!(open("2001:db8:1:3::a".into()).await, 200, "another /64");
+    assert_eq!(open("::ffff:198.51.100.7".into()).await, 200);
+    assert_eq!(open("198.51.100.7".into()).await, 200);
+    assert_eq!(
+        open("198.51.100.7".into()).await,
+        429,
+        "a mapped IPv4 address is that address"
+    );
+    gw.stop().await;
+}
+
+/// A caller over its own limit is refused there, before the budget it shares with every
+/// caller: it cannot keep that one at zero for the others.
+#[tokio::test]
+async fn a_caller_over_its_own_limit_does_not_drain_a_shared_budget() {
+    let up = Upstream::start().await;
+    let config = Config::new().merge(body(&up.url(), |p| {
+        p.set("rate", rule(r#"{ requests = 1, per = "1h" }"#))
+            .integration("shared", |i| {
+                i.path("/shared").methods(["GET"]).auth("basic").set(
+                    "rate",
+                    rule(r#"{ requests = 1, per = "1h", burst = 2, key = "integration" }"#),
+                )
+            })
+    }));
+    let gw = Gateway::start(&config.to_toml()).await;
+    assert_eq!(
+        statuses(gw.addr, "/shared", "alice", 8).await,
+        [200, 429, 429, 429, 429, 429, 429, 429]
+    );
+    let bob = get(gw.addr, "/shared", "bob").await;
+    assert_eq!(bob.status(), 200, "alice's refusals spent nothing of the shared budget");
+    let state = field(&bob, "ratelimit");
+    assert!(state.contains(r#""integration";r=1;"#), "{state}");
+    gw.stop().await;
+}
+
+/// A reload that raises a limit applies to budgets already spent under the old one.
+#[tokio::test]
+async fn a_raised_limit_applies_at_once_to_spent_budgets() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let slow = Config::new().merge(body(&up.url(), |p| {
+        p.set("rate", rule(r#"{ requests = 1, per = "1h" }"#))
+    }));
+    let gw = Gateway::start_in(dir, &slow.to_toml()).await;
+    assert_eq!(statuses(gw.addr, "/a", "alice", 2).await, [200, 429]);
+    let fast = Config::new().merge(body(&up.url(), |p| {
+        p.set("rate", rule(r#"{ requests = 1000, per = "1s", burst = 10 }"#))
+    }));
+    let path = write_config(gw.dir.path(), &fast.to_toml());
+    portcullis::reload::reload(&gw.state, &path, "test").unwrap();
+    // At most one interval (1 ms) to wait under the new limit, not an hour.
+    let passed = eventually(PATIENCE, || async { get(gw.addr, "/a", "alice").await.status() == 200 }).await;
+    assert!(passed, "the raised limit decides at once");
     gw.stop().await;
 }

@@ -97,7 +97,7 @@ impl Drop for Redis {
     }
 }
 
-const SHARED_SECRET: &str = "a-shared-secret-of-at-least-32-bytes-0123";
+pub(crate) const SHARED_SECRET: &str = "a-shared-secret-of-at-least-32-bytes-0123";
 
 /// Writes one replica's config (every replica listens on its own ephemeral ports).
 /// Replica `n`'s config file: listeners on port 0, the shared store on `redis`, and

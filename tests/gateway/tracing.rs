@@ -18,7 +18,7 @@ type Bodies = Arc<Mutex<Vec<(String, serde_json::Value)>>>;
 
 /// A collector that keeps every `/v1/traces` body: protobuf is decoded with the OTLP
 /// message definitions and turned into OTLP JSON, so both encodings are read alike.
-async fn collector() -> (std::net::SocketAddr, Bodies) {
+pub(crate) async fn collector() -> (std::net::SocketAddr, Bodies) {
     let bodies = Arc::new(Mutex::new(Vec::new()));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -59,7 +59,7 @@ async fn collector() -> (std::net::SocketAddr, Bodies) {
     (addr, bodies)
 }
 
-fn spans(bodies: &[(String, serde_json::Value)]) -> Vec<serde_json::Value> {
+pub(crate) fn spans(bodies: &[(String, serde_json::Value)]) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
     for (_, b) in bodies {
         for rs in b["resourceSpans"].as_array().into_iter().flatten() {
@@ -71,7 +71,7 @@ fn spans(bodies: &[(String, serde_json::Value)]) -> Vec<serde_json::Value> {
     out
 }
 
-fn attr(span: &serde_json::Value, key: &str) -> serde_json::Value {
+pub(crate) fn attr(span: &serde_json::Value, key: &str) -> serde_json::Value {
     span["attributes"]
         .as_array()
         .and_then(|a| a.iter().find(|kv| kv["key"] == key))

@@ -64,7 +64,9 @@ impl moka::Expiry<[u8; 32], Cached> for PerEntry {
 fn shape(cfg: &config::OAuth, cache: &config::Cache) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     let text = format!(
-        "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{}",
+        "{:?}|{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{}",
+        cfg.name,
+        cfg.local_users,
         cfg.introspection_url.as_ref().map(|u| u.as_str()),
         cfg.client_id,
         cfg.issuer,
@@ -83,17 +85,24 @@ fn shape(cfg: &config::OAuth, cache: &config::Cache) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// Carries the introspection cache across config generations with the same [`shape`].
+/// Carries each introspection issuer's cache (by name) across config generations with
+/// the same [`shape`]: one issuer's answers are never another's.
 #[derive(Default)]
-pub struct Carried(std::sync::Mutex<Option<([u8; 32], Verdicts)>>);
+pub struct Carried(std::sync::Mutex<HashMap<String, ([u8; 32], Verdicts)>>);
 
 type Verdicts = moka::future::Cache<[u8; 32], Cached>;
 
 impl Carried {
+    /// Forgets the caches of issuers the config no longer has.
+    pub(super) fn keep_only(&self, issuers: &[config::OAuth]) {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        slot.retain(|name, _| issuers.iter().any(|o| o.name == *name));
+    }
+
     fn take(&self, cfg: &config::OAuth, cache: &config::Cache) -> Verdicts {
         let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let shape = shape(cfg, cache);
-        if let Some((s, c)) = slot.as_ref() {
+        if let Some((s, c)) = slot.get(&cfg.name) {
             if *s == shape {
                 return c.clone();
             }
@@ -102,7 +111,7 @@ impl Carried {
             .max_capacity(cache.max_entries)
             .expire_after(PerEntry)
             .build();
-        *slot = Some((shape, c.clone()));
+        slot.insert(cfg.name.clone(), (shape, c.clone()));
         c
     }
 }
@@ -273,6 +282,11 @@ impl Introspector {
                 user,
                 super::roles_from(self.roles_claim.as_ref().and_then(|c| extra.get(c))),
                 client_id,
+                // The answer's members, RFC 7662's and the server's own.
+                serde_json::to_value(r)
+                    .ok()
+                    .and_then(|v| v.as_object().cloned())
+                    .unwrap_or_default(),
             ),
             ttl: self.ttl.min(until_exp),
         }

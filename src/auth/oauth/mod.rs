@@ -1,27 +1,35 @@
-//! `oauth`: `Authorization: Bearer TOKEN`, in one of three modes.
+//! `oauth`: `Authorization: Bearer TOKEN`, checked by one of the configured issuers
+//! (`[oauth]`, or each of `[[oauth.issuers]]`), each in one of three modes.
 //!
 //! - `builtin`: Portcullis issues the tokens itself (`POST /oauth/token`) and checks
-//!   their EdDSA signature with its own key.
-//! - `jwt`: an external issuer's JWTs, checked against its JWKS (`jwks_url`, cached and
-//!   refetched on an unknown `kid` at most once per `[cache] negative_ttl`, or
-//!   `jwks_file`), with `iss`, `aud`, `exp`, `nbf` and an algorithm allow-list.
+//!   their EdDSA signature with its own keys (`signing_keys`, or generated and rotated).
+//! - `jwt`: an external issuer's JWTs, checked against its JWKS (`jwks_url`, kept for
+//!   the process and refetched on an unknown `kid` at most once per `jwks_min_refetch`,
+//!   or `jwks_file`), with `iss`, `aud`, `exp`, `nbf` and an algorithm allow-list.
 //! - `introspection`: RFC 7662 through the oauth2 crate, results cached; a server that is
 //!   down, slow or erroring fails closed (503).
 //!
-//! Whatever the mode, the principal's roles are those the token carries in `roles_claim`
-//! and those of the `[[users]]` entry of the same name; a disabled user is refused.
+//! `issuers.rs` chooses the one issuer of a token (a JWT by its `iss`) and applies the
+//! integration's `issuers`; `jwks.rs` keeps the JWKS of each `jwt` issuer. The principal
+//! names its issuer. Its roles are those the token carries in `roles_claim` and, for an
+//! issuer with `local_users`, those of the `[[users]]` entry of the same name (a
+//! disabled user is refused).
 
 pub mod builtin;
 pub mod introspection;
+mod issuers;
+mod jwks;
 pub mod jwt;
+
+pub use issuers::{Kind, Named, OAuth};
+pub use jwks::KeySets;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Principal, Reason, UserEntry};
-use crate::config::{self, AuthMethod, OAuthMode};
-use crate::metrics::Metrics;
+use crate::config::AuthMethod;
 
 /// Why a token gave no principal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,11 +45,12 @@ impl From<Reason> for Verdict {
     }
 }
 
-/// What outlives a config generation: the builtin signing key, and the backend that
-/// keeps refresh-token families and revoked access tokens (this process alone, or Redis
-/// shared with other replicas).
+/// What outlives a config generation: the builtin issuer's generated signing keys, and
+/// the backend that keeps refresh-token families and revoked access tokens (this process
+/// alone, or Redis shared with other replicas).
 pub struct Shared {
-    pub(super) generated_key: std::sync::OnceLock<Arc<builtin::SigningKey>>,
+    /// Generated keys by rotation period (`unix / signing_key_rotation`), the newest two.
+    pub(super) generated: std::sync::Mutex<Vec<(u64, Arc<builtin::SigningKey>)>>,
     pub(crate) backend: crate::shared::Backend,
     /// The process state's clock, for token and family lifetimes.
     pub(crate) clock: crate::util::Clock,
@@ -59,28 +68,65 @@ pub enum KeyError {
 impl Shared {
     pub fn new(backend: crate::shared::Backend, clock: crate::util::Clock) -> Self {
         Shared {
-            generated_key: Default::default(),
+            generated: Default::default(),
             backend,
             clock,
         }
     }
 
-    /// Without a `signing_key`, every replica signs with one generated key, agreed
-    /// through the backend (sealed in Redis), so that a token from one passes on all.
-    pub async fn agree_signing_key(&self) -> Result<(), KeyError> {
-        if self.generated_key.get().is_some() {
-            return Ok(());
+    /// The rotation period now, for keys that rotate every `rotation`.
+    pub(super) fn period(&self, rotation: Duration) -> u64 {
+        self.clock.unix() / rotation.as_secs().max(1)
+    }
+
+    /// Without `signing_keys`, every replica signs with one generated key per rotation
+    /// period, agreed through the backend (sealed in Redis), so that a token from one
+    /// passes on all; the previous period's key is agreed too, so tokens signed with it
+    /// before the rotation keep passing here.
+    pub async fn agree_signing_key(&self, rotation: Duration) -> Result<(), KeyError> {
+        let now = self.period(rotation);
+        for period in [now.saturating_sub(1), now] {
+            self.agree_period(period).await?;
+        }
+        Ok(())
+    }
+
+    /// The agreed key of rotation `period`, agreed once per process.
+    pub(super) async fn agree_period(&self, period: u64) -> Result<Arc<builtin::SigningKey>, KeyError> {
+        if let Some(k) = self.held(period) {
+            return Ok(k);
         }
         let fresh = builtin::SigningKey::generate_pkcs8().map_err(|e| KeyError::Key(e.to_string()))?;
         let keys = &self.backend.keys;
         let der = keys
-            .agree("oauth-signing-key", &fresh)
+            .agree(&format!("oauth-signing-key-{period}"), &fresh)
             .await
             .map_err(|_| KeyError::Unavailable)?;
         let key = Arc::new(builtin::SigningKey::from_pkcs8(&der).map_err(|e| KeyError::Key(e.to_string()))?);
-        tracing::info!(kid = %key.kid, agreed_by = keys.agreed_by(), "oauth: no signing_key configured; signing with a generated Ed25519 key agreed by {}", keys.agreed_by());
-        let _ = self.generated_key.set(key);
-        Ok(())
+        tracing::info!(kid = %key.kid, period, agreed_by = keys.agreed_by(), "oauth: no signing_keys configured; signing with a generated Ed25519 key agreed by {}", keys.agreed_by());
+        Ok(self.hold(period, key))
+    }
+
+    fn held(&self, period: u64) -> Option<Arc<builtin::SigningKey>> {
+        let g = self.generated.lock().unwrap_or_else(|p| p.into_inner());
+        g.iter().find(|(p, _)| *p == period).map(|(_, k)| k.clone())
+    }
+
+    /// Keeps `key` for `period` (the first one kept wins), with the newest two periods.
+    pub(super) fn hold(&self, period: u64, key: Arc<builtin::SigningKey>) -> Arc<builtin::SigningKey> {
+        let mut g = self.generated.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, k)) = g.iter().find(|(p, _)| *p == period) {
+            return k.clone();
+        }
+        g.push((period, key.clone()));
+        g.sort_by_key(|e| std::cmp::Reverse(e.0));
+        g.truncate(2);
+        key
+    }
+
+    /// The generated keys held now, newest first.
+    pub(super) fn generated_keys(&self) -> Vec<(u64, Arc<builtin::SigningKey>)> {
+        self.generated.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -90,64 +136,9 @@ pub enum BuildError {
     #[error(transparent)]
     Issuer(#[from] builtin::IssuerError),
     #[error(transparent)]
-    Jwks(#[from] jwt::JwksError),
+    Jwks(#[from] jwks::JwksError),
     #[error(transparent)]
     Introspection(#[from] introspection::NoIntrospectionUrl),
-}
-
-pub enum OAuth {
-    Builtin(Box<builtin::Issuer>),
-    Jwt(Box<jwt::Jwt>),
-    Introspection(Box<introspection::Introspector>),
-}
-
-impl OAuth {
-    pub fn new(
-        cfg: &config::OAuth,
-        cache: &config::Cache,
-        lasting: &crate::auth::Lasting,
-        client: &crate::upstream::Client,
-        metrics: &Metrics,
-    ) -> Result<Self, BuildError> {
-        Ok(match cfg.mode {
-            OAuthMode::Builtin => OAuth::Builtin(Box::new(builtin::Issuer::new(cfg, cache, &lasting.oauth)?)),
-            OAuthMode::Jwt => OAuth::Jwt(Box::new(jwt::Jwt::new(cfg, cache, client.clone())?)),
-            OAuthMode::Introspection => OAuth::Introspection(Box::new(introspection::Introspector::new(
-                cfg,
-                cache,
-                client.clone(),
-                &lasting.introspection,
-                metrics,
-            )?)),
-        })
-    }
-
-    pub async fn verify(&self, token: &str, users: &HashMap<String, Arc<UserEntry>>) -> Result<Principal, Verdict> {
-        let (facts, cached) = match self {
-            OAuth::Builtin(i) => i.verify(token, users)?,
-            OAuth::Jwt(j) => j.verify(token).await?,
-            OAuth::Introspection(i) => i.verify(token).await?,
-        };
-        Ok(Principal {
-            cached,
-            ..facts.principal(users)?
-        })
-    }
-
-    pub fn issuer(&self) -> Option<&builtin::Issuer> {
-        match self {
-            OAuth::Builtin(i) => Some(i),
-            OAuth::Jwt(_) | OAuth::Introspection(_) => None,
-        }
-    }
-
-    pub fn clear_caches(&self) {
-        match self {
-            OAuth::Builtin(i) => i.verified.clear(),
-            OAuth::Jwt(j) => j.verified.clear(),
-            OAuth::Introspection(i) => i.clear(),
-        }
-    }
 }
 
 /// The facts a verified token gives, before they meet `[[users]]`.
@@ -156,6 +147,9 @@ pub struct TokenFacts {
     pub user: String,
     pub roles: Vec<String>,
     pub client_id: Option<String>,
+    /// The verified token's claims (a JWT's payload, an introspection answer), for
+    /// policies (`Principal.claims` of the CEL work).
+    pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
     /// The principal last made from these facts, and the fingerprint of the user entry it
     /// was merged with: a cached token reuses it (roles merged and header values built
     /// once) for as long as that entry is unchanged.
@@ -168,14 +162,20 @@ pub struct TokenFacts {
 }
 
 impl TokenFacts {
-    pub fn new(user: String, roles: Vec<String>, client_id: Option<String>) -> Arc<Self> {
-        Self::make(user, roles, client_id, false, None)
+    pub fn new(
+        user: String,
+        roles: Vec<String>,
+        client_id: Option<String>,
+        claims: serde_json::Map<String, serde_json::Value>,
+    ) -> Arc<Self> {
+        Self::make(user, roles, client_id, claims, false, None)
     }
 
     fn make(
         user: String,
         roles: Vec<String>,
         client_id: Option<String>,
+        claims: serde_json::Map<String, serde_json::Value>,
         user_grant: bool,
         jti: Option<String>,
     ) -> Arc<Self> {
@@ -183,15 +183,22 @@ impl TokenFacts {
             user,
             roles,
             client_id,
+            claims: Some(Arc::new(claims)),
             memo: Default::default(),
             user_grant,
             jti,
         })
     }
 
-    /// The principal, with the standing of its `[[users]]` entry checked on every call.
-    fn principal(&self, users: &HashMap<String, Arc<UserEntry>>) -> Result<Principal, Verdict> {
-        let entry = users.get(&self.user);
+    /// The principal as issuer `issuer` names it. With `users` (the issuer's tokens meet
+    /// `[[users]]`), the entry of the same name adds its roles, and its standing is
+    /// checked on every call.
+    fn principal(
+        &self,
+        users: Option<&HashMap<String, Arc<UserEntry>>>,
+        issuer: &Arc<str>,
+    ) -> Result<Principal, Verdict> {
+        let entry = users.and_then(|u| u.get(&self.user));
         if let Some(entry) = entry {
             entry.standing(false)?;
         }
@@ -219,25 +226,30 @@ impl TokenFacts {
             Arc::from(roles),
             AuthMethod::OAuth,
             self.client_id.as_deref().map(Arc::from),
-        );
+        )
+        .with_issuer(issuer.clone());
+        let p = Principal {
+            local_user: users.is_some(),
+            ..p
+        };
         self.memo.store(Some(Arc::new((fingerprint, p.clone()))));
         Ok(p)
     }
 }
 
 /// Verified tokens by SHA-256 of the token, each until `min(exp, max_ttl)`: a repeated
-/// bearer costs a lookup, not a signature check. Only successes are kept; bounded.
-pub struct VerifiedTokens(moka::sync::Cache<[u8; 32], (Arc<TokenFacts>, Duration)>);
+/// bearer costs a lookup, not a signature check. Only successes are kept; bounded. An
+/// entry is also never served at or past its `exp` on the clock of the issuer that
+/// checks it (the builtin issuer's is the process state's).
+pub struct VerifiedTokens(moka::sync::Cache<[u8; 32], Verified>);
+
+/// The facts of a verified token, how long the cache keeps them, and the token's `exp`.
+type Verified = (Arc<TokenFacts>, Duration, u64);
 
 struct UntilExp;
 
-impl moka::Expiry<[u8; 32], (Arc<TokenFacts>, Duration)> for UntilExp {
-    fn expire_after_create(
-        &self,
-        _k: &[u8; 32],
-        v: &(Arc<TokenFacts>, Duration),
-        _now: std::time::Instant,
-    ) -> Option<Duration> {
+impl moka::Expiry<[u8; 32], Verified> for UntilExp {
+    fn expire_after_create(&self, _k: &[u8; 32], v: &Verified, _now: std::time::Instant) -> Option<Duration> {
         Some(v.1)
     }
 }
@@ -256,19 +268,17 @@ impl VerifiedTokens {
         *crate::config::SecretHash::of(token.as_bytes()).bytes()
     }
 
-    pub fn get(&self, id: &[u8; 32]) -> Option<Arc<TokenFacts>> {
-        self.0.get(id).map(|v| v.0)
+    /// The facts of a token verified before, unless its `exp` has passed at `now`
+    /// (Unix seconds).
+    pub fn get(&self, id: &[u8; 32], now: u64) -> Option<Arc<TokenFacts>> {
+        self.0.get(id).filter(|v| v.2 > now).map(|v| v.0)
     }
 
     /// Keeps `facts` until the token's `exp` (no leeway), and never longer than `max_ttl`.
     pub fn insert(&self, id: [u8; 32], facts: &Arc<TokenFacts>, exp: u64, max_ttl: Duration) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        let ttl = max_ttl.min(Duration::from_secs(exp.saturating_sub(now)));
+        let ttl = max_ttl.min(Duration::from_secs(exp.saturating_sub(crate::util::unix_now())));
         if !ttl.is_zero() {
-            self.0.insert(id, (facts.clone(), ttl));
+            self.0.insert(id, (facts.clone(), ttl, exp));
         }
     }
 

@@ -65,7 +65,13 @@ pub(super) fn run(file: &Path, text: &str) -> Result<Loaded, Errors> {
             return Err(Errors(v.errors));
         }
     };
-    let config = v.config(raw);
+    // `[oauth]`'s position: its header, when it has one.
+    let oauth_at = doc
+        .as_table()
+        .get("oauth")
+        .and_then(|i| i.as_table())
+        .and_then(|t| t.span());
+    let config = v.config(raw, oauth_at);
     if v.errors.is_empty() {
         Ok(Loaded {
             config,
@@ -179,7 +185,7 @@ impl Validator<'_> {
         line_col(self.text, span.start).0
     }
 
-    fn config(&mut self, raw: raw::Raw) -> Config {
+    fn config(&mut self, raw: raw::Raw, oauth_at: Option<Span>) -> Config {
         let listen = self.listen_section(raw.listen.as_ref());
         let limits = self.limits(raw.limits.as_ref());
         let listeners = self.listeners(&raw);
@@ -194,9 +200,11 @@ impl Validator<'_> {
         let plans = self.plans(&raw.plans, &users);
         self.overlaps(&raw.plans, &plans);
         let api_keys = self.api_keys(&raw.api_keys, &users, &plans);
-        let oauth = raw.oauth.as_ref().map(|o| self.oauth(o));
+        let issuers = raw.oauth.as_ref().map(|o| self.oauth(o, oauth_at)).unwrap_or_default();
+        let mut plans = plans;
+        self.integration_issuers(&raw.plans, &mut plans, &issuers);
         self.client_certificates(&listen, &users, &plans);
-        if oauth.as_ref().is_some_and(|o| o.mode == OAuthMode::Builtin) {
+        if issuers.iter().any(|o| o.mode == OAuthMode::Builtin) {
             self.reserved_paths(&raw.plans, &plans);
         }
         let endpoints = self.endpoints(&raw.endpoints, &users);
@@ -219,7 +227,7 @@ impl Validator<'_> {
             users,
             plans,
             api_keys,
-            oauth,
+            issuers,
             endpoints,
         }
     }

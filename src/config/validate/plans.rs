@@ -116,6 +116,10 @@ impl Validator<'_> {
             ri.rate_fail.as_ref(),
             &format!("integration `{full}`"),
         );
+        let issuers = ri
+            .issuers
+            .as_ref()
+            .map(|l| l.get_ref().iter().map(|n| n.get_ref().clone()).collect());
         Integration {
             name: iname,
             path,
@@ -125,6 +129,7 @@ impl Validator<'_> {
             forward_token,
             websocket,
             rate,
+            issuers,
         }
     }
 
@@ -181,13 +186,24 @@ impl Validator<'_> {
             );
             return None;
         }
-        Some(RateLimit {
+        let limit = RateLimit {
             requests,
             per,
             burst,
             key,
             fail,
-        })
+        };
+        // A spent budget refills in (burst + 1) intervals: keep that within the durations
+        // every clock here adds safely (and Redis's Lua numbers count exactly).
+        let refill = u128::from(limit.interval_us()) * u128::from(burst + 1);
+        if refill > MAX_DURATION.as_micros() {
+            self.error(
+                sp(rate),
+                format!("{what}: a spent budget of burst {burst} at {requests} per {} would take more than 10 years to refill", r.per.get_ref()),
+            );
+            return None;
+        }
+        Some(limit)
     }
 
     pub(super) fn upstream(&mut self, s: &Str) -> Upstream {
@@ -360,6 +376,59 @@ impl Validator<'_> {
                             shared.join(", ")
                         ),
                     );
+                }
+            }
+        }
+    }
+
+    /// `issuers` of each integration: names of configured issuers, not empty, on an
+    /// integration that accepts oauth. Repeated names are dropped.
+    pub(super) fn integration_issuers(
+        &mut self,
+        raw_plans: &[Spanned<raw::Plan>],
+        plans: &mut [Plan],
+        issuers: &[OAuth],
+    ) {
+        for (p, rp) in plans.iter_mut().zip(raw_plans) {
+            for (i, ri) in p.integrations.iter_mut().zip(&rp.get_ref().integrations) {
+                let Some(list) = &ri.get_ref().issuers else {
+                    continue;
+                };
+                let full = format!("{}/{}", p.name, i.name);
+                if list.get_ref().is_empty() {
+                    self.error(
+                        sp(list),
+                        format!(
+                            "integration `{full}`: issuers = [] admits no token; leave it out to accept every issuer"
+                        ),
+                    );
+                }
+                if !i.auth.contains(&AuthMethod::OAuth) {
+                    self.error(
+                        sp(list),
+                        format!("integration `{full}` lists issuers but does not accept oauth"),
+                    );
+                }
+                for n in list.get_ref() {
+                    if !issuers.iter().any(|o| o.name == *n.get_ref()) {
+                        let known: Vec<&str> = issuers.iter().map(|o| o.name.as_str()).collect();
+                        self.error(
+                            sp(n),
+                            format!(
+                                "integration `{full}`: unknown issuer `{}` (configured: {})",
+                                n.get_ref(),
+                                if known.is_empty() {
+                                    "none".to_string()
+                                } else {
+                                    known.join(", ")
+                                }
+                            ),
+                        );
+                    }
+                }
+                if let Some(names) = &mut i.issuers {
+                    let mut seen = std::collections::HashSet::new();
+                    names.retain(|n| seen.insert(n.clone()));
                 }
             }
         }

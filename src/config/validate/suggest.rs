@@ -3,6 +3,38 @@
 
 use super::locate::Segment;
 
+/// The keys of `[oauth]` and of each `[[oauth.issuers]]` entry.
+const OAUTH: &[&str] = &[
+    "name",
+    "mode",
+    "issuer",
+    "audience",
+    "jwks_url",
+    "jwks_file",
+    "introspection_url",
+    "client_id",
+    "client_secret",
+    "username_claim",
+    "roles_claim",
+    "allowed_client_ids",
+    "leeway",
+    "access_token_ttl",
+    "refresh_token_ttl",
+    "refresh_token_max_lifetime",
+    "max_revocations",
+    "max_revocations_per_client",
+    "algorithm",
+    "algorithms",
+    "signing_key",
+    "signing_keys",
+    "signing_key_rotation",
+    "jwks_min_refetch",
+    "jwks_max_stale",
+    "local_users",
+    "clients",
+    "issuers",
+];
+
 /// The keys of a `rate` table.
 const RATE: &[&str] = &["requests", "per", "burst", "key"];
 
@@ -119,6 +151,7 @@ pub const KNOWN: &[(&str, &[&str])] = &[
             "upgrades",
             "rate",
             "rate_fail",
+            "issuers",
         ],
     ),
     ("plans.rate", RATE),
@@ -126,32 +159,9 @@ pub const KNOWN: &[(&str, &[&str])] = &[
     ("plans.access", RULE),
     ("plans.integrations.senders", RULE),
     ("api_keys", &["key", "secret_hash", "user", "integration"]),
-    (
-        "oauth",
-        &[
-            "mode",
-            "issuer",
-            "audience",
-            "jwks_url",
-            "jwks_file",
-            "introspection_url",
-            "client_id",
-            "client_secret",
-            "username_claim",
-            "roles_claim",
-            "allowed_client_ids",
-            "leeway",
-            "access_token_ttl",
-            "refresh_token_ttl",
-            "refresh_token_max_lifetime",
-            "max_revocations",
-            "max_revocations_per_client",
-            "algorithm",
-            "algorithms",
-            "signing_key",
-            "clients",
-        ],
-    ),
+    ("oauth", OAUTH),
+    ("oauth.issuers", OAUTH),
+    ("oauth.issuers.clients", &["client_id", "client_secret_hash"]),
     ("oauth.clients", &["client_id", "client_secret_hash"]),
     (
         "endpoints",

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use jsonwebtoken::{Algorithm, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use super::{random_token, Issuer};
+use super::{random_token, Issuer, SigningKey};
 use crate::auth::oauth::{TokenFacts, Verdict, VerifiedTokens};
 use crate::auth::{Reason, UserEntry};
 use crate::shared::Standing;
@@ -39,16 +39,16 @@ impl Issuer {
     /// issued to: a user still present, not disabled, password not expired; a client
     /// still configured. Removing either from the config ends their tokens at once.
     /// With the facts, whether they came from the verified-token cache.
-    pub fn verify(
+    pub async fn verify(
         &self,
         token: &str,
         users: &HashMap<String, Arc<UserEntry>>,
     ) -> Result<(Arc<TokenFacts>, bool), Verdict> {
         let id = VerifiedTokens::id(token);
-        let (facts, cached) = match self.verified.get(&id) {
+        let (facts, cached) = match self.verified.get(&id, self.now()) {
             Some(facts) => (facts, true),
             None => {
-                let (facts, exp) = self.check(token)?;
+                let (facts, exp) = self.check(token).await?;
                 self.verified.insert(id, &facts, exp, self.access_ttl);
                 (facts, false)
             }
@@ -68,17 +68,20 @@ impl Issuer {
         Ok((facts, cached))
     }
 
-    fn check(&self, token: &str) -> Result<(Arc<TokenFacts>, u64), Verdict> {
+    async fn check(&self, token: &str) -> Result<(Arc<TokenFacts>, u64), Verdict> {
         let header = crate::auth::oauth::checked_header(token)?;
         if header.alg != Algorithm::EdDSA {
             return Err(Reason::AlgNotAllowed.into());
         }
-        if header.kid.as_deref() != Some(self.key.kid.as_str()) {
-            return Err(Reason::UnknownKid.into());
+        let key = match header.kid.as_deref() {
+            Some(kid) => self.key_of(kid).await,
+            None => None,
         }
+        .ok_or(Reason::UnknownKid)?;
         let mut v = Validation::new(Algorithm::EdDSA);
-        v.leeway = self.leeway.as_secs();
-        v.validate_nbf = true;
+        // Times are read on the issuer's clock below, the one that minted them.
+        v.validate_exp = false;
+        v.validate_nbf = false;
         v.set_issuer(&[&self.issuer]);
         v.set_required_spec_claims(&["exp", "iss", "sub"]);
         match &self.audience {
@@ -88,13 +91,17 @@ impl Issuer {
             }
             None => v.validate_aud = false,
         }
-        let claims = jsonwebtoken::decode::<Claims>(token, &self.key.decoding, &v)
+        let claims = jsonwebtoken::decode::<Claims>(token, &key.decoding, &v)
             .map_err(|e| Verdict::Rejected(crate::auth::oauth::reason_of(&e)))?
             .claims;
         if claims.iss != self.issuer {
             return Err(Reason::WrongIssuer.into());
         }
-        if claims.iat > self.now().saturating_add(self.leeway.as_secs()) {
+        let (now, leeway) = (self.now(), self.leeway.as_secs());
+        if claims.exp < now.saturating_sub(leeway) {
+            return Err(Reason::TokenExpired.into());
+        }
+        if claims.iat.max(claims.nbf) > now.saturating_add(leeway) {
             return Err(Reason::TokenNotYetValid.into());
         }
         if !self.clients.contains_key(&claims.client_id) {
@@ -105,10 +112,15 @@ impl Issuer {
             GRANT_CLIENT if claims.sub == claims.client_id => false,
             _ => return Err(Reason::MalformedToken.into()),
         };
+        let map = serde_json::to_value(&claims)
+            .ok()
+            .and_then(|v| v.as_object().cloned())
+            .unwrap_or_default();
         let facts = TokenFacts::make(
             claims.sub,
             Vec::new(),
             Some(claims.client_id),
+            map,
             user_grant,
             Some(claims.jti),
         );
@@ -117,6 +129,7 @@ impl Issuer {
 
     pub(super) fn mint(
         &self,
+        key: &SigningKey,
         sub: &str,
         client_id: &str,
         grant: &str,
@@ -136,15 +149,17 @@ impl Issuer {
             scope: scope.map(str::to_string),
         };
         let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(self.key.kid.clone());
+        header.kid = Some(key.kid.clone());
         header.typ = Some("at+jwt".into());
-        jsonwebtoken::encode(&header, &claims, &self.key.encoding)
+        jsonwebtoken::encode(&header, &claims, &key.encoding)
     }
 
     /// A token's claims when this issuer signed it, whatever its times.
     pub(super) fn claims_ignoring_time(&self, token: &str) -> Option<Claims> {
         let header = jsonwebtoken::decode_header(token).ok()?;
-        if header.alg != Algorithm::EdDSA || header.kid.as_deref() != Some(self.key.kid.as_str()) {
+        let kid = header.kid.as_deref()?;
+        let key = self.verifying_keys().into_iter().find(|k| k.kid == kid)?;
+        if header.alg != Algorithm::EdDSA {
             return None;
         }
         let mut v = Validation::new(Algorithm::EdDSA);
@@ -152,9 +167,7 @@ impl Issuer {
         v.validate_nbf = false;
         v.validate_aud = false;
         v.required_spec_claims.clear();
-        let claims = jsonwebtoken::decode::<Claims>(token, &self.key.decoding, &v)
-            .ok()?
-            .claims;
+        let claims = jsonwebtoken::decode::<Claims>(token, &key.decoding, &v).ok()?.claims;
         (claims.iss == self.issuer).then_some(claims)
     }
 }

@@ -56,7 +56,9 @@ pub enum IssuerError {
 }
 
 pub struct Issuer {
-    key: Arc<SigningKey>,
+    /// `signing_keys`: the first signs, all verify. Empty: generated keys (`shared`).
+    configured: Vec<Arc<SigningKey>>,
+    rotation: Duration,
     issuer: String,
     audience: Option<String>,
     access_ttl: Duration,
@@ -67,7 +69,6 @@ pub struct Issuer {
     shared: Arc<Shared>,
     /// Bounds of the revocation tables (`oauth.max_revocations`, `_per_client`).
     limits: RevocationLimits,
-    jwks: bytes::Bytes,
     /// This generation's verified tokens (a reload starts afresh: clients may change).
     pub(super) verified: VerifiedTokens,
 }
@@ -85,7 +86,7 @@ pub fn endpoint(path: &str) -> Option<&'static str> {
 
 impl Issuer {
     pub fn new(cfg: &config::OAuth, cache: &config::Cache, shared: &Arc<Shared>) -> Result<Self, IssuerError> {
-        let key = keys::signing_key(cfg, shared)?;
+        keys::ensure_generated(cfg, shared)?;
         let limits = RevocationLimits {
             total: cfg.max_revocations,
             per_client: cfg.max_revocations_per_client,
@@ -93,7 +94,7 @@ impl Issuer {
         shared.backend.revocations.set_cap(limits.total);
         Ok(Issuer {
             limits,
-            issuer: cfg.issuer.clone().unwrap_or_else(|| DEFAULT_ISSUER.to_string()),
+            issuer: cfg.iss().unwrap_or(DEFAULT_ISSUER).to_string(),
             audience: cfg.audience.clone(),
             access_ttl: cfg.access_token_ttl,
             refresh_ttl: cfg.refresh_token_ttl,
@@ -105,8 +106,8 @@ impl Issuer {
                 .map(|c| (c.client_id.clone(), c.client_secret_hash.clone()))
                 .collect(),
             shared: shared.clone(),
-            jwks: keys::jwks_document(&key),
-            key,
+            configured: cfg.signing_keys.clone(),
+            rotation: cfg.signing_key_rotation,
             verified: VerifiedTokens::new(cache.max_entries),
         })
     }

@@ -107,7 +107,12 @@ impl Issuer {
             Refreshing::None => GRANT_CLIENT,
             Refreshing::New(_) | Refreshing::Stored(_) => GRANT_USER,
         };
-        let access = match self.mint(sub, client, grant, scope.as_deref()) {
+        // A generated key of a new period is agreed by the replicas first: 503 when the
+        // shared store cannot answer.
+        let Some(key) = self.signing_key().await else {
+            return Err(super::unavailable("signing_key_unavailable"));
+        };
+        let access = match self.mint(&key, sub, client, grant, scope.as_deref()) {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(error = %e, "oauth: cannot sign an access token");
