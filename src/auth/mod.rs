@@ -37,6 +37,9 @@ pub struct Principal {
     pub headers: Option<Arc<IdentityHeaders>>,
     /// The client certificate's SHA-256 (base64url), for an `mtls` principal.
     pub cnf: Option<Arc<str>>,
+    /// The verified token's claims (JWT, introspection and builtin tokens), for `when`
+    /// policies and `claim_headers`; `None` for the other methods.
+    pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
     /// The credential was found verified in a cache (a password or API-key check, a
     /// token's signature, an introspection answer) rather than checked now.
     pub cached: bool,
@@ -74,6 +77,7 @@ impl Principal {
             client_id,
             headers,
             cnf: None,
+            claims: None,
             cached: false,
         }
     }
@@ -219,6 +223,7 @@ impl UserEntry {
             client_id: None,
             headers: self.headers.clone(),
             cnf: None,
+            claims: None,
             cached: false,
         }
     }

@@ -365,6 +365,8 @@ pub struct Plan {
     /// Forward request headers whose names contain `_`; off by default, as in nginx,
     /// since CGI-style upstreams read `X_Foo` and `X-Foo` as one header.
     pub underscores_in_headers: bool,
+    /// `when`: a CEL expression that must be true besides `access`, compiled once.
+    pub when: Option<crate::policy::Policy>,
     pub integrations: Vec<Integration>,
 }
 
@@ -397,6 +399,36 @@ pub struct Integration {
     pub forward_token: bool,
     /// `upgrades = ["websocket"]`: HTTP/1.1 WebSocket upgrades pass once authorized.
     pub websocket: bool,
+    /// `when`: a CEL expression that must be true besides `senders`, compiled once.
+    pub when: Option<crate::policy::Policy>,
+    /// `claim_headers`: the token claims sent upstream, each under its header.
+    pub claim_headers: Vec<ClaimHeader>,
+}
+
+/// One entry of `claim_headers`: the claim at `claim` (a dotted path into nested objects)
+/// is sent upstream as `name`, an `X-Portcullis-*` header the client cannot set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimHeader {
+    pub name: http::HeaderName,
+    pub claim: String,
+}
+
+impl ClaimHeader {
+    /// The claim's value in `claims`: the whole path as a key first (a claim named
+    /// `https://example.com/tenant`), else the path's first segments as a key and the rest
+    /// inside it, shortest first. `None` when absent.
+    pub fn find<'a>(
+        claims: &'a serde_json::Map<String, serde_json::Value>,
+        path: &str,
+    ) -> Option<&'a serde_json::Value> {
+        if let Some(v) = claims.get(path) {
+            return Some(v);
+        }
+        path.match_indices('.').find_map(|(i, _)| match claims.get(&path[..i]) {
+            Some(serde_json::Value::Object(inner)) => Self::find(inner, &path[i + 1..]),
+            _ => None,
+        })
+    }
 }
 
 /// An integration's path: exact, or `/base/*` (the base itself and everything below it).

@@ -217,6 +217,8 @@ pub struct Plan {
     pub access: Option<Spanned<Rule>>,
     /// Forward request headers whose names contain `_` (dropped by default).
     pub underscores_in_headers: Option<bool>,
+    /// A CEL expression that must be true, besides `access` (`src/policy`).
+    pub when: Option<Str>,
     #[serde(default)]
     pub integrations: Vec<Spanned<Integration>>,
 }
@@ -240,6 +242,10 @@ pub struct Integration {
     pub forward_token: Option<bool>,
     #[serde(default)]
     pub upgrades: Vec<Str>,
+    /// A CEL expression that must be true, besides the plan's rules and `senders`.
+    pub when: Option<Str>,
+    /// `X-Portcullis-*` header name -> claim (a dotted path) sent upstream.
+    pub claim_headers: Option<Spanned<std::collections::BTreeMap<Str, Str>>>,
 }
 
 #[derive(Debug, Deserialize)]

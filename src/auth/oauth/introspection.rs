@@ -273,6 +273,11 @@ impl Introspector {
                 user,
                 super::roles_from(self.roles_claim.as_ref().and_then(|c| extra.get(c))),
                 client_id,
+                // The answer's members as the token's claims (RFC 7662 section 2.2).
+                match serde_json::to_value(r) {
+                    Ok(serde_json::Value::Object(m)) => Some(m),
+                    _ => None,
+                },
             ),
             ttl: self.ttl.min(until_exp),
         }

@@ -358,6 +358,7 @@ impl Jwt {
                 user,
                 super::roles_from(self.roles_claim.as_ref().and_then(|c| claims.get(c))),
                 client_id,
+                Some(claims),
             ),
             exp,
         ))

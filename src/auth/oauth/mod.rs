@@ -150,6 +150,9 @@ impl OAuth {
     }
 }
 
+/// A token's claims, as JSON.
+pub type Claims = serde_json::Map<String, serde_json::Value>;
+
 /// The facts a verified token gives, before they meet `[[users]]`.
 #[derive(Debug)]
 pub struct TokenFacts {
@@ -165,11 +168,13 @@ pub struct TokenFacts {
     pub(super) user_grant: bool,
     /// A builtin token's id, checked against revocations at every use.
     pub(super) jti: Option<String>,
+    /// The token's claims, for `when` policies and `claim_headers`.
+    pub(super) claims: Option<Arc<Claims>>,
 }
 
 impl TokenFacts {
-    pub fn new(user: String, roles: Vec<String>, client_id: Option<String>) -> Arc<Self> {
-        Self::make(user, roles, client_id, false, None)
+    pub fn new(user: String, roles: Vec<String>, client_id: Option<String>, claims: Option<Claims>) -> Arc<Self> {
+        Self::make(user, roles, client_id, false, None, claims)
     }
 
     fn make(
@@ -178,6 +183,7 @@ impl TokenFacts {
         client_id: Option<String>,
         user_grant: bool,
         jti: Option<String>,
+        claims: Option<Claims>,
     ) -> Arc<Self> {
         Arc::new(Self {
             user,
@@ -186,6 +192,7 @@ impl TokenFacts {
             memo: Default::default(),
             user_grant,
             jti,
+            claims: claims.map(Arc::new),
         })
     }
 
@@ -214,12 +221,13 @@ impl TokenFacts {
         if !plain(&self.user) || !roles.iter().all(|r| plain(r)) {
             return Err(Verdict::Rejected(Reason::MalformedToken));
         }
-        let p = Principal::new(
+        let mut p = Principal::new(
             Arc::from(self.user.as_str()),
             Arc::from(roles),
             AuthMethod::OAuth,
             self.client_id.as_deref().map(Arc::from),
         );
+        p.claims = self.claims.clone();
         self.memo.store(Some(Arc::new((fingerprint, p.clone()))));
         Ok(p)
     }

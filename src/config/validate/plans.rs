@@ -18,6 +18,7 @@ impl Validator<'_> {
                 users: Vec::new(),
             };
             let access = self.rule(r.access.as_ref(), users, &format!("access of plan `{name}`"), nobody);
+            let when = self.policy(r.when.as_ref(), &format!("plan `{name}`"));
             let mut seen_int = HashMap::new();
             let mut integrations = Vec::new();
             for i in &r.integrations {
@@ -47,6 +48,7 @@ impl Validator<'_> {
                 upstream,
                 access,
                 underscores_in_headers: r.underscores_in_headers.unwrap_or(false),
+                when,
                 integrations,
             });
         }
@@ -109,6 +111,14 @@ impl Validator<'_> {
                 format!("integration `{full}` allows websocket upgrades, which reach the upstream over HTTP/1.1, but plan `{name}` has an h2c:// upstream"),
             );
         }
+        let when = self.policy(ri.when.as_ref(), &format!("integration `{full}`"));
+        let claim_headers = self.claim_headers(ri.claim_headers.as_ref(), &full);
+        if !claim_headers.is_empty() && !auth.contains(&AuthMethod::OAuth) {
+            self.warn(
+                sp(i),
+                format!("integration `{full}` sets claim_headers but does not accept oauth: only tokens have claims"),
+            );
+        }
         Integration {
             name: iname,
             path,
@@ -117,6 +127,8 @@ impl Validator<'_> {
             senders,
             forward_token,
             websocket,
+            when,
+            claim_headers,
         }
     }
 

@@ -105,12 +105,18 @@ impl Issuer {
             GRANT_CLIENT if claims.sub == claims.client_id => false,
             _ => return Err(Reason::MalformedToken.into()),
         };
+        // The claims as JSON too, for `when` policies and `claim_headers`.
+        let map = match serde_json::to_value(&claims) {
+            Ok(serde_json::Value::Object(m)) => Some(m),
+            _ => None,
+        };
         let facts = TokenFacts::make(
             claims.sub,
             Vec::new(),
             Some(claims.client_id),
             user_grant,
             Some(claims.jti),
+            map,
         );
         Ok((facts, claims.exp))
     }
