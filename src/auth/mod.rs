@@ -315,6 +315,8 @@ pub struct Auth {
     api_keys: api_key::ApiKeys,
     url_keys: url_key::UrlKeys,
     pub lockout: lockout::Lockout,
+    /// The process state's clock (`now` of `when` policies; tests move it).
+    pub clock: crate::util::Clock,
 }
 
 impl Auth {
@@ -366,6 +368,7 @@ impl Auth {
                 .take(&config.lockout, config.cache.max_entries, metrics, &lasting.clock)
                 .with_shared(lasting.shared.lockouts.clone()),
             users,
+            clock: lasting.clock.clone(),
         })
     }
 

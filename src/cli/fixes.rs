@@ -22,6 +22,8 @@ pub(super) const FIXES: &[Fix] = &[
     Fix { reasons: &["token_expired", "wrong_audience", "wrong_issuer", "unknown_kid", "bad_signature", "alg_not_allowed", "token_inactive"], fix: "Check the identity provider settings against `[oauth]` (`issuer`, `audience`, `jwks_url`, `algorithms`) and the clocks (`leeway`)." },
     Fix { reasons: &["no_plan_access"], fix: "The user lacks the role or name the plan's `access` rule asks for." },
     Fix { reasons: &["not_a_sender"], fix: "The user may use the plan but is not in the integration's `senders` rule." },
+    Fix { reasons: &["policy_denied"], fix: "A `when` policy of the plan or the integration is false for this request: the log's `detail` (and the admin page's refusals) says which; `portcullis explain` shows each rule's value." },
+    Fix { reasons: &["policy_error"], fix: "A `when` policy could not be evaluated (a claim the token lacks, a value of the wrong type, a result that is not true or false): the CEL message is in the log's `detail` and on the admin page, never in the answer. Guard optional claims with `has(claims.x)`." },
     Fix { reasons: &["locked_out"], fix: "Too many failures from this address for this user or key: fix the credentials, then wait `Retry-After` (`[lockout] duration`)." },
     Fix { reasons: &["no_route", "method_not_allowed"], fix: "Wrong URL or method: compare with the integration's `path` and `methods` (the 405 lists them in `Allow`)." },
     Fix { reasons: &["target_unreachable", "token_fetch_failed"], fix: "The message says which: a wrong `base_url`, an untrusted or expired certificate, a name mismatch, or the token server's own error (`invalid_client`...). Try `portcullis endpoint test NAME`." },

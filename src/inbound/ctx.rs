@@ -46,6 +46,12 @@ pub struct Ctx {
     pub cache_hit: Option<bool>,
     /// The client's connection closes after this answer (a refused upgrade).
     pub close: bool,
+    /// What the refusal's reason alone does not say (which `when` refused, its error):
+    /// for the log and the admin page, never for the client.
+    pub detail: Option<Arc<str>>,
+    /// `portcullis explain`: every authorization rule is evaluated into `judged`.
+    pub explaining: bool,
+    pub judged: Vec<crate::authz::Judged>,
 }
 
 impl Ctx {
@@ -103,6 +109,9 @@ impl Ctx {
             upstream_started: None,
             cache_hit: None,
             close: false,
+            detail: None,
+            explaining: false,
+            judged: Vec::new(),
         }
     }
 
@@ -220,6 +229,7 @@ impl Done<'_> {
             principal: ctx.principal.as_deref().unwrap_or("").to_string(),
             status: self.status,
             reason,
+            detail: ctx.detail.as_deref().unwrap_or("").to_string(),
         });
     }
 
@@ -238,6 +248,7 @@ impl Done<'_> {
             principal = ctx.principal.as_deref().unwrap_or(""),
             status = self.status,
             reason = self.reason(),
+            detail = ctx.detail.as_deref().unwrap_or(""),
             latency_ms = self.elapsed.as_secs_f64() * 1000.0,
             upstream_ms = ctx.upstream_elapsed.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
             protocol = ?ctx.version,

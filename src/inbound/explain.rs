@@ -27,6 +27,9 @@ pub struct Explanation {
     /// The builtin issuer's endpoint that answers the request itself (`oauth_token`,
     /// `oauth_revoke`, `oauth_jwks`), when the path names one: no route, nothing forwarded.
     pub endpoint: Option<&'static str>,
+    /// Each authorization rule and its value (`access`, `senders`, each `when`), once
+    /// authentication named a principal; a `when` that reads headers or the query says so.
+    pub rules: Vec<crate::authz::Judged>,
 }
 
 /// The decision for one request head, from `client`.
@@ -40,6 +43,7 @@ pub async fn explain(gw: &Gateway, mut parts: Parts, client: std::net::IpAddr) -
         parts.version,
         trace,
     );
+    ctx.explaining = true;
     // The phases of `admit`, in its order, then the upgrade's own checks.
     let decided = async {
         super::decide::check_head(&gw.config.limits, &parts)?;
@@ -76,6 +80,7 @@ pub async fn explain(gw: &Gateway, mut parts: Parts, client: std::net::IpAddr) -
             .map(|(p, m)| (p.to_string(), m)),
         decision: Err((0, "", String::new())),
         endpoint: ctx.endpoint,
+        rules: std::mem::take(&mut ctx.judged),
     };
     out.decision = match decided {
         Ok(None) => Ok(String::new()),
