@@ -283,7 +283,7 @@ mod tests {
         let d = authorize(0, &rules(Some(&broken), None), &seen, p("bob", &[])).unwrap_err();
         assert_eq!(d.reason, "no_plan_access");
         let judged = judge(&rules(Some(&yes), Some(&broken)), &seen, &p("bob", &["rest"]));
-        let values: Vec<_> = judged.iter().map(|j| (j.rule, j.value.is_ok_and(|v| v))).collect();
+        let values: Vec<_> = judged.iter().map(|j| (j.rule, j.value == Ok(true))).collect();
         assert_eq!(
             values,
             [
