@@ -245,7 +245,7 @@ pub struct Integration {
     /// A CEL expression that must be true, besides the plan's rules and `senders`.
     pub when: Option<Str>,
     /// `X-Portcullis-*` header name -> claim (a dotted path) sent upstream.
-    pub claim_headers: Option<Spanned<std::collections::BTreeMap<Str, Str>>>,
+    pub claim_headers: Option<Spanned<std::collections::BTreeMap<String, Str>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -103,11 +103,14 @@ fn claim_headers(list: &[ClaimHeader], p: &auth::Principal, h: &mut http::Header
             serde_json::Value::String(s) => std::borrow::Cow::Borrowed(s.as_str()),
             other => std::borrow::Cow::Owned(other.to_string()),
         };
+        // Visible ASCII, spaces and tabs only: `HeaderValue` would take obs-text bytes,
+        // which upstreams read each their own way.
+        let plain = text.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b));
         match HeaderValue::from_str(&text) {
-            Ok(v) => {
+            Ok(v) if plain => {
                 h.insert(c.name.clone(), v);
             }
-            Err(_) => tracing::warn!(
+            Ok(_) | Err(_) => tracing::warn!(
                 request_id = ctx.request_id.to_str().unwrap_or(""),
                 header = c.name.as_str(),
                 claim = c.claim.as_str(),

@@ -23,6 +23,7 @@ mod mtls;
 mod oauth;
 mod paths;
 mod per_core;
+mod policy;
 mod proxy;
 mod reload;
 mod server;

@@ -58,18 +58,19 @@ impl Validator<'_> {
     }
 
     /// `claim_headers` of integration `full`: `X-Portcullis-*` names that Portcullis does
-    /// not set itself, each once, and a dotted claim path.
+    /// not set itself, each once, and a dotted claim path. (Errors are at the entry's
+    /// value, on its name's line: TOML keys carry no position here.)
     pub(super) fn claim_headers(
         &mut self,
-        c: Option<&Spanned<std::collections::BTreeMap<Str, Str>>>,
+        c: Option<&Spanned<std::collections::BTreeMap<String, Str>>>,
         full: &str,
     ) -> Vec<ClaimHeader> {
         let Some(c) = c else {
             return Vec::new();
         };
         let mut out: Vec<ClaimHeader> = Vec::new();
-        for (name, claim) in c.get_ref() {
-            let text = name.get_ref();
+        for (text, claim) in c.get_ref() {
+            let name = claim;
             let lower = text.to_ascii_lowercase();
             let bad = |m: &str| format!("integration `{full}`: claim_headers `{text}`: {m}");
             let header = match http::HeaderName::from_bytes(text.as_bytes()) {
