@@ -700,3 +700,57 @@ when = "request.headers['x-team'] == 'red'"
     assert!(team.contains("error (the message is not shown"), "{team}");
     assert!(out.contains("403 policy_error"), "{out}");
 }
+
+/// The real binary's access log line of a refusal by policy names the policy and, for an
+/// error, CEL's message, in its `detail` field; the answer says neither. A principal
+/// without a token (basic) sees an empty `claims`.
+#[tokio::test]
+async fn the_access_log_names_the_policy_and_its_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = config(&format!(
+        r#"
+[[users]]
+name = "alice"
+roles = ["rest"]
+password_hash = "{hash}"
+
+[[plans]]
+name = "p"
+upstream = "builtin:echo"
+access = {{ roles = ["rest"] }}
+when = "claims.tenant == 1"
+
+[[plans.integrations]]
+name = "a"
+path = "/a"
+methods = ["GET"]
+auth = "basic"
+"#,
+        hash = argon2_hash("alice-pw")
+    ));
+    let path = write_config(dir.path(), &toml);
+    let p = Process::start(&path, &[]);
+    let resp = client()
+        .get(format!("http://{}/a", p.addr))
+        .header("authorization", basic("alice", "alice-pw"))
+        .send()
+        .await
+        .unwrap();
+    let body = error_body(resp, 403).await.to_string();
+    assert!(!body.contains("tenant") && !body.contains("policy"), "{body}");
+    let logs = p.logs_when(|l| l.contains("\"policy_error\"")).await;
+    let line: serde_json::Value = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["fields"]["reason"] == "policy_error" || v["reason"] == "policy_error")
+        .unwrap_or_else(|| panic!("no policy_error line in:\n{logs}"));
+    let detail = line["fields"]["detail"]
+        .as_str()
+        .or(line["detail"].as_str())
+        .unwrap_or("");
+    assert!(
+        detail.starts_with("the plan's `when` failed") && detail.contains("No such key: tenant"),
+        "{line}"
+    );
+    assert!(detail.contains("(in claims.tenant == 1)"), "{line}");
+}
