@@ -38,7 +38,8 @@ impl Permit {
 #[derive(Debug)]
 pub struct Denied {
     pub reason: &'static str,
-    pub principal: Principal,
+    /// Boxed: a refusal is the rare path, and keeps `Result<Permit, Denied>` small.
+    pub principal: Box<Principal>,
     pub detail: Option<String>,
 }
 
@@ -120,7 +121,7 @@ pub fn authorize(route: usize, rules: &Rules<'_>, seen: &Seen<'_>, p: Principal)
     };
     Err(Denied {
         reason,
-        principal: p,
+        principal: Box::new(p),
         detail,
     })
 }

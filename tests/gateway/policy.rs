@@ -110,6 +110,24 @@ fn base(issuer: &Issuer, proxied: bool) -> Config {
     }
 }
 
+/// A recording upstream, the issuer, and a gateway with plan `api` (role rest, `plan_when`
+/// if any) whose OAuth integrations are `whens` (name, expression), at `/NAME`.
+async fn start(proxied: bool, plan_when: Option<&str>, whens: &[(&str, &str)]) -> (Upstream, Issuer, Gateway) {
+    let up = Upstream::start().await;
+    let issuer = Issuer::start().await;
+    let toml = base(&issuer, proxied)
+        .plan("api", |p| {
+            let mut p = p.upstream(&up.url()).access_roles(["rest"]);
+            if let Some(w) = plan_when {
+                p = p.set("when", w);
+            }
+            whens.iter().fold(p, |p, (name, when)| with_when(p, name, when))
+        })
+        .to_toml();
+    let gw = Gateway::start(&toml).await;
+    (up, issuer, gw)
+}
+
 /// An OAuth integration at `path` (GET and POST) with `when`.
 fn with_when(p: Plan, name: &str, when: &str) -> Plan {
     p.integration(name, |i| {
@@ -134,14 +152,8 @@ async fn call(gw: &Gateway, method: &str, path: &str, token: &str, headers: &[(&
 
 /// The newest refusal on the admin page (JSON): its reason and detail.
 async fn last_refusal(gw: &Gateway) -> (String, String) {
-    let list: serde_json::Value = client()
-        .get(gw.admin_url("/refusals"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let resp = reqwest::get(gw.admin_url("/refusals")).await.unwrap();
+    let list: serde_json::Value = resp.json().await.unwrap();
     let last = list.as_array().unwrap().last().expect("a refusal was recorded");
     (
         last["reason"].as_str().unwrap().to_string(),
@@ -173,18 +185,13 @@ const WEEKDAY: &str = "now.getDayOfWeek() in [1, 2, 3, 4, 5]";
 /// nowhere in the answer.
 #[tokio::test]
 async fn each_example_is_true_and_false_and_errors_are_policy_error() {
-    let up = Upstream::start().await;
-    let issuer = Issuer::start().await;
-    let toml = base(&issuer, true)
-        .plan("api", |p| {
-            let p = p.upstream(&up.url()).access_roles(["rest"]);
-            let p = with_when(p, "scope", SCOPE);
-            let p = with_when(p, "tenant", TENANT);
-            let p = with_when(p, "method", METHOD);
-            with_when(p, "subnet", SUBNET)
-        })
-        .to_toml();
-    let gw = Gateway::start(&toml).await;
+    let whens = [
+        ("scope", SCOPE),
+        ("tenant", TENANT),
+        ("method", METHOD),
+        ("subnet", SUBNET),
+    ];
+    let (up, issuer, gw) = start(true, None, &whens).await;
     let t = |extra: serde_json::Value| issuer.token(extra);
     let ok = |r: reqwest::Response| assert_eq!(r.status(), 200);
 
@@ -279,15 +286,7 @@ async fn each_example_is_true_and_false_and_errors_are_policy_error() {
 /// a weekday passes, a Saturday does not.
 #[tokio::test]
 async fn source_ip_is_not_spoofable_and_now_is_the_days_of_the_week() {
-    let up = Upstream::start().await;
-    let issuer = Issuer::start().await;
-    let toml = base(&issuer, false)
-        .plan("api", |p| {
-            let p = with_when(p.upstream(&up.url()).access_roles(["rest"]), "subnet", SUBNET);
-            with_when(p, "weekday", WEEKDAY)
-        })
-        .to_toml();
-    let gw = Gateway::start(&toml).await;
+    let (_up, issuer, gw) = start(false, None, &[("subnet", SUBNET), ("weekday", WEEKDAY)]).await;
     let token = issuer.token(serde_json::json!({}));
     let spoofed = call(&gw, "GET", "/subnet", &token, &[("x-forwarded-for", "10.1.2.3")]).await;
     refused(&gw, spoofed, "policy_denied").await;
@@ -316,15 +315,7 @@ async fn source_ip_is_not_spoofable_and_now_is_the_days_of_the_week() {
 /// detail names the one that refused.
 #[tokio::test]
 async fn the_plans_and_the_integrations_when_both_apply() {
-    let up = Upstream::start().await;
-    let issuer = Issuer::start().await;
-    let toml = base(&issuer, false)
-        .plan("api", |p| {
-            let p = p.upstream(&up.url()).access_roles(["rest"]).set("when", TENANT);
-            with_when(p, "reads", "request.method == 'GET'")
-        })
-        .to_toml();
-    let gw = Gateway::start(&toml).await;
+    let (up, issuer, gw) = start(false, Some(TENANT), &[("reads", "request.method == 'GET'")]).await;
     let t42 = issuer.token(serde_json::json!({"tenant": 42}));
     let t7 = issuer.token(serde_json::json!({"tenant": 7}));
     assert_eq!(call(&gw, "GET", "/reads", &t42, &[]).await.status(), 200);
@@ -349,22 +340,15 @@ async fn the_plans_and_the_integrations_when_both_apply() {
 /// never the `Authorization` header nor the `apiKey` parameter.
 #[tokio::test]
 async fn header_and_query_policies_see_joined_values_lower_case_names_and_first_parameters() {
-    let up = Upstream::start().await;
-    let issuer = Issuer::start().await;
-    let toml = base(&issuer, false)
-        .plan("api", |p| {
-            let p = p.upstream(&up.url()).access_roles(["rest"]);
-            let p = with_when(p, "team", "request.headers['x-team'] == 'red'");
-            let p = with_when(p, "upper", "request.headers['X-Team'] == 'red'");
-            let p = with_when(p, "query", "request.query.team == 'red'");
-            with_when(
-                p,
-                "hidden",
-                "!('authorization' in request.headers) && !('apiKey' in request.query) && !('proxy-authorization' in request.headers)",
-            )
-        })
-        .to_toml();
-    let gw = Gateway::start(&toml).await;
+    let hidden = "!('authorization' in request.headers) && !('apiKey' in request.query) \
+                  && !('proxy-authorization' in request.headers)";
+    let whens = [
+        ("team", "request.headers['x-team'] == 'red'"),
+        ("upper", "request.headers['X-Team'] == 'red'"),
+        ("query", "request.query.team == 'red'"),
+        ("hidden", hidden),
+    ];
+    let (_up, issuer, gw) = start(false, None, &whens).await;
     let t = issuer.token(serde_json::json!({}));
     assert_eq!(call(&gw, "GET", "/team", &t, &[("X-TEAM", "red")]).await.status(), 200);
     let twice = client()
@@ -628,34 +612,38 @@ fn check_refuses_claim_header_names_portcullis_owns_or_clients_could_send() {
     assert_eq!(code, 0, "{err}");
 }
 
+/// A config file in `dir`: user alice (basic, role rest), plan `p` with `plan_when`, and
+/// its integration `team` (GET /team, basic) with `when`, if any.
+fn alice_config(dir: &std::path::Path, upstream: &str, plan_when: &str, when: Option<&str>) -> std::path::PathBuf {
+    let toml = Config::new()
+        .user("alice", |u| u.roles(["rest"]).password_hash(&argon2_hash("alice-pw")))
+        .plan("p", |p| {
+            p.upstream(upstream)
+                .access_roles(["rest"])
+                .set("when", plan_when)
+                .integration("team", |i| {
+                    let i = i.path("/team").methods(["GET"]).auth("basic").senders_all();
+                    match when {
+                        Some(w) => i.set("when", w),
+                        None => i,
+                    }
+                })
+        })
+        .to_toml();
+    write_config(dir, &toml)
+}
+
 /// `portcullis explain` shows each rule that decided with its value, and marks a `when`
 /// that reads a header the client controls.
 #[test]
 fn explain_shows_each_rule_and_marks_client_controlled_input() {
     let dir = tempfile::tempdir().unwrap();
-    let toml = config(&format!(
-        r#"
-[[users]]
-name = "alice"
-roles = ["rest"]
-password_hash = "{hash}"
-
-[[plans]]
-name = "p"
-upstream = "http://127.0.0.1:9"
-access = {{ roles = ["rest"] }}
-when = "principal.name == 'alice'"
-
-[[plans.integrations]]
-name = "team"
-path = "/team"
-methods = ["GET"]
-auth = "basic"
-when = "request.headers['x-team'] == 'red'"
-"#,
-        hash = argon2_hash("alice-pw")
-    ));
-    let path = write_config(dir.path(), &toml);
+    let path = alice_config(
+        dir.path(),
+        "http://127.0.0.1:9",
+        "principal.name == 'alice'",
+        Some("request.headers['x-team'] == 'red'"),
+    );
     let explain = |headers: &[&str]| {
         let mut cmd = Command::new(bin());
         cmd.args(["explain", "--config"]).arg(&path).args(["GET", "/team"]);
@@ -707,31 +695,10 @@ when = "request.headers['x-team'] == 'red'"
 #[tokio::test]
 async fn the_access_log_names_the_policy_and_its_error() {
     let dir = tempfile::tempdir().unwrap();
-    let toml = config(&format!(
-        r#"
-[[users]]
-name = "alice"
-roles = ["rest"]
-password_hash = "{hash}"
-
-[[plans]]
-name = "p"
-upstream = "builtin:echo"
-access = {{ roles = ["rest"] }}
-when = "claims.tenant == 1"
-
-[[plans.integrations]]
-name = "a"
-path = "/a"
-methods = ["GET"]
-auth = "basic"
-"#,
-        hash = argon2_hash("alice-pw")
-    ));
-    let path = write_config(dir.path(), &toml);
+    let path = alice_config(dir.path(), "builtin:echo", "claims.tenant == 1", None);
     let p = Process::start(&path, &[]);
     let resp = client()
-        .get(format!("http://{}/a", p.addr))
+        .get(format!("http://{}/team", p.addr))
         .header("authorization", basic("alice", "alice-pw"))
         .send()
         .await
