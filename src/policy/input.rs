@@ -9,7 +9,7 @@ use cel::common::types::{
 };
 use cel::common::value::Val;
 
-use super::Reads;
+use super::{Fields, Reads, Selected};
 
 /// Headers that carry the credentials Portcullis consumes: never visible to a policy (an
 /// error message could quote them into the log).
@@ -85,6 +85,28 @@ fn claims_map(o: &serde_json::Map<String, serde_json::Value>) -> Boxed<'_> {
     map(o.iter().map(|(k, v)| (Cow::Borrowed(k.as_str()), json(v))))
 }
 
+/// The claims an expression selects (all of them if it uses `claims` otherwise): a
+/// claim the token lacks stays absent, so `claims.x` is still an error and `has(claims.x)`
+/// still false.
+fn selected_claims<'v>(o: &'v serde_json::Map<String, serde_json::Value>, fields: &'v Fields) -> Boxed<'v> {
+    match fields {
+        Fields::All => claims_map(o),
+        Fields::None => map([]),
+        Fields::Only(keys) => map(keys
+            .iter()
+            .filter_map(|k| o.get_key_value(k.as_str()))
+            .map(|(k, v)| (Cow::Borrowed(k.as_str()), json(v)))),
+    }
+}
+
+/// The entries of `fields` whose names `want` selects, each built only then.
+fn some<'v, const N: usize>(want: &Fields, fields: [(&'static str, &dyn Fn() -> Boxed<'v>); N]) -> Boxed<'v> {
+    map(fields
+        .into_iter()
+        .filter(|(name, _)| want.has(name))
+        .map(|(name, make)| (Cow::Borrowed(name), make())))
+}
+
 /// `request.headers`: lower-case names (as `http` keeps them), the values of a repeated
 /// header joined by `, ` in order (RFC 9110 section 5.3), credentials left out.
 fn headers(h: &http::HeaderMap) -> Boxed<'_> {
@@ -120,44 +142,48 @@ fn query(q: Option<&str>) -> Boxed<'_> {
 }
 
 impl<'a> Input<'a> {
-    /// Binds the variables `reads` names into `ctx`.
-    pub(super) fn bind<'v>(&self, ctx: &mut cel::Context<'_, 'v>, reads: &Reads)
+    /// Binds the variables `reads` names into `ctx`, each with the fields `selected`.
+    pub(super) fn bind<'v>(&self, ctx: &mut cel::Context<'_, 'v>, reads: &Reads, selected: &'v Selected)
     where
         'a: 'v,
     {
         if reads.principal {
-            let roles: Vec<Boxed<'v>> = self.roles.iter().map(|r| string(r.as_str())).collect();
-            ctx.add_variable_as_val(
-                "principal",
-                map([
-                    (Cow::Borrowed("name"), string(self.name)),
-                    (Cow::Borrowed("roles"), Box::new(CelList::from(roles)) as Boxed<'v>),
-                    (Cow::Borrowed("method"), string(self.method)),
-                    (Cow::Borrowed("issuer"), optional(self.issuer)),
-                    (Cow::Borrowed("client_id"), optional(self.client_id)),
-                ]),
+            let roles = || -> Boxed<'v> {
+                Box::new(CelList::from(
+                    self.roles.iter().map(|r| string(r.as_str())).collect::<Vec<_>>(),
+                ))
+            };
+            let principal = some(
+                &selected.principal,
+                [
+                    ("name", &|| string(self.name)),
+                    ("roles", &roles),
+                    ("method", &|| string(self.method)),
+                    ("issuer", &|| optional(self.issuer)),
+                    ("client_id", &|| optional(self.client_id)),
+                ],
             );
+            ctx.add_variable_as_val("principal", principal);
         }
         if reads.claims {
             let claims = match self.claims {
-                Some(c) => claims_map(c),
+                Some(c) => selected_claims(c, &selected.claims),
                 None => map([]),
             };
             ctx.add_variable_as_val("claims", claims);
         }
         if reads.request {
             let r = self.request;
-            let mut fields = vec![
-                (Cow::Borrowed("method"), string(r.method.as_str())),
-                (Cow::Borrowed("path"), string(r.uri.path())),
-            ];
-            if reads.headers {
-                fields.push((Cow::Borrowed("headers"), headers(&r.headers)));
-            }
-            if reads.query {
-                fields.push((Cow::Borrowed("query"), query(r.uri.query())));
-            }
-            ctx.add_variable_as_val("request", map(fields));
+            let request = some(
+                &selected.request,
+                [
+                    ("method", &|| string(r.method.as_str())),
+                    ("path", &|| string(r.uri.path())),
+                    ("headers", &|| headers(&r.headers)),
+                    ("query", &|| query(r.uri.query())),
+                ],
+            );
+            ctx.add_variable_as_val("request", request);
         }
         if reads.source {
             let ip = self.source.to_string();

@@ -88,6 +88,48 @@ impl Reads {
     }
 }
 
+/// The fields of a variable an expression selects: only those are built for it, unless
+/// it uses the variable otherwise (as a whole, indexed, iterated), when all are.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) enum Fields {
+    #[default]
+    None,
+    Only(Vec<String>),
+    All,
+}
+
+impl Fields {
+    fn add(&mut self, field: Option<&str>) {
+        match (field, &mut *self) {
+            (_, Fields::All) => {}
+            (None, _) => *self = Fields::All,
+            (Some(f), Fields::Only(list)) => {
+                if !list.iter().any(|x| x == f) {
+                    list.push(f.to_string());
+                }
+            }
+            (Some(f), Fields::None) => *self = Fields::Only(vec![f.to_string()]),
+        }
+    }
+
+    /// Whether `field` is to be built.
+    pub(crate) fn has(&self, field: &str) -> bool {
+        match self {
+            Fields::None => false,
+            Fields::Only(list) => list.iter().any(|x| x == field),
+            Fields::All => true,
+        }
+    }
+}
+
+/// What each variable needs built.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Selected {
+    pub principal: Fields,
+    pub claims: Fields,
+    pub request: Fields,
+}
+
 /// A compiled `when` expression; cheap to clone (shared).
 #[derive(Clone)]
 pub struct Policy(Arc<Compiled>);
@@ -96,6 +138,7 @@ struct Compiled {
     source: String,
     program: cel::Program,
     reads: Reads,
+    selected: Selected,
 }
 
 impl std::fmt::Debug for Policy {
@@ -138,6 +181,7 @@ pub fn compile(source: &str) -> Result<Policy, CompileError> {
     let mut walk = Walk {
         bound: Vec::new(),
         reads: Reads::default(),
+        selected: Selected::default(),
     };
     walk.expr(program.expression()).map_err(|(id, message)| {
         let chars = program
@@ -153,6 +197,7 @@ pub fn compile(source: &str) -> Result<Policy, CompileError> {
         source: source.to_string(),
         program,
         reads: walk.reads,
+        selected: walk.selected,
     })))
 }
 
@@ -185,6 +230,7 @@ struct Walk {
     /// The variables comprehensions bind where the walk is (`x` in `l.all(x, ...)`).
     bound: Vec<String>,
     reads: Reads,
+    selected: Selected,
 }
 
 type Refused = (u64, String);
@@ -243,10 +289,12 @@ impl Walk {
         let fields: &[&str] = match name {
             "principal" => {
                 self.reads.principal = true;
+                self.selected.principal.add(field);
                 &PRINCIPAL_FIELDS
             }
             "request" => {
                 self.reads.request = true;
+                self.selected.request.add(field);
                 match field {
                     Some("headers") => self.reads.headers = true,
                     Some("query") => self.reads.query = true,
@@ -264,6 +312,7 @@ impl Walk {
             }
             "claims" => {
                 self.reads.claims = true;
+                self.selected.claims.add(field);
                 return Ok(());
             }
             "now" => {
@@ -309,7 +358,7 @@ impl Policy {
     /// is not a bool), with CEL's message, bounded and without control characters.
     pub fn evaluate(&self, input: &Input<'_>) -> Result<bool, String> {
         let mut ctx = cel::Context::with_env(env().clone());
-        input.bind(&mut ctx, &self.0.reads);
+        input.bind(&mut ctx, &self.0.reads, &self.0.selected);
         match self.0.program.execute(&ctx) {
             Ok(cel::Value::Bool(b)) => Ok(b),
             Ok(other) => Err(format!("the expression gave a {}, not true or false", other.type_of())),

@@ -157,3 +157,23 @@ fn unknown_names_and_syntax_errors_have_their_offset() {
         .message
         .contains("`r`"));
 }
+
+/// Only the selected fields are built, and that changes no answer: an absent claim stays
+/// absent, and any other use of a variable builds all of it.
+#[test]
+fn selecting_fields_changes_no_answer() {
+    let get = parts("GET", "/", &[]);
+    let c = serde_json::json!({"scope": "a b", "tenant": 42, "org": {"id": 7}});
+    let t = |e: &str| eval(e, c.clone(), &get, &["rest"]);
+    assert_eq!(t("!has(claims.missing) && has(claims.tenant)"), Ok(true));
+    assert_eq!(t("claims.scope != '' && 'tenant' in claims"), Ok(true));
+    assert_eq!(t("claims.tenant == 42 && size(claims) == 3"), Ok(true));
+    assert_eq!(t("claims.org.id == 7 && claims['scope'] == 'a b'"), Ok(true));
+    assert_eq!(t("principal.name == 'alice' && size(principal) == 5"), Ok(true));
+    assert_eq!(t("request.method == 'GET' && size(request) == 4"), Ok(true));
+    assert_eq!(t("claims.exists(k, k == 'org')"), Ok(true));
+    let s = compile("claims.tenant == 1 && has(claims.org.id) && principal.roles.size() > 0").unwrap();
+    assert_eq!(s.0.selected.claims, Fields::Only(vec!["tenant".into(), "org".into()]));
+    assert_eq!(s.0.selected.principal, Fields::Only(vec!["roles".into()]));
+    assert_eq!(s.0.selected.request, Fields::None);
+}
