@@ -272,7 +272,14 @@ async fn each_example_is_true_and_false_and_errors_are_policy_error() {
     .await;
     refused(&gw, no, "policy_denied").await;
 
-    // Every refusal was counted by reason, and the log said which policy.
+    // The admin page's refusals show the detail, escaped.
+    let page = reqwest::get(gw.admin_url("/")).await.unwrap().text().await.unwrap();
+    assert!(
+        page.contains("policy_error (the integration&#39;s `when` failed"),
+        "{page}"
+    );
+    assert!(page.contains("No such key: tenant"), "{page}");
+    // Every refusal was counted by reason.
     let m = gw.metrics().await;
     assert_eq!(metric_value(&m, &failures("policy_denied", "oauth")), 6.0, "{m}");
     assert_eq!(metric_value(&m, &failures("policy_error", "oauth")), 3.0, "{m}");
