@@ -390,7 +390,11 @@ fn page(state: &State) -> String {
             esc(&r.auth_method),
             esc(&r.principal),
             r.status,
-            esc(r.reason)
+            if r.detail.is_empty() {
+                esc(r.reason)
+            } else {
+                esc(&format!("{} ({})", r.reason, r.detail))
+            }
         ));
     }
     h.push_str("</table></body></html>\n");

@@ -108,6 +108,9 @@ pub struct RefusalRecord {
     pub principal: String,
     pub status: u16,
     pub reason: &'static str,
+    /// What the reason alone does not say (which policy refused, and its error).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub detail: String,
 }
 
 /// One config generation, ready to serve.
@@ -151,6 +154,11 @@ pub struct Route {
     pub(crate) upstream_addr: Arc<str>,
     pub(crate) access: Rule,
     pub(crate) senders: Rule,
+    /// The plan's and the integration's `when` policies (compiled with the config).
+    pub(crate) plan_when: Option<crate::policy::Policy>,
+    pub(crate) when: Option<crate::policy::Policy>,
+    /// Token claims sent upstream, each under its `X-Portcullis-*` header.
+    pub(crate) claim_headers: Vec<crate::config::ClaimHeader>,
     pub auth: Vec<AuthMethod>,
     /// The plan forwards header names with `_`.
     pub(crate) underscores: bool,
@@ -228,6 +236,9 @@ impl Gateway {
                     upstream_addr: upstream_addr.into(),
                     access: plan.access.clone(),
                     senders: integ.senders.clone(),
+                    plan_when: plan.when.clone(),
+                    when: integ.when.clone(),
+                    claim_headers: integ.claim_headers.clone(),
                     auth: integ.auth.clone(),
                     underscores: plan.underscores_in_headers,
                     forward_token: integ.forward_token,

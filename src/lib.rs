@@ -19,6 +19,7 @@ pub mod headers;
 pub mod inbound;
 pub mod metrics;
 pub mod path;
+pub mod policy;
 pub mod reload;
 pub mod route;
 pub mod run;

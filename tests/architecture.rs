@@ -9,6 +9,7 @@ use std::path::Path;
 const LAYERS: &[(&str, u32)] = &[
     ("util", 0),
     ("path", 0),
+    ("policy", 0),
     ("headers", 0),
     ("metrics", 0),
     ("error", 1),

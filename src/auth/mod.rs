@@ -44,6 +44,9 @@ pub struct Principal {
     pub headers: Option<Arc<IdentityHeaders>>,
     /// The client certificate's SHA-256 (base64url), for an `mtls` principal.
     pub cnf: Option<Arc<str>>,
+    /// The verified token's claims (JWT, introspection and builtin tokens), for `when`
+    /// policies and `claim_headers`; `None` for the other methods.
+    pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
     /// The credential was found verified in a cache (a password or API-key check, a
     /// token's signature, an introspection answer) rather than checked now.
     pub cached: bool,
@@ -84,6 +87,7 @@ impl Principal {
             issuer: None,
             local_user: true,
             headers,
+            claims: None,
             cached: false,
             cnf: None,
         }
@@ -256,6 +260,7 @@ impl UserEntry {
             local_user: true,
             headers: self.headers.clone(),
             cnf: None,
+            claims: None,
             cached: false,
         }
     }
@@ -357,6 +362,8 @@ pub struct Auth {
     api_keys: api_key::ApiKeys,
     url_keys: url_key::UrlKeys,
     pub lockout: lockout::Lockout,
+    /// The process state's clock (`now` of `when` policies; tests move it).
+    pub clock: crate::util::Clock,
 }
 
 impl Auth {
@@ -405,6 +412,7 @@ impl Auth {
                 .take(&config.lockout, config.cache.max_entries, metrics, &lasting.clock)
                 .with_shared(lasting.shared.lockouts.clone()),
             users,
+            clock: lasting.clock.clone(),
         })
     }
 

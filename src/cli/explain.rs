@@ -180,6 +180,28 @@ fn request(method: &str, url: &str, headers: &[String]) -> anyhow::Result<http::
     }
 }
 
+/// One authorization rule and its value. A `when` that reads headers or the query is
+/// marked as reading what the client chooses, and its error message is not shown (it may
+/// quote a header's value).
+fn rule_text(r: &crate::authz::Judged) -> String {
+    let value = match &r.value {
+        Ok(true) => "passes".to_string(),
+        Ok(false) => "false (refuses)".to_string(),
+        Err(_) if r.client_controlled => {
+            "error (the message is not shown: it may quote a header or query value)".to_string()
+        }
+        Err(m) => format!("error: {m}"),
+    };
+    let mut out = format!("{:<17}{value}", r.rule);
+    if let Some(source) = &r.source {
+        out.push_str(&format!("  `{source}`"));
+    }
+    if r.client_controlled {
+        out.push_str("  [reads request headers or query: input the client controls]");
+    }
+    out
+}
+
 /// What `explain` found and decided, one line each; the exit code: 0 allowed, 2 refused.
 fn print(e: &crate::inbound::Explanation, request: &str, found: &[String], known: &dyn Fn(&str) -> bool) -> ExitCode {
     println!("request      {request}");
@@ -213,6 +235,9 @@ fn print(e: &crate::inbound::Explanation, request: &str, found: &[String], known
             how.as_str()
         ),
         (None, None) => {}
+    }
+    for r in &e.rules {
+        println!("rule         {}", rule_text(r));
     }
     for (scope, limit, step) in &e.rates {
         let key = match limit.key {

@@ -382,6 +382,8 @@ pub struct Plan {
     /// Requests per principal (or client IP, or in all) through every integration of
     /// the plan together.
     pub rate: Option<RateLimit>,
+    /// `when`: a CEL expression that must be true besides `access`, compiled once.
+    pub when: Option<crate::policy::Policy>,
     pub integrations: Vec<Integration>,
 }
 
@@ -458,6 +460,36 @@ pub struct Integration {
     pub rate: Option<RateLimit>,
     /// The OAuth issuers (by name) whose tokens it accepts; `None`: every issuer.
     pub issuers: Option<Vec<String>>,
+    /// `when`: a CEL expression that must be true besides `senders`, compiled once.
+    pub when: Option<crate::policy::Policy>,
+    /// `claim_headers`: the token claims sent upstream, each under its header.
+    pub claim_headers: Vec<ClaimHeader>,
+}
+
+/// One entry of `claim_headers`: the claim at `claim` (a dotted path into nested objects)
+/// is sent upstream as `name`, an `X-Portcullis-*` header the client cannot set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimHeader {
+    pub name: http::HeaderName,
+    pub claim: String,
+}
+
+impl ClaimHeader {
+    /// The claim's value in `claims`: the whole path as a key first (a claim named
+    /// `https://example.com/tenant`), else the path's first segments as a key and the rest
+    /// inside it, shortest first. `None` when absent.
+    pub fn find<'a>(
+        claims: &'a serde_json::Map<String, serde_json::Value>,
+        path: &str,
+    ) -> Option<&'a serde_json::Value> {
+        if let Some(v) = claims.get(path) {
+            return Some(v);
+        }
+        path.match_indices('.').find_map(|(i, _)| match claims.get(&path[..i]) {
+            Some(serde_json::Value::Object(inner)) => Self::find(inner, &path[i + 1..]),
+            _ => None,
+        })
+    }
 }
 
 /// An integration's path: exact, or `/base/*` (the base itself and everything below it).

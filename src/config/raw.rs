@@ -221,6 +221,8 @@ pub struct Plan {
     pub underscores_in_headers: Option<bool>,
     pub rate: Option<Spanned<Rate>>,
     pub rate_fail: Option<Str>,
+    /// A CEL expression that must be true, besides `access` (`src/policy`).
+    pub when: Option<Str>,
     #[serde(default)]
     pub integrations: Vec<Spanned<Integration>>,
 }
@@ -258,6 +260,10 @@ pub struct Integration {
     /// The `[[oauth.issuers]]` (by name) whose tokens this integration accepts; every
     /// issuer when absent.
     pub issuers: Option<Spanned<Vec<Str>>>,
+    /// A CEL expression that must be true, besides the plan's rules and `senders`.
+    pub when: Option<Str>,
+    /// `X-Portcullis-*` header name -> claim (a dotted path) sent upstream.
+    pub claim_headers: Option<Spanned<std::collections::BTreeMap<String, Str>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -52,6 +52,12 @@ pub struct Ctx {
     /// when they were counted.
     pub rate_policy: Option<HeaderValue>,
     pub rate_state: Option<HeaderValue>,
+    /// What the refusal's reason alone does not say (which `when` refused, its error):
+    /// for the log and the admin page, never for the client.
+    pub detail: Option<Arc<str>>,
+    /// `portcullis explain`: every authorization rule is evaluated into `judged`.
+    pub explaining: bool,
+    pub judged: Vec<crate::authz::Judged>,
 }
 
 impl Ctx {
@@ -112,6 +118,9 @@ impl Ctx {
             close: false,
             rate_policy: None,
             rate_state: None,
+            detail: None,
+            explaining: false,
+            judged: Vec::new(),
         }
     }
 
@@ -229,6 +238,7 @@ impl Done<'_> {
             principal: ctx.principal.as_deref().unwrap_or("").to_string(),
             status: self.status,
             reason,
+            detail: ctx.detail.as_deref().unwrap_or("").to_string(),
         });
     }
 
@@ -248,6 +258,7 @@ impl Done<'_> {
             issuer = ctx.issuer.as_deref().unwrap_or(""),
             status = self.status,
             reason = self.reason(),
+            detail = ctx.detail.as_deref().unwrap_or(""),
             latency_ms = self.elapsed.as_secs_f64() * 1000.0,
             upstream_ms = ctx.upstream_elapsed.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
             protocol = ?ctx.version,

@@ -109,10 +109,25 @@ pub(super) async fn decide(gw: &Gateway, ctx: &mut Ctx, parts: &mut Parts) -> Re
     ctx.principal = Some(principal.user.clone());
     ctx.issuer = principal.issuer.clone();
     ctx.cache_hit = Some(principal.cached);
-    authz::authorize(index, &route.access, &route.senders, principal).map_err(|denied| {
+    let rules = authz::Rules {
+        access: &route.access,
+        senders: &route.senders,
+        plan: route.plan_when.as_ref(),
+        integration: route.when.as_ref(),
+    };
+    let seen = authz::Seen {
+        parts,
+        client: ctx.client,
+        clock: &gw.auth.clock,
+    };
+    if ctx.explaining {
+        ctx.judged = authz::judge(&rules, &seen, &principal);
+    }
+    authz::authorize(index, &rules, &seen, principal).map_err(|denied| {
         // RFC 6750 section 3.1: a valid token without the rights is insufficient_scope.
         let challenge = (denied.principal.method == AuthMethod::OAuth)
             .then(|| HeaderValue::from_static("Bearer realm=\"portcullis\", error=\"insufficient_scope\""));
+        ctx.detail = denied.detail.map(Into::into);
         Refusal::Forbidden {
             reason: denied.reason,
             challenge,

@@ -30,6 +30,9 @@ pub struct Explanation {
     /// The rate limits that apply (the plan's, the integration's) and the budget each has
     /// left now, looked at without spending it.
     pub rates: super::rate::Decided,
+    /// Each authorization rule and its value (`access`, `senders`, each `when`), once
+    /// authentication named a principal; a `when` that reads headers or the query says so.
+    pub rules: Vec<crate::authz::Judged>,
 }
 
 /// The decision for one request head, from `client`.
@@ -44,6 +47,7 @@ pub async fn explain(gw: &Gateway, mut parts: Parts, client: std::net::IpAddr) -
         trace,
     );
     let mut rates = Vec::new();
+    ctx.explaining = true;
     // The phases of `admit`, in its order, then the upgrade's own checks.
     let decided = async {
         super::decide::check_head(&gw.config.limits, &parts)?;
@@ -82,6 +86,7 @@ pub async fn explain(gw: &Gateway, mut parts: Parts, client: std::net::IpAddr) -
         decision: Err((0, "", String::new())),
         endpoint: ctx.endpoint,
         rates: Vec::new(),
+        rules: std::mem::take(&mut ctx.judged),
     };
     out.rates = rates;
     out.decision = match decided {

@@ -10,7 +10,7 @@ use http::{Uri, Version};
 use super::ctx::Ctx;
 use crate::auth;
 use crate::authz::Permit;
-use crate::config::{AuthMethod, Upstream};
+use crate::config::{AuthMethod, ClaimHeader, Upstream};
 use crate::error::Refusal;
 use crate::gateway::{Gateway, Route};
 use crate::headers;
@@ -67,6 +67,9 @@ pub(super) fn rewrite<'g>(
             if let Some(i) = &id.issuer {
                 h.insert(headers::X_PORTCULLIS_ISSUER, i.clone());
             }
+            if !route.claim_headers.is_empty() {
+                claim_headers(&route.claim_headers, p, h, ctx);
+            }
             let assertion = gw
                 .signer()
                 .assertion(p, route_index, &route.plan, &route.integration)
@@ -85,6 +88,39 @@ pub(super) fn rewrite<'g>(
     }
     parts.version = Version::HTTP_11;
     Ok(route)
+}
+
+/// `claim_headers`: each claim the token has, under its header (the client's own were
+/// stripped with every `X-Portcullis-*`): a string as it is, any other value as compact
+/// JSON. A missing claim sends no header; a value that cannot be a header value (a
+/// control character, a line break, non-ASCII text) is not sent, and logged.
+fn claim_headers(list: &[ClaimHeader], p: &auth::Principal, h: &mut http::HeaderMap, ctx: &Ctx) {
+    let Some(claims) = p.claims.as_deref() else {
+        return;
+    };
+    for c in list {
+        let Some(value) = ClaimHeader::find(claims, &c.claim) else {
+            continue;
+        };
+        let text = match value {
+            serde_json::Value::String(s) => std::borrow::Cow::Borrowed(s.as_str()),
+            other => std::borrow::Cow::Owned(other.to_string()),
+        };
+        // Visible ASCII, spaces and tabs only: `HeaderValue` would take obs-text bytes,
+        // which upstreams read each their own way.
+        let plain = text.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b));
+        match HeaderValue::from_str(&text) {
+            Ok(v) if plain => {
+                h.insert(c.name.clone(), v);
+            }
+            Ok(_) | Err(_) => tracing::warn!(
+                request_id = ctx.request_id.to_str().unwrap_or(""),
+                header = c.name.as_str(),
+                claim = c.claim.as_str(),
+                "claim not sent upstream: its value cannot be a header value"
+            ),
+        }
+    }
 }
 
 /// The upstream's scheme and authority, its base path, then the request's path and query

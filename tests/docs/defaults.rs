@@ -316,6 +316,8 @@ fn absent(key: &str, c: &Config) -> Option<bool> {
         "listen.tls.client_crl" => tls().client_crl.is_none(),
         "tracing.otlp_endpoint" => c.tracing.otlp_endpoint.is_none(),
         "plans.rate" => c.plans[0].rate.is_none(),
+        "plans.when" => c.plans[0].when.is_none(),
+        "plans.integrations.when" => c.plans[0].integrations[0].when.is_none(),
         // A lone `[oauth]` is one issuer; `[[oauth.issuers]]` are several.
         "oauth.issuers" => c.issuers.len() == 1,
         "plans.integrations.rate" => c.plans[0].integrations[0].rate.is_none(),

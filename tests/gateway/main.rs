@@ -24,6 +24,7 @@ mod mtls;
 mod oauth;
 mod paths;
 mod per_core;
+mod policy;
 mod proxy;
 mod rate;
 mod reload;

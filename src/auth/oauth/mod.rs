@@ -141,14 +141,17 @@ pub enum BuildError {
     Introspection(#[from] introspection::NoIntrospectionUrl),
 }
 
+/// A token's claims, as JSON.
+pub type Claims = serde_json::Map<String, serde_json::Value>;
+
 /// The facts a verified token gives, before they meet `[[users]]`.
 #[derive(Debug)]
 pub struct TokenFacts {
     pub user: String,
     pub roles: Vec<String>,
     pub client_id: Option<String>,
-    /// The verified token's claims (a JWT's payload, an introspection answer), for
-    /// policies (`Principal.claims` of the CEL work).
+    /// The verified token's claims (a JWT's payload, an introspection answer, a builtin
+    /// token's), for `when` policies and `claim_headers`.
     pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
     /// The principal last made from these facts, and the fingerprint of the user entry it
     /// was merged with: a cached token reuses it (roles merged and header values built
@@ -230,6 +233,7 @@ impl TokenFacts {
         .with_issuer(issuer.clone());
         let p = Principal {
             local_user: users.is_some(),
+            claims: self.claims.clone(),
             ..p
         };
         self.memo.store(Some(Arc::new((fingerprint, p.clone()))));

@@ -13,6 +13,7 @@ mod listen;
 pub(super) mod locate;
 mod oauth;
 mod plans;
+mod policy;
 mod scalars;
 mod shared;
 pub(super) mod suggest;

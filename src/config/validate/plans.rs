@@ -18,6 +18,7 @@ impl Validator<'_> {
                 users: Vec::new(),
             };
             let access = self.rule(r.access.as_ref(), users, &format!("access of plan `{name}`"), nobody);
+            let when = self.policy(r.when.as_ref(), &format!("plan `{name}`"));
             let mut seen_int = HashMap::new();
             let mut integrations = Vec::new();
             for i in &r.integrations {
@@ -49,6 +50,7 @@ impl Validator<'_> {
                 access,
                 underscores_in_headers: r.underscores_in_headers.unwrap_or(false),
                 rate,
+                when,
                 integrations,
             });
         }
@@ -120,6 +122,14 @@ impl Validator<'_> {
             .issuers
             .as_ref()
             .map(|l| l.get_ref().iter().map(|n| n.get_ref().clone()).collect());
+        let when = self.policy(ri.when.as_ref(), &format!("integration `{full}`"));
+        let claim_headers = self.claim_headers(ri.claim_headers.as_ref(), &full);
+        if !claim_headers.is_empty() && !auth.contains(&AuthMethod::OAuth) {
+            self.warn(
+                sp(i),
+                format!("integration `{full}` sets claim_headers but does not accept oauth: only tokens have claims"),
+            );
+        }
         Integration {
             name: iname,
             path,
@@ -130,6 +140,8 @@ impl Validator<'_> {
             websocket,
             rate,
             issuers,
+            when,
+            claim_headers,
         }
     }
 
