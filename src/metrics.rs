@@ -80,7 +80,7 @@ pub const LISTENERS: [&str; 4] = ["inbound", "admin", "egress", "forward_auth"];
 /// `reason` of `portcullis_malformed_requests_total`.
 pub const MALFORMED_REASONS: [&str; 3] = ["headers_too_large", "uri_too_long", "malformed_request"];
 /// `op` of `portcullis_shared_errors_total`.
-pub const SHARED_OPS: [&str; 7] = [
+pub const SHARED_OPS: [&str; 8] = [
     "lockout",
     "refresh",
     "revoke",
@@ -88,6 +88,7 @@ pub const SHARED_OPS: [&str; 7] = [
     "egress",
     "publish",
     "subscribe",
+    "replicate",
 ];
 /// `kind` of `portcullis_shared_integrity_failures_total`.
 pub const INTEGRITY_KINDS: [&str; 6] = ["refresh", "family", "revocation", "event", "agreed", "egress"];
@@ -178,7 +179,7 @@ const EGRESS_TOKEN_FETCHES: Desc = (
     "portcullis_egress_token_fetches_total",
     "OAuth2 token fetches for egress endpoints by outcome.",
 );
-const SHARED_ERRORS: Desc = ("portcullis_shared_errors_total", "Commands to the shared store (Redis) that failed or timed out, by operation (lockout, refresh, revoke, agree, egress, publish, subscribe).");
+const SHARED_ERRORS: Desc = ("portcullis_shared_errors_total", "Commands to the shared store (Redis) that failed or timed out, by operation (lockout, refresh, revoke, agree, egress, publish, subscribe; replicate: a write fewer replicas than shared.wait_replicas confirmed).");
 const SHARED_INTEGRITY_FAILURES: Desc = ("portcullis_shared_integrity_failures_total", "Values read from the shared store (Redis) that failed their integrity check and were refused, by kind (refresh, family, revocation, event, agreed, egress).");
 const TABLE_FULL: Desc = ("portcullis_table_full_total", "Requests refused because a bounded security table was full, by table (revocations, lockout, remote_locks) and limit (total, per_client).");
 const CONFIG_RELOADS: Desc = (
@@ -582,7 +583,7 @@ mod tests {
             .filter(|(n, l, _)| n.starts_with("portcullis_") && !l.is_empty() && n != "portcullis_build_info")
             .count();
         assert_eq!(labelled, PRECREATED);
-        assert_eq!(PRECREATED, 49);
+        assert_eq!(PRECREATED, 50);
         let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md")).unwrap();
         assert!(
             doc.contains(&format!("a fixed {PRECREATED} series")),

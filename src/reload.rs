@@ -50,12 +50,10 @@ fn shared_changed(old: &Config, new: &Config) -> Option<String> {
     use crate::config::SharedBackend;
     let same = match (&old.shared, &new.shared) {
         (SharedBackend::Memory, SharedBackend::Memory) => true,
-        (SharedBackend::Redis(a), SharedBackend::Redis(b)) => {
-            a.url.expose() == b.url.expose() && a.secret.expose() == b.secret.expose() && a.key_prefix == b.key_prefix
-        }
+        (SharedBackend::Redis(a), SharedBackend::Redis(b)) => a.same_store(b),
         _ => false,
     };
-    (!same).then(|| "[shared] changed (backend, url, secret or key_prefix): restart Portcullis to use it".to_string())
+    (!same).then(|| "[shared] changed (backend, where Redis is, its credentials, secret or key_prefix): restart Portcullis to use it".to_string())
 }
 
 /// Why a reload was refused (the running config stays). The texts quote the file's

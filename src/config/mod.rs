@@ -13,6 +13,7 @@ pub mod export;
 pub mod keys;
 mod raw;
 pub mod redact;
+mod redis;
 pub mod secret;
 mod validate;
 pub mod withheld;
@@ -22,6 +23,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+pub use redis::{RedisNode, RedisSettings, RedisTopology};
 pub use secret::{FileKind, Secret, SecretHash};
 /// The tables of the config and the keys each accepts (for "did you mean" and the docs test).
 pub use validate::suggest::KNOWN as KNOWN_KEYS;
@@ -265,19 +267,6 @@ pub enum SharedBackend {
     /// In-process (moka): one replica's own state.
     Memory,
     Redis(RedisSettings),
-}
-
-#[derive(Debug, Clone)]
-pub struct RedisSettings {
-    /// `redis://` or `rediss://` (TLS); may carry a password, hence a secret.
-    pub url: Secret,
-    pub key_prefix: String,
-    /// Keys Redis key names (keyed hashes) and encrypts what is secret in values.
-    pub secret: Secret,
-    pub connect_timeout: Duration,
-    pub command_timeout: Duration,
-    /// Multiplexed connections, used in turn.
-    pub pool_size: usize,
 }
 
 /// `[tracing]`: spans exported by OTLP/HTTP when `otlp_endpoint` is set. Applies at start.

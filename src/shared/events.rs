@@ -14,10 +14,22 @@ impl Store {
     /// Subscribes to the events channel, then reads the revocations back from Redis
     /// (subscribed first, so none announced meanwhile falls between the two).
     async fn subscribe(&self) -> Result<redis::aio::PubSub, SharedError> {
-        let mut ps = tokio::time::timeout(self.timeout * 4, self.client.get_async_pubsub())
-            .await
-            .map_err(|_| SharedError::ConnectTimedOut)?
-            .map_err(SharedError::Subscribe)?;
+        let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let connect = async {
+            let client = self.link.subscriber(turn).await?;
+            client.get_async_pubsub().await
+        };
+        let mut ps = match tokio::time::timeout(self.timeout * 4, connect).await {
+            Ok(Ok(ps)) => ps,
+            Ok(Err(e)) => {
+                self.link.failed(None, Some(&e));
+                return Err(SharedError::Subscribe(e));
+            }
+            Err(_) => {
+                self.link.failed(None, None);
+                return Err(SharedError::ConnectTimedOut);
+            }
+        };
         ps.subscribe(self.events_channel())
             .await
             .map_err(SharedError::Subscribe)?;

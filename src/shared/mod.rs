@@ -59,6 +59,7 @@
 mod egress;
 mod events;
 mod keys;
+mod link;
 mod lockout;
 mod refresh;
 mod revocation;

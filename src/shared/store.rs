@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hmac::Mac;
-use redis::aio::ConnectionManager;
 use ring::aead;
 
+use super::link::{Conn, Link};
 use super::{Incomplete, SharedError, Unavailable};
 use crate::config::RedisSettings;
 use crate::metrics::Metrics;
@@ -68,9 +68,10 @@ impl Mirror {
 const DEFAULT_MIRROR_CAP: usize = 100_000;
 
 pub struct Store {
-    pub(super) conns: Vec<ConnectionManager>,
+    pub(super) link: Link,
     pub(super) next: AtomicUsize,
-    pub(super) client: redis::Client,
+    /// Replicas that must confirm a write that has to survive a failover.
+    pub(super) wait_replicas: u32,
     pub(super) prefix: String,
     pub(super) names: [u8; 32],
     pub(super) integrity: [u8; 32],
@@ -101,18 +102,7 @@ impl Store {
     /// Connection managers are made lazily: a replica starts even when Redis is down, and
     /// connects (and reconnects) on use.
     pub fn connect(s: &RedisSettings, metrics: &Metrics) -> Result<Arc<Store>, SharedError> {
-        let url = std::str::from_utf8(s.url.expose()).map_err(|_| SharedError::UrlNotUtf8)?;
-        let client = redis::Client::open(url).map_err(SharedError::Url)?;
-        let cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(s.connect_timeout))
-            .set_response_timeout(Some(s.command_timeout))
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(5))
-            .set_number_of_retries(3);
-        let conns = (0..s.pool_size.max(1))
-            .map(|_| client.get_connection_manager_lazy(cfg.clone()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(SharedError::Url)?;
+        let link = Link::open(s)?;
         let derive = |label: &[u8]| -> [u8; 32] {
             let mut mac = <HmacSha256 as Mac>::new_from_slice(s.secret.expose()).expect("HMAC takes any key length");
             mac.update(label);
@@ -123,9 +113,9 @@ impl Store {
                 .map_err(|_| SharedError::ValueKey)?,
         );
         Ok(Arc::new(Store {
-            conns,
+            link,
             next: AtomicUsize::new(0),
-            client,
+            wait_replicas: s.wait_replicas,
             prefix: s.key_prefix.clone(),
             names: derive(b"portcullis shared: names"),
             integrity: derive(b"portcullis shared: integrity"),
@@ -143,22 +133,31 @@ impl Store {
         }))
     }
 
-    pub(super) fn conn(&self) -> ConnectionManager {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
-        self.conns[i].clone()
-    }
-
-    /// Runs one command (or script) under the command timeout; a failure is counted and
-    /// logged (at most once per second).
-    pub(super) async fn run<T>(
-        &self,
-        op: &'static str,
-        f: impl Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, Unavailable> {
-        let err = match tokio::time::timeout(self.timeout + Duration::from_millis(50), f).await {
+    /// Runs `f` on a pooled connection under the command timeout; a failure is counted
+    /// and logged (at most once per second), and told to the link (on a Sentinel set,
+    /// one that may mean the master moved makes the next command ask the sentinels).
+    pub(super) async fn run<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, Unavailable>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        let attempt = async {
+            let (conn, generation) = self.link.conn(turn).await.map_err(|e| (None, e))?;
+            f(conn).await.map_err(|e| (Some(generation), e))
+        };
+        let err = match tokio::time::timeout(self.timeout + Duration::from_millis(50), attempt).await {
             Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "timed out".to_string(),
+            Ok(Err((generation, e))) => {
+                if let Some(generation) = generation {
+                    self.link.failed(Some(generation), Some(&e));
+                }
+                e.to_string()
+            }
+            Err(_) => {
+                self.link.failed(None, None);
+                "timed out".to_string()
+            }
         };
         debug_assert!(crate::metrics::SHARED_OPS.contains(&op), "op {op} not pre-created");
         self.errors.with_label_values(&[op]).inc();
@@ -175,18 +174,53 @@ impl Store {
         op: &'static str,
         cmd: redis::Cmd,
     ) -> Result<T, Unavailable> {
-        let mut c = self.conn();
-        self.run(op, async move { cmd.query_async(&mut c).await }).await
+        self.run(op, |mut c| async move { cmd.query_async(&mut c).await }).await
     }
 
     /// One script (its keys and arguments given) on a pooled connection, under [`Store::run`].
+    #[allow(dead_code)] // for a write a failover may lose without harm
     pub(super) async fn invoke<T: redis::FromRedisValue + Send>(
         &self,
         op: &'static str,
         script: redis::ScriptInvocation<'static>,
     ) -> Result<T, Unavailable> {
-        let mut c = self.conn();
-        self.run(op, async move { script.invoke_async(&mut c).await }).await
+        self.run(op, |mut c| async move { script.invoke_async(&mut c).await })
+            .await
+    }
+
+    /// [`Store::invoke`] for a write that must survive a failover: then `WAIT` on the
+    /// same connection until `wait_replicas` replicas confirm it. Fewer within the
+    /// command timeout is a failure ([`Unavailable`]): the caller fails closed as for any
+    /// error, and never acknowledges a write that a failover may lose.
+    pub(super) async fn invoke_durable<T: redis::FromRedisValue + Send>(
+        &self,
+        op: &'static str,
+        script: redis::ScriptInvocation<'static>,
+    ) -> Result<T, Unavailable> {
+        let replicas = self.wait_replicas;
+        let wait = self.timeout / 2;
+        self.run(op, |mut c| async move {
+            let v = script.invoke_async(&mut c).await?;
+            self.settle(&mut c, replicas, wait).await?;
+            Ok(v)
+        })
+        .await
+    }
+
+    /// `WAIT replicas timeout` on `c`, when any are asked for.
+    pub(super) async fn settle(&self, c: &mut Conn, replicas: u32, wait: Duration) -> redis::RedisResult<()> {
+        if replicas == 0 {
+            return Ok(());
+        }
+        let confirmed = super::link::wait_replicas(c, replicas, wait).await?;
+        if confirmed < i64::from(replicas) {
+            self.errors.with_label_values(&["replicate"]).inc();
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "fewer replicas than shared.wait_replicas confirmed the write",
+            )));
+        }
+        Ok(())
     }
 
     /// Deletes `key`.
@@ -206,6 +240,17 @@ impl Store {
             mac.update(p);
         }
         format!("{}{kind}:{}", self.prefix, hex::encode(mac.finalize().into_bytes()))
+    }
+
+    /// `name` (one of this store's names) with the hash tag `{group}` after the prefix
+    /// on a Redis Cluster, so that every key of one operation is in one slot; elsewhere
+    /// `name` as it is (the names of one server or a Sentinel set stay as they were).
+    pub(super) fn grouped(&self, group: &str, name: String) -> String {
+        if !self.link.clustered() {
+            return name;
+        }
+        let rest = name.strip_prefix(self.prefix.as_str()).unwrap_or(&name);
+        format!("{}{{{group}}}{rest}", self.prefix)
     }
 
     pub(super) fn plain_name(&self, kind: &str, id: &str) -> String {
