@@ -24,6 +24,7 @@ mod oauth;
 mod paths;
 mod per_core;
 mod proxy;
+mod redis_ha;
 mod reload;
 mod server;
 mod shared;
