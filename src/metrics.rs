@@ -93,13 +93,14 @@ pub const SHARED_OPS: [&str; 8] = [
 /// `kind` of `portcullis_shared_integrity_failures_total`.
 pub const INTEGRITY_KINDS: [&str; 6] = ["refresh", "family", "revocation", "event", "agreed", "egress"];
 /// `(table, limit)` of `portcullis_table_full_total`: the limits each table has.
-pub const FULL_TABLES: [(&str, &str); 6] = [
+pub const FULL_TABLES: [(&str, &str); 7] = [
     ("revocations", "total"),
     ("revocations", "per_client"),
     ("lockout", "total"),
     ("lockout", "per_client"),
     ("revocations_mirror", "total"),
     ("remote_locks", "total"),
+    ("withdrawals", "total"),
 ];
 
 /// Every metric of the process. Cheap to share: the vectors are internally `Arc`ed.
@@ -181,7 +182,7 @@ const EGRESS_TOKEN_FETCHES: Desc = (
 );
 const SHARED_ERRORS: Desc = ("portcullis_shared_errors_total", "Commands to the shared store (Redis) that failed or timed out, by operation (lockout, refresh, revoke, agree, egress, publish, subscribe; replicate: a write fewer replicas than shared.wait_replicas confirmed).");
 const SHARED_INTEGRITY_FAILURES: Desc = ("portcullis_shared_integrity_failures_total", "Values read from the shared store (Redis) that failed their integrity check and were refused, by kind (refresh, family, revocation, event, agreed, egress).");
-const TABLE_FULL: Desc = ("portcullis_table_full_total", "Requests refused because a bounded security table was full, by table (revocations, lockout, remote_locks) and limit (total, per_client).");
+const TABLE_FULL: Desc = ("portcullis_table_full_total", "Requests refused because a bounded security table was full, by table (revocations, lockout, revocations_mirror, remote_locks, withdrawals) and limit (total, per_client).");
 const CONFIG_RELOADS: Desc = (
     "portcullis_config_reloads_total",
     "Config reloads by outcome (success/failure).",
@@ -583,7 +584,7 @@ mod tests {
             .filter(|(n, l, _)| n.starts_with("portcullis_") && !l.is_empty() && n != "portcullis_build_info")
             .count();
         assert_eq!(labelled, PRECREATED);
-        assert_eq!(PRECREATED, 50);
+        assert_eq!(PRECREATED, 51);
         let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md")).unwrap();
         assert!(
             doc.contains(&format!("a fixed {PRECREATED} series")),

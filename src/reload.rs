@@ -56,6 +56,22 @@ fn shared_changed(old: &Config, new: &Config) -> Option<String> {
     (!same).then(|| "[shared] changed (backend, where Redis is, its credentials, secret or key_prefix): restart Portcullis to use it".to_string())
 }
 
+/// Tells every replica (through `[shared]`) which credentials this reload withdrew, so
+/// that they refuse them before their own files change. Runs on the runtime this
+/// blocking reload was started from.
+fn announce_withdrawn(state: &State, gone: Vec<crate::shared::Credential>) {
+    if gone.is_empty() {
+        return;
+    }
+    let withdrawals = state.withdrawals();
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn(async move { withdrawals.withdraw(gone).await });
+        }
+        Err(_) => tracing::warn!("reload outside the runtime: withdrawn credentials not announced"),
+    }
+}
+
 /// Why a reload was refused (the running config stays). The texts quote the file's
 /// values without its secrets, and without the user info and query values of its URLs.
 #[derive(Debug, thiserror::Error)]
@@ -96,9 +112,12 @@ pub fn reload(state: &State, path: &Path, trigger: &'static str) -> Result<(), R
             for w in &loaded.warnings {
                 tracing::warn!("{w}");
             }
+            let gone = crate::shared::withdrawn(&current.config, &loaded.config);
             state
                 .replace(loaded.config)
-                .map_err(|e| ReloadError::Build(redacted(e.to_string())))
+                .map_err(|e| ReloadError::Build(redacted(e.to_string())))?;
+            announce_withdrawn(state, gone);
+            Ok(())
         });
     let m = &state.metrics;
     match &result {

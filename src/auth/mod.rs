@@ -110,6 +110,8 @@ pub enum Reason {
     UntrustedKeyHeader,
     CriticalHeader,
     ClientNotAllowed,
+    /// A reload on another replica withdrew this credential (`[shared]`).
+    CredentialWithdrawn,
 }
 
 impl Reason {
@@ -143,6 +145,7 @@ impl Reason {
             Reason::UntrustedKeyHeader => "untrusted_key_header",
             Reason::CriticalHeader => "critical_header",
             Reason::ClientNotAllowed => "client_not_allowed",
+            Reason::CredentialWithdrawn => "credential_withdrawn",
         }
     }
 }
@@ -309,6 +312,8 @@ pub struct Auth {
     pub oauth: Option<oauth::OAuth>,
     api_keys: api_key::ApiKeys,
     url_keys: url_key::UrlKeys,
+    /// Credentials another replica's reload withdrew (`[shared]`).
+    withdrawals: Arc<dyn crate::shared::Withdrawals>,
     pub lockout: lockout::Lockout,
 }
 
@@ -340,6 +345,7 @@ impl Auth {
             .flat_map(|u| u.cert_names.iter().map(move |n| (n.clone(), u.name.clone())))
             .filter_map(|(n, name)| users.get(&name).map(|e| (n, e.clone())))
             .collect();
+        let withdrawals = lasting.shared.withdrawals.clone();
         let oauth = match &config.oauth {
             Some(o) => Some(oauth::OAuth::new(o, &config.cache, lasting, client, metrics)?),
             None => None,
@@ -352,9 +358,11 @@ impl Auth {
                 &lasting.basic,
                 lasting.hasher(&config.auth, metrics),
                 metrics,
+                withdrawals.clone(),
             ),
-            api_keys: api_key::ApiKeys::new(&config.api_keys, users.clone()),
-            url_keys: url_key::UrlKeys::new(&config.users, users.clone()),
+            api_keys: api_key::ApiKeys::new(&config.api_keys, users.clone(), withdrawals.clone()),
+            url_keys: url_key::UrlKeys::new(&config.users, users.clone(), withdrawals.clone()),
+            withdrawals,
             cert_users,
             lockout: lasting
                 .lockout
@@ -479,14 +487,26 @@ impl Auth {
             Names::Unreadable(_) => return Err(rejected(Reason::MalformedCredentials)),
         };
         let mut matched: Option<&Arc<UserEntry>> = None;
-        for entry in names.iter().filter_map(|n| self.cert_users.get(n)) {
+        let mut withdrawn = false;
+        for (name, entry) in names.iter().filter_map(|n| self.cert_users.get(n).map(|e| (n, e))) {
+            // A name another replica's reload took from this user no longer names them.
+            let kind = crate::shared::CredentialKind::CertName;
+            if self.withdrawals.withdrawn(kind, &entry.name, name.as_bytes()) != Ok(false) {
+                withdrawn = true;
+                continue;
+            }
             match matched {
                 Some(m) if m.name != entry.name => return Err(rejected(Reason::AmbiguousCertificate)),
                 Some(_) => {}
                 None => matched = Some(entry),
             }
         }
-        let entry = matched.ok_or(rejected(Reason::UnknownCertificate))?;
+        let unmatched = if withdrawn {
+            Reason::CredentialWithdrawn
+        } else {
+            Reason::UnknownCertificate
+        };
+        let entry = matched.ok_or(rejected(unmatched))?;
         entry.standing(false).map_err(rejected)?;
         let mut p = entry.principal(method);
         p.cnf = Some(Arc::from(

@@ -136,6 +136,10 @@ impl Store {
                 }
                 self.announce_until(until);
             }
+            (Some("withdrawn"), Some(until), Some(first), rest) => {
+                let rest = rest.into_iter().chain(parts);
+                self.note_withdrawn(until, std::iter::once(first).chain(rest));
+            }
             (Some("jti"), Some(jti), Some(exp), None) => {
                 if let Ok(exp) = exp.parse::<u64>() {
                     self.note_revoked(jti, exp);

@@ -17,6 +17,8 @@
 //! | `revocation.rs` | [`Revocations`]: revoked access tokens; the bounded [`Table`] both memory tables use |
 //! | `keys.rs` | [`Keys`]: the signing key every replica agrees on |
 //! | `egress.rs` | [`EgressTokens`]: egress tokens sealed in Redis, one fetch among replicas |
+//! | `withdrawn.rs` | [`Withdrawals`]: credentials a reload on any replica withdrew, refused by all |
+//! | `link.rs` | where commands go: one server, the master a Sentinel set names, or a Cluster |
 //!
 //! The memory side keeps its bounds: a full table refuses, it never drops an entry in
 //! force. The rest of this note is about the Redis side.
@@ -64,6 +66,7 @@ mod lockout;
 mod refresh;
 mod revocation;
 mod store;
+mod withdrawn;
 
 use std::sync::Arc;
 
@@ -75,6 +78,7 @@ pub use revocation::{
     Kept, MemoryRevocations, Revocation, RevocationLimits, Revocations, RevokeRefused, Standing, Table,
 };
 pub use store::Store;
+pub use withdrawn::{api_key_stored, credentials, withdrawn, Credential, CredentialKind, NoWithdrawals, Withdrawals};
 
 use crate::config::SharedBackend;
 use crate::metrics::Metrics;
@@ -120,6 +124,7 @@ pub struct Backend {
     pub revocations: Arc<dyn Revocations>,
     pub keys: Arc<dyn Keys>,
     pub egress: Arc<dyn EgressTokens>,
+    pub withdrawals: Arc<dyn Withdrawals>,
 }
 
 impl Default for Backend {
@@ -143,6 +148,7 @@ impl Backend {
             revocations: Arc::new(MemoryRevocations::new(full)),
             keys: Arc::new(OwnKeys),
             egress: Arc::new(NoEgressSharing),
+            withdrawals: Arc::new(NoWithdrawals),
         }
     }
 
@@ -153,7 +159,8 @@ impl Backend {
             refresh: store.clone(),
             revocations: store.clone(),
             keys: store.clone(),
-            egress: store,
+            egress: store.clone(),
+            withdrawals: store,
         }
     }
 

@@ -66,6 +66,8 @@ impl Mirror {
 
 /// Default bound of the mirrors until a config generation sets them.
 const DEFAULT_MIRROR_CAP: usize = 100_000;
+/// Bound of the withdrawn credentials kept (each for a day).
+const WITHDRAWALS_CAP: usize = 10_000;
 
 pub struct Store {
     pub(super) link: Link,
@@ -84,6 +86,12 @@ pub struct Store {
     pub(super) remote_locks: Mutex<Mirror>,
     /// Revoked access-token ids, announced by any replica or read back from Redis.
     pub(super) revoked: Mutex<Mirror>,
+    /// Fingerprints of credentials withdrawn by any replica's reload.
+    pub(super) withdrawals: Mutex<Mirror>,
+    /// Unix ms until which some withdrawal may be in force (the fast path skips the rest).
+    pub(super) withdrawn_until: AtomicU64,
+    /// Keys the fingerprints of withdrawn credentials.
+    pub(super) withdrawals_key: [u8; 32],
     /// The revocations were read from Redis at least once since start.
     pub(super) synced: AtomicBool,
     /// Unix ms until which some announced lock or revocation may still be in force: the
@@ -126,6 +134,9 @@ impl Store {
             full: metrics.table_full.clone(),
             remote_locks: Mutex::new(Mirror::new(DEFAULT_MIRROR_CAP)),
             revoked: Mutex::new(Mirror::new(DEFAULT_MIRROR_CAP)),
+            withdrawals: Mutex::new(Mirror::new(WITHDRAWALS_CAP)),
+            withdrawn_until: AtomicU64::new(0),
+            withdrawals_key: derive(b"portcullis shared: withdrawn credentials"),
             synced: AtomicBool::new(false),
             announced_until: AtomicU64::new(0),
             last_warning: AtomicU64::new(0),

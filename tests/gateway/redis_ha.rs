@@ -560,3 +560,151 @@ async fn a_sentinel_failover_mid_traffic_loses_no_acknowledged_write_and_recover
         assert!(refused, "a revocation after the failover is refused everywhere");
     }
 }
+
+/// Alice with `password`, the builtin issuer's client jira with `client_secret`, an API
+/// key `k1` with `key_secret` for alice on `p/keyed`, and the routes `/login` (Basic) and
+/// `/keyed` (API key).
+fn credentials_body(upstream: &str, password: &str, key_secret: &str, client_secret: &str) -> String {
+    let client = |c: Table| {
+        c.set("client_id", "jira")
+            .set("client_secret_hash", sha256_hex(client_secret))
+    };
+    Config::bare()
+        .user("alice", |u| u.roles(["rest"]).password_hash(&argon2_hash(password)))
+        .section("oauth", |s| {
+            s.set("mode", "builtin")
+                .set("access_token_ttl", "10m")
+                .entry("clients", client)
+        })
+        .plan("p", |p| {
+            p.upstream(upstream)
+                .access_roles(["rest"])
+                .integration("login", |i| i.path("/login").methods(["GET"]).auth("basic"))
+                .integration("keyed", |i| i.path("/keyed").methods(["GET"]).auth("api_key"))
+        })
+        .api_key("k1", &sha256_hex(key_secret), "alice", "p/keyed")
+        .to_toml()
+}
+
+/// `[shared]` on one plain Redis.
+fn plain_shared(port: u16) -> Config {
+    listeners().section("shared", |s| {
+        s.set("backend", "redis")
+            .set("url", format!("redis://127.0.0.1:{port}/0"))
+            .set("key_prefix", "pc-ha:")
+            .set("secret", SHARED_SECRET)
+    })
+}
+
+/// The client-credentials answer of `addr` for jira with `secret`.
+async fn client_status(addr: SocketAddr, secret: &str) -> u16 {
+    form(
+        addr,
+        "/oauth/token",
+        ("jira", secret),
+        &[("grant_type", "client_credentials")],
+    )
+    .await
+    .0
+}
+
+/// The answer of `addr` to the API key k1 with `secret`.
+async fn key(addr: SocketAddr, secret: &str) -> u16 {
+    let url = format!("http://{addr}/keyed");
+    client()
+        .get(url)
+        .basic_auth("k1", Some(secret))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn refusals(p: &Process, reason: &str) -> f64 {
+    metric_of(p, &failures(reason, "basic")).await + metric_of(p, &failures(reason, "api_key")).await
+}
+
+/// A password, an API key and an OAuth client secret rotated in one replica's file (and
+/// reloaded there) are refused by the two others before their own files change, even
+/// though each had verified and cached them; the new ones pass there once their files
+/// change too. Withdrawal messages that are forged (a wrong MAC, no MAC) are ignored
+/// and counted; they withdraw nothing.
+#[tokio::test]
+async fn a_credential_rotated_on_one_replica_is_refused_by_the_others_before_their_files_change() {
+    if !have("redis-server") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let redis = server(dir.path(), free_port(), &[]).await;
+    let up = Upstream::start().await;
+    let old = credentials_body(&up.url(), "old-pw", "old-key", "old-client");
+    let (_d, paths, procs) = gateways(&plain_shared(redis.port), &old, 3);
+    for p in &procs {
+        assert_eq!(
+            status(p.addr, "/login", "alice", "old-pw").await,
+            200,
+            "verified, and cached"
+        );
+        assert_eq!(key(p.addr, "old-key").await, 200);
+        assert_eq!(client_status(p.addr, "old-client").await, 200);
+    }
+
+    // Forged withdrawals (a MAC under another key, none at all) change nothing.
+    let channel = "pc-ha:events:all";
+    let fake = format!("withdrawn {} {}", u64::MAX / 2, "ab".repeat(32));
+    let _: i64 = cmd(
+        redis.port,
+        &["PUBLISH", channel, &format!("v1.{}.{fake}", "00".repeat(32))],
+    )
+    .unwrap();
+    let _: i64 = cmd(redis.port, &["PUBLISH", channel, &fake]).unwrap();
+    for p in &procs {
+        let counted = eventually(PATIENCE, || async {
+            metric_of(p, r#"portcullis_shared_integrity_failures_total{kind="event"}"#).await >= 2.0
+        })
+        .await;
+        assert!(counted, "forged withdrawals are counted");
+        assert_eq!(status(p.addr, "/login", "alice", "old-pw").await, 200);
+    }
+
+    let new = credentials_body(&up.url(), "new-pw", "new-key", "new-client");
+    std::fs::write(&paths[0], plain_shared(redis.port).toml(&new).to_toml()).unwrap();
+    procs[0].signal("HUP");
+    let reloaded = eventually(PATIENCE, || async {
+        status(procs[0].addr, "/login", "alice", "new-pw").await == 200
+    })
+    .await;
+    assert!(reloaded);
+    for p in &procs[1..] {
+        let refused = eventually(PATIENCE, || async {
+            status(p.addr, "/login", "alice", "old-pw").await == 401
+                && key(p.addr, "old-key").await == 401
+                && client_status(p.addr, "old-client").await == 401
+        })
+        .await;
+        assert!(
+            refused,
+            "the old credentials are refused before this replica's file changes"
+        );
+        assert!(refusals(p, "credential_withdrawn").await >= 2.0);
+        assert_eq!(
+            status(p.addr, "/login", "alice", "new-pw").await,
+            401,
+            "its file does not know the new one yet"
+        );
+    }
+    // Replica 1's file catches up: the new credentials pass there, the old ones stay refused.
+    std::fs::write(&paths[1], plain_shared(redis.port).toml(&new).to_toml()).unwrap();
+    procs[1].signal("HUP");
+    let caught_up = eventually(PATIENCE, || async {
+        status(procs[1].addr, "/login", "alice", "new-pw").await == 200
+            && key(procs[1].addr, "new-key").await == 200
+            && client_status(procs[1].addr, "new-client").await == 200
+    })
+    .await;
+    assert!(caught_up);
+    assert_eq!(status(procs[1].addr, "/login", "alice", "old-pw").await, 401);
+    // Replica 2 still refuses both: its file holds only the withdrawn ones.
+    assert_eq!(status(procs[2].addr, "/login", "alice", "old-pw").await, 401);
+}

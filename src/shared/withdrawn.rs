@@ -1,0 +1,250 @@
+//! [`Withdrawals`]: credentials that a reload on some replica withdrew (a user's
+//! password, URL key or certificate name, an API key, or an OAuth client changed or
+//! removed), refused by every replica before its own file changes.
+//!
+//! The replica whose reload withdrew them announces them on the events channel (signed
+//! like every event), each as a keyed fingerprint of what its old file stored (the hash,
+//! never a secret): HMAC-SHA256 under a key derived from `shared.secret`, over the kind,
+//! whom it names and the stored value. Every replica keeps the fingerprints it hears in a
+//! bounded table for [`KEPT`], and refuses a credential whose stored value has a
+//! fingerprint there, even though its own file still holds it. When a replica's file
+//! changes too, its credentials have new stored values whose fingerprints match nothing.
+//! A table full of live entries cannot tell: then every credential checked against a
+//! stored value is refused (failing closed) until the entry it could not keep would have
+//! ended.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use hmac::Mac;
+
+use super::store::Store;
+use super::{Incomplete, Pending};
+use crate::config::Config;
+
+/// How long a withdrawal is kept: the time every replica's file has to catch up.
+pub const KEPT: Duration = Duration::from_secs(24 * 3600);
+/// At most this many fingerprints in one event.
+const PER_EVENT: usize = 64;
+
+/// What kind of credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CredentialKind {
+    Password,
+    UrlKey,
+    CertName,
+    ApiKey,
+    Client,
+}
+
+impl CredentialKind {
+    fn label(self) -> &'static [u8] {
+        match self {
+            CredentialKind::Password => b"password",
+            CredentialKind::UrlKey => b"url_key",
+            CredentialKind::CertName => b"cert_name",
+            CredentialKind::ApiKey => b"api_key",
+            CredentialKind::Client => b"client",
+        }
+    }
+}
+
+/// One credential as a config holds it: its kind, whom it names (a user, a key id, a
+/// client id) and what is stored to check it (a hash; a certificate name; an API key's
+/// hash with its binding).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Credential {
+    pub kind: CredentialKind,
+    pub id: String,
+    pub stored: Vec<u8>,
+}
+
+/// An API key's stored value: its hash and what it is bound to (a key moved to another
+/// user or integration is withdrawn from the old binding).
+pub fn api_key_stored(hash: &[u8], user: &str, plan: &str, integration: &str) -> Vec<u8> {
+    let mut v = hash.to_vec();
+    for part in [user, plan, integration] {
+        v.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        v.extend_from_slice(part.as_bytes());
+    }
+    v
+}
+
+/// Every credential `config` holds.
+pub fn credentials(config: &Config) -> BTreeSet<Credential> {
+    let mut out = BTreeSet::new();
+    let mut add = |kind, id: &str, stored: Vec<u8>| {
+        out.insert(Credential {
+            kind,
+            id: id.to_string(),
+            stored,
+        });
+    };
+    for u in &config.users {
+        if let Some(h) = &u.password_hash {
+            add(CredentialKind::Password, &u.name, h.as_bytes().to_vec());
+        }
+        if let Some(h) = &u.url_key_hash {
+            add(CredentialKind::UrlKey, &u.name, h.bytes().to_vec());
+        }
+        for n in &u.cert_names {
+            add(CredentialKind::CertName, &u.name, n.as_bytes().to_vec());
+        }
+    }
+    for k in &config.api_keys {
+        let stored = api_key_stored(k.secret_hash.bytes(), &k.user, &k.plan, &k.integration);
+        add(CredentialKind::ApiKey, &k.key, stored);
+    }
+    for c in config.oauth.iter().flat_map(|o| &o.clients) {
+        add(
+            CredentialKind::Client,
+            &c.client_id,
+            c.client_secret_hash.bytes().to_vec(),
+        );
+    }
+    out
+}
+
+/// What `old` holds that `new` does not: each credential changed or removed.
+pub fn withdrawn(old: &Config, new: &Config) -> Vec<Credential> {
+    let kept = credentials(new);
+    credentials(old).into_iter().filter(|c| !kept.contains(c)).collect()
+}
+
+/// Credentials withdrawn by any replica.
+pub trait Withdrawals: Send + Sync {
+    /// Announces what this replica's reload withdrew, to every replica.
+    fn withdraw(&self, withdrawn: Vec<Credential>) -> Pending<'_, ()>;
+    /// Whether any replica withdrew this stored credential. `Err(Incomplete)`: more were
+    /// announced than this replica keeps, so it cannot tell (the caller refuses).
+    fn withdrawn(&self, kind: CredentialKind, id: &str, stored: &[u8]) -> Result<bool, Incomplete>;
+}
+
+/// This process alone: its own reload already dropped what it withdrew.
+pub struct NoWithdrawals;
+
+impl Withdrawals for NoWithdrawals {
+    fn withdraw(&self, _withdrawn: Vec<Credential>) -> Pending<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
+
+    fn withdrawn(&self, _kind: CredentialKind, _id: &str, _stored: &[u8]) -> Result<bool, Incomplete> {
+        Ok(false)
+    }
+}
+
+impl Store {
+    /// The keyed fingerprint of a stored credential (hex).
+    fn credential_fingerprint(&self, kind: CredentialKind, id: &str, stored: &[u8]) -> String {
+        let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.withdrawals_key)
+            .expect("HMAC takes any key length");
+        for part in [kind.label(), id.as_bytes(), stored] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// Keeps the fingerprints of `event` (`withdrawn UNTIL FP...`, already verified).
+    pub(super) fn note_withdrawn<'a>(&self, until: &str, fingerprints: impl Iterator<Item = &'a str>) {
+        let Ok(until) = until.parse::<u64>() else { return };
+        let now_ms = crate::util::unix_now_ms();
+        // An event names when its entries end; one from the past keeps nothing, and
+        // nothing is kept longer than KEPT from now.
+        let until = until.min(now_ms.saturating_add(KEPT.as_millis() as u64));
+        if until <= now_ms {
+            return;
+        }
+        let mut lost = false;
+        {
+            let mut m = self.withdrawals.lock().unwrap_or_else(|p| p.into_inner());
+            for fp in fingerprints.take(PER_EVENT) {
+                if fp.len() == 64 && fp.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    lost |= !m.insert(fp, until, now_ms);
+                }
+            }
+        }
+        self.withdrawn_until.fetch_max(until, Ordering::Relaxed);
+        if lost {
+            self.full.with_label_values(&["withdrawals", "total"]).inc();
+            tracing::error!("more withdrawn credentials announced than this replica keeps: it refuses every credential checked against a stored value until they end");
+        }
+    }
+}
+
+impl Withdrawals for Store {
+    /// Publishes the fingerprints, [`PER_EVENT`] to an event, and keeps them here too.
+    fn withdraw(&self, withdrawn: Vec<Credential>) -> Pending<'_, ()> {
+        Box::pin(async move {
+            let until = crate::util::unix_now_ms().saturating_add(KEPT.as_millis() as u64);
+            let fps: Vec<String> = withdrawn
+                .iter()
+                .map(|c| self.credential_fingerprint(c.kind, &c.id, &c.stored))
+                .collect();
+            for chunk in fps.chunks(PER_EVENT) {
+                self.note_withdrawn(&until.to_string(), chunk.iter().map(String::as_str));
+                self.publish(&format!("withdrawn {until} {}", chunk.join(" "))).await;
+            }
+            if !fps.is_empty() {
+                tracing::info!(
+                    credentials = fps.len(),
+                    "withdrawn credentials announced to every replica"
+                );
+            }
+        })
+    }
+
+    fn withdrawn(&self, kind: CredentialKind, id: &str, stored: &[u8]) -> Result<bool, Incomplete> {
+        let now_ms = crate::util::unix_now_ms();
+        if self.withdrawn_until.load(Ordering::Relaxed) < now_ms {
+            return Ok(false);
+        }
+        let fp = self.credential_fingerprint(kind, id, stored);
+        let m = self.withdrawals.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(m.get(&fp, now_ms)?.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cred(kind: CredentialKind, id: &str, stored: &[u8]) -> Credential {
+        Credential {
+            kind,
+            id: id.into(),
+            stored: stored.to_vec(),
+        }
+    }
+
+    /// Changed and removed credentials are withdrawn, kept and added ones are not.
+    #[test]
+    fn withdrawn_is_what_the_old_config_held_and_the_new_does_not() {
+        let old: BTreeSet<_> = [
+            cred(CredentialKind::Password, "alice", b"h1"),
+            cred(CredentialKind::Password, "bob", b"h2"),
+            cred(CredentialKind::CertName, "bob", b"bob.example"),
+        ]
+        .into();
+        let new: BTreeSet<_> = [
+            cred(CredentialKind::Password, "alice", b"h1b"),
+            cred(CredentialKind::Password, "bob", b"h2"),
+            cred(CredentialKind::Client, "c", b"x"),
+        ]
+        .into();
+        let gone: Vec<_> = old.iter().filter(|c| !new.contains(c)).cloned().collect();
+        assert_eq!(
+            gone,
+            vec![
+                cred(CredentialKind::Password, "alice", b"h1"),
+                cred(CredentialKind::CertName, "bob", b"bob.example")
+            ]
+        );
+        assert_ne!(
+            api_key_stored(b"h", "u", "p", "i"),
+            api_key_stored(b"h", "u", "p", "j"),
+            "a rebinding withdraws the old binding"
+        );
+    }
+}
