@@ -19,6 +19,7 @@ pub(super) const FIXES: &[Fix] = &[
     Fix { reasons: &["key_wrong_integration"], fix: "A key is bound to ONE integration: make a key for this one with `portcullis keygen --integration PLAN/INTEGRATION`." },
     Fix { reasons: &["bad_secret"], fix: "The secret does not match `secret_hash`: the key was regenerated; update the caller." },
     Fix { reasons: &["bad_url_key"], fix: "The key in `?apiKey=` is wrong or was rotated (`portcullis urlkey`)." },
+    Fix { reasons: &["credential_withdrawn"], fix: "With `[shared]`, a reload on another replica changed or removed this password, URL key, certificate name, API key or client secret: roll the new config out to every replica, and give the caller the new credential. If every credential is refused, the replica was told of more withdrawals than it keeps (`portcullis_table_full_total{table=\"withdrawals\"}`); it recovers once they end (a day)." },
     Fix { reasons: &["token_expired", "wrong_audience", "wrong_issuer", "unknown_kid", "bad_signature", "alg_not_allowed", "token_inactive"], fix: "Check the identity provider settings against `[oauth]` (`issuer`, `audience`, `jwks_url`, `algorithms`) and the clocks (`leeway`)." },
     Fix { reasons: &["no_plan_access"], fix: "The user lacks the role or name the plan's `access` rule asks for." },
     Fix { reasons: &["not_a_sender"], fix: "The user may use the plan but is not in the integration's `senders` rule." },
