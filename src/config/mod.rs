@@ -266,7 +266,7 @@ pub struct Lockout {
 pub enum SharedBackend {
     /// In-process (moka): one replica's own state.
     Memory,
-    Redis(RedisSettings),
+    Redis(Box<RedisSettings>),
 }
 
 /// `[tracing]`: spans exported by OTLP/HTTP when `otlp_endpoint` is set. Applies at start.

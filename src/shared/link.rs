@@ -78,7 +78,7 @@ pub(super) enum Link {
     },
     Sentinel {
         /// Asks the sentinels (one lookup at a time).
-        resolver: tokio::sync::Mutex<SentinelClient>,
+        resolver: Box<tokio::sync::Mutex<SentinelClient>>,
         master: Mutex<Option<Master>>,
         generation: AtomicU64,
         config: AsyncConnectionConfig,
@@ -171,7 +171,7 @@ impl Link {
                     b = b.set_client_to_sentinel_password(p.expose_str());
                 }
                 Link::Sentinel {
-                    resolver: tokio::sync::Mutex::new(b.build().map_err(SharedError::Url)?),
+                    resolver: Box::new(tokio::sync::Mutex::new(b.build().map_err(SharedError::Url)?)),
                     master: Mutex::new(None),
                     generation: AtomicU64::new(0),
                     config,

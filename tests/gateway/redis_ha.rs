@@ -176,15 +176,10 @@ impl SentinelSet {
         port.parse().unwrap()
     }
 
-    /// `[shared]` for this set, with `how` naming it (the keys or a URL).
+    /// `[shared]` for this set, named by the keys or by a URL.
     fn shared(&self, by_url: bool) -> Config {
         let addrs = self.addrs();
-        listeners().section("shared", |s| {
-            let s = s
-                .set("backend", "redis")
-                .set("key_prefix", "pc-ha:")
-                .set("secret", SHARED_SECRET)
-                .set("command_timeout", "1s");
+        ha_shared(|s| {
             if by_url {
                 s.set("url", format!("redis+sentinel://{}/{MASTER}", addrs.join(",")))
             } else {
@@ -192,6 +187,19 @@ impl SentinelSet {
             }
         })
     }
+}
+
+/// The listeners and `[shared]` on Redis with the test's prefix and secret; `place` says
+/// where Redis is.
+fn ha_shared(place: impl FnOnce(Table) -> Table) -> Config {
+    listeners().section("shared", |s| {
+        place(
+            s.set("backend", "redis")
+                .set("key_prefix", "pc-ha:")
+                .set("secret", SHARED_SECRET)
+                .set("command_timeout", "1s"),
+        )
+    })
 }
 
 /// Three masters, their slots assigned by `redis-cli --cluster create`.
@@ -246,12 +254,7 @@ impl Cluster {
 
     fn shared(&self, by_url: bool) -> Config {
         let nodes: Vec<String> = self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
-        listeners().section("shared", |s| {
-            let s = s
-                .set("backend", "redis")
-                .set("key_prefix", "pc-ha:")
-                .set("secret", SHARED_SECRET)
-                .set("command_timeout", "1s");
+        ha_shared(|s| {
             if by_url {
                 s.set("url", format!("redis://{}", nodes[0])).set("cluster", true)
             } else {
@@ -349,18 +352,29 @@ async fn shared_state_holds(procs: &[Process]) {
     }
 }
 
+/// [`shared_state_holds`] on three replicas named `first`, then on three named `second`
+/// (the other form of the same store), where the lock of the first run still holds.
+/// Returns the second three.
+async fn holds_in_both_forms(first: Config, second: Config) -> (tempfile::TempDir, Vec<Process>) {
+    let up = Upstream::start().await;
+    let (_d, _p, procs) = gateways(&first, &issuer_body(&up.url(), 3), 3);
+    shared_state_holds(&procs).await;
+    drop(procs);
+    let (dir, _p, procs) = gateways(&second, &issuer_body(&up.url(), 3), 3);
+    assert_eq!(
+        status(procs[0].addr, "/login", "bob", "bob-pw").await,
+        429,
+        "the lock holds in the other form"
+    );
+    (dir, procs)
+}
+
 /// On a Sentinel set (named by keys, or by a `redis+sentinel://` URL): lockout, refresh
 /// rotation and revocation hold across three replicas, on the master the sentinels name.
 #[tokio::test]
 async fn a_sentinel_set_holds_lockout_rotation_and_revocation_across_replicas() {
     let Some(set) = SentinelSet::start().await else { return };
-    let up = Upstream::start().await;
-    let (_d, _p, procs) = gateways(&set.shared(false), &issuer_body(&up.url(), 3), 3);
-    shared_state_holds(&procs).await;
-    drop(procs);
-    let (_d, _p, procs) = gateways(&set.shared(true), &issuer_body(&up.url(), 3), 3);
-    // The lock of the first run still holds, through the URL form too.
-    assert_eq!(status(procs[0].addr, "/login", "bob", "bob-pw").await, 429);
+    holds_in_both_forms(set.shared(false), set.shared(true)).await;
 }
 
 /// On a Redis Cluster of three masters (a seed URL with `cluster = true`, or `nodes`):
@@ -369,12 +383,7 @@ async fn a_sentinel_set_holds_lockout_rotation_and_revocation_across_replicas() 
 #[tokio::test]
 async fn a_cluster_holds_lockout_rotation_and_revocation_across_replicas() {
     let Some(cluster) = Cluster::start().await else { return };
-    let up = Upstream::start().await;
-    let (_d, _p, procs) = gateways(&cluster.shared(true), &issuer_body(&up.url(), 3), 3);
-    shared_state_holds(&procs).await;
-    drop(procs);
-    let (_d, _p, procs) = gateways(&cluster.shared(false), &issuer_body(&up.url(), 3), 3);
-    assert_eq!(status(procs[0].addr, "/login", "bob", "bob-pw").await, 429);
+    let _running = holds_in_both_forms(cluster.shared(true), cluster.shared(false)).await;
     let per_node = cluster.keys_per_node();
     assert!(
         per_node.iter().filter(|k| !k.is_empty()).count() >= 2,
@@ -588,12 +597,7 @@ fn credentials_body(upstream: &str, password: &str, key_secret: &str, client_sec
 
 /// `[shared]` on one plain Redis.
 fn plain_shared(port: u16) -> Config {
-    listeners().section("shared", |s| {
-        s.set("backend", "redis")
-            .set("url", format!("redis://127.0.0.1:{port}/0"))
-            .set("key_prefix", "pc-ha:")
-            .set("secret", SHARED_SECRET)
-    })
+    ha_shared(|s| s.set("url", format!("redis://127.0.0.1:{port}/0")))
 }
 
 /// The client-credentials answer of `addr` for jira with `secret`.

@@ -24,19 +24,7 @@ impl Validator<'_> {
             }
         };
         if !redis {
-            for (set, key) in [
-                (s.url.is_some(), "url"),
-                (s.secret.is_some(), "secret"),
-                (s.key_prefix.is_some(), "key_prefix"),
-                (s.sentinels.is_some(), "sentinels"),
-                (s.nodes.is_some(), "nodes"),
-                (s.cluster.is_some(), "cluster"),
-                (s.password.is_some(), "password"),
-            ] {
-                if set {
-                    self.warn(None, format!("shared.{key} is ignored: shared.backend is \"memory\""));
-                }
-            }
+            self.ignored_without_redis(s);
             return SharedBackend::Memory;
         }
         let located = self.redis_location(s);
@@ -106,7 +94,7 @@ impl Validator<'_> {
         }
         let (username, password) = self.redis_credentials(s, located.as_ref());
         match (located, secret) {
-            (Some(l), Some(secret)) => SharedBackend::Redis(RedisSettings {
+            (Some(l), Some(secret)) => SharedBackend::Redis(Box::new(RedisSettings {
                 topology: l.topology,
                 username: username.or(l.username),
                 password: password.or(l.password),
@@ -117,8 +105,25 @@ impl Validator<'_> {
                 command_timeout,
                 pool_size,
                 wait_replicas,
-            }),
+            })),
             _ => SharedBackend::Memory,
+        }
+    }
+
+    /// Warns of the Redis keys a memory backend ignores.
+    fn ignored_without_redis(&mut self, s: &raw::Shared) {
+        for (set, key) in [
+            (s.url.is_some(), "url"),
+            (s.secret.is_some(), "secret"),
+            (s.key_prefix.is_some(), "key_prefix"),
+            (s.sentinels.is_some(), "sentinels"),
+            (s.nodes.is_some(), "nodes"),
+            (s.cluster.is_some(), "cluster"),
+            (s.password.is_some(), "password"),
+        ] {
+            if set {
+                self.warn(None, format!("shared.{key} is ignored: shared.backend is \"memory\""));
+            }
         }
     }
 
@@ -150,7 +155,6 @@ impl Validator<'_> {
     /// `master_name`, `cluster = true` with `url` as its seed, or `nodes`.
     fn redis_location(&mut self, s: &raw::Shared) -> Option<Located> {
         let url = s.url.as_ref().and_then(|u| self.secret(u, "shared.url"));
-        let url_span = s.url.as_ref().map(|u| u.span());
         let cluster = s.cluster.as_ref().map(|c| *c.get_ref());
         let tls = s.tls.as_ref().is_some_and(|t| *t.get_ref());
         let ways = [
@@ -178,37 +182,7 @@ impl Validator<'_> {
             );
         }
         if let Some(list) = &s.sentinels {
-            if cluster == Some(true) {
-                self.error(
-                    sp(list),
-                    "shared: a Sentinel set and a Cluster cannot be combined (sentinels and cluster = true)",
-                );
-                return None;
-            }
-            let sentinels = self.redis_nodes(list, 26379, "shared.sentinels")?;
-            let Some(m) = &s.master_name else {
-                self.error(
-                    sp(list),
-                    "shared.sentinels needs shared.master_name (the name the sentinels monitor)",
-                );
-                return None;
-            };
-            if m.get_ref().is_empty() || !m.get_ref().chars().all(|c| c.is_ascii_graphic()) {
-                self.error(sp(m), "shared.master_name must be plain, non-empty text");
-                return None;
-            }
-            let master_name = m.get_ref().clone();
-            let topology = RedisTopology::Sentinel {
-                sentinels,
-                master_name,
-                tls,
-                db: 0,
-            };
-            return Some(Located {
-                topology,
-                username: None,
-                password: None,
-            });
+            return self.sentinel_location(s, list, tls);
         }
         if let Some(list) = &s.nodes {
             if let Some(c) = s.cluster.as_ref().filter(|c| !*c.get_ref()) {
@@ -225,6 +199,12 @@ impl Validator<'_> {
                 password: None,
             });
         }
+        self.url_location(s, url, cluster)
+    }
+
+    /// `shared.url`: one server, a `redis+sentinel://` URL, or a cluster's seed.
+    fn url_location(&mut self, s: &raw::Shared, url: Option<Secret>, cluster: Option<bool>) -> Option<Located> {
+        let url_span = s.url.as_ref().map(|u| u.span());
         let Some(url) = url else {
             if s.url.is_none() {
                 self.error(
@@ -267,11 +247,17 @@ impl Validator<'_> {
             );
             return None;
         };
+        let decode = |t: &str| super::super::redis::percent_decode(t).ok();
+        let username = decode(parsed.username())
+            .and_then(|u| String::from_utf8(u).ok())
+            .filter(|u| !u.is_empty());
+        let password = parsed.password().and_then(decode).map(Secret::new);
         if cluster != Some(true) {
+            // The URL keeps its user info (the crate reads it); noted to refuse a second one.
             return Some(Located {
                 topology: RedisTopology::Single(url),
-                username: None,
-                password: None,
+                username,
+                password,
             });
         }
         if !matches!(parsed.path(), "" | "/" | "/0") {
@@ -287,16 +273,45 @@ impl Validator<'_> {
             host: host.to_string(),
             port: parsed.port().unwrap_or(6379),
         };
-        let decode = |t: &str| super::super::redis::percent_decode(t).ok();
-        let username = decode(parsed.username())
-            .and_then(|u| String::from_utf8(u).ok())
-            .filter(|u| !u.is_empty());
-        let password = parsed.password().and_then(decode).map(Secret::new);
         let tls = parsed.scheme() == "rediss";
         Some(Located {
             topology: RedisTopology::Cluster { nodes: vec![node], tls },
             username,
             password,
+        })
+    }
+
+    /// `shared.sentinels` with `shared.master_name`.
+    fn sentinel_location(&mut self, s: &raw::Shared, list: &Spanned<Vec<Str>>, tls: bool) -> Option<Located> {
+        if s.cluster.as_ref().is_some_and(|c| *c.get_ref()) {
+            self.error(
+                sp(list),
+                "shared: a Sentinel set and a Cluster cannot be combined (sentinels and cluster = true)",
+            );
+            return None;
+        }
+        let sentinels = self.redis_nodes(list, 26379, "shared.sentinels")?;
+        let Some(m) = &s.master_name else {
+            self.error(
+                sp(list),
+                "shared.sentinels needs shared.master_name (the name the sentinels monitor)",
+            );
+            return None;
+        };
+        if m.get_ref().is_empty() || !m.get_ref().chars().all(|c| c.is_ascii_graphic()) {
+            self.error(sp(m), "shared.master_name must be plain, non-empty text");
+            return None;
+        }
+        let topology = RedisTopology::Sentinel {
+            sentinels,
+            master_name: m.get_ref().clone(),
+            tls,
+            db: 0,
+        };
+        Some(Located {
+            topology,
+            username: None,
+            password: None,
         })
     }
 
@@ -332,6 +347,117 @@ impl Validator<'_> {
         Assertion {
             key,
             ttl: self.duration(a.ttl.as_ref(), Duration::from_secs(300), "assertion.ttl"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "secret = \"a-shared-secret-of-at-least-32-bytes-0123\"\n";
+
+    fn shared(keys: &str) -> Result<SharedBackend, String> {
+        let text = format!("[listen]\naddress = \"127.0.0.1:0\"\n[shared]\nbackend = \"redis\"\n{SECRET}{keys}");
+        match crate::config::parse(Path::new("t.toml"), &text) {
+            Ok(loaded) => Ok(loaded.config.shared),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn topology(keys: &str) -> RedisTopology {
+        match shared(keys) {
+            Ok(SharedBackend::Redis(r)) => r.topology,
+            other => panic!("{keys}: {other:?}"),
+        }
+    }
+
+    /// Each way of naming Redis gives its topology, with the credentials where they were
+    /// given.
+    #[test]
+    fn one_server_a_sentinel_set_or_a_cluster() {
+        assert!(matches!(
+            topology("url = \"redis://h:1/0\"\n"),
+            RedisTopology::Single(_)
+        ));
+        let t = topology("sentinels = [\"a:1\", \"b\"]\nmaster_name = \"m\"\ntls = true\n");
+        let RedisTopology::Sentinel {
+            sentinels,
+            master_name,
+            tls,
+            db,
+        } = t
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (sentinels.len(), sentinels[1].port, master_name.as_str(), tls, db),
+            (2, 26379, "m", true, 0)
+        );
+        let Ok(SharedBackend::Redis(r)) = shared("url = \"rediss+sentinel://u:p%40w@a:1,b:2/m/2\"\n") else {
+            panic!()
+        };
+        assert!(matches!(r.topology, RedisTopology::Sentinel { tls: true, db: 2, .. }));
+        assert_eq!(
+            (r.username.as_deref(), r.password.unwrap().expose()),
+            (Some("u"), &b"p@w"[..])
+        );
+        assert_eq!(r.wait_replicas, 1, "a Sentinel set waits for one replica by default");
+        let Ok(SharedBackend::Redis(r)) = shared("url = \"rediss://u:pw@seed:7000\"\ncluster = true\n") else {
+            panic!()
+        };
+        assert!(matches!(&r.topology, RedisTopology::Cluster { nodes, tls: true } if nodes[0].port == 7000));
+        assert_eq!((r.username.as_deref(), r.wait_replicas), (Some("u"), 0));
+        let t = topology("nodes = [\"a:1\", \"[::1]:2\"]\nusername = \"pc\"\npassword = \"x\"\n");
+        assert!(matches!(t, RedisTopology::Cluster { nodes, tls: false } if nodes[1].host == "::1"));
+    }
+
+    /// Contradictions and malformed lists are refused, each with what to do.
+    #[test]
+    fn contradictions_and_malformed_lists_are_refused_clearly() {
+        for (keys, says) in [
+            (
+                "url = \"redis://h\"\nsentinels = [\"a:1\"]\nmaster_name = \"m\"\n",
+                "one way",
+            ),
+            (
+                "nodes = [\"a:1\"]\nsentinels = [\"a:2\"]\nmaster_name = \"m\"\n",
+                "one way",
+            ),
+            (
+                "sentinels = [\"a:1\"]\nmaster_name = \"m\"\ncluster = true\n",
+                "cannot be combined",
+            ),
+            (
+                "url = \"redis+sentinel://a:1/m\"\ncluster = true\n",
+                "cannot be combined",
+            ),
+            ("sentinels = []\nmaster_name = \"m\"\n", "1 to 32"),
+            ("nodes = []\n", "1 to 32"),
+            ("sentinels = [\"a:1\"]\n", "needs shared.master_name"),
+            ("master_name = \"m\"\nurl = \"redis://h\"\n", "needs shared.sentinels"),
+            ("sentinels = [\"a:1\", \"a:1\"]\nmaster_name = \"m\"\n", "listed twice"),
+            ("nodes = [\"a:0\"]\n", "not HOST:PORT"),
+            ("nodes = [\"a b:1\"]\n", "not HOST:PORT"),
+            ("nodes = [\"a:1\"]\ncluster = false\n", "contradicts"),
+            ("url = \"redis://h\"\ntls = true\n", "the scheme decides"),
+            ("url = \"redis+sentinel://a:1\"\n", "MASTER_NAME"),
+            ("url = \"redis://h/1\"\ncluster = true\n", "only database 0"),
+            ("url = \"http://h\"\n", "must be redis://"),
+            ("url = \"redis://u:p@h\"\npassword = \"x\"\n", "keep one"),
+            ("url = \"redis://u:p@h\"\nusername = \"v\"\n", "keep one"),
+            (
+                "url = \"redis://h\"\nsentinel_password = \"x\"\n",
+                "only for a Sentinel set",
+            ),
+            ("nodes = [\"a:1\"]\nkey_prefix = \"{x}\"\n", "may not contain"),
+            ("url = \"redis://h\"\nwait_replicas = 17\n", "between 0 and 16"),
+            ("", "needs shared.url"),
+        ] {
+            let Err(e) = shared(keys) else {
+                panic!("{keys:?} accepted")
+            };
+            assert!(e.contains(says), "{keys:?}: {e}");
         }
     }
 }
