@@ -14,7 +14,7 @@ impl Store {
     /// Subscribes to the events channel, then reads the revocations back from Redis
     /// (subscribed first, so none announced meanwhile falls between the two).
     async fn subscribe(&self) -> Result<redis::aio::PubSub, SharedError> {
-        let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let turn = self.subscriptions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let connect = async {
             let client = self.link.subscriber(turn).await?;
             client.get_async_pubsub().await

@@ -72,6 +72,8 @@ const WITHDRAWALS_CAP: usize = 10_000;
 pub struct Store {
     pub(super) link: Link,
     pub(super) next: AtomicUsize,
+    /// Subscriptions made: on a cluster, each tries the next seed.
+    pub(super) subscriptions: AtomicUsize,
     /// Replicas that must confirm a write that has to survive a failover.
     pub(super) wait_replicas: u32,
     pub(super) prefix: String,
@@ -123,6 +125,7 @@ impl Store {
         Ok(Arc::new(Store {
             link,
             next: AtomicUsize::new(0),
+            subscriptions: AtomicUsize::new(0),
             wait_replicas: s.wait_replicas,
             prefix: s.key_prefix.clone(),
             names: derive(b"portcullis shared: names"),
