@@ -67,7 +67,7 @@ impl Mirror {
 /// Default bound of the mirrors until a config generation sets them.
 const DEFAULT_MIRROR_CAP: usize = 100_000;
 /// Bound of the withdrawn credentials kept (each for a day).
-const WITHDRAWALS_CAP: usize = 10_000;
+pub(super) const WITHDRAWALS_CAP: usize = 10_000;
 
 pub struct Store {
     pub(super) link: Link,

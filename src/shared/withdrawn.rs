@@ -209,6 +209,69 @@ impl Withdrawals for Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{RedisNode, RedisSettings, RedisTopology, Secret};
+
+    /// A store on a Sentinel set that is never asked (connections are made on use).
+    fn store(secret: &str) -> std::sync::Arc<Store> {
+        let s = RedisSettings {
+            topology: RedisTopology::Sentinel {
+                sentinels: vec![RedisNode {
+                    host: "127.0.0.1".into(),
+                    port: 1,
+                }],
+                master_name: "m".into(),
+                tls: false,
+                db: 0,
+            },
+            username: None,
+            password: None,
+            sentinel_password: None,
+            key_prefix: "t:".into(),
+            secret: Secret::new(secret),
+            connect_timeout: Duration::from_millis(10),
+            command_timeout: Duration::from_millis(10),
+            pool_size: 1,
+            wait_replicas: 0,
+        };
+        Store::connect(&s, &crate::metrics::Metrics::new()).unwrap()
+    }
+
+    /// A fingerprint heard refuses exactly that stored credential of that user, and only
+    /// under the same `shared.secret`; one that ended, or a malformed one, refuses nothing.
+    #[test]
+    fn a_withdrawal_refuses_exactly_the_stored_value_it_names() {
+        let a = store("a-shared-secret-of-at-least-32-bytes-0123");
+        let b = store("another-shared-secret-of-32-bytes-or-more");
+        let until = (crate::util::unix_now_ms() + 60_000).to_string();
+        assert_eq!(a.withdrawn(CredentialKind::Password, "alice", b"h1"), Ok(false), "nothing heard");
+        let fp = a.credential_fingerprint(CredentialKind::Password, "alice", b"h1");
+        assert_ne!(fp, b.credential_fingerprint(CredentialKind::Password, "alice", b"h1"), "keyed");
+        a.note_withdrawn(&until, [fp.as_str(), "not-hex", "ab"].into_iter());
+        assert_eq!(a.withdrawn(CredentialKind::Password, "alice", b"h1"), Ok(true));
+        assert_eq!(a.withdrawn(CredentialKind::Password, "alice", b"h2"), Ok(false), "the new hash");
+        assert_eq!(a.withdrawn(CredentialKind::Password, "bob", b"h1"), Ok(false), "another user");
+        assert_eq!(a.withdrawn(CredentialKind::UrlKey, "alice", b"h1"), Ok(false), "another kind");
+        let old = crate::util::unix_now_ms().saturating_sub(1).to_string();
+        let fp2 = a.credential_fingerprint(CredentialKind::ApiKey, "k", b"x");
+        a.note_withdrawn(&old, std::iter::once(fp2.as_str()));
+        assert_eq!(a.withdrawn(CredentialKind::ApiKey, "k", b"x"), Ok(false), "ended before it came");
+    }
+
+    /// Past its bound the table cannot tell: every credential is refused (fail closed),
+    /// and the overflow is counted.
+    #[test]
+    fn a_full_table_refuses_every_credential() {
+        let a = store("a-shared-secret-of-at-least-32-bytes-0123");
+        let until = (crate::util::unix_now_ms() + 60_000).to_string();
+        let fps: Vec<String> = (0..super::super::store::WITHDRAWALS_CAP + 1)
+            .map(|i| a.credential_fingerprint(CredentialKind::Password, &i.to_string(), b"h"))
+            .collect();
+        for chunk in fps.chunks(PER_EVENT) {
+            a.note_withdrawn(&until, chunk.iter().map(String::as_str));
+        }
+        assert_eq!(a.withdrawn(CredentialKind::Password, "carol", b"h"), Err(Incomplete));
+        assert_eq!(a.full.with_label_values(&["withdrawals", "total"]).get(), 1);
+    }
 
     fn cred(kind: CredentialKind, id: &str, stored: &[u8]) -> Credential {
         Credential {
