@@ -34,6 +34,7 @@ impl Store {
             .await
             .map_err(SharedError::Subscribe)?;
         self.load_revocations().await.map_err(|_| SharedError::Revocations)?;
+        self.load_withdrawals().await.map_err(|_| SharedError::Withdrawals)?;
         Ok(ps)
     }
 

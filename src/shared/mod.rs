@@ -56,7 +56,16 @@
 //! other replicas) and resubscribes with backoff when the connection drops; after each
 //! (re)subscription it reads every live revocation back from Redis, so one missed while
 //! the channel was down, or made before this replica started, is not missed for good.
-//! Until the first read succeeds, this replica answers its builtin tokens with 503.
+//! Until the first read succeeds, this replica answers its builtin tokens with 503. The
+//! credentials withdrawn by any replica's reload (`withdrawn.rs`) travel the same way:
+//! announced on the channel, stored in a MAC'd table, read back after each subscription.
+//!
+//! Where Redis is (`link.rs`): one server (connection managers), a Sentinel set (the
+//! master the sentinels name, asked again when a command fails as a moved master would:
+//! a failover needs no restart), or a Cluster (the crate's cluster connection; the keys
+//! of one script share a slot through a hash tag after the prefix). The writes a failover
+//! must not lose wait for `shared.wait_replicas` replicas (`WAIT`); fewer is a failure,
+//! so nothing a failover can lose is ever acknowledged.
 
 mod egress;
 mod events;
@@ -114,6 +123,8 @@ pub enum SharedError {
     Subscribe(#[source] redis::RedisError),
     #[error("cannot read the revocations")]
     Revocations,
+    #[error("cannot read the withdrawn credentials")]
+    Withdrawals,
 }
 
 /// One implementation of each concern, chosen once at start (`[shared] backend`).

@@ -11,7 +11,10 @@
 //! changes too, its credentials have new stored values whose fingerprints match nothing.
 //! A table full of live entries cannot tell: then every credential checked against a
 //! stored value is refused (failing closed) until the entry it could not keep would have
-//! ended.
+//! ended. The fingerprints are stored in Redis too (a sorted set by end, each member
+//! MAC'd for the set's name), by the same script that announces them, and read back
+//! after each (re)subscription with the revocations: a replica that was not listening
+//! (starting, or Redis away) learns them before it vouches again.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
@@ -173,8 +176,103 @@ impl Store {
     }
 }
 
+impl Store {
+    fn withdrawals_name(&self) -> String {
+        self.grouped("withdrawn", self.plain_name("withdrawn", "all"))
+    }
+
+    /// A stored withdrawal: `FP UNTIL MAC`, signed for the table's name.
+    fn withdrawal_member(&self, fp: &str, until: u64) -> String {
+        let payload = format!("{fp} {until}");
+        let tag = hex::encode(
+            self.integrity_mac(&self.withdrawals_name(), &payload)
+                .finalize()
+                .into_bytes(),
+        );
+        format!("{payload} {tag}")
+    }
+
+    /// Stores the fingerprints of one event in the table of live withdrawals (bounded:
+    /// past [`WITHDRAWALS_CAP`](super::store::WITHDRAWALS_CAP) it keeps what it holds)
+    /// and publishes the event, in one script: a replica that was not listening reads
+    /// them back when it subscribes.
+    async fn store_withdrawals(&self, fps: &[String], until: u64) -> Result<(), super::Unavailable> {
+        static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+            redis::Script::new(
+                r#"
+local now = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local room = tonumber(ARGV[2]) - redis.call('ZCARD', KEYS[1])
+local lost = 0
+for i = 6, #ARGV do
+  if room > 0 then
+    redis.call('ZADD', KEYS[1], ARGV[3], ARGV[i])
+    room = room - 1
+  else
+    lost = lost + 1
+  end
+end
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) - now then
+  redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+end
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return lost
+"#,
+            )
+        });
+        let channel = self.events_channel();
+        let event = self.sign(&channel, &format!("withdrawn {until} {}", fps.join(" ")));
+        let mut script = SCRIPT.key(self.withdrawals_name());
+        script
+            .arg(crate::util::unix_now_ms())
+            .arg(super::store::WITHDRAWALS_CAP)
+            .arg(until)
+            .arg(channel)
+            .arg(event);
+        for fp in fps {
+            script.arg(self.withdrawal_member(fp, until));
+        }
+        let lost: i64 = self.invoke_durable("publish", script).await?;
+        if lost > 0 {
+            self.full.with_label_values(&["withdrawals", "total"]).inc();
+            tracing::error!(lost, "the shared table of withdrawn credentials is full: replicas that were not listening will not read these back");
+        }
+        Ok(())
+    }
+
+    /// Reads every live withdrawal back from Redis (at start and after each
+    /// resubscription): what was announced while this replica was not listening. A
+    /// member whose MAC fails is refused and counted.
+    pub(super) async fn load_withdrawals(&self) -> Result<(), super::Unavailable> {
+        let table = self.withdrawals_name();
+        let mut cmd = redis::cmd("ZRANGEBYSCORE");
+        cmd.arg(&table)
+            .arg(format!("({}", crate::util::unix_now_ms()))
+            .arg("+inf")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(super::store::WITHDRAWALS_CAP + 1);
+        let members: Vec<Vec<u8>> = self.query("subscribe", cmd).await?;
+        for m in members {
+            let checked = (|| {
+                let text = std::str::from_utf8(&m).ok()?;
+                let (payload, tag) = text.rsplit_once(' ')?;
+                let tag = hex::decode(tag).ok()?;
+                self.integrity_mac(&table, payload).verify_slice(&tag).ok()?;
+                payload.split_once(' ')
+            })();
+            match checked {
+                Some((fp, until)) => self.note_withdrawn(until, std::iter::once(fp)),
+                None => self.forgery("event", &table),
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Withdrawals for Store {
-    /// Publishes the fingerprints, [`PER_EVENT`] to an event, and keeps them here too.
+    /// Stores and publishes the fingerprints, [`PER_EVENT`] to an event, and keeps them
+    /// here too.
     fn withdraw(&self, withdrawn: Vec<Credential>) -> Pending<'_, ()> {
         Box::pin(async move {
             let until = crate::util::unix_now_ms().saturating_add(KEPT.as_millis() as u64);
@@ -184,7 +282,10 @@ impl Withdrawals for Store {
                 .collect();
             for chunk in fps.chunks(PER_EVENT) {
                 self.note_withdrawn(&until.to_string(), chunk.iter().map(String::as_str));
-                self.publish(&format!("withdrawn {until} {}", chunk.join(" "))).await;
+                if self.store_withdrawals(chunk, until).await.is_err() {
+                    // Redis cannot take it now: at least every replica listening hears it.
+                    self.publish(&format!("withdrawn {until} {}", chunk.join(" "))).await;
+                }
             }
             if !fps.is_empty() {
                 tracing::info!(
@@ -243,18 +344,42 @@ mod tests {
         let a = store("a-shared-secret-of-at-least-32-bytes-0123");
         let b = store("another-shared-secret-of-32-bytes-or-more");
         let until = (crate::util::unix_now_ms() + 60_000).to_string();
-        assert_eq!(a.withdrawn(CredentialKind::Password, "alice", b"h1"), Ok(false), "nothing heard");
+        assert_eq!(
+            a.withdrawn(CredentialKind::Password, "alice", b"h1"),
+            Ok(false),
+            "nothing heard"
+        );
         let fp = a.credential_fingerprint(CredentialKind::Password, "alice", b"h1");
-        assert_ne!(fp, b.credential_fingerprint(CredentialKind::Password, "alice", b"h1"), "keyed");
+        assert_ne!(
+            fp,
+            b.credential_fingerprint(CredentialKind::Password, "alice", b"h1"),
+            "keyed"
+        );
         a.note_withdrawn(&until, [fp.as_str(), "not-hex", "ab"].into_iter());
         assert_eq!(a.withdrawn(CredentialKind::Password, "alice", b"h1"), Ok(true));
-        assert_eq!(a.withdrawn(CredentialKind::Password, "alice", b"h2"), Ok(false), "the new hash");
-        assert_eq!(a.withdrawn(CredentialKind::Password, "bob", b"h1"), Ok(false), "another user");
-        assert_eq!(a.withdrawn(CredentialKind::UrlKey, "alice", b"h1"), Ok(false), "another kind");
+        assert_eq!(
+            a.withdrawn(CredentialKind::Password, "alice", b"h2"),
+            Ok(false),
+            "the new hash"
+        );
+        assert_eq!(
+            a.withdrawn(CredentialKind::Password, "bob", b"h1"),
+            Ok(false),
+            "another user"
+        );
+        assert_eq!(
+            a.withdrawn(CredentialKind::UrlKey, "alice", b"h1"),
+            Ok(false),
+            "another kind"
+        );
         let old = crate::util::unix_now_ms().saturating_sub(1).to_string();
         let fp2 = a.credential_fingerprint(CredentialKind::ApiKey, "k", b"x");
         a.note_withdrawn(&old, std::iter::once(fp2.as_str()));
-        assert_eq!(a.withdrawn(CredentialKind::ApiKey, "k", b"x"), Ok(false), "ended before it came");
+        assert_eq!(
+            a.withdrawn(CredentialKind::ApiKey, "k", b"x"),
+            Ok(false),
+            "ended before it came"
+        );
     }
 
     /// Past its bound the table cannot tell: every credential is refused (fail closed),

@@ -711,4 +711,28 @@ async fn a_credential_rotated_on_one_replica_is_refused_by_the_others_before_the
     assert_eq!(status(procs[1].addr, "/login", "alice", "old-pw").await, 401);
     // Replica 2 still refuses both: its file holds only the withdrawn ones.
     assert_eq!(status(procs[2].addr, "/login", "alice", "old-pw").await, 401);
+    // A replica started afterwards with the old file (it heard nothing) reads the
+    // withdrawals back from Redis before it serves.
+    let late_path = paths[0].with_file_name("late.toml");
+    std::fs::write(&late_path, plain_shared(redis.port).toml(&old).to_toml()).unwrap();
+    let late = Process::start(&late_path, &[]);
+    assert_eq!(status(late.addr, "/login", "alice", "old-pw").await, 401);
+    assert_eq!(key(late.addr, "old-key").await, 401);
+    assert_eq!(client_status(late.addr, "old-client").await, 401);
+    // A withdrawal written into Redis by something without the secret withdraws nothing.
+    let table = "pc-ha:withdrawn:all";
+    let until = (u64::MAX / 4).to_string();
+    let _: i64 = cmd(
+        redis.port,
+        &[
+            "ZADD",
+            table,
+            &until,
+            &format!("{} {until} {}", "cd".repeat(32), "00".repeat(32)),
+        ],
+    )
+    .unwrap();
+    let late2 = Process::start(&paths[1], &[]);
+    assert_eq!(status(late2.addr, "/login", "alice", "new-pw").await, 200);
+    assert!(metric_of(&late2, r#"portcullis_shared_integrity_failures_total{kind="event"}"#).await >= 1.0);
 }
