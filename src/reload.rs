@@ -56,17 +56,17 @@ fn shared_changed(old: &Config, new: &Config) -> Option<String> {
     (!same).then(|| "[shared] changed (backend, where Redis is, its credentials, secret or key_prefix): restart Portcullis to use it".to_string())
 }
 
-/// Tells every replica (through `[shared]`) which credentials this reload withdrew, so
-/// that they refuse them before their own files change. Runs on the runtime this
-/// blocking reload was started from.
-fn announce_withdrawn(state: &State, gone: Vec<crate::shared::Credential>) {
-    if gone.is_empty() {
+/// Tells every replica (through `[shared]`) which credentials this reload withdrew (and
+/// put back), so that they refuse them before their own files change. Runs on the
+/// runtime this blocking reload was started from.
+fn announce_credentials(state: &State, change: crate::shared::CredentialChange) {
+    if change.is_empty() {
         return;
     }
     let withdrawals = state.withdrawals();
     match tokio::runtime::Handle::try_current() {
         Ok(rt) => {
-            rt.spawn(async move { withdrawals.withdraw(gone).await });
+            rt.spawn(async move { withdrawals.announce(change).await });
         }
         Err(_) => tracing::warn!("reload outside the runtime: withdrawn credentials not announced"),
     }
@@ -112,11 +112,11 @@ pub fn reload(state: &State, path: &Path, trigger: &'static str) -> Result<(), R
             for w in &loaded.warnings {
                 tracing::warn!("{w}");
             }
-            let gone = crate::shared::withdrawn(&current.config, &loaded.config);
+            let change = crate::shared::credential_change(&current.config, &loaded.config);
             state
                 .replace(loaded.config)
                 .map_err(|e| ReloadError::Build(redacted(e.to_string())))?;
-            announce_withdrawn(state, gone);
+            announce_credentials(state, change);
             Ok(())
         });
     let m = &state.metrics;

@@ -141,6 +141,10 @@ impl Store {
                 let rest = rest.into_iter().chain(parts);
                 self.note_withdrawn(until, std::iter::once(first).chain(rest));
             }
+            (Some("reinstated"), Some(first), rest, _) => {
+                let rest = rest.into_iter().chain(parts);
+                self.note_reinstated(std::iter::once(first).chain(rest));
+            }
             (Some("jti"), Some(jti), Some(exp), None) => {
                 if let Ok(exp) = exp.parse::<u64>() {
                     self.note_revoked(jti, exp);

@@ -87,7 +87,10 @@ pub use revocation::{
     Kept, MemoryRevocations, Revocation, RevocationLimits, Revocations, RevokeRefused, Standing, Table,
 };
 pub use store::Store;
-pub use withdrawn::{api_key_stored, credentials, withdrawn, Credential, CredentialKind, NoWithdrawals, Withdrawals};
+pub use withdrawn::{
+    api_key_stored, credential_change, credentials, Credential, CredentialChange, CredentialKind, NoWithdrawals,
+    Withdrawals,
+};
 
 use crate::config::SharedBackend;
 use crate::metrics::Metrics;

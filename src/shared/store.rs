@@ -55,6 +55,11 @@ impl Mirror {
         true
     }
 
+    /// Forgets `key` (an entry that no longer holds).
+    pub(super) fn remove(&mut self, key: &str) {
+        self.entries.remove(key);
+    }
+
     /// `Err(Incomplete)`: the mirror is incomplete now; else until when `key` is in force.
     pub(super) fn get(&self, key: &str, now_ms: u64) -> Result<Option<u64>, Incomplete> {
         if self.overflow_until > now_ms {

@@ -9,6 +9,9 @@
 //! bounded table for [`KEPT`], and refuses a credential whose stored value has a
 //! fingerprint there, even though its own file still holds it. When a replica's file
 //! changes too, its credentials have new stored values whose fingerprints match nothing.
+//! A reload that puts a credential back (a rotation undone, an entry restored after a bad
+//! edit) announces it as reinstated, and every replica forgets its fingerprint: a
+//! mistake does not lock a credential out of every replica for a day.
 //! A table full of live entries cannot tell: then every credential checked against a
 //! stored value is refused (failing closed) until the entry it could not keep would have
 //! ended. The fingerprints are stored in Redis too (a sorted set by end, each member
@@ -109,16 +112,35 @@ pub fn credentials(config: &Config) -> BTreeSet<Credential> {
     out
 }
 
-/// What `old` holds that `new` does not: each credential changed or removed.
-pub fn withdrawn(old: &Config, new: &Config) -> Vec<Credential> {
-    let kept = credentials(new);
-    credentials(old).into_iter().filter(|c| !kept.contains(c)).collect()
+/// What a reload changed in the credentials.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CredentialChange {
+    /// What the old config held and the new does not: each credential changed or removed.
+    pub withdrawn: Vec<Credential>,
+    /// What the new config holds and the old did not: a credential put back (a rotation
+    /// undone, an entry removed by mistake and restored) is accepted again everywhere.
+    pub reinstated: Vec<Credential>,
+}
+
+impl CredentialChange {
+    pub fn is_empty(&self) -> bool {
+        self.withdrawn.is_empty() && self.reinstated.is_empty()
+    }
+}
+
+/// What a reload from `old` to `new` changes in the credentials.
+pub fn credential_change(old: &Config, new: &Config) -> CredentialChange {
+    let (old, new) = (credentials(old), credentials(new));
+    CredentialChange {
+        withdrawn: old.difference(&new).cloned().collect(),
+        reinstated: new.difference(&old).cloned().collect(),
+    }
 }
 
 /// Credentials withdrawn by any replica.
 pub trait Withdrawals: Send + Sync {
-    /// Announces what this replica's reload withdrew, to every replica.
-    fn withdraw(&self, withdrawn: Vec<Credential>) -> Pending<'_, ()>;
+    /// Announces what this replica's reload withdrew and put back, to every replica.
+    fn announce(&self, change: CredentialChange) -> Pending<'_, ()>;
     /// Whether any replica withdrew this stored credential. `Err(Incomplete)`: more were
     /// announced than this replica keeps, so it cannot tell (the caller refuses).
     fn withdrawn(&self, kind: CredentialKind, id: &str, stored: &[u8]) -> Result<bool, Incomplete>;
@@ -128,7 +150,7 @@ pub trait Withdrawals: Send + Sync {
 pub struct NoWithdrawals;
 
 impl Withdrawals for NoWithdrawals {
-    fn withdraw(&self, _withdrawn: Vec<Credential>) -> Pending<'_, ()> {
+    fn announce(&self, _change: CredentialChange) -> Pending<'_, ()> {
         Box::pin(std::future::ready(()))
     }
 
@@ -138,6 +160,14 @@ impl Withdrawals for NoWithdrawals {
 }
 
 impl Store {
+    /// Forgets the fingerprints of credentials put back (`reinstated FP...`, verified).
+    pub(super) fn note_reinstated<'a>(&self, fingerprints: impl Iterator<Item = &'a str>) {
+        let mut m = self.withdrawals.lock().unwrap_or_else(|p| p.into_inner());
+        for fp in fingerprints.take(PER_EVENT) {
+            m.remove(fp);
+        }
+    }
+
     /// The keyed fingerprint of a stored credential (hex).
     fn credential_fingerprint(&self, kind: CredentialKind, id: &str, stored: &[u8]) -> String {
         let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.withdrawals_key)
@@ -240,6 +270,32 @@ return lost
         Ok(())
     }
 
+    /// Removes the fingerprints of credentials put back from the table and publishes
+    /// them, in one script.
+    async fn forget_withdrawals(&self, fps: &[String]) -> Result<(), super::Unavailable> {
+        static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+            redis::Script::new(
+                r#"
+local back = {}
+for i = 3, #ARGV do back[ARGV[i]] = true end
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if back[string.sub(m, 1, 64)] then redis.call('ZREM', KEYS[1], m) end
+end
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return 1
+"#,
+            )
+        });
+        let channel = self.events_channel();
+        let event = self.sign(&channel, &format!("reinstated {}", fps.join(" ")));
+        let mut script = SCRIPT.key(self.withdrawals_name());
+        script.arg(channel).arg(event);
+        for fp in fps {
+            script.arg(fp);
+        }
+        self.invoke_durable("publish", script).await.map(|_: i64| ())
+    }
+
     /// Reads every live withdrawal back from Redis (at start and after each
     /// resubscription): what was announced while this replica was not listening. A
     /// member whose MAC fails is refused and counted.
@@ -272,25 +328,34 @@ return lost
 
 impl Withdrawals for Store {
     /// Stores and publishes the fingerprints, [`PER_EVENT`] to an event, and keeps them
-    /// here too.
-    fn withdraw(&self, withdrawn: Vec<Credential>) -> Pending<'_, ()> {
+    /// here too; then those put back, the same way.
+    fn announce(&self, change: CredentialChange) -> Pending<'_, ()> {
         Box::pin(async move {
             let until = crate::util::unix_now_ms().saturating_add(KEPT.as_millis() as u64);
-            let fps: Vec<String> = withdrawn
-                .iter()
-                .map(|c| self.credential_fingerprint(c.kind, &c.id, &c.stored))
-                .collect();
-            for chunk in fps.chunks(PER_EVENT) {
+            let fingerprints = |list: &[Credential]| -> Vec<String> {
+                list.iter()
+                    .map(|c| self.credential_fingerprint(c.kind, &c.id, &c.stored))
+                    .collect()
+            };
+            let (gone, back) = (fingerprints(&change.withdrawn), fingerprints(&change.reinstated));
+            for chunk in gone.chunks(PER_EVENT) {
                 self.note_withdrawn(&until.to_string(), chunk.iter().map(String::as_str));
                 if self.store_withdrawals(chunk, until).await.is_err() {
                     // Redis cannot take it now: at least every replica listening hears it.
                     self.publish(&format!("withdrawn {until} {}", chunk.join(" "))).await;
                 }
             }
-            if !fps.is_empty() {
+            for chunk in back.chunks(PER_EVENT) {
+                self.note_reinstated(chunk.iter().map(String::as_str));
+                if self.forget_withdrawals(chunk).await.is_err() {
+                    self.publish(&format!("reinstated {}", chunk.join(" "))).await;
+                }
+            }
+            if !change.is_empty() {
                 tracing::info!(
-                    credentials = fps.len(),
-                    "withdrawn credentials announced to every replica"
+                    withdrawn = gone.len(),
+                    reinstated = back.len(),
+                    "credentials withdrawn and put back announced to every replica"
                 );
             }
         })
@@ -371,6 +436,12 @@ mod tests {
             a.withdrawn(CredentialKind::UrlKey, "alice", b"h1"),
             Ok(false),
             "another kind"
+        );
+        a.note_reinstated(std::iter::once(fp.as_str()));
+        assert_eq!(
+            a.withdrawn(CredentialKind::Password, "alice", b"h1"),
+            Ok(false),
+            "put back"
         );
         let old = crate::util::unix_now_ms().saturating_sub(1).to_string();
         let fp2 = a.credential_fingerprint(CredentialKind::ApiKey, "k", b"x");

@@ -632,8 +632,10 @@ async fn refusals(p: &Process, reason: &str) -> f64 {
 /// A password, an API key and an OAuth client secret rotated in one replica's file (and
 /// reloaded there) are refused by the two others before their own files change, even
 /// though each had verified and cached them; the new ones pass there once their files
-/// change too. Withdrawal messages that are forged (a wrong MAC, no MAC) are ignored
-/// and counted; they withdraw nothing.
+/// change too; a replica started later with the old file refuses them as well (read
+/// back from Redis); undoing the rotation puts them back everywhere. Withdrawals that
+/// are forged (a wrong MAC, no MAC, a member written into Redis) are ignored and
+/// counted; they withdraw nothing.
 #[tokio::test]
 async fn a_credential_rotated_on_one_replica_is_refused_by_the_others_before_their_files_change() {
     if !have("redis-server") {
@@ -735,4 +737,13 @@ async fn a_credential_rotated_on_one_replica_is_refused_by_the_others_before_the
     let late2 = Process::start(&paths[1], &[]);
     assert_eq!(status(late2.addr, "/login", "alice", "new-pw").await, 200);
     assert!(metric_of(&late2, r#"portcullis_shared_integrity_failures_total{kind="event"}"#).await >= 1.0);
+    // Replica 0 goes back to the old file (the rotation undone): the old credentials are
+    // put back, and pass again on replica 2, whose file never changed.
+    std::fs::write(&paths[0], plain_shared(redis.port).toml(&old).to_toml()).unwrap();
+    procs[0].signal("HUP");
+    let back = eventually(PATIENCE, || async {
+        status(procs[2].addr, "/login", "alice", "old-pw").await == 200 && key(procs[2].addr, "old-key").await == 200
+    })
+    .await;
+    assert!(back, "credentials put back are accepted again");
 }
