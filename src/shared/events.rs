@@ -112,7 +112,7 @@ impl Store {
     }
 
     /// One event from the channel, applied only when its MAC holds.
-    fn apply(&self, message: &[u8]) {
+    pub(super) fn apply(&self, message: &[u8]) {
         let channel = self.events_channel();
         let Some(event) = self.verify("event", &channel, message) else {
             return;
@@ -141,8 +141,8 @@ impl Store {
                 let rest = rest.into_iter().chain(parts);
                 self.note_withdrawn(until, std::iter::once(first).chain(rest));
             }
-            (Some("reinstated"), Some(first), rest, _) => {
-                let rest = rest.into_iter().chain(parts);
+            (Some("reinstated"), Some(first), third, fourth) => {
+                let rest = third.into_iter().chain(fourth).chain(parts);
                 self.note_reinstated(std::iter::once(first).chain(rest));
             }
             (Some("jti"), Some(jti), Some(exp), None) => {

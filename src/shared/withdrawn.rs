@@ -453,6 +453,35 @@ mod tests {
         );
     }
 
+    /// Events name any number of fingerprints (up to [`PER_EVENT`]); every one is applied,
+    /// put back as well as withdrawn, and only under a MAC that holds.
+    #[test]
+    fn events_withdraw_and_put_back_every_fingerprint_they_name() {
+        let a = store("a-shared-secret-of-at-least-32-bytes-0123");
+        let channel = a.events_channel();
+        let until = crate::util::unix_now_ms() + 60_000;
+        let ids: Vec<String> = (0..6).map(|i| format!("u{i}")).collect();
+        let fps: Vec<String> = ids
+            .iter()
+            .map(|id| a.credential_fingerprint(CredentialKind::Password, id, b"h"))
+            .collect();
+        let all = |a: &Store| {
+            ids.iter()
+                .map(|id| a.withdrawn(CredentialKind::Password, id, b"h"))
+                .collect::<Vec<_>>()
+        };
+        let event = format!("withdrawn {until} {}", fps.join(" "));
+        a.apply(event.as_bytes());
+        assert_eq!(all(&a), vec![Ok(false); 6], "unsigned: ignored");
+        a.apply(a.sign(&channel, &event).as_bytes());
+        assert_eq!(all(&a), vec![Ok(true); 6]);
+        a.apply(
+            a.sign(&channel, &format!("reinstated {}", fps[..5].join(" ")))
+                .as_bytes(),
+        );
+        assert_eq!(all(&a), [vec![Ok(false); 5], vec![Ok(true)]].concat());
+    }
+
     /// Past its bound the table cannot tell: every credential is refused (fail closed),
     /// and the overflow is counted.
     #[test]
