@@ -521,11 +521,13 @@ async fn a_sentinel_failover_mid_traffic_loses_no_acknowledged_write_and_recover
         }
     }
     let unavailable = log.iter().filter(|a| a.status == 503).count();
+    let unconfirmed = errors(&procs, "replicate").await;
     println!(
-        "SENTINEL FAILOVER: no usable store for {} ms ({} of {} rotations answered 503, {} families revoked by an unconfirmed rotation; new master after {} ms)",
+        "SENTINEL FAILOVER: no usable store for {} ms ({} of {} rotations answered 503, {} writes unconfirmed by a replica, {} families revoked by an unconfirmed rotation; new master after {} ms)",
         outage.as_millis(),
         unavailable,
         log.len(),
+        unconfirmed,
         signins,
         (after - started).as_millis()
     );
