@@ -126,6 +126,7 @@ pub struct Shared {
     pub cluster: Option<Spanned<bool>>,
     pub nodes: Option<Spanned<Vec<Str>>>,
     pub tls: Option<Spanned<bool>>,
+    pub tls_ca_file: Option<Str>,
     pub username: Option<Str>,
     pub password: Option<Withheld<Secret>>,
     pub sentinel_password: Option<Withheld<Secret>>,

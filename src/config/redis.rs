@@ -24,6 +24,8 @@ pub struct RedisSettings {
     pub pool_size: usize,
     /// Replicas that must confirm a write that has to survive a failover (`WAIT`).
     pub wait_replicas: u32,
+    /// The CA bundle (PEM) Redis's TLS certificates chain to, instead of the public roots.
+    pub tls_ca: Option<Vec<u8>>,
 }
 
 /// Where Redis is.
@@ -120,6 +122,15 @@ impl RedisSettings {
             && same_secret(self.sentinel_password.as_ref(), other.sentinel_password.as_ref())
             && self.secret.expose() == other.secret.expose()
             && self.key_prefix == other.key_prefix
+            && self.tls_ca == other.tls_ca
+    }
+
+    /// Whether connections use TLS.
+    pub fn tls(&self) -> bool {
+        match &self.topology {
+            RedisTopology::Single(url) => url.expose().starts_with(b"rediss://"),
+            RedisTopology::Sentinel { tls, .. } | RedisTopology::Cluster { tls, .. } => *tls,
+        }
     }
 }
 

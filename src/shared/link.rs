@@ -117,6 +117,22 @@ fn node_info(node: &RedisNode, tls: bool, s: &RedisSettings) -> RedisResult<redi
     redis::IntoConnectionInfo::into_connection_info(addr(node, tls)).map(|i| i.set_redis_settings(redis))
 }
 
+/// The CA to verify Redis's certificates with, when `shared.tls_ca_file` names one.
+fn certificates(s: &RedisSettings) -> Option<redis::TlsCertificates> {
+    s.tls_ca.as_ref().map(|pem| redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem.clone()),
+    })
+}
+
+/// A client of one node, verifying its certificate with the configured CA, if any.
+fn client_of(info: redis::ConnectionInfo, s: &RedisSettings) -> RedisResult<redis::Client> {
+    match certificates(s) {
+        Some(certs) => redis::Client::build_with_tls(info, certs),
+        None => redis::Client::open(info),
+    }
+}
+
 impl Link {
     /// Nothing connects yet: a replica starts while Redis is down, and connects on use.
     pub(super) fn open(s: &RedisSettings) -> Result<Link, SharedError> {
@@ -135,7 +151,7 @@ impl Link {
                     redis = redis.set_password(p.expose_str());
                 }
                 info = info.set_redis_settings(redis);
-                let client = redis::Client::open(info).map_err(SharedError::Url)?;
+                let client = client_of(info, s).map_err(SharedError::Url)?;
                 let cfg = redis::aio::ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(s.connect_timeout))
                     .set_response_timeout(Some(s.command_timeout))
@@ -170,6 +186,11 @@ impl Link {
                 if let Some(p) = &s.sentinel_password {
                     b = b.set_client_to_sentinel_password(p.expose_str());
                 }
+                if let Some(certs) = certificates(s) {
+                    b = b
+                        .set_client_to_redis_certificates(certs.clone())
+                        .set_client_to_sentinel_certificates(certs);
+                }
                 Link::Sentinel {
                     resolver: Box::new(tokio::sync::Mutex::new(b.build().map_err(SharedError::Url)?)),
                     master: Mutex::new(None),
@@ -194,9 +215,12 @@ impl Link {
                 if let Some(p) = &s.password {
                     b = b.password(p.expose_str());
                 }
+                if let Some(certs) = certificates(s) {
+                    b = b.certs(certs);
+                }
                 let seeds = infos
                     .into_iter()
-                    .map(redis::Client::open)
+                    .map(|i| client_of(i, s))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(SharedError::Url)?;
                 Link::Cluster {

@@ -398,6 +398,7 @@ mod tests {
             command_timeout: Duration::from_millis(10),
             pool_size: 1,
             wait_replicas: 0,
+            tls_ca: None,
         };
         Store::connect(&s, &crate::metrics::Metrics::new()).unwrap()
     }

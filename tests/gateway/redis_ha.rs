@@ -7,7 +7,9 @@
 //! Without `redis-server` / `redis-cli` the tests print SKIPPED (they fail under
 //! PORTCULLIS_REQUIRE_TOOLS=1, as `.ci/run` sets after installing them).
 
-use crate::shared::{bearer, form, listeners, login, metric_of, oauth_body_locking, refresh, status, SHARED_SECRET};
+use crate::shared::{
+    bearer, body, form, listeners, login, metric_of, oauth_body_locking, refresh, status, SHARED_SECRET,
+};
 use crate::support;
 
 use std::net::SocketAddr;
@@ -748,4 +750,106 @@ async fn a_credential_rotated_on_one_replica_is_refused_by_the_others_before_the
     })
     .await;
     assert!(back, "credentials put back are accepted again");
+}
+
+/// Redis over TLS (a certificate of the test's own CA, given as `tls_ca_file`) with an
+/// ACL user (`username` / `password`; the default user off): two replicas share the
+/// lockout through it. The same store with a wrong password, or without the CA (the
+/// public roots do not know it), cannot be used: its failures are counted locally only
+/// and as store errors.
+#[tokio::test]
+async fn redis_over_tls_with_an_acl_user_and_refused_without_the_ca_or_password() {
+    if !have("redis-server") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cert = self_signed(dir.path(), "redis");
+    let port = free_port();
+    let args: Vec<String> = [
+        "--port",
+        "0",
+        "--tls-port",
+        &port.to_string(),
+        "--tls-cert-file",
+        &cert.cert_path.display().to_string(),
+        "--tls-key-file",
+        &cert.key_path.display().to_string(),
+        "--tls-ca-cert-file",
+        &cert.cert_path.display().to_string(),
+        "--tls-auth-clients",
+        "no",
+        "--user",
+        "default",
+        "off",
+        "--user",
+        "pc",
+        "on",
+        ">pc-pass",
+        "~*",
+        "&*",
+        "+@all",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let child = Command::new("redis-server")
+        .args(&args)
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _redis = Server { child, port };
+    let listening = eventually(PATIENCE, || async move {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    assert!(listening, "redis-server (TLS) did not start");
+    let up = Upstream::start().await;
+    let lockout_body = |max: u32| {
+        body(&up.url(), max, |p| p)
+            .user("bob", |u| u.roles(["rest"]).password_hash(&argon2_hash("bob-pw")))
+            .to_toml()
+    };
+    let tls = |password: &'static str, ca: bool| {
+        let ca_path = cert.cert_path.display().to_string();
+        ha_shared(move |s| {
+            let s = s
+                .set("url", format!("rediss://127.0.0.1:{port}/0"))
+                .set("username", "pc")
+                .set("password", password);
+            if ca {
+                s.set("tls_ca_file", ca_path)
+            } else {
+                s
+            }
+        })
+    };
+    let (_d, _p, procs) = gateways(&tls("pc-pass", true), &lockout_body(2), 2);
+    let (a, b) = (procs[0].addr, procs[1].addr);
+    assert_eq!(status(a, "/login", "bob", "wrong").await, 401);
+    assert_eq!(status(b, "/login", "bob", "wrong").await, 401);
+    for p in [a, b] {
+        assert_eq!(
+            status(p, "/login", "bob", "bob-pw").await,
+            429,
+            "the lockout is shared over TLS"
+        );
+    }
+    assert_eq!(errors(&procs, "lockout").await, 0.0);
+    for (password, ca) in [("wrong-pass", true), ("pc-pass", false)] {
+        let (_d, _p, others) = gateways(&tls(password, ca), &lockout_body(2), 1);
+        assert_eq!(status(others[0].addr, "/login", "alice", "wrong").await, 401);
+        assert!(
+            errors(&others, "lockout").await >= 1.0,
+            "password {password}, CA {ca}: the store refused"
+        );
+        assert_eq!(
+            status(others[0].addr, "/login", "bob", "bob-pw").await,
+            200,
+            "the lock of the store is not seen"
+        );
+    }
 }

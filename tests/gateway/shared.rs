@@ -153,7 +153,7 @@ fn basic_config(upstream: &str, max_failures: u32) -> String {
 }
 
 /// A lockout, user alice and plan `p` with a Basic route `/login`; `more` adds to the plan.
-fn body(upstream: &str, max_failures: u32, more: impl FnOnce(Plan) -> Plan) -> Config {
+pub(crate) fn body(upstream: &str, max_failures: u32, more: impl FnOnce(Plan) -> Plan) -> Config {
     Config::bare()
         .section("lockout", |s| {
             s.set("max_failures", i64::from(max_failures))

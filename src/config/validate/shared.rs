@@ -93,6 +93,7 @@ impl Validator<'_> {
             );
         }
         let (username, password) = self.redis_credentials(s, located.as_ref());
+        let tls_ca = self.redis_ca(s, located.as_ref());
         match (located, secret) {
             (Some(l), Some(secret)) => SharedBackend::Redis(Box::new(RedisSettings {
                 topology: l.topology,
@@ -105,6 +106,7 @@ impl Validator<'_> {
                 command_timeout,
                 pool_size,
                 wait_replicas,
+                tls_ca,
             })),
             _ => SharedBackend::Memory,
         }
@@ -123,6 +125,36 @@ impl Validator<'_> {
         ] {
             if set {
                 self.warn(None, format!("shared.{key} is ignored: shared.backend is \"memory\""));
+            }
+        }
+    }
+
+    /// `shared.tls_ca_file`, read once (PEM), for a store reached over TLS only.
+    fn redis_ca(&mut self, s: &raw::Shared, located: Option<&Located>) -> Option<Vec<u8>> {
+        let f = s.tls_ca_file.as_ref()?;
+        let tls = located.is_some_and(|l| match &l.topology {
+            RedisTopology::Single(url) => url.expose().starts_with(b"rediss://"),
+            RedisTopology::Sentinel { tls, .. } | RedisTopology::Cluster { tls, .. } => *tls,
+        });
+        if !tls {
+            self.error(
+                sp(f),
+                "shared.tls_ca_file needs TLS: a rediss:// or rediss+sentinel:// url, or tls = true",
+            );
+            return None;
+        }
+        match super::secret::read_text(Path::new(f.get_ref()), FileKind::Tls) {
+            Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(pem.into_bytes()),
+            Ok(_) => {
+                self.error(
+                    sp(f),
+                    format!("shared.tls_ca_file `{}` holds no PEM certificate", f.get_ref()),
+                );
+                None
+            }
+            Err(e) => {
+                self.error(sp(f), format!("shared.tls_ca_file `{}`: {e}", f.get_ref()));
+                None
             }
         }
     }
@@ -452,6 +484,11 @@ mod tests {
             ),
             ("nodes = [\"a:1\"]\nkey_prefix = \"{x}\"\n", "may not contain"),
             ("url = \"redis://h\"\nwait_replicas = 17\n", "between 0 and 16"),
+            ("url = \"redis://h\"\ntls_ca_file = \"/x\"\n", "needs TLS"),
+            (
+                "url = \"rediss://h\"\ntls_ca_file = \"/nonexistent/ca.pem\"\n",
+                "tls_ca_file",
+            ),
             ("", "needs shared.url"),
         ] {
             let Err(e) = shared(keys) else {

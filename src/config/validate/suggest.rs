@@ -77,6 +77,7 @@ pub const KNOWN: &[(&str, &[&str])] = &[
             "cluster",
             "nodes",
             "tls",
+            "tls_ca_file",
             "username",
             "password",
             "sentinel_password",
