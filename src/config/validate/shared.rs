@@ -46,18 +46,7 @@ impl Validator<'_> {
                 );
             }
         }
-        let key_prefix = s
-            .key_prefix
-            .as_ref()
-            .map_or_else(|| "portcullis:".to_string(), |p| p.get_ref().clone());
-        if let (Some(p), Some(RedisTopology::Cluster { .. })) = (&s.key_prefix, located.as_ref().map(|l| &l.topology)) {
-            if key_prefix.contains(['{', '}']) {
-                self.error(
-                    sp(p),
-                    "shared.key_prefix may not contain `{` or `}` on a Redis Cluster: Portcullis puts the keys of one operation in one hash slot with a hash tag after the prefix",
-                );
-            }
-        }
+        let key_prefix = self.key_prefix(s, located.as_ref());
         let connect_timeout = self.duration(
             s.connect_timeout.as_ref(),
             Duration::from_secs(1),
@@ -110,6 +99,22 @@ impl Validator<'_> {
             })),
             _ => SharedBackend::Memory,
         }
+    }
+
+    /// `shared.key_prefix`: on a Cluster without braces (a hash tag follows it).
+    fn key_prefix(&mut self, s: &raw::Shared, located: Option<&Located>) -> String {
+        let Some(p) = &s.key_prefix else {
+            return "portcullis:".to_string();
+        };
+        if matches!(located.map(|l| &l.topology), Some(RedisTopology::Cluster { .. }))
+            && p.get_ref().contains(['{', '}'])
+        {
+            self.error(
+                sp(p),
+                "shared.key_prefix may not contain `{` or `}` on a Redis Cluster: Portcullis puts the keys of one operation in one hash slot with a hash tag after the prefix",
+            );
+        }
+        p.get_ref().clone()
     }
 
     /// Warns of the Redis keys a memory backend ignores.
