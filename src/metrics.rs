@@ -561,6 +561,7 @@ mod tests {
             "egress",
             "publish",
             "subscribe",
+            "replicate",
         ] {
             zero("portcullis_shared_errors_total", &[("op", op)]);
         }
@@ -574,6 +575,7 @@ mod tests {
             ("lockout", "per_client"),
             ("revocations_mirror", "total"),
             ("remote_locks", "total"),
+            ("withdrawals", "total"),
         ] {
             zero("portcullis_table_full_total", &[("table", table), ("limit", limit)]);
         }
