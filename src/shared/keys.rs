@@ -50,8 +50,11 @@ impl Keys for Store {
                         .arg("NX")
                         .query_async(&mut c)
                         .await?;
-                    // The key every replica signs with must survive a failover.
-                    self.settle(&mut c, replicas, wait).await?;
+                    // The key every replica signs with should survive a failover; a set
+                    // without its replicas (counted, logged) must still let one start.
+                    if self.settle(&mut c, replicas, wait).await.is_err() {
+                        tracing::warn!("shared store: no replica confirmed the agreed signing key; a failover now may lose it");
+                    }
                     redis::cmd("GET").arg(&key).query_async(&mut c).await
                 })
                 .await?;
