@@ -53,7 +53,9 @@ impl Keys for Store {
                     // The key every replica signs with should survive a failover; a set
                     // without its replicas (counted, logged) must still let one start.
                     if self.settle(&mut c, replicas, wait).await.is_err() {
-                        tracing::warn!("shared store: no replica confirmed the agreed signing key; a failover now may lose it");
+                        tracing::warn!(
+                            "shared store: no replica confirmed the agreed signing key; a failover now may lose it"
+                        );
                     }
                     redis::cmd("GET").arg(&key).query_async(&mut c).await
                 })

@@ -86,7 +86,10 @@ pub(super) enum Link {
     },
     Cluster {
         client: redis::cluster::ClusterClient,
-        conn: tokio::sync::Mutex<Option<ClusterConnection>>,
+        /// The cluster connection once made (it reconnects to nodes by itself).
+        conn: Mutex<Option<ClusterConnection>>,
+        /// Makes it (one attempt at a time).
+        making: tokio::sync::Mutex<()>,
         /// For the events subscription: a plain connection to one of these.
         seeds: Vec<redis::Client>,
     },
@@ -225,7 +228,8 @@ impl Link {
                     .map_err(SharedError::Url)?;
                 Link::Cluster {
                     client: b.build().map_err(SharedError::Url)?,
-                    conn: tokio::sync::Mutex::new(None),
+                    conn: Mutex::new(None),
+                    making: tokio::sync::Mutex::new(()),
                     seeds,
                 }
             }
@@ -251,14 +255,20 @@ impl Link {
                 let m = self.find_master().await?;
                 Ok((Conn::Multiplexed(m.conns[turn % m.conns.len()].clone()), m.generation))
             }
-            Link::Cluster { client, conn, .. } => {
-                let mut c = conn.lock().await;
-                if let Some(c) = c.as_ref() {
-                    return Ok((Conn::Cluster(c.clone()), 0));
+            Link::Cluster {
+                client, conn, making, ..
+            } => {
+                let made = || conn.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                if let Some(c) = made() {
+                    return Ok((Conn::Cluster(c), 0));
                 }
-                let made = client.get_async_connection().await?;
-                *c = Some(made.clone());
-                Ok((Conn::Cluster(made), 0))
+                let _one = making.lock().await;
+                if let Some(c) = made() {
+                    return Ok((Conn::Cluster(c), 0));
+                }
+                let c = client.get_async_connection().await?;
+                *conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
+                Ok((Conn::Cluster(c), 0))
             }
         }
     }
