@@ -335,17 +335,31 @@ impl Link {
     }
 
     /// Where to subscribe to the events channel: the server, the master the sentinels
-    /// name now, or the `turn`th seed of a cluster.
-    pub(super) async fn subscriber(&self, turn: usize) -> RedisResult<redis::Client> {
+    /// name now, or the `turn`th seed of a cluster; with the master's generation.
+    pub(super) async fn subscriber(&self, turn: usize) -> RedisResult<(redis::Client, u64)> {
         match self {
-            Link::Single { client, .. } => Ok(client.clone()),
+            Link::Single { client, .. } => Ok((client.clone(), 0)),
             Link::Sentinel { master, .. } => {
                 if let Some(m) = master.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-                    return Ok(m.client.clone());
+                    return Ok((m.client.clone(), m.generation));
                 }
-                Ok(self.find_master().await?.client)
+                let m = self.find_master().await?;
+                Ok((m.client, m.generation))
             }
-            Link::Cluster { seeds, .. } => Ok(seeds[turn % seeds.len()].clone()),
+            Link::Cluster { seeds, .. } => Ok((seeds[turn % seeds.len()].clone(), 0)),
+        }
+    }
+
+    /// Whether the master of `generation` may no longer be the master (its connections
+    /// were dropped, or another was found since): a subscription made on it may miss
+    /// what is published on the new one, and is made again.
+    pub(super) fn moved_from(&self, generation: u64) -> bool {
+        match self {
+            Link::Sentinel { master, .. } => {
+                let m = master.lock().unwrap_or_else(|p| p.into_inner());
+                m.as_ref().is_none_or(|m| m.generation != generation)
+            }
+            Link::Single { .. } | Link::Cluster { .. } => false,
         }
     }
 }
