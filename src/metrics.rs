@@ -84,7 +84,7 @@ pub const LISTENERS: [&str; 4] = ["inbound", "admin", "egress", "forward_auth"];
 /// `reason` of `portcullis_malformed_requests_total`.
 pub const MALFORMED_REASONS: [&str; 3] = ["headers_too_large", "uri_too_long", "malformed_request"];
 /// `op` of `portcullis_shared_errors_total`.
-pub const SHARED_OPS: [&str; 8] = [
+pub const SHARED_OPS: [&str; 9] = [
     "rate",
     "lockout",
     "refresh",
@@ -93,11 +93,12 @@ pub const SHARED_OPS: [&str; 8] = [
     "egress",
     "publish",
     "subscribe",
+    "replicate",
 ];
 /// `kind` of `portcullis_shared_integrity_failures_total`.
 pub const INTEGRITY_KINDS: [&str; 6] = ["refresh", "family", "revocation", "event", "agreed", "egress"];
 /// `(table, limit)` of `portcullis_table_full_total`: the limits each table has.
-pub const FULL_TABLES: [(&str, &str); 7] = [
+pub const FULL_TABLES: [(&str, &str); 8] = [
     ("rate", "total"),
     ("revocations", "total"),
     ("revocations", "per_client"),
@@ -105,6 +106,7 @@ pub const FULL_TABLES: [(&str, &str); 7] = [
     ("lockout", "per_client"),
     ("revocations_mirror", "total"),
     ("remote_locks", "total"),
+    ("withdrawals", "total"),
 ];
 
 /// Every metric of the process. Cheap to share: the vectors are internally `Arc`ed.
@@ -191,9 +193,9 @@ const EGRESS_TOKEN_FETCHES: Desc = (
     "portcullis_egress_token_fetches_total",
     "OAuth2 token fetches for egress endpoints by outcome.",
 );
-const SHARED_ERRORS: Desc = ("portcullis_shared_errors_total", "Commands to the shared store (Redis) that failed or timed out, by operation (lockout, refresh, revoke, agree, egress, publish, subscribe).");
+const SHARED_ERRORS: Desc = ("portcullis_shared_errors_total", "Commands to the shared store (Redis) that failed or timed out, by operation (lockout, refresh, revoke, agree, egress, publish, subscribe; replicate: a write fewer replicas than shared.wait_replicas confirmed).");
 const SHARED_INTEGRITY_FAILURES: Desc = ("portcullis_shared_integrity_failures_total", "Values read from the shared store (Redis) that failed their integrity check and were refused, by kind (refresh, family, revocation, event, agreed, egress).");
-const TABLE_FULL: Desc = ("portcullis_table_full_total", "Requests refused because a bounded security table was full, by table (rate, revocations, lockout, remote_locks) and limit (total, per_client).");
+const TABLE_FULL: Desc = ("portcullis_table_full_total", "Requests refused because a bounded security table was full, by table (rate, revocations, lockout, revocations_mirror, remote_locks, withdrawals) and limit (total, per_client).");
 const RATE_LIMITED: Desc = (
     "portcullis_rate_limited_total",
     "Requests refused with 429 over a plan's or an integration's rate limit, by plan and integration.",
@@ -594,6 +596,7 @@ mod tests {
             "egress",
             "publish",
             "subscribe",
+            "replicate",
         ] {
             zero("portcullis_shared_errors_total", &[("op", op)]);
         }
@@ -608,6 +611,7 @@ mod tests {
             ("lockout", "per_client"),
             ("revocations_mirror", "total"),
             ("remote_locks", "total"),
+            ("withdrawals", "total"),
         ] {
             zero("portcullis_table_full_total", &[("table", table), ("limit", limit)]);
         }
@@ -618,7 +622,7 @@ mod tests {
             .filter(|(n, l, _)| n.starts_with("portcullis_") && !l.is_empty() && n != "portcullis_build_info")
             .count();
         assert_eq!(labelled, PRECREATED);
-        assert_eq!(PRECREATED, 52);
+        assert_eq!(PRECREATED, 54);
         let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md")).unwrap();
         assert!(
             doc.contains(&format!("a fixed {PRECREATED} series")),

@@ -50,12 +50,26 @@ fn shared_changed(old: &Config, new: &Config) -> Option<String> {
     use crate::config::SharedBackend;
     let same = match (&old.shared, &new.shared) {
         (SharedBackend::Memory, SharedBackend::Memory) => true,
-        (SharedBackend::Redis(a), SharedBackend::Redis(b)) => {
-            a.url.expose() == b.url.expose() && a.secret.expose() == b.secret.expose() && a.key_prefix == b.key_prefix
-        }
+        (SharedBackend::Redis(a), SharedBackend::Redis(b)) => a.same_store(b),
         _ => false,
     };
-    (!same).then(|| "[shared] changed (backend, url, secret or key_prefix): restart Portcullis to use it".to_string())
+    (!same).then(|| "[shared] changed (backend, where Redis is, its credentials, secret or key_prefix): restart Portcullis to use it".to_string())
+}
+
+/// Tells every replica (through `[shared]`) which credentials this reload withdrew (and
+/// put back), so that they refuse them before their own files change. Runs on the
+/// runtime this blocking reload was started from.
+fn announce_credentials(state: &State, change: crate::shared::CredentialChange) {
+    if change.is_empty() {
+        return;
+    }
+    let withdrawals = state.withdrawals();
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn(async move { withdrawals.announce(change).await });
+        }
+        Err(_) => tracing::warn!("reload outside the runtime: withdrawn credentials not announced"),
+    }
 }
 
 /// Why a reload was refused (the running config stays). The texts quote the file's
@@ -98,9 +112,12 @@ pub fn reload(state: &State, path: &Path, trigger: &'static str) -> Result<(), R
             for w in &loaded.warnings {
                 tracing::warn!("{w}");
             }
+            let change = crate::shared::credential_change(&current.config, &loaded.config);
             state
                 .replace(loaded.config)
-                .map_err(|e| ReloadError::Build(redacted(e.to_string())))
+                .map_err(|e| ReloadError::Build(redacted(e.to_string())))?;
+            announce_credentials(state, change);
+            Ok(())
         });
     let m = &state.metrics;
     match &result {

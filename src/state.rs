@@ -124,6 +124,11 @@ impl State {
         Ok(())
     }
 
+    /// Where a reload announces the credentials it withdrew.
+    pub fn withdrawals(&self) -> Arc<dyn crate::shared::Withdrawals> {
+        self.lasting.shared.withdrawals.clone()
+    }
+
     pub fn set_reload_status(&self, s: Status) {
         if let Ok(mut r) = self.reload_status.lock() {
             *r = Some(s);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::{Principal, Reason, RouteRef, UserEntry};
 use crate::config::{ApiKey, AuthMethod, SecretHash};
+use crate::shared::{api_key_stored, CredentialKind, Withdrawals};
 
 struct Binding {
     secret_hash: SecretHash,
@@ -17,10 +18,15 @@ struct Binding {
 pub struct ApiKeys {
     keys: HashMap<String, Binding>,
     users: Arc<HashMap<String, Arc<UserEntry>>>,
+    withdrawals: Arc<dyn Withdrawals>,
 }
 
 impl ApiKeys {
-    pub fn new(keys: &[ApiKey], users: Arc<HashMap<String, Arc<UserEntry>>>) -> Self {
+    pub fn new(
+        keys: &[ApiKey],
+        users: Arc<HashMap<String, Arc<UserEntry>>>,
+        withdrawals: Arc<dyn Withdrawals>,
+    ) -> Self {
         let keys = keys
             .iter()
             .map(|k| {
@@ -33,7 +39,11 @@ impl ApiKeys {
                 (k.key.clone(), b)
             })
             .collect();
-        ApiKeys { keys, users }
+        ApiKeys {
+            keys,
+            users,
+            withdrawals,
+        }
     }
 
     pub fn knows(&self, key: &str) -> bool {
@@ -48,6 +58,10 @@ impl ApiKeys {
         };
         if !b.secret_hash.matches(secret) {
             return Err(Reason::BadSecret);
+        }
+        let stored = api_key_stored(b.secret_hash.bytes(), &b.user, &b.plan, &b.integration);
+        if self.withdrawals.withdrawn(CredentialKind::ApiKey, key, &stored) != Ok(false) {
+            return Err(Reason::CredentialWithdrawn);
         }
         if b.plan != route.plan || b.integration != route.integration {
             return Err(Reason::KeyWrongIntegration);

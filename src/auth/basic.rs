@@ -102,6 +102,8 @@ pub struct Basic {
     /// with a bounded queue, so a flood of wrong passwords cannot exhaust memory.
     hasher: Arc<Hasher>,
     counters: CacheCounters,
+    /// Passwords another replica's reload withdrew (`[shared]`).
+    withdrawals: Arc<dyn crate::shared::Withdrawals>,
 }
 
 impl Basic {
@@ -111,6 +113,7 @@ impl Basic {
         carried: &Carried,
         hasher: Arc<Hasher>,
         metrics: &Metrics,
+        withdrawals: Arc<dyn crate::shared::Withdrawals>,
     ) -> Self {
         let shared = carried.take(cache, &users);
         let counters = CacheCounters::new(metrics, "basic");
@@ -120,7 +123,16 @@ impl Basic {
             shared,
             hasher,
             counters,
+            withdrawals,
         }
+    }
+
+    /// Whether another replica's reload withdrew the password `entry` holds (or this
+    /// replica cannot tell: then it is refused too).
+    fn withdrawn(&self, entry: &UserEntry) -> bool {
+        let Some(hash) = &entry.password_hash else { return false };
+        let kind = crate::shared::CredentialKind::Password;
+        self.withdrawals.withdrawn(kind, &entry.name, hash.as_bytes()) != Ok(false)
     }
 
     fn cache_id(&self, fingerprint: &[u8; 32], user: &str, password: &str) -> [u8; 32] {
@@ -154,6 +166,11 @@ impl Basic {
         // reload) is verified again.
         let ttl = Duration::from_nanos(self.shared.ttl.load(Ordering::Relaxed));
         if let Some(v) = cache.get(&id).await {
+            if v.at.elapsed() < ttl && self.withdrawn(&v.entry) {
+                // Withdrawn by another replica's reload: the cached decision is dropped.
+                cache.invalidate(&id).await;
+                return Err(rejected(Reason::CredentialWithdrawn));
+            }
             if v.at.elapsed() < ttl {
                 self.counters.hit();
                 v.entry.standing(true).map_err(rejected)?;
@@ -253,6 +270,9 @@ impl Basic {
         }
         if !verified {
             return Err(Reason::BadPassword);
+        }
+        if self.withdrawn(&entry) {
+            return Err(Reason::CredentialWithdrawn);
         }
         entry.standing(true)?;
         Ok(entry)

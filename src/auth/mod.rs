@@ -148,6 +148,8 @@ pub enum Reason {
     CriticalHeader,
     ClientNotAllowed,
     IssuerNotAllowed,
+    /// A reload on another replica withdrew this credential (`[shared]`).
+    CredentialWithdrawn,
 }
 
 impl Reason {
@@ -182,6 +184,7 @@ impl Reason {
             Reason::CriticalHeader => "critical_header",
             Reason::ClientNotAllowed => "client_not_allowed",
             Reason::IssuerNotAllowed => "issuer_not_allowed",
+            Reason::CredentialWithdrawn => "credential_withdrawn",
         }
     }
 }
@@ -361,6 +364,8 @@ pub struct Auth {
     pub oauth: Option<oauth::OAuth>,
     api_keys: api_key::ApiKeys,
     url_keys: url_key::UrlKeys,
+    /// Credentials another replica's reload withdrew (`[shared]`).
+    withdrawals: Arc<dyn crate::shared::Withdrawals>,
     pub lockout: lockout::Lockout,
     /// The process state's clock (`now` of `when` policies; tests move it).
     pub clock: crate::util::Clock,
@@ -394,6 +399,7 @@ impl Auth {
             .flat_map(|u| u.cert_names.iter().map(move |n| (n.clone(), u.name.clone())))
             .filter_map(|(n, name)| users.get(&name).map(|e| (n, e.clone())))
             .collect();
+        let withdrawals = lasting.shared.withdrawals.clone();
         let oauth = oauth::OAuth::new(config, lasting, client, metrics)?;
         Ok(Auth {
             oauth,
@@ -403,9 +409,11 @@ impl Auth {
                 &lasting.basic,
                 lasting.hasher(&config.auth, metrics),
                 metrics,
+                withdrawals.clone(),
             ),
-            api_keys: api_key::ApiKeys::new(&config.api_keys, users.clone()),
-            url_keys: url_key::UrlKeys::new(&config.users, users.clone()),
+            api_keys: api_key::ApiKeys::new(&config.api_keys, users.clone(), withdrawals.clone()),
+            url_keys: url_key::UrlKeys::new(&config.users, users.clone(), withdrawals.clone()),
+            withdrawals,
             cert_users,
             lockout: lasting
                 .lockout
@@ -531,14 +539,26 @@ impl Auth {
             Names::Unreadable(_) => return Err(rejected(Reason::MalformedCredentials)),
         };
         let mut matched: Option<&Arc<UserEntry>> = None;
-        for entry in names.iter().filter_map(|n| self.cert_users.get(n)) {
+        let mut withdrawn = false;
+        for (name, entry) in names.iter().filter_map(|n| self.cert_users.get(n).map(|e| (n, e))) {
+            // A name another replica's reload took from this user no longer names them.
+            let kind = crate::shared::CredentialKind::CertName;
+            if self.withdrawals.withdrawn(kind, &entry.name, name.as_bytes()) != Ok(false) {
+                withdrawn = true;
+                continue;
+            }
             match matched {
                 Some(m) if m.name != entry.name => return Err(rejected(Reason::AmbiguousCertificate)),
                 Some(_) => {}
                 None => matched = Some(entry),
             }
         }
-        let entry = matched.ok_or(rejected(Reason::UnknownCertificate))?;
+        let unmatched = if withdrawn {
+            Reason::CredentialWithdrawn
+        } else {
+            Reason::UnknownCertificate
+        };
+        let entry = matched.ok_or(rejected(unmatched))?;
         entry.standing(false).map_err(rejected)?;
         let mut p = entry.principal(method);
         p.cnf = Some(Arc::from(

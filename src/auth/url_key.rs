@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::{Principal, Reason, UserEntry};
 use crate::config::{AuthMethod, SecretHash, User};
+use crate::shared::{CredentialKind, Withdrawals};
 
 /// The query parameter that carries a URL key.
 pub const PARAM: &str = "apiKey";
@@ -15,15 +16,24 @@ pub const SUBJECT: &str = "\u{0}url_key";
 pub struct UrlKeys {
     by_hash: HashMap<[u8; 32], String>,
     users: Arc<HashMap<String, Arc<UserEntry>>>,
+    withdrawals: Arc<dyn Withdrawals>,
 }
 
 impl UrlKeys {
-    pub fn new(users_cfg: &[User], users: Arc<HashMap<String, Arc<UserEntry>>>) -> Self {
+    pub fn new(
+        users_cfg: &[User],
+        users: Arc<HashMap<String, Arc<UserEntry>>>,
+        withdrawals: Arc<dyn Withdrawals>,
+    ) -> Self {
         let by_hash = users_cfg
             .iter()
             .filter_map(|u| u.url_key_hash.as_ref().map(|h| (*h.bytes(), u.name.clone())))
             .collect();
-        UrlKeys { by_hash, users }
+        UrlKeys {
+            by_hash,
+            users,
+            withdrawals,
+        }
     }
 
     pub fn verify(&self, key: &str) -> Result<Principal, Reason> {
@@ -31,6 +41,9 @@ impl UrlKeys {
         // useful through timing.
         let digest = SecretHash::of(key.as_bytes());
         let name = self.by_hash.get(digest.bytes()).ok_or(Reason::BadUrlKey)?;
+        if self.withdrawals.withdrawn(CredentialKind::UrlKey, name, digest.bytes()) != Ok(false) {
+            return Err(Reason::CredentialWithdrawn);
+        }
         let user = self.users.get(name).ok_or(Reason::UnknownUser)?;
         user.standing(false)?;
         Ok(user.principal(AuthMethod::UrlKey))

@@ -14,6 +14,7 @@ mod issuers;
 pub mod keys;
 mod raw;
 pub mod redact;
+mod redis;
 pub mod secret;
 mod validate;
 pub mod withheld;
@@ -24,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 pub use issuers::{OAuth, OAuthClient, OAuthMode, DEFAULT_BUILTIN_ISSUER};
+pub use redis::{RedisNode, RedisSettings, RedisTopology};
 pub use secret::{FileKind, Secret, SecretHash};
 /// The tables of the config and the keys each accepts (for "did you mean" and the docs test).
 pub use validate::suggest::KNOWN as KNOWN_KEYS;
@@ -276,20 +278,7 @@ pub struct Lockout {
 pub enum SharedBackend {
     /// In-process (moka): one replica's own state.
     Memory,
-    Redis(RedisSettings),
-}
-
-#[derive(Debug, Clone)]
-pub struct RedisSettings {
-    /// `redis://` or `rediss://` (TLS); may carry a password, hence a secret.
-    pub url: Secret,
-    pub key_prefix: String,
-    /// Keys Redis key names (keyed hashes) and encrypts what is secret in values.
-    pub secret: Secret,
-    pub connect_timeout: Duration,
-    pub command_timeout: Duration,
-    /// Multiplexed connections, used in turn.
-    pub pool_size: usize,
+    Redis(Box<RedisSettings>),
 }
 
 /// `[tracing]`: spans exported by OTLP/HTTP when `otlp_endpoint` is set. Applies at start.

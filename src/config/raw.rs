@@ -123,6 +123,16 @@ pub struct Shared {
     pub connect_timeout: Option<Str>,
     pub command_timeout: Option<Str>,
     pub pool_size: Option<Spanned<i64>>,
+    pub sentinels: Option<Spanned<Vec<Str>>>,
+    pub master_name: Option<Str>,
+    pub cluster: Option<Spanned<bool>>,
+    pub nodes: Option<Spanned<Vec<Str>>>,
+    pub tls: Option<Spanned<bool>>,
+    pub tls_ca_file: Option<Str>,
+    pub username: Option<Str>,
+    pub password: Option<Withheld<Secret>>,
+    pub sentinel_password: Option<Withheld<Secret>>,
+    pub wait_replicas: Option<Spanned<i64>>,
 }
 
 /// `[tracing]`: OpenTelemetry export.

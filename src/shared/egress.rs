@@ -65,9 +65,8 @@ impl EgressTokens for Store {
         Box::pin(async move {
             let mut pipe = redis::pipe();
             pipe.cmd("GET").arg(name).cmd("PTTL").arg(name);
-            let mut c = self.conn();
             let (value, ms): (Option<Vec<u8>>, i64) = self
-                .run("egress", async move { pipe.query_async(&mut c).await })
+                .run("egress", |mut c| async move { pipe.query_async(&mut c).await })
                 .await?;
             Ok(value
                 .and_then(|v| self.open_checked("egress", name, &v))

@@ -13,16 +13,29 @@ const LIVENESS: Duration = Duration::from_secs(1);
 impl Store {
     /// Subscribes to the events channel, then reads the revocations back from Redis
     /// (subscribed first, so none announced meanwhile falls between the two).
-    async fn subscribe(&self) -> Result<redis::aio::PubSub, SharedError> {
-        let mut ps = tokio::time::timeout(self.timeout * 4, self.client.get_async_pubsub())
-            .await
-            .map_err(|_| SharedError::ConnectTimedOut)?
-            .map_err(SharedError::Subscribe)?;
+    async fn subscribe(&self) -> Result<(redis::aio::PubSub, u64), SharedError> {
+        let turn = self.subscriptions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let connect = async {
+            let (client, generation) = self.link.subscriber(turn).await?;
+            Ok::<_, redis::RedisError>((client.get_async_pubsub().await?, generation))
+        };
+        let (mut ps, generation) = match tokio::time::timeout(self.timeout * 4, connect).await {
+            Ok(Ok(made)) => made,
+            Ok(Err(e)) => {
+                self.link.failed(None, Some(&e));
+                return Err(SharedError::Subscribe(e));
+            }
+            Err(_) => {
+                self.link.failed(None, None);
+                return Err(SharedError::ConnectTimedOut);
+            }
+        };
         ps.subscribe(self.events_channel())
             .await
             .map_err(SharedError::Subscribe)?;
         self.load_revocations().await.map_err(|_| SharedError::Revocations)?;
-        Ok(ps)
+        self.load_withdrawals().await.map_err(|_| SharedError::Withdrawals)?;
+        Ok((ps, generation))
     }
 
     /// Subscribes once (so a replica that starts with Redis up knows every revocation
@@ -34,7 +47,9 @@ impl Store {
     /// so builtin tokens are answered 503 `revocation_unavailable` until it has
     /// subscribed again and read every live revocation back. A subscription that goes
     /// quiet without closing (a half-open connection) is found by a PING every
-    /// [`LIVENESS`] that must be answered within the command timeout.
+    /// [`LIVENESS`] that must be answered within the command timeout; on a Sentinel set,
+    /// one made on a master that may have moved (its commands failed as a moved master's
+    /// would) is made again on the master the sentinels name, within the same beat.
     pub async fn listen(self: &Arc<Self>) {
         let first = self.subscribe().await;
         let weak = Arc::downgrade(self);
@@ -47,8 +62,8 @@ impl Store {
                     Some(first) => first,
                     None => store.subscribe().await,
                 };
-                let ps = match subscribed {
-                    Ok(ps) => ps,
+                let (ps, generation) = match subscribed {
+                    Ok(made) => made,
                     Err(e) => {
                         store.unsynced();
                         store.errors.with_label_values(&["subscribe"]).inc();
@@ -74,8 +89,11 @@ impl Store {
                             store.apply(msg.get_payload_bytes());
                         }
                         _ = liveness.tick() => {
+                            // On a Sentinel set, a master that may have moved: what the
+                            // new one publishes would go unheard here.
+                            let moved = weak.upgrade().is_some_and(|s| s.link.moved_from(generation));
                             let pong = tokio::time::timeout(ping_timeout, sink.ping::<redis::Value>()).await;
-                            if !matches!(pong, Ok(Ok(_))) {
+                            if moved || !matches!(pong, Ok(Ok(_))) {
                                 break;
                             }
                         }
@@ -99,7 +117,7 @@ impl Store {
     }
 
     /// One event from the channel, applied only when its MAC holds.
-    fn apply(&self, message: &[u8]) {
+    pub(super) fn apply(&self, message: &[u8]) {
         let channel = self.events_channel();
         let Some(event) = self.verify("event", &channel, message) else {
             return;
@@ -123,6 +141,14 @@ impl Store {
                     );
                 }
                 self.announce_until(until);
+            }
+            (Some("withdrawn"), Some(until), Some(first), rest) => {
+                let rest = rest.into_iter().chain(parts);
+                self.note_withdrawn(until, std::iter::once(first).chain(rest));
+            }
+            (Some("reinstated"), Some(first), third, fourth) => {
+                let rest = third.into_iter().chain(fourth).chain(parts);
+                self.note_reinstated(std::iter::once(first).chain(rest));
             }
             (Some("jti"), Some(jti), Some(exp), None) => {
                 if let Ok(exp) = exp.parse::<u64>() {

@@ -40,16 +40,23 @@ impl Keys for Store {
         Box::pin(async move {
             let name = self.plain_name("agreed", kind);
             let sealed = self.seal(&name, proposal);
-            let mut c = self.conn();
             let key = name.clone();
+            let (replicas, wait) = (self.wait_replicas, self.timeout / 2);
             let stored: Vec<u8> = self
-                .run("agree", async move {
+                .run("agree", |mut c| async move {
                     let _: Option<String> = redis::cmd("SET")
                         .arg(&key)
                         .arg(sealed)
                         .arg("NX")
                         .query_async(&mut c)
                         .await?;
+                    // The key every replica signs with should survive a failover; a set
+                    // without its replicas (counted, logged) must still let one start.
+                    if self.settle(&mut c, replicas, wait).await.is_err() {
+                        tracing::warn!(
+                            "shared store: no replica confirmed the agreed signing key; a failover now may lose it"
+                        );
+                    }
                     redis::cmd("GET").arg(&key).query_async(&mut c).await
                 })
                 .await?;

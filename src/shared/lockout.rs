@@ -91,9 +91,18 @@ impl Lockouts for Store {
 impl Store {
     fn lock_names(&self, subject: &str, client: IpAddr) -> (String, String) {
         let ip = client.to_string();
+        let parts = [subject.as_bytes(), ip.as_bytes()];
+        // On a cluster both keys of the pair share a slot: its keyed hash is the tag.
+        let pair = self.name("pair", &parts);
+        let tag = pair
+            .rsplit(':')
+            .next()
+            .unwrap_or_default()
+            .get(..16)
+            .unwrap_or_default();
         (
-            self.name("fail", &[subject.as_bytes(), ip.as_bytes()]),
-            self.name("lock", &[subject.as_bytes(), ip.as_bytes()]),
+            self.grouped(tag, self.name("fail", &parts)),
+            self.grouped(tag, self.name("lock", &parts)),
         )
     }
 
@@ -146,7 +155,7 @@ return {0, 0}
         let max = settings.max_failures;
         let mut script = SCRIPT.key(fail);
         script.key(&lock).arg(window).arg(max).arg(duration);
-        let (state, ms): (i64, i64) = self.invoke("lockout", script).await?;
+        let (state, ms): (i64, i64) = self.invoke_durable("lockout", script).await?;
         let left = Duration::from_millis(ms.max(0) as u64);
         Ok(match state {
             1 => {

@@ -18,6 +18,8 @@
 //! | `keys.rs` | [`Keys`]: the signing key every replica agrees on |
 //! | `egress.rs` | [`EgressTokens`]: egress tokens sealed in Redis, one fetch among replicas |
 //! | `rate.rs` | [`Rates`]: rate-limit budgets (GCRA), one script step each in Redis; the replicas seen |
+//! | `withdrawn.rs` | [`Withdrawals`]: credentials a reload on any replica withdrew, refused by all |
+//! | `link.rs` | where commands go: one server, the master a Sentinel set names, or a Cluster |
 //!
 //! The memory side keeps its bounds: a full table refuses, it never drops an entry in
 //! force. The rest of this note is about the Redis side.
@@ -55,16 +57,27 @@
 //! other replicas) and resubscribes with backoff when the connection drops; after each
 //! (re)subscription it reads every live revocation back from Redis, so one missed while
 //! the channel was down, or made before this replica started, is not missed for good.
-//! Until the first read succeeds, this replica answers its builtin tokens with 503.
+//! Until the first read succeeds, this replica answers its builtin tokens with 503. The
+//! credentials withdrawn by any replica's reload (`withdrawn.rs`) travel the same way:
+//! announced on the channel, stored in a MAC'd table, read back after each subscription.
+//!
+//! Where Redis is (`link.rs`): one server (connection managers), a Sentinel set (the
+//! master the sentinels name, asked again when a command fails as a moved master would:
+//! a failover needs no restart), or a Cluster (the crate's cluster connection; the keys
+//! of one script share a slot through a hash tag after the prefix). The writes a failover
+//! must not lose wait for `shared.wait_replicas` replicas (`WAIT`); fewer is a failure,
+//! so nothing a failover can lose is ever acknowledged.
 
 mod egress;
 mod events;
 mod keys;
+mod link;
 mod lockout;
 mod rate;
 mod refresh;
 mod revocation;
 mod store;
+mod withdrawn;
 
 use std::sync::Arc;
 
@@ -77,6 +90,10 @@ pub use revocation::{
     Kept, MemoryRevocations, Revocation, RevocationLimits, Revocations, RevokeRefused, Standing, Table,
 };
 pub use store::Store;
+pub use withdrawn::{
+    api_key_stored, credential_change, credentials, Credential, CredentialChange, CredentialKind, NoWithdrawals,
+    Withdrawals,
+};
 
 use crate::config::SharedBackend;
 use crate::metrics::Metrics;
@@ -112,6 +129,8 @@ pub enum SharedError {
     Subscribe(#[source] redis::RedisError),
     #[error("cannot read the revocations")]
     Revocations,
+    #[error("cannot read the withdrawn credentials")]
+    Withdrawals,
 }
 
 /// One implementation of each concern, chosen once at start (`[shared] backend`).
@@ -123,6 +142,7 @@ pub struct Backend {
     pub keys: Arc<dyn Keys>,
     pub egress: Arc<dyn EgressTokens>,
     pub rates: Arc<dyn Rates>,
+    pub withdrawals: Arc<dyn Withdrawals>,
 }
 
 /// How many rate-limit budgets the memory backend keeps live at once (a budget lives
@@ -155,6 +175,7 @@ impl Backend {
                 crate::util::Clock::default(),
                 full.map(|f| f.with_label_values(&["rate", "total"])),
             )),
+            withdrawals: Arc::new(NoWithdrawals),
         }
     }
 
@@ -166,7 +187,8 @@ impl Backend {
             revocations: store.clone(),
             keys: store.clone(),
             rates: RedisRates::new(store.clone()),
-            egress: store,
+            egress: store.clone(),
+            withdrawals: store,
         }
     }
 

@@ -210,7 +210,7 @@ impl Revocations for Store {
 
 impl Store {
     fn revocations_name(&self) -> String {
-        self.plain_name("revoked", "all")
+        self.grouped("revoked", self.plain_name("revoked", "all"))
     }
 
     /// A revocation as stored in the table: `JTI EXP MAC`, signed for the table's name.
@@ -279,7 +279,7 @@ return 'ok'
         });
         let exp = exp.max(1);
         let table = self.revocations_name();
-        let by_client = self.name("revoked-by", &[client.as_bytes()]);
+        let by_client = self.grouped("revoked", self.name("revoked-by", &[client.as_bytes()]));
         let member = self.revocation_member(jti, exp);
         let channel = self.events_channel();
         let event = self.sign(&channel, &format!("jti {jti} {exp}"));
@@ -295,7 +295,7 @@ return 'ok'
             .arg(channel)
             .arg(event);
         let outcome: String = self
-            .invoke("revoke", script)
+            .invoke_durable("revoke", script)
             .await
             .map_err(|_| RevokeRefused::Unavailable)?;
         match outcome.as_str() {

@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hmac::Mac;
-use redis::aio::ConnectionManager;
 use ring::aead;
 
+use super::link::{Conn, Link};
 use super::{Incomplete, SharedError, Unavailable};
 use crate::config::RedisSettings;
 use crate::metrics::Metrics;
@@ -55,6 +55,11 @@ impl Mirror {
         true
     }
 
+    /// Forgets `key` (an entry that no longer holds).
+    pub(super) fn remove(&mut self, key: &str) {
+        self.entries.remove(key);
+    }
+
     /// `Err(Incomplete)`: the mirror is incomplete now; else until when `key` is in force.
     pub(super) fn get(&self, key: &str, now_ms: u64) -> Result<Option<u64>, Incomplete> {
         if self.overflow_until > now_ms {
@@ -66,11 +71,16 @@ impl Mirror {
 
 /// Default bound of the mirrors until a config generation sets them.
 const DEFAULT_MIRROR_CAP: usize = 100_000;
+/// Bound of the withdrawn credentials kept (each for a day).
+pub(super) const WITHDRAWALS_CAP: usize = 10_000;
 
 pub struct Store {
-    pub(super) conns: Vec<ConnectionManager>,
+    pub(super) link: Link,
     pub(super) next: AtomicUsize,
-    pub(super) client: redis::Client,
+    /// Subscriptions made: on a cluster, each tries the next seed.
+    pub(super) subscriptions: AtomicUsize,
+    /// Replicas that must confirm a write that has to survive a failover.
+    pub(super) wait_replicas: u32,
     pub(super) prefix: String,
     pub(super) names: [u8; 32],
     pub(super) integrity: [u8; 32],
@@ -83,6 +93,12 @@ pub struct Store {
     pub(super) remote_locks: Mutex<Mirror>,
     /// Revoked access-token ids, announced by any replica or read back from Redis.
     pub(super) revoked: Mutex<Mirror>,
+    /// Fingerprints of credentials withdrawn by any replica's reload.
+    pub(super) withdrawals: Mutex<Mirror>,
+    /// Unix ms until which some withdrawal may be in force (the fast path skips the rest).
+    pub(super) withdrawn_until: AtomicU64,
+    /// Keys the fingerprints of withdrawn credentials.
+    pub(super) withdrawals_key: [u8; 32],
     /// The revocations were read from Redis at least once since start.
     pub(super) synced: AtomicBool,
     /// Unix ms until which some announced lock or revocation may still be in force: the
@@ -101,18 +117,7 @@ impl Store {
     /// Connection managers are made lazily: a replica starts even when Redis is down, and
     /// connects (and reconnects) on use.
     pub fn connect(s: &RedisSettings, metrics: &Metrics) -> Result<Arc<Store>, SharedError> {
-        let url = std::str::from_utf8(s.url.expose()).map_err(|_| SharedError::UrlNotUtf8)?;
-        let client = redis::Client::open(url).map_err(SharedError::Url)?;
-        let cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(s.connect_timeout))
-            .set_response_timeout(Some(s.command_timeout))
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(5))
-            .set_number_of_retries(3);
-        let conns = (0..s.pool_size.max(1))
-            .map(|_| client.get_connection_manager_lazy(cfg.clone()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(SharedError::Url)?;
+        let link = Link::open(s)?;
         let derive = |label: &[u8]| -> [u8; 32] {
             let mut mac = <HmacSha256 as Mac>::new_from_slice(s.secret.expose()).expect("HMAC takes any key length");
             mac.update(label);
@@ -123,9 +128,10 @@ impl Store {
                 .map_err(|_| SharedError::ValueKey)?,
         );
         Ok(Arc::new(Store {
-            conns,
+            link,
             next: AtomicUsize::new(0),
-            client,
+            subscriptions: AtomicUsize::new(0),
+            wait_replicas: s.wait_replicas,
             prefix: s.key_prefix.clone(),
             names: derive(b"portcullis shared: names"),
             integrity: derive(b"portcullis shared: integrity"),
@@ -136,6 +142,9 @@ impl Store {
             full: metrics.table_full.clone(),
             remote_locks: Mutex::new(Mirror::new(DEFAULT_MIRROR_CAP)),
             revoked: Mutex::new(Mirror::new(DEFAULT_MIRROR_CAP)),
+            withdrawals: Mutex::new(Mirror::new(WITHDRAWALS_CAP)),
+            withdrawn_until: AtomicU64::new(0),
+            withdrawals_key: derive(b"portcullis shared: withdrawn credentials"),
             synced: AtomicBool::new(false),
             announced_until: AtomicU64::new(0),
             last_warning: AtomicU64::new(0),
@@ -143,22 +152,31 @@ impl Store {
         }))
     }
 
-    pub(super) fn conn(&self) -> ConnectionManager {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
-        self.conns[i].clone()
-    }
-
-    /// Runs one command (or script) under the command timeout; a failure is counted and
-    /// logged (at most once per second).
-    pub(super) async fn run<T>(
-        &self,
-        op: &'static str,
-        f: impl Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, Unavailable> {
-        let err = match tokio::time::timeout(self.timeout + Duration::from_millis(50), f).await {
+    /// Runs `f` on a pooled connection under the command timeout; a failure is counted
+    /// and logged (at most once per second), and told to the link (on a Sentinel set,
+    /// one that may mean the master moved makes the next command ask the sentinels).
+    pub(super) async fn run<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, Unavailable>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        let attempt = async {
+            let (conn, generation) = self.link.conn(turn).await.map_err(|e| (None, e))?;
+            f(conn).await.map_err(|e| (Some(generation), e))
+        };
+        let err = match tokio::time::timeout(self.timeout + Duration::from_millis(50), attempt).await {
             Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "timed out".to_string(),
+            Ok(Err((generation, e))) => {
+                if let Some(generation) = generation {
+                    self.link.failed(Some(generation), Some(&e));
+                }
+                e.to_string()
+            }
+            Err(_) => {
+                self.link.failed(None, None);
+                "timed out".to_string()
+            }
         };
         debug_assert!(crate::metrics::SHARED_OPS.contains(&op), "op {op} not pre-created");
         self.errors.with_label_values(&[op]).inc();
@@ -175,18 +193,53 @@ impl Store {
         op: &'static str,
         cmd: redis::Cmd,
     ) -> Result<T, Unavailable> {
-        let mut c = self.conn();
-        self.run(op, async move { cmd.query_async(&mut c).await }).await
+        self.run(op, |mut c| async move { cmd.query_async(&mut c).await }).await
     }
 
     /// One script (its keys and arguments given) on a pooled connection, under [`Store::run`].
+    #[allow(dead_code)] // for a write a failover may lose without harm
     pub(super) async fn invoke<T: redis::FromRedisValue + Send>(
         &self,
         op: &'static str,
         script: redis::ScriptInvocation<'static>,
     ) -> Result<T, Unavailable> {
-        let mut c = self.conn();
-        self.run(op, async move { script.invoke_async(&mut c).await }).await
+        self.run(op, |mut c| async move { script.invoke_async(&mut c).await })
+            .await
+    }
+
+    /// [`Store::invoke`] for a write that must survive a failover: then `WAIT` on the
+    /// same connection until `wait_replicas` replicas confirm it. Fewer within the
+    /// command timeout is a failure ([`Unavailable`]): the caller fails closed as for any
+    /// error, and never acknowledges a write that a failover may lose.
+    pub(super) async fn invoke_durable<T: redis::FromRedisValue + Send>(
+        &self,
+        op: &'static str,
+        script: redis::ScriptInvocation<'static>,
+    ) -> Result<T, Unavailable> {
+        let replicas = self.wait_replicas;
+        let wait = self.timeout / 2;
+        self.run(op, |mut c| async move {
+            let v = script.invoke_async(&mut c).await?;
+            self.settle(&mut c, replicas, wait).await?;
+            Ok(v)
+        })
+        .await
+    }
+
+    /// `WAIT replicas timeout` on `c`, when any are asked for.
+    pub(super) async fn settle(&self, c: &mut Conn, replicas: u32, wait: Duration) -> redis::RedisResult<()> {
+        if replicas == 0 {
+            return Ok(());
+        }
+        let confirmed = super::link::wait_replicas(c, replicas, wait).await?;
+        if confirmed < i64::from(replicas) {
+            self.errors.with_label_values(&["replicate"]).inc();
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "fewer replicas than shared.wait_replicas confirmed the write",
+            )));
+        }
+        Ok(())
     }
 
     /// Deletes `key`.
@@ -206,6 +259,17 @@ impl Store {
             mac.update(p);
         }
         format!("{}{kind}:{}", self.prefix, hex::encode(mac.finalize().into_bytes()))
+    }
+
+    /// `name` (one of this store's names) with the hash tag `{group}` after the prefix
+    /// on a Redis Cluster, so that every key of one operation is in one slot; elsewhere
+    /// `name` as it is (the names of one server or a Sentinel set stay as they were).
+    pub(super) fn grouped(&self, group: &str, name: String) -> String {
+        if !self.link.clustered() {
+            return name;
+        }
+        let rest = name.strip_prefix(self.prefix.as_str()).unwrap_or(&name);
+        format!("{}{{{group}}}{rest}", self.prefix)
     }
 
     pub(super) fn plain_name(&self, kind: &str, id: &str) -> String {

@@ -310,12 +310,24 @@ fn absent(key: &str, c: &Config) -> Option<bool> {
     let user = || &c.users[0];
     let oauth = || c.issuers.first().expect("context with [oauth]");
     let endpoint = || &c.endpoints[0];
+    let redis = || match &c.shared {
+        portcullis::config::SharedBackend::Redis(r) => r,
+        portcullis::config::SharedBackend::Memory => panic!("context with [shared] redis"),
+    };
     Some(match key {
         "listen.tls" => c.listen.tls.is_none(),
         "listen.tls.client_ca" => tls().client_ca.is_none(),
         "listen.tls.client_crl" => tls().client_crl.is_none(),
         "tracing.otlp_endpoint" => c.tracing.otlp_endpoint.is_none(),
         "plans.rate" => c.plans[0].rate.is_none(),
+        // The redis context names one server by `url`: no Sentinel set, no Cluster.
+        "shared.sentinels" | "shared.master_name" | "shared.nodes" | "shared.tls" => {
+            matches!(redis().topology, portcullis::config::RedisTopology::Single(_))
+        }
+        "shared.username" => redis().username.is_none(),
+        "shared.password" => redis().password.is_none(),
+        "shared.sentinel_password" => redis().sentinel_password.is_none(),
+        "shared.tls_ca_file" => redis().tls_ca.is_none(),
         "plans.when" => c.plans[0].when.is_none(),
         "plans.integrations.when" => c.plans[0].integrations[0].when.is_none(),
         // A lone `[oauth]` is one issuer; `[[oauth.issuers]]` are several.

@@ -27,6 +27,7 @@ mod per_core;
 mod policy;
 mod proxy;
 mod rate;
+mod redis_ha;
 mod reload;
 mod server;
 mod shared;

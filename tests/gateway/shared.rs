@@ -118,7 +118,7 @@ pub(crate) fn replica(dir: &std::path::Path, n: usize, redis: &Redis, body: &str
 }
 
 /// Inbound and admin listeners on port 0, and nothing else.
-fn listeners() -> Config {
+pub(crate) fn listeners() -> Config {
     Config::bare()
         .section("listen", |s| s.set("address", "127.0.0.1:0"))
         .section("admin", |s| s.set("address", "127.0.0.1:0"))
@@ -153,7 +153,7 @@ fn basic_config(upstream: &str, max_failures: u32) -> String {
 }
 
 /// A lockout, user alice and plan `p` with a Basic route `/login`; `more` adds to the plan.
-fn body(upstream: &str, max_failures: u32, more: impl FnOnce(Plan) -> Plan) -> Config {
+pub(crate) fn body(upstream: &str, max_failures: u32, more: impl FnOnce(Plan) -> Plan) -> Config {
     Config::bare()
         .section("lockout", |s| {
             s.set("max_failures", i64::from(max_failures))
@@ -170,7 +170,7 @@ fn body(upstream: &str, max_failures: u32, more: impl FnOnce(Plan) -> Plan) -> C
         })
 }
 
-async fn status(addr: SocketAddr, path: &str, user: &str, pw: &str) -> u16 {
+pub(crate) async fn status(addr: SocketAddr, path: &str, user: &str, pw: &str) -> u16 {
     http()
         .get(format!("http://{addr}{path}"))
         .basic_auth(user, Some(pw))
@@ -215,6 +215,11 @@ fn oauth_config(upstream: &str) -> String {
 
 /// The builtin issuer with clients jira and other, and an OAuth route `/events`.
 fn oauth_body(upstream: &str) -> Config {
+    oauth_body_locking(upstream, 100)
+}
+
+/// [`oauth_body`] with a lockout of `max_failures`.
+pub(crate) fn oauth_body_locking(upstream: &str, max_failures: u32) -> Config {
     let client = |id: &'static str, secret: &'static str| {
         move |c: Table| c.set("client_id", id).set("client_secret_hash", sha256_hex(secret))
     };
@@ -225,12 +230,17 @@ fn oauth_body(upstream: &str) -> Config {
                 .entry("clients", client("jira", "jira-secret"))
                 .entry("clients", client("other", "other-secret"))
         })
-        .merge(body(upstream, 100, |p| {
+        .merge(body(upstream, max_failures, |p| {
             p.integration("events", |i| i.path("/events").methods(["GET"]).auth("oauth"))
         }))
 }
 
-async fn form(addr: SocketAddr, path: &str, client: (&str, &str), fields: &[(&str, &str)]) -> (u16, serde_json::Value) {
+pub(crate) async fn form(
+    addr: SocketAddr,
+    path: &str,
+    client: (&str, &str),
+    fields: &[(&str, &str)],
+) -> (u16, serde_json::Value) {
     let resp = http()
         .post(format!("http://{addr}{path}"))
         .basic_auth(client.0, Some(client.1))
@@ -243,7 +253,7 @@ async fn form(addr: SocketAddr, path: &str, client: (&str, &str), fields: &[(&st
     (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
 }
 
-async fn login(addr: SocketAddr) -> (String, String) {
+pub(crate) async fn login(addr: SocketAddr) -> (String, String) {
     let (s, body) = form(
         addr,
         "/oauth/token",
@@ -262,7 +272,7 @@ async fn login(addr: SocketAddr) -> (String, String) {
     )
 }
 
-async fn refresh(addr: SocketAddr, rt: &str) -> (u16, serde_json::Value) {
+pub(crate) async fn refresh(addr: SocketAddr, rt: &str) -> (u16, serde_json::Value) {
     form(
         addr,
         "/oauth/token",
@@ -272,7 +282,7 @@ async fn refresh(addr: SocketAddr, rt: &str) -> (u16, serde_json::Value) {
     .await
 }
 
-async fn bearer(addr: SocketAddr, token: &str) -> u16 {
+pub(crate) async fn bearer(addr: SocketAddr, token: &str) -> u16 {
     http()
         .get(format!("http://{addr}/events"))
         .bearer_auth(token)

@@ -36,12 +36,14 @@ impl RefreshFamilies for Store {
 }
 
 impl Store {
+    /// On a cluster the rotation script touches the token, the next one and the family:
+    /// every refresh key shares one slot (`{rt}`).
     fn refresh_name(&self, token: &str) -> String {
-        self.name("rt", &[token.as_bytes()])
+        self.grouped("rt", self.name("rt", &[token.as_bytes()]))
     }
 
     fn family_name(&self, family: &str) -> String {
-        self.plain_name("rf", family)
+        self.grouped("rt", self.plain_name("rf", family))
     }
 
     /// A family's stored value: its end, signed for its name. Deterministic, so the
@@ -99,7 +101,7 @@ return 1
             .arg(if new_family { "1" } else { "0" })
             .arg(ttl.as_millis().max(1) as u64)
             .arg(family_ends_at.max(1));
-        let created: i64 = self.invoke("refresh", script).await?;
+        let created: i64 = self.invoke_durable("refresh", script).await?;
         Ok(match created {
             1 => Issued::Stored,
             -1 => {
@@ -115,9 +117,8 @@ return 1
     async fn refresh_record(&self, key: &str) -> Result<Record, Unavailable> {
         let mut pipe = redis::pipe();
         pipe.cmd("HGET").arg(key).arg("v").cmd("EXISTS").arg(key);
-        let mut c = self.conn();
         let (raw, exists): (Option<Vec<u8>>, bool) = self
-            .run("refresh", async move { pipe.query_async(&mut c).await })
+            .run("refresh", |mut c| async move { pipe.query_async(&mut c).await })
             .await?;
         let raw = match (raw, exists) {
             (Some(raw), _) => raw,
@@ -220,7 +221,7 @@ return 'ok'
             .arg(ttl_ms)
             .arg(verdict)
             .arg(spent);
-        let outcome: String = self.invoke("refresh", script).await?;
+        let outcome: String = self.invoke_durable("refresh", script).await?;
         Ok(match outcome.as_str() {
             "ok" => Taken::Granted {
                 family: record.family,

@@ -31,7 +31,15 @@ impl Issuer {
         let (client_id, secret) = client_credentials(&authorization, &params)?;
         let client_subject = format!("client:{client_id}");
         let known = match self.clients.get(&client_id) {
-            Some(h) => h.matches(secret.as_bytes()),
+            // A secret another replica's reload withdrew is refused here too.
+            Some(h) => {
+                h.matches(secret.as_bytes())
+                    && self.shared.backend.withdrawals.withdrawn(
+                        crate::shared::CredentialKind::Client,
+                        &client_id,
+                        h.bytes(),
+                    ) == Ok(false)
+            }
             None => {
                 let _ = SecretHash::of(b"").matches(secret.as_bytes());
                 false
