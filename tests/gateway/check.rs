@@ -447,3 +447,18 @@ fn the_demos_published_credentials_are_refused_elsewhere() {
         );
     }
 }
+
+/// A diagnostic that describes a URL's form is printed whole: the scrubbing of user info
+/// in printed URLs does not eat the description of where a password may go.
+#[test]
+fn the_shared_url_diagnostic_describes_the_form_readably() {
+    let c = check(&format!(
+        "{BASE}\n[shared]\nbackend = \"redis\"\nurl = \"http://127.0.0.1:6379\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n"
+    ));
+    assert_eq!(c.code, 1);
+    assert!(
+        c.stderr.contains("shared.url must be redis://HOST[:PORT][/DB] (user and password allowed before the host)"),
+        "{}",
+        c.stderr
+    );
+}

@@ -255,7 +255,7 @@ impl Validator<'_> {
         if let Some(parsed) = super::super::redis::SentinelUrl::parse(text) {
             return match parsed {
                 Err(why) => {
-                    self.error(url_span, format!("shared.url: {why} (expected redis+sentinel://[USER:PASSWORD@]HOST[:PORT],HOST[:PORT]/MASTER_NAME[/DB])"));
+                    self.error(url_span, format!("shared.url: {why} (expected redis+sentinel://HOST[:PORT],HOST[:PORT]/MASTER_NAME[/DB], user and password allowed before the first host)"));
                     None
                 }
                 Ok(_) if cluster == Some(true) => {
@@ -280,7 +280,7 @@ impl Validator<'_> {
         let Some(parsed) = parsed else {
             self.error(
                 url_span,
-                "shared.url must be redis://[USER:PASSWORD@]HOST[:PORT][/DB], rediss://... (TLS) or redis+sentinel://HOST:PORT,HOST:PORT/MASTER_NAME",
+                "shared.url must be redis://HOST[:PORT][/DB] (user and password allowed before the host), rediss://... (TLS) or redis+sentinel://HOST:PORT,HOST:PORT/MASTER_NAME",
             );
             return None;
         };
