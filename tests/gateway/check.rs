@@ -457,7 +457,8 @@ fn the_shared_url_diagnostic_describes_the_form_readably() {
     ));
     assert_eq!(c.code, 1);
     assert!(
-        c.stderr.contains("shared.url must be redis://HOST[:PORT][/DB] (user and password allowed before the host)"),
+        c.stderr
+            .contains("shared.url must be redis://HOST[:PORT][/DB] (user and password allowed before the host)"),
         "{}",
         c.stderr
     );

@@ -301,16 +301,33 @@ async fn errors(procs: &[Process], op: &str) -> f64 {
 fn issuer_body(upstream: &str, max_failures: u32) -> String {
     oauth_body_locking(upstream, max_failures)
         .user("bob", |u| u.roles(["rest"]).password_hash(&argon2_hash("bob-pw")))
+        .plan("limited", |p| {
+            p.upstream(upstream).access_roles(["rest"]).integration("r", |i| {
+                i.path("/rated")
+                    .methods(["GET"])
+                    .auth("basic")
+                    .set("rate", rule(r#"{ requests = 4, per = "1h", burst = 3 }"#))
+            })
+        })
         .to_toml()
 }
 
-/// What every deployment must keep, on `procs` (at least three): failures spread over
+/// What every deployment must keep, on `procs` (at least three): a rate budget spread
+/// over replicas passes once in total; failures spread over
 /// replicas lock after `max_failures` in total; a refresh token rotated on one replica,
 /// reused on another, revokes its family everywhere; of two replicas rotating one token
 /// at once exactly one wins; a revocation on one is refused by all. Nothing fails in
 /// the store meanwhile.
 async fn shared_state_holds(procs: &[Process]) {
     let (a, b, c) = (procs[0].addr, procs[1].addr, procs[2].addr);
+    // One rate budget for alice across the replicas: burst 3 passes 4 in total.
+    let mut passed = 0;
+    for i in 0..12 {
+        let s = status([a, b, c][i % 3], "/rated", "alice", "alice-pw").await;
+        assert!(s == 200 || s == 429, "{s}");
+        passed += usize::from(s == 200);
+    }
+    assert_eq!(passed, 4, "one budget across replicas");
     for p in [a, b, c] {
         assert_eq!(status(p, "/login", "bob", "wrong").await, 401);
     }
@@ -342,6 +359,7 @@ async fn shared_state_holds(procs: &[Process]) {
         assert!(refused, "a revoked access token is refused on every replica");
     }
     for op in [
+        "rate",
         "lockout",
         "refresh",
         "revoke",
