@@ -27,8 +27,10 @@ pub fn secret_name(name: &str) -> bool {
 /// A URL without its userinfo and with every query value replaced; other strings as
 /// they are.
 pub fn scrub_url(text: &str) -> String {
+    // A URL the url crate does not parse (a Sentinel URL's host list, a bad port) is
+    // scrubbed by its text: its user info and query values go all the same.
     let Ok(mut url) = url::Url::parse(text) else {
-        return text.to_string();
+        return scrub_urls_in(text);
     };
     if url.cannot_be_a_base() || (url.username().is_empty() && url.password().is_none() && url.query().is_none()) {
         return text.to_string();
@@ -210,6 +212,21 @@ pub fn query_names(query: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn urls_the_url_crate_cannot_parse_lose_their_user_info_too() {
+        for (url, gone) in [
+            (
+                "redis+sentinel://u:TopSecretPW4@127.0.0.1:40020,127.0.0.1:40021/pm",
+                "TopSecretPW4",
+            ),
+            ("rediss+sentinel://:pw-only@h1:1,h2:2/m", "pw-only"),
+            ("redis://user:TopSecretPW2@127.0.0.1:notaport/0", "TopSecretPW2"),
+            ("redis://h:1/0?password=qsecret", "qsecret"),
+        ] {
+            let out = super::scrub_url(url);
+            assert!(!out.contains(gone), "{url} -> {out}");
+        }
+    }
     use super::*;
 
     #[test]

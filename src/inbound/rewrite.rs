@@ -99,16 +99,17 @@ fn claim_headers(list: &[ClaimHeader], p: &auth::Principal, h: &mut http::Header
         return;
     };
     for c in list {
-        let Some(value) = ClaimHeader::find(claims, &c.claim) else {
+        // A claim that is absent or null sends no header.
+        let Some(value) = ClaimHeader::find(claims, &c.claim).filter(|v| !v.is_null()) else {
             continue;
         };
         let text = match value {
             serde_json::Value::String(s) => std::borrow::Cow::Borrowed(s.as_str()),
             other => std::borrow::Cow::Owned(other.to_string()),
         };
-        // Visible ASCII, spaces and tabs only: `HeaderValue` would take obs-text bytes,
+        // Visible ASCII and spaces only: `HeaderValue` would take obs-text bytes and tabs,
         // which upstreams read each their own way.
-        let plain = text.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b));
+        let plain = text.bytes().all(|b| (0x20..0x7f).contains(&b));
         match HeaderValue::from_str(&text) {
             Ok(v) if plain => {
                 h.insert(c.name.clone(), v);

@@ -27,6 +27,52 @@ pub use input::Input;
 
 /// The longest expression accepted, in bytes: a config's policy, not a program.
 pub const MAX_SOURCE: usize = 4096;
+/// How deeply an expression may nest (brackets, and unary operators in a row).
+pub const MAX_NESTING: usize = 32;
+/// The stack the parser runs on: ample for [`MAX_NESTING`] levels.
+const PARSER_STACK: usize = 64 << 20;
+
+/// Where `source` first nests deeper than [`MAX_NESTING`] (outside string literals):
+/// brackets of any kind, and `!` or `-` operators in a row, each count a level.
+fn too_deep(source: &str) -> Option<usize> {
+    let bytes = source.as_bytes();
+    let (mut depth, mut unary, mut i) = (0usize, 0usize, 0usize);
+    let mut quote: Option<&[u8]> = None;
+    while i < bytes.len() {
+        if let Some(q) = quote {
+            if bytes[i] == b'\\' {
+                i += 2;
+                continue;
+            }
+            if bytes[i..].starts_with(q) {
+                i += q.len();
+                quote = None;
+                continue;
+            }
+            i += 1;
+            continue;
+        }
+        match bytes[i] {
+            b'\'' | b'"' => {
+                let triple = bytes[i..].starts_with(&[bytes[i]; 3]);
+                quote = Some(if triple { &bytes[i..i + 3] } else { &bytes[i..i + 1] });
+                i += if triple { 3 } else { 1 };
+                unary = 0;
+                continue;
+            }
+            b'(' | b'[' | b'{' => depth += 1,
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            b'!' | b'-' => unary += 1,
+            b' ' | b'\t' | b'\n' | b'\r' => {}
+            _ => unary = 0,
+        }
+        if depth + unary > MAX_NESTING {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
 
 /// The longest evaluation error message kept for the log and the admin page.
 const MAX_MESSAGE: usize = 300;
@@ -177,9 +223,32 @@ pub fn compile(source: &str) -> Result<Policy, CompileError> {
             message: "the expression is empty".into(),
         });
     }
-    let program = env().compile(source).map_err(|e| syntax_error(source, &e))?;
+    if let Some(offset) = too_deep(source) {
+        return Err(CompileError {
+            offset,
+            message: format!("the expression nests deeper than {MAX_NESTING} levels"),
+        });
+    }
+    // CEL's parser recurses per level of the expression: it runs on a thread whose stack
+    // holds the deepest expression allowed, whatever thread loads the config.
+    let owned = source.to_string();
+    let parsed = std::thread::Builder::new()
+        .name("policy-compile".into())
+        .stack_size(PARSER_STACK)
+        .spawn(move || env().compile(&owned).map_err(|e| syntax_error(&owned, &e)))
+        .map_err(|e| CompileError {
+            offset: 0,
+            message: format!("cannot start the compiler: {e}"),
+        })?
+        .join()
+        .map_err(|_| CompileError {
+            offset: 0,
+            message: "the expression cannot be compiled".into(),
+        })?;
+    let program = parsed?;
     let mut walk = Walk {
         bound: Vec::new(),
+        comprehension: false,
         reads: Reads::default(),
         selected: Selected::default(),
     };
@@ -229,6 +298,8 @@ fn byte_offset(s: &str, chars: usize) -> usize {
 struct Walk {
     /// The variables comprehensions bind where the walk is (`x` in `l.all(x, ...)`).
     bound: Vec<String>,
+    /// The walk is inside a comprehension.
+    comprehension: bool,
     reads: Reads,
     selected: Selected,
 }
@@ -244,6 +315,12 @@ impl Walk {
                 _ => self.expr(&s.operand),
             },
             Expr::Call(c) => {
+                if c.func_name == "matches" {
+                    return Err((
+                        e.id,
+                        "regular expressions (`matches`) are not available in `when`: each call compiles its pattern again, a cost per request without bound; use `startsWith`, `endsWith`, `contains` or `in`".into(),
+                    ));
+                }
                 if let Some(t) = &c.target {
                     match &t.expr {
                         // A namespaced function (`optional.of(1)`) is no variable.
@@ -254,7 +331,14 @@ impl Walk {
                 c.args.iter().try_for_each(|a| self.expr(a))
             }
             Expr::Comprehension(c) => {
+                if self.comprehension {
+                    return Err((
+                        e.id,
+                        "a comprehension (`all`, `exists`, `exists_one`, `map`, `filter`) inside another is refused: its cost grows with the square of the list".into(),
+                    ));
+                }
                 self.expr(&c.iter_range)?;
+                self.comprehension = true;
                 let before = self.bound.len();
                 self.bound.push(c.iter_var.clone());
                 self.bound.extend(c.iter_var2.iter().cloned());
@@ -263,6 +347,7 @@ impl Walk {
                     .into_iter()
                     .try_for_each(|x| self.expr(x));
                 self.bound.truncate(before);
+                self.comprehension = false;
                 r
             }
             Expr::List(l) => l.elements.iter().try_for_each(|x| self.expr(x)),
@@ -362,9 +447,40 @@ impl Policy {
         match self.0.program.execute(&ctx) {
             Ok(cel::Value::Bool(b)) => Ok(b),
             Ok(other) => Err(format!("the expression gave a {}, not true or false", other.type_of())),
-            Err(e) => Err(printable(&e.to_string())),
+            Err(e) => Err(printable(&without_values(&e.to_string()))),
         }
     }
+}
+
+/// CEL's message with the strings and bytes it quotes left out: they are values of the
+/// request or the token (a header, a claim), which the log and the admin page must not
+/// carry. `String("secret")` becomes `String(…)`.
+fn without_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find("String(\"").or_else(|| rest.find("Bytes(")) {
+        let open = i + rest[i..].find('(').unwrap_or(0) + 1;
+        out.push_str(&rest[..open]);
+        out.push('…');
+        // The value ends at the `)` that closes it, after a quoted string's end.
+        let tail = &rest[open..];
+        let end = if tail.starts_with('"') {
+            let mut escaped = false;
+            tail.char_indices()
+                .skip(1)
+                .find(|&(_, c)| {
+                    let close = c == '"' && !escaped;
+                    escaped = c == '\\' && !escaped;
+                    close
+                })
+                .map_or(tail.len(), |(j, _)| j + 1)
+        } else {
+            tail.find(')').unwrap_or(tail.len())
+        };
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `message` cut to [`MAX_MESSAGE`] characters, control characters as `?`: it goes to the

@@ -177,3 +177,68 @@ fn selecting_fields_changes_no_answer() {
     assert_eq!(s.0.selected.principal, Fields::Only(vec!["roles".into()]));
     assert_eq!(s.0.selected.request, Fields::None);
 }
+
+/// Nesting past [`MAX_NESTING`] is refused before CEL's parser (which recurses per level)
+/// sees it; the deepest allowed compiles, and evaluates on a worker-sized stack.
+#[test]
+fn deep_nesting_is_refused_before_the_parser_and_the_deepest_allowed_runs() {
+    let parens = |n: usize| format!("{}true{}", "(".repeat(n), ")".repeat(n));
+    let deepest = parens(MAX_NESTING);
+    assert!(compile(&deepest).is_ok());
+    for (src, what) in [
+        (parens(MAX_NESTING + 1), "parens"),
+        (parens(2000), "parens far past the bound"),
+        (format!("{}[] == []", "[".repeat(60) + &"]".repeat(60)), "lists"),
+        (format!("{}true", "!".repeat(40)), "negations"),
+        (format!("{}1 == 1", "- ".repeat(40)), "minus signs"),
+    ] {
+        let e = compile(&src).unwrap_err();
+        assert!(e.message.contains("nests deeper"), "{what}: {}", e.message);
+    }
+    // Brackets inside a string literal are text, not nesting.
+    assert!(compile(&format!("'{}' != ''", "(".repeat(100))).is_ok());
+    // A tokio worker's stack (2 MiB) evaluates the deepest expression allowed.
+    let worker = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || {
+            let p = parts("GET", "/", &[]);
+            eval(&deepest, serde_json::json!({}), &p, &[])
+        })
+        .unwrap();
+    assert_eq!(worker.join().unwrap(), Ok(true));
+}
+
+/// What would make one request cost without bound is refused by `check`: regular
+/// expressions (compiled again at each call) and a comprehension inside another.
+#[test]
+fn unbounded_costs_are_refused_at_compile_time() {
+    for src in [
+        "request.headers['x-a'].split(',').exists(x, x.matches('^adm'))",
+        "'admin'.matches('a')",
+        "claims.big.exists(x, claims.big.exists(y, x == y))",
+        "claims.big.all(x, claims.big.map(y, y).size() > 0)",
+    ] {
+        let e = compile(src).unwrap_err();
+        assert!(
+            e.message.contains("regular expressions") || e.message.contains("inside another"),
+            "{src}: {}",
+            e.message
+        );
+    }
+    // One after another is linear: allowed.
+    assert!(compile("claims.big.map(x, x + 'a').exists(y, y == 'ba')").is_ok());
+}
+
+/// CEL's error messages quote the values they met; the log and the admin page get them
+/// without the strings.
+#[test]
+fn error_messages_leave_the_values_out() {
+    let p = parts("GET", "/", &[("x-env", "SECRETVAL")]);
+    let e = eval("request.headers['x-env'] + 1 == 2", serde_json::json!({}), &p, &[]).unwrap_err();
+    assert!(!e.contains("SECRETVAL"), "{e}");
+    assert!(e.contains("String(…)"), "{e}");
+    assert_eq!(
+        without_values(r#"bad: String("a\"b)c"), Int(1), Bytes([1, 2])"#),
+        "bad: String(…), Int(1), Bytes(…)"
+    );
+}

@@ -143,12 +143,20 @@ impl Store {
                 self.announce_until(until);
             }
             (Some("withdrawn"), Some(until), Some(first), rest) => {
-                let rest = rest.into_iter().chain(parts);
-                self.note_withdrawn(until, std::iter::once(first).chain(rest));
+                // Announced KEPT before it ends; heard late (a replay), it is ignored.
+                let at = until
+                    .parse::<u64>()
+                    .map(|u| u.saturating_sub(super::withdrawn::KEPT.as_millis() as u64));
+                if at.is_ok_and(super::withdrawn::fresh) {
+                    let rest = rest.into_iter().chain(parts);
+                    self.note_withdrawn(until, std::iter::once(first).chain(rest));
+                }
             }
-            (Some("reinstated"), Some(first), third, fourth) => {
-                let rest = third.into_iter().chain(fourth).chain(parts);
-                self.note_reinstated(std::iter::once(first).chain(rest));
+            (Some("reinstated"), Some(at), Some(first), rest) => {
+                if let Some(at) = at.parse::<u64>().ok().filter(|at| super::withdrawn::fresh(*at)) {
+                    let rest = rest.into_iter().chain(parts);
+                    self.note_reinstated(at, std::iter::once(first).chain(rest));
+                }
             }
             (Some("jti"), Some(jti), Some(exp), None) => {
                 if let Ok(exp) = exp.parse::<u64>() {

@@ -95,6 +95,9 @@ pub struct Store {
     pub(super) revoked: Mutex<Mirror>,
     /// Fingerprints of credentials withdrawn by any replica's reload.
     pub(super) withdrawals: Mutex<Mirror>,
+    /// By fingerprint, when the last withdrawal or reinstatement applied here was
+    /// announced (unix ms): an older event about it, replayed, changes nothing.
+    pub(super) withdrawal_order: Mutex<std::collections::HashMap<String, u64>>,
     /// Unix ms until which some withdrawal may be in force (the fast path skips the rest).
     pub(super) withdrawn_until: AtomicU64,
     /// Keys the fingerprints of withdrawn credentials.
@@ -143,6 +146,7 @@ impl Store {
             remote_locks: Mutex::new(Mirror::new(DEFAULT_MIRROR_CAP)),
             revoked: Mutex::new(Mirror::new(DEFAULT_MIRROR_CAP)),
             withdrawals: Mutex::new(Mirror::new(WITHDRAWALS_CAP)),
+            withdrawal_order: Mutex::new(std::collections::HashMap::new()),
             withdrawn_until: AtomicU64::new(0),
             withdrawals_key: derive(b"portcullis shared: withdrawn credentials"),
             synced: AtomicBool::new(false),

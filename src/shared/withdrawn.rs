@@ -159,11 +159,40 @@ impl Withdrawals for NoWithdrawals {
     }
 }
 
+/// How far an event's announce time may be from this replica's clock: an event is
+/// heard as it is published, and one replayed later than this is ignored (replicas that
+/// were not listening read the table instead).
+pub const EVENT_WINDOW: Duration = Duration::from_secs(300);
+
+/// Whether an event announced at `at` (unix ms) is within [`EVENT_WINDOW`] of now.
+pub(super) fn fresh(at: u64) -> bool {
+    crate::util::unix_now_ms().abs_diff(at) <= EVENT_WINDOW.as_millis() as u64
+}
+
 impl Store {
-    /// Forgets the fingerprints of credentials put back (`reinstated FP...`, verified).
-    pub(super) fn note_reinstated<'a>(&self, fingerprints: impl Iterator<Item = &'a str>) {
+    /// Whether an event announced at `at` about `fp` is newer than the last one applied
+    /// here; if so, it is the last one now. Bounded: entries older than [`KEPT`] go.
+    fn newer(&self, fp: &str, at: u64) -> bool {
+        let mut order = self.withdrawal_order.lock().unwrap_or_else(|p| p.into_inner());
+        if order.get(fp).is_some_and(|last| *last >= at) {
+            return false;
+        }
+        if order.len() >= 2 * super::store::WITHDRAWALS_CAP {
+            let horizon = crate::util::unix_now_ms().saturating_sub(KEPT.as_millis() as u64);
+            order.retain(|_, last| *last > horizon);
+        }
+        if order.len() < 2 * super::store::WITHDRAWALS_CAP {
+            order.insert(fp.to_string(), at);
+        }
+        true
+    }
+
+    /// Forgets the fingerprints of credentials put back (`reinstated AT FP...`, verified)
+    /// whose last event here is older than `at`.
+    pub(super) fn note_reinstated<'a>(&self, at: u64, fingerprints: impl Iterator<Item = &'a str>) {
+        let fps: Vec<&str> = fingerprints.take(PER_EVENT).filter(|fp| self.newer(fp, at)).collect();
         let mut m = self.withdrawals.lock().unwrap_or_else(|p| p.into_inner());
-        for fp in fingerprints.take(PER_EVENT) {
+        for fp in fps {
             m.remove(fp);
         }
     }
@@ -183,19 +212,25 @@ impl Store {
     pub(super) fn note_withdrawn<'a>(&self, until: &str, fingerprints: impl Iterator<Item = &'a str>) {
         let Ok(until) = until.parse::<u64>() else { return };
         let now_ms = crate::util::unix_now_ms();
+        // Announced KEPT before it ends: a withdrawal older than the last event applied
+        // about a fingerprint (a reinstatement after it, replayed before) changes nothing.
+        let at = until.saturating_sub(KEPT.as_millis() as u64);
         // An event names when its entries end; one from the past keeps nothing, and
         // nothing is kept longer than KEPT from now.
         let until = until.min(now_ms.saturating_add(KEPT.as_millis() as u64));
         if until <= now_ms {
             return;
         }
+        let fps: Vec<&str> = fingerprints
+            .take(PER_EVENT)
+            .filter(|fp| fp.len() == 64 && fp.bytes().all(|b| b.is_ascii_hexdigit()))
+            .filter(|fp| self.newer(fp, at))
+            .collect();
         let mut lost = false;
         {
             let mut m = self.withdrawals.lock().unwrap_or_else(|p| p.into_inner());
-            for fp in fingerprints.take(PER_EVENT) {
-                if fp.len() == 64 && fp.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    lost |= !m.insert(fp, until, now_ms);
-                }
+            for fp in fps {
+                lost |= !m.insert(fp, until, now_ms);
             }
         }
         self.withdrawn_until.fetch_max(until, Ordering::Relaxed);
@@ -272,7 +307,7 @@ return lost
 
     /// Removes the fingerprints of credentials put back from the table and publishes
     /// them, in one script.
-    async fn forget_withdrawals(&self, fps: &[String]) -> Result<(), super::Unavailable> {
+    async fn forget_withdrawals(&self, at: u64, fps: &[String]) -> Result<(), super::Unavailable> {
         static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
             redis::Script::new(
                 r#"
@@ -287,7 +322,7 @@ return 1
             )
         });
         let channel = self.events_channel();
-        let event = self.sign(&channel, &format!("reinstated {}", fps.join(" ")));
+        let event = self.sign(&channel, &format!("reinstated {at} {}", fps.join(" ")));
         let mut script = SCRIPT.key(self.withdrawals_name());
         script.arg(channel).arg(event);
         for fp in fps {
@@ -331,27 +366,38 @@ impl Withdrawals for Store {
     /// here too; then those put back, the same way.
     fn announce(&self, change: CredentialChange) -> Pending<'_, ()> {
         Box::pin(async move {
-            let until = crate::util::unix_now_ms().saturating_add(KEPT.as_millis() as u64);
+            let at = crate::util::unix_now_ms();
+            let until = at.saturating_add(KEPT.as_millis() as u64);
             let fingerprints = |list: &[Credential]| -> Vec<String> {
                 list.iter()
                     .map(|c| self.credential_fingerprint(c.kind, &c.id, &c.stored))
                     .collect()
             };
             let (gone, back) = (fingerprints(&change.withdrawn), fingerprints(&change.reinstated));
+            let mut unconfirmed = 0;
             for chunk in gone.chunks(PER_EVENT) {
                 self.note_withdrawn(&until.to_string(), chunk.iter().map(String::as_str));
                 if self.store_withdrawals(chunk, until).await.is_err() {
                     // Redis cannot take it now: at least every replica listening hears it.
                     self.publish(&format!("withdrawn {until} {}", chunk.join(" "))).await;
+                    unconfirmed += chunk.len();
                 }
             }
             for chunk in back.chunks(PER_EVENT) {
-                self.note_reinstated(chunk.iter().map(String::as_str));
-                if self.forget_withdrawals(chunk).await.is_err() {
-                    self.publish(&format!("reinstated {}", chunk.join(" "))).await;
+                self.note_reinstated(at, chunk.iter().map(String::as_str));
+                if self.forget_withdrawals(at, chunk).await.is_err() {
+                    self.publish(&format!("reinstated {at} {}", chunk.join(" "))).await;
+                    unconfirmed += chunk.len();
                 }
             }
-            if !change.is_empty() {
+            if unconfirmed > 0 {
+                tracing::warn!(
+                    withdrawn = gone.len(),
+                    reinstated = back.len(),
+                    unconfirmed,
+                    "credential changes not confirmed by the shared store: this replica applies them, other replicas may not have heard them; reload again once Redis answers"
+                );
+            } else if !change.is_empty() {
                 tracing::info!(
                     withdrawn = gone.len(),
                     reinstated = back.len(),
@@ -438,7 +484,7 @@ mod tests {
             Ok(false),
             "another kind"
         );
-        a.note_reinstated(std::iter::once(fp.as_str()));
+        a.note_reinstated(crate::util::unix_now_ms(), std::iter::once(fp.as_str()));
         assert_eq!(
             a.withdrawn(CredentialKind::Password, "alice", b"h1"),
             Ok(false),
@@ -460,7 +506,7 @@ mod tests {
     fn events_withdraw_and_put_back_every_fingerprint_they_name() {
         let a = store("a-shared-secret-of-at-least-32-bytes-0123");
         let channel = a.events_channel();
-        let until = crate::util::unix_now_ms() + 60_000;
+        let until = crate::util::unix_now_ms() + KEPT.as_millis() as u64;
         let ids: Vec<String> = (0..6).map(|i| format!("u{i}")).collect();
         let fps: Vec<String> = ids
             .iter()
@@ -476,11 +522,26 @@ mod tests {
         assert_eq!(all(&a), vec![Ok(false); 6], "unsigned: ignored");
         a.apply(a.sign(&channel, &event).as_bytes());
         assert_eq!(all(&a), vec![Ok(true); 6]);
-        a.apply(
-            a.sign(&channel, &format!("reinstated {}", fps[..5].join(" ")))
-                .as_bytes(),
+        let reinstated = a.sign(
+            &channel,
+            // Announced after the withdrawal (a later reload).
+            &format!("reinstated {} {}", crate::util::unix_now_ms() + 1, fps[..5].join(" ")),
         );
+        a.apply(reinstated.as_bytes());
         assert_eq!(all(&a), [vec![Ok(false); 5], vec![Ok(true)]].concat());
+        // Replayed, the old withdrawal changes nothing: a newer event about each
+        // fingerprint was applied.
+        a.apply(a.sign(&channel, &event).as_bytes());
+        assert_eq!(all(&a), [vec![Ok(false); 5], vec![Ok(true)]].concat());
+        // A later withdrawal applies; the old reinstatement replayed does not undo it.
+        let later = crate::util::unix_now_ms() + 5 + KEPT.as_millis() as u64;
+        a.apply(a.sign(&channel, &format!("withdrawn {later} {}", fps[0])).as_bytes());
+        a.apply(reinstated.as_bytes());
+        assert_eq!(a.withdrawn(CredentialKind::Password, "u0", b"h"), Ok(true));
+        // An event announced long ago (a capture replayed) is ignored altogether.
+        let stale = crate::util::unix_now_ms() - EVENT_WINDOW.as_millis() as u64 - 60_000;
+        a.apply(a.sign(&channel, &format!("reinstated {stale} {}", fps[5])).as_bytes());
+        assert_eq!(a.withdrawn(CredentialKind::Password, "u5", b"h"), Ok(true));
     }
 
     /// Past its bound the table cannot tell: every credential is refused (fail closed),

@@ -521,6 +521,28 @@ async fn a_key_rotation_at_the_idp_is_one_refetch_for_a_burst() {
     w.gw.stop().await;
 }
 
+/// The IdP withdraws a key (a compromised one): once a fetch finds it gone, a token signed
+/// with it is refused at its next use, though its verification was cached.
+#[tokio::test]
+async fn a_key_the_idp_withdrew_ends_its_cached_tokens() {
+    let w = world().await;
+    let old = w.corp_jwt("carol");
+    assert_eq!(call(&w, "/corp", &old).await.0, 200);
+    assert_eq!(call(&w, "/corp", &old).await.0, 200, "now from the cache");
+    let new_key = EdKey::new();
+    w.corp.jwks.lock().unwrap()["keys"] = serde_json::json!([new_key.jwk("corp-2")]);
+    w.gw.state.clock().advance(Duration::from_secs(31));
+    let fresh = jwt(CORP, "carol", "corp-2", &new_key.encoding(), serde_json::json!({}));
+    assert_eq!(call(&w, "/corp", &fresh).await.0, 200, "the new key, fetched");
+    assert_eq!(w.corp.server.hits(), 2);
+    assert_eq!(
+        call(&w, "/corp", &old).await.0,
+        401,
+        "the withdrawn key's token, cached before"
+    );
+    w.gw.stop().await;
+}
+
 /// The IdP goes down: its last good keys keep serving (the failed refreshes counted, the
 /// stale gauge at 1) until `jwks_max_stale` after their fetch; past it, 503.
 #[tokio::test]

@@ -160,6 +160,7 @@ impl KeySets {
             .or_insert_with(|| {
                 Arc::new(KeySet {
                     url: url.clone(),
+                    withdrawals: Default::default(),
                     state: Default::default(),
                     fetching: tokio::sync::Mutex::new(()),
                     clock: clock.clone(),
@@ -183,6 +184,9 @@ struct State {
 /// One issuer's keys at one `jwks_url`.
 pub struct KeySet {
     url: url::Url,
+    /// Counts fetches that removed a key: a token verified with a key the IdP has
+    /// withdrawn must not pass from a cache of verified tokens (see [`KeySet::withdrawals`]).
+    withdrawals: std::sync::atomic::AtomicU64,
     state: std::sync::RwLock<State>,
     fetching: tokio::sync::Mutex<()>,
     clock: Clock,
@@ -229,6 +233,12 @@ pub(super) enum Lookup {
 }
 
 impl KeySet {
+    /// How many fetches so far removed a key (the IdP withdrew it): a cache of tokens
+    /// verified with these keys is good only while this has not moved.
+    pub(super) fn withdrawals(&self) -> u64 {
+        self.withdrawals.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     fn snapshot(&self) -> State {
         self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -303,6 +313,9 @@ impl KeySet {
         s.attempts += 1;
         match result {
             Ok(keys) => {
+                if s.by_kid.keys().any(|kid| !keys.contains_key(kid)) {
+                    self.withdrawals.fetch_add(1, std::sync::atomic::Ordering::Release);
+                }
                 s.by_kid = Arc::new(keys);
                 s.fetched = Some(now);
                 p.ok.inc();

@@ -27,6 +27,9 @@ pub struct Jwt {
     /// Verified tokens, until `min(exp, [cache] ttl)`.
     pub(super) verified: VerifiedTokens,
     verified_ttl: Duration,
+    /// The key set's withdrawals when `verified` was last known good: once the IdP has
+    /// withdrawn a key, tokens verified with it are verified again (and refused).
+    withdrawals_seen: std::sync::atomic::AtomicU64,
     source: Source,
     policy: Policy,
     issuer: Option<String>,
@@ -66,6 +69,7 @@ impl Jwt {
         Ok(Jwt {
             verified: VerifiedTokens::new(cache.max_entries),
             verified_ttl: cache.ttl,
+            withdrawals_seen: Default::default(),
             source,
             policy: Policy::new(&cfg.name, cfg, cache, client, metrics),
             issuer: cfg.issuer.clone(),
@@ -80,6 +84,12 @@ impl Jwt {
 
     /// With the facts, whether they came from the verified-token cache.
     pub async fn verify(&self, token: &str) -> Result<(Arc<TokenFacts>, bool), Verdict> {
+        if let Source::Url(set) = &self.source {
+            let now = set.withdrawals();
+            if self.withdrawals_seen.swap(now, std::sync::atomic::Ordering::AcqRel) != now {
+                self.verified.clear();
+            }
+        }
         let id = VerifiedTokens::id(token);
         if let Some(facts) = self.verified.get(&id, crate::util::unix_now()) {
             return Ok((facts, true));
