@@ -224,9 +224,13 @@ fn print(e: &crate::inbound::Explanation, request: &str, found: &[String], known
     }
     match (&e.principal, &e.named) {
         (Some(p), _) => println!(
-            "principal    `{}` by {}, roles [{}]",
+            "principal    `{}` by {}{}, roles [{}]",
             p.user,
             p.method.as_str(),
+            p.issuer
+                .as_deref()
+                .map(|i| format!(" (issuer `{i}`)"))
+                .unwrap_or_default(),
             p.roles.join(", ")
         ),
         (None, Some((who, how))) if known(who) => println!("principal    `{who}` by {}", how.as_str()),

@@ -174,10 +174,9 @@ fn check_refuses_bad_limits() {
             r#"{ requests = 5, per = "1s", burst = -1 }"#,
             "rate.burst must be between 0",
         ),
-        // (`key` values are withheld from diagnostics like every key named `key`.)
         (
             r#"{ requests = 5, per = "1s", key = "user" }"#,
-            "expected \"principal\", \"client_ip\" or \"integration\"",
+            "rate.key `user`: expected \"principal\", \"client_ip\" or \"integration\"",
         ),
         (
             r#"{ requests = 5000000, per = "1s" }"#,
@@ -192,19 +191,29 @@ fn check_refuses_bad_limits() {
             "more than 10 years to refill",
         ),
     ] {
-        let config = Config::new().merge(body("http://127.0.0.1:9", |p| p.set("rate", rule(rate))));
-        let dir = tempfile::tempdir().unwrap();
-        let path = write_config(dir.path(), &config.to_toml());
-        let out = std::process::Command::new(bin())
-            .args(["check", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{rate}: {err}");
+        let (code, err) = checked(&body("http://127.0.0.1:9", |p| p.set("rate", rule(rate))));
+        assert_eq!(code, Some(1), "{rate}: {err}");
         assert!(err.contains(says), "{rate}: expected `{says}` in {err}");
     }
-    let config = Config::new().merge(body("http://127.0.0.1:9", |p| p.set("rate_fail", "open")));
+    let (_, err) = checked(&body("http://127.0.0.1:9", |p| p.set("rate_fail", "open")));
+    assert!(err.contains("rate_fail `open`"), "{err}");
+    // A limit's `key` words are the config's own, not secrets: diagnostics keep them.
+    let (_, err) = checked(&body("http://127.0.0.1:9", |p| {
+        p.set("rate", rule(r#"{ requests = 5, per = "1s", key = "integration" }"#))
+            .integration("c", |i| {
+                i.path("/c")
+                    .methods(["GET"])
+                    .auth("basic")
+                    .set("rate", rule(r#"{ requests = 5, per = "1s", key = "client_ip" }"#))
+            })
+    }));
+    assert!(!err.contains("<redacted>"), "{err}");
+    assert!(err.contains("integration `p/a` has no `senders` rule"), "{err}");
+}
+
+/// `portcullis check` on `body` with listeners: its exit code and stderr.
+fn checked(body: &Config) -> (Option<i32>, String) {
+    let config = Config::new().merge(body.clone());
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), &config.to_toml());
     let out = std::process::Command::new(bin())
@@ -212,7 +221,7 @@ fn check_refuses_bad_limits() {
         .arg(&path)
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("rate_fail `open`"));
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 /// `explain` names each limit and the budget left, without spending it.

@@ -358,16 +358,7 @@ async fn shared_state_holds(procs: &[Process]) {
         let refused = eventually(PATIENCE, || async { bearer(p, &access).await == 401 }).await;
         assert!(refused, "a revoked access token is refused on every replica");
     }
-    for op in [
-        "rate",
-        "lockout",
-        "refresh",
-        "revoke",
-        "agree",
-        "publish",
-        "subscribe",
-        "replicate",
-    ] {
+    for op in portcullis::metrics::SHARED_OPS {
         assert_eq!(errors(procs, op).await, 0.0, "no {op} error");
     }
 }

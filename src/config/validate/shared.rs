@@ -289,6 +289,21 @@ impl Validator<'_> {
             .and_then(|u| String::from_utf8(u).ok())
             .filter(|u| !u.is_empty());
         let password = parsed.password().and_then(decode).map(Secret::new);
+        if parsed.password().is_some() && password.is_none() {
+            self.error(
+                url_span.clone(),
+                "shared.url: the password is not valid percent-encoding",
+            );
+            return None;
+        }
+        let db = parsed.path().trim_start_matches('/');
+        if !db.is_empty() && db.parse::<u16>().is_err() {
+            self.error(
+                url_span.clone(),
+                "shared.url: the database must be a number from 0 to 65535",
+            );
+            return None;
+        }
         if cluster != Some(true) {
             // The URL keeps its user info (the crate reads it); noted to refuse a second one.
             return Some(Located {
@@ -480,6 +495,12 @@ mod tests {
             ("url = \"redis://h\"\ntls = true\n", "the scheme decides"),
             ("url = \"redis+sentinel://a:1\"\n", "MASTER_NAME"),
             ("url = \"redis://h/1\"\ncluster = true\n", "only database 0"),
+            (
+                "url = \"redis://h/99999999999999999999\"\n",
+                "database must be a number",
+            ),
+            ("url = \"redis://h/x\"\n", "database must be a number"),
+            ("url = \"redis://u:Top%ZZ@h/0\"\n", "not valid percent-encoding"),
             ("url = \"http://h\"\n", "must be redis://"),
             ("url = \"redis://u:p@h\"\npassword = \"x\"\n", "keep one"),
             ("url = \"redis://u:p@h\"\nusername = \"v\"\n", "keep one"),
