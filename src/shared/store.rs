@@ -55,6 +55,12 @@ impl Mirror {
         true
     }
 
+    /// Says an entry could not be kept until `until_ms` (another replica's table
+    /// overflowed): readers fail closed until then.
+    pub(super) fn overflowed(&mut self, until_ms: u64) {
+        self.overflow_until = self.overflow_until.max(until_ms);
+    }
+
     /// Forgets `key` (an entry that no longer holds).
     pub(super) fn remove(&mut self, key: &str) {
         self.entries.remove(key);

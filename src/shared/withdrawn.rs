@@ -159,6 +159,9 @@ impl Withdrawals for NoWithdrawals {
     }
 }
 
+/// The member of the shared table that says it could not hold every withdrawal.
+const OVERFLOW: &str = "overflow";
+
 /// How far an event's announce time may be from this replica's clock: an event is
 /// heard as it is published, and one replayed later than this is ignored (replicas that
 /// were not listening read the table instead).
@@ -269,13 +272,17 @@ local now = tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local room = tonumber(ARGV[2]) - redis.call('ZCARD', KEYS[1])
 local lost = 0
-for i = 6, #ARGV do
+for i = 7, #ARGV do
   if room > 0 then
     redis.call('ZADD', KEYS[1], ARGV[3], ARGV[i])
     room = room - 1
   else
     lost = lost + 1
   end
+end
+if lost > 0 then
+  -- The mark (MAC'd) that the table is incomplete until these would have ended.
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[6])
 end
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) - now then
   redis.call('PEXPIREAT', KEYS[1], ARGV[3])
@@ -293,14 +300,15 @@ return lost
             .arg(super::store::WITHDRAWALS_CAP)
             .arg(until)
             .arg(channel)
-            .arg(event);
+            .arg(event)
+            .arg(self.withdrawal_member(OVERFLOW, until));
         for fp in fps {
             script.arg(self.withdrawal_member(fp, until));
         }
         let lost: i64 = self.invoke_durable("publish", script).await?;
         if lost > 0 {
             self.full.with_label_values(&["withdrawals", "total"]).inc();
-            tracing::error!(lost, "the shared table of withdrawn credentials is full: replicas that were not listening will not read these back");
+            tracing::error!(lost, "the shared table of withdrawn credentials is full: replicas that read it back refuse every credential checked against a stored value until these end");
         }
         Ok(())
     }
@@ -342,7 +350,7 @@ return 1
             .arg("+inf")
             .arg("LIMIT")
             .arg(0)
-            .arg(super::store::WITHDRAWALS_CAP + 1);
+            .arg(super::store::WITHDRAWALS_CAP + PER_EVENT);
         let members: Vec<Vec<u8>> = self.query("subscribe", cmd).await?;
         for m in members {
             let checked = (|| {
@@ -353,6 +361,15 @@ return 1
                 payload.split_once(' ')
             })();
             match checked {
+                // The table could not hold every withdrawal: fail closed as if this
+                // replica's own table had overflowed.
+                Some((OVERFLOW, until)) => {
+                    if let Ok(until) = until.parse::<u64>() {
+                        let mut m = self.withdrawals.lock().unwrap_or_else(|p| p.into_inner());
+                        m.overflowed(until);
+                        self.withdrawn_until.fetch_max(until, Ordering::Relaxed);
+                    }
+                }
                 Some((fp, until)) => self.note_withdrawn(until, std::iter::once(fp)),
                 None => self.forgery("event", &table),
             }

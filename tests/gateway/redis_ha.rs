@@ -862,3 +862,42 @@ async fn redis_over_tls_with_an_acl_user_and_refused_without_the_ca_or_password(
         );
     }
 }
+
+/// More withdrawals than the shared table keeps (10 000): the replica that announced
+/// them, and a replica started later that reads the table back, both refuse every
+/// credential checked against a stored value (fail closed), not only the ones kept.
+#[tokio::test]
+async fn a_replica_started_after_the_withdrawal_table_overflowed_fails_closed_too() {
+    if !have("redis-server") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let redis = server(dir.path(), free_port(), &[]).await;
+    let up = Upstream::start().await;
+    let base = credentials_body(&up.url(), "pw", "key", "client");
+    // 10 010 URL keys of users that a reload removes: one withdrawal each.
+    let mut many = Config::bare();
+    for i in 0..10_010 {
+        many = many.user(&format!("u{i}"), |u| {
+            u.roles(["rest"])
+                .set("url_key_hash", sha256_hex(&format!("url-key-{i}")))
+        });
+    }
+    let with_many = Config::bare().toml(&base).merge(many).to_toml();
+    let (_d, paths, procs) = gateways(&plain_shared(redis.port), &with_many, 1);
+    assert_eq!(status(procs[0].addr, "/login", "alice", "pw").await, 200);
+    std::fs::write(&paths[0], plain_shared(redis.port).toml(&base).to_toml()).unwrap();
+    procs[0].signal("HUP");
+    let closed = eventually(PATIENCE, || async {
+        status(procs[0].addr, "/login", "alice", "pw").await == 401
+    })
+    .await;
+    assert!(closed, "the announcing replica fails closed");
+    // A replica started now, with the original file, reads the table back.
+    let (_d2, _p2, late) = gateways(&plain_shared(redis.port), &with_many, 1);
+    assert_eq!(
+        status(late[0].addr, "/login", "alice", "pw").await,
+        401,
+        "the late replica fails closed as well"
+    );
+}
