@@ -395,9 +395,12 @@ async fn a_sentinel_set_holds_lockout_rotation_and_revocation_across_replicas() 
 async fn a_cluster_holds_lockout_rotation_and_revocation_across_replicas() {
     let Some(cluster) = Cluster::start().await else { return };
     let _running = holds_in_both_forms(cluster.shared(true), cluster.shared(false)).await;
+    // Where keys land depends on their hash slots only (fixed names, fixed secret), not
+    // on how fast anything ran: not every key is on one node.
     let per_node = cluster.keys_per_node();
+    let holding: Vec<usize> = (0..per_node.len()).filter(|&n| !per_node[n].is_empty()).collect();
     assert!(
-        per_node.iter().filter(|k| !k.is_empty()).count() >= 2,
+        holding.len() > 1,
         "keys of different operations land on different nodes: {per_node:?}"
     );
 }
