@@ -193,7 +193,7 @@ const EGRESS_TOKEN_FETCHES: Desc = (
     "portcullis_egress_token_fetches_total",
     "OAuth2 token fetches for egress endpoints by outcome.",
 );
-const SHARED_ERRORS: Desc = ("portcullis_shared_errors_total", "Commands to the shared store (Redis) that failed or timed out, by operation (lockout, refresh, revoke, agree, egress, publish, subscribe; replicate: a write fewer replicas than shared.wait_replicas confirmed).");
+const SHARED_ERRORS: Desc = ("portcullis_shared_errors_total", "Commands to the shared store (Redis) that failed or timed out, by operation (rate, lockout, refresh, revoke, agree, egress, publish, subscribe; replicate: a write fewer replicas than shared.wait_replicas confirmed).");
 const SHARED_INTEGRITY_FAILURES: Desc = ("portcullis_shared_integrity_failures_total", "Values read from the shared store (Redis) that failed their integrity check and were refused, by kind (refresh, family, revocation, event, agreed, egress).");
 const TABLE_FULL: Desc = ("portcullis_table_full_total", "Requests refused because a bounded security table was full, by table (rate, revocations, lockout, revocations_mirror, remote_locks, withdrawals) and limit (total, per_client).");
 const RATE_LIMITED: Desc = (
